@@ -1,0 +1,1 @@
+"""sesflow common: settings, schema, keys, Redis connection, Lua scripts, logging, errors."""

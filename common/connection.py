@@ -1,0 +1,90 @@
+"""Redis connections: one client per process, built from settings, with reconnect and backoff.
+
+Callers get `redis.asyncio.Redis` (or `RedisCluster` when REDIS_CLUSTER=1) with
+`decode_responses=True`. Connection errors surface as `RedisUnavailable` through `redis_errors()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from common.errors import ConfigError, RedisUnavailable
+from common.settings import Settings
+
+Redis = aioredis.Redis | RedisCluster
+
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError, OSError)
+
+
+def connect(settings: Settings, **overrides: Any) -> Any:
+    """A client for REDIS_URL; nothing is sent until first use."""
+    if not settings.redis_url:
+        raise ConfigError("REDIS_URL is not set (`sesflow up` starts an embedded Redis)")
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": 2.0,
+        "socket_keepalive": True,
+        "health_check_interval": 15,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    options.update(overrides)
+    if settings.redis_cluster:
+        options.pop("health_check_interval")
+        return RedisCluster.from_url(settings.redis_url, **options)
+    return aioredis.Redis.from_url(settings.redis_url, **options)
+
+
+@contextlib.contextmanager
+def redis_errors() -> Iterator[None]:
+    """Translate "Redis is not there" into RedisUnavailable at the boundary."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+async def wait_for_redis(client: Any, stop: asyncio.Event | None = None, log: Any = None) -> bool:
+    """Block until Redis answers PING (True) or `stop` is set (False)."""
+    delay = 0.1
+    warned = False
+    while stop is None or not stop.is_set():
+        try:
+            await client.ping()
+            return True
+        except UNAVAILABLE as exc:
+            if log is not None and not warned:
+                log.warning("redis unavailable, waiting", error=str(exc))
+                warned = True
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+    return False
+
+
+async def ensure_group(client: Any, stream: str, group: str) -> None:
+    """Create a consumer group (and its stream) reading from the start; idempotent."""
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+@contextlib.asynccontextmanager
+async def redis_client(settings: Settings) -> AsyncIterator[Any]:
+    client = connect(settings)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -1,0 +1,63 @@
+"""sesflow's own error types. Redis and botocore/HTTP errors are translated into these at the
+boundary, so that the rest of the code decides on meaning, not on library classes."""
+
+from __future__ import annotations
+
+
+class SesflowError(Exception):
+    """Base class of every error sesflow raises on purpose."""
+
+
+class ConfigError(SesflowError):
+    """A setting is missing or invalid; the process cannot start."""
+
+
+class RedisUnavailable(SesflowError):
+    """Redis cannot be reached right now; callers wait and retry (HTTP answers 503)."""
+
+
+class InputError(SesflowError):
+    """Client input is invalid. Carries the HTTP status and the JSON error body."""
+
+    def __init__(self, error: str, detail: str = "", status: int = 400) -> None:
+        super().__init__(f"{error}: {detail}" if detail else error)
+        self.error = error
+        self.detail = detail
+        self.status = status
+
+
+# --- SES outcomes, told apart by what sesflow must do about them -----------------------------
+
+
+class SesError(SesflowError):
+    """An SES call did not send the message. `code` is SES's error code when it gave one."""
+
+    def __init__(self, code: str, message: str = "", status: int = 0) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class SesThrottled(SesError):
+    """Sending rate exceeded (HTTP 429 / Throttling): retry later, slow the shared bucket."""
+
+
+class SesQuotaExceeded(SesError):
+    """Daily sending quota exhausted: pause until the rolling 24 h window allows more."""
+
+
+class SesPaused(SesError):
+    """Sending paused or account suspended: every sender pauses; nothing fails."""
+
+
+class SesRejected(SesError):
+    """Permanent: this message will never be accepted (MessageRejected, bad address...)."""
+
+
+class SesTransient(SesError):
+    """Server error or connection failure before the request was sent: safe to retry."""
+
+
+class SesAmbiguous(SesError):
+    """The request may have reached SES (timeout after sending): it may have been sent."""

@@ -1,0 +1,180 @@
+"""Every Redis key, stream and consumer-group name sesflow uses is built here and nowhere else.
+
+Layout (prefix `sesflow` by default):
+
+    {sesflow:g}:requests              stream of message requests (group `dispatch`)
+    {sesflow:g}:requests:dead         requests that failed validation, with the reason
+    {sesflow:g}:idem:<key>            Idempotency-Key answers for POST /v1/messages
+    {sesflow:rate}                    the one shared rate limiter (hash)
+    {sesflow:sup}:suppressed          suppression list (hash email -> JSON reason)
+    {sesflow:sns}:seen:<MessageId>    SNS deliveries already processed
+    sesflow:sesid:<SES MessageId>     SES MessageId -> request id, for feedback correlation
+    sesflow:secret                    generated tracking secret when TRACKING_SECRET is unset
+
+and per send partition N (SEND_PARTITIONS, default 1), everything a Lua script or a MULTI touches
+together shares the hash tag `{sesflow:N}` so the same code runs on Redis Cluster:
+
+    {sesflow:N}:sends                 one entry per recipient job (group `senders`)
+    {sesflow:N}:sends:dead            jobs that exhausted MAX_ATTEMPTS or are malformed
+    {sesflow:N}:schedule              zset: scheduled chunk -> due time (ms)
+    {sesflow:N}:schedule:data         hash: scheduled chunk -> recipients
+    {sesflow:N}:schedule:topic:<t>    set: scheduled chunks of one topic (for cancel)
+    {sesflow:N}:msg:<msg_id>          hash: the message content, stored once
+    {sesflow:N}:state:<msg_id>        hash: recipient index -> delivery state
+    {sesflow:N}:opens:<msg_id>        hash: recipient index -> first open (unique opens)
+    {sesflow:N}:stop:<topic>          time (ms) the topic was cancelled
+    {sesflow:N}:events                every event (group `stats`)
+    {sesflow:N}:events:dead           events stats could not decode
+    {sesflow:N}:stats:topic:<t>       counters of one topic
+    {sesflow:N}:stats:global          counters of everything
+    {sesflow:N}:stats:hourly          hash: "<type>:<YYYYMMDDHH>" -> count
+    {sesflow:N}:stats:minutely        hash: "<type>:<epoch minute>" -> count (time series)
+    {sesflow:N}:stats:topics          zset: topic -> last activity (ms)
+
+A message id is the ID of its entry on `requests`; a request id (one recipient) is
+`<msg_id>.<index>`. The partition of a message is a hash of its message id.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+DISPATCH_GROUP = "dispatch"
+SENDERS_GROUP = "senders"
+STATS_GROUP = "stats"
+
+
+def partition_of(msg_id: str, partitions: int) -> int:
+    if partitions <= 1:
+        return 0
+    return zlib.crc32(msg_id.encode()) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys:
+    """The keys of one send partition; all of them share one hash tag."""
+
+    index: int
+    tag: str
+
+    @property
+    def sends(self) -> str:
+        return f"{self.tag}:sends"
+
+    @property
+    def sends_dead(self) -> str:
+        return f"{self.tag}:sends:dead"
+
+    @property
+    def schedule(self) -> str:
+        return f"{self.tag}:schedule"
+
+    @property
+    def schedule_data(self) -> str:
+        return f"{self.tag}:schedule:data"
+
+    def schedule_topic(self, topic: str) -> str:
+        return f"{self.tag}:schedule:topic:{topic}"
+
+    def message(self, msg_id: str) -> str:
+        return f"{self.tag}:msg:{msg_id}"
+
+    def state(self, msg_id: str) -> str:
+        return f"{self.tag}:state:{msg_id}"
+
+    def opens(self, msg_id: str) -> str:
+        return f"{self.tag}:opens:{msg_id}"
+
+    def stop(self, topic: str) -> str:
+        return f"{self.tag}:stop:{topic}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.tag}:events"
+
+    @property
+    def events_dead(self) -> str:
+        return f"{self.tag}:events:dead"
+
+    def stats_topic(self, topic: str) -> str:
+        return f"{self.tag}:stats:topic:{topic}"
+
+    @property
+    def stats_global(self) -> str:
+        return f"{self.tag}:stats:global"
+
+    @property
+    def stats_hourly(self) -> str:
+        return f"{self.tag}:stats:hourly"
+
+    @property
+    def stats_minutely(self) -> str:
+        return f"{self.tag}:stats:minutely"
+
+    @property
+    def stats_topics(self) -> str:
+        return f"{self.tag}:stats:topics"
+
+
+class Keys:
+    """Key names for one deployment (a prefix) with a number of send partitions."""
+
+    def __init__(self, prefix: str = "sesflow", partitions: int = 1) -> None:
+        self.prefix = prefix
+        self.partitions = [PartitionKeys(n, f"{{{prefix}:{n}}}") for n in range(max(1, partitions))]
+
+    def partition(self, n: int) -> PartitionKeys:
+        return self.partitions[n]
+
+    def for_message(self, msg_id: str) -> PartitionKeys:
+        return self.partitions[partition_of(msg_id, len(self.partitions))]
+
+    # --- global keys ------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> str:
+        return f"{{{self.prefix}:g}}:requests"
+
+    @property
+    def requests_dead(self) -> str:
+        return f"{{{self.prefix}:g}}:requests:dead"
+
+    def idempotency(self, key: str) -> str:
+        return f"{{{self.prefix}:g}}:idem:{key}"
+
+    @property
+    def rate(self) -> str:
+        return f"{{{self.prefix}:rate}}"
+
+    @property
+    def suppressed(self) -> str:
+        return f"{{{self.prefix}:sup}}:suppressed"
+
+    def sns_seen(self, message_id: str) -> str:
+        return f"{{{self.prefix}:sns}}:seen:{message_id}"
+
+    def ses_message(self, ses_message_id: str) -> str:
+        return f"{self.prefix}:sesid:{ses_message_id}"
+
+    @property
+    def secret(self) -> str:
+        return f"{self.prefix}:secret"
+
+
+def request_id(msg_id: str, index: int) -> str:
+    return f"{msg_id}.{index}"
+
+
+def split_request_id(rid: str) -> tuple[str, int] | None:
+    """`<msg_id>.<index>` -> (msg_id, index); None when it is not one of ours."""
+    msg_id, sep, index = rid.rpartition(".")
+    if not sep or not msg_id or not index.isdigit():
+        return None
+    return msg_id, int(index)
+
+
+def accepted_ms(msg_id: str) -> int:
+    """A message id is a stream entry ID, whose first part is the time it was accepted."""
+    head = msg_id.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0

@@ -1,0 +1,48 @@
+"""Process plumbing shared by every role: main(), signal handling, serving an aiohttp app."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from common.errors import ConfigError
+from common.logs import configure, get_logger
+from common.sentry import init_sentry
+from common.settings import Settings, load_settings
+
+log = get_logger(__name__)
+
+
+def run_role(role: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
+    """`main()` of a role: load settings once, set up logging and Sentry, run until stopped."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"sesflow {role}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    configure(settings, role)
+    init_sentry(settings, role)
+    if settings.database_url:
+        log.info("DATABASE_URL is ignored: sesflow keeps its state in Redis")
+    asyncio.run(run(settings))
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM / SIGINT only set `stop`: all the work of stopping happens in the main flow."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Start serving `app`; the caller owns the runner and calls `runner.cleanup()`."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return runner

@@ -1,0 +1,141 @@
+"""The messages that travel between processes: one Struct per stream, one encoder, typed decoders.
+
+Every field added later must have a default, so old entries still decode.
+
+Stream `requests`: one entry per message object, field `message` = JSON of `MessageRequest`.
+Stream `sends`:    one entry per recipient, flat fields `m` (message id), `i` (recipient index),
+                   `e` (address): compact, because a campaign queues millions of them.
+Stream `events`:   field `e` = JSON of `Event`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+REQUEST_FIELD = "message"
+EVENT_FIELD = "e"
+
+
+class MessageRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One message: a subject and HTML content for a list of recipients of one topic.
+
+    This is what producers XADD onto the `requests` stream (as JSON in the field `message`) and
+    what the HTTP API turns each element of `messages[]` into.
+    """
+
+    topic_id: str
+    emails: list[str]
+    subject: str
+    content: str
+    # RFC 3339 or "YYYY-MM-DD HH:MM:SS" (UTC); None or empty = send now.
+    scheduled_at: str | None = None
+    track_opens: bool = True
+    track_clicks: bool = False
+    # Add List-Unsubscribe / List-Unsubscribe-Post (RFC 8058); off for transactional mail.
+    unsubscribe: bool = True
+    # Optional sender override (must be a verified SES identity).
+    from_email: str | None = None
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """One recipient of one message, as queued on `sends`."""
+
+    msg_id: str
+    index: int
+    email: str
+
+    def fields(self) -> dict[str, str]:
+        return {"m": self.msg_id, "i": str(self.index), "e": self.email}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> Job:
+        """Raises ValueError for an entry that is not a job (poison entries are dead-lettered)."""
+        try:
+            msg_id, index, email = fields["m"], int(fields["i"]), fields["e"]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"malformed job entry: {fields!r}") from exc
+        if not msg_id or index < 0 or "@" not in email:
+            raise ValueError(f"malformed job entry: {fields!r}")
+        return cls(msg_id=msg_id, index=index, email=email)
+
+    @property
+    def request_id(self) -> str:
+        return f"{self.msg_id}.{self.index}"
+
+
+class EventType(StrEnum):
+    # pipeline
+    ACCEPTED = "accepted"  # recipients queued (n = count)
+    REJECTED = "rejected"  # a message or recipients refused by validation
+    SUPPRESSED = "suppressed"  # dropped: the address is on the suppression list
+    STOPPED = "stopped"  # cancelled before sending
+    SENT = "sent"  # SES accepted the message (ses_id set)
+    FAILED = "failed"  # will not be sent (detail says why)
+    UNKNOWN = "unknown"  # sender died mid-call: may or may not have been sent
+    # SES feedback
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"  # bounce_type Permanent | Transient | Undetermined
+    COMPLAINED = "complained"
+    DELIVERY_DELAYED = "delivery_delayed"
+    SES_REJECTED = "ses_rejected"  # SES "Reject" event (virus etc.)
+    RENDERING_FAILED = "rendering_failed"
+    SES_SEND = "ses_send"  # SES "Send" event: informational
+    SUBSCRIPTION = "subscription"
+    FEEDBACK_UNKNOWN = "feedback_unknown"  # an SES event type sesflow does not know yet
+    # recipients
+    OPENED = "opened"
+    CLICKED = "clicked"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+# States a recipient ends in; the sender's state hash stores these one-letter codes.
+FINAL_EVENTS = {
+    EventType.SENT,
+    EventType.FAILED,
+    EventType.STOPPED,
+    EventType.SUPPRESSED,
+    EventType.UNKNOWN,
+}
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Something that happened to a message or to one of its recipients."""
+
+    type: str
+    ts: int = 0  # epoch milliseconds
+    topic: str = ""
+    msg_id: str = ""
+    index: int = -1  # recipient index; -1 when the event is about a whole message
+    n: int = 1  # how many recipients this event counts for
+    email: str = ""
+    ses_id: str = ""
+    detail: str = ""
+    bounce_type: str = ""
+    bounce_subtype: str = ""
+    url: str = ""
+    unique: bool = False  # first open / click of this recipient
+
+
+_encoder = msgspec.json.Encoder()
+_request_decoder = msgspec.json.Decoder(MessageRequest)
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def decode_request(data: bytes | str) -> MessageRequest:
+    """Raises msgspec.DecodeError / ValidationError on a malformed entry."""
+    return _request_decoder.decode(data)
+
+
+def decode_event(data: bytes | str) -> Event:
+    return _event_decoder.decode(data)
+
+
+def event_fields(event: Event) -> dict[str, bytes]:
+    return {EVENT_FIELD: _encoder.encode(event)}

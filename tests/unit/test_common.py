@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.errors import ConfigError
+from common.keys import Keys, accepted_ms, partition_of, split_request_id
+from common.settings import load_settings, read_dotenv, settings_from_mapping
+from common.tracking import Token, sign, verify
+
+
+def test_seed_aliases_are_accepted() -> None:
+    s = settings_from_mapping(
+        {
+            "SERVER_PORT": "8080",
+            "SERVER_HOST": "http://mail.example.com",
+            "AWS_SES_FROM_EMAIL": "a@example.com",
+            "MAX_SEND_PER_SECOND": "12",
+            "SES_CONFIG_SET": "cs",
+        }
+    )
+    assert s.ingest_port == 8080
+    assert s.public_url == "http://mail.example.com"
+    assert s.email_sender == "a@example.com"
+    assert s.email_rate == 12
+    assert s.ses_configuration_set == "cs"
+
+
+def test_canonical_name_wins_over_alias() -> None:
+    s = settings_from_mapping({"EMAIL_RATE": "3", "MAX_SEND_PER_SECOND": "9"})
+    assert s.email_rate == 3
+
+
+def test_invalid_setting_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        settings_from_mapping({"EMAIL_RATE": "fast"})
+    with pytest.raises(ConfigError):
+        settings_from_mapping({"ON_AMBIGUOUS": "maybe"})
+
+
+def test_dotenv_then_environment(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text(
+        '# comment\nEMAIL_RATE=5\nexport EMAIL_SENDER="x@example.com"\nJWT_SECRET=k  # c\n'
+    )
+    assert read_dotenv(env)["JWT_SECRET"] == "k"
+    s = load_settings({"EMAIL_RATE": "7"}, str(env))
+    assert s.email_rate == 7 and s.email_sender == "x@example.com" and s.jwt_secret == "k"
+
+
+def test_keys_share_a_hash_tag_per_partition() -> None:
+    keys = Keys("sf", partitions=4)
+    p = keys.for_message("1700000000000-0")
+    for name in (p.sends, p.schedule, p.state("m"), p.events, p.stats_topic("t"), p.stop("t")):
+        assert name.startswith(p.tag + ":")
+    assert {partition_of(f"{i}-0", 4) for i in range(100)} == {0, 1, 2, 3}
+    assert split_request_id("1700000000000-0.12") == ("1700000000000-0", 12)
+    assert split_request_id("42") is None
+    assert accepted_ms("1700000000000-3") == 1700000000000
+
+
+def test_tracking_token_round_trip_and_forgery() -> None:
+    secret = b"s3cret"
+    text = sign(secret, Token(k="o", r="1-0.1", t="news"))
+    assert verify(secret, text) == Token(k="o", r="1-0.1", t="news")
+    assert verify(b"other", text) is None
+    payload, mac = text.split(".")
+    assert verify(secret, payload[:-2] + "xx." + mac) is None
+    assert verify(secret, "garbage") is None
+    assert verify(secret, "") is None
+
+
+async def test_real_redis_is_ours(redis) -> None:  # type: ignore[no-untyped-def]
+    info = await redis.info("server")
+    assert info["tcp_port"] != 6379
+    assert await redis.ping()
