@@ -32,7 +32,8 @@ together shares the hash tag `{sesflow:N}` so the same code runs on Redis Cluste
     {sesflow:N}:stats:topics          zset: topic -> last activity (ms)
 
 A message id is the ID of its entry on `requests`; a request id (one recipient) is
-`<msg_id>.<index>`. The partition of a message is a hash of its message id.
+`<msg_id>_<index>` (only characters SES allows in a message tag value). The partition of a
+message is a hash of its message id.
 """
 
 from __future__ import annotations
@@ -163,12 +164,12 @@ class Keys:
 
 
 def request_id(msg_id: str, index: int) -> str:
-    return f"{msg_id}.{index}"
+    return f"{msg_id}_{index}"
 
 
 def split_request_id(rid: str) -> tuple[str, int] | None:
-    """`<msg_id>.<index>` -> (msg_id, index); None when it is not one of ours."""
-    msg_id, sep, index = rid.rpartition(".")
+    """`<msg_id>_<index>` -> (msg_id, index); None when it is not one of ours."""
+    msg_id, sep, index = rid.rpartition("_")
     if not sep or not msg_id or not index.isdigit():
         return None
     return msg_id, int(index)

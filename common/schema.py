@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from common.keys import request_id
+
 REQUEST_FIELD = "message"
 EVENT_FIELD = "e"
 
@@ -63,7 +65,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def request_id(self) -> str:
-        return f"{self.msg_id}.{self.index}"
+        return request_id(self.msg_id, self.index)
 
 
 class EventType(StrEnum):

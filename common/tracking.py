@@ -26,7 +26,7 @@ MAC_BYTES = 16
 
 class Token(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     k: str  # kind: "o" open, "c" click, "u" unsubscribe
-    r: str  # request id: <msg_id>.<index>
+    r: str  # request id: <msg_id>_<index>
     t: str = ""  # topic
     e: str = ""  # recipient address (unsubscribe)
     u: str = ""  # target URL (click)

@@ -55,15 +55,15 @@ def test_keys_share_a_hash_tag_per_partition() -> None:
     for name in (p.sends, p.schedule, p.state("m"), p.events, p.stats_topic("t"), p.stop("t")):
         assert name.startswith(p.tag + ":")
     assert {partition_of(f"{i}-0", 4) for i in range(100)} == {0, 1, 2, 3}
-    assert split_request_id("1700000000000-0.12") == ("1700000000000-0", 12)
+    assert split_request_id("1700000000000-0_12") == ("1700000000000-0", 12)
     assert split_request_id("42") is None
     assert accepted_ms("1700000000000-3") == 1700000000000
 
 
 def test_tracking_token_round_trip_and_forgery() -> None:
     secret = b"s3cret"
-    text = sign(secret, Token(k="o", r="1-0.1", t="news"))
-    assert verify(secret, text) == Token(k="o", r="1-0.1", t="news")
+    text = sign(secret, Token(k="o", r="1-0_1", t="news"))
+    assert verify(secret, text) == Token(k="o", r="1-0_1", t="news")
     assert verify(b"other", text) is None
     payload, mac = text.split(".")
     assert verify(secret, payload[:-2] + "xx." + mac) is None
