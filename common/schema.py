@@ -68,6 +68,52 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         return request_id(self.msg_id, self.index)
 
 
+class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
+    """A message's content as the dispatcher stores it once (hash `msg:<msg_id>`)."""
+
+    msg_id: str
+    topic: str
+    subject: str
+    html: str
+    from_email: str = ""
+    track_opens: bool = True
+    track_clicks: bool = False
+    unsubscribe: bool = True
+    total: int = 0
+    accepted_ms: int = 0
+
+    def to_hash(self) -> dict[str, str]:
+        return {
+            "topic": self.topic,
+            "subject": self.subject,
+            "html": self.html,
+            "from": self.from_email,
+            "track_opens": "1" if self.track_opens else "0",
+            "track_clicks": "1" if self.track_clicks else "0",
+            "unsubscribe": "1" if self.unsubscribe else "0",
+            "total": str(self.total),
+            "accepted_ms": str(self.accepted_ms),
+        }
+
+    @classmethod
+    def from_hash(cls, msg_id: str, data: dict[str, str]) -> MessageContent:
+        """Raises ValueError when the hash is missing (expired) or incomplete."""
+        if not data or "html" not in data or "subject" not in data:
+            raise ValueError(f"no content stored for message {msg_id}")
+        return cls(
+            msg_id=msg_id,
+            topic=data.get("topic", ""),
+            subject=data["subject"],
+            html=data["html"],
+            from_email=data.get("from", ""),
+            track_opens=data.get("track_opens", "1") == "1",
+            track_clicks=data.get("track_clicks", "0") == "1",
+            unsubscribe=data.get("unsubscribe", "1") == "1",
+            total=int(data.get("total") or 0),
+            accepted_ms=int(data.get("accepted_ms") or 0),
+        )
+
+
 class EventType(StrEnum):
     # pipeline
     ACCEPTED = "accepted"  # recipients queued (n = count)
