@@ -1,0 +1,156 @@
+"""The `sesflow` command: run the whole system (`up`), one role, or an operator's task."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from common.embedded import RedisProcess, port_open
+from common.errors import ConfigError
+from common.settings import Settings, load_settings
+
+ROLES = ("ingest", "sender", "tracker", "stats")
+
+
+def redis_url_file(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "redis.url"
+
+
+def run_role(role: str) -> int:
+    module = importlib.import_module(f"{role}.__main__")
+    module.main()
+    return 0
+
+
+def aws_configured(settings: Settings) -> bool:
+    if settings.ses_endpoint_url or settings.aws_access_key_id:
+        return True
+    import boto3
+
+    return boto3.Session().get_credentials() is not None
+
+
+def wait_for_ports(ports: list[int], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(port_open("127.0.0.1", port) for port in ports):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start Redis (embedded unless REDIS_URL), a local SES (unless AWS is configured) and every
+    role as its own process; Ctrl-C or SIGTERM stops everything."""
+    from common.local_ses import LOCAL_CREDENTIALS, LocalSes
+    from common.logs import configure
+    from common.supervisor import Child, Supervisor, child_env, stop_on_signals
+
+    settings = load_settings()
+    configure(settings, "up")
+    env = dict(os.environ)
+    redis: RedisProcess | None = None
+    ses: LocalSes | None = None
+    url_file = redis_url_file(settings)
+    lines: list[tuple[str, str]] = []
+    try:
+        if not settings.redis_url:
+            data = Path(settings.data_dir) / "redis"
+            redis = RedisProcess(data, port=args.redis_port, aof=True).start()
+            env["REDIS_URL"] = redis.url
+            url_file.write_text(redis.url + "\n")
+            lines.append(("redis", f"{redis.url}  (embedded, AOF data in {data})"))
+        else:
+            lines.append(("redis", settings.redis_url))
+        if not aws_configured(settings):
+            ses = LocalSes(port=args.ses_port, region=settings.aws_region)
+            env["SES_ENDPOINT_URL"] = ses.start([settings.email_sender])
+            env.update(LOCAL_CREDENTIALS)
+            env.setdefault("AWS_REGION", settings.aws_region)
+            lines.append(("SES", f"{ses.url}  (local endpoint; nothing leaves this machine)"))
+        else:
+            lines.append(("SES", settings.ses_endpoint_url or f"AWS {settings.aws_region}"))
+
+        children = [
+            Child(role, role, child_env(env)) for role in ("ingest", "tracker", "stats")
+        ] + [
+            Child(
+                f"sender-{n}",
+                "sender",
+                child_env(env, SENDER_METRICS_PORT=str(settings.sender_metrics_port + n)),
+            )
+            for n in range(args.senders)
+        ]
+        supervisor = Supervisor(children, grace=settings.shutdown_grace)
+        stop_on_signals(supervisor)
+        supervisor.start()
+        ports = [settings.ingest_port, settings.tracker_port, settings.stats_port]
+        if not wait_for_ports(ports):
+            print("sesflow: the roles did not start listening; see the logs above", file=sys.stderr)
+        host = "localhost" if settings.bind_host in {"127.0.0.1", "0.0.0.0"} else settings.bind_host
+        lines = [
+            ("ingest", f"http://{host}:{settings.ingest_port}/v1/messages"),
+            ("tracker", f"http://{host}:{settings.tracker_port}/v1/events/results"),
+            ("stats", f"http://{host}:{settings.stats_port}/  (live dashboard)"),
+            ("senders", f"{args.senders} replica(s), EMAIL_RATE={settings.email_rate:g}/s"),
+            *lines,
+        ]
+        print("\nsesflow is up", flush=True)
+        for name, text in lines:
+            print(f"  {name:<8} {text}", flush=True)
+        print("Ctrl-C stops everything.\n", flush=True)
+        supervisor.watch()
+        print("sesflow: stopping…", flush=True)
+        supervisor.stop()
+        return 0
+    finally:
+        if ses is not None:
+            ses.stop()
+        if redis is not None:
+            redis.stop()
+            url_file.unlink(missing_ok=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sesflow",
+        description="Send email through Amazon SES at scale over Redis Streams.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up",
+        help="start the whole system (embedded Redis and local SES when not configured)",
+        description=cmd_up.__doc__,
+    )
+    up.add_argument("--senders", type=int, default=1, help="sender replicas (default 1)")
+    up.add_argument(
+        "--redis-port", type=int, default=0, help="embedded Redis port (default: a free one)"
+    )
+    up.add_argument("--ses-port", type=int, default=0, help="local SES port (default: a free one)")
+    up.set_defaults(func=cmd_up)
+
+    for role in ROLES:
+        p = sub.add_parser(
+            role,
+            help=f"run the {role} role against REDIS_URL",
+            description=f"Run the {role} role in the foreground against REDIS_URL.",
+        )
+        p.set_defaults(func=lambda _args, role=role: run_role(role))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except ConfigError as exc:
+        print(f"sesflow: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code or 0)
