@@ -75,3 +75,15 @@ async def test_real_redis_is_ours(redis) -> None:  # type: ignore[no-untyped-def
     info = await redis.info("server")
     assert info["tcp_port"] != 6379
     assert await redis.ping()
+
+
+def test_env_example_lists_every_setting_and_parses() -> None:
+    from common.settings import Settings, env_names
+
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    names = set(read_dotenv(example))
+    for field in Settings.__struct_fields__:
+        assert env_names(field)[0] in names, f"{env_names(field)[0]} missing from .env.example"
+    known = {env_names(f)[0] for f in Settings.__struct_fields__}
+    assert names <= known, f"unknown settings in .env.example: {names - known}"
+    assert load_settings({}, str(example)) == Settings()
