@@ -29,6 +29,7 @@ together shares the hash tag `{sesflow:N}` so the same code runs on Redis Cluste
     {sesflow:N}:stats:global          counters of everything
     {sesflow:N}:stats:hourly          hash: "<type>:<YYYYMMDDHH>" -> count
     {sesflow:N}:stats:minutely        hash: "<type>:<epoch minute>" -> count (time series)
+    {sesflow:N}:stats:series:<t>      hash: "<type>:<epoch minute>" -> count, one topic
     {sesflow:N}:stats:topics          zset: topic -> last activity (ms)
 
 A message id is the ID of its entry on `requests`; a request id (one recipient) is
@@ -112,6 +113,9 @@ class PartitionKeys:
     @property
     def stats_minutely(self) -> str:
         return f"{self.tag}:stats:minutely"
+
+    def stats_series(self, topic: str) -> str:
+        return f"{self.tag}:stats:series:{topic}"
 
     @property
     def stats_topics(self) -> str:
