@@ -1,0 +1,217 @@
+"""The stats HTTP API on STATS_PORT: the seeds' statistics endpoints, a time series for Grafana,
+the dashboard's overview, /metrics and the live dashboard page.
+
+Public (no API_KEY / JWT needed): `/` (the dashboard page: it holds no data, it asks the API with
+the key the user enters), `/health` and `/metrics` (Prometheus scrapes without credentials).
+Everything under `/v1/` requires them when API_KEY or JWT_SECRET is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+
+from common.aws import fetch_quota
+from common.connection import connect
+from common.errors import InputError
+from common.http import auth_middleware, errors_middleware, health, json_response
+from common.keys import Keys
+from common.settings import Settings
+from stats.aggregate import ConsumerStats
+from stats.counters import METRICS
+from stats.metrics import PipelineCollector, make_registry, render
+from stats.overview import MAX_TOPICS, overview
+from stats.params import hours_param, int_param, step_param, time_param
+from stats.queries import count_since, plan_series, read_counts, series, summary
+from stats.quota import QuotaCache, QuotaFetcher
+
+PUBLIC_PATHS = ("/", "/health", "/metrics")
+
+SETTINGS = web.AppKey("settings", Settings)
+KEYS = web.AppKey("keys", Keys)
+CLIENT: web.AppKey[Any] = web.AppKey("client")
+QUOTA = web.AppKey("quota", QuotaCache)
+COLLECTOR = web.AppKey("collector", PipelineCollector)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+DASHBOARD = web.AppKey("dashboard", bytes)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    client: Any = None,
+    quota_fetcher: QuotaFetcher = fetch_quota,
+    consumer_stats: ConsumerStats | None = None,
+) -> web.Application:
+    """`client`: an existing Redis client (the app then does not close it)."""
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware(settings, public=PUBLIC_PATHS)]
+    )
+    app[SETTINGS] = settings
+    app[KEYS] = Keys(settings.redis_prefix, settings.send_partitions)
+    app[QUOTA] = QuotaCache(settings, quota_fetcher)
+    app[DASHBOARD] = resources.files("stats").joinpath("static", "dashboard.html").read_bytes()
+    app.cleanup_ctx.append(_redis_ctx(client, consumer_stats))
+    app.cleanup_ctx.append(_quota_ctx)
+    app.router.add_get("/", dashboard)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/topics/{topic_id}", topic)
+    app.router.add_get("/v1/results/count/{plan_id}", results_count)
+    app.router.add_get("/v1/results/sent", results_sent)
+    app.router.add_get("/v1/events/counts/sent", counts_sent)
+    app.router.add_get("/v1/stats/timeseries", timeseries)
+    app.router.add_get("/v1/stats/overview", stats_overview)
+    return app
+
+
+def _redis_ctx(client: Any, consumer_stats: ConsumerStats | None) -> Any:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        own = client is None
+        app[CLIENT] = connect(app[SETTINGS]) if own else client
+        app[COLLECTOR] = PipelineCollector(app[CLIENT], app[KEYS], consumer_stats)
+        app[REGISTRY] = make_registry(app[COLLECTOR])
+        try:
+            yield
+        finally:
+            if own:
+                await app[CLIENT].aclose()
+
+    return ctx
+
+
+async def _quota_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[QUOTA].run(), name="ses-quota")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[DASHBOARD],
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = await render(request.app[COLLECTOR], request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def topic_view(topic_id: str, counts: Counter[str]) -> dict[str, Any]:
+    """Every counter, plus the names both seeds' clients read."""
+    view: dict[str, Any] = {"topic_id": topic_id, **summary(counts)}
+    view.update(
+        success=view["sent"],
+        failure=view["failed"],
+        open_count=view["opened"],
+        pending=view["created"],
+        # The Rust seed's shape: request states and (unique) feedback results.
+        request_counts={
+            "Created": view["created"],
+            "Sent": view["sent"],
+            "Failed": view["failed"],
+            "Stopped": view["stopped"],
+        },
+        result_counts={
+            "Delivery": view["delivered"],
+            "Bounce": view["bounced"],
+            "Complaint": view["complained"],
+            "Open": view["opened_unique"],
+        },
+    )
+    return view
+
+
+async def topic(request: web.Request) -> web.Response:
+    topic_id = request.match_info["topic_id"]
+    keys = request.app[KEYS]
+    counts = await read_counts(request.app[CLIENT], keys, lambda p: p.stats_topic(topic_id))
+    if counts is None:
+        raise InputError("not_found", f"no statistics for topic {topic_id!r}", status=404)
+    return json_response(topic_view(topic_id, counts))
+
+
+async def results_count(request: web.Request) -> web.Response:
+    """The Go seed's shape exactly; an unknown plan answers zeros, as the seed's SQL count did."""
+    plan_id = request.match_info["plan_id"]
+    keys = request.app[KEYS]
+    counts = await read_counts(request.app[CLIENT], keys, lambda p: p.stats_topic(plan_id))
+    view = summary(counts or Counter())
+    return json_response(
+        {name: view[name] for name in ("total", "created", "sent", "failed", "stopped")}
+    )
+
+
+async def results_sent(request: web.Request) -> web.Response:
+    hours = hours_param(request.query.get("hours"))
+    count = await count_since(
+        request.app[CLIENT], request.app[KEYS], "sent", hours * 3600, time.time()
+    )
+    return json_response({"count": count})
+
+
+async def counts_sent(request: web.Request) -> web.Response:
+    """Sent by sesflow in the last `hours` (default 24), plus SES's quota from the cache."""
+    hours = hours_param(request.query.get("hours"))
+    count = await count_since(
+        request.app[CLIENT], request.app[KEYS], "sent", hours * 3600, time.time()
+    )
+    return json_response({"count": count, "hours": hours, **request.app[QUOTA].view()})
+
+
+async def timeseries(request: web.Request) -> web.Response:
+    q = request.query
+    metric = q.get("metric", "sent")
+    if metric not in METRICS:
+        raise InputError(
+            "invalid_parameter", f"unknown metric {metric!r}; one of {sorted(METRICS)}"
+        )
+    topic_id = q.get("topic", "") or q.get("topic_id", "")
+    now = time.time()
+    end = time_param(q.get("to"), "to", now)
+    start = time_param(q.get("from"), "from", end - 3600)
+    try:
+        plan = plan_series(metric, topic_id, start, end, step_param(q.get("step")), now)
+    except ValueError as exc:
+        raise InputError("invalid_parameter", str(exc)) from None
+    points = await series(request.app[CLIENT], request.app[KEYS], plan)
+    return json_response(
+        {
+            "target": f"{topic_id}:{metric}" if topic_id else metric,
+            "metric": metric,
+            "topic": topic_id or None,
+            "from": plan.start,
+            "to": plan.end,
+            "step": plan.step,
+            "buckets": "hour" if plan.hourly else "minute",
+            "points": [{"time": t * 1000, "value": v} for t, v in points],
+            "datapoints": [[v, t * 1000] for t, v in points],
+        }
+    )
+
+
+async def stats_overview(request: web.Request) -> web.Response:
+    limit = int_param(request.query.get("limit"), "limit", 50, 1, MAX_TOPICS)
+    app = request.app
+    data = await overview(
+        app[CLIENT], app[KEYS], app[SETTINGS], app[QUOTA].view(), time.time(), limit
+    )
+    return json_response(data)

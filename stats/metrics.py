@@ -1,0 +1,170 @@
+"""/metrics: a Prometheus collector that reads the pipeline's state from Redis on each scrape.
+
+prometheus-client collectors are synchronous, so the handler first takes a snapshot with the async
+client (bounded by a short timeout), then renders it. A scrape during a Redis outage still answers,
+with `sesflow_redis_up 0`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from common.connection import UNAVAILABLE
+from common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
+from stats.aggregate import ConsumerStats
+from stats.queries import find_group, lag_fallback
+
+SCRAPE_TIMEOUT_S = 2.0
+
+
+class Snapshot:
+    def __init__(self) -> None:
+        self.up = 0
+        self.lengths: list[tuple[str, str, int]] = []  # stream, partition, length
+        self.groups: list[tuple[str, str, str, int, int]] = []  # stream, group, part, pend, lag
+        self.dead: list[tuple[str, str, int]] = []
+        self.scheduled: list[tuple[str, int]] = []
+        self.events: Counter[str] = Counter()
+
+
+class PipelineCollector(Collector):
+    def __init__(self, client: Any, keys: Keys, consumer: ConsumerStats | None = None) -> None:
+        self.client = client
+        self.keys = keys
+        self.consumer = consumer
+        self.snapshot = Snapshot()
+
+    async def refresh(self) -> None:
+        try:
+            self.snapshot = await asyncio.wait_for(self._read(), timeout=SCRAPE_TIMEOUT_S)
+        except (TimeoutError, *UNAVAILABLE):
+            self.snapshot = Snapshot()
+
+    async def _read(self) -> Snapshot:
+        snap = Snapshot()
+        streams: list[tuple[str, str, str, str, str]] = [
+            ("requests", "g", self.keys.requests, DISPATCH_GROUP, self.keys.requests_dead)
+        ]
+        for p in self.keys.partitions:
+            part = str(p.index)
+            streams.append(("sends", part, p.sends, SENDERS_GROUP, p.sends_dead))
+            streams.append(("events", part, p.events, STATS_GROUP, p.events_dead))
+        pipe = self.client.pipeline(transaction=False)
+        for _, _, key, _, dead in streams:
+            pipe.xlen(key)
+            pipe.xinfo_groups(key)
+            pipe.xlen(dead)
+        for p in self.keys.partitions:
+            pipe.zcard(p.schedule)
+            pipe.hgetall(p.stats_global)
+        replies = await pipe.execute(raise_on_error=False)
+        for i, (name, part, key, group_name, _) in enumerate(streams):
+            length, groups, dead = replies[3 * i : 3 * i + 3]
+            snap.lengths.append((name, part, _int(length)))
+            snap.dead.append((name, part, _int(dead)))
+            group = find_group(groups, group_name)
+            if group is not None:
+                lag = group.get("lag")
+                if lag is None:
+                    lag = await lag_fallback(self.client, key, str(group["last-delivered-id"]))
+                snap.groups.append((name, group_name, part, _int(group["pending"]), _int(lag)))
+        rest = replies[3 * len(streams) :]
+        for p in self.keys.partitions:
+            scheduled, counts = rest[2 * p.index : 2 * p.index + 2]
+            snap.scheduled.append((str(p.index), _int(scheduled)))
+            if isinstance(counts, dict):
+                snap.events.update({k: int(v) for k, v in counts.items()})
+        snap.up = 1
+        return snap
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        yield _gauge("sesflow_redis_up", "1 when Redis answered this scrape", [], [([], snap.up)])
+        labels = ["stream", "partition"]
+        yield _gauge("sesflow_stream_length", "Entries in a stream", labels, _rows(snap.lengths))
+        yield _gauge(
+            "sesflow_dead_letter_length",
+            "Entries in a dead-letter stream",
+            labels,
+            _rows(snap.dead),
+        )
+        glabels = ["stream", "group", "partition"]
+        yield _gauge(
+            "sesflow_group_pending",
+            "Entries read but not acknowledged",
+            glabels,
+            [([s, g, p], pend) for s, g, p, pend, _ in snap.groups],
+        )
+        yield _gauge(
+            "sesflow_group_lag",
+            "Entries not yet read by the group",
+            glabels,
+            [([s, g, p], lag) for s, g, p, _, lag in snap.groups],
+        )
+        yield _gauge(
+            "sesflow_schedule_size",
+            "Scheduled chunks waiting",
+            ["partition"],
+            [([p], n) for p, n in snap.scheduled],
+        )
+        events = CounterMetricFamily(
+            "sesflow_events", "Counted events by type (all time)", labels=["type"]
+        )
+        for name, n in sorted(snap.events.items()):
+            events.add_metric([name], n)
+        yield events
+        if self.consumer is not None:
+            yield from _consumer_metrics(self.consumer)
+
+
+def _consumer_metrics(c: ConsumerStats) -> Iterator[Metric]:
+    for name, doc, value in (
+        ("sesflow_stats_batches", "Batches applied by this process", c.batches),
+        ("sesflow_stats_dead_lettered", "Malformed events dead-lettered", c.dead_lettered),
+        ("sesflow_stats_dropped_batches", "Batches dropped to be re-read", c.dropped_batches),
+        ("sesflow_stats_claimed", "Pending events claimed from dead consumers", c.claimed),
+        ("sesflow_stats_trimmed", "Events trimmed from the events streams", c.trimmed),
+        ("sesflow_redis_reconnects", "Times this process waited for Redis", c.redis_reconnects),
+    ):
+        counter = CounterMetricFamily(name, doc)
+        counter.add_metric([], value)
+        yield counter
+    applied = CounterMetricFamily(
+        "sesflow_stats_events_applied", "Events counted by this process", labels=["type"]
+    )
+    for name, n in sorted(c.events.items()):
+        applied.add_metric([name], n)
+    yield applied
+
+
+def _gauge(name: str, doc: str, labels: list[str], rows: list[tuple[list[str], int]]) -> Metric:
+    gauge = GaugeMetricFamily(name, doc, labels=labels)
+    for values, n in rows:
+        gauge.add_metric(values, n)
+    return gauge
+
+
+def _rows(items: list[tuple[str, str, int]]) -> list[tuple[list[str], int]]:
+    return [([a, b], n) for a, b, n in items]
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
+
+
+def make_registry(collector: PipelineCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+async def render(collector: PipelineCollector, registry: CollectorRegistry) -> bytes:
+    await collector.refresh()
+    return generate_latest(registry)

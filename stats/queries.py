@@ -1,0 +1,255 @@
+"""Reading the counters back. Every query is a fixed number of Redis calls per partition (one
+pipeline), so it costs the same after ten emails or ten billion."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from common.keys import SENDERS_GROUP, Keys, PartitionKeys
+from stats.counters import (
+    HOURLY_RETENTION_S,
+    MINUTELY_RETENTION_S,
+    bucket_field,
+    hour_of,
+)
+
+# The finished states of a recipient; total - these = created (still to send).
+FINAL_FIELDS = ("sent", "failed", "stopped", "suppressed", "unknown")
+COUNT_FIELDS = (
+    "sent",
+    "failed",
+    "stopped",
+    "suppressed",
+    "unknown",
+    "rejected",
+    "delivered",
+    "bounced",
+    "bounced_hard",
+    "bounced_soft",
+    "complained",
+    "opened",
+    "opened_unique",
+    "clicked",
+    "clicked_unique",
+    "unsubscribed",
+    "delivery_delayed",
+    "ses_rejected",
+    "rendering_failed",
+)
+MAX_POINTS = 1440
+RATE_WINDOW_S = 60
+
+
+def _pipe(client: Any) -> Any:
+    return client.pipeline(transaction=False)
+
+
+def _ints(values: Iterable[Any]) -> list[int]:
+    return [int(v) if v else 0 for v in values]
+
+
+async def read_counts(
+    client: Any, keys: Keys, key_of: Callable[[PartitionKeys], str]
+) -> Counter[str] | None:
+    """The sum over partitions of one counter hash; None when no partition has it."""
+    pipe = _pipe(client)
+    for p in keys.partitions:
+        pipe.hgetall(key_of(p))
+    found = False
+    total: Counter[str] = Counter()
+    for data in await pipe.execute():
+        if data:
+            found = True
+            total.update({name: int(value) for name, value in data.items()})
+    return total if found else None
+
+
+def summary(counts: Counter[str]) -> dict[str, int]:
+    """total (= accepted), created (still to send) and every counter, zeros included."""
+    total = counts["accepted"]
+    finished = sum(counts[name] for name in FINAL_FIELDS)
+    out = {"total": total, "created": max(0, total - finished)}
+    out.update({name: counts[name] for name in COUNT_FIELDS})
+    return out
+
+
+async def sum_fields(
+    client: Any, keys: Keys, key_of: Callable[[PartitionKeys], str], fields: list[str]
+) -> list[int]:
+    """HMGET the same fields from every partition's hash and add them up, field by field."""
+    if not fields:
+        return []
+    pipe = _pipe(client)
+    for p in keys.partitions:
+        pipe.hmget(key_of(p), fields)
+    totals = [0] * len(fields)
+    for values in await pipe.execute():
+        for i, value in enumerate(_ints(values)):
+            totals[i] += value
+    return totals
+
+
+async def count_since(client: Any, keys: Keys, metric: str, seconds: float, now: float) -> int:
+    """How many `metric` events in the last `seconds`: whole hours from the hourly buckets, the
+    partial hour at the start from the minute buckets (while they are kept)."""
+    start = now - seconds
+    first_full_hour = math.ceil(start / 3600)
+    hours = [
+        hour_of(h * 3600)
+        for h in range(first_full_hour, int(now // 3600) + 1)
+        if now - h * 3600 < HOURLY_RETENTION_S
+    ]
+    minutes: list[int] = []
+    edge = first_full_hour * 3600 - start
+    if edge > 0 and now - start < MINUTELY_RETENTION_S:
+        minutes = list(range(int(start // 60), first_full_hour * 60))
+    elif edge > 0:
+        hours.insert(0, hour_of(start))  # minute data is gone: count that whole hour
+    hourly = await sum_fields(
+        client, keys, lambda p: p.stats_hourly, [bucket_field(metric, h) for h in hours]
+    )
+    minutely = await sum_fields(
+        client, keys, lambda p: p.stats_minutely, [bucket_field(metric, m) for m in minutes]
+    )
+    return sum(hourly) + sum(minutely)
+
+
+class SeriesQuery:
+    """A validated time-series request: points at `start + k*step` up to `end`."""
+
+    def __init__(self, metric: str, topic: str, start: int, end: int, step: int) -> None:
+        self.metric, self.topic, self.start, self.end, self.step = metric, topic, start, end, step
+
+    @property
+    def hourly(self) -> bool:
+        return self.step % 3600 == 0 and not self.topic
+
+
+def plan_series(
+    metric: str, topic: str, start: float, end: float, step: int, now: float
+) -> SeriesQuery:
+    """Choose buckets and widen the step so the answer stays within MAX_POINTS points.
+
+    Minute buckets cover the last 48 hours (per topic too); older ranges use the hourly buckets,
+    which exist for the global counters only. Raises ValueError with a reason for the client."""
+    if end <= start:
+        raise ValueError("'from' must be before 'to'")
+    if step < 60:
+        raise ValueError("step must be at least 60 seconds")
+    end = min(end, now)
+    step = math.ceil(step / 60) * 60
+    if start < now - MINUTELY_RETENTION_S + 60:
+        if topic:
+            raise ValueError("per-topic series cover the last 48 hours")
+        step = max(3600, math.ceil(step / 3600) * 3600)
+        start = max(start, now - HOURLY_RETENTION_S)
+    while (end - start) / step + 1 > MAX_POINTS:
+        step *= 2
+    first = int(start // step * step)
+    return SeriesQuery(metric, topic, first, int(end), step)
+
+
+async def series(client: Any, keys: Keys, q: SeriesQuery) -> list[tuple[int, int]]:
+    """(point time in epoch seconds, value) for each point of the query."""
+    points = list(range(q.start, q.end + 1, q.step))
+    if q.hourly:
+        per_point = q.step // 3600
+        units = [hour_of(t + i * 3600) for t in points for i in range(per_point)]
+        key_of: Callable[[PartitionKeys], str] = lambda p: p.stats_hourly  # noqa: E731
+    else:
+        per_point = q.step // 60
+        units = [str(t // 60 + i) for t in points for i in range(per_point)]
+        topic = q.topic
+        key_of = (lambda p: p.stats_series(topic)) if topic else (lambda p: p.stats_minutely)
+    values = await sum_fields(client, keys, key_of, [bucket_field(q.metric, u) for u in units])
+    return [(t, sum(values[k * per_point : (k + 1) * per_point])) for k, t in enumerate(points)]
+
+
+async def recent_rate(
+    client: Any, keys: Keys, key_of: Callable[[PartitionKeys], str], metric: str, now: float
+) -> float:
+    """Events per second over the previous whole minute and the current one so far."""
+    minute = int(now // 60)
+    fields = [bucket_field(metric, minute - 1), bucket_field(metric, minute)]
+    window = RATE_WINDOW_S + (now - minute * 60)
+    return sum(await sum_fields(client, keys, key_of, fields)) / window
+
+
+async def recent_topics(client: Any, keys: Keys, limit: int) -> list[tuple[str, int]]:
+    """The `limit` most recently active topics, newest first, with their last activity (ms)."""
+    pipe = _pipe(client)
+    for p in keys.partitions:
+        pipe.zrevrange(p.stats_topics, 0, limit - 1, withscores=True)
+    latest: dict[str, int] = {}
+    for rows in await pipe.execute():
+        for topic, score in rows:
+            latest[topic] = max(latest.get(topic, 0), int(score))
+    return sorted(latest.items(), key=lambda kv: kv[1], reverse=True)[:limit]
+
+
+async def queue_depth(client: Any, keys: Keys) -> dict[str, Any]:
+    """Jobs waiting on `sends` (not yet read + read but unacknowledged) and scheduled chunks."""
+    pipe = _pipe(client)
+    for p in keys.partitions:
+        pipe.xlen(p.sends)
+        pipe.xinfo_groups(p.sends)
+        pipe.zcard(p.schedule)
+    replies = await pipe.execute(raise_on_error=False)
+    partitions = []
+    for p in keys.partitions:
+        length, groups, scheduled = replies[3 * p.index : 3 * p.index + 3]
+        length = length if isinstance(length, int) else 0
+        scheduled = scheduled if isinstance(scheduled, int) else 0
+        group = find_group(groups, SENDERS_GROUP)
+        pending = int(group.get("pending") or 0) if group else 0
+        lag = group.get("lag") if group else length
+        if lag is None and group is not None:
+            lag = await lag_fallback(client, p.sends, str(group["last-delivered-id"]))
+        partitions.append(
+            {
+                "partition": p.index,
+                "length": length,
+                "pending": pending,
+                "lag": int(lag or 0),
+                "scheduled": scheduled,
+            }
+        )
+    return {
+        "queued": sum(x["lag"] + x["pending"] for x in partitions),
+        "pending": sum(x["pending"] for x in partitions),
+        "lag": sum(x["lag"] for x in partitions),
+        "scheduled": sum(x["scheduled"] for x in partitions),
+        "length": sum(x["length"] for x in partitions),
+        "partitions": partitions,
+    }
+
+
+LAG_FALLBACK_CAP = 10_000
+
+
+async def lag_fallback(client: Any, stream: str, last_delivered: str) -> int:
+    """Redis < 7 has no group lag: count undelivered entries, up to a cap (bounded work)."""
+    try:
+        rows = await client.xrange(stream, f"({last_delivered}", "+", count=LAG_FALLBACK_CAP)
+    except ResponseError:
+        return 0
+    return len(rows)
+
+
+def find_group(groups: Any, name: str) -> dict[str, Any] | None:
+    if not isinstance(groups, list):
+        return None
+    for group in groups:
+        if group.get("name") == name:
+            return dict(group)
+    return None
+
+
+def now_s() -> float:
+    return time.time()

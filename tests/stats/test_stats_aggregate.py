@@ -1,0 +1,259 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from helpers_stats import FAST, add_events, counters, drained
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from common.keys import STATS_GROUP, Keys
+from common.schema import Event, EventType
+from common.settings import Settings
+from stats.aggregate import StatsConsumer
+from stats.counters import hour_of
+
+NOW_MS = int(time.time() * 1000)
+
+
+def every_type(topic: str) -> list[Event]:
+    events = [Event(type=t.value, topic=topic, ts=NOW_MS, n=2) for t in EventType]
+    events += [
+        Event(type="bounced", topic=topic, ts=NOW_MS, bounce_type="Permanent"),
+        Event(type="bounced", topic=topic, ts=NOW_MS, bounce_type="Transient"),
+        Event(type="opened", topic=topic, ts=NOW_MS, unique=True),
+        Event(type="clicked", topic=topic, ts=NOW_MS, unique=True),
+    ]
+    return events
+
+
+@pytest.fixture
+def fast(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(**FAST)
+
+
+async def test_every_event_type_lands_in_its_counter(redis: Any, fast: Settings) -> None:
+    keys = Keys()
+    p = keys.partition(0)
+    await add_events(redis, keys, *every_type("news"))
+    consumer = StatsConsumer(fast)
+    await consumer.start()
+    await drained(redis, keys)
+    await consumer.close()
+    topic = await counters(redis, p.stats_topic("news"))
+    expected = {t.value: 2 for t in EventType}
+    expected.update(bounced=4, opened=3, clicked=3)
+    # the plain bounce (no bounce_type) counts as soft, like Undetermined
+    expected.update(bounced_hard=1, bounced_soft=3, opened_unique=1, clicked_unique=1)
+    assert topic == expected
+    assert await counters(redis, p.stats_global) == expected
+    hourly = await counters(redis, p.stats_hourly)
+    assert hourly[f"sent:{hour_of(NOW_MS / 1000)}"] == 2
+    minutely = await counters(redis, p.stats_minutely)
+    assert minutely[f"bounced_hard:{NOW_MS // 60_000}"] == 1
+    series = await counters(redis, p.stats_series("news"))
+    assert series[f"sent:{NOW_MS // 60_000}"] == 2
+    assert 0 < await redis.ttl(p.stats_series("news")) <= 49 * 3600
+    assert await redis.zscore(p.stats_topics, "news") == NOW_MS
+    assert consumer.stats.batches >= 1
+
+
+async def test_batches_respect_the_batch_size(
+    redis: Any, make_settings: Callable[..., Settings]
+) -> None:
+    keys = Keys()
+    await add_events(redis, keys, *[Event(type="sent", topic="t") for _ in range(25)])
+    consumer = StatsConsumer(make_settings(STATS_BATCH_SIZE="10", **FAST))
+    await consumer.start()
+    await drained(redis, keys)
+    await consumer.close()
+    assert consumer.stats.batches == 3
+    assert (await counters(redis, keys.partition(0).stats_topic("t")))["sent"] == 2
+    assert consumer.stats.redis_reconnects >= 15
+
+
+async def test_read_but_not_applied_is_counted_once_by_another_consumer(
+    redis: Any, fast: Settings
+) -> None:
+    """A consumer crashes after XREADGROUP and before EXEC: its entries stay pending, a
+    surviving consumer claims them after the idle time and counts them exactly once."""
+    keys = Keys()
+    p = keys.partition(0)
+    await add_events(redis, keys, *[Event(type="sent", topic="t") for _ in range(5)])
+    crashed = StatsConsumer(fast, client=redis, name="crashed")
+    await redis.xgroup_create(p.events, STATS_GROUP, id="0", mkstream=True)
+    batch = await crashed._read(p, ">", 100, None)
+    assert len(batch) == 5  # read, never applied: the process "died" here
+    assert (await redis.xpending(p.events, STATS_GROUP))["pending"] == 5
+    assert await redis.hgetall(p.stats_topic("t")) == {}
+
+    survivor = StatsConsumer(fast, name="survivor")
+    await survivor.start()
+    await drained(redis, keys)
+    await survivor.close()
+    assert (await counters(redis, p.stats_topic("t")))["sent"] == 5
+    assert survivor.stats.claimed == 5
+
+
+async def test_restart_with_same_name_reads_its_own_pending_first(
+    redis: Any, fast: Settings
+) -> None:
+    keys = Keys()
+    p = keys.partition(0)
+    await add_events(redis, keys, *[Event(type="delivered", topic="t") for _ in range(3)])
+    await redis.xgroup_create(p.events, STATS_GROUP, id="0", mkstream=True)
+    first = StatsConsumer(fast, client=redis, name="stats-a")
+    await first._read(p, ">", 2, None)  # 2 read and lost
+    again = StatsConsumer(fast, name="stats-a")
+    await again.start()
+    await drained(redis, keys)
+    await again.close()
+    assert (await counters(redis, p.stats_topic("t")))["delivered"] == 3
+
+
+async def test_applied_batch_is_never_applied_again(redis: Any, fast: Settings) -> None:
+    """EXEC ran but its reply was lost (the connection dropped): the consumer drops the batch
+    in memory and re-reads its pending list, which no longer holds those entries."""
+    keys = Keys()
+    p = keys.partition(0)
+    await add_events(redis, keys, *[Event(type="sent", topic="t") for _ in range(4)])
+    consumer = StatsConsumer(fast)
+    real_pipeline = consumer.client.pipeline
+    lost = {"replies": 0}
+
+    def pipeline(transaction: bool = True) -> Any:
+        pipe = real_pipeline(transaction=transaction)
+        real_execute = pipe.execute
+
+        async def execute(*args: Any, **kwargs: Any) -> Any:
+            result = await real_execute(*args, **kwargs)
+            if transaction and lost["replies"] == 0:
+                lost["replies"] += 1
+                raise RedisConnectionError("connection lost after EXEC")
+            return result
+
+        pipe.execute = execute
+        return pipe
+
+    consumer.client.pipeline = pipeline
+    await consumer.start()
+    await drained(redis, keys)
+    await add_events(redis, keys, Event(type="sent", topic="t"))
+    await drained(redis, keys)
+    await consumer.close()
+    assert lost["replies"] == 1 and consumer.stats.redis_reconnects == 1
+    assert (await counters(redis, p.stats_topic("t")))["sent"] == 5
+
+
+async def test_stale_batch_is_dropped_not_applied(redis: Any, fast: Settings) -> None:
+    keys = Keys()
+    p = keys.partition(0)
+    await add_events(redis, keys, Event(type="sent", topic="t"))
+    await redis.xgroup_create(p.events, STATS_GROUP, id="0", mkstream=True)
+    consumer = StatsConsumer(fast, client=redis, name="slow")
+    batch = await consumer._read(p, ">", 10, None)
+    batch.first_read -= consumer.claim_idle  # held too long: someone may have claimed it
+    assert await consumer.apply(p, batch) is False
+    assert await redis.hgetall(p.stats_topic("t")) == {}
+    assert consumer._backlog[0] is True
+
+
+async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(
+    redis: Any, fast: Settings
+) -> None:
+    keys = Keys()
+    p = keys.partition(0)
+    await redis.xadd(p.events, {"e": "{broken"})
+    await redis.xadd(p.events, {"other": "x"})
+    await redis.xadd(p.events, {"e": '{"type": "nonsense"}'})
+    await add_events(redis, keys, Event(type="sent", topic="t"))
+    consumer = StatsConsumer(fast)
+    await consumer.start()
+    await drained(redis, keys)
+    await consumer.close()
+    dead = await redis.xrange(p.events_dead)
+    assert [d[1]["reason"].split(":")[0] for d in dead] == [
+        "undecodable event",
+        "no 'e' field",
+        "unknown event type 'nonsense'",
+    ]
+    assert dead[0][1]["e"] == "{broken" and dead[1][1]["other"] == "x"
+    assert (await counters(redis, p.stats_topic("t")))["sent"] == 1
+    assert consumer.stats.dead_lettered == 3
+
+
+async def test_partitions_are_counted_separately_and_summed(
+    redis: Any, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(SEND_PARTITIONS="3", **FAST)
+    keys = Keys(partitions=3)
+    for n in range(3):
+        await add_events(redis, keys, Event(type="sent", topic="t", n=n + 1), partition=n)
+    consumer = StatsConsumer(settings)
+    await consumer.start()
+    await drained(redis, keys)
+    await consumer.close()
+    assert [
+        (await counters(redis, keys.partition(n).stats_topic("t")))["sent"] for n in range(3)
+    ] == [1, 2, 3]
+
+
+async def test_stop_flushes_the_batch_in_hand(
+    redis: Any, make_settings: Callable[..., Settings]
+) -> None:
+    keys = Keys()
+    consumer = StatsConsumer(make_settings(STATS_FLUSH_INTERVAL="30", RECLAIM_IDLE="120"))
+    await consumer.start()
+    await asyncio.sleep(0.1)
+    await add_events(redis, keys, *[Event(type="sent", topic="t") for _ in range(3)])
+    await asyncio.sleep(0.3)  # read into the batch, far from its 30 s flush
+    assert await redis.hgetall(keys.partition(0).stats_topic("t")) == {}
+    await consumer.close(grace=40)
+    assert (await counters(redis, keys.partition(0).stats_topic("t")))["sent"] == 3
+
+
+async def test_trim_never_removes_pending_entries(redis: Any, fast: Settings) -> None:
+    keys = Keys()
+    p = keys.partition(0)
+    ids = await add_events(redis, keys, *[Event(type="sent") for _ in range(6)])
+    await redis.xgroup_create(p.events, STATS_GROUP, id="0", mkstream=True)
+    consumer = StatsConsumer(fast, client=redis, name="c")
+    batch = await consumer._read(p, ">", 2, None)
+    await consumer.apply(p, batch)  # ids 0,1 acknowledged
+    await consumer._read(p, ">", 2, None)  # ids 2,3 pending
+    assert await consumer.trim(p) == 2
+    assert [e[0] for e in await redis.xrange(p.events)] == ids[2:]
+
+
+async def test_prune_drops_old_buckets_only(redis: Any, fast: Settings) -> None:
+    keys = Keys()
+    p = keys.partition(0)
+    now = time.time()
+    old_hour, new_hour = hour_of(now - 40 * 86400), hour_of(now - 3600)
+    old_min, new_min = int((now - 50 * 3600) // 60), int(now // 60)
+    await redis.hset(p.stats_hourly, mapping={f"sent:{old_hour}": 1, f"sent:{new_hour}": 2})
+    await redis.hset(p.stats_minutely, mapping={f"sent:{old_min}": 1, f"sent:{new_min}": 2})
+    await redis.hset(p.stats_series("t"), mapping={f"sent:{old_min}": 1, f"sent:{new_min}": 2})
+    await redis.zadd(p.stats_topics, {"t": int(now * 1000)})
+    consumer = StatsConsumer(fast, client=redis)
+    assert await consumer.prune(p, now) == 3
+    assert await redis.hkeys(p.stats_hourly) == [f"sent:{new_hour}"]
+    assert await redis.hkeys(p.stats_minutely) == [f"sent:{new_min}"]
+    assert await redis.hkeys(p.stats_series("t")) == [f"sent:{new_min}"]
+
+
+async def test_survives_a_redis_outage(redis: Any, redis_process: Any, fast: Settings) -> None:
+    """Events written while the consumer cannot reach Redis are counted once it is back."""
+    keys = Keys()
+    consumer = StatsConsumer(fast)
+    await consumer.start()
+    await add_events(redis, keys, Event(type="sent", topic="t"))
+    await drained(redis, keys)
+    await redis.client_kill_filter(_type="normal", skipme=True)  # drop every other connection
+    await add_events(redis, keys, Event(type="sent", topic="t"))
+    await drained(redis, keys)
+    await consumer.close()
+    assert (await counters(redis, keys.partition(0).stats_topic("t")))["sent"] == 2
+    assert consumer.stats.redis_reconnects >= 1

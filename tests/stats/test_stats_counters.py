@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from common.schema import Event, EventType, encode
+from stats.counters import (
+    METRICS,
+    MalformedEvent,
+    PartitionBatch,
+    hour_of,
+    increments,
+    parse_entry,
+)
+
+TS = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
+
+
+def fields(**kw: object) -> dict[str, str]:
+    return {"e": encode(Event(**kw)).decode()}  # type: ignore[arg-type]
+
+
+def test_every_event_type_counts_n_under_its_own_name() -> None:
+    for event_type in EventType:
+        assert increments(Event(type=event_type.value, n=3))[event_type.value] == 3
+        assert event_type.value in METRICS
+
+
+def test_derived_splits() -> None:
+    assert increments(Event(type="bounced", bounce_type="Permanent")) == {
+        "bounced": 1,
+        "bounced_hard": 1,
+    }
+    for soft in ("Transient", "Undetermined"):
+        assert increments(Event(type="bounced", bounce_type=soft))["bounced_soft"] == 1
+    assert increments(Event(type="opened", unique=True)) == {"opened": 1, "opened_unique": 1}
+    assert increments(Event(type="opened")) == {"opened": 1}
+    assert increments(Event(type="clicked", unique=True))["clicked_unique"] == 1
+
+
+def test_malformed_entries_are_refused_with_a_reason() -> None:
+    for bad, reason in (
+        (None, "no 'e' field"),
+        ({"x": "1"}, "no 'e' field"),
+        ({"e": "{not json"}, "undecodable"),
+        ({"e": '{"n": 1}'}, "undecodable"),
+        ({"e": '{"type": "sent", "n": "many"}'}, "undecodable"),
+        ({"e": '{"type": "bogus"}'}, "unknown event type"),
+        ({"e": '{"type": "bounced_hard"}'}, "unknown event type"),
+        ({"e": '{"type": "sent", "n": -2}'}, "negative"),
+    ):
+        try:
+            parse_entry(bad)
+        except MalformedEvent as exc:
+            assert reason in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_batch_sums_per_key_and_bucket() -> None:
+    batch = PartitionBatch()
+    batch.add("1-0", fields(type="accepted", topic="t", n=5, ts=TS))
+    batch.add("1-1", fields(type="sent", topic="t", index=0, ts=TS))
+    batch.add("1-2", fields(type="sent", topic="t", index=1, ts=TS + 60_000))
+    batch.add("1-3", fields(type="bounced", topic="u", bounce_type="Permanent", ts=TS))
+    batch.add("1-4", {"e": "garbage"})
+    batch.add(f"{TS}-5", fields(type="sent"))  # no ts: the entry id's time; no topic: global only
+    assert len(batch) == 6 and [d[0] for d in batch.dead] == ["1-4"]
+    assert batch.global_ == {"accepted": 5, "sent": 3, "bounced": 1, "bounced_hard": 1}
+    assert batch.topics == {"t": {"accepted": 5, "sent": 2}, "u": {"bounced": 1, "bounced_hard": 1}}
+    hour, minute = hour_of(TS / 1000), TS // 60_000
+    assert hour == "2023111422"
+    assert batch.hourly[f"sent:{hour}"] == 3
+    assert batch.minutely[f"sent:{minute}"] == 2 and batch.minutely[f"sent:{minute + 1}"] == 1
+    assert batch.series["t"] == {
+        f"accepted:{minute}": 5,
+        f"sent:{minute}": 1,
+        f"sent:{minute + 1}": 1,
+    }
+    assert batch.last_seen == {"t": TS + 60_000, "u": TS}
