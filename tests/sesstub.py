@@ -1,0 +1,489 @@
+"""A local SES endpoint for tests, fault runs and benchmarks: an aiohttp server that speaks the
+SESv2 calls sesflow uses, with SES's answer and error shapes, and knobs to make it slow, throttle,
+pause or reject. It does not check signatures.
+
+    SendEmail       POST /v2/email/outbound-emails
+    SendBulkEmail   POST /v2/email/outbound-bulk-emails
+    GetAccount      GET  /v2/email/account
+    control         POST /stub/control   JSON of any `StubConfig` field, plus "reset": true
+    stats           GET  /stub/stats     (?recipients=1 adds the per-address counts)
+    recent calls    GET  /stub/messages  the last `keep_messages` accepted requests
+
+In process:  `async with SesStub(latency_ms=20, rate=200) as stub: ... stub.url ...`
+As a process: `python tests/sesstub.py --port 0 --rate 200` prints its URL on one line when ready.
+
+Quotas count recipients, as SES does. `rate` is enforced with a token bucket of `burst` tokens
+(default a tenth of a second of tokens, at least 1): a call that finds too few tokens for all its
+recipients is answered 429 TooManyRequestsException and counted in `throttled`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import itertools
+import random
+import re
+import signal
+import sys
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+ACCOUNT_PATH = "/v2/email/account"
+SEND_PATH = "/v2/email/outbound-emails"
+BULK_PATH = "/v2/email/outbound-bulk-emails"
+
+_ERROR_MESSAGES = {
+    "TooManyRequestsException": "Maximum sending rate exceeded.",
+    "LimitExceededException": "Daily message quota exceeded.",
+    "SendingPausedException": "Sending is paused for this account.",
+    "MessageRejected": "Email address is on the account-level suppression list.",
+    "BadRequestException": "Missing required parameter.",
+    "InternalFailure": "An internal error occurred.",
+    "ServiceUnavailable": "Service is unavailable, please try again later.",
+}
+_STATUS_CODES = {
+    429: "TooManyRequestsException",
+    400: "BadRequestException",
+    403: "AccessDeniedException",
+    404: "NotFoundException",
+    500: "InternalFailure",
+    502: "InternalFailure",
+    503: "ServiceUnavailable",
+    504: "InternalFailure",
+}
+
+
+class StubConfig(msgspec.Struct, kw_only=True):
+    """Every knob; each can be changed at runtime through POST /stub/control."""
+
+    latency_ms: float = 0.0
+    error_rate: float = 0.0  # fraction of send calls answered with `error_status`
+    error_status: int = 429
+    error_code: str = ""  # default: derived from error_status
+    disconnect_rate: float = 0.0  # fraction of send calls dropped without an answer
+    rate: float = 0.0  # enforced recipients per second; 0 = unlimited
+    burst: float = 0.0  # token bucket size; 0 = max(1, rate / 10)
+    max_24h: float = -1.0  # daily quota in recipients, -1 = unlimited (GetAccount too)
+    reject_pattern: str = ""  # regex; matching recipients get MessageRejected
+    paused_until: float = 0.0  # epoch seconds; SendingPausedException until then
+    keep_messages: int = 1000  # accepted requests kept for GET /stub/messages
+
+
+class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    latency_ms: float | None = None
+    error_rate: float | None = None
+    error_status: int | None = None
+    error_code: str | None = None
+    disconnect_rate: float | None = None
+    rate: float | None = None
+    burst: float | None = None
+    max_24h: float | None = None
+    reject_pattern: str | None = None
+    pause_seconds: float | None = None  # pause the account for N seconds (0 = resume)
+    keep_messages: int | None = None
+    reset: bool = False  # forget every count (not the configuration)
+
+
+class _Destination(msgspec.Struct):
+    ToAddresses: list[str] = []
+    CcAddresses: list[str] = []
+    BccAddresses: list[str] = []
+
+    def all(self) -> list[str]:
+        return [*self.ToAddresses, *self.CcAddresses, *self.BccAddresses]
+
+
+class _SendEmail(msgspec.Struct):
+    Destination: _Destination
+    Content: dict[str, Any]
+    FromEmailAddress: str = ""
+    EmailTags: list[dict[str, str]] = []
+    ConfigurationSetName: str = ""
+
+
+class _BulkEntry(msgspec.Struct):
+    Destination: _Destination
+
+
+class _SendBulkEmail(msgspec.Struct):
+    BulkEmailEntries: list[_BulkEntry]
+    DefaultContent: dict[str, Any]
+    FromEmailAddress: str = ""
+
+
+_encoder = msgspec.json.Encoder()
+_send_decoder = msgspec.json.Decoder(_SendEmail)
+_bulk_decoder = msgspec.json.Decoder(_SendBulkEmail)
+_control_decoder = msgspec.json.Decoder(Control)
+_raw_decoder = msgspec.json.Decoder()
+
+
+class SesError(Exception):
+    def __init__(self, status: int, code: str, message: str = "") -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        self.message = message or _ERROR_MESSAGES.get(code, code)
+
+
+class SesStub:
+    """The stub server. Counters are plain attributes, readable from the test that owns it."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **config: Any) -> None:
+        self.host = host
+        self.port = port
+        self.config = msgspec.convert(config, StubConfig)
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._reject: re.Pattern[str] | None = None
+        self.reset()
+        self._apply_pattern()
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.started = time.time()
+        self.calls = 0  # every SES call received
+        self.messages = 0  # accepted SendEmail calls (+ accepted bulk entries)
+        self.sent = 0  # accepted recipients
+        self.throttled = 0  # 429 answers from the enforced rate
+        self.injected_errors = 0  # answers from error_rate
+        self.disconnects = 0
+        self.rejected = 0  # recipients refused by reject_pattern
+        self.paused_answers = 0
+        self.quota_answers = 0
+        self.bad_requests = 0
+        self.recipients: collections.Counter[str] = collections.Counter()
+        self.per_second: collections.Counter[int] = collections.Counter()
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=max(0, self.config.keep_messages)
+        )
+        self._tokens = self._bucket_size()
+        self._refilled = time.monotonic()
+
+    def _bucket_size(self) -> float:
+        return self.config.burst or max(1.0, self.config.rate / 10)
+
+    def _apply_pattern(self) -> None:
+        pattern = self.config.reject_pattern
+        self._reject = re.compile(pattern, re.IGNORECASE) if pattern else None
+
+    def configure(self, **changes: Any) -> StubConfig:
+        """Change knobs at runtime (same names as POST /stub/control)."""
+        control = msgspec.convert(changes, Control)
+        return self._control(control)
+
+    def _control(self, control: Control) -> StubConfig:
+        if control.reset:
+            self.reset()
+        for field in StubConfig.__struct_fields__:
+            value = getattr(control, field, None)
+            if value is not None:
+                setattr(self.config, field, value)
+        if control.pause_seconds is not None:
+            self.config.paused_until = (
+                time.time() + control.pause_seconds if control.pause_seconds > 0 else 0.0
+            )
+        if control.rate is not None or control.burst is not None:
+            self._tokens = self._bucket_size()
+            self._refilled = time.monotonic()
+        if control.keep_messages is not None:
+            self.recent = collections.deque(self.recent, maxlen=max(0, control.keep_messages))
+        self._apply_pattern()
+        return self.config
+
+    def stats(self, with_recipients: bool = False) -> dict[str, Any]:
+        duplicates = sum(1 for count in self.recipients.values() if count > 1)
+        data: dict[str, Any] = {
+            "calls": self.calls,
+            "messages": self.messages,
+            "sent": self.sent,
+            "unique_recipients": len(self.recipients),
+            "duplicate_recipients": duplicates,
+            "throttled": self.throttled,
+            "injected_errors": self.injected_errors,
+            "disconnects": self.disconnects,
+            "rejected": self.rejected,
+            "paused_answers": self.paused_answers,
+            "quota_answers": self.quota_answers,
+            "bad_requests": self.bad_requests,
+            "max_per_second": max(self.per_second.values(), default=0),
+            "per_second": {str(k): v for k, v in sorted(self.per_second.items())},
+            "config": msgspec.to_builtins(self.config),
+        }
+        if with_recipients:
+            data["recipients"] = dict(self.recipients)
+        return data
+
+    # --- SES behaviour -------------------------------------------------------------------------
+
+    def _take(self, count: int) -> bool:
+        """Token bucket over recipients; False (nothing taken) when there are too few."""
+        if self.config.rate <= 0:
+            return True
+        now = time.monotonic()
+        size = self._bucket_size()
+        self._tokens = min(size, self._tokens + (now - self._refilled) * self.config.rate)
+        self._refilled = now
+        if self._tokens + 1e-9 < count:
+            return False
+        self._tokens -= count
+        return True
+
+    def _admit(self, recipients: int) -> None:
+        """Account-level checks every send call passes through, in SES's order."""
+        config = self.config
+        if config.paused_until and time.time() < config.paused_until:
+            self.paused_answers += 1
+            raise SesError(400, "SendingPausedException")
+        if config.error_rate > 0 and random.random() < config.error_rate:
+            self.injected_errors += 1
+            status = config.error_status
+            raise SesError(
+                status, config.error_code or _STATUS_CODES.get(status, "InternalFailure")
+            )
+        if 0 <= config.max_24h < self.sent + recipients:
+            self.quota_answers += 1
+            raise SesError(400, "LimitExceededException")
+        if not self._take(recipients):
+            self.throttled += 1
+            raise SesError(429, "TooManyRequestsException")
+
+    def _rejects(self, address: str) -> bool:
+        return self._reject is not None and self._reject.search(address) is not None
+
+    def _message_id(self) -> str:
+        return f"0100{int(time.time() * 1000):012x}-{uuid.uuid4()}-{next(self._ids):06d}"
+
+    def _record(self, recipients: list[str]) -> None:
+        self.sent += len(recipients)
+        self.per_second[int(time.time())] += len(recipients)
+        self.recipients.update(recipients)
+
+    async def _delay(self) -> None:
+        if self.config.latency_ms > 0:
+            await asyncio.sleep(self.config.latency_ms / 1000)
+
+    def _maybe_disconnect(self, request: web.Request) -> bool:
+        if self.config.disconnect_rate > 0 and random.random() < self.config.disconnect_rate:
+            self.disconnects += 1
+            if request.transport is not None:
+                request.transport.close()
+            return True
+        return False
+
+    async def send_email(self, request: web.Request) -> web.StreamResponse:
+        self.calls += 1
+        body = await request.read()
+        await self._delay()
+        try:
+            try:
+                call = _send_decoder.decode(body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.bad_requests += 1
+                raise SesError(400, "BadRequestException", f"Invalid request: {exc}") from exc
+            recipients = call.Destination.all()
+            if not call.FromEmailAddress or not recipients:
+                self.bad_requests += 1
+                raise SesError(400, "BadRequestException", "Missing FromEmailAddress or recipient")
+            if len(recipients) > 50:
+                self.bad_requests += 1
+                raise SesError(400, "BadRequestException", "Too many recipients (max 50).")
+            if self._maybe_disconnect(request):
+                return web.Response(status=500)
+            self._admit(len(recipients))
+            refused = [r for r in recipients if self._rejects(r)]
+            if refused:
+                self.rejected += len(refused)
+                raise SesError(400, "MessageRejected", f"Address rejected: {refused[0]}")
+        except SesError as err:
+            return self._error(err)
+        self.messages += 1
+        self._record(recipients)
+        if self.recent.maxlen:
+            self.recent.append(_raw_decoder.decode(body))
+        return self._json({"MessageId": self._message_id()})
+
+    async def send_bulk_email(self, request: web.Request) -> web.StreamResponse:
+        self.calls += 1
+        body = await request.read()
+        await self._delay()
+        try:
+            try:
+                call = _bulk_decoder.decode(body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.bad_requests += 1
+                raise SesError(400, "BadRequestException", f"Invalid request: {exc}") from exc
+            if not call.FromEmailAddress or not call.BulkEmailEntries:
+                self.bad_requests += 1
+                raise SesError(400, "BadRequestException", "Missing FromEmailAddress or entries")
+            if self._maybe_disconnect(request):
+                return web.Response(status=500)
+            self._admit(sum(len(e.Destination.all()) for e in call.BulkEmailEntries))
+        except SesError as err:
+            return self._error(err)
+        results: list[dict[str, str]] = []
+        for entry in call.BulkEmailEntries:
+            recipients = entry.Destination.all()
+            refused = [r for r in recipients if self._rejects(r)]
+            if refused:
+                self.rejected += len(refused)
+                results.append({"Status": "MESSAGE_REJECTED", "Error": f"Rejected: {refused[0]}"})
+                continue
+            self.messages += 1
+            self._record(recipients)
+            results.append({"Status": "SUCCESS", "MessageId": self._message_id()})
+        return self._json({"BulkEmailEntryResults": results})
+
+    async def get_account(self, request: web.Request) -> web.StreamResponse:
+        config = self.config
+        paused = bool(config.paused_until and time.time() < config.paused_until)
+        return self._json(
+            {
+                "DedicatedIpAutoWarmupEnabled": False,
+                "EnforcementStatus": "HEALTHY",
+                "ProductionAccessEnabled": True,
+                "SendQuota": {
+                    "Max24HourSend": config.max_24h,
+                    "MaxSendRate": config.rate or 14.0,
+                    "SentLast24Hours": float(self.sent),
+                },
+                "SendingEnabled": not paused,
+            }
+        )
+
+    # --- control -------------------------------------------------------------------------------
+
+    async def control(self, request: web.Request) -> web.StreamResponse:
+        try:
+            control = _control_decoder.decode(await request.read() or b"{}")
+            if control.reject_pattern:
+                re.compile(control.reject_pattern)
+        except (msgspec.DecodeError, msgspec.ValidationError, re.error) as exc:
+            return web.json_response({"error": "bad_control", "detail": str(exc)}, status=400)
+        return web.Response(
+            body=_encoder.encode(self._control(control)), content_type="application/json"
+        )
+
+    async def stats_handler(self, request: web.Request) -> web.StreamResponse:
+        with_recipients = request.query.get("recipients", "") in {"1", "true", "yes"}
+        return web.Response(
+            body=_encoder.encode(self.stats(with_recipients)), content_type="application/json"
+        )
+
+    async def messages_handler(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=_encoder.encode(list(self.recent)), content_type="application/json"
+        )
+
+    # --- HTTP ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _headers() -> dict[str, str]:
+        return {"x-amzn-RequestId": str(uuid.uuid4())}
+
+    def _json(self, data: Any) -> web.Response:
+        return web.Response(
+            body=_encoder.encode(data), content_type="application/json", headers=self._headers()
+        )
+
+    def _error(self, err: SesError) -> web.Response:
+        headers = self._headers()
+        headers["x-amzn-ErrorType"] = f"{err.code}:http://internal.amazon.com/coral/com.amazon.ses/"
+        return web.Response(
+            status=err.status,
+            body=_encoder.encode({"message": err.message}),
+            content_type="application/json",
+            headers=headers,
+        )
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=50 * 1024 * 1024)
+        app.router.add_post(SEND_PATH, self.send_email)
+        app.router.add_post(BULK_PATH, self.send_bulk_email)
+        app.router.add_get(ACCOUNT_PATH, self.get_account)
+        app.router.add_post("/stub/control", self.control)
+        app.router.add_get("/stub/stats", self.stats_handler)
+        app.router.add_get("/stub/messages", self.messages_handler)
+        return app
+
+    async def start(self) -> SesStub:
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        self.port = int(server.sockets[0].getsockname()[1])
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> SesStub:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Local SESv2 stub (no signature checks).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument("--error-status", type=int, default=429)
+    parser.add_argument("--disconnect-rate", type=float, default=0.0)
+    parser.add_argument("--rate", type=float, default=0.0, help="enforced recipients/s, 0 = none")
+    parser.add_argument("--burst", type=float, default=0.0)
+    parser.add_argument("--max-24h", type=float, default=-1.0)
+    parser.add_argument("--reject-pattern", default="")
+    parser.add_argument("--pause-seconds", type=float, default=0.0)
+    parser.add_argument("--keep-messages", type=int, default=1000)
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    stub = SesStub(
+        args.host,
+        args.port,
+        latency_ms=args.latency_ms,
+        error_rate=args.error_rate,
+        error_status=args.error_status,
+        disconnect_rate=args.disconnect_rate,
+        rate=args.rate,
+        burst=args.burst,
+        max_24h=args.max_24h,
+        reject_pattern=args.reject_pattern,
+        keep_messages=args.keep_messages,
+    )
+    if args.pause_seconds > 0:
+        stub.configure(pause_seconds=args.pause_seconds)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with stub:
+        print(stub.url, flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    asyncio.run(serve(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
