@@ -1,0 +1,405 @@
+"""An async SESv2 `SendEmail` client for the send path: botocore's credential chain and SigV4
+signer, one keep-alive aiohttp pool, msgspec JSON. boto3 costs ~4x the client CPU per call, so it
+stays on the control plane (`common.aws`).
+
+The client never retries. Every failure becomes one of the `common.errors.Ses*` classes, told
+apart by what the caller must do about it; above all, whether the request may have reached SES
+(`SesAmbiguous`) or certainly did not (`SesTransient`), because SESv2 has no idempotency token
+and a blind retry can send an email twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import aiohttp
+import msgspec
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+from botocore.session import Session as BotocoreSession
+from yarl import URL
+
+from common.errors import (
+    ConfigError,
+    SesAmbiguous,
+    SesError,
+    SesPaused,
+    SesQuotaExceeded,
+    SesRejected,
+    SesThrottled,
+    SesTransient,
+)
+from common.settings import Settings
+
+SEND_PATH = "/v2/email/outbound-emails"
+SIGNING_SERVICE = "ses"
+USER_AGENT = "sesflow"
+# Longest wait for a pooled or new connection; SES_TIMEOUT then bounds the answer.
+MAX_CONNECT_TIMEOUT = 5.0
+
+
+class OutgoingEmail(msgspec.Struct, frozen=True, kw_only=True):
+    """One email to one recipient, ready for SES."""
+
+    from_email: str
+    to: str
+    subject: str
+    html: str
+    headers: tuple[tuple[str, str], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    configuration_set: str = ""
+
+
+# --- the SESv2 wire format ---------------------------------------------------------------------
+
+
+class _Text(msgspec.Struct, frozen=True):
+    Data: str
+    Charset: str = "UTF-8"
+
+
+class _Body(msgspec.Struct, frozen=True):
+    Html: _Text
+
+
+class _NameValue(msgspec.Struct, frozen=True):
+    Name: str
+    Value: str
+
+
+class _Simple(msgspec.Struct, frozen=True, omit_defaults=True):
+    Subject: _Text
+    Body: _Body
+    Headers: list[_NameValue] = []
+
+
+class _Content(msgspec.Struct, frozen=True):
+    Simple: _Simple
+
+
+class _Destination(msgspec.Struct, frozen=True):
+    ToAddresses: list[str]
+
+
+class _SendEmailRequest(msgspec.Struct, frozen=True, omit_defaults=True):
+    FromEmailAddress: str
+    Destination: _Destination
+    Content: _Content
+    EmailTags: list[_NameValue] = []
+    ConfigurationSetName: str = ""
+
+
+class _SendEmailResponse(msgspec.Struct):
+    MessageId: str
+
+
+class _JsonError(msgspec.Struct):
+    # SESv2 uses `message`; some AWS front ends answer `Message`, `__type` or `code`.
+    message: str = ""
+    Message: str = ""
+    type: str = msgspec.field(default="", name="__type")
+    code: str = ""
+    Code: str = ""
+
+
+_encoder = msgspec.json.Encoder()
+_response_decoder = msgspec.json.Decoder(_SendEmailResponse)
+_error_decoder = msgspec.json.Decoder(_JsonError)
+
+
+def encode_request(email: OutgoingEmail) -> bytes:
+    """The JSON body of SESv2 SendEmail for `email` (Simple content, HTML part)."""
+    return _encoder.encode(
+        _SendEmailRequest(
+            FromEmailAddress=email.from_email,
+            Destination=_Destination(ToAddresses=[email.to]),
+            Content=_Content(
+                Simple=_Simple(
+                    Subject=_Text(email.subject),
+                    Body=_Body(Html=_Text(email.html)),
+                    Headers=[_NameValue(n, v) for n, v in email.headers],
+                )
+            ),
+            EmailTags=[_NameValue(n, v) for n, v in email.tags],
+            ConfigurationSetName=email.configuration_set,
+        )
+    )
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+THROTTLE_CODES = frozenset({"TooManyRequestsException", "Throttling", "ThrottlingException"})
+PAUSE_CODES = frozenset(
+    {
+        "SendingPausedException",
+        "AccountSuspendedException",
+        "AccountSendingPausedException",
+        "ConfigurationSetSendingPausedException",
+        # The account or its credentials are refused as a whole: stop every sender until an
+        # operator fixes it, rather than failing every queued recipient.
+        "AccessDeniedException",
+        "AccessDenied",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+    }
+)
+# Not sent, and a retry may well succeed (fresh credentials, a corrected clock, a healthy host).
+RETRY_CODES = frozenset(
+    {
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
+        "SignatureDoesNotMatch",
+        "IncompleteSignature",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+    }
+)
+REJECT_CODES = frozenset(
+    {
+        "MessageRejected",
+        "MailFromDomainNotVerifiedException",
+        "MailFromDomainNotVerified",
+        "BadRequestException",
+        "NotFoundException",
+        "InvalidParameterValue",
+        "ConfigurationSetDoesNotExist",
+        "ConfigurationSetDoesNotExistException",
+    }
+)
+QUOTA_MESSAGE = "daily message quota exceeded"
+RATE_MESSAGE = "maximum sending rate exceeded"
+
+_XML_CODE = re.compile(r"<Code>\s*([^<]*?)\s*</Code>")
+_XML_MESSAGE = re.compile(r"<Message>\s*([^<]*?)\s*</Message>")
+
+
+def parse_error(status: int, headers: Any, body: bytes) -> tuple[str, str]:
+    """(code, message) of an SES error answer: JSON (SESv2, code in `x-amzn-ErrorType` or
+    `__type`) or XML (SES v1 style `<ErrorResponse><Error><Code>`)."""
+    code = str(headers.get("x-amzn-ErrorType", "") or "")
+    message = ""
+    text = body.lstrip()[:1]
+    if text == b"{":
+        try:
+            err = _error_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            err = _JsonError()
+        message = err.message or err.Message
+        code = code or err.type or err.code or err.Code
+    elif text == b"<":
+        decoded = body[:65536].decode("utf-8", "replace")
+        if found := _XML_CODE.search(decoded):
+            code = code or found.group(1)
+        if found := _XML_MESSAGE.search(decoded):
+            message = found.group(1)
+    # `TooManyRequestsException:http://internal.amazon.com/...`, `aws.protocoltests#Name`.
+    code = code.split(":", 1)[0].rsplit("#", 1)[-1].strip()
+    return code or f"HTTP{status}", message
+
+
+def classify(status: int, code: str, message: str) -> type[SesError]:
+    """Which Ses* class an error answer is, by what sesflow must do about it."""
+    lowered = message.lower()
+    if QUOTA_MESSAGE in lowered:
+        return SesQuotaExceeded
+    if status == 429 or code in THROTTLE_CODES or RATE_MESSAGE in lowered:
+        return SesThrottled
+    if code == "LimitExceededException":
+        return SesQuotaExceeded if "quota" in lowered else SesThrottled
+    if code in PAUSE_CODES:
+        return SesPaused
+    if code in RETRY_CODES or status >= 500:
+        return SesTransient
+    if code in REJECT_CODES or 400 <= status < 500:
+        return SesRejected
+    # 1xx/3xx: not an answer SES gives to SendEmail; nothing was accepted.
+    return SesTransient
+
+
+def error_from_response(status: int, headers: Any, body: bytes) -> SesError:
+    code, message = parse_error(status, headers, body)
+    return classify(status, code, message)(code, message, status)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def nothing_written(exc: BaseException) -> bool:
+    """True when aiohttp refused to write the request because the connection was already
+    closing: the headers and the small body go out in one write, so not one byte left."""
+    return any(
+        isinstance(e, aiohttp.ClientConnectionResetError)
+        and "Cannot write to closing transport" in str(e)
+        for e in _chain(exc)
+    )
+
+
+def error_from_exception(exc: BaseException) -> SesError:
+    """Translate an aiohttp / asyncio failure of one call.
+
+    Before the request was written (cannot connect, no pooled connection in time, connection
+    closing before the first byte) it is `SesTransient`: certainly not sent. Anything after
+    (read timeout, server disconnect, reset, truncated answer) is `SesAmbiguous`: SES may have
+    accepted the message. aiohttp never retries a POST by itself.
+
+    What aiohttp cannot tell: once bytes reached the kernel, a reset or a close (say, a pooled
+    connection the server dropped as we reused it) looks the same as a server that processed the
+    request and died before answering. Those stay ambiguous; the pool's keep-alive timeout is
+    kept short to make them rare.
+    """
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return SesTransient("ConnectError", f"{name}: {exc}")
+    if nothing_written(exc):
+        return SesTransient("ConnectionClosed", f"{name}: {exc}")
+    if isinstance(exc, TimeoutError):
+        return SesAmbiguous("Timeout", f"{name}: {exc}".rstrip(": "))
+    return SesAmbiguous("ConnectionLost", f"{name}: {exc}")
+
+
+# --- credentials -------------------------------------------------------------------------------
+
+
+def resolve_credentials(settings: Settings) -> Credentials:
+    """Explicit AWS_* settings when given, else botocore's chain (env, profile, SSO, container,
+    instance metadata...). The chain's credentials refresh themselves before they expire."""
+    session = BotocoreSession()
+    if settings.aws_access_key_id and settings.aws_secret_access_key:
+        session.set_credentials(
+            settings.aws_access_key_id,
+            settings.aws_secret_access_key,
+            settings.aws_session_token or None,
+        )
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise ConfigError("no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+    return credentials
+
+
+def _host_header(url: URL) -> str:
+    """The Host header for `url`, as both aiohttp and botocore write it (port only when it is
+    not the scheme's default)."""
+    host = url.raw_host or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    return host if url.is_default_port() else f"{host}:{url.port}"
+
+
+def endpoint_of(settings: Settings) -> str:
+    return (
+        settings.ses_endpoint_url or f"https://email.{settings.aws_region}.amazonaws.com"
+    ).rstrip("/")
+
+
+# --- the client --------------------------------------------------------------------------------
+
+
+class SesClient:
+    """SESv2 SendEmail over one keep-alive connection pool. Create and use it inside the event
+    loop that sends; `close()` when done."""
+
+    def __init__(self, settings: Settings, *, max_connections: int = 100) -> None:
+        self.region = settings.aws_region
+        self.url = endpoint_of(settings) + SEND_PATH
+        self._url = URL(self.url)
+        if self._url.scheme not in {"http", "https"} or not self._url.raw_host:
+            raise ConfigError(f"SES_ENDPOINT_URL must be an http(s) URL, not {self.url!r}")
+        self.host = _host_header(self._url)
+        self.credentials = resolve_credentials(settings)
+        self.max_connections = max_connections
+        connect = min(settings.ses_timeout, MAX_CONNECT_TIMEOUT)
+        # The connect phase (pool wait included) ends with ConnectionTimeoutError before the
+        # total can expire, so a plain TimeoutError always means "after the request was sent".
+        self.timeout = aiohttp.ClientTimeout(
+            total=connect + settings.ses_timeout,
+            connect=connect,
+            sock_read=settings.ses_timeout,
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._signer: SigV4Auth | None = None
+        self._signer_for: ReadOnlyCredentials | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections,
+                limit_per_host=self.max_connections,
+                keepalive_timeout=20,
+                ttl_dns_cache=300,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self.timeout,
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding",),
+            )
+        return self._session
+
+    async def _current_signer(self) -> SigV4Auth:
+        credentials = self.credentials
+        if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
+            # A refresh may call STS or instance metadata: keep it off the event loop.
+            frozen = await asyncio.to_thread(credentials.get_frozen_credentials)
+        else:
+            frozen = credentials.get_frozen_credentials()
+        if self._signer is None or frozen != self._signer_for:
+            self._signer = SigV4Auth(frozen, SIGNING_SERVICE, self.region)
+            self._signer_for = frozen
+        return self._signer
+
+    def _signed_headers(self, signer: SigV4Auth, body: bytes) -> dict[str, str]:
+        # Host given up front spares botocore parsing the URL twice per signature; it is the
+        # value aiohttp would send. User-Agent is never signed, so it is added afterwards.
+        request = AWSRequest(
+            method="POST",
+            url=self.url,
+            data=body,
+            headers={"Host": self.host, "Content-Type": "application/json"},
+        )
+        signer.add_auth(request)
+        headers = dict(request.headers.items())
+        headers["User-Agent"] = USER_AGENT
+        return headers
+
+    async def send_email(self, email: OutgoingEmail) -> str:
+        """Send one email; returns SES's MessageId or raises a `common.errors.Ses*` error."""
+        body = encode_request(email)
+        headers = self._signed_headers(await self._current_signer(), body)
+        session = self._http()
+        try:
+            async with session.post(
+                self._url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+                payload = await response.read()
+                answer_headers = response.headers
+        except aiohttp.ClientError as exc:
+            raise error_from_exception(exc) from exc
+        except TimeoutError as exc:
+            raise error_from_exception(exc) from exc
+        if 200 <= status < 300:
+            try:
+                return _response_decoder.decode(payload).MessageId
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                # SES said yes but the id is unreadable: the mail is probably on its way.
+                raise SesAmbiguous(
+                    "MalformedResponse", payload[:200].decode(errors="replace"), status
+                ) from exc
+        raise error_from_response(status, answer_headers, payload)
+
+    async def close(self) -> None:
+        """Close the pool; calling it twice is harmless."""
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None

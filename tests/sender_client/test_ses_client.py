@@ -1,0 +1,435 @@
+"""SesClient against the SES stub (and a few hand-made answers): request shape, SigV4, and the
+mapping of every kind of failure onto the project's error classes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from botocore.credentials import RefreshableCredentials
+from multidict import CIMultiDict
+from sesstub import SesStub
+
+from common.embedded import free_port
+from common.errors import (
+    ConfigError,
+    SesAmbiguous,
+    SesError,
+    SesPaused,
+    SesQuotaExceeded,
+    SesRejected,
+    SesThrottled,
+    SesTransient,
+)
+from common.settings import Settings
+from sender.ses_client import (
+    OutgoingEmail,
+    SesClient,
+    classify,
+    endpoint_of,
+    error_from_exception,
+    parse_error,
+)
+
+MakeEmail = Callable[..., OutgoingEmail]
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A one-route server answering SendEmail with `handler`; yields its base URL."""
+    app = web.Application()
+    app.router.add_post("/v2/email/outbound-emails", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_sends_the_sesv2_request_shape(
+    stub: SesStub, client: SesClient, make_email: MakeEmail
+) -> None:
+    message_id = await client.send_email(make_email(configuration_set="tracking"))
+    assert message_id.startswith("0100")
+    [body] = stub.recent
+    assert body == {
+        "FromEmailAddress": "sender@example.com",
+        "Destination": {"ToAddresses": ["someone@example.org"]},
+        "Content": {
+            "Simple": {
+                "Subject": {"Data": "Hello", "Charset": "UTF-8"},
+                "Body": {"Html": {"Data": "<p>Hi</p>", "Charset": "UTF-8"}},
+                "Headers": [{"Name": "X-Request-ID", "Value": "1732461234567-0_3"}],
+            }
+        },
+        "EmailTags": [
+            {"Name": "sesflow-rid", "Value": "1732461234567-0_3"},
+            {"Name": "sesflow-topic", "Value": "news"},
+        ],
+        "ConfigurationSetName": "tracking",
+    }
+    assert stub.recipients == {"someone@example.org": 1}
+
+
+async def test_empty_optional_parts_are_left_out(
+    stub: SesStub, client: SesClient, make_email: MakeEmail
+) -> None:
+    await client.send_email(make_email(headers=(), tags=(), subject="Ünïcode ✓"))
+    [body] = stub.recent
+    assert "EmailTags" not in body and "ConfigurationSetName" not in body
+    assert "Headers" not in body["Content"]["Simple"]
+    assert body["Content"]["Simple"]["Subject"]["Data"] == "Ünïcode ✓"
+
+
+def _hmac(key: bytes, text: str) -> bytes:
+    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+
+
+def expected_signature(
+    secret: str, region: str, method: str, path: str, headers: CIMultiDict[str], body: bytes
+) -> str:
+    """SigV4 computed here from the spec, independently of botocore."""
+    authorization = headers["Authorization"]
+    signed = authorization.split("SignedHeaders=")[1].split(",")[0].split(";")
+    canonical = "\n".join(
+        [
+            method,
+            path,
+            "",
+            "".join(f"{name}:{' '.join(headers[name].split())}\n" for name in signed),
+            ";".join(signed),
+            hashlib.sha256(body).hexdigest(),
+        ]
+    )
+    amz_date = headers["X-Amz-Date"]
+    scope = f"{amz_date[:8]}/{region}/ses/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = _hmac(("AWS4" + secret).encode(), amz_date[:8])
+    for part in (region, "ses", "aws4_request"):
+        key = _hmac(key, part)
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+async def test_request_is_sigv4_signed_for_ses_in_the_region(
+    ses_settings: Callable[..., Settings], make_email: MakeEmail
+) -> None:
+    seen: list[tuple[CIMultiDict[str], bytes, str]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((CIMultiDict(request.headers), await request.read(), request.path))
+        return web.json_response({"MessageId": "m-1"})
+
+    async with serve(handler) as url:
+        client = SesClient(
+            ses_settings(SES_ENDPOINT_URL=url, AWS_REGION="eu-west-1", AWS_SESSION_TOKEN="tok")
+        )
+        try:
+            assert await client.send_email(make_email()) == "m-1"
+        finally:
+            await client.close()
+    [(headers, body, path)] = seen
+    authorization = headers["Authorization"]
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
+    assert authorization.startswith(
+        f"AWS4-HMAC-SHA256 Credential=AKIDTESTING/{today}/eu-west-1/ses/aws4_request,"
+    )
+    assert "host" in authorization.split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert headers["X-Amz-Security-Token"] == "tok"
+    assert headers["Content-Type"] == "application/json"
+    signature = authorization.rsplit("Signature=", 1)[1]
+    assert signature == expected_signature(
+        "testing-secret", "eu-west-1", "POST", path, headers, body
+    )
+
+
+async def test_refreshable_credentials_are_refreshed_before_signing(
+    stub: SesStub, ses_settings: Callable[..., Settings], make_email: MakeEmail
+) -> None:
+    refreshed: list[int] = []
+    authorizations: list[str] = []
+
+    def refresh() -> dict[str, str]:
+        refreshed.append(1)
+        expiry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        return {
+            "access_key": f"AKIDREFRESHED{len(refreshed)}",
+            "secret_key": "s",
+            "token": "t",
+            "expiry_time": expiry.isoformat(),
+        }
+
+    async def handler(request: web.Request) -> web.Response:
+        authorizations.append(request.headers["Authorization"])
+        return web.json_response({"MessageId": "m"})
+
+    async with serve(handler) as url:
+        client = SesClient(ses_settings(SES_ENDPOINT_URL=url))
+        client.credentials = RefreshableCredentials(
+            access_key="AKIDOLD",
+            secret_key="s",
+            token="t",
+            expiry_time=datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1),
+            refresh_using=refresh,
+            method="test",
+        )
+        try:
+            await client.send_email(make_email())
+            await client.send_email(make_email())
+        finally:
+            await client.close()
+    assert len(refreshed) == 1
+    assert all("Credential=AKIDREFRESHED1/" in a for a in authorizations)
+
+
+def test_an_endpoint_that_is_not_http_is_a_config_error(
+    ses_settings: Callable[..., Settings],
+) -> None:
+    with pytest.raises(ConfigError):
+        SesClient(ses_settings(SES_ENDPOINT_URL="email.eu-west-1.amazonaws.com"))
+
+
+def test_endpoint_defaults_to_the_regional_ses_endpoint(
+    make_settings: Callable[..., Settings],
+) -> None:
+    assert endpoint_of(make_settings(AWS_REGION="eu-central-1")) == (
+        "https://email.eu-central-1.amazonaws.com"
+    )
+    assert endpoint_of(make_settings(SES_ENDPOINT_URL="http://127.0.0.1:9/")) == (
+        "http://127.0.0.1:9"
+    )
+
+
+# --- error mapping against the stub ------------------------------------------------------------
+
+STUB_FAULTS: list[tuple[dict[str, Any], type[SesError], str]] = [
+    ({"error_rate": 1.0}, SesThrottled, "TooManyRequestsException"),
+    ({"max_24h": 0}, SesQuotaExceeded, "LimitExceededException"),
+    ({"pause_seconds": 60}, SesPaused, "SendingPausedException"),
+    (
+        {"error_rate": 1.0, "error_status": 400, "error_code": "AccountSuspendedException"},
+        SesPaused,
+        "AccountSuspendedException",
+    ),
+    ({"reject_pattern": "@example\\.org$"}, SesRejected, "MessageRejected"),
+    (
+        {
+            "error_rate": 1.0,
+            "error_status": 400,
+            "error_code": "MailFromDomainNotVerifiedException",
+        },
+        SesRejected,
+        "MailFromDomainNotVerifiedException",
+    ),
+    ({"error_rate": 1.0, "error_status": 400}, SesRejected, "BadRequestException"),
+    ({"error_rate": 1.0, "error_status": 404}, SesRejected, "NotFoundException"),
+    ({"error_rate": 1.0, "error_status": 500}, SesTransient, "InternalFailure"),
+    ({"error_rate": 1.0, "error_status": 503}, SesTransient, "ServiceUnavailable"),
+    ({"disconnect_rate": 1.0}, SesAmbiguous, "ConnectionLost"),
+]
+
+
+@pytest.mark.parametrize(("knobs", "error", "code"), STUB_FAULTS)
+async def test_stub_answers_map_to_error_classes(
+    stub: SesStub,
+    client: SesClient,
+    make_email: MakeEmail,
+    knobs: dict[str, Any],
+    error: type[SesError],
+    code: str,
+) -> None:
+    stub.configure(**knobs)
+    with pytest.raises(error) as raised:
+        await client.send_email(make_email())
+    assert type(raised.value) is error
+    assert raised.value.code == code
+    assert stub.sent == 0
+
+
+async def test_throttling_carries_the_ses_message(
+    stub: SesStub, client: SesClient, make_email: MakeEmail
+) -> None:
+    stub.configure(rate=1, burst=1)
+    await client.send_email(make_email())
+    with pytest.raises(SesThrottled) as raised:
+        await client.send_email(make_email())
+    assert raised.value.status == 429
+    assert raised.value.message == "Maximum sending rate exceeded."
+    assert stub.throttled == 1
+
+
+async def test_read_timeout_after_sending_is_ambiguous(
+    stub: SesStub, ses_settings: Callable[..., Settings], make_email: MakeEmail
+) -> None:
+    stub.configure(latency_ms=3000)
+    client = SesClient(ses_settings(SES_TIMEOUT="0.2"))
+    try:
+        with pytest.raises(SesAmbiguous) as raised:
+            await client.send_email(make_email())
+    finally:
+        await client.close()
+    assert raised.value.code == "Timeout"
+
+
+async def test_connection_refused_is_transient(
+    ses_settings: Callable[..., Settings], make_email: MakeEmail
+) -> None:
+    client = SesClient(ses_settings(SES_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}"))
+    try:
+        with pytest.raises(SesTransient) as raised:
+            await client.send_email(make_email())
+    finally:
+        await client.close()
+    assert raised.value.code == "ConnectError"
+
+
+async def test_pool_exhaustion_within_the_connect_timeout_is_transient(
+    stub: SesStub, ses_settings: Callable[..., Settings], make_email: MakeEmail
+) -> None:
+    """Waiting for a pooled connection is part of connecting: nothing was sent yet."""
+
+    stub.configure(latency_ms=1500)
+    client = SesClient(ses_settings(SES_TIMEOUT="0.3"), max_connections=1)
+    try:
+        results = await asyncio.gather(
+            client.send_email(make_email()), client.send_email(make_email()), return_exceptions=True
+        )
+    finally:
+        await client.close()
+    kinds = sorted(type(r).__name__ for r in results)
+    assert kinds == ["SesAmbiguous", "SesTransient"]
+
+
+XML_THROTTLING = (
+    b'<ErrorResponse xmlns="http://ses.amazonaws.com/doc/2010-12-01/">\n  <Error>\n'
+    b"    <Type>Sender</Type>\n    <Code>Throttling</Code>\n"
+    b"    <Message>{message}</Message>\n  </Error>\n"
+    b"  <RequestId>8f23e6e6-b4f2-4572-b426-343b370cb32c</RequestId>\n</ErrorResponse>\n"
+)
+
+RAW_ANSWERS: list[tuple[int, bytes, dict[str, str], type[SesError], str]] = [
+    (
+        400,
+        XML_THROTTLING.replace(b"{message}", b"Maximum sending rate exceeded."),
+        {"Content-Type": "text/xml"},
+        SesThrottled,
+        "Throttling",
+    ),
+    (
+        400,
+        XML_THROTTLING.replace(b"{message}", b"Daily message quota exceeded."),
+        {"Content-Type": "text/xml"},
+        SesQuotaExceeded,
+        "Throttling",
+    ),
+    (
+        400,
+        b'{"__type": "com.amazonaws.sesv2#MessageRejected", "message": "Illegal address"}',
+        {},
+        SesRejected,
+        "MessageRejected",
+    ),
+    (
+        400,
+        b'{"Message": "Sending paused"}',
+        {"x-amzn-ErrorType": "SendingPausedException"},
+        SesPaused,
+        "SendingPausedException",
+    ),
+    (
+        403,
+        b'{"message": "The security token included in the request is expired"}',
+        {"x-amzn-ErrorType": "ExpiredTokenException:"},
+        SesTransient,
+        "ExpiredTokenException",
+    ),
+    (502, b"<html>Bad gateway</html>", {}, SesTransient, "HTTP502"),
+    (200, b"not json", {}, SesAmbiguous, "MalformedResponse"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "headers", "error", "code"), RAW_ANSWERS)
+async def test_raw_answers_map_to_error_classes(
+    ses_settings: Callable[..., Settings],
+    make_email: MakeEmail,
+    status: int,
+    body: bytes,
+    headers: dict[str, str],
+    error: type[SesError],
+    code: str,
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=status, body=body, headers=headers)
+
+    async with serve(handler) as url:
+        client = SesClient(ses_settings(SES_ENDPOINT_URL=url))
+        try:
+            with pytest.raises(error) as raised:
+                await client.send_email(make_email())
+        finally:
+            await client.close()
+    assert type(raised.value) is error
+    assert raised.value.code == code
+
+
+def test_parse_error_prefers_the_error_type_header() -> None:
+    code, message = parse_error(
+        429,
+        {"x-amzn-ErrorType": "TooManyRequestsException:http://internal.amazon.com/coral/"},
+        b'{"message": "Maximum sending rate exceeded."}',
+    )
+    assert (code, message) == ("TooManyRequestsException", "Maximum sending rate exceeded.")
+    assert parse_error(400, {}, b"") == ("HTTP400", "")
+    assert parse_error(400, {}, b"{broken") == ("HTTP400", "")
+
+
+def test_classify_edge_cases() -> None:
+    assert classify(400, "LimitExceededException", "Too many resources") is SesThrottled
+    assert classify(403, "AccessDeniedException", "") is SesPaused
+    assert classify(400, "Throttling", "Daily message quota exceeded.") is SesQuotaExceeded
+    assert classify(400, "InvalidParameterValue", "Missing final '@domain'") is SesRejected
+    assert classify(418, "", "") is SesRejected
+    assert classify(302, "", "") is SesTransient
+
+
+def test_exceptions_before_any_byte_are_transient_after_are_ambiguous() -> None:
+    closing = aiohttp.ClientOSError(None, "Can not write request body")
+    closing.__cause__ = aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+    lost = aiohttp.ClientOSError(None, "Can not write request body")
+    lost.__cause__ = aiohttp.ClientConnectionResetError("Connection lost")
+    key = aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None)
+    assert isinstance(error_from_exception(closing), SesTransient)
+    assert isinstance(
+        error_from_exception(aiohttp.ClientConnectorError(key, OSError(111, "refused"))),
+        SesTransient,
+    )
+    assert isinstance(error_from_exception(aiohttp.ConnectionTimeoutError()), SesTransient)
+    assert isinstance(error_from_exception(lost), SesAmbiguous)
+    assert isinstance(error_from_exception(aiohttp.ServerDisconnectedError()), SesAmbiguous)
+    assert isinstance(error_from_exception(aiohttp.SocketTimeoutError()), SesAmbiguous)
+    assert isinstance(error_from_exception(TimeoutError()), SesAmbiguous)
+    assert isinstance(error_from_exception(aiohttp.ClientPayloadError("cut")), SesAmbiguous)
+
+
+async def test_close_is_idempotent_and_the_client_reopens(
+    client: SesClient, make_email: MakeEmail
+) -> None:
+    await client.send_email(make_email())
+    await client.close()
+    await client.close()
+    assert await client.send_email(make_email())
