@@ -1,0 +1,184 @@
+"""compose(): pixel, click rewriting, List-Unsubscribe, X-Request-ID, tags, opt-outs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from common.schema import Job, MessageContent
+from common.settings import Settings
+from common.tracking import Token, verify
+from sender import compose as compose_module
+from sender.compose import compose, tag_value
+
+SECRET = b"compose-secret"
+PUBLIC = "https://track.example.com"
+CLICK = re.compile(r"https://track\.example\.com/v1/events/click\?t=([A-Za-z0-9_.-]+)")
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(SERVER_URL=PUBLIC + "/", EMAIL_SENDER="default@example.com")
+
+
+def content(html: str, **changes: Any) -> MessageContent:
+    fields: dict[str, Any] = {
+        "msg_id": "1732461234567-0",
+        "topic": "news",
+        "subject": "Subject",
+        "html": html,
+        "track_opens": False,
+        "track_clicks": False,
+        "unsubscribe": False,
+    }
+    fields.update(changes)
+    return MessageContent(**fields)
+
+
+JOB = Job(msg_id="1732461234567-0", index=7, email="Reader@Example.org")
+
+
+def token_of(url: str) -> Token:
+    token = verify(SECRET, parse_qs(urlsplit(url).query)["t"][0])
+    assert token is not None
+    return token
+
+
+def click_targets(html: str) -> list[str]:
+    targets = []
+    for match in CLICK.finditer(html):
+        token = verify(SECRET, match.group(1))
+        assert token is not None and token.k == "c" and token.r == "1732461234567-0_7"
+        targets.append(token.u)
+    return targets
+
+
+def test_pixel_goes_before_the_closing_body_tag(settings: Settings) -> None:
+    html = "<html><body><p>Hi</p></body></html>"
+    email = compose(settings, SECRET, content(html, track_opens=True), JOB)
+    pixel = re.search(
+        r'<img src="([^"]+)" width="1" height="1" alt="" style="display:none">', email.html
+    )
+    assert pixel is not None
+    assert email.html.endswith(pixel.group(0) + "</body></html>")
+    assert pixel.group(1).startswith(f"{PUBLIC}/v1/events/open?t=")
+    assert token_of(pixel.group(1)) == Token(k="o", r="1732461234567-0_7", t="news")
+
+
+def test_pixel_is_appended_without_a_body_tag_and_uses_the_last_one(settings: Settings) -> None:
+    bare = compose(settings, SECRET, content("<p>Hi</p>", track_opens=True), JOB)
+    assert bare.html.startswith("<p>Hi</p><img src=")
+    html = "<BODY>x</Body > <p>quoted &lt;/body&gt; in text</p></BODY >"
+    twice = compose(settings, SECRET, content(html, track_opens=True, msg_id="2-0"), JOB)
+    assert twice.html.endswith('style="display:none"></BODY >')
+    assert twice.html.startswith("<BODY>x</Body > <p>")
+
+
+def test_click_rewrite_handles_quotes_case_bare_values_and_entities(settings: Settings) -> None:
+    html = (
+        '<a href="https://a.example/x?p=1&amp;q=2" class="b">A</a>'
+        "<A HREF='http://b.example/'>B</A>"
+        "<a href=https://c.example/c>C</a>"
+        '<a title="1 > 0" data-href="https://not.example" href = "https://d.example">D</a>'
+        '<a\nclass="x"\nhref="https://e.example/&#x41;">E</a>'
+    )
+    email = compose(settings, SECRET, content(html, track_clicks=True), JOB)
+    assert click_targets(email.html) == [
+        "https://a.example/x?p=1&q=2",
+        "http://b.example/",
+        "https://c.example/c",
+        "https://d.example",
+        "https://e.example/A",
+    ]
+    # Everything around the links is untouched.
+    assert 'class="b">A</a>' in email.html
+    assert email.html.count("<A HREF=") == 1
+    assert 'title="1 > 0" data-href="https://not.example" href = "' in email.html
+    assert "https://a.example" not in email.html
+
+
+def test_links_that_must_not_be_tracked_stay_as_they_are(settings: Settings) -> None:
+    untouched = (
+        '<a href="mailto:x@example.com">m</a>'
+        '<a href="#top">t</a>'
+        '<a href="tel:+123">p</a>'
+        '<a href="/relative">r</a>'
+        '<a href="https://shop.example/unsubscribe?id=1">u</a>'
+        f'<a href="{PUBLIC}/v1/events/unsubscribe?t=abc">own</a>'
+        '<a name="anchor">no href</a>'
+        '<!-- <a href="https://in.comment.example">c</a> -->'
+        '<area href="https://area.example">'
+        '<abbr href="https://abbr.example">'
+    )
+    email = compose(settings, SECRET, content(untouched, track_clicks=True), JOB)
+    assert email.html == untouched
+
+
+def test_tokens_differ_per_recipient_and_the_template_is_reused(settings: Settings) -> None:
+    message = content('<a href="https://a.example">A</a>', track_clicks=True, track_opens=True)
+    first = compose(settings, SECRET, message, JOB)
+    second = compose(settings, SECRET, message, Job(msg_id=JOB.msg_id, index=8, email="b@x.org"))
+    assert first.html != second.html
+    assert click_targets(first.html) == ["https://a.example"]
+    cached = compose_module._templates[message.msg_id]
+    assert compose_module.template_for(message, PUBLIC) is cached
+    # Same id, other content: rebuilt, never served stale.
+    changed = content('<a href="https://b.example">B</a>', track_clicks=True)
+    assert click_targets(compose(settings, SECRET, changed, JOB).html) == ["https://b.example"]
+
+
+def test_unsubscribe_headers_follow_rfc_8058(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(SERVER_URL=PUBLIC, UNSUBSCRIBE_MAILTO="mailto:unsub@example.com")
+    email = compose(settings, SECRET, content("<p>x</p>", unsubscribe=True), JOB)
+    headers = dict(email.headers)
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    match = re.fullmatch(
+        r"<(https://track\.example\.com/v1/events/unsubscribe\?t=[^>]+)>, "
+        r"<mailto:unsub@example\.com\?subject=unsubscribe>",
+        headers["List-Unsubscribe"],
+    )
+    assert match is not None
+    assert token_of(match.group(1)) == Token(
+        k="u", r="1732461234567-0_7", t="news", e="Reader@Example.org"
+    )
+
+
+def test_unsubscribe_without_mailto(settings: Settings) -> None:
+    email = compose(settings, SECRET, content("x", unsubscribe=True), JOB)
+    value = dict(email.headers)["List-Unsubscribe"]
+    assert value.startswith(f"<{PUBLIC}/v1/events/unsubscribe?t=") and value.endswith(">")
+    assert "mailto" not in value
+
+
+def test_opt_outs_leave_only_the_request_id(settings: Settings) -> None:
+    html = '<html><body><a href="https://a.example">A</a></body></html>'
+    email = compose(settings, SECRET, content(html), JOB)
+    assert email.html == html
+    assert email.headers == (("X-Request-ID", "1732461234567-0_7"),)
+
+
+def test_addressing_tags_and_configuration_set(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(EMAIL_SENDER="default@example.com", SES_CONFIGURATION_SET="events")
+    email = compose(settings, SECRET, content("x", topic="Spring sale/2024 ✓"), JOB)
+    assert email.from_email == "default@example.com"
+    assert email.to == "Reader@Example.org"
+    assert email.subject == "Subject"
+    assert email.configuration_set == "events"
+    assert email.tags == (
+        ("sesflow-rid", "1732461234567-0_7"),
+        ("sesflow-topic", "Spring_sale_2024__"),
+    )
+    override = compose(settings, SECRET, content("x", from_email="News <n@example.com>"), JOB)
+    assert override.from_email == "News <n@example.com>"
+
+
+def test_tag_values_are_sanitised_and_bounded(settings: Settings) -> None:
+    assert tag_value("a-b_C9") == "a-b_C9"
+    assert tag_value("a.b c@d") == "a_b_c_d"
+    assert len(tag_value("x" * 300)) == 256
+    no_topic = compose(settings, SECRET, content("x", topic=""), JOB)
+    assert dict(no_topic.tags) == {"sesflow-rid": "1732461234567-0_7"}
