@@ -22,6 +22,7 @@ together shares the hash tag `{sesflow:N}` so the same code runs on Redis Cluste
     {sesflow:N}:msg:<msg_id>          hash: the message content, stored once
     {sesflow:N}:state:<msg_id>        hash: recipient index -> delivery state
     {sesflow:N}:opens:<msg_id>        hash: recipient index -> first open (unique opens)
+    {sesflow:N}:sns:<MessageId>       SNS deliveries recorded into this partition (dedupe)
     {sesflow:N}:stop:<topic>          time (ms) the topic was cancelled
     {sesflow:N}:events                every event (group `stats`)
     {sesflow:N}:events:dead           events stats could not decode
@@ -90,6 +91,11 @@ class PartitionKeys:
 
     def stop(self, topic: str) -> str:
         return f"{self.tag}:stop:{topic}"
+
+    def sns_seen(self, message_id: str) -> str:
+        """Dedupe mark of an SNS delivery, beside the `events` stream it is recorded into, so the
+        mark and the events are written by one script (atomic, and cluster-safe)."""
+        return f"{self.tag}:sns:{message_id}"
 
     @property
     def events(self) -> str:
