@@ -1,0 +1,66 @@
+"""The tracker's aiohttp app: the SNS webhook and the recipients' open / click / unsubscribe
+endpoints. All public (no auth): SNS and mail clients cannot authenticate; what protects these
+endpoints is the SNS signature and the signed tracking tokens."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from common.connection import connect
+from common.http import errors_middleware, health
+from common.keys import Keys
+from common.logs import get_logger
+from common.settings import Settings
+from common.suppression import SuppressionList
+
+from . import links, webhook
+from .context import TRACKER, SecretSource, Tracker
+from .metrics import TrackerMetrics
+from .recorder import EventRecorder
+from .ses_events import Correlator
+from .sns import CertCache, SnsVerifier
+
+log = get_logger(__name__)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=webhook.MAX_BODY)
+    metrics = TrackerMetrics()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        client = connect(settings)
+        http = aiohttp.ClientSession(headers={"User-Agent": "sesflow-tracker"})
+        keys = Keys(settings.redis_prefix, settings.send_partitions)
+        secret = SecretSource(settings, client)
+        app[TRACKER] = Tracker(
+            settings=settings,
+            keys=keys,
+            client=client,
+            http=http,
+            verifier=SnsVerifier(settings, CertCache(http)),
+            correlator=Correlator(client, keys),
+            recorder=EventRecorder(client, settings.content_ttl),
+            suppressions=SuppressionList(client, keys),
+            secret=secret,
+            metrics=metrics,
+        )
+        await secret.get()  # once at startup; retried on demand if Redis is not up yet
+        try:
+            yield
+        finally:
+            await http.close()
+            await client.aclose()
+
+    app.cleanup_ctx.append(resources)
+    for path in ("/v1/events/results", "/v1/events/result"):
+        app.router.add_post(path, webhook.sns_webhook)
+    app.router.add_get("/v1/events/open", links.open_pixel)
+    app.router.add_get("/v1/events/click", links.click)
+    app.router.add_get("/v1/events/unsubscribe", links.unsubscribe)
+    app.router.add_post("/v1/events/unsubscribe", links.unsubscribe)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics.handler)
+    return app

@@ -1,0 +1,58 @@
+"""Everything the tracker's handlers share, built once per app in `create_app`'s cleanup context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from common.keys import Keys
+from common.logs import get_logger
+from common.settings import Settings
+from common.suppression import SuppressionList
+from common.tracking import tracking_secret
+
+from .metrics import TrackerMetrics
+from .recorder import EventRecorder
+from .ses_events import Correlator
+from .sns import SnsVerifier
+
+log = get_logger(__name__)
+
+
+class SecretSource:
+    """The tracking secret, read once. With TRACKING_SECRET unset it lives in Redis: if Redis is
+    down at startup, the tracker still starts and tries again on the next request that needs it."""
+
+    def __init__(self, settings: Settings, client: Any) -> None:
+        self._settings = settings
+        self._client = client
+        self._secret: bytes | None = settings.tracking_secret.encode() or None
+
+    async def get(self) -> bytes | None:
+        if self._secret is None:
+            try:
+                self._secret = await tracking_secret(self._settings, self._client)
+            except (RedisError, OSError) as exc:
+                log.warning("tracking secret unavailable", error=str(exc))
+        return self._secret
+
+
+@dataclass(slots=True)
+class Tracker:
+    settings: Settings
+    keys: Keys
+    client: Any
+    http: aiohttp.ClientSession
+    verifier: SnsVerifier
+    correlator: Correlator
+    recorder: EventRecorder
+    suppressions: SuppressionList
+    secret: SecretSource
+    metrics: TrackerMetrics
+
+
+TRACKER = web.AppKey("tracker", Tracker)

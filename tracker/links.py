@@ -1,0 +1,170 @@
+"""Recipient-facing endpoints: the open pixel, click redirects and unsubscribes.
+
+Every link carries a token signed with the tracking secret (`common.tracking`). A forged or
+altered token is never counted: the pixel is still served (a broken image helps nobody), a click
+gets 400 (never a redirect to a URL the token does not seal), an unsubscribe gets a 400 page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from common.connection import UNAVAILABLE, redis_errors
+from common.errors import InputError, RedisUnavailable
+from common.http import error_response, json_response, read_body
+from common.keys import split_request_id
+from common.logs import get_logger
+from common.schema import Event, EventType
+from common.suppression import entry
+from common.tracking import Token, verify
+
+from . import pages
+from .context import TRACKER, Tracker
+from .recorder import FirstTouch, Pending, first_click, first_open, first_unsubscribe
+
+log = get_logger(__name__)
+
+MAX_UNSUBSCRIBE_BODY = 64 * 1024
+
+
+async def checked_token(tracker: Tracker, text: str, kind: str) -> Token | None:
+    """The token when it is signed by us and of this kind. Raises RedisUnavailable when the
+    secret is kept in Redis and could not be read yet."""
+    if not text:
+        return None
+    secret = await tracker.secret.get()
+    if secret is None:
+        raise RedisUnavailable("tracking secret not loaded yet")
+    token = verify(secret, text)
+    return token if token is not None and token.k == kind else None
+
+
+async def record(
+    tracker: Tracker,
+    kind: EventType,
+    rid: str,
+    rule: Callable[[int], FirstTouch],
+    topic: str = "",
+    email: str = "",
+    url: str = "",
+    detail: str = "",
+) -> None:
+    """Append one event for request `rid`; unique when it is the recipient's first of its kind."""
+    parsed = split_request_id(rid)
+    msg_id, index = parsed if parsed is not None else ("", -1)
+    part = tracker.keys.for_message(msg_id) if msg_id else tracker.keys.partition(0)
+    event = Event(
+        type=kind,
+        ts=int(time.time() * 1000),
+        topic=topic,
+        msg_id=msg_id,
+        index=index,
+        email=email,
+        url=url,
+        detail=detail,
+    )
+    added = await tracker.recorder.record(
+        part, msg_id, [Pending(event, rule(index) if msg_id else None)]
+    )
+    if added:
+        tracker.metrics.count_events([kind])
+
+
+# --- open ---------------------------------------------------------------------------------------
+
+
+async def open_target(tracker: Tracker, query: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """(request id, topic, detail) of a countable open, else None."""
+    token = await checked_token(tracker, query.get("t", ""), "o")
+    if token is not None:
+        return token.r, token.t, ""
+    bare = query.get("requestId") or query.get("request_id") or ""
+    if query.get("t") or not bare or not tracker.settings.allow_unsigned_opens:
+        return None
+    parsed = split_request_id(bare)
+    if parsed is None:  # a seed's integer id: counted, but it names no sesflow message
+        return bare, "", f"unsigned request id {bare[:64]}"
+    return bare, await tracker.correlator.topic_of(parsed[0]), "unsigned"
+
+
+async def open_pixel(request: web.Request) -> web.Response:
+    tracker = request.app[TRACKER]
+    try:
+        target = await open_target(tracker, request.query)
+        if target is None:
+            tracker.metrics.links_refused.labels("open").inc()
+        else:
+            rid, topic, detail = target
+            await record(tracker, EventType.OPENED, rid, first_open, topic=topic, detail=detail)
+    except (RedisUnavailable, *UNAVAILABLE) as exc:
+        # The image is served whatever happens; this open is lost, and counted as such.
+        tracker.metrics.record_failures.labels("open").inc()
+        log.warning("open not recorded", error=str(exc))
+    return pages.pixel()
+
+
+# --- click --------------------------------------------------------------------------------------
+
+
+def redirectable(url: str) -> bool:
+    """Only absolute http(s) URLs with a host, and nothing that could split a header."""
+    if not url or any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        return parts.scheme.lower() in {"http", "https"} and bool(parts.hostname)
+    except ValueError:
+        return False
+
+
+async def click(request: web.Request) -> web.Response:
+    tracker = request.app[TRACKER]
+    token = await checked_token(tracker, request.query.get("t", ""), "c")
+    if token is None or not redirectable(token.u):
+        tracker.metrics.links_refused.labels("click").inc()
+        raise InputError("invalid_token", "this link is not valid")
+    try:
+        await record(tracker, EventType.CLICKED, token.r, first_click, topic=token.t, url=token.u)
+    except (RedisUnavailable, *UNAVAILABLE) as exc:
+        # The recipient still gets where the link goes; only the count is lost.
+        tracker.metrics.record_failures.labels("click").inc()
+        log.warning("click not recorded", error=str(exc))
+    return web.Response(status=302, headers={"Location": token.u, **pages.NO_CACHE})
+
+
+# --- unsubscribe --------------------------------------------------------------------------------
+
+
+def wants_html(request: web.Request) -> bool:
+    return "text/html" in request.headers.get("Accept", "")
+
+
+async def unsubscribe(request: web.Request) -> web.StreamResponse:
+    """GET: a confirmation page. POST (RFC 8058 one-click, or that page's button): suppress the
+    address at once and record `unsubscribed` (once per recipient)."""
+    tracker = request.app[TRACKER]
+    text = request.query.get("t", "")
+    token = await checked_token(tracker, text, "u")
+    if token is None or "@" not in token.e:
+        tracker.metrics.links_refused.labels("unsubscribe").inc()
+        if request.method == "GET":
+            return pages.invalid_link()
+        return error_response(400, "invalid_token", "this unsubscribe link is not valid")
+    if request.method == "GET":
+        return pages.confirm_unsubscribe(text, token.e)
+
+    # The body is `List-Unsubscribe=One-Click` (RFC 8058); the signed token alone decides.
+    await read_body(request, MAX_UNSUBSCRIBE_BODY)
+    with redis_errors():
+        await tracker.suppressions.add(entry(token.e, "unsubscribe", topic=token.t))
+    await record(
+        tracker, EventType.UNSUBSCRIBED, token.r, first_unsubscribe, topic=token.t, email=token.e
+    )
+    log.info("unsubscribed", rid=token.r, topic=token.t)
+    if wants_html(request):
+        return pages.unsubscribed(token.e)
+    return json_response({"status": "unsubscribed"})
