@@ -1,0 +1,71 @@
+"""`python -m sender` / `sesflow sender`: one sender replica (run any number of them)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from common.aws import fetch_quota
+from common.connection import UNAVAILABLE, connect, wait_for_redis
+from common.errors import RedisUnavailable
+from common.logs import get_logger
+from common.runtime import run_role, start_site, stop_on_signals
+from common.settings import Settings
+from common.tracking import tracking_secret
+from sender.compose import compose
+from sender.metrics import create_app
+from sender.ses_client import SesClient
+from sender.worker import Sender
+
+log = get_logger(__name__)
+
+
+async def load_secret(settings: Settings, client: Any, stop: asyncio.Event) -> bytes | None:
+    while not stop.is_set():
+        try:
+            return await tracking_secret(settings, client)
+        except (*UNAVAILABLE, RedisUnavailable):
+            await wait_for_redis(client, stop, log)
+    return None
+
+
+async def serve_metrics(settings: Settings, sender: Sender) -> Any:
+    """Metrics are optional: several replicas on one host cannot share the port, and that must
+    not keep a replica from sending."""
+    try:
+        return await start_site(
+            create_app(settings, sender.health), settings.bind_host, settings.sender_metrics_port
+        )
+    except OSError as exc:
+        log.warning(
+            "metrics endpoint not served", port=settings.sender_metrics_port, error=str(exc)
+        )
+        return None
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    stop_on_signals(stop)
+    client = connect(settings)
+    ses = SesClient(settings, max_connections=settings.sender_concurrency)
+    runner = None
+    try:
+        secret = await load_secret(settings, client, stop)
+        if secret is None:
+            return
+        sender = Sender(settings, client, ses, compose, secret, fetch_quota=fetch_quota)
+        runner = await serve_metrics(settings, sender)
+        await sender.run(stop)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await ses.close()
+        await client.aclose()
+
+
+def main() -> None:
+    run_role("sender", run)
+
+
+if __name__ == "__main__":
+    main()

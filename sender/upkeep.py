@@ -1,0 +1,192 @@
+"""Background duties of a sender process, each in its own loop that logs and keeps running:
+
+- keep-alive: XCLAIM ... JUSTID our held entries every RECLAIM_IDLE/3, so a job waiting on the
+  limiter, a pause or a backoff never looks idle and is never stolen (JUSTID does not count as a
+  delivery);
+- reclaim: XAUTOCLAIM entries idle for RECLAIM_IDLE (their consumer died) into free slots, with
+  their delivery count from XPENDING (MAX_ATTEMPTS is judged on it);
+- trim: XTRIM MINID to the oldest entry still pending for `senders` (or just past the group's
+  last-delivered id when nothing is pending), so no pending or undelivered entry is removed;
+- forget consumers that hold nothing and have been silent for a long time;
+- SES quota: MaxSendRate caps the shared rate; an exhausted daily quota pauses every replica;
+- metrics gauges from the shared bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError
+
+from common.connection import UNAVAILABLE, wait_for_redis
+from common.errors import RedisUnavailable
+from common.keys import SENDERS_GROUP, PartitionKeys
+from common.logs import get_logger
+from sender import metrics
+
+if TYPE_CHECKING:
+    from sender.worker import Sender
+
+log = get_logger(__name__)
+
+TRIM_INTERVAL_S = 10.0
+CONSUMERS_INTERVAL_S = 60.0
+QUOTA_INTERVAL_S = 60.0
+GAUGES_INTERVAL_S = 2.0
+# a consumer silent this long (and holding nothing) is gone: live readers block for a second
+FORGET_CONSUMER_AFTER_S = 3600.0
+
+
+async def periodic(
+    name: str, interval: float, step: Callable[[], Awaitable[Any]], stop: asyncio.Event, client: Any
+) -> None:
+    """Run `step` every `interval` seconds until `stop`; errors are logged, never fatal."""
+    while not stop.is_set():
+        try:
+            await step()
+        except (*UNAVAILABLE, RedisUnavailable):
+            await wait_for_redis(client, stop)
+        except Exception:
+            log.exception("upkeep step failed", step=name)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+async def run_upkeep(sender: Sender, stop: asyncio.Event) -> None:
+    """All upkeep loops. Keep-alive also runs through the shutdown drain: it is cancelled last."""
+    settings = sender.settings
+    client = sender.client
+    idle = settings.reclaim_idle
+    draining = asyncio.Event()  # never set: keep-alive runs until cancelled
+    loops = [
+        periodic("keepalive", idle / 3, lambda: refresh_claims(sender), draining, client),
+        periodic(
+            "reclaim", min(max(idle / 4, 0.2), 5.0), lambda: reclaim_all(sender), stop, client
+        ),
+        periodic("trim", TRIM_INTERVAL_S, lambda: trim_all(sender), stop, client),
+        periodic("consumers", CONSUMERS_INTERVAL_S, lambda: forget_consumers(sender), stop, client),
+        periodic("gauges", GAUGES_INTERVAL_S, lambda: update_gauges(sender), stop, client),
+    ]
+    if sender.fetch_quota is not None:
+        loops.append(
+            periodic("quota", QUOTA_INTERVAL_S, lambda: refresh_quota(sender), stop, client)
+        )
+    await asyncio.gather(*loops)
+
+
+async def refresh_claims(sender: Sender) -> None:
+    for part in sender.keys.partitions:
+        ids = sorted(sender.held[part.index])
+        if ids:
+            await sender.client.xclaim(
+                part.sends, SENDERS_GROUP, sender.consumer, 0, ids, justid=True
+            )
+
+
+async def reclaim_all(sender: Sender) -> None:
+    for part in sender.keys.partitions:
+        await reclaim(sender, part)
+
+
+async def reclaim(sender: Sender, part: PartitionKeys) -> int:
+    """Take over entries idle for RECLAIM_IDLE into free slots; returns how many."""
+    # wait for a slot like the readers do: a busy replica must still take its share of a dead
+    # replica's jobs during a long campaign, not only once it runs idle
+    count = await sender.slots.take(sender.fair_share, sender.stop)
+    if not count:
+        return 0
+    try:
+        min_idle = int(sender.settings.reclaim_idle * 1000)
+        cursor = sender.reclaim_cursor[part.index]
+        reply = await sender.client.xautoclaim(
+            part.sends, SENDERS_GROUP, sender.consumer, min_idle, cursor, count=count
+        )
+        # the cursor walks the whole pending list across calls, past entries still in use
+        sender.reclaim_cursor[part.index] = str(reply[0])
+        entries = [(eid, fields) for eid, fields in reply[1] if eid is not None]
+        deliveries = await delivery_counts(sender.client, part, [eid for eid, _ in entries])
+    except BaseException:
+        sender.slots.give(count)
+        raise
+    sender.slots.give(count - len(entries))
+    for entry_id, fields in entries:
+        log.info("reclaimed job", entry=entry_id, deliveries=deliveries.get(entry_id, 1))
+        sender.spawn(part, entry_id, fields, deliveries.get(entry_id, 1))
+    return len(entries)
+
+
+async def delivery_counts(client: Any, part: PartitionKeys, ids: list[str]) -> dict[str, int]:
+    if not ids:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for entry_id in ids:
+        pipe.xpending_range(part.sends, SENDERS_GROUP, min=entry_id, max=entry_id, count=1)
+    counts: dict[str, int] = {}
+    for rows in await pipe.execute():
+        for row in rows:
+            counts[str(row["message_id"])] = int(row["times_delivered"])
+    return counts
+
+
+async def trim_all(sender: Sender) -> None:
+    for part in sender.keys.partitions:
+        await trim(sender.client, part)
+
+
+async def trim(client: Any, part: PartitionKeys) -> int:
+    """Remove acknowledged entries only; returns how many were removed."""
+    try:
+        groups = await client.xinfo_groups(part.sends)
+    except ResponseError:
+        return 0  # no stream yet
+    group = next((g for g in groups if g["name"] == SENDERS_GROUP), None)
+    if group is None:
+        return 0
+    if int(group["pending"]):
+        summary = await client.xpending(part.sends, SENDERS_GROUP)
+        min_id = str(summary["min"])
+    else:
+        last = str(group["last-delivered-id"])
+        if last in ("0-0", "0"):
+            return 0
+        ms, _, seq = last.partition("-")
+        min_id = f"{ms}-{int(seq or 0) + 1}"  # everything up to last-delivered is acked
+    return int(await client.xtrim(part.sends, minid=min_id, approximate=False))
+
+
+async def forget_consumers(sender: Sender) -> None:
+    limit_ms = FORGET_CONSUMER_AFTER_S * 1000
+    for part in sender.keys.partitions:
+        for consumer in await sender.client.xinfo_consumers(part.sends, SENDERS_GROUP):
+            name = str(consumer["name"])
+            if name != sender.consumer and not consumer["pending"] and consumer["idle"] > limit_ms:
+                await sender.client.xgroup_delconsumer(part.sends, SENDERS_GROUP, name)
+
+
+async def refresh_quota(sender: Sender) -> None:
+    """SES's own limits, read in a thread (boto3); ignored when SES does not answer."""
+    assert sender.fetch_quota is not None
+    quota = await sender.fetch_quota(sender.settings)
+    if quota is None:
+        return
+    await sender.limiter.set_ceiling(quota.max_send_rate, valid_s=QUOTA_INTERVAL_S * 3)
+    if 0 <= quota.max_24h_send <= quota.sent_last_24h:
+        # SES does not say when the rolling window frees up: look again at the next refresh
+        await sender.limiter.pause(QUOTA_INTERVAL_S)
+        log.warning(
+            "SES daily quota exhausted; sending paused",
+            max_24h_send=quota.max_24h_send,
+            sent_last_24h=quota.sent_last_24h,
+        )
+
+
+async def update_gauges(sender: Sender) -> None:
+    status = await sender.limiter.status()
+    metrics.BUCKET_TOKENS.set(status.tokens)
+    metrics.BUCKET_RATE.set(status.rate)
+    metrics.BUCKET_FACTOR.set(status.factor)
+    metrics.PAUSED_SECONDS.set(status.paused_s)
+    metrics.JOBS_HELD.set(sum(len(h) for h in sender.held.values()))

@@ -1,0 +1,651 @@
+"""The sender: consumer group `senders` on every partition's `sends` stream.
+
+One job = one recipient. Its life, in order:
+
+1. parse the entry (`Job.from_fields`); malformed -> dead letter + XACK;
+2. content from the in-process cache; one pipelined pre-check: state, topic stop time,
+   suppression. Already final -> XACK only (a redelivery is never sent again). Found inflight
+   (a sender died between claim and record) -> ON_AMBIGUOUS=skip: `u` + `unknown`;
+   =resend: send again. Stopped -> `x`; suppressed -> `p`; content gone -> `f:no_content`;
+   more than MAX_ATTEMPTS deliveries -> `f:max_attempts` + dead letter. None of these spends a
+   rate token;
+3. a token from the shared limiter (the wait is cancelled by shutdown: nothing is claimed yet);
+4. `claim.lua`: still queued and not stopped -> `i:<ms>:<consumer>`;
+5. SES SendEmail;
+6. `record.lua`: final state + event + XACK at once; the SES id -> request id link rides in the
+   same round trip.
+
+**The ambiguous window** is exactly steps 4-6: from the claim being stored to the record being
+stored. Nothing is awaited inside it except the SES call and the two Redis scripts. A job is
+left `inflight` only when this process dies (SIGKILL, power loss, cancellation after
+SHUTDOWN_GRACE) inside it, or when Redis loses the record; such a job is later marked `unknown`
+(skip) or sent again (resend). A Redis outage inside the window does not open it further for
+data: the record is retried until Redis answers (until SHUTDOWN_GRACE on stop).
+
+SES outcomes: throttled -> release the claim, slow the shared bucket (AIMD), back off, retry
+(never failed); daily quota -> release, pause everyone; paused/suspended -> release, pause
+everyone, report; rejected -> `f:<code>`; transient -> release and retry, `f:` + dead letter
+after MAX_ATTEMPTS; ambiguous (timeout after sending) -> like a crash in the window.
+
+Concurrency: SENDER_CONCURRENCY slots shared by one reader per partition; a reader asks for at
+most its fair share of the free slots (COUNT), so no partition starves the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from redis.exceptions import ResponseError
+
+from common import sentry
+from common.aws import Quota
+from common.connection import UNAVAILABLE, ensure_group, wait_for_redis
+from common.errors import (
+    RedisUnavailable,
+    SesAmbiguous,
+    SesError,
+    SesPaused,
+    SesQuotaExceeded,
+    SesRejected,
+    SesThrottled,
+    SesTransient,
+)
+from common.keys import SENDERS_GROUP, Keys, PartitionKeys, accepted_ms
+from common.logs import get_logger
+from common.schema import Event, EventType, Job, MessageContent
+from common.settings import Settings
+from sender import metrics
+from sender.content import ContentCache
+from sender.rate_limit import RateLimiter
+from sender.state import (
+    FAILED,
+    SENT,
+    STOPPED,
+    SUPPRESSED,
+    UNKNOWN,
+    ClaimValues,
+    DeliveryStore,
+    Outcome,
+    dead_entry,
+    is_final,
+    is_inflight,
+    now_ms,
+)
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+BLOCK_MS = 1000  # XREADGROUP BLOCK: also how soon a reader notices shutdown
+READ_GUARD_S = 5.0  # a blocking read that outlives BLOCK_MS by this much is on a dead socket
+SES_PAUSE_S = 5.0  # SendingPaused / AccountSuspended: pause, then let the next call probe
+QUOTA_PAUSE_S = 60.0  # daily quota exhausted: the upkeep's quota reading refines this
+BACKOFF_BASE_S = 0.2
+BACKOFF_CAP_S = 5.0
+
+
+class SesSender(Protocol):
+    async def send_email(self, email: Any) -> str: ...
+
+
+Composer = Callable[[Settings, bytes, MessageContent, Job], Any]
+QuotaSource = Callable[[Settings], Awaitable[Quota | None]]
+
+
+class LeavePending(Exception):
+    """Stop handling a job without acknowledging it: shutdown came before its SES call, or
+    another sender holds a fresh claim on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    content: MessageContent
+    takeover: str  # inflight claim of a dead sender we may replace (ON_AMBIGUOUS=resend)
+
+
+def consumer_name() -> str:
+    """Unique per process, readable in XINFO: host-pid-random."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with jitter (half to full)."""
+    delay: float = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0**attempt)
+    return delay * random.uniform(0.5, 1.0)
+
+
+class Slots:
+    """A counting semaphore that readers can take several units of at once (XREADGROUP COUNT)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self._available = asyncio.Event()
+        self._available.set()
+
+    def try_take(self, most: int) -> int:
+        taken = min(self.free, most)
+        self.free -= taken
+        if self.free == 0:
+            self._available.clear()
+        return taken
+
+    async def take(self, most: int, stop: asyncio.Event) -> int:
+        """At least one unit (up to `most`), or 0 once `stop` is set."""
+        while not stop.is_set():
+            taken = self.try_take(most)
+            if taken:
+                return taken
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._available.wait(), BLOCK_MS / 1000)
+        return 0
+
+    def give(self, count: int = 1) -> None:
+        if count > 0:
+            self.free += count
+            self._available.set()
+
+
+class Sender:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any,
+        ses: SesSender,
+        compose: Composer,
+        secret: bytes,
+        *,
+        consumer: str | None = None,
+        fetch_quota: QuotaSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.ses = ses
+        self.compose = compose
+        self.secret = secret
+        self.fetch_quota = fetch_quota
+        self.keys = Keys(settings.redis_prefix, settings.send_partitions)
+        self.consumer = consumer or consumer_name()
+        self.store = DeliveryStore(client, self.keys, settings.content_ttl)
+        self.limiter = RateLimiter(client, settings, self.keys)
+        self.contents = ContentCache(client)
+        self.claims = ClaimValues(self.consumer)
+        self.slots = Slots(settings.sender_concurrency)
+        self.stop = asyncio.Event()
+        # Entries this process is handling, per partition: the upkeep keeps them from going idle
+        # (XCLAIM JUSTID), so no other replica reclaims a job that is merely waiting.
+        self.held: dict[int, set[str]] = {p.index: set() for p in self.keys.partitions}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.reclaim_cursor: dict[int, str] = {p.index: "0-0" for p in self.keys.partitions}
+        self.fair_share = max(1, math.ceil(settings.sender_concurrency / len(self.keys.partitions)))
+        # A claim younger than this may belong to a live sender (a duplicate entry of the same
+        # job being sent elsewhere): leave it. Older ones are from a sender that died: any entry
+        # only reaches another consumer after RECLAIM_IDLE without a keep-alive.
+        self.dead_claim_ms = int(settings.reclaim_idle * 1000 / 2)
+        self.ses_pause_s = SES_PAUSE_S
+        self.quota_pause_s = QUOTA_PAUSE_S
+
+    # --- running --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read and send until `stop`; then finish in-flight SES calls within SHUTDOWN_GRACE."""
+        from sender.upkeep import run_upkeep
+
+        self.stop = stop
+        if not await self.ensure_groups():
+            return
+        upkeep = asyncio.create_task(run_upkeep(self, stop), name="sender-upkeep")
+        readers = [
+            asyncio.create_task(self.read_loop(part), name=f"sender-read-{part.index}")
+            for part in self.keys.partitions
+        ]
+        log.info("sender started", consumer=self.consumer, partitions=len(readers))
+        try:
+            await stop.wait()
+            # Stop reading at once. An XREADGROUP cut short may have delivered entries that no
+            # task handles: the hand-over below covers them with everything else left pending.
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            await self.drain()
+            await self.hand_over()
+        finally:
+            for task in readers:
+                task.cancel()
+            upkeep.cancel()
+            await asyncio.gather(upkeep, *readers, return_exceptions=True)
+        log.info("sender stopped", consumer=self.consumer)
+
+    async def ensure_groups(self) -> bool:
+        while not self.stop.is_set():
+            try:
+                for part in self.keys.partitions:
+                    await ensure_group(self.client, part.sends, SENDERS_GROUP)
+                return True
+            except UNAVAILABLE:
+                await wait_for_redis(self.client, self.stop, log)
+        return False
+
+    async def drain(self) -> None:
+        """Wait for running jobs up to SHUTDOWN_GRACE; cancel what is left."""
+        if not self.tasks:
+            return
+        log.info("finishing in-flight jobs", jobs=len(self.tasks))
+        _, late = await asyncio.wait(set(self.tasks), timeout=self.settings.shutdown_grace)
+        if late:
+            log.warning("shutdown grace expired; cancelling jobs", jobs=len(late))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def hand_over(self) -> None:
+        """Whatever is still pending for this consumer after the drain was never sent (or was
+        cut off by the grace period): make it look idle for RECLAIM_IDLE, so another replica's
+        next XAUTOCLAIM takes it now instead of a RECLAIM_IDLE later. JUSTID: not a delivery."""
+        idle_ms = int(self.settings.reclaim_idle * 1000) + 1
+        for part in self.keys.partitions:
+            try:
+                while True:
+                    rows = await self.client.xpending_range(
+                        part.sends, SENDERS_GROUP, "-", "+", 1000, consumername=self.consumer
+                    )
+                    fresh = [r["message_id"] for r in rows if r["time_since_delivered"] < idle_ms]
+                    if not fresh:
+                        break
+                    await self.client.xclaim(
+                        part.sends,
+                        SENDERS_GROUP,
+                        self.consumer,
+                        0,
+                        fresh,
+                        idle=idle_ms,
+                        justid=True,
+                    )
+                    log.info("handed over pending jobs", count=len(fresh), partition=part.index)
+            except (*UNAVAILABLE, RedisUnavailable):
+                log.warning("could not hand over pending jobs (redis unavailable)")
+
+    def spawn(self, part: PartitionKeys, entry_id: str, fields: Any, deliveries: int) -> None:
+        """Run one job; its slot was taken by the caller and is given back when it ends."""
+        self.held[part.index].add(entry_id)
+        task = asyncio.create_task(self.handle(part, entry_id, fields, deliveries))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def read_loop(self, part: PartitionKeys) -> None:
+        while True:
+            count = await self.slots.take(self.fair_share, self.stop)
+            if not count:
+                return
+            try:
+                reply = await asyncio.wait_for(
+                    self.client.xreadgroup(
+                        SENDERS_GROUP,
+                        self.consumer,
+                        {part.sends: ">"},
+                        count=count,
+                        block=BLOCK_MS,
+                    ),
+                    BLOCK_MS / 1000 + READ_GUARD_S,
+                )
+            except (*UNAVAILABLE, RedisUnavailable):
+                self.slots.give(count)
+                await wait_for_redis(self.client, self.stop, log)
+                continue
+            except ResponseError as exc:
+                self.slots.give(count)
+                if "NOGROUP" in str(exc):
+                    # the group vanished (Redis restarted without persistence): recreate, go on
+                    await self.ensure_groups()
+                else:
+                    log.error("reading sends failed", error=str(exc), partition=part.index)
+                    await asyncio.sleep(1.0)
+                continue
+            entries = reply[0][1] if reply else []
+            self.slots.give(count - len(entries))
+            for entry_id, fields in entries:
+                self.spawn(part, entry_id, fields, deliveries=1)
+
+    # --- one job --------------------------------------------------------------------------
+
+    async def handle(
+        self, part: PartitionKeys, entry_id: str, fields: Any, deliveries: int
+    ) -> None:
+        try:
+            try:
+                job = Job.from_fields(fields or {})
+            except ValueError as exc:
+                reason = str(exc)[:500]
+                await self.until_done(
+                    functools.partial(self.store.dead_letter, part, entry_id, fields or {}, reason)
+                )
+                metrics.JOBS.labels("dead_letter").inc()
+                log.warning("malformed job dead-lettered", entry=entry_id, reason=reason)
+                return
+            await self.process(part, entry_id, job, deliveries)
+        except LeavePending:
+            pass  # not acknowledged: handed over at shutdown, or reclaimed when idle
+        except Exception as exc:
+            # left pending: reclaimed after RECLAIM_IDLE, dead-lettered after MAX_ATTEMPTS
+            log.exception("job failed unexpectedly", entry=entry_id)
+            sentry.report(exc, entry=entry_id)
+        finally:
+            self.held[part.index].discard(entry_id)
+            self.slots.give()
+
+    async def process(self, part: PartitionKeys, entry_id: str, job: Job, deliveries: int) -> None:
+        ready = await self.before_claim(lambda: self.prepare(part, entry_id, job, deliveries))
+        if ready is None:
+            return
+        content, takeover = ready.content, ready.takeover
+        email = self.compose(self.settings, self.secret, content, job)
+        accepted = accepted_ms(job.msg_id)
+        transient = throttled = 0
+        while True:
+            if not await self.before_claim(lambda: self.limiter.acquire(self.stop)):
+                raise LeavePending()
+            if self.stop.is_set():
+                raise LeavePending()
+            claim = self.claims.next()
+            got = await self.until_done(
+                functools.partial(
+                    self.store.claim, part, job, content.topic, claim, accepted, takeover
+                )
+            )
+            if got.status == "final":
+                await self.until_done(lambda: self.store.ack(part, entry_id))
+                metrics.JOBS.labels("duplicate").inc()
+                return
+            if got.status == "busy":
+                raise LeavePending()
+            if got.status == "stopped":
+                # with a takeover the old claim may have reached SES: that is unknown, not stopped
+                final, kind = (
+                    (UNKNOWN, EventType.UNKNOWN) if takeover else (STOPPED, EventType.STOPPED)
+                )
+                await self.finish(part, entry_id, job, content, takeover, final, kind)
+                return
+            # --- the ambiguous window: claim stored; only the SES call until the record ---
+            started = time.monotonic()
+            try:
+                ses_id = await self.ses.send_email(email)
+            except SesThrottled as exc:
+                self.count_error(exc, started)
+                await self.release(part, job, claim)
+                throttled += 1
+                takeover = ""
+                await self.best_effort(self.limiter.throttled())
+                await self.pause_job(backoff(min(throttled, 5)))
+                continue
+            except (SesQuotaExceeded, SesPaused) as exc:
+                self.count_error(exc, started)
+                await self.release(part, job, claim)
+                takeover = ""
+                await self.account_paused(exc)
+                continue
+            except SesRejected as exc:
+                self.count_error(exc, started)
+                await self.finish(
+                    part,
+                    entry_id,
+                    job,
+                    content,
+                    claim,
+                    f"{FAILED}rejected:{exc.code}",
+                    EventType.FAILED,
+                    detail=str(exc)[:500],
+                )
+                return
+            except SesTransient as exc:
+                self.count_error(exc, started)
+                transient += 1
+                if transient >= self.settings.max_attempts:
+                    reason = f"transient:{exc.code}"
+                    await self.finish(
+                        part,
+                        entry_id,
+                        job,
+                        content,
+                        claim,
+                        f"{FAILED}{reason}",
+                        EventType.FAILED,
+                        detail=str(exc)[:500],
+                        dead=dead_entry(entry_id, job.fields(), reason),
+                    )
+                    return
+                await self.release(part, job, claim)
+                takeover = ""
+                await self.pause_job(backoff(transient))
+                continue
+            except (SesAmbiguous, SesError, Exception) as exc:
+                # no answer we can trust: SES may have sent it (an unexpected client error too)
+                self.count_error(exc, started)
+                if self.settings.on_ambiguous == "resend":
+                    await self.release(part, job, claim)
+                    takeover = ""
+                    transient += 1
+                    await self.pause_job(backoff(transient))
+                    continue
+                await self.finish(
+                    part,
+                    entry_id,
+                    job,
+                    content,
+                    claim,
+                    UNKNOWN,
+                    EventType.UNKNOWN,
+                    detail=f"SES call outcome unknown: {exc}"[:500],
+                )
+                return
+            metrics.SES_SECONDS.observe(time.monotonic() - started)
+            await self.finish(
+                part,
+                entry_id,
+                job,
+                content,
+                claim,
+                f"{SENT}{ses_id}",
+                EventType.SENT,
+                ses_id=ses_id,
+            )
+            return
+
+    async def prepare(
+        self, part: PartitionKeys, entry_id: str, job: Job, deliveries: int
+    ) -> Ready | None:
+        """Everything decided without SES; None when the job is finished here."""
+        content = await self.contents.get(part, job.msg_id)
+        pre = await self.store.precheck(part, job, content.topic if content else None)
+        if is_final(pre.state):
+            await self.store.ack(part, entry_id)
+            metrics.JOBS.labels("duplicate").inc()
+            return None
+        takeover = ""
+        stopped = pre.stopped(accepted_ms(job.msg_id))
+        if is_inflight(pre.state):
+            if not self.claim_is_dead(pre.state):
+                raise LeavePending()  # its sender may be in the middle of it
+            exhausted = deliveries > self.settings.max_attempts
+            if self.settings.on_ambiguous == "skip" or stopped or pre.suppressed or exhausted:
+                await self.finish(
+                    part,
+                    entry_id,
+                    job,
+                    content,
+                    pre.state,
+                    UNKNOWN,
+                    EventType.UNKNOWN,
+                    detail="its sender stopped during the SES call",
+                )
+                return None
+            takeover = pre.state
+        if content is None:
+            await self.finish(
+                part,
+                entry_id,
+                job,
+                None,
+                takeover,
+                f"{FAILED}no_content",
+                EventType.FAILED,
+                detail="message content is missing (expired?)",
+            )
+            return None
+        if stopped:
+            await self.finish(part, entry_id, job, content, takeover, STOPPED, EventType.STOPPED)
+            return None
+        if pre.suppressed:
+            await self.finish(
+                part,
+                entry_id,
+                job,
+                content,
+                takeover,
+                SUPPRESSED,
+                EventType.SUPPRESSED,
+                detail="address is on the suppression list",
+            )
+            return None
+        if deliveries > self.settings.max_attempts:
+            reason = "max_attempts"
+            await self.finish(
+                part,
+                entry_id,
+                job,
+                content,
+                takeover,
+                f"{FAILED}{reason}",
+                EventType.FAILED,
+                detail=f"delivered {deliveries} times without a result",
+                dead=dead_entry(entry_id, job.fields(), reason),
+            )
+            return None
+        return Ready(content=content, takeover=takeover)
+
+    def claim_is_dead(self, state: str) -> bool:
+        parts = state.split(":", 2)
+        claimed = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        return now_ms() - claimed >= self.dead_claim_ms
+
+    async def finish(
+        self,
+        part: PartitionKeys,
+        entry_id: str,
+        job: Job,
+        content: MessageContent | None,
+        expected: str,
+        final: str,
+        kind: EventType,
+        *,
+        detail: str = "",
+        ses_id: str = "",
+        dead: dict[str, str] | None = None,
+    ) -> Outcome:
+        """Record a final state with its event and XACK, retrying through Redis outages."""
+        event = Event(
+            type=kind,
+            ts=now_ms(),
+            topic=content.topic if content else "",
+            msg_id=job.msg_id,
+            index=job.index,
+            email=job.email,
+            ses_id=ses_id,
+            detail=detail,
+        )
+        link = (ses_id, job.request_id) if ses_id else None
+        outcome = await self.until_done(
+            lambda: self.store.record(
+                part,
+                entry_id,
+                job,
+                expected=expected,
+                final=final,
+                event=event,
+                dead=dead,
+                ses_link=link,
+            )
+        )
+        if outcome.ok:
+            metrics.JOBS.labels(str(kind)).inc()
+            if dead:
+                metrics.JOBS.labels("dead_letter").inc()
+        elif outcome.status == "final":
+            metrics.JOBS.labels("duplicate").inc()
+            if ses_id:
+                # only when another replica judged our claim dead while we were still sending
+                log.error(
+                    "sent, but the job was already final", rid=job.request_id, state=outcome.value
+                )
+        else:
+            log.warning(
+                "job claimed elsewhere; left pending", rid=job.request_id, state=outcome.value
+            )
+        return outcome
+
+    async def release(self, part: PartitionKeys, job: Job, claim: str) -> None:
+        await self.until_done(lambda: self.store.release(part, job, claim))
+
+    async def account_paused(self, exc: SesError) -> None:
+        """Every replica waits: the pause lives in the shared limiter."""
+        seconds = self.quota_pause_s if isinstance(exc, SesQuotaExceeded) else self.ses_pause_s
+        await self.best_effort(self.limiter.pause(seconds))
+        if isinstance(exc, SesPaused):
+            log.error("SES sending paused; all senders wait", code=exc.code, error=str(exc))
+            sentry.report(exc, code=exc.code)
+        else:
+            log.warning("SES daily quota exhausted; all senders wait", seconds=seconds)
+
+    async def pause_job(self, seconds: float) -> None:
+        """Back off before retrying a job that holds no claim; shutdown abandons it."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+        if self.stop.is_set():
+            raise LeavePending()
+
+    def count_error(self, exc: BaseException, started: float) -> None:
+        metrics.SES_SECONDS.observe(time.monotonic() - started)
+        metrics.SES_ERRORS.labels(type(exc).__name__).inc()
+
+    # --- Redis outages ----------------------------------------------------------------------
+
+    async def before_claim(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Nothing is claimed yet: on an outage wait for Redis, but give up on shutdown."""
+        while True:
+            try:
+                return await op()
+            except (*UNAVAILABLE, RedisUnavailable):
+                if not await wait_for_redis(self.client, self.stop, log):
+                    raise LeavePending() from None
+
+    async def until_done(self, op: Callable[[], Awaitable[T]]) -> T:
+        """A claim, a release or a record must get an answer: retry until Redis is back (the
+        shutdown grace bounds it by cancelling). Every such script is idempotent on retry."""
+        while True:
+            try:
+                return await op()
+            except (*UNAVAILABLE, RedisUnavailable):
+                await wait_for_redis(self.client, None, log)
+
+    async def best_effort(self, op: Awaitable[Any]) -> None:
+        try:
+            await op
+        except (*UNAVAILABLE, RedisUnavailable) as exc:
+            log.warning("redis unavailable; skipped a limiter update", error=str(exc))
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "consumer": self.consumer,
+            "jobs": sum(len(h) for h in self.held.values()),
+            "free_slots": self.slots.free,
+        }

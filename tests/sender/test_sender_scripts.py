@@ -1,0 +1,211 @@
+"""Each Lua script of the sender on its own, against the real redis-server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from common.keys import SENDERS_GROUP, Keys
+from common.schema import Event, Job, decode_event, encode
+from common.scripts import register
+from sender.rate_limit import RateLimiter
+from sender.state import DeliveryStore
+
+KEYS = Keys("sesflow")
+PART = KEYS.partition(0)
+JOB = Job(msg_id="1700000000000-0", index=3, email="a@example.org")
+
+
+@pytest.fixture
+async def entry(redis: Any) -> str:
+    await redis.xgroup_create(PART.sends, SENDERS_GROUP, id="0", mkstream=True)
+    entry_id = str(await redis.xadd(PART.sends, JOB.fields()))
+    await redis.xreadgroup(SENDERS_GROUP, "c1", {PART.sends: ">"})
+    return entry_id
+
+
+async def claim(redis: Any, value: str, accepted: int = 1700000000000, takeover: str = "") -> Any:
+    script = register(redis, "claim")
+    return await script(
+        keys=[PART.state(JOB.msg_id), PART.stop("t1")], args=[JOB.index, value, accepted, takeover]
+    )
+
+
+async def test_claim_queued_retry_busy_final_and_takeover(redis: Any) -> None:
+    assert await claim(redis, "i:1:c1") == ["ok", "i:1:c1"]
+    assert await claim(redis, "i:1:c1") == ["ok", "i:1:c1"]  # a retry after a lost reply
+    assert await claim(redis, "i:2:c2") == ["busy", "i:1:c1"]
+    assert await claim(redis, "i:3:c2", takeover="i:1:c1") == ["ok", "i:3:c2"]
+    await redis.hset(PART.state(JOB.msg_id), JOB.index, "s:abc")
+    assert await claim(redis, "i:4:c2", takeover="i:3:c2") == ["final", "s:abc"]
+
+
+async def test_claim_refuses_a_stopped_topic(redis: Any) -> None:
+    await redis.set(PART.stop("t1"), 1700000000000)
+    assert await claim(redis, "i:1:c1", accepted=1700000000000) == ["stopped", "1700000000000"]
+    assert await redis.hget(PART.state(JOB.msg_id), JOB.index) is None
+    # a message accepted after the cancel is not stopped
+    assert (await claim(redis, "i:1:c1", accepted=1700000000001))[0] == "ok"
+
+
+async def test_release_only_our_claim(redis: Any) -> None:
+    store = DeliveryStore(redis, KEYS, 60)
+    await claim(redis, "i:1:c1")
+    assert not await store.release(PART, JOB, "i:9:other")
+    assert await store.release(PART, JOB, "i:1:c1")
+    assert await redis.hget(PART.state(JOB.msg_id), JOB.index) is None
+
+
+async def test_record_is_atomic_and_idempotent(redis: Any, entry: str) -> None:
+    store = DeliveryStore(redis, KEYS, 60)
+    await claim(redis, "i:1:c1")
+    event = Event(type="sent", msg_id=JOB.msg_id, index=JOB.index, ses_id="abc")
+    done = await store.record(
+        PART, entry, JOB, expected="i:1:c1", final="s:abc", event=event, ses_link=("abc", "r")
+    )
+    assert done.ok
+    assert await redis.hget(PART.state(JOB.msg_id), JOB.index) == "s:abc"
+    assert await redis.get(KEYS.ses_message("abc")) == "r"
+    assert 0 < await redis.ttl(PART.state(JOB.msg_id)) <= 60
+    assert (await redis.xpending(PART.sends, SENDERS_GROUP))["pending"] == 0
+    # a redelivery records nothing new: one event, state kept
+    again = await store.record(PART, entry, JOB, expected="", final="u", event=event)
+    assert (again.status, again.value) == ("final", "s:abc")
+    assert [decode_event(f["e"]).ses_id for _, f in await redis.xrange(PART.events)] == ["abc"]
+
+
+async def test_record_leaves_someone_elses_claim(redis: Any, entry: str) -> None:
+    store = DeliveryStore(redis, KEYS, 60)
+    await claim(redis, "i:1:c1")
+    busy = await store.record(PART, entry, JOB, expected="", final="x", event=None)
+    assert (busy.status, busy.value) == ("busy", "i:1:c1")
+    assert (await redis.xpending(PART.sends, SENDERS_GROUP))["pending"] == 1
+    assert await redis.xlen(PART.events) == 0
+
+
+async def test_record_with_dead_letter_and_malformed(redis: Any, entry: str) -> None:
+    store = DeliveryStore(redis, KEYS, 0)
+    await store.dead_letter(PART, entry, {"junk": "1"}, "malformed job entry")
+    dead = await redis.xrange(PART.sends_dead)
+    assert dead[0][1]["junk"] == "1"
+    assert dead[0][1]["reason"] == "malformed job entry"
+    assert dead[0][1]["source_id"] == entry
+    assert (await redis.xpending(PART.sends, SENDERS_GROUP))["pending"] == 0
+    assert await redis.exists(PART.state("")) == 0
+
+
+# --- the rate limiter (simulated time through the documented `now` test argument) ---------------
+
+
+def limiter(redis: Any, make_settings: Any, **env: Any) -> RateLimiter:
+    return RateLimiter(redis, make_settings(**env), KEYS)
+
+
+async def drive(rl: RateLimiter, seconds: float, start: float = 1e12) -> list[float]:
+    """Callers that always ask again when told: the simulated times at which sends happen."""
+    now, sends = start, []
+    while now < start + seconds * 1000:
+        granted, wait = await rl.try_acquire(now_ms=now)
+        if granted:
+            sends.append(now + wait * 1000)
+            now += wait * 1000 if wait else 0.0
+        else:
+            now += max(wait * 1000, 1.0)
+    return sends
+
+
+async def test_gcra_grants_at_the_configured_rate(redis: Any, make_settings: Any) -> None:
+    rl = limiter(redis, make_settings, EMAIL_RATE="20", EMAIL_BURST="1")
+    sends = await drive(rl, 2.0)
+    assert 39 <= len(sends) <= 41
+    gaps = [b - a for a, b in zip(sends, sends[1:], strict=False)]
+    assert min(gaps) >= 50 - 0.01  # never two within one interval
+
+
+async def test_burst_then_rate(redis: Any, make_settings: Any) -> None:
+    rl = limiter(redis, make_settings, EMAIL_RATE="10", EMAIL_BURST="5")
+    now = 1e12
+    grants = [await rl.try_acquire(now_ms=now) for _ in range(6)]
+    assert [g for g, _ in grants] == [True] * 6
+    assert [w for _, w in grants[:5]] == [0.0] * 5
+    assert grants[5][1] == pytest.approx(0.1)  # the sixth is a reservation one interval ahead
+    status = await rl.status(now_ms=now)
+    assert status.tokens == 0 and status.rate == 10
+
+
+async def test_reservations_are_capped(redis: Any, make_settings: Any) -> None:
+    rl = limiter(redis, make_settings, EMAIL_RATE="10", EMAIL_BURST="1")
+    now = 1e12
+    results = [await rl.try_acquire(now_ms=now) for _ in range(10)]
+    granted = [w for g, w in results if g]
+    assert len(granted) == 6  # now, then 100..500 ms ahead: never beyond MAX_RESERVE_MS
+    refused = [w for g, w in results if not g]
+    assert refused and all(w == pytest.approx(0.1) for w in refused)
+
+
+async def test_aimd_decrease_cooldown_floor_and_recovery(redis: Any, make_settings: Any) -> None:
+    rl = limiter(redis, make_settings, EMAIL_RATE="100")
+    now = 1e12
+    assert await rl.throttled(now_ms=now) == pytest.approx(0.7)
+    # within the cooldown: no second decrease (only 10 ms of recovery)
+    assert await rl.throttled(now_ms=now + 10) == pytest.approx(0.7, abs=0.01)
+    assert (await rl.status(now_ms=now)).rate == pytest.approx(70)
+    factor = 1.0
+    for step in range(1, 30):
+        factor = await rl.throttled(now_ms=now + step * 1000)
+    # one report per second settles where the decrease meets a second of recovery:
+    # f = 0.7 * (f + 0.2)  ->  f = 0.467
+    assert factor == pytest.approx(0.14 / 0.3, abs=0.01)
+    # additive recovery: +0.2 per second back to 1.0
+    later = await rl.status(now_ms=now + 29 * 1000 + 10_000)
+    assert later.factor == 1.0 and later.rate == pytest.approx(100)
+
+
+async def test_aimd_floor(redis: Any, make_settings: Any) -> None:
+    rl = limiter(redis, make_settings, EMAIL_RATE="100")
+    now = 1e12
+    # a report per cooldown with no time to recover (the factor's timestamp is moved to the
+    # next report): decreases down to the 5 % floor, not below
+    for step in range(40):
+        await rl.throttled(now_ms=now + step * 1000.0)
+        await redis.hset(KEYS.rate, "fts", str(now + step * 1000.0 + 1000))
+    status = await rl.status(now_ms=now + 40 * 1000)
+    assert status.factor == pytest.approx(0.05)
+    assert status.rate == pytest.approx(5)
+
+
+async def test_pause_stops_everyone_and_only_extends(redis: Any, make_settings: Any) -> None:
+    rl = limiter(redis, make_settings, EMAIL_RATE="100", EMAIL_BURST="10")
+    now = 1e12
+    await rl.pause(5, now_ms=now)
+    await rl.pause(1, now_ms=now)  # shorter: ignored
+    granted, wait = await rl.try_acquire(now_ms=now + 1000)
+    assert not granted and wait == pytest.approx(4.0)
+    assert (await rl.status(now_ms=now + 1000)).paused_s == pytest.approx(4.0)
+    assert (await rl.try_acquire(now_ms=now + 5001))[0]
+
+
+async def test_ses_ceiling_lowers_the_rate_while_valid(redis: Any, make_settings: Any) -> None:
+    rl = limiter(redis, make_settings, EMAIL_RATE="100")
+    now = 1e12
+    await rl.set_ceiling(14, valid_s=60, now_ms=now)
+    assert (await rl.status(now_ms=now)).rate == pytest.approx(14)
+    assert (await rl.status(now_ms=now + 61_000)).rate == pytest.approx(100)
+    await rl.set_ceiling(500, valid_s=60, now_ms=now)  # higher than EMAIL_RATE: no effect
+    assert (await rl.status(now_ms=now)).rate == pytest.approx(100)
+
+
+async def test_real_time_acquire_respects_the_rate(redis: Any, make_settings: Any) -> None:
+    """With Redis TIME: 15 tokens at 50/s with a burst of 5 need at least (15-5)/50 s."""
+    import time
+
+    rl = limiter(redis, make_settings, EMAIL_RATE="50", EMAIL_BURST="5")
+    started = time.monotonic()
+    for _ in range(15):
+        assert await rl.acquire()
+    assert time.monotonic() - started >= 0.19
+
+
+def test_event_encoding_is_compact() -> None:
+    assert b'"type":"sent"' in encode(Event(type="sent"))

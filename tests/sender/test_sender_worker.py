@@ -1,0 +1,317 @@
+"""The sender's job handling, in-process against the real redis-server with a fake SES."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from conftest import FakeSes, Running, events, new_msg_id, pending_count, seed, states, wait_for
+
+from common.errors import (
+    SesAmbiguous,
+    SesPaused,
+    SesQuotaExceeded,
+    SesRejected,
+    SesThrottled,
+    SesTransient,
+)
+from common.keys import SENDERS_GROUP, Keys
+from common.suppression import SuppressionList, entry
+from sender.worker import Sender
+
+KEYS = Keys("sesflow")
+PART = KEYS.partition(0)
+EMAILS = [f"user{n}@example.org" for n in range(5)]
+
+Start = Callable[[Sender], Running]
+
+
+async def all_final(redis: Any, msg_id: str, count: int) -> bool:
+    found = await states(redis, PART, msg_id)
+    return len(found) == count and not any(v.startswith("i:") for v in found.values())
+
+
+async def test_sends_every_recipient_once_and_records_it(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    msg_id, _ = await seed(redis, KEYS, EMAILS)
+    run = running(make_sender(sender_settings()))
+    await wait_for(lambda: all_final(redis, msg_id, 5))
+    await run.stop()
+    found = await states(redis, PART, msg_id)
+    assert all(v.startswith("s:ses-") for v in found.values())
+    assert fake_ses.sent == {e: 1 for e in EMAILS}
+    sent = [e for e in await events(redis, PART) if e.type == "sent"]
+    assert sorted(e.index for e in sent) == list(range(5))
+    assert all(e.topic == "t1" and e.ses_id and e.msg_id == msg_id for e in sent)
+    # the SES id leads back to the request id, for feedback without tags
+    first = sent[0]
+    assert await redis.get(KEYS.ses_message(first.ses_id)) == f"{msg_id}_{first.index}"
+    # the email carries the request id header and tags
+    email = fake_ses.emails[0]
+    assert ("X-Request-ID", f"{msg_id}_{EMAILS.index(email.to)}") in email.headers
+    assert await pending_count(redis, PART) == 0
+
+
+async def test_redelivered_final_job_is_only_acked(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    msg_id = new_msg_id()
+    await redis.hset(PART.state(msg_id), mapping={"0": "s:earlier", "1": "f:rejected:x"})
+    await seed(redis, KEYS, EMAILS[:3], msg_id=msg_id)
+    run = running(make_sender(sender_settings()))
+    await wait_for(lambda: all_final(redis, msg_id, 3))
+    await wait_for(lambda: pending_count_is(redis, 0))
+    await run.stop()
+    assert fake_ses.calls == {EMAILS[2]: 1}
+    assert (await states(redis, PART, msg_id))[0] == "s:earlier"
+    assert [e.index for e in await events(redis, PART)] == [2]
+
+
+async def pending_count_is(redis: Any, count: int) -> bool:
+    return await pending_count(redis, PART) == count
+
+
+async def test_inflight_from_a_dead_sender_is_unknown_with_skip(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    msg_id = new_msg_id()
+    await redis.hset(PART.state(msg_id), "0", "i:1000:dead-consumer")
+    await seed(redis, KEYS, EMAILS[:2], msg_id=msg_id)
+    run = running(make_sender(sender_settings()))
+    await wait_for(lambda: all_final(redis, msg_id, 2))
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0] == "u"
+    assert EMAILS[0] not in fake_ses.calls
+    unknown = [e for e in await events(redis, PART) if e.type == "unknown"]
+    assert [(e.index, e.email) for e in unknown] == [(0, EMAILS[0])]
+
+
+async def test_inflight_from_a_dead_sender_is_resent_with_resend(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    msg_id = new_msg_id()
+    await redis.hset(PART.state(msg_id), "0", "i:1000:dead-consumer")
+    await seed(redis, KEYS, EMAILS[:1], msg_id=msg_id)
+    run = running(make_sender(sender_settings(ON_AMBIGUOUS="resend")))
+    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0].startswith("s:")
+    assert fake_ses.sent[EMAILS[0]] == 1
+
+
+async def test_a_fresh_claim_of_a_live_sender_is_left_alone(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    """A duplicate entry of a job another sender is sending right now: neither sent nor marked."""
+    msg_id = new_msg_id()
+    claim = f"i:{new_msg_id().split('-')[0]}:live-consumer"
+    await redis.hset(PART.state(msg_id), "0", claim)
+    await seed(redis, KEYS, EMAILS[:2], msg_id=msg_id)
+    run = running(make_sender(sender_settings(RECLAIM_IDLE="60")))
+    await wait_for(lambda: fake_ses_called(fake_ses, EMAILS[1]))
+    await wait_for(lambda: pending_count_is(redis, 1))
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0] == claim
+    assert EMAILS[0] not in fake_ses.calls
+
+
+async def fake_ses_called(fake_ses: FakeSes, email: str) -> bool:
+    return fake_ses.sent[email] > 0
+
+
+async def test_stopped_topic_is_not_sent_and_spends_no_token(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    msg_id = new_msg_id(-1000)
+    await redis.set(PART.stop("t1"), int(msg_id.split("-")[0]) + 1)
+    await seed(redis, KEYS, EMAILS[:3], msg_id=msg_id)
+    run = running(make_sender(sender_settings()))
+    await wait_for(lambda: all_final(redis, msg_id, 3))
+    await run.stop()
+    assert set((await states(redis, PART, msg_id)).values()) == {"x"}
+    assert not fake_ses.calls
+    assert {e.type for e in await events(redis, PART)} == {"stopped"}
+    assert not await redis.hexists(KEYS.rate, "tat")  # the limiter was never asked
+
+
+async def test_suppressed_addresses_including_one_suppressed_after_queueing(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    suppression = SuppressionList(redis, KEYS)
+    await suppression.add(entry(EMAILS[0].upper(), "bounce"))
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:3])
+    await suppression.add(entry(EMAILS[1], "unsubscribe"))  # its job is already queued
+    run = running(make_sender(sender_settings()))
+    await wait_for(lambda: all_final(redis, msg_id, 3))
+    await run.stop()
+    found = await states(redis, PART, msg_id)
+    assert (found[0], found[1]) == ("p", "p")
+    assert found[2].startswith("s:")
+    assert list(fake_ses.calls) == [EMAILS[2]]
+    kinds = sorted(e.type for e in await events(redis, PART))
+    assert kinds == ["sent", "suppressed", "suppressed"]
+
+
+async def test_throttling_retries_slows_the_bucket_and_fails_nothing(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    for email in EMAILS[:2]:
+        fake_ses.script[email] = [SesThrottled("TooManyRequestsException")] * 2
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:3])
+    sender = make_sender(sender_settings())
+    run = running(sender)
+    await wait_for(lambda: all_final(redis, msg_id, 3))
+    await run.stop()
+    assert all(v.startswith("s:") for v in (await states(redis, PART, msg_id)).values())
+    assert fake_ses.calls[EMAILS[0]] == 3 and fake_ses.sent[EMAILS[0]] == 1
+    assert {e.type for e in await events(redis, PART)} == {"sent"}
+    assert (await sender.limiter.status()).factor < 1.0
+
+
+async def test_paused_account_pauses_every_sender_and_fails_nothing(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    fake_ses.script[EMAILS[0]] = [SesPaused("SendingPausedException")]
+    fake_ses.script[EMAILS[1]] = [SesQuotaExceeded("LimitExceededException")]
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
+    sender = make_sender(sender_settings(SENDER_CONCURRENCY="1"))
+    run = running(sender)
+    await wait_for(lambda: fake_ses_was_called(fake_ses, EMAILS[0]))
+    await wait_for(lambda: paused(sender))
+    await wait_for(lambda: all_final(redis, msg_id, 2))
+    await run.stop()
+    assert all(v.startswith("s:") for v in (await states(redis, PART, msg_id)).values())
+    assert {e.type for e in await events(redis, PART)} == {"sent"}
+
+
+async def fake_ses_was_called(fake_ses: FakeSes, email: str) -> bool:
+    return fake_ses.calls[email] > 0
+
+
+async def paused(sender: Sender) -> bool:
+    return (await sender.limiter.status()).paused_s > 0
+
+
+async def test_rejected_fails_once_without_retry(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    fake_ses.script[EMAILS[0]] = [SesRejected("MessageRejected", "Email address is not verified")]
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    run = running(make_sender(sender_settings()))
+    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0] == "f:rejected:MessageRejected"
+    assert fake_ses.calls[EMAILS[0]] == 1
+    (failed,) = await events(redis, PART)
+    assert failed.type == "failed" and "not verified" in failed.detail
+
+
+async def test_transient_errors_retry_then_dead_letter_after_max_attempts(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    fake_ses.script[EMAILS[0]] = [SesTransient("InternalFailure")]
+    fake_ses.script[EMAILS[1]] = [SesTransient("InternalFailure")] * 3
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
+    run = running(make_sender(sender_settings(MAX_ATTEMPTS="3")))
+    await wait_for(lambda: all_final(redis, msg_id, 2), timeout=15)
+    await run.stop()
+    found = await states(redis, PART, msg_id)
+    assert found[0].startswith("s:")
+    assert found[1] == "f:transient:InternalFailure"
+    assert fake_ses.calls[EMAILS[1]] == 3
+    (dead,) = await redis.xrange(PART.sends_dead)
+    assert dead[1]["reason"] == "transient:InternalFailure" and dead[1]["e"] == EMAILS[1]
+
+
+async def test_ambiguous_is_unknown_with_skip(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    fake_ses.script[EMAILS[0]] = [SesAmbiguous("Timeout", "read timed out")]
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    run = running(make_sender(sender_settings()))
+    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0] == "u"
+    assert [e.type for e in await events(redis, PART)] == ["unknown"]
+
+
+async def test_ambiguous_is_retried_with_resend(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    fake_ses.script[EMAILS[0]] = [SesAmbiguous("Timeout", "read timed out")]
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    run = running(make_sender(sender_settings(ON_AMBIGUOUS="resend")))
+    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0].startswith("s:")
+    assert fake_ses.calls[EMAILS[0]] == 2
+
+
+async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    await redis.xadd(PART.sends, {"m": "1-0", "i": "not-a-number", "e": "x@example.org"})
+    await redis.xadd(PART.sends, {"garbage": "yes"})
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
+    run = running(make_sender(sender_settings()))
+    await wait_for(lambda: all_final(redis, msg_id, 2))
+    await wait_for(lambda: pending_count_is(redis, 0))
+    await run.stop()
+    dead = await redis.xrange(PART.sends_dead)
+    assert len(dead) == 2 and all("malformed" in f["reason"] for _, f in dead)
+    assert dead[1][1]["garbage"] == "yes"
+
+
+async def test_missing_content_fails_permanently(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:1], store_content=False)
+    run = running(make_sender(sender_settings()))
+    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0] == "f:no_content"
+    assert not fake_ses.calls
+
+
+async def test_several_partitions_are_all_read(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    keys = Keys("sesflow", 3)
+    messages = [await seed(redis, keys, [f"p{n}@example.org"], msg_id=f"{n + 1}000-0") for n in range(6)]
+    assert len({keys.for_message(m).index for m, _ in messages}) > 1
+    run = running(make_sender(sender_settings(SEND_PARTITIONS="3")))
+    await wait_for(lambda: fake_ses_count(fake_ses, 6))
+    await run.stop()
+    for msg_id, _ in messages:
+        part = keys.for_message(msg_id)
+        assert (await redis.hget(part.state(msg_id), "0") or "").startswith("s:")
+
+
+async def fake_ses_count(fake_ses: FakeSes, count: int) -> bool:
+    return sum(fake_ses.sent.values()) == count
+
+
+async def test_graceful_stop_finishes_in_flight_calls_and_leaves_nothing_inflight(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start
+) -> None:
+    ses = FakeSes(latency=0.3)
+    emails = [f"g{n}@example.org" for n in range(40)]
+    msg_id, ids = await seed(redis, KEYS, emails)
+    sender = make_sender(sender_settings(EMAIL_RATE="20", EMAIL_BURST="4"), ses=ses)
+    run = running(sender)
+    await wait_for(lambda: fake_ses_calls(ses, 4))
+    await run.stop()
+    found = await states(redis, PART, msg_id)
+    assert not any(v.startswith("i:") for v in found.values())
+    assert sum(ses.sent.values()) == len(found) >= 4  # every call that started was recorded
+    assert all(v.startswith("s:") for v in found.values())
+    # what was read but not sent is still pending, unclaimed, and handed over: idle enough for
+    # another replica's next XAUTOCLAIM
+    rows = await redis.xpending_range(PART.sends, SENDERS_GROUP, "-", "+", 100)
+    assert rows and all(r["time_since_delivered"] >= 2000 for r in rows)
+    assert len(found) + len(rows) <= len(emails)
+
+
+async def fake_ses_calls(ses: FakeSes, count: int) -> bool:
+    return sum(ses.calls.values()) >= count
