@@ -192,7 +192,7 @@ async def timeseries(request: web.Request) -> web.Response:
         plan = plan_series(metric, topic_id, start, end, step_param(q.get("step")), now)
     except ValueError as exc:
         raise InputError("invalid_parameter", str(exc)) from None
-    points = await series(request.app[CLIENT], request.app[KEYS], plan)
+    points = await series(request.app[CLIENT], request.app[KEYS], plan, now)
     return json_response(
         {
             "target": f"{topic_id}:{metric}" if topic_id else metric,

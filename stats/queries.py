@@ -155,20 +155,34 @@ def plan_series(
     return SeriesQuery(metric, topic, first, int(end), step)
 
 
-async def series(client: Any, keys: Keys, q: SeriesQuery) -> list[tuple[int, int]]:
-    """(point time in epoch seconds, value) for each point of the query."""
+async def series(client: Any, keys: Keys, q: SeriesQuery, now: float) -> list[tuple[int, int]]:
+    """(point time in epoch seconds, value) for each point of the query.
+
+    A point at t sums the buckets in [t, t + step), clipped to the retention and to `end`, so the
+    number of fields read stays bounded whatever the step."""
+    unit = 3600 if q.hourly else 60
+    retention = HOURLY_RETENTION_S if q.hourly else MINUTELY_RETENTION_S
+    low = int((now - retention) // unit)
+    high = q.end // unit
     points = list(range(q.start, q.end + 1, q.step))
+    owners: list[int] = []
+    names: list[str] = []
+    for k, t in enumerate(points):
+        for u in range(max(t // unit, low), min((t + q.step) // unit, high + 1)):
+            owners.append(k)
+            names.append(bucket_field(q.metric, hour_of(u * 3600) if q.hourly else u))
+    topic = q.topic
+    key_of: Callable[[PartitionKeys], str]
     if q.hourly:
-        per_point = q.step // 3600
-        units = [hour_of(t + i * 3600) for t in points for i in range(per_point)]
-        key_of: Callable[[PartitionKeys], str] = lambda p: p.stats_hourly  # noqa: E731
+        key_of = lambda p: p.stats_hourly  # noqa: E731
+    elif topic:
+        key_of = lambda p: p.stats_series(topic)  # noqa: E731
     else:
-        per_point = q.step // 60
-        units = [str(t // 60 + i) for t in points for i in range(per_point)]
-        topic = q.topic
-        key_of = (lambda p: p.stats_series(topic)) if topic else (lambda p: p.stats_minutely)
-    values = await sum_fields(client, keys, key_of, [bucket_field(q.metric, u) for u in units])
-    return [(t, sum(values[k * per_point : (k + 1) * per_point])) for k, t in enumerate(points)]
+        key_of = lambda p: p.stats_minutely  # noqa: E731
+    sums = [0] * len(points)
+    for k, value in zip(owners, await sum_fields(client, keys, key_of, names), strict=True):
+        sums[k] += value
+    return list(zip(points, sums, strict=True))
 
 
 async def recent_rate(

@@ -247,6 +247,9 @@ async def test_timeseries_points_are_bounded(api: TestClient[Any, Any]) -> None:
     res = await api.get(f"/v1/stats/timeseries?from={now - 47 * 3600}&to={now}&step=60")
     body = await res.json()
     assert res.status == 200 and len(body["points"]) <= 1440 and body["step"] >= 120
+    res = await api.get(f"/v1/stats/timeseries?from={now - 3600}&to={now}&step=30d")
+    body = await res.json()
+    assert res.status == 200 and len(body["points"]) == 1 and body["step"] == 30 * 86400
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,80 @@
+"""`python -m stats` as a real process: serves the API and, on SIGTERM, applies the batch in hand
+before it exits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from helpers_stats import add_events, counters
+
+from common.embedded import free_port
+from common.keys import Keys
+from common.schema import Event
+
+pytestmark = pytest.mark.slow
+
+
+async def wait_healthy(url: str, proc: asyncio.subprocess.Process, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert proc.returncode is None, "stats exited early"
+            try:
+                async with session.get(url + "/health") as res:
+                    if res.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("stats did not become healthy")
+
+
+async def test_process_serves_and_flushes_on_sigterm(
+    redis: Any, redis_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "REDIS_URL": redis_url,
+        "STATS_PORT": str(port),
+        "STATS_FLUSH_INTERVAL": "30",  # only the stop can apply the batch within this test
+        "LOG_FORMAT": "json",
+        # Keep the SES quota lookup on loopback: a closed port answers at once.
+        "SES_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    log = (tmp_path / "stats.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stats", cwd=tmp_path, env=env, stderr=log
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await wait_healthy(url, proc)
+        keys = Keys()
+        await add_events(redis, keys, *[Event(type="sent", topic="proc") for _ in range(4)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # read into the batch, not yet applied
+            pending = await redis.xpending(keys.partition(0).events, "stats")
+            if pending["pending"] == 4:
+                break
+            await asyncio.sleep(0.05)
+        assert await redis.hgetall(keys.partition(0).stats_topic("proc")) == {}
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), timeout=20)
+        assert code == 0, (tmp_path / "stats.log").read_text()
+        assert (await counters(redis, keys.partition(0).stats_topic("proc")))["sent"] == 4
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        log.close()
