@@ -414,13 +414,14 @@ class SesStub:
         return app
 
     async def start(self) -> SesStub:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # In-flight calls (a long latency setting) get one second to finish at shutdown.
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self.port = int(server.sockets[0].getsockname()[1])
+        self.port = int(self._runner.addresses[0][1])
         return self
 
     async def stop(self) -> None:

@@ -243,7 +243,7 @@ STUB_FAULTS: list[tuple[dict[str, Any], type[SesError], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("knobs", "error", "code"), STUB_FAULTS)
+@pytest.mark.parametrize(("knobs", "error", "code"), STUB_FAULTS, ids=[f[2] for f in STUB_FAULTS])
 async def test_stub_answers_map_to_error_classes(
     stub: SesStub,
     client: SesClient,
@@ -275,7 +275,7 @@ async def test_throttling_carries_the_ses_message(
 async def test_read_timeout_after_sending_is_ambiguous(
     stub: SesStub, ses_settings: Callable[..., Settings], make_email: MakeEmail
 ) -> None:
-    stub.configure(latency_ms=3000)
+    stub.configure(latency_ms=1000)
     client = SesClient(ses_settings(SES_TIMEOUT="0.2"))
     try:
         with pytest.raises(SesAmbiguous) as raised:
@@ -302,7 +302,7 @@ async def test_pool_exhaustion_within_the_connect_timeout_is_transient(
 ) -> None:
     """Waiting for a pooled connection is part of connecting: nothing was sent yet."""
 
-    stub.configure(latency_ms=1500)
+    stub.configure(latency_ms=800)
     client = SesClient(ses_settings(SES_TIMEOUT="0.3"), max_connections=1)
     try:
         results = await asyncio.gather(
@@ -362,7 +362,11 @@ RAW_ANSWERS: list[tuple[int, bytes, dict[str, str], type[SesError], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("status", "body", "headers", "error", "code"), RAW_ANSWERS)
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "error", "code"),
+    RAW_ANSWERS,
+    ids=[f"{a[0]}-{a[4]}-{a[3].__name__}" for a in RAW_ANSWERS],
+)
 async def test_raw_answers_map_to_error_classes(
     ses_settings: Callable[..., Settings],
     make_email: MakeEmail,
