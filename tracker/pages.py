@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-# The classic 43-byte transparent 1x1 GIF.
+# The classic 42-byte transparent 1x1 GIF.
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 
 NO_CACHE = {

@@ -1,0 +1,227 @@
+"""SNS verification pieces on their own: string-to-sign, certificate URL rules, the certificate
+cache (one fetch per URL, TTL, bound, failures)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+from snssign import SnsSigner, string_to_sign
+
+from common.settings import settings_from_mapping
+from tracker import sns
+
+
+def verifier(**env: str) -> sns.SnsVerifier:
+    return sns.SnsVerifier(settings_from_mapping(env), certs=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("subject", [None, "", "Amazon SES Email Event Notification"])
+def test_notification_string_to_sign_matches_the_protocol(
+    signing_identity: tuple[rsa.RSAPrivateKey, bytes], subject: str | None
+) -> None:
+    body = SnsSigner(identity=signing_identity).notification({"eventType": "Send"}, subject=subject)
+    assert sns.string_to_sign(sns.decode(json.dumps(body).encode())) == string_to_sign(body)
+    assert (b"Subject\n" in string_to_sign(body)) == (subject is not None)
+
+
+@pytest.mark.parametrize("kind", ["SubscriptionConfirmation", "UnsubscribeConfirmation"])
+def test_subscription_string_to_sign_matches_the_protocol(
+    signing_identity: tuple[rsa.RSAPrivateKey, bytes], kind: str
+) -> None:
+    body = SnsSigner(identity=signing_identity).subscription(kind)
+    expected = string_to_sign(body)
+    assert sns.string_to_sign(sns.decode(json.dumps(body).encode())) == expected
+    order = ["MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"]
+    positions = [expected.index(f"\n{name}\n".encode()) for name in order]
+    assert expected.startswith(b"Message\n")
+    assert positions == sorted(positions)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-6aad65c2f9911b05cd53efda11f913f9.pem",
+        "https://sns.eu-central-1.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
+    ],
+)
+def test_default_pattern_accepts_aws_certificate_urls(url: str) -> None:
+    verifier().check_cert_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.us-east-1.amazonaws.com.evil.example/SimpleNotificationService-abc.pem",
+        "https://sns.us-east-1.amazonaws.com@evil.example/x.pem",
+        "https://user@sns.us-east-1.amazonaws.com/x.pem",
+        "https://evil.example/sns.us-east-1.amazonaws.com/x.pem",
+        "https://sns.us-east-1.amazonaws.com/x.pem?evil=1",
+        "https://sns.us-east-1.amazonaws.com/x.pem#frag",
+        "https://sns.us-east-1.amazonaws.com/x.txt",
+        "https://s3.amazonaws.com/x.pem",
+        "ftp://sns.us-east-1.amazonaws.com/x.pem",
+        "",
+    ],
+)
+def test_default_pattern_refuses_anything_else(url: str) -> None:
+    with pytest.raises(sns.SnsRejected) as info:
+        verifier().check_cert_url(url)
+    assert info.value.reason == "cert_url"
+
+
+def test_http_only_when_the_configured_pattern_matches_it() -> None:
+    https_only = verifier(SNS_CERT_URL_PATTERN=r"https://127\.0\.0\.1:\d+/[^?#]+\.pem")
+    with pytest.raises(sns.SnsRejected):
+        https_only.check_cert_url("http://127.0.0.1:8080/cert.pem")
+    https_only.check_cert_url("https://127.0.0.1:8080/cert.pem")
+    local = verifier(SNS_CERT_URL_PATTERN=r"http://127\.0\.0\.1:\d+/[^?#]+\.pem")
+    local.check_cert_url("http://127.0.0.1:8080/cert.pem")
+    with pytest.raises(sns.SnsRejected):  # the whole URL must match, not a prefix
+        local.check_cert_url("http://127.0.0.1:8080/cert.pem.evil")
+
+
+def test_timestamps_parse_with_and_without_fraction() -> None:
+    assert sns.parse_timestamp("2024-11-24T15:20:34.567Z") == pytest.approx(1732461634.567)
+    assert sns.parse_timestamp("2024-11-24T15:20:34Z") == 1732461634.0
+    with pytest.raises(ValueError):
+        sns.parse_timestamp("yesterday")
+
+
+# --- certificate cache ----------------------------------------------------------------------
+
+
+class CertServer:
+    def __init__(self, pem: bytes) -> None:
+        self.pem = pem
+        self.hits: dict[str, int] = {}
+        self.delay = 0.0
+        self.base = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.hits[name] = self.hits.get(name, 0) + 1
+        await asyncio.sleep(self.delay)
+        if name == "missing.pem":
+            return web.Response(status=404)
+        if name == "broken.pem":
+            return web.Response(status=503)
+        if name == "junk.pem":
+            return web.Response(body=b"-----BEGIN CERTIFICATE-----\nnope\n")
+        if name == "huge.pem":
+            return web.Response(body=b"x" * 200_000)
+        return web.Response(body=self.pem)
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+
+@pytest.fixture
+async def cert_server(
+    signing_identity: tuple[rsa.RSAPrivateKey, bytes],
+) -> AsyncIterator[CertServer]:
+    server = CertServer(signing_identity[1])
+    app = web.Application()
+    app.router.add_get("/{name}", server.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield server
+    await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def cache(**options: Any) -> AsyncIterator[sns.CertCache]:
+    async with aiohttp.ClientSession() as session:
+        yield sns.CertCache(session, **options)
+
+
+async def test_concurrent_requests_share_one_fetch(cert_server: CertServer) -> None:
+    cert_server.delay = 0.2
+    async with cache() as certs:
+        keys = await asyncio.gather(
+            *(certs.public_key(cert_server.url("a.pem")) for _ in range(20))
+        )
+    assert len({id(k) for k in keys}) == 1
+    assert cert_server.hits == {"a.pem": 1}
+    assert certs.fetches == 1
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_shared_fetch(cert_server: CertServer) -> None:
+    cert_server.delay = 0.3
+    async with cache() as certs:
+        first = asyncio.create_task(certs.public_key(cert_server.url("a.pem")))
+        second = asyncio.create_task(certs.public_key(cert_server.url("a.pem")))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        assert isinstance(await second, rsa.RSAPublicKey)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    assert cert_server.hits == {"a.pem": 1}
+
+
+async def test_cache_has_a_ttl_and_a_bound(cert_server: CertServer) -> None:
+    async with cache(max_entries=2, ttl=0.2) as certs:
+        for name in ("a.pem", "b.pem", "a.pem", "b.pem"):
+            await certs.public_key(cert_server.url(name))
+        assert cert_server.hits == {"a.pem": 1, "b.pem": 1}
+        await certs.public_key(cert_server.url("c.pem"))  # evicts a.pem, least recently used
+        await certs.public_key(cert_server.url("b.pem"))
+        assert cert_server.hits == {"a.pem": 1, "b.pem": 1, "c.pem": 1}
+        await certs.public_key(cert_server.url("a.pem"))
+        assert cert_server.hits["a.pem"] == 2
+        await asyncio.sleep(0.25)
+        await certs.public_key(cert_server.url("b.pem"))
+        assert cert_server.hits["b.pem"] == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("missing.pem", sns.SnsRejected),
+        ("junk.pem", sns.SnsRejected),
+        ("huge.pem", sns.SnsRejected),
+        ("broken.pem", sns.CertUnavailable),
+    ],
+)
+async def test_bad_certificates_are_refused_and_not_cached(
+    cert_server: CertServer, name: str, error: type[Exception]
+) -> None:
+    async with cache() as certs:
+        for _ in range(2):
+            with pytest.raises(error):
+                await certs.public_key(cert_server.url(name))
+    assert cert_server.hits[name] == 2
+
+
+async def test_unreachable_or_slow_certificate_is_unavailable(cert_server: CertServer) -> None:
+    cert_server.delay = 0.5
+    async with cache(timeout=0.1) as certs:
+        with pytest.raises(sns.CertUnavailable):
+            await certs.public_key(cert_server.url("a.pem"))
+        with pytest.raises(sns.CertUnavailable):
+            await certs.public_key("http://127.0.0.1:1/a.pem")
+
+
+def test_signer_can_serve_from_a_thread_for_synchronous_tests(
+    signing_identity: tuple[rsa.RSAPrivateKey, bytes],
+) -> None:
+    import urllib.request
+
+    signer = SnsSigner(identity=signing_identity)
+    with signer.serve_in_thread():
+        with urllib.request.urlopen(signer.cert_url, timeout=5) as resp:
+            assert resp.read() == signer.pem
+        assert signer.cert_fetches == 1
+        verifier(SNS_CERT_URL_PATTERN=signer.pattern).check_cert_url(signer.cert_url)
