@@ -48,6 +48,10 @@ def create_app(settings: Settings) -> web.Application:
             metrics=metrics,
         )
         await secret.get()  # once at startup; retried on demand if Redis is not up yet
+        if not settings.sns_topic_arns:
+            log.warning(
+                "SNS_TOPIC_ARNS is not set: signed messages from any SNS topic are accepted"
+            )
         try:
             yield
         finally:
