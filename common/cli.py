@@ -27,11 +27,16 @@ def run_role(role: str) -> int:
 
 
 def aws_configured(settings: Settings) -> bool:
+    """Whether an SES endpoint or AWS credentials are configured locally. The instance-metadata
+    and container providers are left out: on a laptop they would only probe the network."""
     if settings.ses_endpoint_url or settings.aws_access_key_id:
         return True
-    import boto3
+    import botocore.session
 
-    return boto3.Session().get_credentials() is not None
+    resolver = botocore.session.get_session().get_component("credential_provider")
+    for provider in ("iam-role", "container-role"):
+        resolver.remove(provider)
+    return resolver.load_credentials() is not None
 
 
 def wait_for_ports(ports: list[int], timeout: float = 30.0) -> bool:
