@@ -1,0 +1,126 @@
+-- dispatch.lua: turn one chunk of a message's recipients into jobs, atomically and idempotently.
+--
+-- The dispatcher calls it once per chunk (<= 1000 recipients), in order of `first`. The content
+-- hash keeps a marker `dispatched` = index after the last chunk done, so running a chunk again
+-- (redelivery after a crash, or two consumers on one entry) changes nothing: a call whose
+-- `first` is not the marker only returns the marker, and the caller resumes from there.
+-- The call for chunk 0 also stores the content and records the message's `accepted` event
+-- (and `rejected` for addresses the dispatcher dropped). Each chunk records `suppressed` for
+-- its suppressed recipients; if the topic was cancelled at or after the message's accepted
+-- time, the chunk's recipients are recorded `stopped` instead of queued.
+--
+-- KEYS[1]  content hash of the message       ({p}:msg:<msg_id>)
+-- KEYS[2]  sends stream                      ({p}:sends)
+-- KEYS[3]  schedule zset                     ({p}:schedule)
+-- KEYS[4]  schedule data hash                ({p}:schedule:data)
+-- KEYS[5]  the topic's scheduled chunks set  ({p}:schedule:topic:<topic>)
+-- KEYS[6]  stop key of the topic             ({p}:stop:<topic>)
+-- KEYS[7]  events stream                     ({p}:events)
+-- ARGV[1]  msg_id (its first part is the accepted time, ms)
+-- ARGV[2]  first: index of the chunk's first recipient
+-- ARGV[3]  due time, epoch ms (0 = now; a past time also means now)
+-- ARGV[4]  content TTL, ms (the schedule delay is added)
+-- ARGV[5]  topic
+-- ARGV[6]  accepted: valid recipients of the whole message (chunk 0 only)
+-- ARGV[7]  rejected: invalid recipients the dispatcher dropped (chunk 0 only)
+-- ARGV[8]  why they were rejected
+-- ARGV[9..14] subject, html, from, track_opens, track_clicks, unsubscribe (chunk 0 only)
+-- ARGV[15] recipients per scheduled chunk (schedule member size)
+-- ARGV[16..] the chunk's addresses, index first, first+1, ...; "" = suppressed, no job
+--
+-- Returns {marker, outcome}: outcome "queued" | "scheduled" | "stopped" | "skipped"
+-- ("skipped": this chunk was not the next one; marker says which is).
+-- Numbers computed here are written with string.format("%d"): Redis may print a large Lua
+-- number with an exponent, which it then refuses as an integer.
+local FIXED = 15
+local msg_id = ARGV[1]
+local first = tonumber(ARGV[2])
+local done = tonumber(redis.call("HGET", KEYS[1], "dispatched") or "0")
+if first ~= done then
+    return {done, "skipped"}
+end
+
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = tonumber(ARGV[3])
+local accepted_ms = tonumber(string.match(msg_id, "^(%d+)")) or 0
+local topic = ARGV[5]
+local delay = 0
+if due > now then
+    delay = due - now
+end
+local ttl = tonumber(ARGV[4]) + delay
+
+local function event(kind, n, detail)
+    local json = '{"type":' .. cjson.encode(kind) .. ',"ts":' .. string.format("%d", now)
+        .. ',"topic":' .. cjson.encode(topic) .. ',"msg_id":' .. cjson.encode(msg_id)
+        .. ',"index":-1,"n":' .. string.format("%d", n)
+    if detail ~= "" then
+        json = json .. ',"detail":' .. cjson.encode(detail)
+    end
+    redis.call("XADD", KEYS[7], "*", "e", json .. "}")
+end
+
+local count = #ARGV - FIXED
+if first == 0 then
+    redis.call("HSET", KEYS[1], "topic", topic, "subject", ARGV[9], "html", ARGV[10],
+        "from", ARGV[11], "track_opens", ARGV[12], "track_clicks", ARGV[13],
+        "unsubscribe", ARGV[14], "total", 0, "accepted_ms", string.format("%d", accepted_ms))
+    event("accepted", tonumber(ARGV[6]), "")
+    if tonumber(ARGV[7]) > 0 then
+        event("rejected", tonumber(ARGV[7]), ARGV[8])
+    end
+end
+redis.call("HSET", KEYS[1], "dispatched", first + count)
+redis.call("PEXPIRE", KEYS[1], string.format("%d", ttl))
+
+local live = 0
+for n = FIXED + 1, #ARGV do
+    if ARGV[n] ~= "" then
+        live = live + 1
+    end
+end
+if count > live then
+    event("suppressed", count - live, "")
+end
+if live == 0 then
+    return {first + count, "queued"}
+end
+
+local stop = tonumber(redis.call("GET", KEYS[6]) or "")
+if stop and stop >= accepted_ms then
+    event("stopped", live, "topic cancelled")
+    return {first + count, "stopped"}
+end
+
+redis.call("HINCRBY", KEYS[1], "total", live)
+if delay == 0 then
+    for n = FIXED + 1, #ARGV do
+        if ARGV[n] ~= "" then
+            redis.call("XADD", KEYS[2], "*", "m", msg_id, "i", first + n - FIXED - 1, "e", ARGV[n])
+        end
+    end
+    return {first + count, "queued"}
+end
+
+local size = tonumber(ARGV[15])
+for start = FIXED + 1, #ARGV, size do
+    local stop_at = math.min(start + size - 1, #ARGV)
+    local any = false
+    for n = start, stop_at do
+        if ARGV[n] ~= "" then
+            any = true
+        end
+    end
+    if any then
+        local member = msg_id .. ":" .. (first + start - FIXED - 1)
+        redis.call("ZADD", KEYS[3], ARGV[3], member)
+        redis.call("HSET", KEYS[4], member, table.concat(ARGV, "\n", start, stop_at))
+        redis.call("SADD", KEYS[5], member)
+    end
+end
+-- The topic set only serves cancel; it may outlive its chunks (stale members are ignored).
+if redis.call("PTTL", KEYS[5]) < ttl then
+    redis.call("PEXPIRE", KEYS[5], string.format("%d", ttl))
+end
+return {first + count, "scheduled"}
