@@ -3,8 +3,9 @@
 - keep-alive: XCLAIM ... JUSTID our held entries every RECLAIM_IDLE/3, so a job waiting on the
   limiter, a pause or a backoff never looks idle and is never stolen (JUSTID does not count as a
   delivery);
-- reclaim: XAUTOCLAIM entries idle for RECLAIM_IDLE (their consumer died) into free slots, with
-  their delivery count from XPENDING (MAX_ATTEMPTS is judged on it);
+- reclaim (run by each partition's reader, in slots it holds): XAUTOCLAIM entries idle for
+  RECLAIM_IDLE (their consumer died), with their delivery count from XPENDING (MAX_ATTEMPTS is
+  judged on it);
 - trim: XTRIM MINID to the oldest entry still pending for `senders` (or just past the group's
   last-delivered id when nothing is pending), so no pending or undelivered entry is removed;
 - forget consumers that hold nothing and have been silent for a long time;
@@ -63,9 +64,6 @@ async def run_upkeep(sender: Sender, stop: asyncio.Event) -> None:
     draining = asyncio.Event()  # never set: keep-alive runs until cancelled
     loops = [
         periodic("keepalive", idle / 3, lambda: refresh_claims(sender), draining, client),
-        periodic(
-            "reclaim", min(max(idle / 4, 0.2), 5.0), lambda: reclaim_all(sender), stop, client
-        ),
         periodic("trim", TRIM_INTERVAL_S, lambda: trim_all(sender), stop, client),
         periodic("consumers", CONSUMERS_INTERVAL_S, lambda: forget_consumers(sender), stop, client),
         periodic("gauges", GAUGES_INTERVAL_S, lambda: update_gauges(sender), stop, client),
@@ -86,32 +84,19 @@ async def refresh_claims(sender: Sender) -> None:
             )
 
 
-async def reclaim_all(sender: Sender) -> None:
-    for part in sender.keys.partitions:
-        await reclaim(sender, part)
-
-
-async def reclaim(sender: Sender, part: PartitionKeys) -> int:
-    """Take over entries idle for RECLAIM_IDLE into free slots; returns how many."""
-    # wait for a slot like the readers do: a busy replica must still take its share of a dead
-    # replica's jobs during a long campaign, not only once it runs idle
-    count = await sender.slots.take(sender.fair_share, sender.stop)
-    if not count:
-        return 0
-    try:
-        min_idle = int(sender.settings.reclaim_idle * 1000)
-        cursor = sender.reclaim_cursor[part.index]
-        reply = await sender.client.xautoclaim(
-            part.sends, SENDERS_GROUP, sender.consumer, min_idle, cursor, count=count
-        )
-        # the cursor walks the whole pending list across calls, past entries still in use
-        sender.reclaim_cursor[part.index] = str(reply[0])
-        entries = [(eid, fields) for eid, fields in reply[1] if eid is not None]
-        deliveries = await delivery_counts(sender.client, part, [eid for eid, _ in entries])
-    except BaseException:
-        sender.slots.give(count)
-        raise
-    sender.slots.give(count - len(entries))
+async def reclaim(sender: Sender, part: PartitionKeys, count: int) -> int:
+    """Take over up to `count` entries idle for RECLAIM_IDLE (their consumer died) and start them
+    in slots the caller holds; returns how many slots were used. Called by the partition's
+    reader when a pass is due, so reclaiming never waits behind reading for a free slot."""
+    min_idle = int(sender.settings.reclaim_idle * 1000)
+    cursor = sender.reclaim_cursor[part.index]
+    reply = await sender.client.xautoclaim(
+        part.sends, SENDERS_GROUP, sender.consumer, min_idle, cursor, count=count
+    )
+    # the cursor walks the whole pending list across passes, past entries still in use
+    sender.reclaim_cursor[part.index] = str(reply[0])
+    entries = [(eid, fields) for eid, fields in reply[1] if eid is not None]
+    deliveries = await delivery_counts(sender.client, part, [eid for eid, _ in entries])
     for entry_id, fields in entries:
         log.info("reclaimed job", entry=entry_id, deliveries=deliveries.get(entry_id, 1))
         sender.spawn(part, entry_id, fields, deliveries.get(entry_id, 1))

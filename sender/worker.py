@@ -284,11 +284,26 @@ class Sender:
         task.add_done_callback(self.tasks.discard)
 
     async def read_loop(self, part: PartitionKeys) -> None:
+        """Take free slots, fill them: first with entries of dead consumers when a reclaim pass
+        is due (the reader does it, so reclaim and reading never compete for slots), then with
+        new entries (XREADGROUP COUNT = slots held, BLOCK)."""
+        from sender.upkeep import reclaim
+
+        reclaim_every = min(max(self.settings.reclaim_idle / 4, 0.2), 5.0)
+        next_reclaim = 0.0
         while True:
             count = await self.slots.take(self.fair_share, self.stop)
             if not count:
                 return
             try:
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + reclaim_every
+                    used = await reclaim(self, part, count)
+                    count -= used
+                    if used:
+                        next_reclaim = 0.0  # there may be more: reclaim again before reading
+                        self.slots.give(count)
+                        continue
                 reply = await asyncio.wait_for(
                     self.client.xreadgroup(
                         SENDERS_GROUP,

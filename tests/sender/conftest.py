@@ -94,8 +94,8 @@ async def pending_count(redis: Any, part: PartitionKeys) -> int:
         return 0
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 8.0) -> None:
+    deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")

@@ -214,7 +214,7 @@ async def test_transient_errors_retry_then_dead_letter_after_max_attempts(
     fake_ses.script[EMAILS[1]] = [SesTransient("InternalFailure")] * 3
     msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
     run = running(make_sender(sender_settings(MAX_ATTEMPTS="3")))
-    await wait_for(lambda: all_final(redis, msg_id, 2), timeout=15)
+    await wait_for(lambda: all_final(redis, msg_id, 2), within=15)
     await run.stop()
     found = await states(redis, PART, msg_id)
     assert found[0].startswith("s:")
@@ -278,7 +278,9 @@ async def test_several_partitions_are_all_read(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
     keys = Keys("sesflow", 3)
-    messages = [await seed(redis, keys, [f"p{n}@example.org"], msg_id=f"{n + 1}000-0") for n in range(6)]
+    messages = [
+        await seed(redis, keys, [f"p{n}@example.org"], msg_id=f"{n + 1}000-0") for n in range(6)
+    ]
     assert len({keys.for_message(m).index for m, _ in messages}) > 1
     run = running(make_sender(sender_settings(SEND_PARTITIONS="3")))
     await wait_for(lambda: fake_ses_count(fake_ses, 6))
@@ -297,7 +299,7 @@ async def test_graceful_stop_finishes_in_flight_calls_and_leaves_nothing_infligh
 ) -> None:
     ses = FakeSes(latency=0.3)
     emails = [f"g{n}@example.org" for n in range(40)]
-    msg_id, ids = await seed(redis, KEYS, emails)
+    msg_id, _ = await seed(redis, KEYS, emails)
     sender = make_sender(sender_settings(EMAIL_RATE="20", EMAIL_BURST="4"), ses=ses)
     run = running(sender)
     await wait_for(lambda: fake_ses_calls(ses, 4))

@@ -1,0 +1,181 @@
+"""Reclaim, keep-alive, trimming, quota and metrics of the sender, against the real redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from conftest import FakeSes, Running, pending_count, seed, states, wait_for
+
+from common.aws import Quota
+from common.connection import ensure_group
+from common.embedded import free_port
+from common.keys import SENDERS_GROUP, Keys
+from common.runtime import start_site
+from common.settings import Settings
+from sender import upkeep
+from sender.metrics import create_app
+from sender.worker import Sender
+
+KEYS = Keys("sesflow")
+PART = KEYS.partition(0)
+EMAILS = [f"user{n}@example.org" for n in range(4)]
+
+Start = Callable[[Sender], Running]
+
+
+async def ghost_reads(redis: Any, count: int, times: int = 1) -> None:
+    """A consumer that reads entries and dies; `times` > 1 redelivers them to it again."""
+    await ensure_group(redis, PART.sends, SENDERS_GROUP)
+    rows = await redis.xreadgroup(SENDERS_GROUP, "ghost", {PART.sends: ">"}, count=count)
+    ids = [eid for eid, _ in rows[0][1]]
+    for _ in range(times - 1):
+        await redis.xclaim(PART.sends, SENDERS_GROUP, "ghost", 0, ids)
+
+
+async def test_jobs_of_a_vanished_consumer_are_reclaimed_and_sent(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    msg_id, _ = await seed(redis, KEYS, EMAILS)
+    await ghost_reads(redis, 2)
+    run = running(make_sender(sender_settings(RECLAIM_IDLE="0.5")))
+    await wait_for(lambda: final_count(redis, msg_id, 4))
+    await wait_for(lambda: no_pending(redis))
+    await run.stop()
+    assert fake_ses.sent == {e: 1 for e in EMAILS}
+
+
+async def final_count(redis: Any, msg_id: str, count: int) -> bool:
+    found = await states(redis, PART, msg_id)
+    return sum(1 for v in found.values() if not v.startswith("i:")) == count
+
+
+async def no_pending(redis: Any) -> bool:
+    return await pending_count(redis, PART) == 0
+
+
+async def test_after_max_attempts_deliveries_a_job_is_dead_lettered_as_failed(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    await ghost_reads(redis, 1, times=3)  # delivered 3 times; the reclaim is the 4th
+    run = running(make_sender(sender_settings(RECLAIM_IDLE="0.3", MAX_ATTEMPTS="3")))
+    await wait_for(lambda: final_count(redis, msg_id, 1))
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0] == "f:max_attempts"
+    assert not fake_ses.calls
+    (dead,) = await redis.xrange(PART.sends_dead)
+    assert dead[1]["reason"] == "max_attempts" and dead[1]["e"] == EMAILS[0]
+    assert await pending_count(redis, PART) == 0
+
+
+async def test_keepalive_resets_idle_without_counting_a_delivery(
+    redis: Any, sender_settings: Any, make_sender: Any
+) -> None:
+    await seed(redis, KEYS, EMAILS[:1])
+    sender = make_sender(sender_settings())
+    await ensure_group(redis, PART.sends, SENDERS_GROUP)
+    rows = await redis.xreadgroup(SENDERS_GROUP, sender.consumer, {PART.sends: ">"}, count=1)
+    entry_id = rows[0][1][0][0]
+    sender.held[0].add(entry_id)
+    await asyncio.sleep(0.3)
+    await upkeep.refresh_claims(sender)
+    (row,) = await redis.xpending_range(PART.sends, SENDERS_GROUP, "-", "+", 10)
+    assert row["time_since_delivered"] < 250
+    assert row["times_delivered"] == 1
+
+
+async def test_a_job_waiting_on_a_long_pause_is_not_stolen(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start
+) -> None:
+    """Sender A holds a job through a pause longer than RECLAIM_IDLE; sender B never takes it."""
+    settings = sender_settings(RECLAIM_IDLE="0.6", SENDER_CONCURRENCY="1")
+    ses_a, ses_b = FakeSes(), FakeSes()
+    a = make_sender(settings, ses=ses_a, consumer="a")
+    await a.limiter.pause(2.0)
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    run_a = running(a)
+    await wait_for(lambda: held(a))
+    run_b = running(make_sender(settings, ses=ses_b, consumer="b"))
+    await wait_for(lambda: final_count(redis, msg_id, 1))
+    await run_a.stop()
+    await run_b.stop()
+    assert ses_a.sent == {EMAILS[0]: 1} and not ses_b.calls
+
+
+async def held(sender: Sender) -> bool:
+    return bool(sender.held[0])
+
+
+async def test_trim_never_removes_a_pending_entry(redis: Any) -> None:
+    _, ids = await seed(redis, KEYS, [f"t{n}@example.org" for n in range(10)])
+    await ensure_group(redis, PART.sends, SENDERS_GROUP)
+    assert await upkeep.trim(redis, PART) == 0  # nothing delivered yet
+    rows = await redis.xreadgroup(SENDERS_GROUP, "c", {PART.sends: ">"}, count=6)
+    read = [eid for eid, _ in rows[0][1]]
+    await redis.xack(PART.sends, SENDERS_GROUP, *read[:2], read[3])  # read[2] stays pending
+    assert await upkeep.trim(redis, PART) == 2
+    remaining = [eid for eid, _ in await redis.xrange(PART.sends)]
+    assert remaining == ids[2:]
+    await redis.xack(PART.sends, SENDERS_GROUP, read[2], read[4], read[5])
+    assert await upkeep.trim(redis, PART) == 4  # up to the last delivered, not beyond
+    assert [eid for eid, _ in await redis.xrange(PART.sends)] == ids[6:]
+
+
+async def test_quota_caps_the_rate_and_pauses_when_the_day_is_used_up(
+    redis: Any, sender_settings: Any, make_sender: Any
+) -> None:
+    quota = Quota(max_send_rate=7, max_24h_send=100, sent_last_24h=10, source="test")
+
+    async def fetch(_: Settings) -> Quota | None:
+        return quota
+
+    sender = make_sender(sender_settings(EMAIL_RATE="50"), fetch_quota=fetch)
+    await upkeep.refresh_quota(sender)
+    status = await sender.limiter.status()
+    assert status.rate == 7 and status.paused_s == 0
+    quota = Quota(max_send_rate=7, max_24h_send=100, sent_last_24h=100, source="test")
+    await upkeep.refresh_quota(sender)
+    assert (await sender.limiter.status()).paused_s > 50
+
+
+async def test_idle_consumers_holding_nothing_are_forgotten(
+    redis: Any, sender_settings: Any, make_sender: Any, monkeypatch: Any
+) -> None:
+    await seed(redis, KEYS, EMAILS[:1])
+    await ghost_reads(redis, 1)
+    await redis.xreadgroup(SENDERS_GROUP, "idle-empty", {PART.sends: ">"}, count=1)
+    monkeypatch.setattr(upkeep, "FORGET_CONSUMER_AFTER_S", 0.0)
+    await asyncio.sleep(0.01)
+    await upkeep.forget_consumers(make_sender(sender_settings()))
+    names = {c["name"] for c in await redis.xinfo_consumers(PART.sends, SENDERS_GROUP)}
+    assert names == {"ghost"}  # it still holds a job
+
+
+async def test_metrics_and_health_are_served(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start
+) -> None:
+    settings = sender_settings(SENDER_METRICS_PORT=str(free_port()))
+    sender = make_sender(settings)
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
+    run = running(sender)
+    await wait_for(lambda: final_count(redis, msg_id, 2))
+    await upkeep.update_gauges(sender)
+    runner = await start_site(
+        create_app(settings, sender.health), "127.0.0.1", settings.sender_metrics_port
+    )
+    try:
+        base = f"http://127.0.0.1:{settings.sender_metrics_port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/metrics") as resp:
+                text = await resp.text()
+            async with http.get(f"{base}/health") as resp:
+                health = await resp.json()
+    finally:
+        await runner.cleanup()
+        await run.stop()
+    assert 'sesflow_sender_jobs_total{outcome="sent"}' in text
+    assert "sesflow_sender_bucket_rate 1000.0" in text
+    assert health["status"] == "ok" and health["consumer"] == sender.consumer
