@@ -1,0 +1,258 @@
+"""The ingest HTTP API (aiohttp, INGEST_PORT).
+
+    POST   /v1/messages                 validate the whole request, then one `requests` entry per
+                                        message object, all or none (one MULTI); 202
+    DELETE /v1/topics/{topic_id}        cancel a topic (see `delete_topic`)
+    GET    /v1/suppressions             the suppression list, paginated (?cursor=&limit=)
+    GET    /v1/suppressions/{email}     one entry, 404 when not suppressed
+    PUT    /v1/suppressions/{email}     suppress by hand (body: {"reason", "detail"}, optional)
+    DELETE /v1/suppressions/{email}     remove from the list, 404 when it was not there
+    GET    /health                      liveness (never needs credentials)
+
+Everything but /health needs API_KEY or a JWT_SECRET bearer token when either is set. Bad input
+is a 4xx JSON `{"error", "detail"}`; Redis errors propagate to `errors_middleware` (503 with
+Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from common import scripts
+from common.connection import connect
+from common.errors import InputError
+from common.http import auth_middleware, errors_middleware, health, json_response, read_body
+from common.keys import Keys
+from common.producer import entry_fields
+from common.settings import Settings
+from common.suppression import SuppressionList, entry, normalise
+from ingest.idempotency import IdempotencyStore, body_hash, check_key
+from ingest.validation import Limits, ValidMessage, check_topic, is_valid_address, validate_body
+
+SETTINGS = web.AppKey("settings", Settings)
+KEYS = web.AppKey("keys", Keys)
+REDIS: web.AppKey[Any] = web.AppKey("redis")
+CANCEL: web.AppKey[Any] = web.AppKey("cancel")
+SUPPRESSIONS = web.AppKey("suppressions", SuppressionList)
+IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
+
+MAX_SUPPRESSION_BODY = 64 * 1024
+MAX_PAGE = 1000
+MAX_REASON_CHARS = 64
+
+
+def answer_for(valid: list[ValidMessage], ids: list[str] | None) -> dict[str, Any]:
+    """The 202 body; `ids` None while they are not known yet (see ingest.idempotency)."""
+    return {
+        "count": sum(len(v.request.emails) for v in valid),
+        "messages": [
+            {
+                "id": ids[n] if ids is not None else None,
+                "topic_id": v.request.topic_id,
+                "count": len(v.request.emails),
+                "scheduled_at": v.request.scheduled_at,
+            }
+            for n, v in enumerate(valid)
+        ],
+    }
+
+
+async def post_messages(request: web.Request) -> web.Response:
+    """Accept messages: 202 `{"count", "messages": [{"id", "topic_id", "count",
+    "scheduled_at"}]}`. `count` is the recipients accepted (after dropping duplicates; suppressed
+    addresses are dropped later by the dispatcher and counted as `suppressed`)."""
+    app = request.app
+    body = await read_body(request, app[SETTINGS].max_request_bytes)
+    valid = validate_body(body, Limits.from_settings(app[SETTINGS]))
+    key_header = request.headers.get("Idempotency-Key")
+    if key_header is None:
+        return json_response(await enqueue(app, valid, None), status=202)
+
+    store, digest = app[IDEMPOTENCY], body_hash(body)
+    record_key = app[KEYS].idempotency(check_key(key_header))
+    prior = await store.begin(record_key, digest)
+    if prior is not None:
+        return json_response(
+            prior.answer, status=prior.status, headers={"Idempotent-Replayed": "true"}
+        )
+    try:
+        answer = await enqueue(app, valid, (record_key, digest))
+    except BaseException:
+        # Shielded: even a cancelled handler frees the key when nothing was written.
+        await asyncio.shield(release_quietly(store, record_key, digest))
+        raise
+    await store.finish(record_key, digest, 202, answer)
+    return json_response(answer, status=202)
+
+
+async def enqueue(
+    app: web.Application, valid: list[ValidMessage], idempotency: tuple[str, str] | None
+) -> dict[str, Any]:
+    """XADD every message, plus the idempotency record, in one transaction."""
+    keys = app[KEYS]
+    async with app[REDIS].pipeline(transaction=True) as pipe:
+        for v in valid:
+            pipe.xadd(keys.requests, entry_fields(v.request))
+        if idempotency is not None:
+            record_key, digest = idempotency
+            app[IDEMPOTENCY].commit(pipe, record_key, digest, 202, answer_for(valid, None))
+        results = await pipe.execute()
+    return answer_for(valid, [str(r) for r in results[: len(valid)]])
+
+
+async def release_quietly(store: IdempotencyStore, record_key: str, digest: str) -> None:
+    # When Redis is down the placeholder cannot be removed; it expires by itself.
+    with contextlib.suppress(Exception):
+        await store.release(record_key, digest)
+
+
+async def delete_topic(request: web.Request) -> web.Response:
+    """Cancel a topic: 200 `{"topic_id", "stopped", "stopped_at"}`.
+
+    Writes the stop time (Redis TIME, the clock of message ids) into every partition and, per
+    partition in one script, removes the topic's scheduled chunks; `stopped` counts those
+    recipients. Jobs already queued on `sends` are stopped by the sender when it reaches them,
+    and messages not dispatched yet by the dispatcher; both count as `stopped` then, in the
+    topic's stats. Only messages accepted before the stop time are affected.
+
+    A topic sesflow has not seen still gets 200 with `stopped: 0`, not 404: its messages may be
+    on their way (written by a producer, or not yet counted by stats), and the stop recorded now
+    will catch them. Repeating the call is harmless.
+    """
+    app = request.app
+    topic = check_topic(request.match_info["topic_id"])
+    client, keys = app[REDIS], app[KEYS]
+    seconds, micros = await client.time()
+    stop_ms = int(seconds) * 1000 + int(micros) // 1000
+    ttl_ms = app[SETTINGS].content_ttl * 1000
+    stopped = 0
+    for p in keys.partitions:
+        stopped += int(
+            await app[CANCEL](
+                keys=[
+                    p.schedule,
+                    p.schedule_data,
+                    p.schedule_topic(topic),
+                    p.stop(topic),
+                    p.events,
+                ],
+                args=[stop_ms, topic, ttl_ms],
+            )
+        )
+    return json_response({"topic_id": topic, "stopped": stopped, "stopped_at": stop_ms})
+
+
+# --- suppression list -------------------------------------------------------------------------
+
+
+def path_email(request: web.Request) -> str:
+    email = normalise(request.match_info["email"])
+    if not is_valid_address(email):
+        raise InputError("invalid_address", f"{email[:254]!r} is not a valid address")
+    return email
+
+
+def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InputError("invalid_parameter", f"{name} must be an integer in {low}..{high}")
+    return int(raw)
+
+
+async def list_suppressions(request: web.Request) -> web.Response:
+    """`{"items": [...], "next_cursor": str | null, "total"}`; pass `next_cursor` back as
+    `cursor` until it is null. A page may hold a few more or fewer than `limit` (HSCAN)."""
+    cursor = int_param(request, "cursor", 0, 0, 2**63)
+    limit = int_param(request, "limit", 100, 1, MAX_PAGE)
+    suppressions = request.app[SUPPRESSIONS]
+    next_cursor, items = await suppressions.page(cursor, limit)
+    return json_response(
+        {
+            "items": msgspec.to_builtins(items),
+            "next_cursor": str(next_cursor) if next_cursor else None,
+            "total": await suppressions.count(),
+        }
+    )
+
+
+async def get_suppression(request: web.Request) -> web.Response:
+    email = path_email(request)
+    item = await request.app[SUPPRESSIONS].get(email)
+    if item is None:
+        raise InputError("not_found", f"{email} is not suppressed", status=404)
+    return json_response(msgspec.to_builtins(item))
+
+
+async def put_suppression(request: web.Request) -> web.Response:
+    email = path_email(request)
+    body = await read_body(request, MAX_SUPPRESSION_BODY)
+    reason, detail = "manual", ""
+    if body.strip():
+        try:
+            data = msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise InputError("invalid_json", f"body is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InputError("invalid_type", "body must be a JSON object")
+        reason = data.get("reason", reason)
+        detail = data.get("detail", detail)
+        if not isinstance(reason, str) or not reason or len(reason) > MAX_REASON_CHARS:
+            raise InputError("invalid_type", f"reason must be 1..{MAX_REASON_CHARS} characters")
+        if not isinstance(detail, str):
+            raise InputError("invalid_type", "detail must be a string")
+    item = entry(email, reason, detail[:1000])
+    await request.app[SUPPRESSIONS].put(item)
+    return json_response(msgspec.to_builtins(item))
+
+
+async def delete_suppression(request: web.Request) -> web.Response:
+    email = path_email(request)
+    if not await request.app[SUPPRESSIONS].remove(email):
+        raise InputError("not_found", f"{email} is not suppressed", status=404)
+    return json_response({"email": email, "removed": True})
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware(settings)],
+        client_max_size=settings.max_request_bytes,
+    )
+    app[SETTINGS] = settings
+    app[KEYS] = Keys(settings.redis_prefix, settings.send_partitions)
+    app.cleanup_ctx.append(redis_context)
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/messages", post_messages)
+    app.router.add_delete("/v1/topics/{topic_id}", delete_topic)
+    app.router.add_get("/v1/suppressions", list_suppressions)
+    app.router.add_get("/v1/suppressions/{email}", get_suppression)
+    app.router.add_put("/v1/suppressions/{email}", put_suppression)
+    app.router.add_delete("/v1/suppressions/{email}", delete_suppression)
+    return app
+
+
+async def redis_context(app: web.Application) -> AsyncIterator[None]:
+    # No command retries: redis-py would re-run the whole MULTI after a reply lost to a dropped
+    # connection, enqueueing the messages twice. The HTTP client retries on 503 instead (with an
+    # Idempotency-Key when it must not send twice).
+    client = connect(app[SETTINGS], retry=Retry(NoBackoff(), 0))
+    app[REDIS] = client
+    app[CANCEL] = scripts.register(client, "cancel")
+    app[SUPPRESSIONS] = SuppressionList(client, app[KEYS])
+    app[IDEMPOTENCY] = IdempotencyStore(client, app[SETTINGS].idempotency_ttl)
+    try:
+        yield
+    finally:
+        await client.aclose()

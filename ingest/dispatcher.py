@@ -1,0 +1,331 @@
+"""The dispatcher: consumer group `dispatch` on `requests`, one job per recipient.
+
+For each entry it validates the message with the API's own code (`ingest.validation`, lenient
+mode: invalid addresses are dropped and counted `rejected`), drops suppressed recipients, and runs
+`dispatch.lua` per chunk of at most `CHUNK` recipients, which stores the content once and queues
+the jobs on `sends` (or on the schedule), idempotently. Only then is the entry acknowledged, so a
+crash at any point means redelivery, and redelivery changes nothing that was already done.
+
+An entry that cannot be sent at all (undecodable, wrong types, no valid address, ...) goes to
+`requests:dead` with the reason, is counted as `rejected`, and is acknowledged: no entry ever
+stops the loop. Upkeep tasks reclaim entries of dead consumers (XAUTOCLAIM) and trim `requests`
+below the oldest entry any group still needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from redis.exceptions import ResponseError
+
+from common import scripts
+from common.connection import UNAVAILABLE, connect, ensure_group, wait_for_redis
+from common.errors import InputError, RedisUnavailable
+from common.keys import DISPATCH_GROUP, Keys
+from common.logs import get_logger
+from common.schema import REQUEST_FIELD, Event, EventType, decode_request, event_fields
+from common.settings import Settings
+from common.suppression import SuppressionList
+from ingest.validation import Limits, ValidMessage, listed, validate_message
+
+log = get_logger(__name__)
+
+CHUNK = 1000  # recipients per dispatch.lua call: keeps each call to a few milliseconds
+SCHEDULE_CHUNK = 500  # recipients per schedule member
+CONCURRENCY = 8  # entries handled at once
+READ_BLOCK_MS = 1000
+RECLAIM_IDLE_MS = 30_000  # far above the time one entry takes (a few ms per chunk)
+RECLAIM_INTERVAL = 10.0
+TRIM_INTERVAL = 30.0
+RESTART_PAUSE = 1.0
+DEAD_MAXLEN = 100_000  # dead letters kept for inspection (approximate cap)
+
+
+def dispatcher_client(settings: Settings) -> Any:
+    """A client whose replies survive arbitrary bytes: a producer may XADD anything, and a
+    strict decode would fail the whole XREADGROUP batch. surrogateescape keeps the original bytes,
+    so a dead-lettered entry is written back exactly as it came."""
+    return connect(settings, encoding_errors="surrogateescape")
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Dispatcher:
+    def __init__(
+        self, client: Any, settings: Settings, keys: Keys, consumer: str | None = None
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = keys
+        self.consumer = consumer or consumer_name()
+        self.limits = Limits.from_settings(settings)
+        self.suppressions = SuppressionList(client, keys)
+        self.script = scripts.register(client, "dispatch")
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.reclaim_cursor = "0-0"
+
+    # --- one entry ------------------------------------------------------------------------------
+
+    def validate(self, fields: dict[str, str]) -> ValidMessage:
+        """The entry's message, validated; InputError says why it cannot be sent."""
+        raw = fields.get(REQUEST_FIELD)
+        if raw is None:
+            raise InputError("missing_field", f"no '{REQUEST_FIELD}' field in the entry")
+        try:
+            data = raw.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError("invalid_encoding", "the message is not UTF-8") from exc
+        try:
+            message = decode_request(data)
+        except msgspec.ValidationError as exc:
+            raise InputError("invalid_type", str(exc)) from exc
+        except msgspec.DecodeError as exc:
+            raise InputError("invalid_json", str(exc)) from exc
+        return validate_message(message, self.limits, strict=False)
+
+    async def handle(self, entry_id: str, fields: dict[str, str]) -> None:
+        """Dispatch or dead-letter one entry, then XACK. Redis errors propagate (the entry stays
+        pending and is reclaimed); any other failure dead-letters it."""
+        try:
+            valid = self.validate(fields)
+        except InputError as exc:
+            await self.dead_letter(entry_id, fields, exc.error, exc.detail)
+            return
+        try:
+            await self.dispatch(entry_id, valid)
+        except (*UNAVAILABLE, RedisUnavailable, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("dispatch failed", msg_id=entry_id)
+            await self.dead_letter(entry_id, fields, "internal", f"{type(exc).__name__}: {exc}")
+            return
+        await self.client.xack(self.keys.requests, DISPATCH_GROUP, entry_id)
+
+    async def dispatch(self, msg_id: str, valid: ValidMessage) -> None:
+        """Run dispatch.lua chunk by chunk from where a previous attempt stopped."""
+        request = valid.request
+        p = self.keys.for_message(msg_id)
+        script_keys = [
+            p.message(msg_id),
+            p.sends,
+            p.schedule,
+            p.schedule_data,
+            p.schedule_topic(request.topic_id),
+            p.stop(request.topic_id),
+            p.events,
+        ]
+        emails = request.emails
+        rejected_detail = f"invalid addresses: {listed(valid.invalid)}" if valid.invalid else ""
+        content = [
+            request.subject,
+            request.content,
+            request.from_email or "",
+            "1" if request.track_opens else "0",
+            "1" if request.track_clicks else "0",
+            "1" if request.unsubscribe else "0",
+        ]
+        head = [
+            msg_id,
+            0,
+            valid.due_ms or 0,
+            self.settings.content_ttl * 1000,
+            request.topic_id,
+            len(emails),
+            len(valid.invalid),
+            rejected_detail,
+        ]
+        first = int(await self.client.hget(p.message(msg_id), "dispatched") or 0)
+        while first < len(emails):
+            chunk = emails[first : first + CHUNK]
+            suppressed = await self.suppressions.suppressed_among(chunk)
+            addresses = ["" if email in suppressed else email for email in chunk]
+            head[1] = first
+            body = content if first == 0 else [""] * len(content)
+            marker, outcome = await self.script(
+                keys=script_keys, args=[*head, *body, SCHEDULE_CHUNK, *addresses]
+            )
+            log.debug("dispatched chunk", msg_id=msg_id, first=first, outcome=outcome)
+            first = int(marker)
+
+    async def dead_letter(
+        self, entry_id: str, fields: dict[str, str], reason: str, detail: str
+    ) -> None:
+        """Record why, count it `rejected`, and XACK with the dead letter in one transaction."""
+        topic, recipients = "", 1
+        try:
+            message = decode_request(fields.get(REQUEST_FIELD, "").encode("utf-8"))
+            topic, recipients = message.topic_id[:200], len(message.emails) or 1
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeEncodeError):
+            pass
+        log.warning("request dead-lettered", msg_id=entry_id, reason=reason, detail=detail[:300])
+        event = Event(
+            type=EventType.REJECTED,
+            ts=int(time.time() * 1000),
+            topic=topic,
+            msg_id=entry_id,
+            n=recipients,
+            detail=f"{reason}: {detail}"[:1000],
+        )
+        await self.client.xadd(self.keys.for_message(entry_id).events, event_fields(event))
+        dead = {**fields, "reason": reason, "detail": detail, "id": entry_id}
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.requests_dead, dead, maxlen=DEAD_MAXLEN, approximate=True)
+            pipe.xack(self.keys.requests, DISPATCH_GROUP, entry_id)
+            await pipe.execute()
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def spawn(self, entry_id: str, fields: dict[str, str] | None) -> None:
+        task = asyncio.create_task(self.guarded(entry_id, fields))
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
+    async def guarded(self, entry_id: str, fields: dict[str, str] | None) -> None:
+        try:
+            if fields is None:  # deleted while pending: nothing left to do
+                await self.client.xack(self.keys.requests, DISPATCH_GROUP, entry_id)
+            else:
+                await self.handle(entry_id, fields)
+        except (*UNAVAILABLE, RedisUnavailable) as exc:
+            # Left pending: XAUTOCLAIM hands it out again once Redis is back.
+            log.warning("entry left pending: redis unavailable", msg_id=entry_id, error=str(exc))
+        except Exception:
+            log.exception("entry left pending", msg_id=entry_id)
+
+    async def free_slots(self) -> int:
+        while len(self.inflight) >= CONCURRENCY:
+            await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+        return CONCURRENCY - len(self.inflight)
+
+    async def read_once(self) -> int:
+        count = await self.free_slots()
+        reply = await self.client.xreadgroup(
+            DISPATCH_GROUP,
+            self.consumer,
+            {self.keys.requests: ">"},
+            count=count,
+            block=READ_BLOCK_MS,
+        )
+        n = 0
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                self.spawn(entry_id, fields)
+                n += 1
+        return n
+
+    async def reclaim_once(self, min_idle_ms: int = RECLAIM_IDLE_MS) -> int:
+        """Take over entries idle for `min_idle_ms` (their consumer died), one page per call."""
+        count = await self.free_slots()
+        reply = await self.client.xautoclaim(
+            self.keys.requests,
+            DISPATCH_GROUP,
+            self.consumer,
+            min_idle_time=min_idle_ms,
+            start_id=self.reclaim_cursor,
+            count=count,
+        )
+        self.reclaim_cursor = reply[0]
+        claimed = [(entry_id, fields) for entry_id, fields in reply[1] if entry_id is not None]
+        for entry_id, fields in claimed:
+            self.spawn(entry_id, fields)
+        if claimed:
+            log.info("reclaimed requests", count=len(claimed))
+        return len(claimed)
+
+    async def trim_once(self) -> str | None:
+        """XTRIM MINID at the oldest entry any group still needs: its oldest pending entry, or
+        its last-delivered one when nothing is pending. Returns the MINID used."""
+        try:
+            groups = await self.client.xinfo_groups(self.keys.requests)
+        except ResponseError:  # no stream yet
+            return None
+        if not groups:
+            return None
+        floor: tuple[int, int] | None = None
+        for group in groups:
+            needed = stream_id(group["last-delivered-id"])
+            if int(group["pending"]):
+                summary = await self.client.xpending(self.keys.requests, group["name"])
+                if summary["min"]:
+                    needed = min(needed, stream_id(summary["min"]))
+            floor = needed if floor is None else min(floor, needed)
+        if floor is None or floor == (0, 0):
+            return None
+        minid = f"{floor[0]}-{floor[1]}"
+        await self.client.xtrim(self.keys.requests, minid=minid, approximate=True)
+        return minid
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read until `stop`, then let in-flight entries finish within SHUTDOWN_GRACE."""
+        upkeep = [
+            asyncio.create_task(self.every(RECLAIM_INTERVAL, self.reclaim_once, stop)),
+            asyncio.create_task(self.every(TRIM_INTERVAL, self.trim_once, stop)),
+        ]
+        try:
+            await self.keep_going(stop, self.read_forever)
+        finally:
+            for task in upkeep:
+                task.cancel()
+            await asyncio.gather(*upkeep, return_exceptions=True)
+            await self.drain()
+
+    async def read_forever(self, stop: asyncio.Event) -> None:
+        await ensure_group(self.client, self.keys.requests, DISPATCH_GROUP)
+        log.info("dispatcher reading", consumer=self.consumer)
+        while not stop.is_set():
+            await self.read_once()
+
+    async def keep_going(
+        self, stop: asyncio.Event, body: Callable[[asyncio.Event], Awaitable[None]]
+    ) -> None:
+        """Run `body` until `stop`; on a Redis outage wait for Redis and start it again. Any
+        other error (say NOGROUP after someone deleted the stream) is logged, and after a pause
+        `body` starts again, recreating the group."""
+        while not stop.is_set():
+            try:
+                await body(stop)
+            except (*UNAVAILABLE, RedisUnavailable) as exc:
+                log.warning("dispatcher: redis unavailable", error=str(exc))
+                await wait_for_redis(self.client, stop, log)
+            except Exception:
+                log.exception("dispatcher loop failed; restarting it")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=RESTART_PAUSE)
+
+    async def every(
+        self, interval: float, action: Callable[[], Awaitable[Any]], stop: asyncio.Event
+    ) -> None:
+        """An upkeep task: run `action` every `interval` seconds; log failures, keep running."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+                return
+            try:
+                await action()
+            except (*UNAVAILABLE, RedisUnavailable) as exc:
+                log.warning("upkeep: redis unavailable", action=action.__name__, error=str(exc))
+            except Exception:
+                log.exception("upkeep failed", action=action.__name__)
+
+    async def drain(self) -> None:
+        if not self.inflight:
+            return
+        _done, pending = await asyncio.wait(self.inflight, timeout=self.settings.shutdown_grace)
+        for task in pending:
+            task.cancel()  # its entry stays pending and is reclaimed: dispatch is idempotent
+        await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,56 @@
+"""Fixtures of the ingest tests: key names, the aiohttp test client, event readers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from common.keys import Keys, PartitionKeys
+from common.schema import Event, decode_event
+from common.settings import Settings
+from ingest.api import create_app
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys("sesflow", 1)
+
+
+@pytest.fixture
+def p(keys: Keys) -> PartitionKeys:
+    return keys.partition(0)
+
+
+async def read_events(client: Any, p: PartitionKeys) -> list[Event]:
+    return [decode_event(fields["e"]) for _, fields in await client.xrange(p.events)]
+
+
+async def read_jobs(client: Any, p: PartitionKeys) -> list[dict[str, str]]:
+    return [fields for _, fields in await client.xrange(p.sends)]
+
+
+@pytest.fixture
+def api_client() -> Callable[[Settings], Any]:
+    """`async with api_client(settings) as http:` a TestClient on `create_app(settings)`."""
+
+    class Context:
+        def __init__(self, settings: Settings) -> None:
+            self.client = TestClient(TestServer(create_app(settings)))
+
+        async def __aenter__(self) -> TestClient[Any, Any]:
+            await self.client.start_server()
+            return self.client
+
+        async def __aexit__(self, *exc: object) -> None:
+            await self.client.close()
+
+    return Context
+
+
+@pytest.fixture
+async def http(api_client: Callable[[Settings], Any], settings: Settings) -> AsyncIterator[Any]:
+    async with api_client(settings) as client:
+        yield client
