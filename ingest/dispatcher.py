@@ -165,7 +165,8 @@ class Dispatcher:
     async def dead_letter(
         self, entry_id: str, fields: dict[str, str], reason: str, detail: str
     ) -> None:
-        """Record why, count it `rejected`, and XACK with the dead letter in one transaction."""
+        """Record why, count it `rejected` (n = the addresses it listed, or 1 when it cannot be
+        read), and XACK with the dead letter in one transaction."""
         topic, recipients = "", 1
         try:
             message = decode_request(fields.get(REQUEST_FIELD, "").encode("utf-8"))
