@@ -1,0 +1,151 @@
+"""Run sesflow roles as real OS processes for end-to-end and fault tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from common.embedded import free_port, port_open
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RoleProcess:
+    """One role (`python -m <role>`) with its own environment; logs go to a file."""
+
+    def __init__(self, role: str, env: dict[str, str], log_dir: Path, name: str = "") -> None:
+        self.role = role
+        self.name = name or role
+        self.env = env
+        self.log_path = log_dir / f"{self.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RoleProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.role],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.running and self.proc is not None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        self.signal(signal.SIGTERM)
+        code = self.wait(timeout)
+        if code is None:
+            self.proc.kill()
+            code = self.proc.wait()
+        return code
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Cluster:
+    """Every role of one sesflow deployment, on free loopback ports."""
+
+    def __init__(self, redis_url: str, log_dir: Path, **env: str) -> None:
+        self.ports = {
+            "ingest": free_port(),
+            "tracker": free_port(),
+            "stats": free_port(),
+        }
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SES_"))},
+            "REDIS_URL": redis_url,
+            "INGEST_PORT": str(self.ports["ingest"]),
+            "TRACKER_PORT": str(self.ports["tracker"]),
+            "STATS_PORT": str(self.ports["stats"]),
+            "SERVER_URL": f"http://127.0.0.1:{self.ports['tracker']}",
+            "TRACKING_SECRET": "e2e-secret",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "info",
+            "STATS_FLUSH_INTERVAL": "0.2",
+            "SHUTDOWN_GRACE": "5",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: list[RoleProcess] = []
+
+    def url(self, role: str) -> str:
+        return f"http://127.0.0.1:{self.ports[role]}"
+
+    def start(self, role: str, name: str = "", **env: str) -> RoleProcess:
+        if role == "sender":
+            env.setdefault("SENDER_METRICS_PORT", str(free_port()))
+        proc = RoleProcess(role, {**self.env, **env}, self.log_dir, name).start()
+        self.procs.append(proc)
+        return proc
+
+    def start_all(self, senders: int = 1) -> None:
+        for role in ("ingest", "tracker", "stats"):
+            self.start(role)
+        for n in range(senders):
+            self.start("sender", name=f"sender-{n}")
+        self.wait_listening()
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(port_open("127.0.0.1", port) for port in self.ports.values()):
+            dead = [p.name for p in self.procs if not p.running]
+            if dead or time.monotonic() > deadline:
+                raise RuntimeError(f"roles not listening (dead: {dead})\n{self.all_logs()}")
+            time.sleep(0.05)
+
+    def stop_all(self) -> dict[str, int | None]:
+        for proc in self.procs:
+            proc.signal(signal.SIGTERM)
+        return {proc.name: proc.stop() for proc in self.procs}
+
+    def all_logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.logs()[-4000:]}" for p in self.procs)
+
+
+def moto_sent(region: str = "us-east-1") -> list[Any]:
+    """Every message moto's SES (running in this process) accepted."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ses.models import ses_backends
+
+    return list(ses_backends[DEFAULT_ACCOUNT_ID][region].sent_messages)
+
+
+async def poll(
+    fetch: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], seconds: float = 20.0
+) -> Any:
+    """Call `fetch()` until `done(result)` or `seconds` pass; return the last result."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = await fetch()
+        if done(result) or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.2)
