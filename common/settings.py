@@ -33,6 +33,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stats_port: int = 3002
     sender_metrics_port: int = 3003
     server_url: str = ""
+    tracker_url: str = ""
+    stats_url: str = ""
     api_key: str = ""
     jwt_secret: str = ""
     max_request_bytes: int = 10 * 1024 * 1024

@@ -34,6 +34,7 @@ from common.keys import Keys
 from common.producer import entry_fields
 from common.settings import Settings
 from common.suppression import SuppressionList, entry, normalise
+from ingest.compat import PUBLIC_PATHS, add_compat_routes
 from ingest.idempotency import IdempotencyStore, body_hash, check_key
 from ingest.validation import Limits, ValidMessage, check_topic, is_valid_address, validate_body
 
@@ -227,7 +228,10 @@ async def delete_suppression(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(settings)],
+        middlewares=[
+            errors_middleware,
+            auth_middleware(settings, public=("/health", *PUBLIC_PATHS)),
+        ],
         client_max_size=settings.max_request_bytes,
     )
     app[SETTINGS] = settings
@@ -240,6 +244,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/suppressions/{email}", get_suppression)
     app.router.add_put("/v1/suppressions/{email}", put_suppression)
     app.router.add_delete("/v1/suppressions/{email}", delete_suppression)
+    add_compat_routes(app, settings)
     return app
 
 

@@ -85,6 +85,8 @@ async def test_both_seed_shapes_end_to_end(cluster: Cluster) -> None:
             lambda c: c.get("sent") == 3,
         )
         assert go == {"total": 3, "created": 0, "sent": 3, "failed": 0, "stopped": 0}
+        # The seeds served everything on one port: their clients keep one base URL.
+        assert await get_json(http, f"{ingest}/v1/results/count/go-topic") == go
 
         hourly = await get_json(http, f"{stats}/v1/results/sent?hours=1")
         assert hourly == {"count": 6}
