@@ -10,7 +10,7 @@ import pytest
 from common.keys import SENDERS_GROUP, Keys
 from common.schema import Event, Job, decode_event, encode
 from common.scripts import register
-from sender.rate_limit import RateLimiter
+from sender.rate_limit import HEADROOM, MAX_RESERVE_MS, RateLimiter
 from sender.state import DeliveryStore
 
 KEYS = Keys("sesflow")
@@ -121,7 +121,7 @@ async def test_gcra_grants_at_the_configured_rate(redis: Any, make_settings: Any
     sends = await drive(rl, 2.0)
     assert 39 <= len(sends) <= 41
     gaps = [b - a for a, b in itertools.pairwise(sends)]
-    assert min(gaps) >= 50 - 0.01  # never two within one interval
+    assert min(gaps) >= 50  # never two within one interval (in whole ms)
 
 
 async def test_burst_then_rate(redis: Any, make_settings: Any) -> None:
@@ -130,9 +130,10 @@ async def test_burst_then_rate(redis: Any, make_settings: Any) -> None:
     grants = [await rl.try_acquire(now_ms=now) for _ in range(6)]
     assert [g for g, _ in grants] == [True] * 6
     assert [w for _, w in grants[:5]] == [0.0] * 5
-    assert grants[5][1] == pytest.approx(0.1)  # the sixth is a reservation one interval ahead
+    # the sixth is a reservation one interval ahead (ms, rounded up)
+    assert grants[5][1] == pytest.approx(0.1 / HEADROOM, abs=0.001)
     status = await rl.status(now_ms=now)
-    assert status.tokens == 0 and status.rate == 10
+    assert status.tokens == 0 and status.rate == pytest.approx(10 * HEADROOM)
 
 
 async def test_reservations_are_capped(redis: Any, make_settings: Any) -> None:
@@ -140,9 +141,13 @@ async def test_reservations_are_capped(redis: Any, make_settings: Any) -> None:
     now = 1e12
     results = [await rl.try_acquire(now_ms=now) for _ in range(10)]
     granted = [w for g, w in results if g]
-    assert len(granted) == 6  # now, then 100..500 ms ahead: never beyond MAX_RESERVE_MS
+    # now, then one per interval up to MAX_RESERVE_MS ahead, never beyond
+    interval_ms = 100 / HEADROOM
+    assert len(granted) == 1 + int(MAX_RESERVE_MS // interval_ms)
+    assert max(granted) * 1000 <= MAX_RESERVE_MS
     refused = [w for g, w in results if not g]
-    assert refused and all(w == pytest.approx(0.1) for w in refused)
+    # refused: ask again once the next slot is within reach (at most one interval later)
+    assert refused and all(0 < w <= interval_ms / 1000 + 0.001 for w in refused)
 
 
 async def test_aimd_decrease_cooldown_floor_and_recovery(redis: Any, make_settings: Any) -> None:
@@ -151,7 +156,7 @@ async def test_aimd_decrease_cooldown_floor_and_recovery(redis: Any, make_settin
     assert await rl.throttled(now_ms=now) == pytest.approx(0.7)
     # within the cooldown: no second decrease (only 10 ms of recovery)
     assert await rl.throttled(now_ms=now + 10) == pytest.approx(0.7, abs=0.01)
-    assert (await rl.status(now_ms=now)).rate == pytest.approx(70)
+    assert (await rl.status(now_ms=now)).rate == pytest.approx(70 * HEADROOM)
     factor = 1.0
     for step in range(1, 30):
         factor = await rl.throttled(now_ms=now + step * 1000)
@@ -160,7 +165,7 @@ async def test_aimd_decrease_cooldown_floor_and_recovery(redis: Any, make_settin
     assert factor == pytest.approx(0.14 / 0.3, abs=0.01)
     # additive recovery: +0.2 per second back to 1.0
     later = await rl.status(now_ms=now + 29 * 1000 + 10_000)
-    assert later.factor == 1.0 and later.rate == pytest.approx(100)
+    assert later.factor == 1.0 and later.rate == pytest.approx(100 * HEADROOM)
 
 
 async def test_aimd_floor(redis: Any, make_settings: Any) -> None:
@@ -173,7 +178,7 @@ async def test_aimd_floor(redis: Any, make_settings: Any) -> None:
         await redis.hset(KEYS.rate, "fts", str(now + step * 1000.0 + 1000))
     status = await rl.status(now_ms=now + 40 * 1000)
     assert status.factor == pytest.approx(0.05)
-    assert status.rate == pytest.approx(5)
+    assert status.rate == pytest.approx(5 * HEADROOM)
 
 
 async def test_pause_stops_everyone_and_only_extends(redis: Any, make_settings: Any) -> None:
@@ -191,10 +196,10 @@ async def test_ses_ceiling_lowers_the_rate_while_valid(redis: Any, make_settings
     rl = limiter(redis, make_settings, EMAIL_RATE="100")
     now = 1e12
     await rl.set_ceiling(14, valid_s=60, now_ms=now)
-    assert (await rl.status(now_ms=now)).rate == pytest.approx(14)
-    assert (await rl.status(now_ms=now + 61_000)).rate == pytest.approx(100)
+    assert (await rl.status(now_ms=now)).rate == pytest.approx(14 * HEADROOM)
+    assert (await rl.status(now_ms=now + 61_000)).rate == pytest.approx(100 * HEADROOM)
     await rl.set_ceiling(500, valid_s=60, now_ms=now)  # higher than EMAIL_RATE: no effect
-    assert (await rl.status(now_ms=now)).rate == pytest.approx(100)
+    assert (await rl.status(now_ms=now)).rate == pytest.approx(100 * HEADROOM)
 
 
 async def test_real_time_acquire_respects_the_rate(redis: Any, make_settings: Any) -> None:

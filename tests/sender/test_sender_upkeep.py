@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from conftest import FakeSes, Running, pending_count, seed, states, wait_for
 
 from common.aws import Quota
@@ -17,6 +18,7 @@ from common.runtime import start_site
 from common.settings import Settings
 from sender import upkeep
 from sender.metrics import create_app
+from sender.rate_limit import HEADROOM
 from sender.worker import Sender
 
 KEYS = Keys("sesflow")
@@ -135,7 +137,7 @@ async def test_quota_caps_the_rate_and_pauses_when_the_day_is_used_up(
     sender = make_sender(sender_settings(EMAIL_RATE="50"), fetch_quota=fetch)
     await upkeep.refresh_quota(sender)
     status = await sender.limiter.status()
-    assert status.rate == 7 and status.paused_s == 0
+    assert status.rate == pytest.approx(7 * HEADROOM) and status.paused_s == 0
     quota = Quota(max_send_rate=7, max_24h_send=100, sent_last_24h=100, source="test")
     await upkeep.refresh_quota(sender)
     assert (await sender.limiter.status()).paused_s > 50
@@ -177,5 +179,5 @@ async def test_metrics_and_health_are_served(
         await runner.cleanup()
         await run.stop()
     assert 'sesflow_sender_jobs_total{outcome="sent"}' in text
-    assert "sesflow_sender_bucket_rate 1000.0" in text
+    assert f"sesflow_sender_bucket_rate {1000 * HEADROOM}" in text
     assert health["status"] == "ok" and health["consumer"] == sender.consumer
