@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,27 @@ def wait_for_ports(ports: list[int], timeout: float = 30.0) -> bool:
     return False
 
 
+def pidfile(data: Path) -> Path:
+    return data.resolve() / "redis.pid"
+
+
+def stop_leftover_redis(data: Path) -> None:
+    """A Redis left running by an `up` that was killed outright still owns the AOF files: stop
+    it (it writes its AOF) before a new one opens them."""
+    path = pidfile(data)
+    try:
+        pid = int(path.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"redis-server" not in cmdline:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """Start Redis (embedded unless REDIS_URL), a local SES (unless AWS is configured) and every
     role as its own process; Ctrl-C or SIGTERM stops everything."""
@@ -65,7 +87,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         if not settings.redis_url:
             data = Path(settings.data_dir) / "redis"
-            redis = RedisProcess(data, port=args.redis_port, aof=True).start()
+            stop_leftover_redis(data)
+            redis = RedisProcess(
+                data, port=args.redis_port, aof=True, extra=("--pidfile", str(pidfile(data)))
+            ).start()
             env["REDIS_URL"] = redis.url
             url_file.write_text(redis.url + "\n")
             lines.append(("redis", f"{redis.url}  (embedded, AOF data in {data})"))
