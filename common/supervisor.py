@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import signal
 import subprocess
 import sys
@@ -12,6 +14,8 @@ from dataclasses import dataclass, field
 from common.logs import get_logger
 
 log = get_logger(__name__)
+
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -25,7 +29,9 @@ class Child:
     started_at: float = field(default=0.0)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module], env=self.env, preexec_fn=stop_with_parent
+        )
         self.started_at = time.monotonic()
 
     @property
@@ -80,6 +86,15 @@ class Supervisor:
                 log.warning("process did not stop in time, killing", role=child.name)
                 child.proc.kill()
                 child.proc.wait()
+
+
+def stop_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when `sesflow up` dies, even by SIGKILL, so no
+    orphaned role keeps its port (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def child_env(base: dict[str, str], **extra: str) -> dict[str, str]:
