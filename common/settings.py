@@ -55,6 +55,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ses_endpoint_url: str = ""
     ses_configuration_set: str = ""
     ses_timeout: float = 10.0
+    # The send path's client: "native" (sender.ses_client) or "boto3" (sender.ses_boto3, ~4x the
+    # CPU per call; for comparison and where botocore's HTTP stack is required).
+    ses_client: str = "native"
 
     # Sender
     email_rate: float = 14.0
@@ -151,6 +154,8 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
 def check(settings: Settings) -> Settings:
     if settings.on_ambiguous not in {"skip", "resend"}:
         raise ConfigError("ON_AMBIGUOUS must be 'skip' or 'resend'")
+    if settings.ses_client not in {"native", "boto3"}:
+        raise ConfigError("SES_CLIENT must be 'native' or 'boto3'")
     if settings.email_rate <= 0:
         raise ConfigError("EMAIL_RATE must be positive")
     if settings.send_partitions < 1:

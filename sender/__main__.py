@@ -14,6 +14,7 @@ from common.settings import Settings
 from common.tracking import tracking_secret
 from sender.compose import compose
 from sender.metrics import create_app
+from sender.ses_boto3 import Boto3SesClient
 from sender.ses_client import SesClient
 from sender.worker import Sender
 
@@ -43,11 +44,18 @@ async def serve_metrics(settings: Settings, sender: Sender) -> Any:
         return None
 
 
+def make_ses_client(settings: Settings) -> SesClient | Boto3SesClient:
+    """SES_CLIENT picks the send path's client; both raise the same Ses* errors."""
+    if settings.ses_client == "boto3":
+        return Boto3SesClient(settings, max_connections=settings.sender_concurrency)
+    return SesClient(settings, max_connections=settings.sender_concurrency)
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     client = connect(settings)
-    ses = SesClient(settings, max_connections=settings.sender_concurrency)
+    ses = make_ses_client(settings)
     runner = None
     try:
         secret = await load_secret(settings, client, stop)

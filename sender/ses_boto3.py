@@ -1,0 +1,104 @@
+"""The send path on plain boto3 (SES_CLIENT=boto3): the same interface as `SesClient`, for
+comparison in the benchmarks and as a fallback where botocore's own HTTP stack is required.
+
+boto3 is synchronous, so each call runs in a thread pool of SENDER_CONCURRENCY threads; the
+client has `max_attempts=1` (no retries of its own: a retried send may go out twice and bypasses
+the shared rate limit) and one connection per thread. Answers and failures are mapped to the same
+`common.errors.Ses*` classes as `SesClient`, so the sender behaves identically. It costs ~4x the
+client CPU per call of `SesClient` (see tests/bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+)
+
+from common.aws import boto_session
+from common.errors import SesAmbiguous, SesError, SesTransient
+from common.settings import Settings
+from sender.ses_client import MAX_CONNECT_TIMEOUT, OutgoingEmail, classify
+
+
+def request_kwargs(email: OutgoingEmail) -> dict[str, Any]:
+    """The keyword arguments of `sesv2.send_email` for `email` (what SesClient encodes)."""
+    simple: dict[str, Any] = {
+        "Subject": {"Data": email.subject, "Charset": "UTF-8"},
+        "Body": {"Html": {"Data": email.html, "Charset": "UTF-8"}},
+    }
+    if email.headers:
+        simple["Headers"] = [{"Name": n, "Value": v} for n, v in email.headers]
+    kwargs: dict[str, Any] = {
+        "FromEmailAddress": email.from_email,
+        "Destination": {"ToAddresses": [email.to]},
+        "Content": {"Simple": simple},
+    }
+    if email.tags:
+        kwargs["EmailTags"] = [{"Name": n, "Value": v} for n, v in email.tags]
+    if email.configuration_set:
+        kwargs["ConfigurationSetName"] = email.configuration_set
+    return kwargs
+
+
+def error_from_boto(exc: Exception) -> SesError:
+    """botocore's failure of one call as a Ses* error, by the same rules as SesClient: an SES
+    answer by its code; no connection is `SesTransient` (not sent); anything after the request
+    went out (read timeout, connection closed) is `SesAmbiguous`."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "") or "")
+        message = str(error.get("Message", "") or "")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        code = code or f"HTTP{status}"
+        return classify(status, code, message)(code, message, status)
+    name = type(exc).__name__
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+        return SesTransient("ConnectError", f"{name}: {exc}")
+    return SesAmbiguous("ConnectionLost", f"{name}: {exc}")
+
+
+class Boto3SesClient:
+    """`send_email(OutgoingEmail) -> MessageId` over boto3's sesv2 client in threads."""
+
+    def __init__(self, settings: Settings, *, max_connections: int = 100) -> None:
+        self.max_connections = max_connections
+        # One client shared by every thread: botocore clients are thread-safe, and its pool
+        # holds a connection per thread.
+        self._client: Any = boto_session(settings).client(
+            "sesv2",
+            endpoint_url=settings.ses_endpoint_url or None,
+            config=Config(
+                retries={"max_attempts": 1, "mode": "standard"},
+                connect_timeout=min(settings.ses_timeout, MAX_CONNECT_TIMEOUT),
+                read_timeout=settings.ses_timeout,
+                max_pool_connections=max_connections,
+            ),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="ses")
+
+    def _send(self, kwargs: dict[str, Any]) -> str:
+        try:
+            reply = self._client.send_email(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise error_from_boto(exc) from exc
+        message_id = reply.get("MessageId")
+        if not message_id:
+            raise SesAmbiguous("MalformedResponse", "no MessageId in the answer", 200)
+        return str(message_id)
+
+    async def send_email(self, email: OutgoingEmail) -> str:
+        """Send one email; returns SES's MessageId or raises a `common.errors.Ses*` error."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._send, request_kwargs(email))
+
+    async def close(self) -> None:
+        """Wait for calls in flight, then free the threads; calling it twice is harmless."""
+        await asyncio.to_thread(self._pool.shutdown, wait=True)

@@ -1,0 +1,256 @@
+"""What every benchmark scenario shares: a fresh redis-server, the SES stub process, role processes,
+queueing jobs, process CPU, percentiles and the shape of a result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+for path in (ROOT, ROOT / "tests", ROOT / "tests" / "sender_client"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import aiohttp  # noqa: E402
+import redis.asyncio as aioredis  # noqa: E402
+from sesflow_procs import Cluster, RoleProcess  # noqa: E402
+
+from common.embedded import RedisProcess, port_open  # noqa: E402
+from common.keys import Keys  # noqa: E402
+from common.producer import enqueue  # noqa: E402
+from common.schema import MessageRequest  # noqa: E402
+
+STUB = Path(__file__).resolve().parent / "bench_stub.py"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+SENDER = "bench@example.com"
+# A typical newsletter body: ~4 KB of HTML with a few links.
+HTML = (
+    "<html><body><h1>News</h1>"
+    + '<p>Lorem ipsum dolor sit amet, <a href="https://example.com/a">consectetur</a> elit.</p>'
+    * 40
+    + "</body></html>"
+)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure of the table: how it is shown and what it is held against."""
+
+    key: str
+    label: str
+    unit: str
+    target: str = ""  # shown as is, e.g. "≥ 50,000"
+    check: Callable[[float], bool] | None = None
+    digits: int = 0
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    runs: list[dict[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[rank]
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    """The largest number of timestamps in any half-open window [t, t + window) (sliding)."""
+    ordered = sorted(times)
+    best = start = 0
+    for end, t in enumerate(ordered):
+        while ordered[start] <= t - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (from /proc; its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisProcess]:
+    """A fresh redis-server on a free loopback port, no AOF (benchmarks, not durability)."""
+    with tempfile.TemporaryDirectory(prefix="sesflow-bench-") as tmp:
+        server = RedisProcess(Path(tmp), aof=False).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def ses_stub(*args: str) -> Iterator[str]:
+    """The bench stub as its own process (its CPU is not the sender's); yields its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, str(STUB), "--port", "0", *args], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise RuntimeError(f"SES stub did not start (exit {proc.poll()})")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def cluster(redis_url: str, **env: str) -> Iterator[Cluster]:
+    """Role processes on free ports; every one of them is stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix="sesflow-bench-logs-") as tmp:
+        c = Cluster(
+            redis_url,
+            Path(tmp),
+            EMAIL_SENDER=SENDER,
+            LOG_LEVEL="info",
+            **CREDENTIALS,
+            **env,
+        )
+        try:
+            yield c
+        finally:
+            codes = c.stop_all()
+            crashed = {name: code for name, code in codes.items() if code not in (0, None)}
+            if crashed:
+                print(f"role exit codes: {crashed}\n{c.all_logs()}", file=sys.stderr)
+
+
+async def wait_port(port: int, proc: RoleProcess | None = None, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not port_open("127.0.0.1", port):
+        if proc is not None and not proc.running:
+            raise RuntimeError(f"{proc.name} exited:\n{proc.logs()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listening on {port} after {seconds}s")
+        await asyncio.sleep(0.05)
+
+
+async def start_role(c: Cluster, role: str, name: str = "", **env: str) -> RoleProcess:
+    """Start a role and wait until it listens (a sender: its metrics port)."""
+    if role == "sender":
+        from common.embedded import free_port
+
+        env.setdefault("SENDER_METRICS_PORT", str(free_port()))
+        proc = c.start(role, name=name, **env)
+        await wait_port(int(env["SENDER_METRICS_PORT"]), proc)
+    else:
+        proc = c.start(role, name=name, **env)
+        await wait_port(c.ports[role], proc)
+    return proc
+
+
+@contextlib.asynccontextmanager
+async def redis_client(url: str) -> AsyncIterator[Any]:
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def http_session(limit: int = 64) -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(limit=limit)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
+
+
+# --- work ------------------------------------------------------------------------------------
+
+
+def emails(message: int, count: int) -> list[str]:
+    return [f"user{message}-{n}@example.com" for n in range(count)]
+
+
+def message(n: int, recipients: int, topic: str = "bench") -> MessageRequest:
+    return MessageRequest(
+        topic_id=topic,
+        emails=emails(n, recipients),
+        subject=f"Bench {n}",
+        content=HTML,
+        track_opens=True,
+        track_clicks=False,
+    )
+
+
+async def wait_until(
+    check: Callable[[], Any], what: str, seconds: float, every: float = 0.05
+) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {seconds}s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+async def sends_length(client: Any) -> int:
+    return int(await client.xlen(Keys().partition(0).sends))
+
+
+async def queue_jobs(c: Cluster, client: Any, messages: int, per_message: int) -> None:
+    """`messages` x `per_message` jobs on `sends`, through the producer and ingest's dispatcher
+    (the ingest process is stopped afterwards so it costs nothing during the measurement)."""
+    ingest = await start_role(c, "ingest", name=f"ingest-queue-{time.monotonic_ns()}")
+    before = await sends_length(client)
+    keys = Keys()
+    for n in range(messages):
+        await enqueue(client, keys, message(n + before, per_message))
+    total = before + messages * per_message
+
+    async def queued() -> bool:
+        return await sends_length(client) >= total
+
+    await wait_until(queued, "jobs on sends", 120)
+    ingest.stop()
+
+
+async def stub_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(f"{url}/stub/stats") as resp:
+        data: dict[str, Any] = await resp.json()
+        return data
+
+
+async def stub_times(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(f"{url}/bench/times") as resp:
+        data: dict[str, Any] = await resp.json()
+        return data
