@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.errors import ConfigError, RedisUnavailable
+from common.metrics import watch_reconnects
 from common.settings import Settings
 
 Redis = aioredis.Redis | RedisCluster
@@ -42,8 +43,9 @@ def connect(settings: Settings, **overrides: Any) -> Any:
     options.update(overrides)
     if settings.redis_cluster:
         options.pop("health_check_interval")
-        return RedisCluster.from_url(settings.redis_url, **options)
-    return aioredis.Redis.from_url(settings.redis_url, **options)
+        return watch_reconnects(RedisCluster.from_url(settings.redis_url, **options))
+    # Every client counts its reconnects for `sesflow_redis_reconnects_total`.
+    return watch_reconnects(aioredis.Redis.from_url(settings.redis_url, **options))
 
 
 @contextlib.contextmanager

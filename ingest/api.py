@@ -8,6 +8,7 @@
     PUT    /v1/suppressions/{email}     suppress by hand (body: {"reason", "detail"}, optional)
     DELETE /v1/suppressions/{email}     remove from the list, 404 when it was not there
     GET    /health                      liveness (never needs credentials)
+    GET    /metrics                     Prometheus metrics (never needs credentials)
 
 Everything but /health needs API_KEY or a JWT_SECRET bearer token when either is set. Bad input
 is a 4xx JSON `{"error", "detail"}`; Redis errors propagate to `errors_middleware` (503 with
@@ -34,6 +35,7 @@ from common.keys import Keys
 from common.producer import entry_fields
 from common.settings import Settings
 from common.suppression import SuppressionList, entry, normalise
+from ingest import metrics
 from ingest.compat import PUBLIC_PATHS, add_compat_routes
 from ingest.idempotency import IdempotencyStore, body_hash, check_key
 from ingest.validation import Limits, ValidMessage, check_topic, is_valid_address, validate_body
@@ -106,6 +108,8 @@ async def enqueue(
             record_key, digest = idempotency
             app[IDEMPOTENCY].commit(pipe, record_key, digest, 202, answer_for(valid, None))
         results = await pipe.execute()
+    metrics.MESSAGES_ACCEPTED.inc(len(valid))
+    metrics.RECIPIENTS_ACCEPTED.inc(sum(len(v.request.emails) for v in valid))
     return answer_for(valid, [str(r) for r in results[: len(valid)]])
 
 
@@ -227,10 +231,12 @@ async def delete_suppression(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings) -> web.Application:
+    role_metrics = metrics.ingest_metrics()
     app = web.Application(
         middlewares=[
+            role_metrics.middleware,
             errors_middleware,
-            auth_middleware(settings, public=("/health", *PUBLIC_PATHS)),
+            auth_middleware(settings, public=("/health", "/metrics", *PUBLIC_PATHS)),
         ],
         client_max_size=settings.max_request_bytes,
     )
@@ -238,6 +244,7 @@ def create_app(settings: Settings) -> web.Application:
     app[KEYS] = Keys(settings.redis_prefix, settings.send_partitions)
     app.cleanup_ctx.append(redis_context)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", role_metrics.handler)
     app.router.add_post("/v1/messages", post_messages)
     app.router.add_delete("/v1/topics/{topic_id}", delete_topic)
     app.router.add_get("/v1/suppressions", list_suppressions)

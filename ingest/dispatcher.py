@@ -34,6 +34,7 @@ from common.logs import get_logger
 from common.schema import REQUEST_FIELD, Event, EventType, decode_request, event_fields
 from common.settings import Settings
 from common.suppression import SuppressionList
+from ingest import metrics
 from ingest.validation import Limits, ValidMessage, listed, validate_message
 
 log = get_logger(__name__)
@@ -115,6 +116,7 @@ class Dispatcher:
             await self.dead_letter(entry_id, fields, "internal", f"{type(exc).__name__}: {exc}")
             return
         await self.client.xack(self.keys.requests, DISPATCH_GROUP, entry_id)
+        metrics.DISPATCHER_ENTRIES.labels("dispatched").inc()
 
     async def dispatch(self, msg_id: str, valid: ValidMessage) -> None:
         """Run dispatch.lua chunk by chunk from where a previous attempt stopped."""
@@ -188,6 +190,7 @@ class Dispatcher:
             pipe.xadd(self.keys.requests_dead, dead, maxlen=DEAD_MAXLEN, approximate=True)
             pipe.xack(self.keys.requests, DISPATCH_GROUP, entry_id)
             await pipe.execute()
+        metrics.DISPATCHER_ENTRIES.labels("dead_lettered").inc()
 
     # --- the loop -------------------------------------------------------------------------------
 

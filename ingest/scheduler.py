@@ -14,6 +14,7 @@ from common.connection import UNAVAILABLE, wait_for_redis
 from common.errors import RedisUnavailable
 from common.keys import Keys, PartitionKeys
 from common.logs import get_logger
+from ingest import metrics
 
 log = get_logger(__name__)
 
@@ -35,6 +36,8 @@ class Scheduler:
                 keys=[p.schedule, p.schedule_data, p.sends], args=[batch]
             )
             jobs += int(added)
+            metrics.SCHEDULER_CHUNKS.inc(int(chunks))
+            metrics.SCHEDULER_JOBS.inc(int(added))
             if int(chunks) < batch:
                 return jobs
             await asyncio.sleep(0)  # let the API and the dispatcher in between batches

@@ -1,4 +1,7 @@
-"""Prometheus metrics of a sender process, served on SENDER_METRICS_PORT with /health."""
+"""Prometheus metrics of a sender process, served on SENDER_METRICS_PORT with /health.
+
+The metrics are module-level, in prometheus-client's default registry (with its process and GC
+metrics): one sender per process."""
 
 from __future__ import annotations
 
@@ -6,34 +9,42 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from common.http import json_response
+from common.metrics import RedisReconnects, metrics_response
 from common.settings import Settings
 
+# Names and labels are the ones deploy/ (Grafana, the HPA) is built on.
 JOBS = Counter(
-    "sesflow_sender_jobs_total",
-    "Recipient jobs finished by this process, by outcome",
-    ["outcome"],  # sent failed stopped suppressed unknown duplicate dead_letter
+    "sesflow_sends",
+    "Recipient jobs by outcome: final (sent failed unknown stopped suppressed), or a send to be "
+    "retried (throttled retried), or a job already final (duplicate) or dead-lettered",
+    ["outcome"],
 )
 SES_SECONDS = Histogram(
-    "sesflow_sender_ses_seconds",
+    "sesflow_ses_call_seconds",
     "Duration of SES SendEmail calls",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-SES_ERRORS = Counter("sesflow_sender_ses_errors_total", "SES errors by class", ["error"])
-BUCKET_TOKENS = Gauge("sesflow_sender_bucket_tokens", "Tokens available in the shared bucket")
-BUCKET_RATE = Gauge("sesflow_sender_bucket_rate", "Effective shared send rate (per second)")
-BUCKET_FACTOR = Gauge("sesflow_sender_bucket_factor", "AIMD factor of the shared rate (1 = full)")
-PAUSED_SECONDS = Gauge("sesflow_sender_paused_seconds", "Seconds left in a cluster-wide pause")
+SES_ERRORS = Counter("sesflow_ses_errors", "SES errors by class", ["error_class"])
+BUCKET_TOKENS = Gauge("sesflow_rate_tokens", "Tokens available in the shared bucket")
+BUCKET_RATE = Gauge(
+    "sesflow_rate_effective_per_second",
+    "Shared send rate in force (EMAIL_RATE after AIMD and SES's MaxSendRate)",
+)
+RATE_CONFIGURED = Gauge("sesflow_rate_configured_per_second", "EMAIL_RATE of this sender")
+BUCKET_FACTOR = Gauge("sesflow_rate_factor", "AIMD factor of the shared rate (1 = full)")
+PAUSED_SECONDS = Gauge("sesflow_rate_paused_seconds", "Seconds left in a cluster-wide pause")
 JOBS_HELD = Gauge("sesflow_sender_jobs_held", "Jobs this process is handling right now")
+REGISTRY.register(RedisReconnects("sender"))
 
 HealthInfo = Callable[[], dict[str, Any]]
 HEALTH_KEY: web.AppKey[HealthInfo] = web.AppKey("health")
 
 
 async def metrics(_: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return metrics_response(REGISTRY)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -44,6 +55,7 @@ def create_app(settings: Settings, health_info: Callable[[], dict[str, Any]]) ->
     """`/metrics` (Prometheus) and `/health` (with what `health_info` says about the sender)."""
     app = web.Application(client_max_size=settings.max_request_bytes)
     app[HEALTH_KEY] = health_info
+    RATE_CONFIGURED.set(settings.email_rate)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/health", health)
     return app

@@ -397,6 +397,7 @@ class Sender:
                 ses_id = await self.ses.send_email(email)
             except SesThrottled as exc:
                 self.count_error(exc, started)
+                metrics.JOBS.labels("throttled").inc()
                 await self.release(part, job, claim)
                 throttled += 1
                 takeover = ""
@@ -405,6 +406,7 @@ class Sender:
                 continue
             except (SesQuotaExceeded, SesPaused) as exc:
                 self.count_error(exc, started)
+                metrics.JOBS.labels("retried").inc()
                 await self.release(part, job, claim)
                 takeover = ""
                 await self.account_paused(exc)
@@ -439,6 +441,7 @@ class Sender:
                         dead=dead_entry(entry_id, job.fields(), reason),
                     )
                     return
+                metrics.JOBS.labels("retried").inc()
                 await self.release(part, job, claim)
                 takeover = ""
                 await self.pause_job(backoff(transient))
@@ -447,6 +450,7 @@ class Sender:
                 # no answer we can trust: SES may have sent it (an unexpected client error too)
                 self.count_error(exc, started)
                 if self.settings.on_ambiguous == "resend":
+                    metrics.JOBS.labels("retried").inc()
                     await self.release(part, job, claim)
                     takeover = ""
                     transient += 1

@@ -17,17 +17,18 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from common.aws import fetch_quota
 from common.connection import connect
 from common.errors import InputError
 from common.http import auth_middleware, errors_middleware, health, json_response
 from common.keys import Keys
+from common.metrics import RoleMetrics
 from common.settings import Settings
 from stats.aggregate import ConsumerStats
 from stats.counters import METRICS
-from stats.metrics import PipelineCollector, make_registry, render
+from stats.metrics import PipelineCollector, render
 from stats.overview import MAX_TOPICS, overview
 from stats.params import hours_param, int_param, step_param, time_param
 from stats.queries import count_since, plan_series, read_counts, series, summary
@@ -40,7 +41,7 @@ KEYS = web.AppKey("keys", Keys)
 CLIENT: web.AppKey[Any] = web.AppKey("client")
 QUOTA = web.AppKey("quota", QuotaCache)
 COLLECTOR = web.AppKey("collector", PipelineCollector)
-REGISTRY = web.AppKey("registry", CollectorRegistry)
+ROLE_METRICS = web.AppKey("role_metrics", RoleMetrics)
 DASHBOARD = web.AppKey("dashboard", bytes)
 
 
@@ -52,9 +53,15 @@ def create_app(
     consumer_stats: ConsumerStats | None = None,
 ) -> web.Application:
     """`client`: an existing Redis client (the app then does not close it)."""
+    role_metrics = RoleMetrics("stats")
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(settings, public=PUBLIC_PATHS)]
+        middlewares=[
+            role_metrics.middleware,
+            errors_middleware,
+            auth_middleware(settings, public=PUBLIC_PATHS),
+        ]
     )
+    app[ROLE_METRICS] = role_metrics
     app[SETTINGS] = settings
     app[KEYS] = Keys(settings.redis_prefix, settings.send_partitions)
     app[QUOTA] = QuotaCache(settings, quota_fetcher)
@@ -78,7 +85,7 @@ def _redis_ctx(client: Any, consumer_stats: ConsumerStats | None) -> Any:
         own = client is None
         app[CLIENT] = connect(app[SETTINGS]) if own else client
         app[COLLECTOR] = PipelineCollector(app[CLIENT], app[KEYS], consumer_stats)
-        app[REGISTRY] = make_registry(app[COLLECTOR])
+        app[ROLE_METRICS].registry.register(app[COLLECTOR])
         try:
             yield
         finally:
@@ -111,7 +118,7 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = await render(request.app[COLLECTOR], request.app[REGISTRY])
+    body = await render(request.app[COLLECTOR], request.app[ROLE_METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

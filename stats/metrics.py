@@ -2,7 +2,8 @@
 
 prometheus-client collectors are synchronous, so the handler first takes a snapshot with the async
 client (bounded by a short timeout), then renders it. A scrape during a Redis outage still answers,
-with `sesflow_redis_up 0`.
+with `sesflow_redis_up 0`. The stream metrics carry a `partition` label besides the documented
+ones (`stream`, `group`); `sesflow_events_total{type}` is what this process applied.
 """
 
 from __future__ import annotations
@@ -90,20 +91,20 @@ class PipelineCollector(Collector):
         labels = ["stream", "partition"]
         yield _gauge("sesflow_stream_length", "Entries in a stream", labels, _rows(snap.lengths))
         yield _gauge(
-            "sesflow_dead_letter_length",
-            "Entries in a dead-letter stream",
+            "sesflow_dead_letters",
+            "Entries in the dead-letter stream of a stream",
             labels,
             _rows(snap.dead),
         )
         glabels = ["stream", "group", "partition"]
         yield _gauge(
-            "sesflow_group_pending",
+            "sesflow_stream_pending",
             "Entries read but not acknowledged",
             glabels,
             [([s, g, p], pend) for s, g, p, pend, _ in snap.groups],
         )
         yield _gauge(
-            "sesflow_group_lag",
+            "sesflow_stream_lag",
             "Entries not yet read by the group",
             glabels,
             [([s, g, p], lag) for s, g, p, _, lag in snap.groups],
@@ -114,14 +115,15 @@ class PipelineCollector(Collector):
             ["partition"],
             [([p], n) for p, n in snap.scheduled],
         )
-        events = CounterMetricFamily(
-            "sesflow_events", "Counted events by type (all time)", labels=["type"]
+        counted = CounterMetricFamily(
+            "sesflow_counted_events",
+            "Events counted in Redis by every stats process, by type (all time)",
+            labels=["type"],
         )
         for name, n in sorted(snap.events.items()):
-            events.add_metric([name], n)
-        yield events
-        if self.consumer is not None:
-            yield from _consumer_metrics(self.consumer)
+            counted.add_metric([name], n)
+        yield counted
+        yield from _consumer_metrics(self.consumer or ConsumerStats())
 
 
 def _consumer_metrics(c: ConsumerStats) -> Iterator[Metric]:
@@ -131,13 +133,13 @@ def _consumer_metrics(c: ConsumerStats) -> Iterator[Metric]:
         ("sesflow_stats_dropped_batches", "Batches dropped to be re-read", c.dropped_batches),
         ("sesflow_stats_claimed", "Pending events claimed from dead consumers", c.claimed),
         ("sesflow_stats_trimmed", "Events trimmed from the events streams", c.trimmed),
-        ("sesflow_redis_reconnects", "Times this process waited for Redis", c.redis_reconnects),
+        ("sesflow_stats_redis_waits", "Times the consumer waited for Redis", c.redis_reconnects),
     ):
         counter = CounterMetricFamily(name, doc)
         counter.add_metric([], value)
         yield counter
     applied = CounterMetricFamily(
-        "sesflow_stats_events_applied", "Events counted by this process", labels=["type"]
+        "sesflow_events", "Events applied to the counters by this process, by type", labels=["type"]
     )
     for name, n in sorted(c.events.items()):
         applied.add_metric([name], n)
@@ -157,12 +159,6 @@ def _rows(items: list[tuple[str, str, int]]) -> list[tuple[list[str], int]]:
 
 def _int(value: Any) -> int:
     return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
-
-
-def make_registry(collector: PipelineCollector) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    return registry
 
 
 async def render(collector: PipelineCollector, registry: CollectorRegistry) -> bytes:

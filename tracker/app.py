@@ -27,8 +27,10 @@ log = get_logger(__name__)
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=webhook.MAX_BODY)
     metrics = TrackerMetrics()
+    app = web.Application(
+        middlewares=[metrics.middleware, errors_middleware], client_max_size=webhook.MAX_BODY
+    )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         client = connect(settings)

@@ -1,18 +1,19 @@
 """The tracker's Prometheus metrics, in a registry of its own (one per app, so tests can build
-several apps in one process)."""
+several apps in one process), with the ones every role serves (HTTP requests, Redis reconnects)."""
 
 from __future__ import annotations
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import Counter
+
+from common.metrics import RoleMetrics
 
 
-class TrackerMetrics:
+class TrackerMetrics(RoleMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        super().__init__("tracker")
         self.events = Counter(
-            "sesflow_tracker_events",
-            "Events the tracker recorded, by type",
+            "sesflow_events",
+            "Events the tracker received and recorded, by type",
             ["type"],
             registry=self.registry,
         )
@@ -44,8 +45,3 @@ class TrackerMetrics:
     def count_events(self, types: list[str]) -> None:
         for kind in types:
             self.events.labels(kind).inc()
-
-    async def handler(self, _: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )

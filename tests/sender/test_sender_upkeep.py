@@ -178,6 +178,6 @@ async def test_metrics_and_health_are_served(
     finally:
         await runner.cleanup()
         await run.stop()
-    assert 'sesflow_sender_jobs_total{outcome="sent"}' in text
-    assert f"sesflow_sender_bucket_rate {1000 * HEADROOM}" in text
+    assert 'sesflow_sends_total{outcome="sent"}' in text
+    assert f"sesflow_rate_effective_per_second {1000 * HEADROOM}" in text
     assert health["status"] == "ok" and health["consumer"] == sender.consumer

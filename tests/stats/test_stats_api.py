@@ -320,10 +320,10 @@ async def test_metrics_answer_from_redis(
     text = await res.text()
     assert "sesflow_redis_up 1.0" in text
     assert 'sesflow_stream_length{partition="0",stream="events"}' in text
-    assert 'sesflow_dead_letter_length{partition="0",stream="events"} 1.0' in text
-    assert 'sesflow_group_pending{group="stats",partition="0",stream="events"} 0.0' in text
-    assert 'sesflow_group_lag{group="stats",partition="0",stream="events"} 0.0' in text
-    assert 'sesflow_events_total{type="sent"} 6.0' in text
+    assert 'sesflow_dead_letters{partition="0",stream="events"} 1.0' in text
+    assert 'sesflow_stream_pending{group="stats",partition="0",stream="events"} 0.0' in text
+    assert 'sesflow_stream_lag{group="stats",partition="0",stream="events"} 0.0' in text
+    assert 'sesflow_counted_events_total{type="sent"} 6.0' in text
     assert 'sesflow_schedule_size{partition="0"}' in text
 
 

@@ -283,7 +283,7 @@ async def test_metrics_count_events_and_refusals(
     await post_sns(tracker, signer.notification(bounce))
     await post_sns(tracker, signer.notification(delivery(), topic_arn="arn:aws:sns:x:1:other"))
     text = await (await tracker.get("/metrics")).text()
-    assert 'sesflow_tracker_events_total{type="bounced"} 2.0' in text
+    assert 'sesflow_events_total{type="bounced"} 2.0' in text
     assert 'sesflow_tracker_sns_verification_failures_total{reason="topic"} 1.0' in text
 
 
