@@ -12,7 +12,10 @@ Layout (prefix `sesflow` by default):
     sesflow:secret                    generated tracking secret when TRACKING_SECRET is unset
 
 and per send partition N (SEND_PARTITIONS, default 1), everything a Lua script or a MULTI touches
-together shares the hash tag `{sesflow:N}` so the same code runs on Redis Cluster:
+together shares the hash tag `{sesflow:N}` so the same code runs on Redis Cluster. With several
+partitions, partition N's tag lies in the N-th equal slice of the 16384 cluster slots (when
+`{sesflow:N}` does not, it is `{sesflow:N.k}` with the smallest k that does, see
+`partition_tag`), so partitions spread over the masters of a cluster instead of landing on one:
 
     {sesflow:N}:sends                 one entry per recipient job (group `senders`)
     {sesflow:N}:sends:dead            jobs that exhausted MAX_ATTEMPTS or are malformed
@@ -40,8 +43,11 @@ message is a hash of its message id.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 DISPATCH_GROUP = "dispatch"
 SENDERS_GROUP = "senders"
@@ -52,6 +58,28 @@ def partition_of(msg_id: str, partitions: int) -> int:
     if partitions <= 1:
         return 0
     return zlib.crc32(msg_id.encode()) % partitions
+
+
+MAX_SPREAD_PARTITIONS = 1024  # above this, plain tags: the search would cost too much at startup
+
+
+@functools.cache
+def partition_tag(prefix: str, index: int, partitions: int) -> str:
+    """The hash tag of partition `index` of `partitions`: `{prefix:index}` when its cluster slot
+    lies in the index-th of `partitions` equal slices of the slot space, else `{prefix:index.k}`
+    for the smallest k whose slot does. Plain crc16 puts, e.g., `{sesflow:0}` and `{sesflow:1}`
+    on the same master of a 3-master cluster; slices follow how `redis-cli --cluster create`
+    splits slots, so N partitions on N masters get one each. One partition is `{prefix:0}`."""
+    name = f"{prefix}:{index}"
+    if partitions <= 1 or partitions > MAX_SPREAD_PARTITIONS:
+        return f"{{{name}}}"
+    low = index * REDIS_CLUSTER_HASH_SLOTS // partitions
+    high = (index + 1) * REDIS_CLUSTER_HASH_SLOTS // partitions
+    candidate, k = name, 0
+    while not low <= key_slot(candidate.encode()) < high:
+        k += 1
+        candidate = f"{name}.{k}"
+    return f"{{{candidate}}}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +161,8 @@ class Keys:
 
     def __init__(self, prefix: str = "sesflow", partitions: int = 1) -> None:
         self.prefix = prefix
-        self.partitions = [PartitionKeys(n, f"{{{prefix}:{n}}}") for n in range(max(1, partitions))]
+        count = max(1, partitions)
+        self.partitions = [PartitionKeys(n, partition_tag(prefix, n, count)) for n in range(count)]
 
     def partition(self, n: int) -> PartitionKeys:
         return self.partitions[n]

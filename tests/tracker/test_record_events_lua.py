@@ -26,7 +26,7 @@ async def entries(redis: Any) -> list[str]:
 
 async def test_keys_share_one_hash_tag() -> None:
     tags = {key.split("}")[0] for key in (PART.events, PART.opens("x"), PART.sns_seen("y"))}
-    assert tags == {"{sesflow:1"}
+    assert tags == {PART.tag.removesuffix("}")}
 
 
 async def test_dedupe_mark_and_events_are_written_together(redis: Any) -> None:
