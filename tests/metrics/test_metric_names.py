@@ -1,0 +1,204 @@
+"""Every role's /metrics serves the Prometheus names (and labels) deploy/ is built on, after real
+work through the role's own code: an accepted message, an open, applied events, SES sends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+from sesstub import SesStub
+
+from common.keys import Keys
+from common.schema import Event, EventType, Job, MessageContent, event_fields
+from common.settings import Settings
+from common.tracking import Token, sign
+from ingest.api import create_app as ingest_app
+from sender import upkeep
+from sender.compose import compose
+from sender.metrics import create_app as sender_metrics_app
+from sender.ses_client import SesClient
+from sender.worker import Sender
+from stats.aggregate import StatsConsumer
+from stats.api import create_app as stats_app
+from tracker.app import create_app as tracker_app
+
+# name of a sample -> the labels the brief gives it (a `partition` label may come on top).
+STATS = {
+    "sesflow_stream_length": {"stream"},
+    "sesflow_stream_pending": {"stream", "group"},
+    "sesflow_stream_lag": {"stream", "group"},
+    "sesflow_dead_letters": {"stream"},
+    "sesflow_events_total": {"type"},
+}
+SENDER = {
+    "sesflow_rate_tokens": set(),
+    "sesflow_rate_effective_per_second": set(),
+    "sesflow_rate_configured_per_second": set(),
+    "sesflow_sends_total": {"outcome"},
+    "sesflow_ses_call_seconds_bucket": {"le"},
+    "sesflow_ses_call_seconds_sum": set(),
+    "sesflow_ses_call_seconds_count": set(),
+    "sesflow_ses_errors_total": {"error_class"},
+}
+TRACKER = {"sesflow_events_total": {"type"}}
+EVERY_ROLE = {"sesflow_redis_reconnects_total": {"role"}}
+HTTP = {"sesflow_http_requests_total": {"role", "route", "status"}}
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def parse(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def assert_served(samples: Samples, expected: dict[str, set[str]], role: str) -> None:
+    for name, labels in expected.items():
+        assert name in samples, f"{role} does not serve {name}"
+        for got, _ in samples[name]:
+            assert labels <= set(got) <= labels | {"partition"}, f"{role}: {name}{got}"
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return sum(v for got, v in samples.get(name, []) if labels.items() <= got.items())
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[web.Application], Any]]:
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(app: web.Application) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+async def scrape(client: TestClient[Any, Any]) -> Samples:
+    res = await client.get("/metrics")
+    assert res.status == 200
+    assert res.headers["Content-Type"].startswith("text/plain")
+    return parse(await res.text())
+
+
+async def test_ingest_metrics(settings: Settings, serve: Any) -> None:
+    client = await serve(ingest_app(settings))
+    before = await scrape(client)
+    message = {
+        "topic_id": "m1",
+        "emails": ["a@example.com", "b@example.com"],
+        "subject": "S",
+        "content": "<p>x</p>",
+    }
+    assert (await client.post("/v1/messages", json={"messages": [message]})).status == 202
+    assert (await client.get("/nowhere")).status == 404
+    samples = await scrape(client)
+    assert_served(samples, {**EVERY_ROLE, **HTTP}, "ingest")
+    assert value(samples, "sesflow_redis_reconnects_total", role="ingest") >= 0
+    ok = {"role": "ingest", "route": "/v1/messages", "status": "202"}
+    assert value(samples, "sesflow_http_requests_total", **ok) == 1
+    assert value(samples, "sesflow_http_requests_total", route="unmatched", status="404") == 1
+    for name, grew in (
+        ("sesflow_ingest_messages_accepted_total", 1),
+        ("sesflow_ingest_recipients_accepted_total", 2),
+    ):
+        assert value(samples, name) - value(before, name) == grew
+
+
+async def test_tracker_metrics(settings: Settings, serve: Any) -> None:
+    client = await serve(tracker_app(settings))
+    token = sign(b"test-secret", Token(k="o", r=f"{int(time.time() * 1000)}-0_0", t="m1"))
+    assert (await client.get("/v1/events/open", params={"t": token})).status == 200
+    samples = await scrape(client)
+    assert_served(samples, {**TRACKER, **EVERY_ROLE, **HTTP}, "tracker")
+    assert value(samples, "sesflow_events_total", type="opened") == 1
+    opened = {"role": "tracker", "route": "/v1/events/open", "status": "200"}
+    assert value(samples, "sesflow_http_requests_total", **opened) == 1
+
+
+async def test_stats_metrics(
+    redis: Any, make_settings: Callable[..., Settings], serve: Any
+) -> None:
+    settings = make_settings(STATS_FLUSH_INTERVAL="0.02")
+    events = Keys().partition(0).events
+    now = int(time.time() * 1000)
+    for kind in (EventType.ACCEPTED, EventType.SENT, EventType.SENT):
+        event = Event(type=kind, ts=now, topic="m1", msg_id=f"{now}-0", n=1)
+        await redis.xadd(events, event_fields(event))
+    consumer = StatsConsumer(settings)
+    await consumer.start()
+    try:
+        for _ in range(250):  # up to 5 s
+            if consumer.stats.events["sent"] == 2:
+                break
+            await asyncio.sleep(0.02)
+        client = await serve(stats_app(settings, consumer_stats=consumer.stats))
+        assert (await client.get("/v1/topics/m1")).status == 200
+        samples = await scrape(client)
+    finally:
+        await consumer.close(2)
+    assert_served(samples, {**STATS, **EVERY_ROLE, **HTTP}, "stats")
+    assert value(samples, "sesflow_events_total", type="sent") == 2
+    assert value(samples, "sesflow_stream_length", stream="events", partition="0") == 3
+    lag = {"stream": "events", "group": "stats", "partition": "0"}
+    assert value(samples, "sesflow_stream_lag", **lag) == 0
+    route = {"role": "stats", "route": "/v1/topics/{topic_id}", "status": "200"}
+    assert value(samples, "sesflow_http_requests_total", **route) == 1
+
+
+async def test_sender_metrics(
+    redis: Any, make_settings: Callable[..., Settings], serve: Any
+) -> None:
+    async with SesStub(reject_pattern="^refused@") as stub:
+        settings = make_settings(
+            SES_ENDPOINT_URL=stub.url,
+            AWS_ACCESS_KEY_ID="AKIDTESTING",
+            AWS_SECRET_ACCESS_KEY="testing-secret",
+            EMAIL_SENDER="noreply@example.com",
+            EMAIL_RATE="500",
+        )
+        part = Keys().partition(0)
+        msg_id = f"{int(time.time() * 1000)}-0"
+        emails = ["ok@example.com", "refused@example.com"]
+        content = MessageContent(msg_id=msg_id, topic="m1", subject="S", html="<p>x</p>", total=2)
+        await redis.hset(part.message(msg_id), mapping=content.to_hash())
+        for index, email in enumerate(emails):
+            await redis.xadd(part.sends, Job(msg_id=msg_id, index=index, email=email).fields())
+        ses = SesClient(settings)
+        sender = Sender(settings, redis, ses, compose, b"test-secret")
+        stop = asyncio.Event()
+        task = asyncio.create_task(sender.run(stop))
+        try:
+            deadline = time.monotonic() + 8
+            while await redis.hlen(part.state(msg_id)) < 2 or any(
+                v.startswith("i:") for v in await redis.hvals(part.state(msg_id))
+            ):
+                assert time.monotonic() < deadline, "the sender did not finish both jobs"
+                await asyncio.sleep(0.02)
+            await upkeep.update_gauges(sender)
+            client = await serve(sender_metrics_app(settings, sender.health))
+            samples = await scrape(client)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            await ses.close()
+    assert_served(samples, {**SENDER, **EVERY_ROLE}, "sender")
+    assert value(samples, "sesflow_sends_total", outcome="sent") >= 1
+    assert value(samples, "sesflow_sends_total", outcome="failed") >= 1
+    assert value(samples, "sesflow_ses_errors_total", error_class="SesRejected") >= 1
+    assert value(samples, "sesflow_ses_call_seconds_count") >= 2
+    assert value(samples, "sesflow_rate_configured_per_second") == 500
+    assert value(samples, "sesflow_rate_effective_per_second") > 0
