@@ -12,10 +12,12 @@ or finds nothing written at all.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from common.keys import SENDERS_GROUP, Keys, PartitionKeys
@@ -97,6 +99,8 @@ class DeliveryStore:
         self._claim = register(client, "claim")
         self._release = register(client, "release")
         self._record = register(client, "record")
+        # redis-py refuses EVALSHA in a RedisCluster pipeline (it cannot route it).
+        self._cluster = isinstance(client, RedisCluster)
 
     async def precheck(self, part: PartitionKeys, job: Job, topic: str | None) -> Precheck:
         """State, the topic's stop time and suppression in one round trip (no transaction: the
@@ -174,6 +178,13 @@ class DeliveryStore:
         # CPU). When Redis does not know the script (first use, restart), the script runs
         # again on its own, loading it; it is idempotent, and the SET is harmless to repeat.
         ses_id, rid = ses_link
+        if self._cluster:
+            # The link key lives on another slot, so another node: two calls, at once.
+            reply, _ = await asyncio.gather(
+                self._record(keys=keys, args=args),
+                self.client.set(self.keys.ses_message(ses_id), rid, ex=self.state_ttl),
+            )
+            return _outcome(reply)
         pipe = self.client.pipeline(transaction=False)
         pipe.evalsha(self._record.sha, len(keys), *keys, *args)
         pipe.set(self.keys.ses_message(ses_id), rid, ex=self.state_ttl)
