@@ -5,7 +5,8 @@
   delivery);
 - reclaim (run by each partition's reader, in slots it holds): XAUTOCLAIM entries idle for
   RECLAIM_IDLE (their consumer died), with their delivery count from XPENDING (MAX_ATTEMPTS is
-  judged on it);
+  judged on it); held back for RECLAIM_IDLE after a Redis outage, when live replicas' entries
+  look idle only because their keep-alive could not run (`Sender.reclaim_not_before`);
 - trim: XTRIM MINID to the oldest entry still pending for `senders` (or just past the group's
   last-delivered id when nothing is pending), so no pending or undelivered entry is removed;
 - forget consumers that hold nothing and have been silent for a long time;
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
-from common.connection import UNAVAILABLE, wait_for_redis
+from common.connection import UNAVAILABLE
 from common.errors import RedisUnavailable
 from common.keys import SENDERS_GROUP, PartitionKeys
 from common.logs import get_logger
@@ -42,14 +43,20 @@ FORGET_CONSUMER_AFTER_S = 3600.0
 
 
 async def periodic(
-    name: str, interval: float, step: Callable[[], Awaitable[Any]], stop: asyncio.Event, client: Any
+    name: str,
+    interval: float,
+    step: Callable[[], Awaitable[Any]],
+    stop: asyncio.Event,
+    wait: Callable[[asyncio.Event], Awaitable[bool]],
 ) -> None:
-    """Run `step` every `interval` seconds until `stop`; errors are logged, never fatal."""
+    """Run `step` every `interval` seconds until `stop`; errors are logged, never fatal. After a
+    Redis outage (`wait` returns) the step runs at once: a keep-alive is overdue by then."""
     while not stop.is_set():
         try:
             await step()
         except (*UNAVAILABLE, RedisUnavailable):
-            await wait_for_redis(client, stop)
+            await wait(stop)
+            continue
         except Exception:
             log.exception("upkeep step failed", step=name)
         with contextlib.suppress(TimeoutError):
@@ -58,20 +65,17 @@ async def periodic(
 
 async def run_upkeep(sender: Sender, stop: asyncio.Event) -> None:
     """All upkeep loops. Keep-alive also runs through the shutdown drain: it is cancelled last."""
-    settings = sender.settings
-    client = sender.client
-    idle = settings.reclaim_idle
+    idle = sender.settings.reclaim_idle
+    wait = sender.wait_for_redis  # an outage any loop sees holds back this process's reclaim
     draining = asyncio.Event()  # never set: keep-alive runs until cancelled
     loops = [
-        periodic("keepalive", idle / 3, lambda: refresh_claims(sender), draining, client),
-        periodic("trim", TRIM_INTERVAL_S, lambda: trim_all(sender), stop, client),
-        periodic("consumers", CONSUMERS_INTERVAL_S, lambda: forget_consumers(sender), stop, client),
-        periodic("gauges", GAUGES_INTERVAL_S, lambda: update_gauges(sender), stop, client),
+        periodic("keepalive", idle / 3, lambda: refresh_claims(sender), draining, wait),
+        periodic("trim", TRIM_INTERVAL_S, lambda: trim_all(sender), stop, wait),
+        periodic("consumers", CONSUMERS_INTERVAL_S, lambda: forget_consumers(sender), stop, wait),
+        periodic("gauges", GAUGES_INTERVAL_S, lambda: update_gauges(sender), stop, wait),
     ]
     if sender.fetch_quota is not None:
-        loops.append(
-            periodic("quota", QUOTA_INTERVAL_S, lambda: refresh_quota(sender), stop, client)
-        )
+        loops.append(periodic("quota", QUOTA_INTERVAL_S, lambda: refresh_quota(sender), stop, wait))
     await asyncio.gather(*loops)
 
 

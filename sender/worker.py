@@ -195,6 +195,13 @@ class Sender:
         self.dead_claim_ms = int(settings.reclaim_idle * 1000 / 2)
         self.ses_pause_s = SES_PAUSE_S
         self.quota_pause_s = QUOTA_PAUSE_S
+        # XAUTOCLAIM takes an entry for dead when it went RECLAIM_IDLE without a keep-alive. While
+        # Redis is unreachable no replica's keep-alive runs, so right after an outage the entries
+        # of every live replica look idle, and reclaiming them would mark jobs that are in the
+        # middle of their SES call `unknown` (or send them twice with ON_AMBIGUOUS=resend). So no
+        # reclaim until RECLAIM_IDLE after this process saw Redis come back: by then each live
+        # replica's keep-alive, which runs as soon as Redis answers, has refreshed its entries.
+        self.reclaim_not_before = 0.0
 
     # --- running --------------------------------------------------------------------------
 
@@ -234,8 +241,14 @@ class Sender:
                     await ensure_group(self.client, part.sends, SENDERS_GROUP)
                 return True
             except UNAVAILABLE:
-                await wait_for_redis(self.client, self.stop, log)
+                await self.wait_for_redis(self.stop)
         return False
+
+    async def wait_for_redis(self, stop: asyncio.Event | None) -> bool:
+        """Wait until Redis answers (False: `stop` came first); see `reclaim_not_before`."""
+        back = await wait_for_redis(self.client, stop, log)
+        self.reclaim_not_before = time.monotonic() + self.settings.reclaim_idle
+        return back
 
     async def drain(self) -> None:
         """Wait for running jobs up to SHUTDOWN_GRACE; cancel what is left."""
@@ -296,7 +309,7 @@ class Sender:
             if not count:
                 return
             try:
-                if time.monotonic() >= next_reclaim:
+                if time.monotonic() >= max(next_reclaim, self.reclaim_not_before):
                     next_reclaim = time.monotonic() + reclaim_every
                     used = await reclaim(self, part, count)
                     count -= used
@@ -316,7 +329,7 @@ class Sender:
                 )
             except (*UNAVAILABLE, RedisUnavailable):
                 self.slots.give(count)
-                await wait_for_redis(self.client, self.stop, log)
+                await self.wait_for_redis(self.stop)
                 continue
             except ResponseError as exc:
                 self.slots.give(count)
@@ -644,7 +657,7 @@ class Sender:
             try:
                 return await op()
             except (*UNAVAILABLE, RedisUnavailable):
-                if not await wait_for_redis(self.client, self.stop, log):
+                if not await self.wait_for_redis(self.stop):
                     raise LeavePending() from None
 
     async def until_done(self, op: Callable[[], Awaitable[T]]) -> T:
@@ -654,7 +667,7 @@ class Sender:
             try:
                 return await op()
             except (*UNAVAILABLE, RedisUnavailable):
-                await wait_for_redis(self.client, None, log)
+                await self.wait_for_redis(None)
 
     async def best_effort(self, op: Awaitable[Any]) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -109,6 +110,35 @@ async def test_a_job_waiting_on_a_long_pause_is_not_stolen(
 
 async def held(sender: Sender) -> bool:
     return bool(sender.held[0])
+
+
+async def test_after_a_redis_outage_no_reclaim_before_live_replicas_refresh(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    """Right after an outage every live replica's entries look idle (no keep-alive could run).
+    Replica A is inside its SES call; B, which just saw Redis come back, must leave A's job alone
+    for RECLAIM_IDLE (A's keep-alive refreshes it meanwhile); only a job nobody refreshes is
+    taken then, and marked unknown."""
+    settings = sender_settings(RECLAIM_IDLE="1.0")
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    await ensure_group(redis, PART.sends, SENDERS_GROUP)
+    rows = await redis.xreadgroup(SENDERS_GROUP, "a", {PART.sends: ">"}, count=1)
+    entry_id = rows[0][1][0][0]
+    claim = f"i:{int(time.time() * 1000) - 5000}:a"  # claimed before the outage
+    await redis.hset(PART.state(msg_id), "0", claim)
+    await asyncio.sleep(1.1)  # the outage: A's entry goes idle past RECLAIM_IDLE
+
+    b = make_sender(settings, consumer="b")
+    await b.wait_for_redis(None)  # B sees Redis back
+    back = time.monotonic()
+    running(b)
+    await asyncio.sleep(0.25)
+    assert (await states(redis, PART, msg_id))[0] == claim, "B took A's job at once"
+    await redis.xclaim(PART.sends, SENDERS_GROUP, "a", 0, [entry_id], justid=True)  # A's keep-alive
+
+    await wait_for(lambda: final_count(redis, msg_id, 1), within=10)  # A never refreshes again
+    assert time.monotonic() - back >= 1.0
+    assert (await states(redis, PART, msg_id))[0] == "u" and not fake_ses.calls
 
 
 async def test_trim_never_removes_a_pending_entry(redis: Any) -> None:
