@@ -1,0 +1,320 @@
+"""The live dashboard in headless Chromium, against every role as a real process.
+
+A campaign runs through the pipeline (ingest -> sender -> the SES stub; signed SNS feedback, opens
+and clicks through the tracker; stats counts it all). One topic finishes, with a rejected address;
+a second one stops half-way on SES's daily quota, so it stays unfinished with a recent send rate
+and an ETA. The page must show live numbers that match the API, keep refreshing by itself, and
+leave a screenshot in the test artifacts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from chromium_cdp import Chromium, find_chromium
+from sesflow_procs import Cluster, poll
+from sesstub import SesStub
+from snssign import SnsSigner
+
+from common.keys import Keys
+from common.local_ses import LOCAL_CREDENTIALS
+
+pytestmark = pytest.mark.slow
+
+FINISHED, UNFINISHED = "spring-sale", "weekly-digest"
+FINISHED_EMAILS = [f"reader{n:02d}@example.com" for n in range(19)] + ["refused@example.com"]
+UNFINISHED_EMAILS = [f"digest{n:02d}@example.com" for n in range(30)]
+UNFINISHED_SENT = 12  # SES's daily quota runs out after these
+HTML = '<p>Spring sale: <a href="https://shop.example.com/sale">see the offers</a></p>'
+
+# Every value the page shows, by data-testid (cards) and data-field (topic rows).
+READ_PAGE = """(() => {
+  const cards = {};
+  for (const el of document.querySelectorAll("[data-testid][data-value]")) {
+    cards[el.dataset.testid] = {value: el.dataset.value, text: el.textContent.trim()};
+  }
+  const topics = {};
+  for (const tr of document.querySelectorAll("[data-testid=topic-row]")) {
+    const row = {};
+    for (const td of tr.querySelectorAll("td[data-field]")) {
+      row[td.dataset.field] = {value: td.dataset.value, text: td.textContent.trim()};
+    }
+    topics[tr.dataset.topic] = row;
+  }
+  return {state: document.querySelector("[data-testid=status]").dataset.state, cards, topics};
+})()"""
+
+
+def require_chromium() -> str:
+    """In CI a missing browser fails the test; elsewhere it skips it."""
+    path = find_chromium()
+    if path is None:
+        reason = "headless Chromium is not installed (Debian: apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; .ci/run installs it, the dashboard test needs it")
+        pytest.skip(reason)
+    return path
+
+
+def ses_notification(kind: str, ses_id: str, email: str) -> dict[str, Any]:
+    """An SES identity notification (the `Message` SNS carries) about one recipient."""
+    mail = {"timestamp": "2026-01-01T00:00:00.000Z", "messageId": ses_id, "destination": [email]}
+    at = "2026-01-01T00:00:01.000Z"
+    details: dict[str, Any] = {
+        "Delivery": {"delivery": {"timestamp": at, "recipients": [email]}},
+        "Bounce": {
+            "bounce": {
+                "bounceType": "Permanent",
+                "bounceSubType": "General",
+                "timestamp": at,
+                "bouncedRecipients": [{"emailAddress": email, "diagnosticCode": "550 5.1.1"}],
+            }
+        },
+        "Complaint": {
+            "complaint": {
+                "timestamp": at,
+                "complainedRecipients": [{"emailAddress": email}],
+                "complaintFeedbackType": "abuse",
+            }
+        },
+    }
+    return {
+        "notificationType": kind,
+        "mail": {**mail, "source": "news@example.com"},
+        **details[kind],
+    }
+
+
+async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def topic_so_far(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """A topic's statistics; zeros while stats has not counted any of its events yet."""
+    async with http.get(url) as resp:
+        if resp.status == 404:
+            return {"sent": 0, "failed": 0}
+        assert resp.status == 200, await resp.text()
+        data: dict[str, Any] = await resp.json()
+        return data
+
+
+async def enqueue(http: aiohttp.ClientSession, ingest: str, topic: str, emails: list[str]) -> str:
+    message = {
+        "topic_id": topic,
+        "emails": emails,
+        "subject": f"{topic} news",
+        "content": HTML,
+        "track_clicks": True,
+    }
+    async with http.post(f"{ingest}/v1/messages", json={"messages": [message]}) as resp:
+        assert resp.status == 202, await resp.text()
+        msg_id: str = (await resp.json())["messages"][0]["id"]
+        return msg_id
+
+
+async def ses_ids(redis: Any, msg_id: str) -> list[str]:
+    """SES message ids of the message's sent recipients, in recipient order."""
+    state = await redis.hgetall(Keys().for_message(msg_id).state(msg_id))
+    sent = sorted((int(i), v[2:]) for i, v in state.items() if v.startswith("s:"))
+    return [ses_id for _, ses_id in sent]
+
+
+def tracking_links(stub: SesStub) -> dict[str, tuple[str, str]]:
+    """recipient -> (open pixel URL, click URL), read from the HTML SES received."""
+    links = {}
+    for call in stub.recent:
+        html = call["Content"]["Simple"]["Body"]["Html"]["Data"]
+        pixel = re.search(r'src="([^"]*/v1/events/open\?t=[^"]+)"', html)
+        click = re.search(r'href="([^"]*/v1/events/click\?t=[^"]+)"', html)
+        assert pixel and click, html
+        links[call["Destination"]["ToAddresses"][0]] = (pixel[1], click[1])
+    return links
+
+
+async def give_feedback(
+    http: aiohttp.ClientSession, tracker: str, signer: SnsSigner, sent: list[tuple[str, str]]
+) -> None:
+    """12 deliveries, a hard bounce and a complaint, as signed SNS notifications."""
+    kinds = ["Delivery"] * 12 + ["Bounce", "Complaint"]
+    for kind, (ses_id, email) in zip(kinds, sent, strict=False):
+        body = signer.notification(ses_notification(kind, ses_id, email))
+        async with http.post(f"{tracker}/v1/events/results", data=json.dumps(body)) as resp:
+            assert resp.status == 200, await resp.text()
+
+
+async def visit(http: aiohttp.ClientSession, url: str) -> None:
+    async with http.get(url, allow_redirects=False) as resp:
+        assert resp.status in (200, 302), await resp.text()
+
+
+def within(page: float, before: float, after: float, slack: float = 0.1) -> bool:
+    """A value that drifts with time (rates, ETAs): the page's reading was taken between two API
+    readings, so it lies between them, give or take the drift of the rate window."""
+    low, high = min(before, after), max(before, after)
+    return low * (1 - slack) - 1e-6 <= page <= high * (1 + slack) + 1e-6
+
+
+async def test_dashboard_shows_live_numbers_that_match_the_api(
+    redis_url: str, redis: Any, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    chromium = require_chromium()
+    signer = SnsSigner()
+    async with SesStub(reject_pattern="^refused@") as stub, signer.serve():
+        cluster = Cluster(
+            redis_url,
+            tmp_path / "logs",
+            SES_ENDPOINT_URL=stub.url,
+            AWS_REGION="us-east-1",
+            EMAIL_SENDER="news@example.com",
+            EMAIL_RATE="100",
+            SNS_CERT_URL_PATTERN=signer.pattern,
+            SNS_TOPIC_ARNS=signer.topic_arn,
+            **LOCAL_CREDENTIALS,
+        )
+        starting = asyncio.create_task(asyncio.to_thread(cluster.start_all, 1))
+        try:
+            async with Chromium.launch(chromium) as browser, aiohttp.ClientSession() as http:
+                await starting
+                try:
+                    await run_campaign_and_check_page(cluster, stub, signer, redis, browser, http)
+                finally:  # also when a check fails: the picture shows what the page showed
+                    await browser.screenshot(artifacts_dir / "dashboard.png")
+        finally:
+            await asyncio.to_thread(cluster.stop_all)
+
+
+async def run_campaign_and_check_page(
+    cluster: Cluster,
+    stub: SesStub,
+    signer: SnsSigner,
+    redis: Any,
+    browser: Chromium,
+    http: aiohttp.ClientSession,
+) -> None:
+    ingest, tracker, stats = (cluster.url(role) for role in ("ingest", "tracker", "stats"))
+
+    # 1. A topic that finishes: 19 sent, 1 refused by SES.
+    msg_id = await enqueue(http, ingest, FINISHED, FINISHED_EMAILS)
+    done = await poll(
+        lambda: topic_so_far(http, f"{stats}/v1/topics/{FINISHED}"),
+        lambda t: t["sent"] + t["failed"] == len(FINISHED_EMAILS),
+    )
+    assert (done["sent"], done["failed"]) == (19, 1), done
+
+    # 2. Its feedback: SNS notifications, opens (one recipient twice) and clicks.
+    ids = await ses_ids(redis, msg_id)
+    await give_feedback(http, tracker, signer, list(zip(ids, FINISHED_EMAILS, strict=False)))
+    links = tracking_links(stub)
+    for email in [*FINISHED_EMAILS[:6], FINISHED_EMAILS[0]]:
+        await visit(http, links[email][0])
+    for email in FINISHED_EMAILS[:3]:
+        await visit(http, links[email][1])
+
+    # 3. A topic that stays unfinished: SES's daily quota runs out after 12 of its 30.
+    stub.configure(max_24h=stub.sent + UNFINISHED_SENT)
+    await enqueue(http, ingest, UNFINISHED, UNFINISHED_EMAILS)
+    await poll(lambda: asyncio.sleep(0, stub.quota_answers), bool)
+    overview = await poll(
+        lambda: get_json(http, f"{stats}/v1/stats/overview"),
+        lambda o: (
+            o["totals"]["sent"] == 19 + UNFINISHED_SENT
+            and (o["totals"]["delivered"], o["totals"]["bounced"], o["totals"]["complained"])
+            == (12, 1, 1)
+            and (o["totals"]["opened"], o["totals"]["clicked"]) == (7, 3)
+        ),
+    )
+    assert overview["totals"]["sent"] == 19 + UNFINISHED_SENT, overview["totals"]
+
+    # 4. The page: wait for live numbers, read them between two API readings.
+    await browser.navigate(f"{stats}/?refresh=0.3")
+    await browser.wait_for(
+        "document.querySelector('[data-testid=status]').dataset.state === 'live' && "
+        f"document.querySelector('[data-testid=total-sent]').dataset.value === '{19 + 12}' && "
+        "document.querySelectorAll('[data-testid=topic-row]').length === 2"
+    )
+    before = await get_json(http, f"{stats}/v1/stats/overview")
+    # The page's next refresh comes after `before`.
+    await browser.wait_for(
+        f"Number(document.querySelector('[data-testid=updated]').dataset.value) > "
+        f"{before['generated_at']}"
+    )
+    page = await browser.evaluate(READ_PAGE)
+    after = await get_json(http, f"{stats}/v1/stats/overview")
+    topics = {t: await get_json(http, f"{stats}/v1/topics/{t}") for t in (FINISHED, UNFINISHED)}
+    assert page["state"] == "live"
+    check_cards(page["cards"], before, after)
+    check_topics(page["topics"], topics, before, after)
+
+    # 5. It refreshes by itself: a new open shows up without reloading the page.
+    await visit(http, links[FINISHED_EMAILS[10]][0])
+    await browser.wait_for(
+        "document.querySelector('[data-testid=opens-unique]').dataset.value === '7'", within=8
+    )
+
+
+def check_cards(cards: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
+    def number(testid: str) -> float:
+        return float(cards[testid]["value"])
+
+    totals, rates = after["totals"], after["rates"]
+    assert before["totals"] == totals  # nothing moves any more but the time
+    exact = {
+        "total-sent": totals["sent"],
+        "total-accepted": totals["total"],
+        "total-failed": totals["failed"],
+        "opens": totals["opened"],
+        "opens-unique": totals["opened_unique"],
+        "clicks": totals["clicked"],
+        "clicks-unique": totals["clicked_unique"],
+        "queue-depth": after["queue"]["queued"],
+        "configured-rate": after["configured_rate"],
+        "delivery-rate": rates["delivery"],
+        "bounce-rate": rates["bounce"],
+        "complaint-rate": rates["complaint"],
+    }
+    for testid, expected in exact.items():
+        assert number(testid) == pytest.approx(expected), (testid, cards[testid], expected)
+    assert (totals["sent"], totals["failed"], totals["total"]) == (31, 1, 50)
+    assert after["queue"]["queued"] == len(UNFINISHED_EMAILS) - UNFINISHED_SENT
+    assert cards["delivery-rate"]["text"] == f"{12 / 31 * 100:.2f}%"
+    assert cards["total-sent"]["text"] == "31"
+    send_rate = number("send-rate")
+    assert send_rate > 0 and within(send_rate, before["send_rate"], after["send_rate"])
+    assert number("configured-rate") == 100
+
+
+def check_topics(
+    rows: dict[str, Any], topics: dict[str, Any], before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    assert set(rows) == {FINISHED, UNFINISHED}
+    drifting = {
+        name: ({t["topic_id"]: t for t in before["topics"]}[name], row)
+        for name, row in ((t["topic_id"], t) for t in after["topics"])
+    }
+    for name, api in topics.items():
+        row = rows[name]
+        for field in ("sent", "total", "failed", "delivered", "bounced", "complained"):
+            assert int(row[field]["value"]) == api[field], (name, field, row[field], api[field])
+        assert int(row["opened"]["value"]) == api["opened"]
+        assert int(row["clicked"]["value"]) == api["clicked"]
+        finished = api["total"] - api["created"]
+        assert float(row["progress"]["value"]) == pytest.approx(finished / api["total"])
+        assert f"{api['sent']} / {api['total']}" in row["progress"]["text"]
+        then, now = drifting[name]
+        rate = float(row["send_rate"]["value"])
+        assert within(rate, then["send_rate"], now["send_rate"]), (name, rate, then, now)
+    assert rows[FINISHED]["eta"]["text"] == "done"
+    eta = float(rows[UNFINISHED]["eta"]["value"])
+    then, now = drifting[UNFINISHED]
+    assert eta > 0 and within(eta, then["eta_seconds"], now["eta_seconds"])
+    assert re.fullmatch(r"(\d+h )?(\d+m )?\d+s", rows[UNFINISHED]["eta"]["text"])
