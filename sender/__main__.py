@@ -51,10 +51,17 @@ def make_ses_client(settings: Settings) -> SesClient | Boto3SesClient:
     return SesClient(settings, max_connections=settings.sender_concurrency)
 
 
+def sender_client(settings: Settings) -> Any:
+    """surrogateescape: an entry on `sends` holding bytes that are not UTF-8 must not make the
+    whole XREADGROUP reply undecodable (that stopped the reader for good); the worker then
+    dead-letters it, written back byte for byte."""
+    return connect(settings, encoding_errors="surrogateescape")
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
-    client = connect(settings)
+    client = sender_client(settings)
     ses = make_ses_client(settings)
     runner = None
     try:

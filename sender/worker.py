@@ -119,6 +119,18 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+def utf8_fields(fields: dict[str, str]) -> dict[str, str]:
+    """The fields as they are, or ValueError: the client decodes with surrogateescape, so bytes
+    that are not UTF-8 arrive as lone surrogates, and such an entry is not a job."""
+    for name, value in fields.items():
+        try:
+            name.encode()
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"entry is not UTF-8: {fields!r}") from exc
+    return fields
+
+
 def backoff(attempt: int) -> float:
     """Exponential backoff with jitter (half to full)."""
     delay: float = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0**attempt)
@@ -340,6 +352,13 @@ class Sender:
                     log.error("reading sends failed", error=str(exc), partition=part.index)
                     await asyncio.sleep(1.0)
                 continue
+            except Exception:
+                # Anything else would end this task silently, and the replica would never read
+                # the partition again while looking healthy: log it and read on.
+                self.slots.give(count)
+                log.exception("reading sends failed", partition=part.index)
+                await asyncio.sleep(1.0)
+                continue
             entries = reply[0][1] if reply else []
             self.slots.give(count - len(entries))
             for entry_id, fields in entries:
@@ -352,7 +371,7 @@ class Sender:
     ) -> None:
         try:
             try:
-                job = Job.from_fields(fields or {})
+                job = Job.from_fields(utf8_fields(fields or {}))
             except ValueError as exc:
                 reason = str(exc)[:500]
                 await self.until_done(

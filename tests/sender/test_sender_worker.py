@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import redis.asyncio as aioredis
 from conftest import FakeSes, Running, events, new_msg_id, pending_count, seed, states, wait_for
 
 from common.errors import (
@@ -17,6 +18,7 @@ from common.errors import (
 )
 from common.keys import SENDERS_GROUP, Keys
 from common.suppression import SuppressionList, entry
+from sender.__main__ import sender_client
 from sender.worker import Sender
 
 KEYS = Keys("sesflow")
@@ -261,6 +263,31 @@ async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(
     dead = await redis.xrange(PART.sends_dead)
     assert len(dead) == 2 and all("malformed" in f["reason"] for _, f in dead)
     assert dead[1][1]["garbage"] == "yes"
+
+
+async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    """Bytes that are not UTF-8 once made the whole XREADGROUP reply fail, and the reader task
+    ended for good; with the role's own client the entry is a dead letter like any other."""
+    settings = sender_settings()
+    raw = aioredis.Redis.from_url(settings.redis_url)
+    poison = {b"m": b"\xff\xfe", b"i": b"0", b"e": b"\xc3\x28@example.org"}
+    await raw.xadd(PART.sends, poison)
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
+    client = sender_client(settings)
+    try:
+        run = running(make_sender(settings, client=client))
+        await wait_for(lambda: all_final(redis, msg_id, 2))
+        await wait_for(lambda: pending_count_is(redis, 0))
+        await run.stop()
+    finally:
+        await client.aclose()
+    ((_, dead),) = await raw.xrange(PART.sends_dead)
+    await raw.aclose()
+    assert {k: dead[k] for k in poison} == poison
+    assert dead[b"reason"].startswith(b"entry is not UTF-8")
+    assert fake_ses.sent == {e: 1 for e in EMAILS[:2]}
 
 
 async def test_missing_content_fails_permanently(
