@@ -76,7 +76,12 @@ class StatsConsumer:
         self.settings = settings
         self.keys = Keys(settings.redis_prefix, settings.send_partitions)
         # No automatic retry: a retried EXEC whose first reply was lost would count twice.
-        self.client = client or connect(settings, retry=Retry(NoBackoff(), 0))
+        # surrogateescape: an entry holding bytes that are not UTF-8 must not make the whole
+        # XREADGROUP reply undecodable (the partition stopped being counted); it is
+        # dead-lettered instead, written back byte for byte.
+        self.client = client or connect(
+            settings, retry=Retry(NoBackoff(), 0), encoding_errors="surrogateescape"
+        )
         self._owns_client = client is None
         self.name = name or consumer_name()
         self.batch_size = max(1, settings.stats_batch_size)

@@ -41,6 +41,8 @@ def parse_entry(fields: dict[str, str] | None) -> Event:
         event = decode_event(fields[EVENT_FIELD])
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedEvent(f"undecodable event: {exc}") from exc
+    except UnicodeEncodeError as exc:  # bytes that are not UTF-8, read with surrogateescape
+        raise MalformedEvent(f"event is not UTF-8: {exc}") from exc
     if event.type not in METRICS or event.type in DERIVED_FIELDS:
         raise MalformedEvent(f"unknown event type {event.type!r}")
     if event.n < 0:

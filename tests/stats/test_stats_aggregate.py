@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from helpers_stats import FAST, add_events, counters, drained
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -181,6 +182,28 @@ async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(
     assert dead[0][1]["e"] == "{broken" and dead[1][1]["other"] == "x"
     assert (await counters(redis, p.stats_topic("t")))["sent"] == 1
     assert consumer.stats.dead_lettered == 3
+
+
+async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(
+    redis: Any, fast: Settings
+) -> None:
+    """Bytes that are not UTF-8 once made every XREADGROUP reply of the partition fail, so
+    nothing more was counted there; now the entry is a dead letter like any other."""
+    keys = Keys()
+    p = keys.partition(0)
+    raw = aioredis.Redis.from_url(fast.redis_url)
+    poison = {b"e": b'{"type":"sent","topic":"\xff\xfe"}'}
+    await raw.xadd(p.events, poison)
+    await add_events(redis, keys, Event(type="sent", topic="t"))
+    consumer = StatsConsumer(fast)
+    await consumer.start()
+    await drained(redis, keys)
+    await consumer.close()
+    ((_, dead),) = await raw.xrange(p.events_dead)
+    await raw.aclose()
+    assert dead[b"e"] == poison[b"e"]
+    assert dead[b"reason"].startswith(b"event is not UTF-8")
+    assert (await counters(redis, p.stats_topic("t")))["sent"] == 1
 
 
 async def test_partitions_are_counted_separately_and_summed(
