@@ -123,6 +123,7 @@ class EventType(StrEnum):
     SENT = "sent"  # SES accepted the message (ses_id set)
     FAILED = "failed"  # will not be sent (detail says why)
     UNKNOWN = "unknown"  # sender died mid-call: may or may not have been sent
+    REQUEUED = "requeued"  # a failed recipient put back on `sends` (dlq replay): failed -= n
     # SES feedback
     DELIVERED = "delivered"
     BOUNCED = "bounced"  # bounce_type Permanent | Transient | Undetermined

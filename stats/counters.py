@@ -4,7 +4,9 @@ Pure functions with no Redis in them, so the counting rules are easy to read and
 
 Every event adds `n` to the field named after its type, plus derived fields:
 `bounced_hard` (Permanent bounces), `bounced_soft` (Transient and Undetermined),
-`opened_unique` and `clicked_unique` (the first open / click of a recipient).
+`opened_unique` and `clicked_unique` (the first open / click of a recipient). `requeued` (a
+failed recipient replayed from the dead letters) also takes `n` off `failed`, in the totals only:
+the time buckets keep the failure where it happened.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def increments(event: Event) -> Counter[str]:
         out["opened_unique"] += event.n
     elif event.type == EventType.CLICKED and event.unique:
         out["clicked_unique"] += event.n
+    elif event.type == EventType.REQUEUED:
+        out["failed"] -= event.n
     return out
 
 
@@ -117,12 +121,13 @@ class PartitionBatch:
         adds = increments(event)
         self.events[event.type] += 1
         self.global_.update(adds)
-        for name, n in adds.items():
+        bucketed = {name: n for name, n in adds.items() if n > 0}  # see the module doc
+        for name, n in bucketed.items():
             self.hourly[bucket_field(name, hour)] += n
             self.minutely[bucket_field(name, minute)] += n
         if event.topic:
             self.topics.setdefault(event.topic, Counter()).update(adds)
             series = self.series.setdefault(event.topic, Counter())
-            for name, n in adds.items():
+            for name, n in bucketed.items():
                 series[bucket_field(name, minute)] += n
             self.last_seen[event.topic] = max(self.last_seen.get(event.topic, 0), ts_ms)
