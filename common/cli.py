@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
+
 from common.embedded import RedisProcess, port_open
 from common.errors import ConfigError
 from common.settings import Settings, load_settings
@@ -19,6 +21,18 @@ ROLES = ("ingest", "sender", "tracker", "stats")
 
 def redis_url_file(settings: Settings) -> Path:
     return Path(settings.data_dir) / "redis.url"
+
+
+def with_local_redis(settings: Settings) -> Settings:
+    """Settings for an operator command: when REDIS_URL is unset, the embedded Redis of a running
+    `sesflow up` (it writes its URL to <SESFLOW_DATA_DIR>/redis.url); unchanged otherwise."""
+    if settings.redis_url:
+        return settings
+    try:
+        url = redis_url_file(settings).read_text(encoding="utf-8").strip()
+    except OSError:
+        return settings
+    return msgspec.structs.replace(settings, redis_url=url) if url else settings
 
 
 def run_role(role: str) -> int:
@@ -146,9 +160,16 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here: these modules import this one (for `with_local_redis`).
+    from common import cli_cancel, cli_check, cli_dlq, cli_send, cli_stats
+
     parser = argparse.ArgumentParser(
         prog="sesflow",
         description="Send email through Amazon SES at scale over Redis Streams.",
+        epilog="examples:\n  sesflow up\n  sesflow check\n  sesflow send list.csv --topic t "
+        "--subject Hello --html body.html\n  sesflow stats --all\n  sesflow dlq list\n\n"
+        "`sesflow COMMAND --help` explains each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -171,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"Run the {role} role in the foreground against REDIS_URL.",
         )
         p.set_defaults(func=lambda _args, role=role: run_role(role))
+        if role == "stats":
+            # `sesflow stats` alone runs the role; `sesflow stats TOPIC|--all` prints a report.
+            cli_stats.add_report(p)
+    for command in (cli_send, cli_cancel, cli_check, cli_dlq):
+        command.register(sub)
     return parser
 
 
