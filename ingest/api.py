@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -119,6 +120,18 @@ async def release_quietly(store: IdempotencyStore, record_key: str, digest: str)
         await store.release(record_key, digest)
 
 
+async def requests_clock_ms(client: Any, keys: Keys) -> int:
+    """Redis TIME where `requests` lives: its clock stamps the message ids a stop time is
+    compared with. On a cluster TIME would go to any node, whose clock may differ."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()  # learns the slot map; a no-op once it is known
+        node = client.get_node_from_key(keys.requests)
+        seconds, micros = await client.time(target_nodes=node)
+    else:
+        seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 async def delete_topic(request: web.Request) -> web.Response:
     """Cancel a topic: 200 `{"topic_id", "stopped", "stopped_at"}`.
 
@@ -135,8 +148,7 @@ async def delete_topic(request: web.Request) -> web.Response:
     app = request.app
     topic = check_topic(request.match_info["topic_id"])
     client, keys = app[REDIS], app[KEYS]
-    seconds, micros = await client.time()
-    stop_ms = int(seconds) * 1000 + int(micros) // 1000
+    stop_ms = await requests_clock_ms(client, keys)
     ttl_ms = app[SETTINGS].content_ttl * 1000
     stopped = 0
     for p in keys.partitions:
