@@ -50,7 +50,7 @@ class Quota(msgspec.Struct, frozen=True, kw_only=True):
 def fetch_quota_sync(settings: Settings) -> Quota | None:
     """GetAccount (SESv2), falling back to GetSendQuota (v1); None when SES does not answer."""
     try:
-        data = boto_client(settings, "sesv2", attempts=2).get_account()
+        data = boto_client(settings, "sesv2", attempts=1).get_account()
         quota = data["SendQuota"]
         return Quota(
             max_send_rate=float(quota["MaxSendRate"]),
@@ -61,7 +61,7 @@ def fetch_quota_sync(settings: Settings) -> Quota | None:
     except (BotoCoreError, ClientError, KeyError, ValueError, NotImplementedError):
         pass
     try:
-        data = boto_client(settings, "ses", attempts=2).get_send_quota()
+        data = boto_client(settings, "ses", attempts=1).get_send_quota()
         return Quota(
             max_send_rate=float(data["MaxSendRate"]),
             max_24h_send=float(data["Max24HourSend"]),

@@ -9,7 +9,6 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from common.keys import Keys, PartitionKeys
-from common.schema import Event, decode_event
 from common.settings import Settings
 from ingest.api import create_app
 
@@ -22,14 +21,6 @@ def keys() -> Keys:
 @pytest.fixture
 def p(keys: Keys) -> PartitionKeys:
     return keys.partition(0)
-
-
-async def read_events(client: Any, p: PartitionKeys) -> list[Event]:
-    return [decode_event(fields["e"]) for _, fields in await client.xrange(p.events)]
-
-
-async def read_jobs(client: Any, p: PartitionKeys) -> list[dict[str, str]]:
-    return [fields for _, fields in await client.xrange(p.sends)]
 
 
 @pytest.fixture

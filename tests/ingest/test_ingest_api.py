@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import jwt
-from conftest import read_events
+from ingestkit import read_events
 
 from common.embedded import free_port
 from common.keys import Keys, PartitionKeys

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import redis as syncredis
-from conftest import read_events, read_jobs
+from ingestkit import read_events, read_jobs
 
 from common.connection import ensure_group
 from common.keys import DISPATCH_GROUP, Keys, PartitionKeys

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conftest import read_events, read_jobs
+from ingestkit import read_events, read_jobs
 
 from common import scripts
 from common.keys import PartitionKeys

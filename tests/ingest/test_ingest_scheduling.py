@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import read_events
+from ingestkit import read_events
 
 from common.embedded import free_port
 from common.keys import Keys, PartitionKeys

@@ -2,117 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from senderkit import (
+    SECRET,
+    FakeSes,
+    Running,
+)
 
-from common.keys import SENDERS_GROUP, Keys, PartitionKeys
-from common.schema import Event, Job, MessageContent, decode_event
 from common.settings import Settings
 from sender.compose import compose
 from sender.worker import Sender
-
-SECRET = b"test-secret"
-
-
-class FakeSes:
-    """`send_email` that records recipients. `script[address]` is a list of exceptions to raise on
-    that address's successive calls (then it succeeds); `latency` delays every call."""
-
-    def __init__(self, latency: float = 0.0) -> None:
-        self.latency = latency
-        self.script: dict[str, list[BaseException]] = {}
-        self.calls: Counter[str] = Counter()
-        self.sent: Counter[str] = Counter()
-        self.emails: list[Any] = []
-        self.hook: Callable[[Any], Awaitable[None]] | None = None
-
-    async def send_email(self, email: Any) -> str:
-        self.calls[email.to] += 1
-        if self.hook is not None:
-            await self.hook(email)
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        errors = self.script.get(email.to)
-        if errors:
-            raise errors.pop(0)
-        self.sent[email.to] += 1
-        self.emails.append(email)
-        return f"ses-{len(self.emails)}"
-
-
-def new_msg_id(offset_ms: int = 0) -> str:
-    return f"{int(time.time() * 1000) + offset_ms}-0"
-
-
-async def seed(
-    redis: Any,
-    keys: Keys,
-    emails: list[str],
-    *,
-    msg_id: str | None = None,
-    topic: str = "t1",
-    store_content: bool = True,
-) -> tuple[str, list[str]]:
-    """Store a message's content and queue one job per address; returns (msg_id, entry ids)."""
-    msg_id = msg_id or new_msg_id()
-    part = keys.for_message(msg_id)
-    if store_content:
-        content = MessageContent(
-            msg_id=msg_id,
-            topic=topic,
-            subject="Hello",
-            html="<p>Hi <a href='https://example.com/x'>x</a></p>",
-            total=len(emails),
-            accepted_ms=int(msg_id.split("-")[0]),
-        )
-        await redis.hset(part.message(msg_id), mapping=content.to_hash())
-    ids = []
-    for index, email in enumerate(emails):
-        job = Job(msg_id=msg_id, index=index, email=email)
-        ids.append(await redis.xadd(part.sends, job.fields()))
-    return msg_id, ids
-
-
-async def states(redis: Any, part: PartitionKeys, msg_id: str) -> dict[int, str]:
-    raw = await redis.hgetall(part.state(msg_id))
-    return {int(k): v for k, v in raw.items()}
-
-
-async def events(redis: Any, part: PartitionKeys) -> list[Event]:
-    return [decode_event(f["e"]) for _, f in await redis.xrange(part.events)]
-
-
-async def pending_count(redis: Any, part: PartitionKeys) -> int:
-    try:
-        return int((await redis.xpending(part.sends, SENDERS_GROUP))["pending"])
-    except Exception:
-        return 0
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 8.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
-class Running:
-    """A sender running in a task until `stop()`."""
-
-    def __init__(self, sender: Sender) -> None:
-        self.sender = sender
-        self.stop_event = asyncio.Event()
-        self.task = asyncio.create_task(sender.run(self.stop_event))
-
-    async def stop(self) -> None:
-        self.stop_event.set()
-        await asyncio.wait_for(self.task, 20)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from conftest import SECRET, FakeSes, Running, seed, states, wait_for
+from senderkit import SECRET, FakeSes, Running, seed, states, wait_for
 
 from common.connection import connect
 from common.embedded import RedisProcess

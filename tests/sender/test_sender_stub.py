@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import SECRET, Running, seed, states, wait_for
+from senderkit import SECRET, Running, seed, states, wait_for
 from sesstub import SesStub
 
 from common.embedded import free_port

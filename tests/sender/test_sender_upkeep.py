@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import FakeSes, Running, pending_count, seed, states, wait_for
+from senderkit import FakeSes, Running, pending_count, seed, states, wait_for
 
 from common.aws import Quota
 from common.connection import ensure_group

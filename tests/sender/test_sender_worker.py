@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from conftest import FakeSes, Running, events, new_msg_id, pending_count, seed, states, wait_for
+from senderkit import FakeSes, Running, events, new_msg_id, pending_count, seed, states, wait_for
 
 from common.errors import (
     SesAmbiguous,
