@@ -27,7 +27,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchkit
 import scenario_e2e
 import scenario_ingest
 import scenario_memory
@@ -37,6 +36,8 @@ import scenario_stats
 import scenario_tracker
 from benchkit import Metric, ScenarioResult, median
 from snssign import SnsSigner
+
+from common.embedded import redis_server_binary
 
 
 def at_least(bound: float) -> Callable[[float], bool]:
@@ -330,13 +331,31 @@ def print_table(rows: list[dict[str, Any]], errors: dict[str, str]) -> None:
     Console(width=140).print(table)
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The same table as Markdown, for the README."""
+    lines = [
+        "| scenario | figure | median | spread (min-max) | target | result |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for row in rows:
+        d, unit = row["digits"], row["unit"]
+        verdict = "" if row["pass"] is None else ("pass" if row["pass"] else "**miss**")
+        median_text = f"{number(row['median'], d)} {unit}".strip()
+        spread = f"{number(row['min'], d)}-{number(row['max'], d)}"
+        lines.append(
+            f"| {row['scenario']} | {row['label']} | {median_text} | {spread} "
+            f"| {row['target']} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> dict[str, str]:
     model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    server = benchkit.redis_server_binary()
+    server = redis_server_binary()
     version = subprocess.run([server, "--version"], capture_output=True, text=True).stdout
     import os
 
@@ -360,6 +379,7 @@ async def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=0, help="runs per scenario (3; smoke 1)")
     parser.add_argument("--json", default="bench-results.json", help="where to write the JSON")
+    parser.add_argument("--markdown", default="", help="also write the table as Markdown here")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     repeat = args.repeat or (1 if args.smoke else 3)
@@ -383,6 +403,8 @@ async def main(argv: list[str] | None = None) -> int:
         "errors": errors,
     }
     await asyncio.to_thread(Path(args.json).write_text, json.dumps(report, indent=2, default=str))
+    if args.markdown:
+        await asyncio.to_thread(Path(args.markdown).write_text, markdown_table(rows))
     print(f"JSON written to {args.json} ({report['seconds']} s)", file=sys.stderr)
     return 1 if errors else 0
 
