@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import redis as syncredis
 
@@ -49,6 +50,13 @@ def free_cluster_port(taken: set[int]) -> int:
         if _bindable(port) and _bindable(port + BUS_OFFSET):
             return port
     raise RuntimeError("no free port pair for a cluster node")
+
+
+def _command(port: int, *args: Any) -> Any:
+    """One command to one node, replies decoded (redis-py parses CLUSTER INFO/NODES to dicts)."""
+    client: Any = syncredis.Redis(port=port, decode_responses=True)
+    with contextlib.closing(client):
+        return client.execute_command(*args)
 
 
 def slot_ranges(masters: int) -> list[range]:
@@ -111,11 +119,9 @@ class RedisClusterProcess:
 
     def _create_by_hand(self) -> None:
         for node, slots in zip(self.nodes, slot_ranges(self.masters), strict=True):
-            with contextlib.closing(syncredis.Redis(port=node.port)) as client:
-                client.execute_command("CLUSTER ADDSLOTS", *slots)
-        with contextlib.closing(syncredis.Redis(port=self.nodes[0].port)) as first:
-            for node in self.nodes[1:]:
-                first.execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+            _command(node.port, "CLUSTER ADDSLOTS", *slots)
+        for node in self.nodes[1:]:
+            _command(self.nodes[0].port, "CLUSTER MEET", "127.0.0.1", node.port)
 
     def wait_ok(self, timeout: float) -> None:
         """Until every node says cluster_state:ok and knows every master."""
@@ -129,18 +135,16 @@ class RedisClusterProcess:
             time.sleep(0.1)
 
     def _ready(self, port: int) -> bool:
-        with contextlib.closing(syncredis.Redis(port=port, decode_responses=True)) as client:
-            fields = client.execute_command("CLUSTER INFO")  # parsed into a dict by redis-py
-            return (
-                fields.get("cluster_state") == "ok"
-                and int(fields.get("cluster_known_nodes", 0)) == self.masters
-                and int(fields.get("cluster_slots_assigned", 0)) == SLOTS
-            )
+        fields = _command(port, "CLUSTER INFO")
+        return bool(
+            fields.get("cluster_state") == "ok"
+            and int(fields.get("cluster_known_nodes", 0)) == self.masters
+            and int(fields.get("cluster_slots_assigned", 0)) == SLOTS
+        )
 
     def port_of_slot(self, slot: int) -> int:
         """The port of the master serving `slot` (for tests that check the spread)."""
-        with contextlib.closing(syncredis.Redis(port=self.nodes[0].port)) as client:
-            nodes = client.execute_command("CLUSTER NODES")  # {"host:port": {"slots": ...}}
+        nodes = _command(self.nodes[0].port, "CLUSTER NODES")  # {"host:port": {"slots": ..}}
         for address, node in nodes.items():
             if "master" not in node["flags"]:
                 continue
@@ -151,8 +155,7 @@ class RedisClusterProcess:
 
     def flushall(self) -> None:
         for node in self.nodes:
-            with contextlib.closing(syncredis.Redis(port=node.port)) as client:
-                client.flushall()
+            _command(node.port, "FLUSHALL")
 
     def stop(self) -> None:
         for node in self.nodes:
