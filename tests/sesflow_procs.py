@@ -55,10 +55,12 @@ class RoleProcess:
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def stop(self, timeout: float = 15.0, signalled: bool = False) -> int | None:
+        """SIGTERM (unless already sent), then wait; SIGKILL after `timeout`."""
         if self.proc is None:
             return None
-        self.signal(signal.SIGTERM)
+        if not signalled:
+            self.signal(signal.SIGTERM)
         code = self.wait(timeout)
         if code is None:
             self.proc.kill()
@@ -125,7 +127,7 @@ class Cluster:
     def stop_all(self) -> dict[str, int | None]:
         for proc in self.procs:
             proc.signal(signal.SIGTERM)
-        return {proc.name: proc.stop() for proc in self.procs}
+        return {proc.name: proc.stop(signalled=True) for proc in self.procs}
 
     def all_logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.logs()[-4000:]}" for p in self.procs)
