@@ -1,0 +1,106 @@
+"""Fault: SES pushes back. It throttles a fifth of the calls, or pauses the account for five
+seconds; in both cases nothing may fail, everything is delivered exactly once, and the senders
+slow down or stop as a whole instead of hammering SES."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from faultkit import (
+    StubProcess,
+    all_final,
+    check_exactly_once,
+    check_nothing_pending,
+    check_stats_agree,
+    emails_for,
+    post_campaign,
+    sent_count,
+    start_roles,
+    until,
+)
+from sesflow_procs import Cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+RATE = 200
+BURST = 1
+# SES's own limit far above EMAIL_RATE, so that the stub measures the senders' rate rather than
+# enforcing one (and its GetAccount does not cap them below EMAIL_RATE).
+SES_RATE = 5000
+
+
+async def test_throttling_slows_down_and_fails_nothing(
+    redis_url: str, make_stub: Callable[..., StubProcess], make_cluster: Callable[..., Cluster]
+) -> None:
+    """20% of calls answered 429: retried until sent, none counted failed, and in no second did
+    SES accept more than EMAIL_RATE (+ EMAIL_BURST) recipients."""
+    stub = make_stub(rate=SES_RATE, latency_ms=20, error_rate=0.2, error_status=429)
+    cluster = make_cluster(redis_url, stub, EMAIL_RATE=str(RATE), EMAIL_BURST=str(BURST))
+    start_roles(cluster, senders=2)
+    topic, recipients = "throttled", 1000
+    emails = emails_for(topic, recipients)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    async with aiohttp.ClientSession() as http:
+        try:
+            msg_id = await post_campaign(http, cluster, topic, emails)
+            await until(
+                lambda: all_final(client, msg_id, recipients), lambda d: d, 60, "sends", cluster
+            )
+            verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
+            assert verdict.sent == recipients
+            stats = await stub.stats()
+            assert stats["injected_errors"] >= 100, stats  # it really throttled
+            per_second = stats["per_second"]
+            assert max(per_second.values()) <= RATE + BURST, per_second
+            await check_nothing_pending(client, cluster)
+            view = await check_stats_agree(http, cluster, topic, verdict)
+            assert view["failed"] == 0
+            print(f"throttled {stats['injected_errors']}x; accepted per second: {per_second}")
+        finally:
+            await client.aclose()
+
+
+async def test_account_paused_stops_every_sender_then_resumes(
+    redis_url: str, make_stub: Callable[..., StubProcess], make_cluster: Callable[..., Cluster]
+) -> None:
+    """SendingPausedException for 5 s: the senders pause together (SES is not hammered, nothing
+    is accepted while paused), nothing fails, and sending resumes by itself."""
+    stub = make_stub(rate=SES_RATE, latency_ms=20)
+    cluster = make_cluster(redis_url, stub, EMAIL_RATE=str(RATE))
+    senders = start_roles(cluster, senders=2)
+    topic, recipients = "paused", 1000
+    emails = emails_for(topic, recipients)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    async with aiohttp.ClientSession() as http:
+        try:
+            msg_id = await post_campaign(http, cluster, topic, emails)
+            await until(lambda: sent_count(stub), lambda n: n >= 300, 30, "300 sends", cluster)
+            before = time.time()
+            await stub.control(pause_seconds=5)
+            after = time.time()
+            assert await sent_count(stub) < recipients, "the pause came after the campaign"
+
+            await until(
+                lambda: all_final(client, msg_id, recipients), lambda d: d, 60, "sends", cluster
+            )
+            verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
+            assert verdict.sent == recipients
+            stats = await stub.stats()
+            # What was already on its way when SES paused meets the pause once; then every
+            # replica waits: far fewer refusals than the ~5 x RATE calls of a sender that
+            # kept trying.
+            assert 0 < stats["paused_answers"] <= RATE, stats
+            paused_seconds = range(math.ceil(after), math.floor(before + 5))
+            accepted = {s: stats["per_second"].get(str(s), 0) for s in paused_seconds}
+            assert not any(accepted.values()), (accepted, stats["per_second"])
+            assert any("SES sending paused" in s.logs() for s in senders)
+            await check_nothing_pending(client, cluster)
+            await check_stats_agree(http, cluster, topic, verdict)
+            print(f"paused answers: {stats['paused_answers']}; per second: {stats['per_second']}")
+        finally:
+            await client.aclose()
