@@ -2,10 +2,18 @@
 
 - One token = one recipient, EMAIL_RATE per second cluster-wide (scheduled `HEADROOM` under it),
   EMAIL_BURST at once.
-- A grant may be a short *reservation*: the script books the next slot at most `MAX_RESERVE_MS`
-  ahead and the caller sleeps until it. Booking further ahead would let many replicas with many
-  waiting jobs fill the schedule for seconds, so beyond that the script only says when to ask
-  again.
+- A grant may be a short *reservation*: the script books the next slots at most `MAX_RESERVE_MS`
+  ahead and the caller sleeps until its slot. Booking further ahead would let many replicas with
+  many waiting jobs fill the schedule for seconds, so beyond that the script only says when to
+  ask again. One poller per process books a slot for every job waiting in it in one call.
+- **Late slots are dropped, never bunched.** A job that wakes up (or gets to its SES call) more
+  than `LATE_S` after its slot (the process was not scheduled, Redis was slow) does not send on
+  that slot: it asks for a new one. Sends are then never later than slot + `LATE_S`, so any
+  1-second window holds at most rate x HEADROOM x (1 + LATE_S) + burst <= EMAIL_RATE + burst
+  sends. A dropped slot is wasted (the schedule is shared in Redis; others have booked after it),
+  which costs a little of the mean rate but never bursts. While the schedule had been idle
+  before a grant (the cluster sends below the rate), lateness up to that idle time is harmless
+  and tolerated, so an unthrottled sender does not drop slots when it is merely busy.
 - AIMD: a throttle report (HTTP 429 / Throttling) multiplies the rate by `DECREASE`, at most once
   per `COOLDOWN_MS` for the whole cluster (one SES answer wave is one congestion signal, not 64),
   never below `FLOOR` of EMAIL_RATE; it then recovers by `RECOVERY` of the rate per second.
@@ -17,7 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +36,11 @@ from common.keys import Keys
 from common.scripts import register
 from common.settings import Settings
 
-# The schedule runs this much under EMAIL_RATE (and SES's MaxSendRate): evenly spaced sends still
-# reach SES with network jitter, and a late one plus an on-time one can share a second.
-HEADROOM = 0.98
+# The schedule runs this much under EMAIL_RATE (and SES's MaxSendRate): with sends at most LATE_S
+# after their slot, a 1-s window holds at most 0.99 x 1.01 x rate + burst < rate + burst.
+HEADROOM = 0.99
+LATE_S = 0.010
+MAX_IDLE_CREDIT_S = 1.0
 DECREASE = 0.7
 COOLDOWN_MS = 1000
 FLOOR = 0.05
@@ -36,6 +49,17 @@ MAX_RESERVE_MS = 500
 # Waiting jobs ask again at least this often, so that a lifted pause or a recovered rate is
 # noticed soon; jitter spreads the replicas' polls.
 MAX_POLL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One booked slot: send at `at` (time.monotonic()), and not later than `at + tolerance`."""
+
+    at: float
+    tolerance: float
+
+    def late(self) -> bool:
+        return time.monotonic() - self.at > self.tolerance
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +76,8 @@ class RateLimiter:
         self.rate = settings.email_rate * HEADROOM
         self.burst = max(1.0, settings.email_burst)
         self._script = register(client, "rate_limiter")
-        self._gate = asyncio.Lock()
+        self._waiters: deque[asyncio.Future[Grant | None]] = deque()
+        self._poller: asyncio.Task[None] | None = None
 
     async def _call(self, mode: str, *extra: Any, now_ms: float | None = None) -> Any:
         now = "" if now_ms is None else repr(float(now_ms))
@@ -60,37 +85,93 @@ class RateLimiter:
         reply: Any = await self._script(keys=[self.key], args=args)
         return reply
 
+    async def grant(self, tokens: int, *, now_ms: float | None = None) -> list[Any]:
+        """One attempt at up to `tokens` slots: the script's reply (see rate_limiter.lua)."""
+        reply: list[Any] = await self._call("acquire", tokens, MAX_RESERVE_MS, now_ms=now_ms)
+        return reply
+
     async def try_acquire(
         self, tokens: int = 1, *, now_ms: float | None = None
     ) -> tuple[bool, float]:
-        """One attempt: (granted, seconds). Granted: send after `seconds` (a reservation).
-        Not granted: ask again after `seconds`."""
-        granted, wait_ms = await self._call("acquire", tokens, MAX_RESERVE_MS, now_ms=now_ms)
-        return bool(int(granted)), int(wait_ms) / 1000.0
+        """One attempt at one slot: (granted, seconds). Granted: send after `seconds` (a
+        reservation). Not granted: ask again after `seconds`."""
+        reply = await self.grant(tokens, now_ms=now_ms)
+        if int(reply[0]) < 1:
+            return False, int(reply[1]) / 1000.0
+        return True, math.ceil(max(0.0, float(reply[1]))) / 1000.0
 
-    async def acquire(self, stop: asyncio.Event | None = None, tokens: int = 1) -> bool:
-        """Wait for `tokens`; False when `stop` was set while waiting without a grant.
+    async def acquire(self, stop: asyncio.Event | None = None) -> Grant | None:
+        """Wait for a slot and until its time; None when `stop` was set before a grant.
 
-        Within one process the waiters queue on a lock and only the first asks Redis: 64
-        waiting jobs cost one poll, not 64, and they are served in order. The lock is let go
-        as soon as a slot is granted, so the next waiter can book the following slot while
-        this one sleeps until its own."""
-        async with self._gate:
+        The jobs of this process queue for slots and one poller asks Redis for as many slots as
+        jobs are waiting (64 waiting jobs cost one call, not 64), handing them out in order. A
+        slot this job wakes up too late for is dropped and another one booked (module doc)."""
+        while True:
+            waiter: asyncio.Future[Grant | None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            if self._poller is None:
+                self._poller = asyncio.create_task(self._poll(stop), name="rate-poller")
+            grant = await waiter
+            if grant is None:
+                return None
+            delay = grant.at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # our booked slot: at most MAX_RESERVE_MS ahead
+            if not grant.late():
+                return grant
+
+    async def _poll(self, stop: asyncio.Event | None) -> None:
+        try:
             while True:
+                while self._waiters and self._waiters[0].done():
+                    self._waiters.popleft()  # its job was cancelled
+                if not self._waiters:
+                    return
                 if stop is not None and stop.is_set():
-                    return False
-                granted, wait = await self.try_acquire(tokens)
-                if granted:
-                    break
-                delay = min(wait, MAX_POLL_S) * random.uniform(0.8, 1.2)
+                    while self._waiters:
+                        waiter = self._waiters.popleft()
+                        if not waiter.done():
+                            waiter.set_result(None)
+                    return
+                asked = time.monotonic()
+                reply = await self.grant(len(self._waiters))
+                count = int(reply[0])
+                if count > 0:
+                    first, interval = float(reply[1]) / 1000, float(reply[2]) / 1000
+                    # slots are timed from when we asked: never later than Redis's own `now`
+                    tolerance = LATE_S + min(MAX_IDLE_CREDIT_S, float(reply[3]) / 1000)
+                    slot = 0
+                    while slot < count and self._waiters:
+                        waiter = self._waiters.popleft()
+                        if not waiter.done():
+                            at = asked + max(0.0, first + slot * interval)
+                            waiter.set_result(Grant(at, tolerance))
+                            slot += 1
+                    continue
+                delay = min(int(reply[1]) / 1000, MAX_POLL_S) * random.uniform(0.8, 1.2)
                 if stop is None:
                     await asyncio.sleep(delay)
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-        if wait > 0:
-            await asyncio.sleep(wait)  # our booked slot: at most MAX_RESERVE_MS ahead
-        return True
+        except Exception as exc:
+            # the waiting jobs see the failure (Redis unavailable) and handle it themselves
+            self._fail_waiters(exc)
+        except BaseException:
+            self._fail_waiters(None)
+            raise
+        finally:
+            self._poller = None
+
+    def _fail_waiters(self, exc: Exception | None) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            if exc is None:
+                waiter.cancel()
+            else:
+                waiter.set_exception(exc)
 
     async def throttled(self, *, now_ms: float | None = None) -> float:
         """Report SES throttling; returns the AIMD factor now in force."""

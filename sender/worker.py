@@ -10,7 +10,8 @@ One job = one recipient. Its life, in order:
    more than MAX_ATTEMPTS deliveries -> `f:max_attempts` + dead letter. None of these spends a
    rate token;
 3. a token from the shared limiter (the wait is cancelled by shutdown: nothing is claimed yet);
-4. `claim.lua`: still queued and not stopped -> `i:<ms>:<consumer>`;
+4. `claim.lua`: still queued and not stopped -> `i:<ms>:<consumer>`; if the claim came back
+   too late for the token's slot, the claim is released and a new token taken (no bunching);
 5. SES SendEmail;
 6. `record.lua`: final state + event + XACK at once; the SES id -> request id link rides in the
    same round trip.
@@ -400,7 +401,8 @@ class Sender:
         accepted = accepted_ms(job.msg_id)
         transient = throttled = 0
         while True:
-            if not await self.before_claim(lambda: self.limiter.acquire(self.stop)):
+            grant = await self.before_claim(lambda: self.limiter.acquire(self.stop))
+            if grant is None:
                 raise LeavePending()
             if self.stop.is_set():
                 raise LeavePending()
@@ -423,6 +425,11 @@ class Sender:
                 )
                 await self.finish(part, entry_id, job, content, takeover, final, kind)
                 return
+            if grant.late():
+                # the claim took too long: sending now could bunch with later slots
+                await self.release(part, job, claim)
+                takeover = ""
+                continue
             # --- the ambiguous window: claim stored; only the SES call until the record ---
             started = time.monotonic()
             try:

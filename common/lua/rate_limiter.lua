@@ -16,9 +16,14 @@
 -- ARGV[4]  burst (tokens that may go at once)
 -- ARGV[5]  floor of the AIMD factor (e.g. 0.05 = never below 5% of the rate)
 -- ARGV[6]  AIMD recovery per second (additive, e.g. 0.2 = +20% of the rate per second)
--- acquire:  ARGV[7] tokens wanted, ARGV[8] max reservation ahead (ms)
---           -> {1, wait_ms}: granted; the caller sends after wait_ms (a reservation, 0 = now)
---           -> {0, wait_ms}: not granted; ask again after wait_ms (paused, or schedule full)
+-- acquire:  ARGV[7] tokens wanted (up to; one per waiting job), ARGV[8] max reservation ahead (ms)
+--           -> {count, first_ms, interval_ms, idle_ms} with count >= 1: `count` consecutive
+--              slots granted; slot j (0-based) is allowed first_ms + j * interval_ms from now
+--              (<= 0: at once; first_ms is negative when burst credit was left);
+--              idle_ms = how long the schedule had been empty before this grant (0 when it was
+--              full: the caller must then keep to its slots tightly)
+--           -> {0, wait_ms}: nothing granted; ask again after wait_ms (paused, or schedule full)
+--           Numbers are returned as strings (Lua numbers would be truncated to integers).
 -- throttle: ARGV[7] multiplicative decrease (e.g. 0.7), ARGV[8] cooldown (ms) -> factor (string)
 -- pause:    ARGV[7] duration (ms); extends, never shortens -> paused-until ms (string)
 -- quota:    ARGV[7] SES max send rate (0 = forget it), ARGV[8] validity (ms) -> "1"
@@ -60,19 +65,20 @@ if mode == "acquire" then
     end
     local n = tonumber(ARGV[7])
     local max_reserve = tonumber(ARGV[8])
+    local idle = math.max(0, now - tat)
     tat = math.max(tat, now)
-    local new_tat = tat + n * interval
-    local allow_at = new_tat - burst * interval
-    local wait = allow_at - now
-    if wait <= 0 then
-        redis.call("HSET", key, "tat", tostring(new_tat))
-        return {1, 0}
+    -- slot j (1-based) is allowed at tat + (j - burst) * interval: grant every wanted slot that
+    -- is allowed within max_reserve (the epsilon keeps a slot exactly at the edge)
+    local fits = math.floor((now + max_reserve - tat) / interval + burst + 1e-9)
+    local count = math.min(n, fits)
+    if count < 1 then
+        local wait = tat + (1 - burst) * interval - now
+        return {0, tostring(math.max(1, math.ceil(wait - max_reserve)))}
     end
-    if wait <= max_reserve then
-        redis.call("HSET", key, "tat", tostring(new_tat))
-        return {1, math.ceil(wait)}
-    end
-    return {0, math.ceil(wait - max_reserve)}
+    redis.call("HSET", key, "tat", tostring(tat + count * interval))
+    -- negative when the first slots are burst credit, already allowed before now
+    local first = tat + (1 - burst) * interval - now
+    return {tostring(count), tostring(first), tostring(interval), tostring(idle)}
 elseif mode == "throttle" then
     local decrease = tonumber(ARGV[7])
     local cooldown = tonumber(ARGV[8])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import pytest
@@ -215,3 +216,38 @@ async def test_real_time_acquire_respects_the_rate(redis: Any, make_settings: An
 
 def test_event_encoding_is_compact() -> None:
     assert b'"type":"sent"' in encode(Event(type="sent"))
+
+
+async def test_one_call_grants_consecutive_slots(redis: Any, make_settings: Any) -> None:
+    """Several waiting jobs of a process take their slots in one call: count, first slot, the
+    interval, and how long the schedule had been idle."""
+    rl = limiter(redis, make_settings, EMAIL_RATE="10", EMAIL_BURST="2")
+    now = 1e12
+    count, first, interval, idle = (float(x) for x in await rl.grant(20, now_ms=now))
+    interval_ms = 100 / HEADROOM
+    assert interval == pytest.approx(interval_ms)
+    # two of burst credit (the first one interval in the past), then one per interval up to
+    # MAX_RESERVE_MS ahead
+    assert first == pytest.approx(-interval_ms)
+    assert count == 2 + int(MAX_RESERVE_MS // interval_ms)
+    assert idle == 0
+    refused = await rl.grant(5, now_ms=now)
+    assert int(refused[0]) == 0 and 0 < int(refused[1]) <= interval_ms + 1
+    # after two idle seconds the schedule says so
+    later = await rl.grant(1, now_ms=now + 2000 + count * interval_ms)
+    assert float(later[3]) == pytest.approx(2000, abs=1)
+
+
+async def test_a_late_slot_is_dropped_not_bunched(redis: Any, make_settings: Any) -> None:
+    """A job that wakes up after its slot's tolerance asks for another slot instead of sending."""
+    import asyncio
+
+    from sender.rate_limit import Grant
+
+    rl = limiter(redis, make_settings, EMAIL_RATE="1000", EMAIL_BURST="1")
+    assert not Grant(time.monotonic(), 0.01).late()
+    assert Grant(time.monotonic() - 0.05, 0.01).late()
+    grants = await asyncio.gather(*(rl.acquire() for _ in range(20)))
+    assert all(g is not None for g in grants)
+    ats = sorted(g.at for g in grants if g is not None)
+    assert all(b - a >= 0.0009 for a, b in itertools.pairwise(ats))  # one per slot
