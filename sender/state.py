@@ -7,13 +7,15 @@
 
 Every final write goes with its event on `p.events` and the XACK of the `sends` entry in one
 script (`record.lua`), so a redelivered entry either finds the final state (and is only acked)
-or finds nothing written at all.
+or finds nothing written at all. Jobs of one partition that reach the same step together are
+pre-checked, claimed and recorded in one round trip; every job is still decided on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,7 @@ from common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from common.schema import Event, Job, encode
 from common.scripts import register
 from common.suppression import normalise
+from sender.batching import Batcher
 
 SENT = "s:"
 FAILED = "f:"
@@ -89,8 +92,37 @@ class ClaimValues:
         return f"{INFLIGHT}{ms}:{self.consumer}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    part: PartitionKeys
+    job: Job
+    topic: str
+    value: str
+    accepted: int
+    takeover: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    part: PartitionKeys
+    entry_id: str
+    job: Job | None
+    expected: str
+    final: str
+    event: Event | None
+    dead: dict[str, str] | None
+    ses_link: tuple[str, str] | None
+
+
+def _pairs(reply: Any) -> list[Outcome]:
+    return [_outcome(reply[n : n + 2]) for n in range(0, len(reply), 2)]
+
+
 class DeliveryStore:
-    """The Redis side of one job's life: pre-check, claim, release, record, dead letters."""
+    """The Redis side of one job's life: pre-check, claim, release, record, dead letters.
+
+    Pre-checks, claims and records of jobs that get there together go to Redis in one round
+    trip (`sender.batching`); each job still gets its own answer, decided as if alone."""
 
     def __init__(self, client: Any, keys: Keys, state_ttl: int) -> None:
         self.client = client
@@ -101,59 +133,51 @@ class DeliveryStore:
         self._record = register(client, "record")
         # redis-py refuses EVALSHA in a RedisCluster pipeline (it cannot route it).
         self._cluster = isinstance(client, RedisCluster)
+        self._prechecks: Batcher[tuple[PartitionKeys, Job, str | None], Precheck] = Batcher(
+            self._precheck_many, skip_cancelled=True
+        )
+        self._claims: Batcher[_Claim, Outcome] = Batcher(self._claim_many, skip_cancelled=True)
+        self._records: Batcher[_Record, Outcome] = Batcher(self._record_many, skip_cancelled=False)
 
     async def precheck(self, part: PartitionKeys, job: Job, topic: str | None) -> Precheck:
-        """State, the topic's stop time and suppression in one round trip (no transaction: the
-        suppression hash lives in another slot)."""
+        """State, the topic's stop time and suppression, in one pipelined round trip with the
+        other jobs pre-checked at the same moment."""
+        return await self._prechecks.submit(None, (part, job, topic))
+
+    async def _precheck_many(
+        self, _: Hashable, items: list[tuple[PartitionKeys, Job, str | None]]
+    ) -> list[Precheck]:
+        # no transaction: the suppression hash lives in another slot
         pipe = self.client.pipeline(transaction=False)
-        pipe.hget(part.state(job.msg_id), str(job.index))
-        pipe.get(part.stop(topic or ""))
-        pipe.hexists(self.keys.suppressed, normalise(job.email))
-        state, stop, suppressed = await pipe.execute()
-        stop_ms = int(stop) if stop is not None and str(stop).isdigit() else None
-        return Precheck(state=state or "", stop_ms=stop_ms, suppressed=bool(suppressed))
+        for part, job, topic in items:
+            pipe.hget(part.state(job.msg_id), str(job.index))
+            pipe.get(part.stop(topic or ""))
+            pipe.hexists(self.keys.suppressed, normalise(job.email))
+        replies = await pipe.execute()
+        out = []
+        for n in range(0, len(replies), 3):
+            state, stop, suppressed = replies[n : n + 3]
+            stop_ms = int(stop) if stop is not None and str(stop).isdigit() else None
+            out.append(Precheck(state=state or "", stop_ms=stop_ms, suppressed=bool(suppressed)))
+        return out
 
     async def claim(
         self, part: PartitionKeys, job: Job, topic: str, value: str, accepted: int, takeover: str
     ) -> Outcome:
-        reply = await self._claim(
-            keys=[part.state(job.msg_id), part.stop(topic)],
-            args=[job.index, value, accepted, takeover],
-        )
-        return _outcome(reply)
+        item = _Claim(part, job, topic, value, accepted, takeover)
+        return await self._claims.submit(part.index, item)
+
+    async def _claim_many(self, _: Hashable, items: list[_Claim]) -> list[Outcome]:
+        keys: list[str] = []
+        args: list[Any] = []
+        for c in items:
+            keys += [c.part.state(c.job.msg_id), c.part.stop(c.topic)]
+            args += [c.job.index, c.value, c.accepted, c.takeover]
+        return _pairs(await self._claim(keys=keys, args=args))
 
     async def release(self, part: PartitionKeys, job: Job, value: str) -> bool:
         reply = await self._release(keys=[part.state(job.msg_id)], args=[job.index, value])
         return bool(int(reply))
-
-    def _record_args(
-        self,
-        part: PartitionKeys,
-        entry_id: str,
-        job: Job | None,
-        expected: str,
-        final: str,
-        event: Event | None,
-        dead: dict[str, str] | None,
-    ) -> tuple[list[str], list[Any]]:
-        keys = [
-            part.state(job.msg_id) if job else part.state(""),
-            part.events,
-            part.sends,
-            part.sends_dead,
-        ]
-        args: list[Any] = [
-            str(job.index) if job else "",
-            expected,
-            final,
-            encode(event) if event else "",
-            SENDERS_GROUP,
-            entry_id,
-            self.state_ttl,
-        ]
-        for name, value in (dead or {}).items():
-            args += [name, value]
-        return keys, args
 
     async def record(
         self,
@@ -167,32 +191,55 @@ class DeliveryStore:
         dead: dict[str, str] | None = None,
         ses_link: tuple[str, str] | None = None,
     ) -> Outcome:
-        """Write the final state + event (+ dead letter) and XACK, atomically. `ses_link`
+        """Write the final state + event (+ dead letter) and XACK, atomically, in one script call
+        with the other results of this partition that are ready at the same moment. `ses_link`
         (ses id, request id) is written in the same round trip but outside the script: that key
         has no hash tag (it is found by SES id alone), and it is only a correlation aid."""
-        keys, args = self._record_args(part, entry_id, job, expected, final, event, dead)
-        if ses_link is None:
-            return _outcome(await self._record(keys=keys, args=args))
-        # EVALSHA queued by hand: a script registered on a pipeline makes redis-py send SCRIPT
-        # EXISTS before every execute, one more round trip per sent email (~8% of the sender's
-        # CPU). When Redis does not know the script (first use, restart), the script runs
-        # again on its own, loading it; it is idempotent, and the SET is harmless to repeat.
-        ses_id, rid = ses_link
+        item = _Record(part, entry_id, job, expected, final, event, dead, ses_link)
+        return await self._records.submit(part.index, item)
+
+    async def _record_many(self, _: Hashable, items: list[_Record]) -> list[Outcome]:
+        part = items[0].part
+        keys = [part.events, part.sends, part.sends_dead]
+        args: list[Any] = [SENDERS_GROUP, self.state_ttl]
+        links = []
+        for r in items:
+            keys.append(part.state(r.job.msg_id) if r.job else part.state(""))
+            dead = [str(x) for pair in (r.dead or {}).items() for x in pair]
+            args += [
+                str(r.job.index) if r.job else "",
+                r.expected,
+                r.final,
+                encode(r.event) if r.event else "",
+                r.entry_id,
+                len(dead),
+                *dead,
+            ]
+            if r.ses_link is not None:
+                links.append(r.ses_link)
+        if not links:
+            return _pairs(await self._record(keys=keys, args=args))
+        ttl = self.state_ttl
         if self._cluster:
-            # The link key lives on another slot, so another node: two calls, at once.
-            reply, _ = await asyncio.gather(
+            # The link keys live on other slots, so other nodes: separate calls, at once.
+            replies: list[Any] = await asyncio.gather(
                 self._record(keys=keys, args=args),
-                self.client.set(self.keys.ses_message(ses_id), rid, ex=self.state_ttl),
+                *(self.client.set(self.keys.ses_message(s), rid, ex=ttl) for s, rid in links),
             )
-            return _outcome(reply)
+            return _pairs(replies[0])
+        # EVALSHA queued by hand: a script registered on a pipeline makes redis-py send SCRIPT
+        # EXISTS before every execute, one more round trip. When Redis does not know the script
+        # (first use, restart), the script runs again on its own, loading it; it is idempotent
+        # per job, and the SETs are harmless to repeat.
         pipe = self.client.pipeline(transaction=False)
         pipe.evalsha(self._record.sha, len(keys), *keys, *args)
-        pipe.set(self.keys.ses_message(ses_id), rid, ex=self.state_ttl)
+        for ses_id, rid in links:
+            pipe.set(self.keys.ses_message(ses_id), rid, ex=ttl)
         try:
-            reply, _ = await pipe.execute()
+            reply = (await pipe.execute())[0]
         except NoScriptError:
             reply = await self._record(keys=keys, args=args)
-        return _outcome(reply)
+        return _pairs(reply)
 
     async def dead_letter(
         self, part: PartitionKeys, entry_id: str, fields: dict[str, str], reason: str

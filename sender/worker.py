@@ -16,8 +16,13 @@ One job = one recipient. Its life, in order:
 6. `record.lua`: final state + event + XACK at once; the SES id -> request id link rides in the
    same round trip.
 
+Steps 2, 3, 4 and 6 are batched per replica (`sender.batching`): the jobs that reach a step at
+the same moment share one round trip (one pipeline, one limiter call, one claim or record
+script call per partition), each job still decided on its own and atomically.
+
 **The ambiguous window** is exactly steps 4-6: from the claim being stored to the record being
-stored. Nothing is awaited inside it except the SES call and the two Redis scripts. A job is
+stored. Nothing is awaited inside it except the SES call and the two Redis scripts (a record
+may wait for the one record call of its partition already in flight, i.e. one round trip). A job is
 left `inflight` only when this process dies (SIGKILL, power loss, cancellation after
 SHUTDOWN_GRACE) inside it, or when Redis loses the record; such a job is later marked `unknown`
 (skip) or sent again (resend). A Redis outage inside the window does not open it further for

@@ -97,6 +97,59 @@ async def test_record_with_dead_letter_and_malformed(redis: Any, entry: str) -> 
     assert await redis.exists(PART.state("")) == 0
 
 
+async def test_claim_several_jobs_in_one_call(redis: Any) -> None:
+    """One call, each job decided on its own: queued -> ok, final stays, stopped topic refused."""
+    other = Job(msg_id="1700000000001-0", index=0, email="b@example.org")
+    await redis.hset(PART.state(other.msg_id), "0", "s:x")
+    await redis.set(PART.stop("t2"), 1700000000000)
+    script = register(redis, "claim")
+    keys = [PART.state(JOB.msg_id), PART.stop("t1"), PART.state(other.msg_id), PART.stop("t1")]
+    keys += [PART.state(JOB.msg_id), PART.stop("t2")]
+    args = [JOB.index, "i:1:c1", 1700000000000, "", 0, "i:1:c1", 1700000000000, ""]
+    args += [9, "i:2:c1", 1700000000000, ""]
+    reply = await script(keys=keys, args=args)
+    assert reply == ["ok", "i:1:c1", "final", "s:x", "stopped", "1700000000000"]
+    assert await redis.hget(PART.state(JOB.msg_id), "9") is None
+
+
+async def test_results_of_the_same_moment_share_one_record_call(redis: Any) -> None:
+    """Three jobs recorded together (one sent with its SES link, one already final, one a
+    malformed entry's dead letter): each answer as if alone, every entry acknowledged."""
+    import asyncio
+
+    await redis.xgroup_create(PART.sends, SENDERS_GROUP, id="0", mkstream=True)
+    jobs = [Job(msg_id="1700000000000-0", index=n, email=f"{n}@example.org") for n in range(2)]
+    entries = [str(await redis.xadd(PART.sends, job.fields())) for job in jobs]
+    entries.append(str(await redis.xadd(PART.sends, {"junk": "1"})))
+    await redis.xreadgroup(SENDERS_GROUP, "c1", {PART.sends: ">"})
+    await redis.hset(PART.state(jobs[1].msg_id), "1", "f:earlier")
+    store = DeliveryStore(redis, KEYS, 60)
+    calls = 0
+    original = store._record_many
+
+    async def counted(key: Any, items: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await original(key, items)
+
+    store._records._run = counted
+    event = Event(type="sent", msg_id=jobs[0].msg_id, index=0, ses_id="ses0")
+    sent, final, dead = await asyncio.gather(
+        store.record(
+            PART, entries[0], jobs[0], final="s:ses0", event=event, ses_link=("ses0", "r0")
+        ),
+        store.record(PART, entries[1], jobs[1], final="s:ses1", event=event),
+        store.dead_letter(PART, entries[2], {"junk": "1"}, "malformed"),
+    )
+    assert calls == 1
+    assert sent.ok and (final.status, final.value) == ("final", "f:earlier") and dead is None
+    assert await redis.hmget(PART.state(jobs[0].msg_id), ["0", "1"]) == ["s:ses0", "f:earlier"]
+    assert await redis.get(KEYS.ses_message("ses0")) == "r0"
+    assert await redis.xlen(PART.events) == 1
+    assert [f["reason"] for _, f in await redis.xrange(PART.sends_dead)] == ["malformed"]
+    assert (await redis.xpending(PART.sends, SENDERS_GROUP))["pending"] == 0
+
+
 # --- the rate limiter (simulated time through the documented `now` test argument) ---------------
 
 
