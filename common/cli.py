@@ -14,25 +14,31 @@ import msgspec
 
 from common.embedded import RedisProcess, port_open
 from common.errors import ConfigError
-from common.settings import Settings, load_settings
+from common.settings import Settings, load_settings, read_dotenv
 
 ROLES = ("ingest", "sender", "tracker", "stats")
 
 
-def redis_url_file(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "redis.url"
+def up_env_file(settings: Settings) -> Path:
+    """Where a running `sesflow up` writes the embedded services it started (KEY=VALUE lines)."""
+    return Path(settings.data_dir) / "up.env"
 
 
 def with_local_redis(settings: Settings) -> Settings:
-    """Settings for an operator command: when REDIS_URL is unset, the embedded Redis of a running
-    `sesflow up` (it writes its URL to <SESFLOW_DATA_DIR>/redis.url); unchanged otherwise."""
-    if settings.redis_url:
-        return settings
-    try:
-        url = redis_url_file(settings).read_text(encoding="utf-8").strip()
-    except OSError:
-        return settings
-    return msgspec.structs.replace(settings, redis_url=url) if url else settings
+    """Settings for an operator command run beside a `sesflow up` (same directory): its embedded
+    Redis when REDIS_URL is unset, and its local SES endpoint when no SES endpoint or AWS keys
+    are configured. Unchanged when no `up` runs here."""
+    local = read_dotenv(up_env_file(settings))
+    changes: dict[str, str] = {}
+    if not settings.redis_url and local.get("REDIS_URL"):
+        changes["redis_url"] = local["REDIS_URL"]
+    if not (settings.ses_endpoint_url or settings.aws_access_key_id) and local.get(
+        "SES_ENDPOINT_URL"
+    ):
+        changes["ses_endpoint_url"] = local["SES_ENDPOINT_URL"]
+        changes["aws_access_key_id"] = local.get("AWS_ACCESS_KEY_ID", "")
+        changes["aws_secret_access_key"] = local.get("AWS_SECRET_ACCESS_KEY", "")
+    return msgspec.structs.replace(settings, **changes) if changes else settings
 
 
 def run_role(role: str) -> int:
@@ -96,7 +102,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     redis: RedisProcess | None = None
     ses: LocalSes | None = None
-    url_file = redis_url_file(settings)
+    up_env = up_env_file(settings)
+    local: dict[str, str] = {}
     lines: list[tuple[str, str]] = []
     try:
         if not settings.redis_url:
@@ -105,20 +112,22 @@ def cmd_up(args: argparse.Namespace) -> int:
             redis = RedisProcess(
                 data, port=args.redis_port, aof=True, extra=("--pidfile", str(pidfile(data)))
             ).start()
-            env["REDIS_URL"] = redis.url
-            url_file.write_text(redis.url + "\n")
+            local["REDIS_URL"] = redis.url
             lines.append(("redis", f"{redis.url}  (embedded, AOF data in {data})"))
         else:
             lines.append(("redis", settings.redis_url))
         if not aws_configured(settings):
             ses = LocalSes(port=args.ses_port, region=settings.aws_region)
-            env["SES_ENDPOINT_URL"] = ses.start([settings.email_sender])
-            env.update(LOCAL_CREDENTIALS)
+            local["SES_ENDPOINT_URL"] = ses.start([settings.email_sender])
+            local.update(LOCAL_CREDENTIALS)
             env.setdefault("AWS_REGION", settings.aws_region)
             lines.append(("SES", f"{ses.url}  (local endpoint; nothing leaves this machine)"))
         else:
             lines.append(("SES", settings.ses_endpoint_url or f"AWS {settings.aws_region}"))
 
+        env.update(local)
+        up_env.parent.mkdir(parents=True, exist_ok=True)
+        up_env.write_text("".join(f"{k}={v}\n" for k, v in local.items()))
         children = [
             Child(role, role, child_env(env)) for role in ("ingest", "tracker", "stats")
         ] + [
@@ -140,7 +149,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             ("ingest", f"http://{host}:{settings.ingest_port}/v1/messages"),
             ("tracker", f"http://{host}:{settings.tracker_port}/v1/events/results"),
             ("stats", f"http://{host}:{settings.stats_port}/  (live dashboard)"),
-            ("senders", f"{args.senders} replica(s), EMAIL_RATE={settings.email_rate:g}/s"),
+            (
+                "senders",
+                f"{args.senders} replica(s), EMAIL_RATE={settings.email_rate:g}/s, /metrics on "
+                + ", ".join(str(settings.sender_metrics_port + n) for n in range(args.senders)),
+            ),
             *lines,
         ]
         print("\nsesflow is up", flush=True)
@@ -156,7 +169,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             ses.stop()
         if redis is not None:
             redis.stop()
-            url_file.unlink(missing_ok=True)
+        up_env.unlink(missing_ok=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

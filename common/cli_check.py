@@ -131,8 +131,8 @@ async def check_redis(settings: Settings) -> list[Finding]:
             Finding(
                 "redis",
                 "fail",
-                f"REDIS_URL is not set and no `sesflow up` is running here "
-                f"(no {settings.data_dir}/redis.url)",
+                f"REDIS_URL is not set and no `sesflow up` is running in this directory "
+                f"(no {settings.data_dir}/up.env)",
                 "set REDIS_URL=redis://host:6379/0, or start `sesflow up` (embedded Redis)",
             )
         ]

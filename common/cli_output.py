@@ -58,8 +58,8 @@ def operator_settings() -> Settings:
 def open_redis(settings: Settings) -> Any:
     if not settings.redis_url:
         raise ConfigError(
-            "REDIS_URL is not set and no `sesflow up` is running here "
-            f"(no {settings.data_dir}/redis.url): set REDIS_URL or start `sesflow up`"
+            "REDIS_URL is not set and no `sesflow up` is running in this directory "
+            f"(no {settings.data_dir}/up.env): set REDIS_URL or start `sesflow up`"
         )
     return connect(settings)
 

@@ -82,9 +82,9 @@ def test_without_redis_url_the_url_of_sesflow_up_is_used(
     monkeypatch.delenv("REDIS_URL")
     res = sesflow("stats", "june")
     assert res.code == 2 and "REDIS_URL is not set" in res.err
-    url_file = common.cli.redis_url_file(load_settings())
-    url_file.parent.mkdir(parents=True, exist_ok=True)
-    url_file.write_text(redis_url + "\n")
+    up_env = common.cli.up_env_file(load_settings())
+    up_env.parent.mkdir(parents=True, exist_ok=True)
+    up_env.write_text(f"REDIS_URL={redis_url}\n")
     assert sesflow("stats", "june").code == 0
 
 
