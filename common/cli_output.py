@@ -34,8 +34,14 @@ class Unreachable(Exception):
     """A service the command needs did not answer; the message says which and what to do."""
 
 
+PIPE_WIDTH = 160
+
+
 def console(stderr: bool = False) -> Console:
-    return Console(file=sys.stderr if stderr else sys.stdout, highlight=False, soft_wrap=False)
+    """A terminal gets its own width; a pipe or a file gets whole rows (rich would assume 80)."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else PIPE_WIDTH
+    return Console(file=stream, highlight=False, soft_wrap=False, width=width)
 
 
 def fail(message: str, hint: str = "") -> None:

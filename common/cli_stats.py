@@ -91,6 +91,11 @@ ALL_COLUMNS = (
 )
 # The per-topic table leaves out the rarer states to fit a terminal; the totals have them all.
 TOPIC_COLUMNS = tuple(c for c in ALL_COLUMNS if c[0] not in {"suppressed", "unknown"})
+# On a narrow terminal (80 columns) the feedback counts go too, so the topic names stay whole.
+NARROW_COLUMNS = tuple(
+    c for c in TOPIC_COLUMNS if c[0] not in {"delivered", "bounced", "opened_unique"}
+)
+NARROW_WIDTH = 110
 
 
 def add_report(parser: argparse.ArgumentParser) -> None:
@@ -227,8 +232,9 @@ def render_all(out: Console, data: dict[str, Any]) -> None:
         collapse_padding=True,
         pad_edge=False,
     )
+    columns = NARROW_COLUMNS if out.width < NARROW_WIDTH else TOPIC_COLUMNS
     topics.add_column("topic", overflow="fold", min_width=12, max_width=40)
-    for label in ("last", *(label for _, label in TOPIC_COLUMNS), "done", "ETA"):
+    for label in ("last", *(label for _, label in columns), "done", "ETA"):
         topics.add_column(label, justify="right", no_wrap=True)
     now_ms = int(time.time() * 1000)
     for row in data["topics"]:
@@ -236,12 +242,12 @@ def render_all(out: Console, data: dict[str, Any]) -> None:
         topics.add_row(
             str(row["topic_id"]),
             age(last, now_ms) if last else "-",
-            *(f"{int(row[name]):,}" for name, _ in TOPIC_COLUMNS),
+            *(f"{int(row[name]):,}" for name, _ in columns),
             f"{100 * float(row['progress']):.1f}%",
             "done" if row["done"] else eta(row.get("eta_seconds")),
         )
     if not data["topics"]:
-        topics.add_row("(no topics yet)", *[""] * (len(TOPIC_COLUMNS) + 3))
+        topics.add_row("(no topics yet)", *[""] * (len(columns) + 3))
     out.print(topics)
 
     totals = data["totals"]
