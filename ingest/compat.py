@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from common.http import error_response
 from common.logs import get_logger
@@ -28,6 +29,7 @@ TRACKER_PATHS = (
     ("POST", "/v1/events/results"),
     ("POST", "/v1/events/result"),
     ("GET", "/v1/events/open"),
+    ("GET", "/v1/events/open/"),
     ("GET", "/v1/events/click"),
     ("GET", "/v1/events/unsubscribe"),
     ("POST", "/v1/events/unsubscribe"),
@@ -65,12 +67,16 @@ def target_urls(settings: Settings) -> dict[str, str]:
 
 def forwarder(role: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def forward(request: web.Request) -> web.StreamResponse:
-        url = request.app[TARGETS][role] + request.rel_url.path_qs
+        url = request.app[TARGETS][role] + request.rel_url.raw_path_qs
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         body = await request.read() if request.can_read_body else None
         try:
             async with request.app[HTTP].request(
-                request.method, url, headers=headers, data=body, allow_redirects=False
+                request.method,
+                URL(url, encoded=True),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
             ) as upstream:
                 payload = await upstream.read()
                 out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}

@@ -107,6 +107,10 @@ class Dispatcher:
         except InputError as exc:
             await self.dead_letter(entry_id, fields, exc.error, exc.detail)
             return
+        except Exception as exc:  # a validation bug must not leave a poison entry pending
+            log.exception("validation failed", msg_id=entry_id)
+            await self.dead_letter(entry_id, fields, "internal", f"{type(exc).__name__}: {exc}")
+            return
         try:
             await self.dispatch(entry_id, valid)
         except (*UNAVAILABLE, RedisUnavailable, asyncio.CancelledError):

@@ -46,6 +46,7 @@ MAX_LOCAL_CHARS = 64
 MAX_DOMAIN_CHARS = 253
 MAX_LABEL_CHARS = 63
 MAX_LISTED_ERRORS = 20
+LATEST_SCHEDULE_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 # dot-atom local part (RFC 5322 atext); quoted local parts are legal but SES and most receivers
 # mishandle them, so they are refused.
@@ -113,11 +114,15 @@ def parse_schedule(value: str | None) -> int | None:
         )
     try:
         moment = datetime.fromisoformat(text.replace("t", "T").replace("z", "Z"))
-    except ValueError as exc:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        due_ms = int(moment.timestamp() * 1000)
+    except (ValueError, OverflowError, OSError) as exc:
         raise InputError("invalid_schedule", f"scheduled_at {text!r}: {exc}") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    # An offset can push a valid-looking time out of the years a datetime can hold.
+    if not 0 <= due_ms <= LATEST_SCHEDULE_MS:
+        raise InputError("invalid_schedule", f"scheduled_at {text!r} is out of range")
+    return due_ms
 
 
 def format_schedule(due_ms: int | None) -> str | None:

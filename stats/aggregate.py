@@ -251,6 +251,8 @@ class StatsConsumer:
                     raise
                 except (*UNAVAILABLE, RedisError) as exc:
                     log.warning("stats upkeep failed", partition=p.index, error=str(exc))
+                except Exception:  # upkeep must outlive its own bugs: log and go on
+                    log.exception("stats upkeep error", partition=p.index)
             if now - last_trim >= TRIM_EVERY_S:
                 last_trim = now
             if now - last_prune >= PRUNE_EVERY_S:
@@ -303,7 +305,8 @@ class StatsConsumer:
             candidate = str(group["last-delivered-id"])
             if int(group["pending"]):
                 summary = await self.client.xpending(p.events, group["name"])
-                candidate = str(summary["min"])
+                if summary["min"]:  # None when the batch was acknowledged meanwhile
+                    candidate = str(summary["min"])
             if floor is None or _id_key(candidate) < _id_key(floor):
                 floor = candidate
         if floor is None or floor == "0-0":

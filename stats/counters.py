@@ -35,6 +35,9 @@ class MalformedEvent(ValueError):
     """A stream entry stats cannot count; it is dead-lettered with this reason."""
 
 
+LATEST_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last hour bucket
+
+
 def parse_entry(fields: dict[str, str] | None) -> Event:
     """The Event of one `events` entry, or MalformedEvent saying why it cannot be counted."""
     if not fields or EVENT_FIELD not in fields:
@@ -49,6 +52,8 @@ def parse_entry(fields: dict[str, str] | None) -> Event:
         raise MalformedEvent(f"unknown event type {event.type!r}")
     if event.n < 0:
         raise MalformedEvent(f"negative count n={event.n}")
+    if not 0 <= event.ts <= LATEST_TS_MS:
+        raise MalformedEvent(f"timestamp out of range ts={event.ts}")
     return event
 
 

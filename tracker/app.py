@@ -64,6 +64,8 @@ def create_app(settings: Settings) -> web.Application:
     for path in ("/v1/events/results", "/v1/events/result"):
         app.router.add_post(path, webhook.sns_webhook)
     app.router.add_get("/v1/events/open", links.open_pixel)
+    # The Go service's mail embeds `/v1/events/open/?requestId=N`: mail already in inboxes.
+    app.router.add_get("/v1/events/open/", links.open_pixel)
     app.router.add_get("/v1/events/click", links.click)
     app.router.add_get("/v1/events/unsubscribe", links.unsubscribe)
     app.router.add_post("/v1/events/unsubscribe", links.unsubscribe)

@@ -19,7 +19,7 @@ async def upstream() -> AsyncIterator[tuple[str, list[tuple[str, str, bytes]]]]:
     seen: list[tuple[str, str, bytes]] = []
 
     async def anything(request: web.Request) -> web.Response:
-        seen.append((request.method, request.path_qs, await request.read()))
+        seen.append((request.method, request.raw_path, await request.read()))
         if request.path.endswith("/open"):
             return web.Response(body=b"GIF89a", content_type="image/gif")
         return web.json_response({"path": request.path}, status=201, headers={"X-Role": "up"})
@@ -49,10 +49,14 @@ async def test_seed_paths_reach_their_roles(
         assert resp.status == 200 and await resp.read() == b"GIF89a"
         resp = await http.post("/v1/events/result", data=b'{"Type":"Notification"}')
         assert resp.status == 201
+        # A topic id with reserved characters reaches stats as it was sent, still encoded.
+        resp = await http.get("/v1/topics/a%2Fb%3Fx=1", headers={"x-api-key": "k"})
+        assert resp.status == 201
     assert seen == [
         ("GET", "/v1/results/count/plan-1", b""),
         ("GET", "/v1/events/open?requestId=7", b""),
         ("POST", "/v1/events/result", b'{"Type":"Notification"}'),
+        ("GET", "/v1/topics/a%2Fb%3Fx=1", b""),
     ]
 
 

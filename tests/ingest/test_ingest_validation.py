@@ -259,3 +259,12 @@ def test_validate_body_names_the_failing_message() -> None:
     with pytest.raises(InputError) as info:
         validate_body(raw, LIMITS)
     assert info.value.detail.startswith("messages[1]:")
+
+
+@pytest.mark.parametrize(
+    "value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-23:59", "1969-12-31T23:00:00Z"]
+)
+def test_schedules_out_of_range_are_input_errors(value: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_schedule(value)
+    assert info.value.error == "invalid_schedule"

@@ -169,6 +169,7 @@ async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(
     await redis.xadd(p.events, {"e": "{broken"})
     await redis.xadd(p.events, {"other": "x"})
     await redis.xadd(p.events, {"e": '{"type": "nonsense"}'})
+    await redis.xadd(p.events, {"e": '{"type": "sent", "ts": 99999999999999999}'})
     await add_events(redis, keys, Event(type="sent", topic="t"))
     consumer = StatsConsumer(fast)
     await consumer.start()
@@ -179,10 +180,11 @@ async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(
         "undecodable event",
         "no 'e' field",
         "unknown event type 'nonsense'",
+        "timestamp out of range ts=99999999999999999",
     ]
     assert dead[0][1]["e"] == "{broken" and dead[1][1]["other"] == "x"
     assert (await counters(redis, p.stats_topic("t")))["sent"] == 1
-    assert consumer.stats.dead_lettered == 3
+    assert consumer.stats.dead_lettered == 4
 
 
 async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(

@@ -239,3 +239,16 @@ async def test_redis_down_keeps_pixels_and_redirects_working(
         await get_open(client, {"t": token("o", 0)})
         resp = await client.get("/v1/events/click", params={"t": token("c", 0, u=url)})
         assert resp.status == 503
+
+
+async def test_go_service_pixels_with_a_trailing_slash_still_work(
+    make_settings: Callable[..., Settings],
+    start_tracker: Callable[[Settings], Any],
+    redis: Any,
+) -> None:
+    """The Go service's mail, already in inboxes, embeds `/v1/events/open/?requestId=N`."""
+    async with start_tracker(make_settings(ALLOW_UNSIGNED_OPENS="1")) as client:
+        resp = await client.get("/v1/events/open/", params={"requestId": "42"})
+        assert resp.status == 200 and await resp.read() == PIXEL
+    (legacy,) = await stream_events(redis, P0.events)
+    assert legacy.type == "opened" and "42" in legacy.detail
