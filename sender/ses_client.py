@@ -154,6 +154,11 @@ RETRY_CODES = frozenset(
         "RequestExpired",
         "SignatureDoesNotMatch",
         "IncompleteSignature",
+        # The JSON protocol's names for the same: a skewed clock ("Signature expired") or a
+        # signing problem must not fail a whole campaign.
+        "InvalidSignatureException",
+        "IncompleteSignatureException",
+        "MissingAuthenticationTokenException",
         "InternalFailure",
         "ServiceUnavailable",
         "ServiceUnavailableException",
@@ -215,7 +220,11 @@ def classify(status: int, code: str, message: str) -> type[SesError]:
         return SesPaused
     if code in RETRY_CODES or status >= 500:
         return SesTransient
-    if code in REJECT_CODES or 400 <= status < 500:
+    if code in REJECT_CODES:
+        return SesRejected
+    if status in (401, 403):  # refused credentials, not this message: pause, fail nothing
+        return SesPaused
+    if 400 <= status < 500:
         return SesRejected
     # 1xx/3xx: not an answer SES gives to SendEmail; nothing was accepted.
     return SesTransient

@@ -409,6 +409,10 @@ def test_classify_edge_cases() -> None:
     assert classify(400, "InvalidParameterValue", "Missing final '@domain'") is SesRejected
     assert classify(418, "", "") is SesRejected
     assert classify(302, "", "") is SesTransient
+    # A skewed clock or unknown refused credentials: retried or paused, never failed.
+    assert classify(403, "InvalidSignatureException", "Signature expired") is SesTransient
+    assert classify(403, "SomethingNew", "") is SesPaused
+    assert classify(401, "", "") is SesPaused
 
 
 def test_exceptions_before_any_byte_are_transient_after_are_ambiguous() -> None:
