@@ -31,7 +31,14 @@ from common.connection import UNAVAILABLE, connect, ensure_group, wait_for_redis
 from common.errors import InputError, RedisUnavailable
 from common.keys import DISPATCH_GROUP, Keys
 from common.logs import get_logger
-from common.schema import REQUEST_FIELD, Event, EventType, decode_request, event_fields
+from common.schema import (
+    EVENT_FIELD,
+    REQUEST_FIELD,
+    Event,
+    EventType,
+    decode_request,
+    encode,
+)
 from common.settings import Settings
 from common.suppression import SuppressionList
 from ingest import metrics
@@ -77,6 +84,7 @@ class Dispatcher:
         self.limits = Limits.from_settings(settings)
         self.suppressions = SuppressionList(client, keys)
         self.script = scripts.register(client, "dispatch")
+        self.reject_once = scripts.register(client, "reject_once")
         self.inflight: set[asyncio.Task[None]] = set()
         self.reclaim_cursor = "0-0"
 
@@ -188,7 +196,11 @@ class Dispatcher:
             n=recipients,
             detail=f"{reason}: {detail}"[:1000],
         )
-        await self.client.xadd(self.keys.for_message(entry_id).events, event_fields(event))
+        p = self.keys.for_message(entry_id)
+        await self.reject_once(
+            keys=[p.message(entry_id), p.events],
+            args=[EVENT_FIELD, encode(event), self.settings.content_ttl * 1000],
+        )
         dead = {**fields, "reason": reason, "detail": detail, "id": entry_id}
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(self.keys.requests_dead, dead, maxlen=DEAD_MAXLEN, approximate=True)

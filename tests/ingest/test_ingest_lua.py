@@ -235,3 +235,12 @@ async def test_cancel_keeps_the_latest_stop_time_and_is_repeatable(
     assert await cancel(redis, p, stop - 5000) == 0
     assert await redis.get(p.stop(TOPIC)) == str(stop)
     assert await read_events(redis, p) == []  # nothing removed, nothing recorded
+
+
+async def test_reject_once_records_the_event_once(redis: Any, p: PartitionKeys) -> None:
+    script = scripts.register(redis, "reject_once")
+    args = ["e", '{"type":"rejected","n":2}', 60_000]
+    assert await script(keys=[p.message("1-0"), p.events], args=args) == 1
+    assert await script(keys=[p.message("1-0"), p.events], args=args) == 0
+    assert len(await read_events(redis, p)) == 1
+    assert 0 < await redis.pttl(p.message("1-0")) <= 60_000
