@@ -92,7 +92,10 @@ def auth_middleware(settings: Settings, public: Iterable[str] = ("/health",)) ->
         auth = request.headers.get("Authorization", "")
         if jwt_secret and auth[:7].lower() == "bearer ":
             try:
-                jwt.decode(auth[7:].strip(), jwt_secret, algorithms=["HS256"])
+                # `exp` required, as the Rust service's validation did: no token lives forever.
+                jwt.decode(
+                    auth[7:].strip(), jwt_secret, algorithms=["HS256"], options={"require": ["exp"]}
+                )
             except jwt.PyJWTError as exc:
                 return error_response(401, "unauthorized", f"invalid token: {exc}")
             return await handler(request)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from common.connection import UNAVAILABLE, redis_errors
 from common.errors import InputError, RedisUnavailable
@@ -100,8 +101,9 @@ async def open_pixel(request: web.Request) -> web.Response:
         else:
             rid, topic, detail = target
             await record(tracker, EventType.OPENED, rid, first_open, topic=topic, detail=detail)
-    except (RedisUnavailable, *UNAVAILABLE) as exc:
-        # The image is served whatever happens; this open is lost, and counted as such.
+    except (RedisUnavailable, *UNAVAILABLE, RedisError) as exc:
+        # The image is served whatever happens (an outage, or a refused write such as OOM under
+        # noeviction); this open is lost, and counted as such.
         tracker.metrics.record_failures.labels("open").inc()
         log.warning("open not recorded", error=str(exc))
     return pages.pixel()
@@ -129,7 +131,7 @@ async def click(request: web.Request) -> web.Response:
         raise InputError("invalid_token", "this link is not valid")
     try:
         await record(tracker, EventType.CLICKED, token.r, first_click, topic=token.t, url=token.u)
-    except (RedisUnavailable, *UNAVAILABLE) as exc:
+    except (RedisUnavailable, *UNAVAILABLE, RedisError) as exc:
         # The recipient still gets where the link goes; only the count is lost.
         tracker.metrics.record_failures.labels("click").inc()
         log.warning("click not recorded", error=str(exc))

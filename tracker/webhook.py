@@ -113,7 +113,12 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
             await suppress(tracker, drafts)
     items = [Pending(d.event, touch(d, where.index)) for d in drafts]
     added = await tracker.recorder.record(
-        part, where.msg_id, items, dedupe_id=msg.message_id, dedupe_ttl=DEDUPE_TTL
+        part,
+        where.msg_id,
+        items,
+        dedupe_id=msg.message_id,
+        # Outlive the age at which a replay is refused anyway, whatever SNS_MAX_AGE says.
+        dedupe_ttl=max(DEDUPE_TTL, int(tracker.settings.sns_max_age) + 3600),
     )
     if added == DUPLICATE:
         metrics.sns_messages.labels("Notification", "duplicate").inc()

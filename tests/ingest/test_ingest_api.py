@@ -186,6 +186,10 @@ async def test_api_key_and_jwt(api_client: Any, make_settings: Any) -> None:
         )
         resp = await http.delete("/v1/topics/t", headers={"Authorization": f"Bearer {forged}"})
         assert resp.status == 401
+        # A token that never expires is refused, as the Rust service's validation did.
+        endless = jwt.encode({"sub": "client"}, "a-jwt-secret-of-at-least-32-bytes!", "HS256")
+        resp = await http.delete("/v1/topics/t", headers={"Authorization": f"Bearer {endless}"})
+        assert resp.status == 401
         assert (await http.get("/v1/suppressions")).status == 401
 
 
