@@ -7,7 +7,6 @@ Layout (prefix `sesflow` by default):
     {sesflow:g}:idem:<key>            Idempotency-Key answers for POST /v1/messages
     {sesflow:rate}                    the one shared rate limiter (hash)
     {sesflow:sup}:suppressed          suppression list (hash email -> JSON reason)
-    {sesflow:sns}:seen:<MessageId>    SNS deliveries already processed
     sesflow:sesid:<SES MessageId>     SES MessageId -> request id, for feedback correlation
     sesflow:secret                    generated tracking secret when TRACKING_SECRET is unset
 
@@ -190,9 +189,6 @@ class Keys:
     @property
     def suppressed(self) -> str:
         return f"{{{self.prefix}:sup}}:suppressed"
-
-    def sns_seen(self, message_id: str) -> str:
-        return f"{{{self.prefix}:sns}}:seen:{message_id}"
 
     def ses_message(self, ses_message_id: str) -> str:
         return f"{self.prefix}:sesid:{ses_message_id}"

@@ -19,6 +19,9 @@ from common.keys import request_id
 
 REQUEST_FIELD = "message"
 EVENT_FIELD = "e"
+# SES message tags the sender sets and the tracker reads back from SES feedback.
+RID_TAG = "sesflow-rid"
+TOPIC_TAG = "sesflow-topic"
 
 
 class MessageRequest(msgspec.Struct, frozen=True, kw_only=True):

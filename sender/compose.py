@@ -13,7 +13,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from common.schema import Job, MessageContent
+from common.schema import RID_TAG, TOPIC_TAG, Job, MessageContent
 from common.settings import Settings
 from common.tracking import Token, sign
 from sender.ses_client import OutgoingEmail
@@ -21,8 +21,6 @@ from sender.ses_client import OutgoingEmail
 OPEN_PATH = "/v1/events/open"
 CLICK_PATH = "/v1/events/click"
 UNSUBSCRIBE_PATH = "/v1/events/unsubscribe"
-RID_TAG = "sesflow-rid"
-TOPIC_TAG = "sesflow-topic"
 MAX_TAG_VALUE = 256
 TEMPLATE_CACHE_SIZE = 256
 

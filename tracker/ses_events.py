@@ -24,12 +24,10 @@ import msgspec
 
 from common.connection import redis_errors
 from common.keys import Keys, split_request_id
-from common.schema import Event, EventType
+from common.schema import RID_TAG, TOPIC_TAG, Event, EventType
 
 from .sns import parse_timestamp
 
-RID_TAG = "sesflow-rid"
-TOPIC_TAG = "sesflow-topic"
 REQUEST_ID_HEADER = "x-request-id"
 MAX_DETAIL = 500
 
