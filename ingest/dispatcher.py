@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from redis.exceptions import ResponseError
 
 from common import scripts
 from common.connection import UNAVAILABLE, connect, ensure_group, wait_for_redis
@@ -40,6 +39,7 @@ from common.schema import (
     encode,
 )
 from common.settings import Settings
+from common.streams import trim_acknowledged
 from common.suppression import SuppressionList
 from ingest import metrics
 from ingest.validation import Limits, ValidMessage, listed, validate_message
@@ -66,11 +66,6 @@ def dispatcher_client(settings: Settings) -> Any:
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def stream_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class Dispatcher:
@@ -267,28 +262,9 @@ class Dispatcher:
             log.info("reclaimed requests", count=len(claimed))
         return len(claimed)
 
-    async def trim_once(self) -> str | None:
-        """XTRIM MINID at the oldest entry any group still needs: its oldest pending entry, or
-        its last-delivered one when nothing is pending. Returns the MINID used."""
-        try:
-            groups = await self.client.xinfo_groups(self.keys.requests)
-        except ResponseError:  # no stream yet
-            return None
-        if not groups:
-            return None
-        floor: tuple[int, int] | None = None
-        for group in groups:
-            needed = stream_id(group["last-delivered-id"])
-            if int(group["pending"]):
-                summary = await self.client.xpending(self.keys.requests, group["name"])
-                if summary["min"]:
-                    needed = min(needed, stream_id(summary["min"]))
-            floor = needed if floor is None else min(floor, needed)
-        if floor is None or floor == (0, 0):
-            return None
-        minid = f"{floor[0]}-{floor[1]}"
-        await self.client.xtrim(self.keys.requests, minid=minid, approximate=True)
-        return minid
+    async def trim_once(self) -> int:
+        """Trim `requests` below the oldest entry any group still needs; returns how many went."""
+        return await trim_acknowledged(self.client, self.keys.requests)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read until `stop`, then let in-flight entries finish within SHUTDOWN_GRACE."""

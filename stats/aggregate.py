@@ -36,6 +36,7 @@ from common.connection import UNAVAILABLE, connect, ensure_group, wait_for_redis
 from common.keys import STATS_GROUP, Keys, PartitionKeys
 from common.logs import get_logger
 from common.settings import Settings
+from common.streams import trim_acknowledged
 from stats.counters import (
     HOURLY_RETENTION_S,
     MINUTELY_RETENTION_S,
@@ -294,24 +295,7 @@ class StatsConsumer:
 
     async def trim(self, p: PartitionKeys) -> int:
         """Remove entries every group has read and acknowledged (never a pending one)."""
-        try:
-            groups = await self.client.xinfo_groups(p.events)
-        except ResponseError:
-            return 0  # no stream yet
-        if not groups:
-            return 0
-        floor: str | None = None
-        for group in groups:
-            candidate = str(group["last-delivered-id"])
-            if int(group["pending"]):
-                summary = await self.client.xpending(p.events, group["name"])
-                if summary["min"]:  # None when the batch was acknowledged meanwhile
-                    candidate = str(summary["min"])
-            if floor is None or _id_key(candidate) < _id_key(floor):
-                floor = candidate
-        if floor is None or floor == "0-0":
-            return 0
-        removed = int(await self.client.xtrim(p.events, minid=floor, approximate=False))
+        removed = await trim_acknowledged(self.client, p.events)
         self.stats.trimmed += removed
         return removed
 
@@ -346,8 +330,3 @@ class StatsConsumer:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop_event.wait(), timeout=seconds)
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms or 0), int(seq or 0)
