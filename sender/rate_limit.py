@@ -11,9 +11,12 @@
   that slot: it asks for a new one. Sends are then never later than slot + `LATE_S`, so any
   1-second window holds at most rate x HEADROOM x (1 + LATE_S) + burst <= EMAIL_RATE + burst
   sends. A dropped slot is wasted (the schedule is shared in Redis; others have booked after it),
-  which costs a little of the mean rate but never bursts. While the schedule had been idle
-  before a grant (the cluster sends below the rate), lateness up to that idle time is harmless
-  and tolerated, so an unthrottled sender does not drop slots when it is merely busy.
+  which costs a little of the mean rate but never bursts. This holds for *reservations* (slots
+  in the future: the schedule is full, the cluster sends at the rate). A slot free at once
+  (burst credit, or the cluster sends below the rate) tolerates `IMMEDIATE_LATE_S`: otherwise an
+  unthrottled sender that is merely busy (its claims queue for a few ms) would drop slots and
+  pay a release and a new claim for nothing. The price: jobs stalled on such slots may go
+  together, at most the slots that were free at once (burst, or what the cluster left unused).
 - AIMD: a throttle report (HTTP 429 / Throttling) multiplies the rate by `DECREASE`, at most once
   per `COOLDOWN_MS` for the whole cluster (one SES answer wave is one congestion signal, not 64),
   never below `FLOOR` of EMAIL_RATE; it then recovers by `RECOVERY` of the rate per second.
@@ -40,7 +43,7 @@ from common.settings import Settings
 # after their slot, a 1-s window holds at most 0.99 x 1.01 x rate + burst < rate + burst.
 HEADROOM = 0.99
 LATE_S = 0.010
-MAX_IDLE_CREDIT_S = 1.0
+IMMEDIATE_LATE_S = 1.0
 DECREASE = 0.7
 COOLDOWN_MS = 1000
 FLOOR = 0.05
@@ -138,14 +141,14 @@ class RateLimiter:
                 count = int(reply[0])
                 if count > 0:
                     first, interval = float(reply[1]) / 1000, float(reply[2]) / 1000
-                    # slots are timed from when we asked: never later than Redis's own `now`
-                    tolerance = LATE_S + min(MAX_IDLE_CREDIT_S, float(reply[3]) / 1000)
                     slot = 0
                     while slot < count and self._waiters:
                         waiter = self._waiters.popleft()
                         if not waiter.done():
-                            at = asked + max(0.0, first + slot * interval)
-                            waiter.set_result(Grant(at, tolerance))
+                            # timed from when we asked: never later than Redis's own `now`
+                            ahead = first + slot * interval
+                            tolerance = LATE_S if ahead > 0 else IMMEDIATE_LATE_S
+                            waiter.set_result(Grant(asked + max(0.0, ahead), tolerance))
                             slot += 1
                     continue
                 delay = min(int(reply[1]) / 1000, MAX_POLL_S) * random.uniform(0.8, 1.2)

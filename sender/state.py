@@ -131,6 +131,7 @@ class DeliveryStore:
         self._claim = register(client, "claim")
         self._release = register(client, "release")
         self._record = register(client, "record")
+        self._links = register(client, "ses_links")
         # redis-py refuses EVALSHA in a RedisCluster pipeline (it cannot route it).
         self._cluster = isinstance(client, RedisCluster)
         self._prechecks: Batcher[tuple[PartitionKeys, Job, str | None], Precheck] = Batcher(
@@ -147,18 +148,34 @@ class DeliveryStore:
     async def _precheck_many(
         self, _: Hashable, items: list[tuple[PartitionKeys, Job, str | None]]
     ) -> list[Precheck]:
-        # no transaction: the suppression hash lives in another slot
-        pipe = self.client.pipeline(transaction=False)
+        # A batch is mostly jobs of one message: one HMGET per message's state hash, one GET
+        # per topic and one HMGET of the suppression hash for all addresses, instead of three
+        # commands per job (redis-py spends ~20 us of CPU per command). No transaction: the
+        # suppression hash lives in another slot.
+        states: dict[str, list[str]] = {}
+        stops: dict[str, None] = {}
         for part, job, topic in items:
-            pipe.hget(part.state(job.msg_id), str(job.index))
-            pipe.get(part.stop(topic or ""))
-            pipe.hexists(self.keys.suppressed, normalise(job.email))
+            states.setdefault(part.state(job.msg_id), []).append(str(job.index))
+            stops[part.stop(topic or "")] = None
+        addresses = [normalise(job.email) for _, job, _ in items]
+        pipe = self.client.pipeline(transaction=False)
+        for key, fields in states.items():
+            pipe.hmget(key, fields)
+        for key in stops:
+            pipe.get(key)
+        pipe.hmget(self.keys.suppressed, addresses)
         replies = await pipe.execute()
+        state_of: dict[tuple[str, str], str | None] = {}
+        for (key, fields), values in zip(states.items(), replies, strict=False):
+            state_of.update(((key, f), v) for f, v in zip(fields, values, strict=True))
+        stop_of = dict(zip(stops, replies[len(states) :], strict=False))
+        suppressed = replies[-1]
         out = []
-        for n in range(0, len(replies), 3):
-            state, stop, suppressed = replies[n : n + 3]
+        for (part, job, topic), listed in zip(items, suppressed, strict=True):
+            state = state_of[(part.state(job.msg_id), str(job.index))]
+            stop = stop_of[part.stop(topic or "")]
             stop_ms = int(stop) if stop is not None and str(stop).isdigit() else None
-            out.append(Precheck(state=state or "", stop_ms=stop_ms, suppressed=bool(suppressed)))
+            out.append(Precheck(state=state or "", stop_ms=stop_ms, suppressed=listed is not None))
         return out
 
     async def claim(
@@ -228,17 +245,21 @@ class DeliveryStore:
             )
             return _pairs(replies[0])
         # EVALSHA queued by hand: a script registered on a pipeline makes redis-py send SCRIPT
-        # EXISTS before every execute, one more round trip. When Redis does not know the script
-        # (first use, restart), the script runs again on its own, loading it; it is idempotent
-        # per job, and the SETs are harmless to repeat.
+        # EXISTS before every execute, one more round trip. A script Redis does not know (first
+        # use, restart) runs again on its own, loading it; the other one's answer stands.
+        link_keys = [self.keys.ses_message(ses_id) for ses_id, _ in links]
+        link_args = [ttl, *(rid for _, rid in links)]
         pipe = self.client.pipeline(transaction=False)
         pipe.evalsha(self._record.sha, len(keys), *keys, *args)
-        for ses_id, rid in links:
-            pipe.set(self.keys.ses_message(ses_id), rid, ex=ttl)
-        try:
-            reply = (await pipe.execute())[0]
-        except NoScriptError:
+        pipe.evalsha(self._links.sha, len(link_keys), *link_keys, *link_args)
+        reply, linked = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, NoScriptError):
             reply = await self._record(keys=keys, args=args)
+        if isinstance(linked, NoScriptError):
+            linked = await self._links(keys=link_keys, args=link_args)
+        for answer in (reply, linked):
+            if isinstance(answer, Exception):
+                raise answer
         return _pairs(reply)
 
     async def dead_letter(

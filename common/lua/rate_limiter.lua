@@ -17,11 +17,9 @@
 -- ARGV[5]  floor of the AIMD factor (e.g. 0.05 = never below 5% of the rate)
 -- ARGV[6]  AIMD recovery per second (additive, e.g. 0.2 = +20% of the rate per second)
 -- acquire:  ARGV[7] tokens wanted (up to; one per waiting job), ARGV[8] max reservation ahead (ms)
---           -> {count, first_ms, interval_ms, idle_ms} with count >= 1: `count` consecutive
+--           -> {count, first_ms, interval_ms} with count >= 1: `count` consecutive
 --              slots granted; slot j (0-based) is allowed first_ms + j * interval_ms from now
---              (<= 0: at once; first_ms is negative when burst credit was left);
---              idle_ms = how long the schedule had been empty before this grant (0 when it was
---              full: the caller must then keep to its slots tightly)
+--              (<= 0: at once; first_ms is negative when burst credit was left)
 --           -> {0, wait_ms}: nothing granted; ask again after wait_ms (paused, or schedule full)
 --           Numbers are returned as strings (Lua numbers would be truncated to integers).
 -- throttle: ARGV[7] multiplicative decrease (e.g. 0.7), ARGV[8] cooldown (ms) -> factor (string)
@@ -65,7 +63,6 @@ if mode == "acquire" then
     end
     local n = tonumber(ARGV[7])
     local max_reserve = tonumber(ARGV[8])
-    local idle = math.max(0, now - tat)
     tat = math.max(tat, now)
     -- slot j (1-based) is allowed at tat + (j - burst) * interval: grant every wanted slot that
     -- is allowed within max_reserve (the epsilon keeps a slot exactly at the edge)
@@ -78,7 +75,7 @@ if mode == "acquire" then
     redis.call("HSET", key, "tat", tostring(tat + count * interval))
     -- negative when the first slots are burst credit, already allowed before now
     local first = tat + (1 - burst) * interval - now
-    return {tostring(count), tostring(first), tostring(interval), tostring(idle)}
+    return {tostring(count), tostring(first), tostring(interval)}
 elseif mode == "throttle" then
     local decrease = tonumber(ARGV[7])
     local cooldown = tonumber(ARGV[8])
