@@ -38,6 +38,7 @@ from typing import Any
 from common.keys import Keys
 from common.scripts import register
 from common.settings import Settings
+from sender import metrics
 
 # The schedule runs this much under EMAIL_RATE (and SES's MaxSendRate): with sends at most LATE_S
 # after their slot, a 1-s window holds at most 0.995 x 1.005 x rate + burst < rate + burst (a
@@ -123,6 +124,7 @@ class RateLimiter:
                 await asyncio.sleep(delay)  # our booked slot: at most MAX_RESERVE_MS ahead
             if not grant.late():
                 return grant
+            metrics.JOBS.labels("late_slot").inc()
 
     async def _poll(self, stop: asyncio.Event | None) -> None:
         try:

@@ -432,6 +432,7 @@ class Sender:
                 return
             if grant.late():
                 # the claim took too long: sending now could bunch with later slots
+                metrics.JOBS.labels("late_slot").inc()
                 await self.release(part, job, claim)
                 takeover = ""
                 continue

@@ -360,3 +360,27 @@ async def test_a_late_slot_is_dropped_not_bunched(redis: Any, make_settings: Any
     assert all(b - a >= 0.0009 for a, b in itertools.pairwise(ats))  # one per slot
     # a reservation (a future slot: the schedule is full) is held to LATE_S
     assert min(g.tolerance for g in grants) == LATE_S
+
+
+async def test_a_job_woken_too_late_books_a_new_slot(
+    redis: Any, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stall longer than LATE_S past a reserved slot: that slot is not used, the job takes the
+    next one, and the drop is counted (sesflow_sends_total{outcome="late_slot"})."""
+    import asyncio
+
+    from sender import metrics
+
+    rl = limiter(redis, make_settings, EMAIL_RATE="20", EMAIL_BURST="1")
+    assert await rl.acquire()  # the burst token: the next one is a reservation
+    real_sleep = asyncio.sleep
+    stalls = [0.1]
+
+    async def stalled_sleep(delay: float) -> None:
+        await real_sleep(delay + (stalls.pop() if stalls else 0.0))  # the process stalls once
+
+    monkeypatch.setattr(asyncio, "sleep", stalled_sleep)  # the slot wait in RateLimiter.acquire
+    before = metrics.JOBS.labels("late_slot")._value.get()
+    grant = await rl.acquire()
+    assert grant is not None and not grant.late()
+    assert metrics.JOBS.labels("late_slot")._value.get() == before + 1
