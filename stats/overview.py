@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
+from common import scripts
 from common.keys import Keys
 from common.settings import Settings
 from stats.counters import bucket_field
@@ -39,39 +41,51 @@ def topic_row(topic: str, counts: Counter[str], rate: float, last_ms: int) -> di
 async def topic_rows(
     client: Any, keys: Keys, topics: list[tuple[str, int]], now: float
 ) -> list[dict[str, Any]]:
-    """One pipeline for all topics: counters and the `sent` minute buckets of the rate window."""
+    """Every topic's counters and the `sent` minute buckets of the rate window."""
     minute = int(now // 60)
     fields = [bucket_field("sent", minute - 1), bucket_field("sent", minute)]
     window = RATE_WINDOW_S + (now - minute * 60)
-    pipe = client.pipeline(transaction=False)
-    for topic, _ in topics:
+    names = [topic for topic, _ in topics]
+    counts = {topic: Counter[str]() for topic in names}
+    sent_recently = dict.fromkeys(names, 0)
+    if names:
+        read = scripts.register(client, "stats_read")
+        # One script call per partition, not two commands per topic (see stats_read.lua).
         for p in keys.partitions:
-            pipe.hgetall(p.stats_topic(topic))
-            pipe.hmget(p.stats_series(topic), fields)
-    replies = iter(await pipe.execute())
-    rows = []
-    for topic, last_ms in topics:
-        counts: Counter[str] = Counter()
-        sent_recently = 0
-        for _ in keys.partitions:
-            counts.update({k: int(v) for k, v in next(replies).items()})
-            sent_recently += sum(int(v) for v in next(replies) if v)
-        rows.append(topic_row(topic, counts, sent_recently / window, last_ms))
+            replies = await read(
+                keys=[*(p.stats_topic(t) for t in names), *(p.stats_series(t) for t in names)],
+                args=[len(names), *fields],
+            )
+            for topic, flat in zip(names, replies[: len(names)], strict=True):
+                counts[topic].update({flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)})
+            for topic, values in zip(names, replies[len(names) :], strict=True):
+                sent_recently[topic] += sum(int(v) for v in values if v)
+    rows = [
+        topic_row(topic, counts[topic], sent_recently[topic] / window, last_ms)
+        for topic, last_ms in topics
+    ]
     return rows
 
 
 async def overview(
     client: Any, keys: Keys, settings: Settings, quota: dict[str, Any], now: float, limit: int
 ) -> dict[str, Any]:
-    totals = summary(await read_counts(client, keys, lambda p: p.stats_global) or Counter())
+    async def recent_rows() -> list[dict[str, Any]]:
+        return await topic_rows(client, keys, await recent_topics(client, keys, limit), now)
+
+    # Independent reads, concurrently on the pool: the page waits for the slowest, not the sum.
+    global_counts, topics, send_rate, queue = await asyncio.gather(
+        read_counts(client, keys, lambda p: p.stats_global),
+        recent_rows(),
+        recent_rate(client, keys, lambda p: p.stats_minutely, "sent", now),
+        queue_depth(client, keys),
+    )
+    totals = summary(global_counts or Counter())
     sent = totals["sent"]
-    topics = await topic_rows(client, keys, await recent_topics(client, keys, limit), now)
     return {
         "generated_at": int(now * 1000),
         "configured_rate": settings.email_rate,
-        "send_rate": round(
-            await recent_rate(client, keys, lambda p: p.stats_minutely, "sent", now), 3
-        ),
+        "send_rate": round(send_rate, 3),
         "totals": totals,
         "rates": {
             "delivery": ratio(totals["delivered"], sent),
@@ -81,7 +95,7 @@ async def overview(
             "open": ratio(totals["opened_unique"], sent),
             "click": ratio(totals["clicked_unique"], sent),
         },
-        "queue": await queue_depth(client, keys),
+        "queue": queue,
         "quota": quota,
         "topics": topics,
     }

@@ -9,8 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis.exceptions import ResponseError
-
+from common import scripts
 from common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from stats.counters import (
     HOURLY_RETENTION_S,
@@ -248,12 +247,9 @@ LAG_FALLBACK_CAP = 10_000
 
 
 async def lag_fallback(client: Any, stream: str, last_delivered: str) -> int:
-    """Redis < 7 has no group lag: count undelivered entries, up to a cap (bounded work)."""
-    try:
-        rows = await client.xrange(stream, f"({last_delivered}", "+", count=LAG_FALLBACK_CAP)
-    except ResponseError:
-        return 0
-    return len(rows)
+    """Redis < 7 has no group lag: count undelivered entries in Redis, up to a cap."""
+    script = scripts.register(client, "stream_lag")
+    return int(await script(keys=[stream], args=[last_delivered, LAG_FALLBACK_CAP]))
 
 
 def find_group(groups: Any, name: str) -> dict[str, Any] | None:

@@ -1,0 +1,25 @@
+-- stats_read.lua: read many counter hashes of one partition in one call. The dashboard reads
+-- two hashes per topic for dozens of topics; as separate commands, parsing their replies one by
+-- one cost more than Redis's work.
+--
+-- KEYS[1..n]    hashes read whole (HGETALL)                ({p}:stats:topic:<t> ...)
+-- KEYS[n+1..]   hashes read for the fields ARGV[2..] (HMGET) ({p}:stats:series:<t> ...)
+-- ARGV[1]       n
+-- ARGV[2..]     the fields of the HMGET reads
+--
+-- Returns one reply per key, in KEYS order: a flat field/value array (HGETALL) or the values
+-- of the fields, false where missing (HMGET).
+local whole = tonumber(ARGV[1])
+local fields = {}
+for i = 2, #ARGV do
+    fields[#fields + 1] = ARGV[i]
+end
+local out = {}
+for i, key in ipairs(KEYS) do
+    if i <= whole then
+        out[i] = redis.call("HGETALL", key)
+    else
+        out[i] = redis.call("HMGET", key, unpack(fields))
+    end
+end
+return out
