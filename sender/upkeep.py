@@ -21,12 +21,11 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ResponseError
-
 from common.connection import UNAVAILABLE
 from common.errors import RedisUnavailable
 from common.keys import SENDERS_GROUP, PartitionKeys
 from common.logs import get_logger
+from common.streams import trim_acknowledged
 from sender import metrics
 
 if TYPE_CHECKING:
@@ -127,23 +126,7 @@ async def trim_all(sender: Sender) -> None:
 
 async def trim(client: Any, part: PartitionKeys) -> int:
     """Remove acknowledged entries only; returns how many were removed."""
-    try:
-        groups = await client.xinfo_groups(part.sends)
-    except ResponseError:
-        return 0  # no stream yet
-    group = next((g for g in groups if g["name"] == SENDERS_GROUP), None)
-    if group is None:
-        return 0
-    if int(group["pending"]):
-        summary = await client.xpending(part.sends, SENDERS_GROUP)
-        min_id = str(summary["min"])
-    else:
-        last = str(group["last-delivered-id"])
-        if last in ("0-0", "0"):
-            return 0
-        ms, _, seq = last.partition("-")
-        min_id = f"{ms}-{int(seq or 0) + 1}"  # everything up to last-delivered is acked
-    return int(await client.xtrim(part.sends, minid=min_id, approximate=False))
+    return await trim_acknowledged(client, part.sends)
 
 
 async def forget_consumers(sender: Sender) -> None:
