@@ -79,6 +79,9 @@ def prior_outcome(raw: str | None, digest: str) -> Prior | None:
     return Prior(status=record.s, answer=record.b)
 
 
+CLAIM_TRIES = 3
+
+
 class IdempotencyStore:
     def __init__(self, client: Any, ttl: int) -> None:
         self.client = client
@@ -87,9 +90,19 @@ class IdempotencyStore:
     async def begin(self, record_key: str, digest: str) -> Prior | None:
         """Claim the key (None), or return the earlier answer; raises InputError(409)."""
         placeholder = msgspec.json.encode(Record(h=digest))
-        if await self.client.set(record_key, placeholder, nx=True, ex=PENDING_TTL):
-            return None
-        return prior_outcome(await self.client.get(record_key), digest)
+        for _ in range(CLAIM_TRIES):
+            if await self.client.set(record_key, placeholder, nx=True, ex=PENDING_TTL):
+                return None
+            raw = await self.client.get(record_key)
+            if raw is not None:
+                return prior_outcome(raw, digest)
+            # Released or expired between SET NX and GET: the key is free again; claim it
+            # rather than go on without owning it (a concurrent twin would enqueue too).
+        raise InputError(
+            "idempotency_in_progress",
+            "a request with this Idempotency-Key is being processed; retry shortly",
+            status=409,
+        )
 
     def commit(self, pipe: Any, record_key: str, digest: str, status: int, answer: Any) -> None:
         """Queue the record on the caller's transaction, beside the entries it writes."""

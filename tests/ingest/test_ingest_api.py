@@ -332,3 +332,25 @@ async def test_idempotency_key_is_released_when_redis_fails_midway(
     resp = await http.post("/v1/messages", json=GO_BODY, headers={"Idempotency-Key": "k1"})
     assert resp.status == 202
     assert json.loads(await redis.get(keys.idempotency("k1")))["b"]["count"] == 2
+
+
+async def test_an_idempotency_key_freed_mid_claim_is_claimed_not_assumed(
+    redis: Any, keys: Keys
+) -> None:
+    """SET NX lost to a placeholder that was then released: the next try must own the key."""
+    from ingest.idempotency import IdempotencyStore
+
+    class Racing:
+        def __init__(self) -> None:
+            self.sets = 0
+
+        async def set(self, *args: Any, **kwargs: Any) -> bool:
+            self.sets += 1
+            return self.sets > 1  # the first SET NX loses the race
+
+        async def get(self, key: str) -> None:
+            return None  # ... and the winner released the key before our GET
+
+    racing = Racing()
+    assert await IdempotencyStore(racing, 60).begin("k", "digest") is None
+    assert racing.sets == 2
