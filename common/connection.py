@@ -27,6 +27,14 @@ Redis = aioredis.Redis | RedisCluster
 
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError, OSError)
 
+# Error replies that say "not now" rather than "never": a retry later can succeed.
+TRANSIENT_REPLIES = ("OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def transient_reply(exc: BaseException) -> bool:
+    """A Redis error reply (out of memory, a replica, a busy script...) worth retrying."""
+    return isinstance(exc, ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
+
 
 def connect(settings: Settings, **overrides: Any) -> Any:
     """A client for REDIS_URL; nothing is sent until first use."""

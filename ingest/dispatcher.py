@@ -24,9 +24,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+from redis.exceptions import ResponseError
 
 from common import scripts
-from common.connection import UNAVAILABLE, connect, ensure_group, wait_for_redis
+from common.connection import (
+    UNAVAILABLE,
+    connect,
+    ensure_group,
+    transient_reply,
+    wait_for_redis,
+)
 from common.errors import InputError, RedisUnavailable
 from common.keys import DISPATCH_GROUP, Keys
 from common.logs import get_logger
@@ -118,6 +125,12 @@ class Dispatcher:
             await self.dispatch(entry_id, valid)
         except (*UNAVAILABLE, RedisUnavailable, asyncio.CancelledError):
             raise
+        except ResponseError as exc:
+            if transient_reply(exc):  # OOM under noeviction, a failover...: retried later
+                raise RedisUnavailable(str(exc)) from exc
+            log.exception("dispatch failed", msg_id=entry_id)
+            await self.dead_letter(entry_id, fields, "internal", f"{type(exc).__name__}: {exc}")
+            return
         except Exception as exc:
             log.exception("dispatch failed", msg_id=entry_id)
             await self.dead_letter(entry_id, fields, "internal", f"{type(exc).__name__}: {exc}")

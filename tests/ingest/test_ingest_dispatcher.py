@@ -259,3 +259,26 @@ async def test_producer_entry_is_the_documented_format(redis: Any, keys: Keys) -
     [(entry_id, fields)] = await redis.xrange(keys.requests)
     assert entry_id == msg_id
     assert fields == {"message": encode(msg).decode()}
+
+
+async def test_a_refused_write_is_retried_not_dead_lettered(
+    dispatcher: Dispatcher, redis: Any, keys: Keys, p: PartitionKeys
+) -> None:
+    """OOM under noeviction (or a failover's READONLY) says "not now": the entry stays pending
+    for a later try instead of being dead-lettered and counted rejected."""
+    from redis.exceptions import ResponseError
+
+    from common.errors import RedisUnavailable
+
+    await enqueue(redis, keys, message(["a@x.io"]))
+    entry_id, fields = await read_one(dispatcher)
+
+    async def refused(**kw: Any) -> Any:
+        raise ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+
+    dispatcher.script = refused
+    with pytest.raises(RedisUnavailable):
+        await dispatcher.handle(entry_id, fields)
+    assert await pending(redis, keys) == 1
+    assert await redis.xlen(keys.requests_dead) == 0
+    assert [e.type for e in await read_events(redis, p)] == []
