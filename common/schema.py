@@ -51,9 +51,15 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     msg_id: str
     index: int
     email: str
+    # The recipient's own merge data: a compact JSON object, "" when none (field `d`, omitted
+    # when empty). The message's defaults live once in its content hash.
+    data: str = ""
 
     def fields(self) -> dict[str, str]:
-        return {"m": self.msg_id, "i": str(self.index), "e": self.email}
+        fields = {"m": self.msg_id, "i": str(self.index), "e": self.email}
+        if self.data:
+            fields["d"] = self.data
+        return fields
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> Job:
@@ -64,7 +70,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"malformed job entry: {fields!r}") from exc
         if not msg_id or index < 0 or "@" not in email:
             raise ValueError(f"malformed job entry: {fields!r}")
-        return cls(msg_id=msg_id, index=index, email=email)
+        return cls(msg_id=msg_id, index=index, email=email, data=fields.get("d", ""))
 
     @property
     def request_id(self) -> str:
@@ -84,9 +90,26 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
     unsubscribe: bool = True
     total: int = 0
     accepted_ms: int = 0
+    # The plain-text part: given, or generated from the HTML at accept time ("" in hashes
+    # written before text parts existed).
+    text: str = ""
+    # Merge defaults for every recipient: a JSON object, "" when none.
+    data: str = ""
+    reply_to: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    # A JSON list of {"filename", "content_type", "content" (base64)}, "" when none; stored once
+    # per message, never per recipient.
+    attachments: str = ""
 
     def to_hash(self) -> dict[str, str]:
-        return {
+        extra = {
+            "text": self.text,
+            "data": self.data,
+            "reply_to": _encoder.encode(list(self.reply_to)).decode() if self.reply_to else "",
+            "headers": _encoder.encode(list(self.headers)).decode() if self.headers else "",
+            "att": self.attachments,
+        }
+        return {k: v for k, v in extra.items() if v} | {
             "topic": self.topic,
             "subject": self.subject,
             "html": self.html,
@@ -114,7 +137,20 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
             unsubscribe=data.get("unsubscribe", "1") == "1",
             total=int(data.get("total") or 0),
             accepted_ms=int(data.get("accepted_ms") or 0),
+            text=data.get("text", ""),
+            data=data.get("data", ""),
+            reply_to=tuple(_string_list(data.get("reply_to"))),
+            headers=tuple(_header_pairs(data.get("headers"))),
+            attachments=data.get("att", ""),
         )
+
+
+def _string_list(raw: str | None) -> list[str]:
+    return msgspec.json.decode(raw, type=list[str]) if raw else []
+
+
+def _header_pairs(raw: str | None) -> list[tuple[str, str]]:
+    return msgspec.json.decode(raw, type=list[tuple[str, str]]) if raw else []
 
 
 class EventType(StrEnum):
