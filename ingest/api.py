@@ -7,6 +7,8 @@
     GET    /v1/suppressions/{email}     one entry, 404 when not suppressed
     PUT    /v1/suppressions/{email}     suppress by hand (body: {"reason", "detail"}, optional)
     DELETE /v1/suppressions/{email}     remove from the list, 404 when it was not there
+    PUT|GET|DELETE /v1/templates/{name}, GET /v1/templates   stored templates
+                                        (see `ingest.templates_api`)
     GET    /health                      liveness (never needs credentials)
     GET    /metrics                     Prometheus metrics (never needs credentials)
 
@@ -39,7 +41,17 @@ from common.suppression import SuppressionList, entry, normalise
 from ingest import metrics
 from ingest.compat import PUBLIC_PATHS, add_compat_routes
 from ingest.idempotency import IdempotencyStore, body_hash, check_key
-from ingest.validation import Limits, ValidMessage, check_topic, is_valid_address, validate_body
+from ingest.templates import TemplateStore
+from ingest.templates_api import TEMPLATES, add_template_routes
+from ingest.validation import (
+    Limits,
+    ValidMessage,
+    check_topic,
+    in_message,
+    is_valid_address,
+    parse_api_body,
+    validate_all,
+)
 
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", Keys)
@@ -56,12 +68,12 @@ MAX_REASON_CHARS = 64
 def answer_for(valid: list[ValidMessage], ids: list[str] | None) -> dict[str, Any]:
     """The 202 body; `ids` None while they are not known yet (see ingest.idempotency)."""
     return {
-        "count": sum(len(v.request.emails) for v in valid),
+        "count": sum(v.count for v in valid),
         "messages": [
             {
                 "id": ids[n] if ids is not None else None,
                 "topic_id": v.request.topic_id,
-                "count": len(v.request.emails),
+                "count": v.count,
                 "scheduled_at": v.request.scheduled_at,
             }
             for n, v in enumerate(valid)
@@ -75,7 +87,7 @@ async def post_messages(request: web.Request) -> web.Response:
     addresses are dropped later by the dispatcher and counted as `suppressed`)."""
     app = request.app
     body = await read_body(request, app[SETTINGS].max_request_bytes)
-    valid = validate_body(body, Limits.from_settings(app[SETTINGS]))
+    valid = await accept(app, body)
     key_header = request.headers.get("Idempotency-Key")
     if key_header is None:
         return json_response(await enqueue(app, valid, None), status=202)
@@ -97,6 +109,19 @@ async def post_messages(request: web.Request) -> web.Response:
     return json_response(answer, status=202)
 
 
+async def accept(app: web.Application, body: bytes) -> list[ValidMessage]:
+    """Parse the body, copy the stored templates it names into its messages (now: this is the
+    moment they are accepted), and validate all of it strictly."""
+    messages = parse_api_body(body)
+    resolved = []
+    for n, message in enumerate(messages):
+        try:
+            resolved.append(await app[TEMPLATES].resolve(message))
+        except InputError as exc:
+            raise in_message(n, exc) from exc
+    return validate_all(resolved, Limits.from_settings(app[SETTINGS]))
+
+
 async def enqueue(
     app: web.Application, valid: list[ValidMessage], idempotency: tuple[str, str] | None
 ) -> dict[str, Any]:
@@ -110,7 +135,7 @@ async def enqueue(
             app[IDEMPOTENCY].commit(pipe, record_key, digest, 202, answer_for(valid, None))
         results = await pipe.execute()
     metrics.MESSAGES_ACCEPTED.inc(len(valid))
-    metrics.RECIPIENTS_ACCEPTED.inc(sum(len(v.request.emails) for v in valid))
+    metrics.RECIPIENTS_ACCEPTED.inc(sum(v.count for v in valid))
     return answer_for(valid, [str(r) for r in results[: len(valid)]])
 
 
@@ -263,6 +288,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/suppressions/{email}", get_suppression)
     app.router.add_put("/v1/suppressions/{email}", put_suppression)
     app.router.add_delete("/v1/suppressions/{email}", delete_suppression)
+    add_template_routes(app, settings)
     add_compat_routes(app, settings)
     return app
 
@@ -276,6 +302,7 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     app[CANCEL] = scripts.register(client, "cancel")
     app[SUPPRESSIONS] = SuppressionList(client, app[KEYS])
     app[IDEMPOTENCY] = IdempotencyStore(client, app[SETTINGS].idempotency_ttl)
+    app[TEMPLATES] = TemplateStore(client, app[KEYS])
     try:
         yield
     finally:
