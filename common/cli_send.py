@@ -43,6 +43,7 @@ from common.keys import Keys
 from common.producer import enqueue
 from common.schema import Attachment, MessageRequest, Recipient
 from common.settings import Settings
+from ingest.templates import stand_in
 from ingest.validation import Limits, format_schedule, parse_schedule, validate_message
 from stats.queries import FINAL_FIELDS
 
@@ -501,19 +502,12 @@ def cmd_send(args: argparse.Namespace) -> int:
         # attachments), before any I/O; a template's content is checked by ingest.
         limits = Limits.from_settings(settings)
         for batch in batches:
-            validate_message(checkable(batch.message), limits, strict=True)
+            validate_message(stand_in(batch.message), limits, strict=True)
     except InputError as exc:
         fail(exc.detail or exc.error)
         return EXIT_USAGE
     scheduled = batches[0].message.scheduled_at
     return run(lambda: send(settings, args, batches, scheduled, out))
-
-
-def checkable(message: MessageRequest) -> MessageRequest:
-    """A message whose stored template cannot be read here: checked with neutral content."""
-    if message.template is None:
-        return message
-    return msgspec.structs.replace(message, template=None, subject="-", content="-", text="-")
 
 
 async def send(
