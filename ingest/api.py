@@ -36,6 +36,7 @@ from common.errors import InputError
 from common.http import auth_middleware, errors_middleware, health, json_response, read_body
 from common.keys import Keys
 from common.producer import entry_fields
+from common.schema import MessageRequest
 from common.settings import Settings
 from common.suppression import SuppressionList, entry, normalise
 from ingest import metrics
@@ -87,10 +88,10 @@ async def post_messages(request: web.Request) -> web.Response:
     addresses are dropped later by the dispatcher and counted as `suppressed`)."""
     app = request.app
     body = await read_body(request, app[SETTINGS].max_request_bytes)
-    valid = await accept(app, body)
+    messages = parse_api_body(body)
     key_header = request.headers.get("Idempotency-Key")
     if key_header is None:
-        return json_response(await enqueue(app, valid, None), status=202)
+        return json_response(await enqueue(app, await accept(app, messages), None), status=202)
 
     store, digest = app[IDEMPOTENCY], body_hash(body)
     record_key = app[KEYS].idempotency(check_key(key_header))
@@ -100,6 +101,9 @@ async def post_messages(request: web.Request) -> web.Response:
             prior.answer, status=prior.status, headers={"Idempotent-Replayed": "true"}
         )
     try:
+        # Stored templates are read once the key is claimed: a retry of an accepted request
+        # gets its answer again even when a template it names has changed or gone since.
+        valid = await accept(app, messages)
         answer = await enqueue(app, valid, (record_key, digest))
     except BaseException:
         # Shielded: even a cancelled handler frees the key when nothing was written.
@@ -109,10 +113,9 @@ async def post_messages(request: web.Request) -> web.Response:
     return json_response(answer, status=202)
 
 
-async def accept(app: web.Application, body: bytes) -> list[ValidMessage]:
-    """Parse the body, copy the stored templates it names into its messages (now: this is the
-    moment they are accepted), and validate all of it strictly."""
-    messages = parse_api_body(body)
+async def accept(app: web.Application, messages: list[MessageRequest]) -> list[ValidMessage]:
+    """Copy the stored templates the messages name into them (now: this is the moment they are
+    accepted), then validate all of them strictly."""
     resolved = []
     for n, message in enumerate(messages):
         try:

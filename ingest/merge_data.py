@@ -9,6 +9,7 @@ is bounded (MAX_DATA_BYTES, as compact JSON) and so is its nesting.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,8 @@ _encoder = msgspec.json.Encoder()
 
 def check_value(value: Any, where: str, depth: int) -> None:
     if isinstance(value, bool | int | float | str):
-        if isinstance(value, float) and value != value:  # NaN has no literal rendering
-            raise InputError("invalid_data", f"{where} is not a number")
+        if isinstance(value, float) and not math.isfinite(value):  # no literal rendering
+            raise InputError("invalid_data", f"{where} is not a finite number")
         return
     if isinstance(value, Mapping):
         if depth >= MAX_DEPTH:

@@ -204,6 +204,14 @@ def test_data_is_bounded_per_object() -> None:
         validate_body(body(data=deep), LIMITS)
 
 
+def test_non_finite_numbers_are_refused() -> None:
+    message = MessageRequest(
+        topic_id="t", emails=["a@x.io"], subject="S", content="C", data={"x": float("inf")}
+    )
+    with pytest.raises(InputError, match="finite"):
+        validate_message(message, LIMITS, strict=False)
+
+
 def test_reserved_placeholders_are_refused() -> None:
     error = refused(content="<p>{{sesflow_unsubscribe_url}}</p>")
     assert error.error == "reserved_name"

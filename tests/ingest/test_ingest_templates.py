@@ -252,3 +252,24 @@ def first_chunk_args(msg_id: str, valid: Any) -> list[Any]:
         *pairs,
         *recipients,
     ]
+
+
+async def test_a_retry_with_the_same_key_replays_even_after_the_template_is_gone(
+    http: Any, redis: Any, keys: Keys
+) -> None:
+    await http.put("/v1/templates/welcome", json=WELCOME)
+    body = using("welcome")
+    headers = {"Idempotency-Key": "campaign-1"}
+    first = await http.post("/v1/messages", json=body, headers=headers)
+    assert first.status == 202
+    await http.delete("/v1/templates/welcome")
+    again = await http.post("/v1/messages", json=body, headers=headers)
+    assert again.status == 202 and again.headers.get("Idempotent-Replayed") == "true"
+    assert await again.json() == await first.json()
+    assert await redis.xlen(keys.requests) == 1
+    # a new key meets the missing template, and frees the key it claimed
+    other = {"Idempotency-Key": "campaign-2"}
+    refused = await http.post("/v1/messages", json=body, headers=other)
+    assert refused.status == 400 and (await refused.json())["error"] == "unknown_template"
+    await http.put("/v1/templates/welcome", json=WELCOME)
+    assert (await http.post("/v1/messages", json=body, headers=other)).status == 202
