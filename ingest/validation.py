@@ -11,9 +11,12 @@ Two entry points feed it:
   `from_email` (or their camelCase spellings).
 * the dispatcher decodes an entry of `requests` with `common.schema.decode_request`.
 
-Both then call `validate_message`, which checks the topic, subject, content, sizes, schedule and
-every address, and returns the message normalised (addresses trimmed, duplicates dropped keeping
-the first, schedule rewritten as RFC 3339 UTC).
+Both then call `validate_message` (after `ingest.templates` copied in the stored template a
+message names), which checks the topic, subject, content, sizes, schedule, every address, the
+merge data and placeholders (`ingest.merge_data`), reply-to, headers (`ingest.custom_headers`)
+and attachments (`ingest.attachments`), fills in the text part (`ingest.text_part`), and returns
+the message normalised (addresses trimmed, duplicates dropped keeping the first, schedule
+rewritten as RFC 3339 UTC, every recipient listed in `recipients` when any came that way).
 
 Policy for invalid addresses:
 
@@ -23,7 +26,10 @@ Policy for invalid addresses:
 * the dispatcher (`strict=False`, entries XADDed by producers, nobody to answer) keeps the valid
   addresses and reports the invalid ones, which it records as one `rejected` event.
 
-Duplicates (compared case-insensitively) are never an error: the first spelling is kept.
+Duplicates (compared case-insensitively) are never an error: the first entry is kept, spelling
+and data; `recipients` are read before `emails`. Anything else that is invalid (data, a
+placeholder some kept recipient cannot fill, headers, attachments...) rejects the whole message
+in both modes: sending part of a personalised message, or an altered one, is never what was meant.
 """
 
 from __future__ import annotations
