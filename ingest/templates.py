@@ -71,8 +71,9 @@ def parse_body(body: bytes, limits: Limits) -> TemplateBody:
     checked like a message's content."""
     try:
         obj = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InputError("invalid_json", f"body is not valid JSON: {exc}") from exc
+    # Not UTF-8 and nested too deeply are not DecodeErrors, but bad input all the same.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError("invalid_json", f"body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise InputError("invalid_type", "body must be a JSON object")
     unknown = sorted(set(obj) - _FIELDS)

@@ -116,6 +116,9 @@ async def test_invalid_templates_get_a_400(http: Any, path: str, body: Any, erro
 async def test_invalid_json_and_bad_versions_get_a_400(http: Any) -> None:
     resp = await http.put("/v1/templates/w", data=b"{not json")
     assert resp.status == 400 and (await resp.json())["error"] == "invalid_json"
+    for body in (b'{"subject": "\xff"}', b"[" * 100_000 + b"]" * 100_000):
+        resp = await http.put("/v1/templates/w", data=body)
+        assert resp.status == 400 and (await resp.json())["error"] == "invalid_json"
     resp = await http.get("/v1/templates/w?version=0")
     assert resp.status == 400 and (await resp.json())["error"] == "invalid_parameter"
 
