@@ -42,6 +42,7 @@ _BLOCKED = (
 )
 BLOCKED_EXTENSIONS = frozenset(_BLOCKED.split())
 
+MAX_CONTENT_TYPE_CHARS = 78  # SESv2's AttachmentContentType
 _CONTENT_TYPE = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
 )
@@ -72,7 +73,7 @@ def check_content_type(value: str, filename: str, where: str) -> str:
     value = value.strip()
     if not value:
         return mimetypes.guess_type(filename)[0] or "application/octet-stream"
-    if not _CONTENT_TYPE.fullmatch(value):
+    if len(value) > MAX_CONTENT_TYPE_CHARS or not _CONTENT_TYPE.fullmatch(value):
         raise InputError(
             "invalid_attachment", f"{where}.content_type {value[:80]!r} is not type/subtype"
         )

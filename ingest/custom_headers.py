@@ -1,7 +1,10 @@
 """Custom headers a message may add (`"headers": {"X-Campaign": "spring"}`).
 
-Names follow RFC 5322 (printable ASCII but the colon); values hold no CR, LF or other control
-character but tab, so no header can inject another. The headers sesflow writes itself (addresses,
+What SESv2 accepts (its MessageHeader shape): a name of printable ASCII but the colon, at most
+126 characters; a value of printable ASCII (space included: no CR, LF, tab or other control
+character, so no header can inject another), at most 995 characters and 996 with the name; at
+most 15 headers per message, of which sesflow's own per-recipient headers (X-Request-ID,
+List-Unsubscribe, List-Unsubscribe-Post) take 3. The headers sesflow writes itself (addresses,
 subject, threading identity, MIME structure, unsubscribe, its correlation id) and the `X-SES-*`
 headers SES interprets are refused, case-insensitively: a message cannot override them.
 """
@@ -14,12 +17,13 @@ from typing import Any
 
 from common.errors import InputError
 
-MAX_HEADERS = 50
-MAX_NAME_CHARS = 76
-MAX_LINE_CHARS = 998  # RFC 5322: a header line, name and ": " included, without folding
+MAX_HEADERS = 12  # SES takes 15 per message; sesflow adds up to 3 per recipient
+MAX_NAME_CHARS = 126
+MAX_VALUE_CHARS = 995
+MAX_NAME_AND_VALUE_CHARS = 996
 
 _NAME = re.compile(r"[!-9;-~]+")
-_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_VALUE = re.compile(r"[ -~]*")
 
 OWNED = frozenset(
     {
@@ -72,15 +76,20 @@ def check_headers(headers: Mapping[str, Any] | None) -> tuple[tuple[str, str], .
         seen.add(name.lower())
         if not isinstance(value, str):
             raise InputError("invalid_header", f"header {name!r}: the value must be a string")
-        if _VALUE_FORBIDDEN.search(value):
+        value = value.strip()
+        if not _VALUE.fullmatch(value):
             raise InputError(
-                "invalid_header", f"header {name!r}: no line breaks or control characters"
+                "invalid_header",
+                f"header {name!r}: printable ASCII only (no line break, tab or control "
+                "character; encode other text as RFC 2047 words)",
             )
-        if not value.strip():
+        if not value:
             raise InputError("invalid_header", f"header {name!r} is empty")
-        if len(name) + 2 + len(value.encode()) > MAX_LINE_CHARS:
+        if len(value) > MAX_VALUE_CHARS or len(name) + len(value) > MAX_NAME_AND_VALUE_CHARS:
             raise InputError(
-                "invalid_header", f"header {name!r} is longer than {MAX_LINE_CHARS} characters"
+                "invalid_header",
+                f"header {name!r}: at most {MAX_VALUE_CHARS} characters, "
+                f"{MAX_NAME_AND_VALUE_CHARS} with the name",
             )
-        pairs.append((name, value.strip()))
+        pairs.append((name, value))
     return tuple(pairs)

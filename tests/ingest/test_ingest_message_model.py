@@ -289,6 +289,12 @@ def test_reply_to_takes_up_to_ten_valid_addresses() -> None:
 # --- headers ------------------------------------------------------------------------------------
 
 
+def test_headers_at_the_ses_limits_pass() -> None:
+    name = "X-" + "n" * 124
+    assert accept(headers={name: "v" * (996 - len(name))}).headers[0][0] == name
+    assert len(accept(headers={f"X-H{n}": "x" for n in range(12)}).headers) == 12
+
+
 def test_custom_headers_are_kept_in_order() -> None:
     valid = accept(headers={"X-Campaign": "spring", "X-Entity-Ref-ID": "42", "Precedence": "bulk"})
     assert valid.headers == (
@@ -334,11 +340,15 @@ def test_headers_sesflow_owns_are_refused(name: str) -> None:
         {"X-Bad:": "x"},
         {"": "x"},
         {"X-Ünicode": "x"},
+        {"X-Value": "café"},
+        {"X-Tab": "a\tb"},
         {"X-Empty": "  "},
-        {"X-Long": "x" * 1000},
+        {"X-Long": "x" * 996},
+        {"X-" + "n" * 125: "x"},
+        {"X-" + "n" * 100: "x" * 895},
         {"X-Number": 5},
         {"X-A": "1", "x-a": "2"},
-        {f"X-H{n}": "x" for n in range(51)},
+        {f"X-H{n}": "x" for n in range(13)},
     ],
 )
 def test_invalid_headers_are_refused(headers: dict[str, Any]) -> None:
@@ -376,6 +386,7 @@ def test_attachment_content_is_checked_and_stored_without_line_breaks() -> None:
         ({"filename": "run.ps1", "content": PDF}, "does not accept .ps1"),
         ({"filename": "a.pdf", "content": PDF, "content_type": "pdf"}, "type/subtype"),
         ({"filename": "a.pdf", "content": PDF, "content_type": "a/b\r\nX: y"}, "type/subtype"),
+        ({"filename": "a.pdf", "content": PDF, "content_type": "a/" + "b" * 77}, "type/subtype"),
     ],
 )
 def test_invalid_attachments_are_refused(attachment: dict[str, Any], expected: str) -> None:
