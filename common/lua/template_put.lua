@@ -1,8 +1,8 @@
 -- template_put.lua: store a new version of a template, atomically: the version counter, the
 -- version's JSON, the `current` copy resolved at accept time, and the name index.
 --
--- Versions are kept so that `GET /v1/templates/{name}?version=n` shows what a past message was
--- built from; only the newest ARGV[3] stay (older ones are deleted).
+-- Past versions stay readable (`GET /v1/templates/{name}?version=n`), the newest ARGV[3] of
+-- them; older ones are deleted.
 --
 -- KEYS[1]  the template's hash     ({p:g}:template:<name>)
 -- KEYS[2]  index of template names ({p:g}:templates), a zset, score 0
