@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import base64
 import hashlib
+import json
 import mimetypes
 import time
 from collections.abc import Awaitable, Callable
@@ -58,7 +59,8 @@ anything is sent (--strict refuses to send instead); duplicates are sent once.
 Personalisation: the other columns of a CSV with a header row (the other keys of a JSON object,
 or its `data` object) are each recipient's merge data: `{{first_name}}` in the subject, HTML or
 text is replaced by that recipient's value (empty cells are left out; a placeholder some
-recipient cannot fill is refused before anything is sent). --template NAME uses a stored
+recipient cannot fill is refused before anything is sent; --data gives defaults for every
+recipient). --template NAME uses a stored
 template (PUT /v1/templates/NAME) instead of --subject / --html / --text. --text gives the
 plain-text part (generated from the HTML otherwise), --reply-to and --attach may be repeated.
 
@@ -125,6 +127,12 @@ def register(sub: Any) -> None:
         default=[],
         metavar="ADDRESS",
         help="a Reply-To address (repeat for several, at most 10)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="JSON",
+        help='merge defaults for every recipient, a JSON object: \'{"first_name": "there"}\' '
+        "(a recipient's own columns win)",
     )
     p.add_argument(
         "--attach",
@@ -213,11 +221,12 @@ class Content:
     html: str = ""
     text: str | None = None
     attachments: tuple[Attachment, ...] = ()
+    data: dict[str, Any] | None = None  # merge defaults for every recipient
 
 
 def read_content(args: argparse.Namespace) -> Content:
-    """--html, --text and --attach files (OSError / UnicodeDecodeError when unreadable);
-    InputError for a missing or conflicting option."""
+    """--html, --text and --attach files (OSError / UnicodeDecodeError when unreadable), and
+    --data; InputError for a missing or conflicting option."""
     if args.template:
         given = [f"--{name}" for name in ("subject", "html", "text") if getattr(args, name)]
         if given:
@@ -234,7 +243,15 @@ def read_content(args: argparse.Namespace) -> Content:
         )
         for path in args.attach
     )
-    return Content(html=html, text=text, attachments=attachments)
+    data = None
+    if getattr(args, "data", None):
+        try:
+            data = json.loads(args.data)
+        except json.JSONDecodeError as exc:
+            raise InputError("usage", f"--data is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InputError("usage", '--data must be a JSON object, e.g. {"first_name": "there"}')
+    return Content(html=html, text=text, attachments=attachments, data=data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +299,7 @@ def plan(
             from_email=args.from_email,
             reply_to=list(getattr(args, "reply_to", None) or []),
             attachments=list(content.attachments),
+            data=content.data,
             **listed,
         )
         batches.append(Batch(n, message, f"sesflow-send-{run_id}-{n}"))

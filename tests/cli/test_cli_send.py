@@ -87,6 +87,11 @@ def test_personalised_options_reach_the_message(
     # alan has no first_name and there is no default: refused before anything is written
     res = sesflow(*base, "--subject", "Hi {{first_name}}", "--html", "hi.html")
     assert res.code == 2 and "{{first_name}} is missing for 1 of 2: alan@example.com" in res.err
+    # ...unless --data gives a default
+    res = sesflow(*base, "--subject", "Hi {{first_name}}", "--html", "hi.html", "--data", "[1]")
+    assert res.code == 2 and "--data must be a JSON object" in res.err
+    res = sesflow(*base, "--subject", "Hi {{first_name}}", "--html", "hi.html", "--data", "{x")
+    assert res.code == 2 and "--data is not JSON" in res.err
     res = sesflow(*base, "--template", "welcome", "--subject", "S")
     assert res.code == 2 and "--template gives the content" in res.err
     res = sesflow(*base, "--html", "hi.html")
@@ -110,7 +115,13 @@ def test_personalised_options_reach_the_message(
     assert res.code == 0, res.err
     res = sesflow(*base, "--template", "welcome")
     assert res.code == 0, res.err
-    [(_, first), (_, second)] = client.xrange(Keys().requests)
+    (files / "people.csv").write_text("email,first_name\nada@example.com,Ada\nalan@example.com,\n")
+    res = sesflow(
+        *base, "--subject", "Hi {{first_name}}", "--html", "hi.html",
+        "--data", '{"first_name": "there", "code": "-"}',
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    [(_, first), (_, second), (_, third)] = client.xrange(Keys().requests)
     client.close()
     message = json.loads(first["message"])
     assert message["recipients"] == [
@@ -128,6 +139,9 @@ def test_personalised_options_reach_the_message(
     templated = json.loads(second["message"])
     assert templated["template"] == "welcome"
     assert "subject" not in templated and "content" not in templated
+    defaulted = json.loads(third["message"])
+    assert defaulted["data"] == {"first_name": "there", "code": "-"}
+    assert defaulted["recipients"][1] == {"email": "alan@example.com"}
 
 
 def test_ingest_down_is_a_clear_error(sesflow: Sesflow, files: Path) -> None:
