@@ -6,7 +6,7 @@ only when all of these hold, cheapest first (nothing is fetched for a message th
 1. its TopicArn is one of SNS_TOPIC_ARNS. Unset, every message is refused: a public webhook
    that trusts any topic lets anyone publish signed fake bounces from their own AWS account.
    `*` is the explicit opt-out;
-2. its Timestamp is at most SNS_MAX_AGE old;
+2. its Timestamp is at most SNS_MAX_AGE old, and not more than MAX_CLOCK_SKEW ahead;
 3. its SignatureVersion is one of SNS_SIGNATURE_VERSIONS (1 is SHA1withRSA, 2 SHA256withRSA,
    both PKCS#1 v1.5);
 4. its SigningCertURL fully matches SNS_CERT_URL_PATTERN (default: https on an SNS regional
@@ -116,6 +116,8 @@ def string_to_sign(msg: SnsMessage) -> bytes:
     return "".join(f"{name}\n{value}\n" for name, value in pairs).encode()
 
 
+MAX_CLOCK_SKEW = 300.0  # seconds a Timestamp may be ahead of this host's clock
+
 HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
 
 
@@ -149,7 +151,8 @@ class CertUnavailable(Exception):
 
 
 class CertCache:
-    """Signing keys by certificate URL: bounded (LRU), with a TTL, one fetch per URL at a time.
+    """Signing keys by certificate URL: bounded (LRU), with a TTL, one fetch per URL at a time,
+    and a bounded number of URLs waiting to be fetched.
 
     Concurrent requests for a URL that is not cached await one shared task, shielded so that a
     cancelled request does not cancel the fetch the others wait for. Failures are not cached.
@@ -163,6 +166,7 @@ class CertCache:
         timeout: float = 5.0,
         max_bytes: int = 64 * 1024,
         max_concurrent_fetches: int = 8,
+        max_pending_fetches: int = 64,
     ) -> None:
         self._session = session
         self._max_entries = max_entries
@@ -170,6 +174,7 @@ class CertCache:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_bytes = max_bytes
         self._fetching = asyncio.Semaphore(max_concurrent_fetches)
+        self._max_pending = max_pending_fetches
         self._entries: OrderedDict[str, tuple[float, rsa.RSAPublicKey]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[rsa.RSAPublicKey]] = {}
         self.fetches = 0  # certificates actually downloaded (for tests and logs)
@@ -181,6 +186,10 @@ class CertCache:
             return cached[1]
         task = self._inflight.get(url)
         if task is None:
+            if len(self._inflight) >= self._max_pending:
+                # Each message may name a certificate URL of its own: a flood of them must not
+                # queue without bound. SNS retries a 503; its certificates are cached by then.
+                raise CertUnavailable("too many certificate fetches under way")
             task = asyncio.create_task(self._fetch(url))
             self._inflight[url] = task
             task.add_done_callback(lambda done: self._fetch_done(url, done))
@@ -324,8 +333,13 @@ class SnsVerifier:
             sent = parse_timestamp(msg.timestamp)
         except ValueError as exc:
             raise SnsRejected("stale", "Timestamp is not an ISO 8601 time") from exc
-        if time.time() - sent > self._max_age:
-            raise SnsRejected("stale", f"Timestamp {msg.timestamp} is too old")
+        age = time.time() - sent
+        if age > self._max_age:
+            raise SnsRejected("stale", f"Timestamp {msg.timestamp[:40]} is too old")
+        if age < -MAX_CLOCK_SKEW:
+            # SNS stamps its own messages: one from the future would stay "fresh" past the
+            # lifetime of its dedupe mark, and so be replayable.
+            raise SnsRejected("stale", f"Timestamp {msg.timestamp[:40]} is in the future")
         algorithm = self._hashes.get(msg.signature_version)
         if algorithm is None:
             raise SnsRejected(

@@ -65,7 +65,9 @@ async def sns_webhook(request: web.Request) -> web.Response:
         return error_response(403, "forbidden", str(exc))
     except sns.CertUnavailable as exc:
         tracker.metrics.sns_rejected.labels("cert_unavailable").inc()
-        log.warning("sns certificate unavailable", error=str(exc))
+        allowed, held = tracker.refusal_logs.allow("cert_unavailable")
+        if allowed:
+            log.warning("sns certificate unavailable", error=str(exc), since_last_line=held)
         return error_response(503, "unavailable", str(exc), headers={"Retry-After": "5"})
 
     if not msg.message_id:
@@ -85,14 +87,14 @@ def log_refusal(tracker: Tracker, exc: sns.SnsRejected, kind: str) -> None:
     if not allowed:
         return
     if exc.reason == "no_topics":
-        log.warning(NO_TOPICS, type=kind, refused_since_last_line=held)
+        log.warning(NO_TOPICS, type=kind, since_last_line=held)
         return
     log.warning(
         "sns message refused",
         reason=exc.reason,
         detail=exc.detail,
         type=kind,
-        refused_since_last_line=held,
+        since_last_line=held,
     )
 
 

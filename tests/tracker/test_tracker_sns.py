@@ -225,6 +225,21 @@ async def test_bad_certificates_are_refused_and_not_cached(
     assert cert_server.hits[name] == 2
 
 
+async def test_certificate_fetches_waiting_are_bounded(cert_server: CertServer) -> None:
+    cert_server.delay = 0.3
+    async with cache(max_pending_fetches=2) as certs:
+        first = asyncio.create_task(certs.public_key(cert_server.url("a.pem")))
+        second = asyncio.create_task(certs.public_key(cert_server.url("b.pem")))
+        same = asyncio.create_task(certs.public_key(cert_server.url("a.pem")))  # joins a fetch
+        await asyncio.sleep(0.05)
+        with pytest.raises(sns.CertUnavailable, match="too many"):
+            await certs.public_key(cert_server.url("c.pem"))
+        keys = await asyncio.gather(first, second, same)
+        assert all(isinstance(k, rsa.RSAPublicKey) for k in keys)
+        await certs.public_key(cert_server.url("c.pem"))  # room again
+    assert cert_server.hits == {"a.pem": 1, "b.pem": 1, "c.pem": 1}
+
+
 NO_SIGNING = x509.KeyUsage(
     digital_signature=False,
     content_commitment=False,

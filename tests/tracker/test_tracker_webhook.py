@@ -176,6 +176,20 @@ async def test_stale_timestamp_is_refused(
     assert (await post_sns(tracker, signer.notification(delivery(), timestamp=fresh))).status == 200
 
 
+async def test_timestamp_from_the_future_is_refused(
+    tracker: TestClient[Any, Any], signer: SnsSigner, redis: Any
+) -> None:
+    """Only SNS stamps its messages; one dated ahead would outlive its dedupe mark."""
+    ahead = sns_timestamp(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10))
+    resp = await post_sns(tracker, signer.notification(delivery(), timestamp=ahead))
+    assert resp.status == 403
+    assert "future" in (await resp.json())["detail"]
+    assert await redis.xlen(P0.events) == 0
+    skewed = sns_timestamp(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1))  # clock skew
+    resp = await post_sns(tracker, signer.notification(delivery(), timestamp=skewed))
+    assert resp.status == 200
+
+
 @pytest.mark.parametrize(
     "cert_url",
     [
