@@ -14,7 +14,7 @@ import msgspec
 
 from common.embedded import RedisProcess, port_open
 from common.errors import ConfigError
-from common.settings import Settings, load_settings, read_dotenv
+from common.settings import ANY_TOPIC, Settings, load_settings, read_dotenv
 
 ROLES = ("ingest", "sender", "tracker", "stats")
 
@@ -39,6 +39,18 @@ def with_local_redis(settings: Settings) -> Settings:
         changes["aws_access_key_id"] = local.get("AWS_ACCESS_KEY_ID", "")
         changes["aws_secret_access_key"] = local.get("AWS_SECRET_ACCESS_KEY", "")
     return msgspec.structs.replace(settings, **changes) if changes else settings
+
+
+def feedback_line(settings: Settings, local_ses: bool) -> str:
+    """What `sesflow up` says about SNS feedback: the tracker refuses it unless told whose."""
+    topics = settings.sns_topic_arns
+    if topics == (ANY_TOPIC,):
+        return "any SNS topic (SNS_TOPIC_ARNS=*): anyone can report bounces; set your topics"
+    if topics:
+        return "SNS topics " + ", ".join(topics)
+    if local_ses:
+        return "no SNS with the local SES endpoint (set SNS_TOPIC_ARNS with a real one)"
+    return "SNS refused (403) until SNS_TOPIC_ARNS names your SES feedback topics"
 
 
 def run_role(role: str) -> int:
@@ -155,6 +167,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 + ", ".join(str(settings.sender_metrics_port + n) for n in range(args.senders)),
             ),
             *lines,
+            ("feedback", feedback_line(settings, local_ses=ses is not None)),
         ]
         print("\nsesflow is up", flush=True)
         for name, text in lines:

@@ -8,6 +8,7 @@ down explicitly.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,20 @@ import msgspec
 
 from common.errors import ConfigError
 
-DEFAULT_CERT_URL_PATTERN = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^?#]+\.pem"
+# Only SNS's own regional hosts, with a label shaped like a region (`us-east-1`, `us-gov-west-1`;
+# `cn-north-1` on `.com.cn`): a looser label such as `[a-z0-9-]+` also matches S3's
+# virtual-hosted addresses (`sns.s3.amazonaws.com` is the bucket `sns`), where anyone can serve
+# a certificate. The path is the one SNS publishes its certificates under.
+SNS_CERT_HOST = (
+    r"sns\.(?:(?!cn-)[a-z]{2}(?:-gov)?-[a-z]+-[0-9]{1,2}\.amazonaws\.com"
+    r"|cn-[a-z]+-[0-9]{1,2}\.amazonaws\.com\.cn)"
+)
+DEFAULT_CERT_URL_PATTERN = rf"https://{SNS_CERT_HOST}/SimpleNotificationService-[0-9a-f]+\.pem"
+
+# `SNS_TOPIC_ARNS=*`: the explicit opt-out of the topic check (any SNS topic in the world).
+ANY_TOPIC = "*"
+SNS_TOPIC_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_.-]{1,256}")
+SIGNATURE_VERSIONS = ("1", "2")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +88,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     unsubscribe_mailto: str = ""
     sns_topic_arns: tuple[str, ...] = ()
     sns_cert_url_pattern: str = DEFAULT_CERT_URL_PATTERN
+    sns_signature_versions: tuple[str, ...] = SIGNATURE_VERSIONS
     sns_max_age: float = 3600.0
 
     # Stats
@@ -105,7 +120,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "data_dir": ("SESFLOW_DATA_DIR",),
 }
 
-TUPLE_FIELDS = {"sns_topic_arns"}
+TUPLE_FIELDS = {"sns_topic_arns", "sns_signature_versions"}
 
 
 def env_names(field: str) -> tuple[str, ...]:
@@ -164,7 +179,27 @@ def check(settings: Settings) -> Settings:
         raise ConfigError("SENDER_CONCURRENCY must be at least 1")
     if settings.max_attempts < 1:
         raise ConfigError("MAX_ATTEMPTS must be at least 1")
+    check_sns(settings)
     return settings
+
+
+def check_sns(settings: Settings) -> None:
+    topics = settings.sns_topic_arns
+    if ANY_TOPIC in topics and len(topics) > 1:
+        raise ConfigError("SNS_TOPIC_ARNS is either `*` (any topic) or a list of topic ARNs")
+    for arn in topics:
+        if arn != ANY_TOPIC and not SNS_TOPIC_ARN.fullmatch(arn):
+            raise ConfigError(
+                f"SNS_TOPIC_ARNS: {arn[:100]!r} is not an SNS topic ARN "
+                "(arn:aws:sns:<region>:<account>:<topic>); set your SES feedback topics"
+            )
+    versions = settings.sns_signature_versions
+    if not versions or not set(versions) <= set(SIGNATURE_VERSIONS):
+        raise ConfigError("SNS_SIGNATURE_VERSIONS must list 1 (SHA1), 2 (SHA256) or both")
+    try:
+        re.compile(settings.sns_cert_url_pattern)
+    except re.error as exc:
+        raise ConfigError(f"SNS_CERT_URL_PATTERN is not a regular expression: {exc}") from exc
 
 
 def load_settings(

@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from common.embedded import free_port
-from common.settings import Settings, env_names
+from common.errors import ConfigError
+from common.settings import Settings, env_names, settings_from_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -316,6 +317,27 @@ def test_k8s_gives_every_role_its_required_settings() -> None:
         assert env["BIND_HOST"] == "0.0.0.0"
         assert env.get("REDIS_CLUSTER", "0") in {"0", "1"}
         assert int(env.get("SEND_PARTITIONS", "1")) >= 1
+
+
+def test_sns_topic_arns_is_required_for_the_tracker() -> None:
+    """Without SNS_TOPIC_ARNS the tracker refuses all SNS feedback; a deployment must not come up
+    that way by accident, nor with a placeholder that silently matches no topic."""
+    compose_value = as_env_dict(compose_roles()["tracker"]["environment"])["SNS_TOPIC_ARNS"]
+    assert re.fullmatch(r"\$\{SNS_TOPIC_ARNS:\?[^}]+\}", compose_value), compose_value
+
+    (config,) = [d for d in k8s_kind("ConfigMap") if d["metadata"]["name"] == "sesflow-config"]
+    placeholder = config["data"]["SNS_TOPIC_ARNS"]
+    with pytest.raises(ConfigError, match="SNS_TOPIC_ARNS"):  # no role starts until it is set
+        settings_from_mapping({"SNS_TOPIC_ARNS": placeholder})
+
+    unit = read_unit(SYSTEMD / "sesflow-tracker.service")
+    (argv,) = [shlex.split(line) for line in unit["Service"]["ExecStartPre"].splitlines()]
+    argv = [arg.replace("$$", "$") for arg in argv]  # systemd's escape for a literal `$`
+    unset = subprocess.run(argv, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert unset.returncode != 0 and "SNS_TOPIC_ARNS" in unset.stderr
+    arn = "arn:aws:sns:us-east-1:123456789012:feedback"
+    given = subprocess.run(argv, env={"PATH": "/usr/bin:/bin", "SNS_TOPIC_ARNS": arn}, check=False)
+    assert given.returncode == 0
 
 
 def test_secrets_are_in_the_secret_not_the_configmap() -> None:
