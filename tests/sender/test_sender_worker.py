@@ -250,6 +250,19 @@ async def test_ambiguous_is_retried_with_resend(
     assert fake_ses.calls[EMAILS[0]] == 2
 
 
+async def test_resend_gives_up_as_unknown_after_max_attempts_ambiguous_answers(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    """A 5xx that never ends must not resend (and maybe send) a job for ever."""
+    fake_ses.script[EMAILS[0]] = [SesAmbiguous("HTTP502", "Bad gateway", 502)] * 10
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    run = running(make_sender(sender_settings(ON_AMBIGUOUS="resend", MAX_ATTEMPTS="3")))
+    await wait_for(lambda: all_final(redis, msg_id, 1), within=15)
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0] == "u"
+    assert fake_ses.calls[EMAILS[0]] == 3
+
+
 async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
