@@ -34,7 +34,8 @@ everyone, report; setup fault (a configuration set that does not exist, an unver
 identity: `sender.setup_faults`) -> release, pause that setup for every replica, alert, wait for a
 probe to succeed; nothing fails and no attempt is counted; rejected -> `f:<code>`; transient
 (certainly not sent) -> release and retry, `f:` + dead letter after MAX_ATTEMPTS; ambiguous (any
-5xx, a timeout or reset after sending) -> like a crash in the window.
+5xx, a timeout or reset after sending) -> like a crash in the window (resend: `unknown` after
+MAX_ATTEMPTS), and a 5xx slows the shared rate as a throttle does.
 
 Concurrency: SENDER_CONCURRENCY slots shared by one reader per partition; a reader asks for at
 most its fair share of the free slots (COUNT), so no partition starves the others.
@@ -519,6 +520,7 @@ class Sender:
                     metrics.JOBS.labels("retried").inc()
                     await self.release(part, job, claim)
                     takeover = ""
+                    await self.slow_down_on_server_error(exc)
                     await self.pause_job(backoff(transient))
                     continue
                 await self.finish(
@@ -531,6 +533,7 @@ class Sender:
                     EventType.UNKNOWN,
                     detail=f"SES call outcome unknown: {exc}"[:500],
                 )
+                await self.slow_down_on_server_error(exc)
                 return
             metrics.SES_SECONDS.observe(time.monotonic() - started)
             if paused := self.setup.blocking(scopes):
@@ -691,6 +694,13 @@ class Sender:
             sentry.report(exc, code=exc.code)
         else:
             log.warning("SES daily quota exhausted; all senders wait", seconds=seconds)
+
+    async def slow_down_on_server_error(self, exc: BaseException) -> None:
+        """A 5xx makes its job ambiguous: during an SES outage every call would, so the shared
+        rate backs off as for throttling (AIMD, down to 5% within seconds), which bounds how
+        many recipients an outage leaves `unknown` (or sends again with resend)."""
+        if isinstance(exc, SesError) and exc.status >= 500:
+            await self.best_effort(self.limiter.throttled())
 
     async def wait_for_setup(self, scopes: tuple[str, ...]) -> None:
         """Wait while a setup this job uses is paused (no claim, no token held); the one job the

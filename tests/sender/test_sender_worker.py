@@ -263,6 +263,20 @@ async def test_resend_gives_up_as_unknown_after_max_attempts_ambiguous_answers(
     assert fake_ses.calls[EMAILS[0]] == 3
 
 
+async def test_a_5xx_is_unknown_with_skip_and_slows_the_shared_rate(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    fake_ses.script[EMAILS[0]] = [SesAmbiguous("InternalFailure", "internal error", 500)]
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    sender = make_sender(sender_settings())
+    run = running(sender)
+    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0] == "u"
+    assert fake_ses.calls[EMAILS[0]] == 1
+    assert (await sender.limiter.status()).factor < 1.0
+
+
 async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
