@@ -20,11 +20,16 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectTimeoutError,
+    CredentialRetrievalError,
     EndpointConnectionError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+    TokenRetrievalError,
 )
 
 from common.aws import boto_session
-from common.errors import SesAmbiguous, SesError, SesTransient
+from common.errors import SesAmbiguous, SesError, SesPaused, SesRejected, SesTransient
 from common.settings import Settings
 from sender.ses_client import MAX_CONNECT_TIMEOUT, OutgoingEmail, ses_error
 
@@ -49,10 +54,19 @@ def request_kwargs(email: OutgoingEmail) -> dict[str, Any]:
     return kwargs
 
 
+NO_CREDENTIALS = (
+    NoCredentialsError,
+    PartialCredentialsError,
+    CredentialRetrievalError,
+    TokenRetrievalError,
+)
+
+
 def error_from_boto(exc: Exception, recipients: Collection[str] = ()) -> SesError:
     """botocore's failure of one call as a Ses* error, by the same rules as SesClient: an SES
-    answer by its code; no connection is `SesTransient` (not sent); anything after the request
-    went out (read timeout, connection closed) is `SesAmbiguous`."""
+    answer by its code; no connection is `SesTransient` (not sent); invalid parameters are
+    `SesRejected` and missing credentials `SesPaused` (both before any request); anything after
+    the request went out (read timeout, connection closed) is `SesAmbiguous`."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", "") or "")
@@ -63,6 +77,11 @@ def error_from_boto(exc: Exception, recipients: Collection[str] = ()) -> SesErro
     name = type(exc).__name__
     if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
         return SesTransient("ConnectError", f"{name}: {exc}")
+    # raised before any request is made: never "maybe sent"
+    if isinstance(exc, ParamValidationError):
+        return SesRejected("InvalidParameter", f"{name}: {exc}")
+    if isinstance(exc, NO_CREDENTIALS):
+        return SesPaused("CredentialsUnavailable", f"{name}: {exc}")
     return SesAmbiguous("ConnectionLost", f"{name}: {exc}")
 
 

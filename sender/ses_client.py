@@ -15,13 +15,16 @@ What an answer or a failure is, and why:
   looks at the request; a 408 without an SES code.
 - `SesThrottled` / `SesQuotaExceeded`: 429, `TooManyRequestsException`, `Throttling`,
   `LimitExceededException`, refused at admission.
-- `SesPaused`: `SendingPaused`, `AccountSuspended`, `AccessDenied`, other 401/403: the account.
+- `SesPaused`: `SendingPaused`, `AccountSuspended`, `AccessDenied`, other 401/403: the account;
+  no credentials to sign with (a failed refresh): nothing was sent.
 - `SesSetupFault`, our setup and not this recipient (pause it, fail nothing): `NotFoundException`
-  and `ConfigurationSetDoesNotExist`, `MailFromDomainNotVerified`, a `MessageRejected` that names
+  and `ConfigurationSetDoesNotExist`, a bad request that names the configuration set,
+  `MailFromDomainNotVerified`, a `MessageRejected` that names
   an unverified identity other than the recipients or says "not authorized", a 4xx that carries
   no SES error code at all (a wrong endpoint: not SES answering).
 - `SesRejected`, this message never goes: any other `MessageRejected` (content, address, a
-  sandbox recipient), `BadRequestException`, `InvalidParameterValue`, other 4xx.
+  sandbox recipient), `BadRequestException`, `InvalidParameterValue`, other 4xx; a message that
+  cannot be encoded.
 - `SesAmbiguous`, SES may have sent it: **any 5xx** (SES's `InternalFailure` or
   `ServiceUnavailable`, a proxy's 502/503/504), a reset, timeout or close after the request was
   written, a 2xx without a readable MessageId.
@@ -263,6 +266,8 @@ def setup_reason(status: int, code: str, message: str, recipients: Collection[st
     """What part of our setup an error answer blames ("" when it blames none)."""
     if code in CONFIGURATION_SET_CODES:
         return "configuration_set"
+    if code in REJECT_CODES and "configuration set" in message.lower():
+        return "configuration_set"  # e.g. an invalid SES_CONFIGURATION_SET name
     if code in MAIL_FROM_CODES:
         return "mail_from_domain"
     if code == "MessageRejected" and identity_refused(message, recipients):
@@ -469,8 +474,17 @@ class SesClient:
 
     async def send_email(self, email: OutgoingEmail) -> str:
         """Send one email; returns SES's MessageId or raises a `common.errors.Ses*` error."""
-        body = encode_request(email)
-        headers = self._signed_headers(await self._current_signer(), body)
+        try:
+            body = encode_request(email)
+        except (UnicodeEncodeError, msgspec.EncodeError) as exc:
+            # text that is not Unicode (a lone surrogate): this message can never be sent
+            raise SesRejected("InvalidMessage", f"cannot encode the request: {exc}") from exc
+        try:
+            headers = self._signed_headers(await self._current_signer(), body)
+        except Exception as exc:
+            # No credentials (a failed refresh from STS or instance metadata): nothing was sent,
+            # and no send can be until they are back: pause, fail nothing, mark nothing unknown.
+            raise SesPaused("CredentialsUnavailable", f"{type(exc).__name__}: {exc}") from exc
         session = self._http()
         try:
             async with session.post(
@@ -485,12 +499,15 @@ class SesClient:
             raise error_from_exception(exc) from exc
         if 200 <= status < 300:
             try:
-                return _response_decoder.decode(payload).MessageId
+                message_id = _response_decoder.decode(payload).MessageId
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 # SES said yes but the id is unreadable: the mail is probably on its way.
                 raise SesAmbiguous(
                     "MalformedResponse", payload[:200].decode(errors="replace"), status
                 ) from exc
+            if not message_id:
+                raise SesAmbiguous("MalformedResponse", "no MessageId in the answer", status)
+            return message_id
         raise error_from_response(status, answer_headers, payload, (email.to,))
 
     async def close(self) -> None:

@@ -15,6 +15,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    CredentialRetrievalError,
+    NoCredentialsError,
+    ParamValidationError,
+)
 from multidict import CIMultiDict
 from sesstub import SesStub
 
@@ -31,6 +38,7 @@ from common.errors import (
     SesTransient,
 )
 from common.settings import Settings
+from sender.ses_boto3 import error_from_boto
 from sender.ses_client import (
     OutgoingEmail,
     SesClient,
@@ -453,6 +461,8 @@ UNVERIFIED = "Email address is not verified. The following identities failed the
 
 def test_setup_faults_are_told_apart_from_rejected_recipients() -> None:
     rcpt = ("someone@example.org",)
+    bad_name = "Configuration set name 'my set' is invalid."
+    assert classify(400, "BadRequestException", bad_name, rcpt) is SesSetupFault
     for code in ("NotFoundException", "ConfigurationSetDoesNotExist"):
         assert classify(404, code, "Configuration set <x> does not exist.") is SesSetupFault
         assert setup_reason(404, code, "", rcpt) == "configuration_set"
@@ -496,6 +506,72 @@ async def test_an_unverified_sender_identity_from_the_stub_is_a_setup_fault(
         await client.send_email(make_email(configuration_set="news"))
     assert raised.value.reason == "configuration_set"
     assert stub.sent == 1
+
+
+async def test_failures_before_the_request_are_never_ambiguous(
+    stub: SesStub, ses_settings: Callable[..., Settings], make_email: MakeEmail
+) -> None:
+    """Nothing left this process: not `unknown`. Credentials that cannot be refreshed pause
+    (no send can go until they are back); a message that cannot be encoded is rejected."""
+
+    def refresh() -> dict[str, str]:
+        raise RuntimeError("instance metadata unreachable")
+
+    client = SesClient(ses_settings())
+    client.credentials = RefreshableCredentials(
+        access_key="AKIDOLD",
+        secret_key="s",
+        token="t",
+        expiry_time=datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1),
+        refresh_using=refresh,
+        method="test",
+    )
+    try:
+        with pytest.raises(SesPaused) as paused:
+            await client.send_email(make_email())
+    finally:
+        await client.close()
+    assert paused.value.code == "CredentialsUnavailable"
+    client = SesClient(ses_settings())
+    try:
+        with pytest.raises(SesRejected) as rejected:
+            await client.send_email(make_email(html="<p>\udcff</p>"))
+    finally:
+        await client.close()
+    assert rejected.value.code == "InvalidMessage"
+    assert stub.calls == 0
+
+
+async def test_a_success_without_a_message_id_is_ambiguous(
+    ses_settings: Callable[..., Settings], make_email: MakeEmail
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"MessageId": ""})
+
+    async with serve(handler) as url:
+        client = SesClient(ses_settings(SES_ENDPOINT_URL=url))
+        try:
+            with pytest.raises(SesAmbiguous) as raised:
+                await client.send_email(make_email())
+        finally:
+            await client.close()
+    assert raised.value.code == "MalformedResponse"
+
+
+def test_boto3_failures_before_the_request_are_never_ambiguous() -> None:
+    invalid = error_from_boto(ParamValidationError(report="Invalid type for parameter"))
+    assert type(invalid) is SesRejected
+    assert type(error_from_boto(NoCredentialsError())) is SesPaused
+    assert type(error_from_boto(CredentialRetrievalError(provider="sso", error_msg="x"))) is (
+        SesPaused
+    )
+    assert type(error_from_boto(ConnectionClosedError(endpoint_url="u"))) is SesAmbiguous
+    answer = {
+        "Error": {"Code": "InternalFailure", "Message": "internal"},
+        "ResponseMetadata": {"HTTPStatusCode": 500},
+    }
+    assert type(error_from_boto(ClientError(answer, "SendEmail"))) is SesAmbiguous  # type: ignore[arg-type]
 
 
 def test_exceptions_before_any_byte_are_transient_after_are_ambiguous() -> None:
