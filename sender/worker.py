@@ -536,8 +536,6 @@ class Sender:
                 await self.slow_down_on_server_error(exc)
                 return
             metrics.SES_SECONDS.observe(time.monotonic() - started)
-            if paused := self.setup.blocking(scopes):
-                await self.best_effort(self.setup_resumed(paused))
             await self.finish(
                 part,
                 entry_id,
@@ -548,6 +546,10 @@ class Sender:
                 EventType.SENT,
                 ses_id=ses_id,
             )
+            # a probe (or a send that beat the pause) went through: after the record, so the
+            # ambiguous window holds nothing more
+            if paused := self.setup.blocking(scopes):
+                await self.best_effort(self.setup_resumed(paused))
             return
 
     async def prepare(
