@@ -5,7 +5,8 @@ with that setup pauses instead, and nothing fails:
 
 - a *scope* names the setup: `configuration-set:<name>`, `from:<address>` (identity and MAIL
   FROM faults), or `all` (a missing resource outside any configuration set, an endpoint that is
-  not SES). A job uses `all`, its configuration set and its From address;
+  not SES, SES out of reach for MAX_ATTEMPTS tries of one job). A job uses `all`, its
+  configuration set and its From address;
 - the pause lives in Redis (`Keys.setup_paused`: scope -> JSON of the first fault), shared by
   every replica and kept across restarts. Each replica reads it every `REFRESH_S`, and at once
   when it meets a fault itself;

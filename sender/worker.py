@@ -33,7 +33,8 @@ SES outcomes: throttled -> release the claim, slow the shared bucket (AIMD), bac
 everyone, report; setup fault (a configuration set that does not exist, an unverified sender
 identity: `sender.setup_faults`) -> release, pause that setup for every replica, alert, wait for a
 probe to succeed; nothing fails and no attempt is counted; rejected -> `f:<code>`; transient
-(certainly not sent) -> release and retry, `f:` + dead letter after MAX_ATTEMPTS; ambiguous (any
+(certainly not sent) -> release and retry, and after MAX_ATTEMPTS in a row the setup fault
+`unreachable` (all sending pauses) rather than failing the recipient; ambiguous (any
 5xx, a timeout or reset after sending) -> like a crash in the window (resend: `unknown` after
 MAX_ATTEMPTS), and a 5xx slows the shared rate as a throttle does.
 
@@ -125,6 +126,11 @@ class LeavePending(Exception):
 class Ready:
     content: MessageContent
     takeover: str  # inflight claim of a dead sender we may replace (ON_AMBIGUOUS=resend)
+
+
+def unreachable(exc: SesTransient) -> SesSetupFault:
+    """SES out of reach for MAX_ATTEMPTS tries of one job: a fault of the whole setup."""
+    return SesSetupFault(exc.code, exc.message or str(exc), exc.status, reason="unreachable")
 
 
 def consumer_name() -> str:
@@ -489,25 +495,17 @@ class Sender:
                 )
                 return
             except SesTransient as exc:
+                # certainly not sent, and never about this recipient (no connection, a refused
+                # signature): retry; MAX_ATTEMPTS in a row means SES is out of reach for us, a
+                # setup fault that pauses all sending until a probe gets through, not a failure
                 self.count_error(exc, started)
                 transient += 1
-                if transient >= self.settings.max_attempts:
-                    reason = f"transient:{exc.code}"
-                    await self.finish(
-                        part,
-                        entry_id,
-                        job,
-                        content,
-                        claim,
-                        f"{FAILED}{reason}",
-                        EventType.FAILED,
-                        detail=str(exc)[:500],
-                        dead=dead_entry(entry_id, job.fields(), reason),
-                    )
-                    return
                 metrics.JOBS.labels("retried").inc()
                 await self.release(part, job, claim)
                 takeover = ""
+                if transient >= self.settings.max_attempts:
+                    await self.setup_fault(unreachable(exc), email)
+                    continue
                 await self.pause_job(backoff(transient))
                 continue
             except (SesAmbiguous, SesError, Exception) as exc:
