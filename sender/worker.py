@@ -422,12 +422,14 @@ class Sender:
         accepted = accepted_ms(job.msg_id)
         transient = throttled = 0
         while True:
-            await self.wait_for_setup(scopes)
+            probing = await self.wait_for_setup(scopes)
             grant = await self.before_claim(lambda: self.limiter.acquire(self.stop))
             if grant is None:
                 raise LeavePending()
             if self.stop.is_set():
                 raise LeavePending()
+            if not probing and self.setup.blocking(scopes):
+                continue  # paused while this job waited for its slot: the slot is let go
             claim = self.claims.next()
             got = await self.until_done(
                 functools.partial(
@@ -702,15 +704,17 @@ class Sender:
         if isinstance(exc, SesError) and exc.status >= 500:
             await self.best_effort(self.limiter.throttled())
 
-    async def wait_for_setup(self, scopes: tuple[str, ...]) -> None:
+    async def wait_for_setup(self, scopes: tuple[str, ...]) -> bool:
         """Wait while a setup this job uses is paused (no claim, no token held); the one job the
-        cluster lets probe it every SETUP_PROBE_INTERVAL goes through (`sender.setup_faults`)."""
+        cluster lets probe it every SETUP_PROBE_INTERVAL goes through (`sender.setup_faults`).
+        True when this job is that probe."""
         while blocked := self.setup.blocking(scopes):
             probe = functools.partial(self.setup.take_probe, blocked[0])
             if await self.before_claim(probe):
                 log.info("probing a paused SES setup", scope=blocked[0])
-                return
+                return True
             await self.pause_job(SETUP_POLL_S)
+        return False
 
     async def setup_fault(self, exc: SesSetupFault, email: Any) -> None:
         """Pause the setup `exc` blames, for every replica; alert when this starts the pause."""

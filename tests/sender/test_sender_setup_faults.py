@@ -194,3 +194,24 @@ async def test_a_thousand_recipients_survive_a_misspelled_configuration_set(
         assert stub.sent == len(emails)
         assert await redis.xlen(PART.sends_dead) == 0
         assert await paused_scopes(redis) == {}
+
+
+async def test_jobs_that_waited_for_a_rate_slot_do_not_send_into_a_fresh_pause(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Any, fake_ses: FakeSes
+) -> None:
+    """At 20/s the 8 jobs of a replica hold slots up to 400 ms ahead; once the first call
+    meets the fault, none of the others sends on its slot."""
+
+    async def misspelled_configuration_set(email: Any) -> None:
+        raise NOT_FOUND
+
+    fake_ses.hook = misspelled_configuration_set
+    await seed(redis, KEYS, [f"slow{n}@example.org" for n in range(8)])
+    settings = sender_settings(
+        SES_CONFIGURATION_SET="typo", EMAIL_RATE="20", EMAIL_BURST="1", SETUP_PROBE_INTERVAL="30"
+    )
+    run = running(make_sender(settings))
+    await wait_for(lambda: has_pause(redis, "configuration-set:typo"))
+    await asyncio.sleep(0.8)
+    await run.stop()
+    assert sum(fake_ses.calls.values()) == 1, fake_ses.calls
