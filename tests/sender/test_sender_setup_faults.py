@@ -9,13 +9,15 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from senderkit import SECRET, FakeSes, Running, events, new_msg_id, seed, states, wait_for
 from sesstub import SesStub
+from structlog.testing import capture_logs
 
 from common.errors import SesSetupFault
 from common.keys import Keys
 from common.settings import Settings
-from sender import metrics
+from sender import metrics, worker
 from sender.compose import compose
 from sender.ses_client import SesClient
 from sender.worker import Sender
@@ -47,9 +49,18 @@ async def paused_scopes(redis: Any) -> dict[str, dict[str, Any]]:
 
 
 async def test_a_setup_fault_pauses_fails_nothing_alerts_and_a_probe_resumes(
-    redis: Any, sender_settings: Any, make_sender: Any, running: Any, fake_ses: FakeSes
+    redis: Any,
+    sender_settings: Any,
+    make_sender: Any,
+    running: Any,
+    fake_ses: FakeSes,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     broken = True
+    reported: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        worker.sentry, "report", lambda exc=None, message="", **kw: reported.append(kw)
+    )
 
     async def misspelled_configuration_set(email: Any) -> None:
         if broken:
@@ -62,9 +73,14 @@ async def test_a_setup_fault_pauses_fails_nothing_alerts_and_a_probe_resumes(
     settings = sender_settings(
         SES_CONFIGURATION_SET="typo", SETUP_PROBE_INTERVAL="0.4", MAX_ATTEMPTS="2"
     )
-    run = running(make_sender(settings))
-    await wait_for(lambda: has_pause(redis, "configuration-set:typo"))
-    await asyncio.sleep(1.5)  # several probe intervals, more than MAX_ATTEMPTS faults per job
+    with capture_logs() as logs:
+        run = running(make_sender(settings))
+        await wait_for(lambda: has_pause(redis, "configuration-set:typo"))
+        await asyncio.sleep(1.5)  # several probe intervals, more than MAX_ATTEMPTS faults per job
+    # the alarm goes off once per pause, not once per job that met the fault
+    alarms = [e for e in logs if e["log_level"] == "error" and "setup fault" in e["event"]]
+    assert len(alarms) == 1 and alarms[0]["scope"] == "configuration-set:typo"
+    assert reported == [{"scope": "configuration-set:typo", "code": "NotFoundException"}]
     calls_while_broken = sum(fake_ses.calls.values())
     # the first wave (SENDER_CONCURRENCY calls in flight) and about one probe per interval
     assert calls_while_broken <= 8 + 6, fake_ses.calls
