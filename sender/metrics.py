@@ -19,8 +19,9 @@ from common.settings import Settings
 JOBS = Counter(
     "sesflow_sends",
     "Recipient jobs by outcome: final (sent failed unknown stopped suppressed), or a send to be "
-    "retried (throttled retried), or a job already final (duplicate) or dead-lettered, or a "
-    "rate slot dropped because the job got to it too late (late_slot)",
+    "retried (throttled retried) or released because its SES setup is broken (setup_paused), "
+    "or a job already final (duplicate) or dead-lettered, or a rate slot dropped because the "
+    "job got to it too late (late_slot)",
     ["outcome"],
 )
 SES_SECONDS = Histogram(
