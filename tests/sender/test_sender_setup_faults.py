@@ -20,6 +20,7 @@ from common.settings import Settings
 from sender import metrics, worker
 from sender.compose import compose
 from sender.ses_client import SesClient
+from sender.setup_faults import scope_of, scopes_of
 from sender.worker import Sender
 
 KEYS = Keys("sesflow")
@@ -231,3 +232,19 @@ async def test_jobs_that_waited_for_a_rate_slot_do_not_send_into_a_fresh_pause(
     await asyncio.sleep(0.8)
     await run.stop()
     assert sum(fake_ses.calls.values()) == 1, fake_ses.calls
+
+
+def test_scopes_name_what_a_fault_blames() -> None:
+    assert scopes_of("News <News@Example.com>", "") == ("all", "from:news@example.com")
+    assert scopes_of("a@b.c", "cs") == ("all", "from:a@b.c", "configuration-set:cs")
+    identity = SesSetupFault("MessageRejected", "not verified", 400, "identity")
+    mail_from = SesSetupFault("MailFromDomainNotVerifiedException", "", 400, "mail_from_domain")
+    endpoint = SesSetupFault("HTTP404", "", 404, "endpoint")
+    assert scope_of(identity, "News <news@example.com>", "cs") == "from:news@example.com"
+    assert scope_of(mail_from, "a@b.c", "cs") == "from:a@b.c"
+    assert scope_of(NOT_FOUND, "a@b.c", "cs") == "configuration-set:cs"
+    assert scope_of(NOT_FOUND, "a@b.c", "") == "all"  # a template or contact list: everything
+    assert scope_of(endpoint, "a@b.c", "cs") == "all"
+    # what a job waits on is what a fault pauses
+    for fault in (identity, mail_from, NOT_FOUND, endpoint):
+        assert scope_of(fault, "a@b.c", "cs") in scopes_of("a@b.c", "cs")
