@@ -11,6 +11,7 @@ Layout (prefix `sesflow` by default):
     sesflow:secret                    generated tracking secret when TRACKING_SECRET is unset
     sesflow:setup:paused              hash: paused SES setup (scope) -> JSON of its first fault
     sesflow:setup:probe:<scope>       held by the one sender probing a paused setup (PX interval)
+    sesflow:setup:seen:<scope>        renewed by each fault of a paused setup; gone = stale pause
 
 and per send partition N (SEND_PARTITIONS, default 1), everything a Lua script or a MULTI touches
 together shares the hash tag `{sesflow:N}` so the same code runs on Redis Cluster. With several
@@ -207,6 +208,9 @@ class Keys:
 
     def setup_probe(self, scope: str) -> str:
         return f"{self.prefix}:setup:probe:{scope}"
+
+    def setup_seen(self, scope: str) -> str:
+        return f"{self.prefix}:setup:seen:{scope}"
 
 
 def request_id(msg_id: str, index: int) -> str:

@@ -16,7 +16,8 @@ with that setup pauses instead, and nothing fails:
   one paused setup sends nothing else until it resumes;
 - every SETUP_PROBE_INTERVAL one job in the whole cluster is let through as the probe
   (`SET NX PX` on `Keys.setup_probe(scope)`): a real send. Sent -> the scope resumes for every
-  replica; the same fault -> it waits again;
+  replica; the same fault -> it waits again. Each fault renews `Keys.setup_seen(scope)`; a pause
+  no fault renewed for `STALE_PROBES` intervals has no job left to probe it and is dropped;
 - the first fault of a pause fires the alert: an error log line, a Sentry message,
   `sesflow_setup_faults_total{reason}`, `sesflow_setup_paused`, and `setup_faults` in the stats
   overview (a banner on the dashboard).
@@ -29,11 +30,18 @@ from typing import Any
 
 from common.errors import SesSetupFault
 from common.keys import Keys
+from common.logs import get_logger
 from common.setup_pauses import MESSAGE_BYTES, SetupPause, encode_pause, read_pauses
 from sender import metrics
 
+log = get_logger(__name__)
+
 ALL = "all"
 REFRESH_S = 1.0  # how soon a replica learns of another's pause or resume
+# A pause no fault confirmed for this many probe intervals is dropped: no job uses that setup
+# any more (the setting was fixed and the senders restarted, its campaign was cancelled), so
+# no probe would ever lift it and the dashboard would show it for ever.
+STALE_PROBES = 10
 
 
 def address_of(from_email: str) -> str:
@@ -69,6 +77,7 @@ class SetupFaults:
         self.client = client
         self.keys = keys
         self.probe_ms = max(1, int(probe_interval * 1000))
+        self.stale_ms = STALE_PROBES * self.probe_ms
         self.owner = owner
         self.paused: dict[str, SetupPause] = {}
         self._next_try: dict[str, float] = {}
@@ -78,7 +87,22 @@ class SetupFaults:
         return [scope for scope in scopes if scope in self.paused]
 
     async def refresh(self) -> None:
-        self.paused = await read_pauses(self.client, self.keys)
+        paused = await read_pauses(self.client, self.keys)
+        if paused:
+            pipe = self.client.pipeline(transaction=False)
+            for scope in paused:
+                pipe.exists(self.keys.setup_seen(scope))
+            seen = await pipe.execute()
+            for scope, fresh in zip(list(paused), seen, strict=True):
+                if not fresh and await self.client.hdel(self.keys.setup_paused, scope):
+                    del paused[scope]
+                    log.warning(
+                        "SES setup pause dropped: no fault for it lately (no job of it left?)",
+                        scope=scope,
+                    )
+                elif not fresh:
+                    del paused[scope]
+        self.paused = paused
         metrics.SETUP_PAUSED.set(len(self.paused))
 
     async def record(self, scope: str, fault: SesSetupFault) -> SetupPause | None:
@@ -92,6 +116,8 @@ class SetupFaults:
             since_ms=now_ms(),
         )
         self.paused.setdefault(scope, pause)  # this replica stops at once, even without Redis
+        # `seen` first: a refresh never finds the pause without it and drops it as stale
+        await self.client.set(self.keys.setup_seen(scope), pause.since_ms, px=self.stale_ms)
         started = await self.client.hsetnx(self.keys.setup_paused, scope, encode_pause(pause))
         await self.client.set(self.keys.setup_probe(scope), self.owner, px=self.probe_ms, nx=True)
         metrics.SETUP_PAUSED.set(len(self.paused))

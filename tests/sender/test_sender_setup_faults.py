@@ -20,7 +20,7 @@ from common.settings import Settings
 from sender import metrics, worker
 from sender.compose import compose
 from sender.ses_client import SesClient
-from sender.setup_faults import scope_of, scopes_of
+from sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sender.worker import Sender
 
 KEYS = Keys("sesflow")
@@ -248,3 +248,21 @@ def test_scopes_name_what_a_fault_blames() -> None:
     # what a job waits on is what a fault pauses
     for fault in (identity, mail_from, NOT_FOUND, endpoint):
         assert scope_of(fault, "a@b.c", "cs") in scopes_of("a@b.c", "cs")
+
+
+async def test_a_pause_that_no_fault_confirms_any_more_is_dropped(redis: Any) -> None:
+    """SES_CONFIGURATION_SET fixed and the senders restarted: no job uses the old scope, so
+    no probe would lift its pause; it goes after STALE_PROBES intervals without a fault."""
+    faults = SetupFaults(redis, KEYS, 0.05, "me")  # stale after 10 x 50 ms
+    await faults.record("configuration-set:tpyo", NOT_FOUND)
+    await faults.refresh()
+    assert faults.blocking(("configuration-set:tpyo",))
+    await asyncio.sleep(0.3)
+    await faults.record("configuration-set:tpyo", NOT_FOUND)  # a probe met it again: renewed
+    await asyncio.sleep(0.3)
+    await faults.refresh()
+    assert faults.blocking(("configuration-set:tpyo",))
+    await asyncio.sleep(0.3)
+    await faults.refresh()
+    assert not faults.blocking(("configuration-set:tpyo",))
+    assert await paused_scopes(redis) == {}
