@@ -19,9 +19,9 @@ What an answer or a failure is, and why:
   no credentials to sign with (a failed refresh): nothing was sent.
 - `SesSetupFault`, our setup and not this recipient (pause it, fail nothing): `NotFoundException`
   and `ConfigurationSetDoesNotExist`, a bad request that names the configuration set,
-  `MailFromDomainNotVerified`, a `MessageRejected` that names
-  an unverified identity other than the recipients or says "not authorized", a 4xx that carries
-  no SES error code at all (a wrong endpoint: not SES answering).
+  `MailFromDomainNotVerified`, a `MessageRejected` that names an unverified identity other than
+  the recipients or says "not authorized", a 4xx that carries no SES error code at all (a wrong
+  endpoint: not SES answering).
 - `SesRejected`, this message never goes: any other `MessageRejected` (content, address, a
   sandbox recipient), `BadRequestException`, `InvalidParameterValue`, other 4xx; a message that
   cannot be encoded.
