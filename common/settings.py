@@ -81,6 +81,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     on_ambiguous: str = "skip"
     reclaim_idle: float = 60.0
     shutdown_grace: float = 10.0
+    # Seconds between probes of a setup paused by a setup fault (one real send cluster-wide).
+    setup_probe_interval: float = 30.0
 
     # Tracking and feedback
     tracking_secret: str = ""
@@ -179,6 +181,8 @@ def check(settings: Settings) -> Settings:
         raise ConfigError("SENDER_CONCURRENCY must be at least 1")
     if settings.max_attempts < 1:
         raise ConfigError("MAX_ATTEMPTS must be at least 1")
+    if not settings.setup_probe_interval > 0:
+        raise ConfigError("SETUP_PROBE_INTERVAL must be positive")
     check_sns(settings)
     return settings
 

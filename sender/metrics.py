@@ -19,8 +19,9 @@ from common.settings import Settings
 JOBS = Counter(
     "sesflow_sends",
     "Recipient jobs by outcome: final (sent failed unknown stopped suppressed), or a send to be "
-    "retried (throttled retried), or a job already final (duplicate) or dead-lettered, or a "
-    "rate slot dropped because the job got to it too late (late_slot)",
+    "retried (throttled retried) or released because its SES setup is broken (setup_paused), "
+    "or a job already final (duplicate) or dead-lettered, or a rate slot dropped because the "
+    "job got to it too late (late_slot)",
     ["outcome"],
 )
 SES_SECONDS = Histogram(
@@ -37,6 +38,15 @@ BUCKET_RATE = Gauge(
 RATE_CONFIGURED = Gauge("sesflow_rate_configured_per_second", "EMAIL_RATE of this sender")
 BUCKET_FACTOR = Gauge("sesflow_rate_factor", "AIMD factor of the shared rate (1 = full)")
 PAUSED_SECONDS = Gauge("sesflow_rate_paused_seconds", "Seconds left in a cluster-wide pause")
+SETUP_FAULTS = Counter(
+    "sesflow_setup_faults",
+    "SES answers that blame the setup, not the recipient (reason: configuration_set, "
+    "mail_from_domain, identity, endpoint); sending with that setup pauses",
+    ["reason"],
+)
+SETUP_PAUSED = Gauge(
+    "sesflow_setup_paused", "Setups paused by a setup fault, cluster-wide (0 = none)"
+)
 JOBS_HELD = Gauge("sesflow_sender_jobs_held", "Jobs this process is handling right now")
 REGISTRY.register(RedisReconnects("sender"))
 

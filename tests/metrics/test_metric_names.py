@@ -45,6 +45,7 @@ SENDER = {
     "sesflow_ses_call_seconds_sum": set(),
     "sesflow_ses_call_seconds_count": set(),
     "sesflow_ses_errors_total": {"error_class"},
+    "sesflow_setup_paused": set(),
 }
 TRACKER = {"sesflow_events_total": {"type"}}
 EVERY_ROLE = {"sesflow_redis_reconnects_total": {"role"}}
