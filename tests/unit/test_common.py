@@ -42,11 +42,13 @@ def test_invalid_setting_is_a_config_error() -> None:
 def test_dotenv_then_environment(tmp_path: Path) -> None:
     env = tmp_path / ".env"
     env.write_text(
-        '# comment\nEMAIL_RATE=5\nexport EMAIL_SENDER="x@example.com"\nJWT_SECRET=k  # c\n'
+        '# comment\nEMAIL_RATE=5\nexport EMAIL_SENDER="x@example.com"\n'
+        "JWT_SECRET=k0123456789abcdef  # c\n"
     )
-    assert read_dotenv(env)["JWT_SECRET"] == "k"
+    assert read_dotenv(env)["JWT_SECRET"] == "k0123456789abcdef"
     s = load_settings({"EMAIL_RATE": "7"}, str(env))
-    assert s.email_rate == 7 and s.email_sender == "x@example.com" and s.jwt_secret == "k"
+    assert s.email_rate == 7 and s.email_sender == "x@example.com"
+    assert s.jwt_secret == "k0123456789abcdef"
 
 
 def test_keys_share_a_hash_tag_per_partition() -> None:
