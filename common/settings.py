@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from common.errors import ConfigError
-from common.weak_secrets import weakness
+from common.weak_secrets import aws_placeholder, bad_sentry_dsn, weakness
 
 DEFAULT_CERT_URL_PATTERN = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^?#]+\.pem"
 
@@ -229,6 +229,13 @@ def check(settings: Settings) -> Settings:
         reason = weakness(env_names(field)[0], getattr(settings, field))
         if reason:
             raise ConfigError(reason)
+    for field in ("aws_access_key_id", "aws_secret_access_key"):
+        reason = aws_placeholder(env_names(field)[0], getattr(settings, field))
+        if reason:
+            raise ConfigError(reason)
+    reason = bad_sentry_dsn(settings.sentry_dsn)
+    if reason:
+        raise ConfigError(reason)
     return settings
 
 

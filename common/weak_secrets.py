@@ -84,3 +84,31 @@ def weakness(name: str, value: str) -> str | None:
     if len(set(value)) == 1:
         return f"{name} repeats a single character: set it to a random value"
     return None
+
+
+# AWS keys are checked by AWS itself; these only catch a template copied as is (the older
+# services' READMEs show `your_access_key` / `your_secret_key`), which would otherwise fail every
+# send. Test doubles' keys such as `testing` stay accepted.
+AWS_PLACEHOLDERS = frozenset(
+    {"changeme", "youraccesskey", "youraccesskeyid", "yoursecretkey", "yoursecretaccesskey"}
+)
+SENTRY_DSN = re.compile(r"https?://[^@/\s]+@[^/\s]+/\S+")
+
+
+def aws_placeholder(name: str, value: str) -> str | None:
+    normal = _normal(value)
+    if normal in AWS_PLACEHOLDERS or any(word in normal for word in PLACEHOLDER_WORDS):
+        return (
+            f"{name} is the placeholder {value.strip()!r}: set your AWS credentials, or leave "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY empty to use botocore's credential chain"
+        )
+    return None
+
+
+def bad_sentry_dsn(value: str) -> str | None:
+    if not value or SENTRY_DSN.fullmatch(value.strip()):
+        return None
+    return (
+        "SENTRY_DSN is not a Sentry DSN (https://<key>@<host>/<project>; the older services' "
+        "example `your_sentry_dsn` is not one): set your project's DSN or leave SENTRY_DSN empty"
+    )

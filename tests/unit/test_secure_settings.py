@@ -238,3 +238,39 @@ def test_sesflow_up_does_not_print_the_redis_password(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         redis.stop()
+
+
+def test_the_older_services_example_values_are_refused_with_a_message(tmp_path: Path) -> None:
+    # Both seeds' READMEs: AWS keys and SENTRY_DSN as templates that would fail every send or
+    # crash Sentry's start with a traceback.
+    for line, message in [
+        ("AWS_ACCESS_KEY_ID=your_access_key", "AWS_ACCESS_KEY_ID is the placeholder"),
+        ("AWS_SECRET_ACCESS_KEY=your_secret_key", "AWS_SECRET_ACCESS_KEY is the placeholder"),
+        ("SENTRY_DSN=your_sentry_dsn  # Optional", "SENTRY_DSN is not a Sentry DSN"),
+    ]:
+        env = tmp_path / ".env"
+        env.write_text(line + "\n")
+        with pytest.raises(ConfigError, match=message):
+            settings_from_mapping(read_dotenv(env))
+    ok = settings_from_mapping(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",  # moto's and the test doubles' keys
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "SENTRY_DSN": "https://abc123@o1.ingest.sentry.io/42",
+        }
+    )
+    assert ok.aws_access_key_id == "testing"
+
+
+def test_a_role_with_the_seed_sentry_dsn_exits_with_the_reason(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sender"],
+        cwd=tmp_path,
+        env=clean_env(SENTRY_DSN="your_sentry_dsn", REDIS_URL="redis://127.0.0.1:1/0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "sesflow sender: SENTRY_DSN is not a Sentry DSN" in proc.stderr
+    assert "Traceback" not in proc.stderr
