@@ -109,3 +109,21 @@ def test_scrubber_walks_nested_values() -> None:
         "a": ["x [redacted] y", ["amqp://u:***@h/", "to [email]"]],
         "[email]": {"n": 1, "none": None},
     }
+
+
+def test_a_request_keeps_its_path_but_not_its_tracking_token() -> None:
+    from common.tracking import Token, sign
+
+    token = sign(b"tracking-secret-0123456789", Token(k="u", r="1-0_0", e=RECIPIENT))
+    event = {
+        "request": {
+            "url": f"https://t.example/v1/events/unsubscribe?t={token}",
+            "query_string": f"t={token}",
+            "method": "POST",
+            "data": {"email": RECIPIENT},
+            "cookies": {"s": "1"},
+        }
+    }
+    options = sentry.sentry_options(settings_from_mapping({}))
+    request = options["before_send"](event, {})["request"]
+    assert request == {"url": "https://t.example/v1/events/unsubscribe", "method": "POST"}
