@@ -353,6 +353,12 @@ def test_compose_requires_api_key_and_a_grafana_password() -> None:
     grafana = as_env_dict(compose()["services"]["grafana"]["environment"])
     assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
     assert "GRAFANA_ADMIN_PASSWORD" in dotenv_keys(ROOT / ".env.example")
+    # Grafana's stats datasource authenticates with the same key.
+    assert grafana["SESFLOW_API_KEY"].startswith("${API_KEY:?")
+    datasources = load_yaml(DEPLOY / "grafana/provisioning/datasources/sesflow.yml")
+    (stats_api,) = [d for d in datasources["datasources"] if d["uid"] == "sesflow-stats-api"]
+    assert stats_api["jsonData"]["httpHeaderName1"] == "x-api-key"
+    assert stats_api["secureJsonData"]["httpHeaderValue1"] == "${SESFLOW_API_KEY}"
 
 
 def k8s_role_env(role: str) -> dict[str, str]:
