@@ -14,7 +14,15 @@ import msgspec
 
 from common.embedded import RedisProcess, port_open
 from common.errors import ConfigError
-from common.settings import ANY_TOPIC, Settings, load_settings, read_dotenv
+from common.settings import (
+    ANY_TOPIC,
+    AUTHENTICATED_ROLES,
+    Settings,
+    check_role,
+    load_settings,
+    read_dotenv,
+    redact_url,
+)
 
 ROLES = ("ingest", "sender", "tracker", "stats")
 
@@ -110,6 +118,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from common.supervisor import Child, Supervisor, child_env, stop_on_signals
 
     settings = load_settings()
+    for role in AUTHENTICATED_ROLES:
+        check_role(settings, role)
     configure(settings, "up")
     env = dict(os.environ)
     redis: RedisProcess | None = None
@@ -127,7 +137,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             local["REDIS_URL"] = redis.url
             lines.append(("redis", f"{redis.url}  (embedded, AOF data in {data})"))
         else:
-            lines.append(("redis", settings.redis_url))
+            lines.append(("redis", redact_url(settings.redis_url)))
         if not aws_configured(settings):
             ses = LocalSes(port=args.ses_port, region=settings.aws_region)
             local["SES_ENDPOINT_URL"] = ses.start([settings.email_sender])

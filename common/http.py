@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -77,7 +78,8 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
 
 def auth_middleware(settings: Settings, public: Iterable[str] = ("/health",)) -> Any:
     """API_KEY (header x-api-key, the Go seed's) and/or JWT_SECRET (HS256 bearer, the Rust
-    seed's). With neither set the API is open. Either credential is enough when both are set."""
+    seed's). With neither set the API is open (only on loopback, unless ALLOW_UNAUTHENTICATED:
+    see `check_role`). Either credential is enough when both are set."""
     public_paths = frozenset(public)
     api_key = settings.api_key.encode()
     jwt_secret = settings.jwt_secret
@@ -91,17 +93,39 @@ def auth_middleware(settings: Settings, public: Iterable[str] = ("/health",)) ->
             return await handler(request)
         auth = request.headers.get("Authorization", "")
         if jwt_secret and auth[:7].lower() == "bearer ":
-            try:
-                # `exp` required, as the Rust service's validation did: no token lives forever.
-                jwt.decode(
-                    auth[7:].strip(), jwt_secret, algorithms=["HS256"], options={"require": ["exp"]}
-                )
-            except jwt.PyJWTError as exc:
-                return error_response(401, "unauthorized", f"invalid token: {exc}")
+            problem = token_problem(settings, auth[7:].strip())
+            if problem:
+                return error_response(401, "unauthorized", f"invalid token: {problem}")
             return await handler(request)
         return error_response(401, "unauthorized", "missing or invalid credentials")
 
     return middleware
+
+
+def token_problem(settings: Settings, token: str) -> str | None:
+    """Why a bearer token is refused, or None when it is valid. `exp` is required, as the Rust
+    service's validation did: no token lives forever, nor longer than JWT_MAX_AGE from now.
+    JWT_AUDIENCE / JWT_ISSUER, when set, must be the token's `aud` / `iss`."""
+    required = ["exp"]
+    if settings.jwt_audience:
+        required.append("aud")
+    if settings.jwt_issuer:
+        required.append("iss")
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=["HS256"],
+            audience=settings.jwt_audience or None,
+            issuer=settings.jwt_issuer or None,
+            options={"require": required, "verify_aud": bool(settings.jwt_audience)},
+        )
+    except jwt.PyJWTError as exc:
+        return str(exc)
+    max_age = settings.jwt_max_age
+    if max_age and float(claims["exp"]) > time.time() + max_age:
+        return f"exp is more than JWT_MAX_AGE ({max_age:g} s) away; mint shorter-lived tokens"
+    return None
 
 
 async def health(_: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ down explicitly.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from typing import Any
 import msgspec
 
 from common.errors import ConfigError
+from common.weak_secrets import aws_placeholder, bad_sentry_dsn, weakness
 
 # Only SNS's own regional hosts, with a label shaped like a region (`us-east-1`, `us-gov-west-1`;
 # `cn-north-1` on `.com.cn`): a looser label such as `[a-z0-9-]+` also matches S3's
@@ -31,6 +33,39 @@ DEFAULT_CERT_URL_PATTERN = rf"https://{SNS_CERT_HOST}/SimpleNotificationService-
 ANY_TOPIC = "*"
 SNS_TOPIC_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_.-]{1,256}")
 SIGNATURE_VERSIONS = ("1", "2")
+
+# Settings whose value is a credential: never shown (repr, logs, Sentry, `sesflow up`).
+SECRET_FIELDS = frozenset(
+    {
+        "api_key",
+        "jwt_secret",
+        "tracking_secret",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "sentry_dsn",
+    }
+)
+# Secrets that guard sesflow's own doors: a placeholder or a short value is refused at start.
+CHECKED_SECRETS = ("tracking_secret", "api_key", "jwt_secret")
+# Roles that serve the API (send, cancel, suppressions, stats) and need auth off loopback.
+AUTHENTICATED_ROLES = ("ingest", "stats")
+REDACTED = "***"
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):[^@/\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """`text` with the password of every URL in it replaced: `redis://:***@host:6379/0`."""
+    return _URL_PASSWORD.sub(rf"\g<head>:{REDACTED}@", text)
+
+
+def redacted_value(field: str, value: Any) -> Any:
+    """The value of a setting as it may be shown: secrets as '***', URLs without a password."""
+    if field in SECRET_FIELDS or field.endswith(("_secret", "_password", "_token", "_key")):
+        return REDACTED if value else value
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
+    return value
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,6 +86,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stats_url: str = ""
     api_key: str = ""
     jwt_secret: str = ""
+    # A token's `exp` may be at most this far ahead (seconds; 0: no limit). Optional claims that,
+    # when set, a token must carry with exactly this value.
+    jwt_max_age: float = 24 * 3600.0
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    # Serve ingest and stats on a non-loopback BIND_HOST without API_KEY or JWT_SECRET.
+    allow_unauthenticated: bool = False
     max_request_bytes: int = 10 * 1024 * 1024
 
     # Messages
@@ -104,6 +146,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sentry_environment: str = ""
     data_dir: str = ".sesflow"
     database_url: str = ""
+
+    def __repr__(self) -> str:
+        """Secrets as '***' and passwords out of URLs: a repr ends up in logs, tracebacks and
+        Sentry."""
+        fields = ", ".join(
+            f"{name}={redacted_value(name, getattr(self, name))!r}"
+            for name in self.__struct_fields__
+        )
+        return f"Settings({fields})"
+
+    __str__ = __repr__
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [
+            (name, redacted_value(name, getattr(self, name))) for name in self.__struct_fields__
+        ]
 
     @property
     def public_url(self) -> str:
@@ -181,6 +239,19 @@ def check(settings: Settings) -> Settings:
         raise ConfigError("SENDER_CONCURRENCY must be at least 1")
     if settings.max_attempts < 1:
         raise ConfigError("MAX_ATTEMPTS must be at least 1")
+    if settings.jwt_max_age < 0:
+        raise ConfigError("JWT_MAX_AGE must be 0 (no limit) or a positive number of seconds")
+    for field in CHECKED_SECRETS:
+        reason = weakness(env_names(field)[0], getattr(settings, field))
+        if reason:
+            raise ConfigError(reason)
+    for field in ("aws_access_key_id", "aws_secret_access_key"):
+        reason = aws_placeholder(env_names(field)[0], getattr(settings, field))
+        if reason:
+            raise ConfigError(reason)
+    reason = bad_sentry_dsn(settings.sentry_dsn)
+    if reason:
+        raise ConfigError(reason)
     if not settings.setup_probe_interval > 0:
         raise ConfigError("SETUP_PROBE_INTERVAL must be positive")
     check_sns(settings)
@@ -204,6 +275,31 @@ def check_sns(settings: Settings) -> None:
         re.compile(settings.sns_cert_url_pattern)
     except re.error as exc:
         raise ConfigError(f"SNS_CERT_URL_PATTERN is not a regular expression: {exc}") from exc
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_role(settings: Settings, role: str) -> None:
+    """What a role checks before it starts, beyond `check`: ingest and stats refuse to serve a
+    non-loopback address without credentials, unless ALLOW_UNAUTHENTICATED says so."""
+    if role not in AUTHENTICATED_ROLES or is_loopback(settings.bind_host):
+        return
+    if settings.api_key or settings.jwt_secret or settings.allow_unauthenticated:
+        return
+    raise ConfigError(
+        f"{role} would serve BIND_HOST={settings.bind_host or '(all interfaces)'} without "
+        "authentication: anyone who reaches it could send mail through your SES account, "
+        "cancel topics and delete suppressions. Set API_KEY (or JWT_SECRET), bind a loopback "
+        "address (BIND_HOST=127.0.0.1), or set ALLOW_UNAUTHENTICATED=1 if a proxy in front "
+        "authenticates every request"
+    )
 
 
 def load_settings(

@@ -26,7 +26,7 @@ import yaml
 
 from common.embedded import free_port
 from common.errors import ConfigError
-from common.settings import Settings, env_names, settings_from_mapping
+from common.settings import Settings, check_role, env_names, settings_from_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -354,6 +354,71 @@ def test_secrets_are_in_the_secret_not_the_configmap() -> None:
     assert secret_names <= set(secret["stringData"])
     for doc in k8s_kind("ConfigMap"):
         assert not secret_names & set(doc["data"])
+
+
+# --- secure by default -------------------------------------------------------------------------
+
+
+def test_compose_publishes_ports_on_loopback_only() -> None:
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_compose_requires_api_key_and_a_grafana_password() -> None:
+    # `${NAME:?message}`: compose refuses to start while NAME is unset or empty.
+    for role in ("ingest", "stats"):
+        env = as_env_dict(compose_roles()[role]["environment"])
+        assert env["BIND_HOST"] == "0.0.0.0"
+        assert env["API_KEY"].startswith("${API_KEY:?"), role
+    grafana = as_env_dict(compose()["services"]["grafana"]["environment"])
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert "GRAFANA_ADMIN_PASSWORD" in dotenv_keys(ROOT / ".env.example")
+    # Grafana's stats datasource authenticates with the same key.
+    assert grafana["SESFLOW_API_KEY"].startswith("${API_KEY:?")
+    datasources = load_yaml(DEPLOY / "grafana/provisioning/datasources/sesflow.yml")
+    (stats_api,) = [d for d in datasources["datasources"] if d["uid"] == "sesflow-stats-api"]
+    assert stats_api["jsonData"]["httpHeaderName1"] == "x-api-key"
+    assert stats_api["secureJsonData"]["httpHeaderValue1"] == "${SESFLOW_API_KEY}"
+
+
+def k8s_role_env(role: str) -> dict[str, str]:
+    config = {d["metadata"]["name"]: d["data"] for d in k8s_kind("ConfigMap")}
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in k8s_kind("Secret")}
+    (deployment,) = [
+        d
+        for d in k8s_kind("Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == role
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env: dict[str, str] = {}
+    for source in container["envFrom"]:
+        if "configMapRef" in source:
+            env.update(config[source["configMapRef"]["name"]])
+        else:
+            env.update(secrets[source["secretRef"]["name"]])
+    env.update({e["name"]: e.get("value", "") for e in container.get("env", [])})
+    return env
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_k8s_placeholders_stop_every_role_with_a_message(role: str) -> None:
+    """The Secret ships CHANGE_ME: a forgotten one must stop the pod, never be used."""
+    env = k8s_role_env(role)
+    assert env["TRACKING_SECRET"] == "CHANGE_ME"
+    with pytest.raises(ConfigError, match="is the placeholder 'CHANGE_ME'"):
+        settings_from_mapping(env)
+
+
+@pytest.mark.parametrize("role", ("ingest", "stats"))
+def test_k8s_api_roles_get_credentials(role: str) -> None:
+    env = k8s_role_env(role)
+    assert env["BIND_HOST"] == "0.0.0.0"
+    assert env.get("API_KEY") or env.get("JWT_SECRET")
+    assert env.get("ALLOW_UNAUTHENTICATED", "0") in {"", "0"}
+    # Once the placeholders are replaced, the role starts.
+    filled = {k: ("kq3v9Zr1xW8pL2mN7bT4" if v == "CHANGE_ME" else v) for k, v in env.items()}
+    check_role(settings_from_mapping(filled), role)
 
 
 # --- ports agree with the code ---------------------------------------------------------------

@@ -159,18 +159,22 @@ async def test_unknown_route_and_method_are_json(http: Any) -> None:
 
 
 async def test_health_is_public(api_client: Any, make_settings: Any) -> None:
-    async with api_client(make_settings(API_KEY="k")) as http:
+    async with api_client(make_settings(API_KEY="ingest-test-api-key")) as http:
         resp = await http.get("/health")
         assert resp.status == 200
 
 
 async def test_api_key_and_jwt(api_client: Any, make_settings: Any) -> None:
-    settings = make_settings(API_KEY="secret-key", JWT_SECRET="a-jwt-secret-of-at-least-32-bytes!")
+    settings = make_settings(
+        API_KEY="ingest-secret-api-key", JWT_SECRET="a-jwt-secret-of-at-least-32-bytes!"
+    )
     async with api_client(settings) as http:
         assert (await http.post("/v1/messages", json=GO_BODY)).status == 401
         wrong = await http.post("/v1/messages", json=GO_BODY, headers={"x-api-key": "nope"})
         assert wrong.status == 401
-        ok = await http.post("/v1/messages", json=GO_BODY, headers={"x-api-key": "secret-key"})
+        ok = await http.post(
+            "/v1/messages", json=GO_BODY, headers={"x-api-key": "ingest-secret-api-key"}
+        )
         assert ok.status == 202
         token = jwt.encode(
             {"sub": "client", "exp": int(time.time()) + 60},

@@ -12,7 +12,7 @@ from common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from common.schema import Event, Job, MessageContent, decode_event
 from sender.worker import Sender
 
-SECRET = b"test-secret"
+SECRET = b"test-tracking-secret"
 
 
 class FakeSes:

@@ -87,7 +87,7 @@ async def test_sigterm_finishes_in_flight_calls_and_exits_0(
             "EMAIL_RATE": "50",
             "SENDER_CONCURRENCY": "16",
             "SENDER_METRICS_PORT": str(free_port()),
-            "TRACKING_SECRET": "x",
+            "TRACKING_SECRET": "test-tracking-secret",
             "LOG_FORMAT": "json",
         }
         log_path = tmp_path / "sender.log"

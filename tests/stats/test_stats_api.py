@@ -360,11 +360,13 @@ async def test_metrics_answer_from_redis(
 async def test_auth_protects_the_api_but_not_the_page_health_or_metrics(
     make_settings: Callable[..., Settings],
 ) -> None:
-    client = await serve(create_app(make_settings(API_KEY="k3y"), quota_fetcher=no_quota))
+    client = await serve(
+        create_app(make_settings(API_KEY="stats-test-api-key"), quota_fetcher=no_quota)
+    )
     try:
         assert (await client.get("/v1/topics/x")).status == 401
         assert (await client.get("/v1/stats/overview")).status == 401
-        res = await client.get("/v1/results/count/x", headers={"x-api-key": "k3y"})
+        res = await client.get("/v1/results/count/x", headers={"x-api-key": "stats-test-api-key"})
         assert res.status == 200
         for path in ("/", "/health", "/metrics"):
             assert (await client.get(path)).status == 200, path

@@ -19,7 +19,7 @@ from common.suppression import SuppressionList
 from common.tracking import Token, sign
 from tracker.pages import PIXEL
 
-SECRET = b"test-secret"  # the TRACKING_SECRET of the test settings
+SECRET = b"test-tracking-secret"  # the TRACKING_SECRET of the test settings
 KEYS = Keys()
 P0 = KEYS.partition(0)
 MSG = "1732461234567-0"
