@@ -38,6 +38,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_key: str = ""
     jwt_secret: str = ""
     max_request_bytes: int = 10 * 1024 * 1024
+    # One POST is one transaction: these bound its size (and its idempotency record).
+    max_messages_per_request: int = 1000
+    max_recipients_per_request: int = 100_000
 
     # Messages
     max_recipients: int = 50_000
@@ -162,6 +165,9 @@ def check(settings: Settings) -> Settings:
         raise ConfigError("SEND_PARTITIONS must be at least 1")
     if settings.sender_concurrency < 1:
         raise ConfigError("SENDER_CONCURRENCY must be at least 1")
+    for name in ("max_messages_per_request", "max_recipients_per_request", "max_recipients"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.upper()} must be at least 1")
     if settings.max_attempts < 1:
         raise ConfigError("MAX_ATTEMPTS must be at least 1")
     return settings

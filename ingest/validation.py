@@ -64,6 +64,9 @@ class Limits:
     max_recipients: int
     max_subject_bytes: int
     max_content_bytes: int
+    # Per POST: one request is one transaction and one idempotency record.
+    max_messages: int = 1000
+    max_request_recipients: int = 100_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -71,6 +74,8 @@ class Limits:
             max_recipients=settings.max_recipients,
             max_subject_bytes=settings.max_subject_bytes,
             max_content_bytes=settings.max_content_bytes,
+            max_messages=settings.max_messages_per_request,
+            max_request_recipients=settings.max_recipients_per_request,
         )
 
 
@@ -281,8 +286,9 @@ def parse_message(obj: Any, where: str, default_schedule: str | None) -> Message
     )
 
 
-def parse_api_body(body: bytes) -> list[MessageRequest]:
-    """The message objects of a POST /v1/messages body, not yet validated."""
+def parse_api_body(body: bytes, limits: Limits | None = None) -> list[MessageRequest]:
+    """The message objects of a POST /v1/messages body, not yet validated; with `limits`, a
+    body over the per-request counts is refused (413) before any message is looked at."""
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
@@ -292,16 +298,42 @@ def parse_api_body(body: bytes) -> list[MessageRequest]:
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InputError("invalid_type", "'messages' must be a non-empty list")
+    if limits is not None:
+        check_request_size(messages, limits)
     default_schedule = optional_str(data, _SCHEDULE_NAMES, "body")
     return [
         parse_message(obj, f"messages[{n}]", default_schedule) for n, obj in enumerate(messages)
     ]
 
 
+def check_request_size(messages: list[Any], limits: Limits) -> None:
+    """413 for a request with more message objects, or more recipients over all of them, than
+    one request may carry (counted as sent, before duplicates are dropped)."""
+    if len(messages) > limits.max_messages:
+        raise InputError(
+            "too_many_messages",
+            f"{len(messages)} messages; at most {limits.max_messages} per request"
+            " (MAX_MESSAGES_PER_REQUEST)",
+            status=413,
+        )
+    total = sum(
+        len(emails)
+        for obj in messages
+        if isinstance(obj, dict) and isinstance(emails := obj.get("emails"), list)
+    )
+    if total > limits.max_request_recipients:
+        raise InputError(
+            "too_many_recipients",
+            f"{total} addresses; at most {limits.max_request_recipients} per request"
+            " (MAX_RECIPIENTS_PER_REQUEST)",
+            status=413,
+        )
+
+
 def validate_body(body: bytes, limits: Limits) -> list[ValidMessage]:
     """Parse and strictly validate a whole request: any problem rejects all of it."""
     valid: list[ValidMessage] = []
-    for n, message in enumerate(parse_api_body(body)):
+    for n, message in enumerate(parse_api_body(body, limits)):
         try:
             valid.append(validate_message(message, limits, strict=True))
         except InputError as exc:
