@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from common.addresses import InvalidMailbox, normalise_mailbox
 from common.errors import ConfigError
 
 DEFAULT_CERT_URL_PATTERN = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^?#]+\.pem"
@@ -170,7 +171,11 @@ def check(settings: Settings) -> Settings:
             raise ConfigError(f"{name.upper()} must be at least 1")
     if settings.max_attempts < 1:
         raise ConfigError("MAX_ATTEMPTS must be at least 1")
-    return settings
+    try:
+        sender = normalise_mailbox(settings.email_sender)
+    except InvalidMailbox as exc:
+        raise ConfigError(f"EMAIL_SENDER {settings.email_sender[:100]!r} {exc}") from exc
+    return msgspec.structs.replace(settings, email_sender=sender)
 
 
 def load_settings(

@@ -29,6 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from common import scripts
+from common.addresses import is_valid_address
 from common.connection import connect
 from common.errors import InputError
 from common.http import auth_middleware, errors_middleware, health, json_response, read_body
@@ -39,7 +40,7 @@ from common.suppression import SuppressionList, entry, normalise
 from ingest import metrics
 from ingest.compat import PUBLIC_PATHS, add_compat_routes
 from ingest.idempotency import IdempotencyStore, body_hash, check_key
-from ingest.validation import Limits, ValidMessage, check_topic, is_valid_address, validate_body
+from ingest.validation import Limits, ValidMessage, check_topic, validate_body
 
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", Keys)
