@@ -26,6 +26,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_cluster: bool = False
     redis_prefix: str = "sesflow"
     send_partitions: int = 1
+    # Seconds before a Redis command, or a connection attempt, is given up: a stuck Redis
+    # surfaces as an error (503, a paused loop, a failing /health) instead of a hang.
+    redis_socket_timeout: float = 10.0
+    redis_connect_timeout: float = 2.0
 
     # HTTP
     bind_host: str = "127.0.0.1"
@@ -171,6 +175,8 @@ def check(settings: Settings) -> Settings:
             raise ConfigError(f"{name.upper()} must be at least 1")
     if settings.max_attempts < 1:
         raise ConfigError("MAX_ATTEMPTS must be at least 1")
+    if settings.redis_connect_timeout <= 0:
+        raise ConfigError("REDIS_CONNECT_TIMEOUT must be positive")
     try:
         sender = normalise_mailbox(settings.email_sender)
     except InvalidMailbox as exc:
