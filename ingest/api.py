@@ -7,12 +7,13 @@
     GET    /v1/suppressions/{email}     one entry, 404 when not suppressed
     PUT    /v1/suppressions/{email}     suppress by hand (body: {"reason", "detail"}, optional)
     DELETE /v1/suppressions/{email}     remove from the list, 404 when it was not there
-    GET    /health                      liveness (never needs credentials)
+    GET    /health                      readiness: 503 when Redis does not answer PING
+    GET    /livez                       liveness: no Redis (neither needs credentials)
     GET    /metrics                     Prometheus metrics (never needs credentials)
 
-Everything but /health needs API_KEY or a JWT_SECRET bearer token when either is set. Bad input
-is a 4xx JSON `{"error", "detail"}`; Redis errors propagate to `errors_middleware` (503 with
-Retry-After).
+Everything but /health, /livez and /metrics needs API_KEY or a JWT_SECRET bearer token when
+either is set. Bad input is a 4xx JSON `{"error", "detail"}`; Redis errors propagate to
+`errors_middleware` (503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ from common import scripts
 from common.addresses import is_valid_address
 from common.connection import connect
 from common.errors import InputError
-from common.http import auth_middleware, errors_middleware, health, json_response, read_body
+from common.http import (
+    HEALTH_PATHS,
+    add_health_routes,
+    auth_middleware,
+    errors_middleware,
+    json_response,
+    read_body,
+)
 from common.keys import Keys
 from common.producer import entry_fields
 from common.schema import REQUEST_FIELD, encode
@@ -261,14 +269,14 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[
             role_metrics.middleware,
             errors_middleware,
-            auth_middleware(settings, public=("/health", "/metrics", *PUBLIC_PATHS)),
+            auth_middleware(settings, public=(*HEALTH_PATHS, "/metrics", *PUBLIC_PATHS)),
         ],
         client_max_size=settings.max_request_bytes,
     )
     app[SETTINGS] = settings
     app[KEYS] = Keys(settings.redis_prefix, settings.send_partitions)
     app.cleanup_ctx.append(redis_context)
-    app.router.add_get("/health", health)
+    add_health_routes(app, lambda app: app[REDIS])
     app.router.add_get("/metrics", role_metrics.handler)
     app.router.add_post("/v1/messages", post_messages)
     app.router.add_delete("/v1/topics/{topic_id}", delete_topic)
