@@ -87,6 +87,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Stats
     stats_batch_size: int = 1000
     stats_flush_interval: float = 1.0
+    # Seconds a topic's counters and series are kept after its last event (400 days).
+    stats_retention: int = 400 * 24 * 3600
 
     # Process
     log_level: str = "info"
@@ -175,6 +177,8 @@ def check(settings: Settings) -> Settings:
             raise ConfigError(f"{name.upper()} must be at least 1")
     if settings.max_attempts < 1:
         raise ConfigError("MAX_ATTEMPTS must be at least 1")
+    if settings.stats_retention < 1:
+        raise ConfigError("STATS_RETENTION must be at least 1 (seconds)")
     if settings.redis_connect_timeout <= 0:
         raise ConfigError("REDIS_CONNECT_TIMEOUT must be positive")
     try:
