@@ -3,7 +3,7 @@ in (the API, entries producers XADD, the setting at startup)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from email.header import decode_header, make_header
 from email.utils import formataddr, parseaddr
 from typing import Any
@@ -15,9 +15,10 @@ from common.connection import ensure_group
 from common.errors import ConfigError
 from common.keys import DISPATCH_GROUP, Keys, PartitionKeys
 from common.producer import enqueue
-from common.schema import MessageRequest
+from common.schema import Job, MessageContent, MessageRequest
 from common.settings import Settings, settings_from_mapping
 from ingest.dispatcher import Dispatcher, dispatcher_client
+from sender.compose import compose
 
 REFUSED = [
     "a@x.io, b@y.io",  # a list
@@ -118,3 +119,23 @@ def test_email_sender_is_checked_and_rebuilt_at_startup() -> None:
         settings_from_mapping({"AWS_SES_FROM_EMAIL": "a@x.io, b@y.io"})
     settings = settings_from_mapping({"EMAIL_SENDER": "Zoë <z@x.io>"})
     assert settings.email_sender == "=?utf-8?q?Zo=C3=AB?= <z@x.io>"
+
+
+def test_the_sender_refuses_a_stored_sender_that_is_not_one_mailbox(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Content stored by an older version (whose check was lenient) is checked again."""
+    settings = make_settings(EMAIL_SENDER="default@example.com")
+    job = Job(msg_id="1-0", index=0, email="to@example.com")
+
+    def content(from_email: str) -> MessageContent:
+        return MessageContent(
+            msg_id="1-0", topic="t", subject="s", html="<p>x</p>", from_email=from_email
+        )
+
+    with pytest.raises(InvalidMailbox):
+        compose(settings, b"secret", content("a@x.io <b@y.io>"), job)
+    assert compose(settings, b"secret", content("Zoë <z@x.io>"), job).from_email == (
+        "=?utf-8?q?Zo=C3=AB?= <z@x.io>"
+    )
+    assert compose(settings, b"secret", content(""), job).from_email == "default@example.com"
