@@ -62,9 +62,19 @@ def connect(settings: Settings, **overrides: Any) -> Any:
         )
     if settings.redis_cluster:
         options.pop("health_check_interval")
+        # Per node; past it a command fails at once (MaxConnectionsError, a ConnectionError).
+        options.setdefault("max_connections", settings.redis_max_connections)
         return watch_reconnects(RedisCluster.from_url(settings.redis_url, **options))
+    # A bounded pool where a command waits for a free connection, at most as long as for a
+    # reply, then fails as unavailable.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=options.pop("max_connections", settings.redis_max_connections),
+        timeout=options["socket_timeout"],
+        **options,
+    )
     # Every client counts its reconnects for `sesflow_redis_reconnects_total`.
-    return watch_reconnects(aioredis.Redis.from_url(settings.redis_url, **options))
+    return watch_reconnects(aioredis.Redis.from_pool(pool))
 
 
 @contextlib.contextmanager

@@ -30,6 +30,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # surfaces as an error (503, a paused loop, a failing /health) instead of a hang.
     redis_socket_timeout: float = 10.0
     redis_connect_timeout: float = 2.0
+    # Connections one client (one process) may open: a flood of HTTP requests waits for a free
+    # one (then 503) instead of opening thousands and exhausting Redis's maxclients for every
+    # role.
+    redis_max_connections: int = 256
 
     # HTTP
     bind_host: str = "127.0.0.1"
@@ -179,6 +183,8 @@ def check(settings: Settings) -> Settings:
         raise ConfigError("MAX_ATTEMPTS must be at least 1")
     if settings.stats_retention < 1:
         raise ConfigError("STATS_RETENTION must be at least 1 (seconds)")
+    if settings.redis_max_connections < 8:
+        raise ConfigError("REDIS_MAX_CONNECTIONS must be at least 8")
     if settings.redis_connect_timeout <= 0:
         raise ConfigError("REDIS_CONNECT_TIMEOUT must be positive")
     try:

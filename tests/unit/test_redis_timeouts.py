@@ -84,3 +84,20 @@ def test_every_blocking_read_stays_within_the_longest_block() -> None:
     from stats.aggregate import MAX_BLOCK_MS
 
     assert max(READ_BLOCK_MS, BLOCK_MS, MAX_BLOCK_MS) <= LONGEST_BLOCK_MS
+
+
+async def test_a_client_opens_at_most_redis_max_connections(
+    make_settings: Any, redis: Any, redis_url: str
+) -> None:
+    """A burst of concurrent commands waits for a free connection instead of opening one each
+    (thousands of them would exhaust Redis's maxclients for every role)."""
+    url = f"{redis_url}?client_name=capped-pool"
+    client = connect(make_settings(REDIS_URL=url, REDIS_MAX_CONNECTIONS="8"))
+    try:
+        burst = asyncio.gather(*(client.blpop([f"nothing:{n}"], timeout=0.2) for n in range(40)))
+        await asyncio.sleep(0.1)  # the burst is under way: as many connections as it may get
+        opened = [c for c in await redis.client_list() if c.get("name") == "capped-pool"]
+        assert 1 <= len(opened) <= 8
+        assert await burst == [None] * 40
+    finally:
+        await client.aclose()
