@@ -92,11 +92,7 @@ def prior_outcome(raw: str | None, digest: str) -> Prior | None:
             status=409,
         )
     if record.b is None:
-        raise InputError(
-            "idempotency_in_progress",
-            "a request with this Idempotency-Key is being processed; retry shortly",
-            status=409,
-        )
+        raise in_progress()
     return Prior(status=record.s, answer=record.b)
 
 
@@ -143,12 +139,12 @@ class IdempotencyStore:
     async def _refresh(self, claim: Claim, every: float) -> None:
         while True:
             await asyncio.sleep(every)
-            # A failed refresh is not fatal: the write checks ownership anyway.
-            with contextlib.suppress(Exception):
-                if not await self._own(
-                    keys=[claim.record_key], args=[claim.placeholder, PENDING_TTL]
-                ):
-                    return
+            args = [claim.placeholder, PENDING_TTL]
+            try:
+                if not await self._own(keys=[claim.record_key], args=args):
+                    return  # lost already: the write will see it and write nothing
+            except Exception:  # not fatal: the write checks ownership anyway
+                continue
 
     async def commit(
         self, claim: Claim, stream: str, field: str, entries: list[bytes], status: int, answer: Any
