@@ -74,15 +74,27 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal", "unexpected error; it has been logged")
 
 
+# Longest a body may take to arrive (10 MiB at ~1.4 Mbit/s): a client trickling bytes must not
+# hold a connection and its buffer for ever.
+BODY_READ_TIMEOUT = 60.0
+
+
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The request body, refusing more than `max_bytes` with 413 before reading it all."""
+    """The request body, refusing more than `max_bytes` with 413 before reading it all, and a
+    body that takes longer than BODY_READ_TIMEOUT to arrive with 408."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise InputError("too_large", f"body exceeds {max_bytes} bytes", status=413)
     body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > max_bytes:
-            raise InputError("too_large", f"body exceeds {max_bytes} bytes", status=413)
+    try:
+        async with asyncio.timeout(BODY_READ_TIMEOUT):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise InputError("too_large", f"body exceeds {max_bytes} bytes", status=413)
+    except TimeoutError:
+        raise InputError(
+            "body_timeout", f"the body did not arrive within {BODY_READ_TIMEOUT:g} s", status=408
+        ) from None
     return bytes(body)
 
 
