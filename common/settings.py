@@ -183,8 +183,9 @@ def check(settings: Settings) -> Settings:
         raise ConfigError("MAX_ATTEMPTS must be at least 1")
     if settings.stats_retention < 1:
         raise ConfigError("STATS_RETENTION must be at least 1 (seconds)")
-    if settings.redis_max_connections < 8:
-        raise ConfigError("REDIS_MAX_CONNECTIONS must be at least 8")
+    # A sender or stats process keeps one blocking read per partition: leave room beside them.
+    if settings.redis_max_connections < settings.send_partitions + 8:
+        raise ConfigError("REDIS_MAX_CONNECTIONS must be at least SEND_PARTITIONS + 8")
     if settings.redis_connect_timeout <= 0:
         raise ConfigError("REDIS_CONNECT_TIMEOUT must be positive")
     try:

@@ -92,12 +92,20 @@ async def test_a_client_opens_at_most_redis_max_connections(
     """A burst of concurrent commands waits for a free connection instead of opening one each
     (thousands of them would exhaust Redis's maxclients for every role)."""
     url = f"{redis_url}?client_name=capped-pool"
-    client = connect(make_settings(REDIS_URL=url, REDIS_MAX_CONNECTIONS="8"))
+    client = connect(make_settings(REDIS_URL=url, REDIS_MAX_CONNECTIONS="9"))
     try:
         burst = asyncio.gather(*(client.blpop([f"nothing:{n}"], timeout=0.2) for n in range(40)))
         await asyncio.sleep(0.1)  # the burst is under way: as many connections as it may get
         opened = [c for c in await redis.client_list() if c.get("name") == "capped-pool"]
-        assert 1 <= len(opened) <= 8
+        assert 1 <= len(opened) <= 9
         assert await burst == [None] * 40
     finally:
         await client.aclose()
+
+
+def test_the_pool_leaves_room_beside_one_blocking_read_per_partition() -> None:
+    from common.settings import settings_from_mapping
+
+    with pytest.raises(ConfigError, match="REDIS_MAX_CONNECTIONS"):
+        settings_from_mapping({"SEND_PARTITIONS": "100", "REDIS_MAX_CONNECTIONS": "100"})
+    assert settings_from_mapping({"SEND_PARTITIONS": "100"}).redis_max_connections == 256
