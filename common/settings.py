@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from common.addresses import InvalidMailbox, normalise_mailbox
 from common.errors import ConfigError
 from common.weak_secrets import aws_placeholder, bad_sentry_dsn, weakness
 
@@ -74,6 +75,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_cluster: bool = False
     redis_prefix: str = "sesflow"
     send_partitions: int = 1
+    # Seconds before a Redis command, or a connection attempt, is given up: a stuck Redis
+    # surfaces as an error (503, a paused loop, a failing /health) instead of a hang.
+    redis_socket_timeout: float = 10.0
+    redis_connect_timeout: float = 2.0
+    # Connections one client (one process) may open: a flood of HTTP requests waits for a free
+    # one (then 503) instead of opening thousands and exhausting Redis's maxclients for every
+    # role.
+    redis_max_connections: int = 256
 
     # HTTP
     bind_host: str = "127.0.0.1"
@@ -94,6 +103,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Serve ingest and stats on a non-loopback BIND_HOST without API_KEY or JWT_SECRET.
     allow_unauthenticated: bool = False
     max_request_bytes: int = 10 * 1024 * 1024
+    # One POST is one transaction: these bound its size (and its idempotency record).
+    max_messages_per_request: int = 1000
+    max_recipients_per_request: int = 100_000
 
     # Messages
     max_recipients: int = 50_000
@@ -138,6 +150,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Stats
     stats_batch_size: int = 1000
     stats_flush_interval: float = 1.0
+    # Seconds a topic's counters and series are kept after its last event (400 days).
+    stats_retention: int = 400 * 24 * 3600
 
     # Process
     log_level: str = "info"
@@ -237,6 +251,9 @@ def check(settings: Settings) -> Settings:
         raise ConfigError("SEND_PARTITIONS must be at least 1")
     if settings.sender_concurrency < 1:
         raise ConfigError("SENDER_CONCURRENCY must be at least 1")
+    for name in ("max_messages_per_request", "max_recipients_per_request", "max_recipients"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.upper()} must be at least 1")
     if settings.max_attempts < 1:
         raise ConfigError("MAX_ATTEMPTS must be at least 1")
     if settings.jwt_max_age < 0:
@@ -255,7 +272,18 @@ def check(settings: Settings) -> Settings:
     if not settings.setup_probe_interval > 0:
         raise ConfigError("SETUP_PROBE_INTERVAL must be positive")
     check_sns(settings)
-    return settings
+    if settings.stats_retention < 1:
+        raise ConfigError("STATS_RETENTION must be at least 1 (seconds)")
+    # A sender or stats process keeps one blocking read per partition: leave room beside them.
+    if settings.redis_max_connections < settings.send_partitions + 8:
+        raise ConfigError("REDIS_MAX_CONNECTIONS must be at least SEND_PARTITIONS + 8")
+    if settings.redis_connect_timeout <= 0:
+        raise ConfigError("REDIS_CONNECT_TIMEOUT must be positive")
+    try:
+        sender = normalise_mailbox(settings.email_sender)
+    except InvalidMailbox as exc:
+        raise ConfigError(f"EMAIL_SENDER {settings.email_sender[:100]!r} {exc}") from exc
+    return msgspec.structs.replace(settings, email_sender=sender)
 
 
 def check_sns(settings: Settings) -> None:

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from common.http import error_response
+from common.http import error_response, read_body
 from common.logs import get_logger
 from common.settings import Settings
 
@@ -69,12 +69,13 @@ def target_urls(settings: Settings) -> dict[str, str]:
     }
 
 
-def forwarder(role: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def forwarder(role: str, max_bytes: int) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def forward(request: web.Request) -> web.StreamResponse:
         url = request.app[TARGETS][role] + request.rel_url.raw_path_qs
         dropped = HOP_BY_HOP | CREDENTIALS if role == "tracker" else HOP_BY_HOP
         headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
-        body = await request.read() if request.can_read_body else None
+        # The same size and time limits as a body ingest reads for itself.
+        body = await read_body(request, max_bytes) if request.can_read_body else None
         try:
             async with request.app[HTTP].request(
                 request.method,
@@ -106,6 +107,6 @@ def add_compat_routes(app: web.Application, settings: Settings) -> None:
     app[TARGETS] = target_urls(settings)
     app.cleanup_ctx.append(http_context)
     for role, paths in (("tracker", TRACKER_PATHS), ("stats", STATS_PATHS)):
-        handler = forwarder(role)
+        handler = forwarder(role, settings.max_request_bytes)
         for method, path in paths:
             app.router.add_route(method, path, handler)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of a sender process, served on SENDER_METRICS_PORT with /health.
+"""Prometheus metrics of a sender process, served on SENDER_METRICS_PORT with /health (Redis
+reachability and what the sender says about itself) and /livez.
 
 The metrics are module-level, in prometheus-client's default registry (with its process and GC
 metrics): one sender per process."""
@@ -11,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from common.http import json_response
+from common.http import add_health_routes
 from common.metrics import RedisReconnects, metrics_response
 from common.settings import Settings
 
@@ -51,22 +52,19 @@ JOBS_HELD = Gauge("sesflow_sender_jobs_held", "Jobs this process is handling rig
 REGISTRY.register(RedisReconnects("sender"))
 
 HealthInfo = Callable[[], dict[str, Any]]
-HEALTH_KEY: web.AppKey[HealthInfo] = web.AppKey("health")
+REDIS: web.AppKey[Any] = web.AppKey("redis")
 
 
 async def metrics(_: web.Request) -> web.Response:
     return metrics_response(REGISTRY)
 
 
-async def health(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", **request.app[HEALTH_KEY]()})
-
-
-def create_app(settings: Settings, health_info: Callable[[], dict[str, Any]]) -> web.Application:
-    """`/metrics` (Prometheus) and `/health` (with what `health_info` says about the sender)."""
+def create_app(settings: Settings, health_info: HealthInfo, *, client: Any) -> web.Application:
+    """`/metrics` (Prometheus), `/health` (PING of `client`, the sender's Redis, with what
+    `health_info` says about the sender) and `/livez`."""
     app = web.Application(client_max_size=settings.max_request_bytes)
-    app[HEALTH_KEY] = health_info
+    app[REDIS] = client
     RATE_CONFIGURED.set(settings.email_rate)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/health", health)
+    add_health_routes(app, lambda app: app[REDIS], health_info)
     return app

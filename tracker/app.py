@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from common.connection import connect
-from common.http import errors_middleware, health
+from common.http import add_health_routes, errors_middleware
 from common.keys import Keys
 from common.logs import get_logger
 from common.settings import ANY_TOPIC, Settings
@@ -74,6 +74,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/events/click", links.click)
     app.router.add_get("/v1/events/unsubscribe", links.unsubscribe)
     app.router.add_post("/v1/events/unsubscribe", links.unsubscribe)
-    app.router.add_get("/health", health)
+    add_health_routes(app, lambda app: app[TRACKER].client)
     app.router.add_get("/metrics", metrics.handler)
     return app

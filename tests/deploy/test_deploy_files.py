@@ -648,9 +648,10 @@ def test_k8s_one_deployment_per_role_running_that_role() -> None:
         assert list(ports.values()) == [ROLE_PORTS[role]]
         annotations = spec["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(ROLE_PORTS[role])
-        for probe in ("readinessProbe", "livenessProbe"):
+        # Readiness checks Redis; liveness must not, or a Redis outage restarts every pod.
+        for probe, path in (("readinessProbe", "/health"), ("livenessProbe", "/livez")):
             get = container[probe]["httpGet"]
-            assert get["path"] == "/health"
+            assert get["path"] == path
             assert ports.get(get["port"], get["port"]) == ROLE_PORTS[role]
         # Stopping takes the preStop pause plus SHUTDOWN_GRACE; the pod must be given more.
         pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})

@@ -190,7 +190,7 @@ async def test_sender_metrics(
                 assert time.monotonic() < deadline, "the sender did not finish both jobs"
                 await asyncio.sleep(0.02)
             await upkeep.update_gauges(sender)
-            client = await serve(sender_metrics_app(settings, sender.health))
+            client = await serve(sender_metrics_app(settings, sender.health, client=redis))
             samples = await scrape(client)
         finally:
             stop.set()

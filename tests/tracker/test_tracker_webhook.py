@@ -355,7 +355,9 @@ async def test_redis_down_answers_503_so_sns_retries(
         # Refusals that need no Redis are still refusals, not 5xx.
         foreign = signer.notification(delivery(), topic_arn="arn:aws:sns:us-east-1:9:other")
         assert (await post_sns(client, foreign)).status == 403
-        assert (await client.get("/health")).status == 200
+        # Readiness reports the outage; liveness does not depend on Redis.
+        assert (await client.get("/health")).status == 503
+        assert (await client.get("/livez")).status == 200
 
 
 async def test_metrics_count_events_and_refusals(
