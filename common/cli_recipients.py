@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.validation import is_valid_address
+from common.addresses import is_valid_address
 
 
 class RecipientsError(ValueError):

@@ -13,6 +13,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from common.addresses import normalise_mailbox
 from common.schema import RID_TAG, TOPIC_TAG, Job, MessageContent
 from common.settings import Settings
 from common.tracking import Token, sign
@@ -175,6 +176,10 @@ def unsubscribe_headers(
     )
 
 
+def sender_of(settings: Settings, content: MessageContent) -> str:
+    return normalise_mailbox(content.from_email) if content.from_email else settings.email_sender
+
+
 def compose(settings: Settings, secret: bytes, content: MessageContent, job: Job) -> OutgoingEmail:
     """The email for one recipient of one message."""
     rid = job.request_id
@@ -187,7 +192,10 @@ def compose(settings: Settings, secret: bytes, content: MessageContent, job: Job
         tags += ((TOPIC_TAG, topic_tag),)
     template = template_for(content, settings.public_url)
     return OutgoingEmail(
-        from_email=content.from_email or settings.email_sender,
+        # Checked again here: content stored by an older version, or written to Redis by hand,
+        # must not choose a From that shows one sender and is another (InvalidMailbox: the job
+        # is not sent, and is dead-lettered after MAX_ATTEMPTS).
+        from_email=sender_of(settings, content),
         to=job.email,
         subject=content.subject,
         html=render(template, secret, rid, topic),

@@ -45,6 +45,7 @@ _ERROR_MESSAGES = {
     "MessageRejected": "Email address is on the account-level suppression list.",
     "BadRequestException": "Missing required parameter.",
     "InternalFailure": "An internal error occurred.",
+    "NotFoundException": "The resource you attempted to access doesn't exist.",
     "ServiceUnavailable": "Service is unavailable, please try again later.",
 }
 _STATUS_CODES = {
@@ -73,6 +74,14 @@ class StubConfig(msgspec.Struct, kw_only=True):
     reject_pattern: str = ""  # regex; matching recipients get MessageRejected
     paused_until: float = 0.0  # epoch seconds; SendingPausedException until then
     keep_messages: int = 1000  # accepted requests kept for GET /stub/messages
+    # Setup checks, as SES makes them: empty = anything goes. A From address outside
+    # `verified_identities` (address or domain) gets MessageRejected "Email address is not
+    # verified"; a ConfigurationSetName outside `configuration_sets` gets NotFoundException.
+    verified_identities: list[str] = []
+    configuration_sets: list[str] = []
+    # Answer every accepted send with this status after recording it as sent (a proxy's 502
+    # after forwarding, an SES 500 after queueing); 0 = answer 200.
+    accepted_error_status: int = 0
 
 
 class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -87,6 +96,9 @@ class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reject_pattern: str | None = None
     pause_seconds: float | None = None  # pause the account for N seconds (0 = resume)
     keep_messages: int | None = None
+    verified_identities: list[str] | None = None
+    configuration_sets: list[str] | None = None
+    accepted_error_status: int | None = None
     reset: bool = False  # forget every count (not the configuration)
 
 
@@ -115,6 +127,7 @@ class _SendBulkEmail(msgspec.Struct):
     BulkEmailEntries: list[_BulkEntry]
     DefaultContent: dict[str, Any]
     FromEmailAddress: str = ""
+    ConfigurationSetName: str = ""
 
 
 _encoder = msgspec.json.Encoder()
@@ -159,6 +172,7 @@ class SesStub:
         self.paused_answers = 0
         self.quota_answers = 0
         self.bad_requests = 0
+        self.setup_faults = 0  # calls refused by verified_identities / configuration_sets
         self.recipients: collections.Counter[str] = collections.Counter()
         self.per_second: collections.Counter[int] = collections.Counter()
         self.recent: collections.deque[dict[str, Any]] = collections.deque(
@@ -213,6 +227,7 @@ class SesStub:
             "paused_answers": self.paused_answers,
             "quota_answers": self.quota_answers,
             "bad_requests": self.bad_requests,
+            "setup_faults": self.setup_faults,
             "max_per_second": max(self.per_second.values(), default=0),
             "per_second": {str(k): v for k, v in sorted(self.per_second.items())},
             "config": msgspec.to_builtins(self.config),
@@ -255,6 +270,25 @@ class SesStub:
             self.throttled += 1
             raise SesError(429, "TooManyRequestsException")
 
+    def _check_setup(self, from_address: str, configuration_set: str) -> None:
+        """The checks SES makes of the account's setup, before any rate or quota."""
+        config = self.config
+        known = config.configuration_sets
+        if known and configuration_set and configuration_set not in known:
+            self.setup_faults += 1
+            message = f"Configuration set <{configuration_set}> does not exist."
+            raise SesError(404, "NotFoundException", message)
+        address = from_address.rpartition("<")[2].rstrip(">").strip().lower()
+        verified = {i.lower() for i in config.verified_identities}
+        if verified and not {address, address.rpartition("@")[2]} & verified:
+            self.setup_faults += 1
+            raise SesError(
+                400,
+                "MessageRejected",
+                "Email address is not verified. The following identities failed the check in "
+                f"region US-EAST-1: {address}",
+            )
+
     def _rejects(self, address: str) -> bool:
         return self._reject is not None and self._reject.search(address) is not None
 
@@ -295,6 +329,7 @@ class SesStub:
             if len(recipients) > 50:
                 self.bad_requests += 1
                 raise SesError(400, "BadRequestException", "Too many recipients (max 50).")
+            self._check_setup(call.FromEmailAddress, call.ConfigurationSetName)
             if self._maybe_disconnect(request):
                 return web.Response(status=500)
             self._admit(len(recipients))
@@ -308,6 +343,9 @@ class SesStub:
         self._record(recipients)
         if self.recent.maxlen:
             self.recent.append(_raw_decoder.decode(body))
+        if self.config.accepted_error_status:
+            status = self.config.accepted_error_status
+            return web.Response(status=status, text="<html>Bad gateway</html>")
         return self._json({"MessageId": self._message_id()})
 
     async def send_bulk_email(self, request: web.Request) -> web.StreamResponse:
@@ -323,6 +361,7 @@ class SesStub:
             if not call.FromEmailAddress or not call.BulkEmailEntries:
                 self.bad_requests += 1
                 raise SesError(400, "BadRequestException", "Missing FromEmailAddress or entries")
+            self._check_setup(call.FromEmailAddress, call.ConfigurationSetName)
             if self._maybe_disconnect(request):
                 return web.Response(status=500)
             self._admit(sum(len(e.Destination.all()) for e in call.BulkEmailEntries))

@@ -284,6 +284,29 @@ def test_reply_to_takes_up_to_ten_valid_addresses() -> None:
     assert refused(reply_to=["not-an-address"]).error == "invalid_reply_to"
     assert refused(reply_to=["a@example.com\r\nBcc: x@example.com"]).error == "invalid_reply_to"
     assert refused(reply_to=[5]).error == "invalid_type"
+    # one mailbox each, as strict as from_email
+    assert refused(reply_to=["a@example.com, b@example.com"]).error == "invalid_reply_to"
+    assert refused(reply_to=["a@example.com <b@example.com>"]).error == "invalid_reply_to"
+    assert accept(reply_to=["Zoë <z@example.com>"]).request.reply_to == [
+        "=?utf-8?q?Zo=C3=AB?= <z@example.com>"
+    ]
+
+
+def test_recipients_count_towards_the_per_request_limit() -> None:
+    limits = Limits(
+        max_recipients=10, max_subject_bytes=998, max_content_bytes=1000, max_request_recipients=3
+    )
+    validate_body(
+        body(emails=["a@x.io"], recipients=[{"email": "b@x.io"}, {"email": "c@x.io"}]), limits
+    )
+    with pytest.raises(InputError) as caught:
+        validate_body(
+            body(
+                emails=["a@x.io", "d@x.io"], recipients=[{"email": "b@x.io"}, {"email": "c@x.io"}]
+            ),
+            limits,
+        )
+    assert (caught.value.status, caught.value.error) == (413, "too_many_recipients")
 
 
 # --- headers ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from common.schema import Job, MessageContent, MessageRequest, decode_request
 from common.settings import Settings
 from ingest.dispatcher import Dispatcher, dispatcher_client
 
+TEMPLATE_API_KEY = "templates-test-key-7f3a9c2e5b"
 WELCOME = {
     "subject": "Welcome {{first_name}}",
     "html": "<p>Hello {{first_name}}, your plan is {{plan}}.</p>",
@@ -124,12 +125,14 @@ async def test_invalid_json_and_bad_versions_get_a_400(http: Any) -> None:
 
 
 async def test_template_routes_need_credentials(api_client: Any, make_settings: Any) -> None:
-    async with api_client(make_settings(API_KEY="k" * 32)) as http:
+    async with api_client(make_settings(API_KEY=TEMPLATE_API_KEY)) as http:
         for method in ("get", "put", "delete"):
             resp = await getattr(http, method)("/v1/templates/w", json=WELCOME)
             assert resp.status == 401
         assert (await http.get("/v1/templates")).status == 401
-        ok = await http.put("/v1/templates/w", json=WELCOME, headers={"x-api-key": "k" * 32})
+        ok = await http.put(
+            "/v1/templates/w", json=WELCOME, headers={"x-api-key": TEMPLATE_API_KEY}
+        )
         assert ok.status == 201
 
 
