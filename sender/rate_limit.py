@@ -5,7 +5,8 @@
 - A grant may be a short *reservation*: the script books the next slots at most `MAX_RESERVE_MS`
   ahead and the caller sleeps until its slot. Booking further ahead would let many replicas with
   many waiting jobs fill the schedule for seconds, so beyond that the script only says when to
-  ask again. One poller per process books a slot for every job waiting in it in one call.
+  ask again. One poller per process books a slot for every job waiting in it in one call, and
+  the slots of one `GATHER_S` step are sent together (one SES call for the jobs of a message).
 - **Late slots are dropped, never bunched.** A job that wakes up (or gets to its SES call) more
   than `LATE_S` after its slot (the process was not scheduled, Redis was slow) does not send on
   that slot: it asks for a new one. Sends are then never later than slot + `LATE_S`, so any
@@ -51,6 +52,11 @@ COOLDOWN_MS = 1000
 FLOOR = 0.05
 RECOVERY = 0.2
 MAX_RESERVE_MS = 500
+# Reserved slots are sent on a grid of this step: the jobs whose slots fall in one step wake
+# together and go out in one claim, one SES call and one record, instead of one wake-up and one
+# call each. A send is then at most GATHER_S + LATE_S after its slot, so a 1-s window holds at
+# most 0.995 x 1.045 x rate + burst < 1.04 x rate + burst.
+GATHER_S = 0.04
 # Waiting jobs ask again at least this often, so that a lifted pause or a recovered rate is
 # noticed soon; jitter spreads the replicas' polls.
 MAX_POLL_S = 1.0
@@ -150,8 +156,11 @@ class RateLimiter:
                         if not waiter.done():
                             # timed from when we asked: never later than Redis's own `now`
                             ahead = first + slot * interval
-                            tolerance = LATE_S if ahead > 0 else IMMEDIATE_LATE_S
-                            waiter.set_result(Grant(asked + max(0.0, ahead), tolerance))
+                            if ahead > 0:
+                                at = math.ceil((asked + ahead) / GATHER_S) * GATHER_S
+                                waiter.set_result(Grant(at, LATE_S))
+                            else:
+                                waiter.set_result(Grant(asked, IMMEDIATE_LATE_S))
                             slot += 1
                     continue
                 delay = min(int(reply[1]) / 1000, MAX_POLL_S) * random.uniform(0.8, 1.2)

@@ -12,7 +12,8 @@ One job = one recipient. Its life, in order:
 3. a token from the shared limiter (the wait is cancelled by shutdown: nothing is claimed yet);
 4. `claim.lua`: still queued and not stopped -> `i:<ms>:<consumer>`; if the claim came back
    too late for the token's slot, the claim is released and a new token taken (no bunching);
-5. SES SendEmail;
+5. SES: SendBulkEmail with the other jobs of its message claimed together (up to 50 entries),
+   or SendEmail (`sender.outbox`, SEND_MODE);
 6. `record.lua`: final state + event + XACK at once; the SES id -> request id link rides in the
    same round trip.
 
@@ -73,6 +74,7 @@ from common.schema import Event, EventType, Job, MessageContent
 from common.settings import Settings
 from sender import metrics
 from sender.content import ContentCache
+from sender.outbox import Outbox
 from sender.rate_limit import RateLimiter
 from sender.state import (
     FAILED,
@@ -103,6 +105,8 @@ BACKOFF_CAP_S = 5.0
 
 class SesSender(Protocol):
     async def send_email(self, email: Any) -> str: ...
+
+    async def send_bulk_email(self, bulk: Any) -> list[Any]: ...
 
 
 Composer = Callable[[Settings, bytes, MessageContent, Job], Any]
@@ -198,6 +202,7 @@ class Sender:
         self.store = DeliveryStore(client, self.keys, settings.content_ttl)
         self.limiter = RateLimiter(client, settings, self.keys)
         self.contents = ContentCache(client)
+        self.outbox = Outbox(ses, settings.send_mode)
         self.claims = ClaimValues(self.consumer)
         self.slots = Slots(settings.sender_concurrency)
         self.stop = asyncio.Event()
@@ -439,7 +444,7 @@ class Sender:
             # --- the ambiguous window: claim stored; only the SES call until the record ---
             started = time.monotonic()
             try:
-                ses_id = await self.ses.send_email(email)
+                ses_id = await self.outbox.send(email)
             except SesThrottled as exc:
                 self.count_error(exc, started)
                 metrics.JOBS.labels("throttled").inc()
