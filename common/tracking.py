@@ -11,6 +11,7 @@ process of a deployment signs and verifies with the same key.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -44,10 +45,18 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> Any:
+    """HMAC-SHA256 with the key already absorbed: a copy per token skips re-keying (a mail with
+    many tracked links signs one token per link)."""
+    return hmac.new(secret, digestmod=hashlib.sha256)
+
+
 def sign(secret: bytes, token: Token) -> str:
     payload = _enc.encode(token)
-    mac = hmac.new(secret, payload, hashlib.sha256).digest()[:MAC_BYTES]
-    return f"{_b64(payload)}.{_b64(mac)}"
+    mac = _keyed(secret).copy()
+    mac.update(payload)
+    return f"{_b64(payload)}.{_b64(mac.digest()[:MAC_BYTES])}"
 
 
 def verify(secret: bytes, text: str) -> Token | None:

@@ -55,8 +55,14 @@ MAX_RESERVE_MS = 500
 # Reserved slots are sent on a grid of this step: the jobs whose slots fall in one step wake
 # together and go out in one claim, one SES call and one record, instead of one wake-up and one
 # call each. A send is then at most GATHER_S + LATE_S after its slot, so a 1-s window holds at
-# most 0.995 x 1.045 x rate + burst < 1.04 x rate + burst.
+# most 0.995 x 1.045 x rate + burst < 1.04 x rate + burst. The step is never longer than
+# GATHER_SLOTS slots (a full bulk call): at high rates slots are dense and go at once.
 GATHER_S = 0.04
+GATHER_SLOTS = 50
+# Slots closer than this (rates above 10,000/s, "unthrottled") are held to IMMEDIATE_LATE_S:
+# being a few ms late there is a fraction of a slot's worth of nothing, and dropping the slot
+# would cost a release and a new claim per job of a busy replica.
+DENSE_INTERVAL_S = 0.0001
 # Waiting jobs ask again at least this often, so that a lifted pause or a recovered rate is
 # noticed soon; jitter spreads the replicas' polls.
 MAX_POLL_S = 1.0
@@ -150,6 +156,7 @@ class RateLimiter:
                 count = int(reply[0])
                 if count > 0:
                     first, interval = float(reply[1]) / 1000, float(reply[2]) / 1000
+                    step = min(GATHER_S, GATHER_SLOTS * interval)
                     slot = 0
                     while slot < count and self._waiters:
                         waiter = self._waiters.popleft()
@@ -157,8 +164,11 @@ class RateLimiter:
                             # timed from when we asked: never later than Redis's own `now`
                             ahead = first + slot * interval
                             if ahead > 0:
-                                at = math.ceil((asked + ahead) / GATHER_S) * GATHER_S
-                                waiter.set_result(Grant(at, LATE_S))
+                                at = math.ceil((asked + ahead) / step) * step
+                                tolerance = (
+                                    LATE_S if interval >= DENSE_INTERVAL_S else IMMEDIATE_LATE_S
+                                )
+                                waiter.set_result(Grant(at, tolerance))
                             else:
                                 waiter.set_result(Grant(asked, IMMEDIATE_LATE_S))
                             slot += 1

@@ -96,6 +96,8 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 BLOCK_MS = 1000  # XREADGROUP BLOCK: also how soon a reader notices shutdown
+# A reader with fewer than half its share of slots free waits this long for more (Slots.take).
+READ_LINGER_S = 0.01
 READ_GUARD_S = 5.0  # a blocking read that outlives BLOCK_MS by this much is on a dead socket
 SES_PAUSE_S = 5.0  # SendingPaused / AccountSuspended: pause, then let the next call probe
 QUOTA_PAUSE_S = 60.0  # daily quota exhausted: the upkeep's quota reading refines this
@@ -163,11 +165,18 @@ class Slots:
             self._available.clear()
         return taken
 
-    async def take(self, most: int, stop: asyncio.Event) -> int:
-        """At least one unit (up to `most`), or 0 once `stop` is set."""
+    async def take(
+        self, most: int, stop: asyncio.Event, least: int = 1, linger: float = 0.0
+    ) -> int:
+        """At least one unit (up to `most`), or 0 once `stop` is set. Fewer than `least` free:
+        wait `linger` seconds once for more, so that a busy replica reads, claims and sends in
+        batches rather than one job at a time as single slots free up."""
         while not stop.is_set():
             taken = self.try_take(most)
             if taken:
+                if taken < least and linger > 0:
+                    await asyncio.sleep(linger)
+                    taken += self.try_take(most - taken)
                 return taken
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._available.wait(), BLOCK_MS / 1000)
@@ -328,7 +337,9 @@ class Sender:
         reclaim_every = min(max(self.settings.reclaim_idle / 4, 0.2), 5.0)
         next_reclaim = 0.0
         while True:
-            count = await self.slots.take(self.fair_share, self.stop)
+            count = await self.slots.take(
+                self.fair_share, self.stop, least=self.fair_share // 2, linger=READ_LINGER_S
+            )
             if not count:
                 return
             try:

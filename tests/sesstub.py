@@ -85,6 +85,7 @@ class StubConfig(msgspec.Struct, kw_only=True):
     reject_pattern: str = ""  # regex; matching recipients get MessageRejected
     paused_until: float = 0.0  # epoch seconds; SendingPausedException until then
     keep_messages: int = 1000  # accepted requests kept for GET /stub/messages
+    keep_mail: bool = True  # keep (and render) every recipient's mail in `mail`
     # address -> statuses for its next bulk entries (consumed one per entry), e.g.
     # {"a@x.org": ["ACCOUNT_THROTTLED"]}: that entry is answered so, the others as usual
     entry_statuses: dict[str, list[str]] = {}
@@ -103,6 +104,7 @@ class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pause_seconds: float | None = None  # pause the account for N seconds (0 = resume)
     keep_messages: int | None = None
     entry_statuses: dict[str, list[str]] | None = None
+    keep_mail: bool | None = None
     reset: bool = False  # forget every count (not the configuration)
 
 
@@ -465,7 +467,11 @@ class SesStub:
                 self.rejected += len(refused)
                 raise SesError(400, "MessageRejected", f"Address rejected: {refused[0]}")
             message_id = self._message_id()
-            mails = [self._simple_mail(call, to, message_id) for to in recipients]
+            mails = (
+                [self._simple_mail(call, to, message_id) for to in recipients]
+                if self.config.keep_mail
+                else []
+            )
         except SesError as err:
             return self._error(err)
         self.messages += 1
@@ -530,7 +536,7 @@ class SesStub:
                 continue
             data = {**default_data, **own}
             message_id = self._message_id()
-            for to in recipients:
+            for to in recipients if self.config.keep_mail else ():
                 self._keep(
                     Mail(
                         message_id=message_id,
