@@ -24,7 +24,7 @@ import msgspec
 from common.merge import MISSING, PLACEHOLDER, as_text, lookup, merged
 from common.schema import RID_TAG, TOPIC_TAG, Job, MessageContent
 from common.settings import Settings
-from common.tracking import Token, sign
+from common.tracking import Token, click_tokens, link_part, sign
 from sender.personalise import CONSTANTS, Part, PartBuilder
 from sender.ses_client import Attachment, BulkEmail, BulkEntry, OutgoingEmail
 
@@ -88,6 +88,7 @@ class MessageTemplate:
     text: Part | None  # None: an HTML-only message (stored before text parts existed)
     names: tuple[tuple[str, str], ...]  # (placeholder name, its key v<n>)
     clicks: tuple[str, ...]  # tracked link targets; link n's click URL is key c<n>
+    links: tuple[tuple[bytes, str], ...]  # `link_part` of each target without placeholders
     opens: bool  # the pixel's URL is key `o`
     base: str  # public_url, escaped for an HTML attribute
     defaults: Mapping[str, Any]  # the message's merge data
@@ -184,6 +185,7 @@ def build_template(content: MessageContent, public_url: str) -> MessageTemplate:
         text=text_part,
         names=tuple(names.items()),
         clicks=clicks,
+        links=tuple(link_part(url) for url in clicks),
         opens=content.track_opens,
         base=html.escape(public_url, quote=True),
         defaults=_object(content.data),
@@ -243,11 +245,15 @@ def tracking_values(
     values: dict[str, str] = {}
     if template.opens:
         values["o"] = f"{base}{OPEN_PATH}?t={sign(secret, Token(k='o', r=rid, t=topic))}"
+    if not template.clicks:
+        return values
+    click = f"{base}{CLICK_PATH}?t="
+    tokens = click_tokens(secret, rid, topic, template.links)
     for n, url in enumerate(template.clicks):
-        if "{{" in url:
+        if "{{" in url:  # a link with the recipient's values in it: its own payload
             url = _personal_url(url, data)
-        token = sign(secret, Token(k="c", r=rid, t=topic, u=url))
-        values[f"c{n}"] = f"{base}{CLICK_PATH}?t={token}"
+            tokens[n] = sign(secret, Token(k="c", r=rid, t=topic, u=url))
+        values[f"c{n}"] = click + tokens[n]
     return values
 
 
