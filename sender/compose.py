@@ -33,6 +33,9 @@ CLICK_PATH = "/v1/events/click"
 UNSUBSCRIBE_PATH = "/v1/events/unsubscribe"
 MAX_TAG_VALUE = 256
 TEMPLATE_CACHE_SIZE = 256
+# SES's limit for an inline template (subject, HTML and text together); a larger message goes
+# through SendEmail, one recipient per call.
+MAX_TEMPLATE_BYTES = 1_000_000
 
 # A comment (skipped as a whole, so links inside it stay untouched) or an <a> start tag, whose
 # quoted attribute values may contain ">".
@@ -95,6 +98,9 @@ class MessageTemplate:
     constants: dict[str, str]  # the literal-brace keys the SES template uses
     headers: tuple[tuple[str, str], ...]  # the message's own headers (same for everyone)
     attachments: tuple[Attachment, ...]
+    # Whether SendBulkEmail can carry it: no attachments (SendEmail's Simple content takes them)
+    # and an inline template within SES's limit (MAX_TEMPLATE_BYTES).
+    bulk_ok: bool
 
     @property
     def parts(self) -> tuple[Part, ...]:
@@ -175,8 +181,11 @@ def build_template(content: MessageContent, public_url: str) -> MessageTemplate:
         text_part = builder.build()
     subject_part = subject.build()
     used = subject_part.constants | html_part.constants
+    size = len(subject_part.source.encode()) + len(html_part.source.encode())
     if text_part is not None:
         used |= text_part.constants
+        size += len(text_part.source.encode())
+    attachments = _attachments(content.attachments)
     return MessageTemplate(
         content=content,
         public_url=public_url,
@@ -191,7 +200,8 @@ def build_template(content: MessageContent, public_url: str) -> MessageTemplate:
         defaults=_object(content.data),
         constants={key: CONSTANTS[key] for key in sorted(used)},
         headers=content.headers,
-        attachments=_attachments(content.attachments),
+        attachments=attachments,
+        bulk_ok=not attachments and size <= MAX_TEMPLATE_BYTES,
     )
 
 

@@ -2,10 +2,10 @@
 
 `bulk` (default): the emails of one message that are ready in the same event-loop turn (their
 claims came back in one script call) go out together, in SendBulkEmail calls of up to 50 entries
-with the message's inline template; a message with one ready email, or with attachments, goes
-through SendEmail with the same content rendered here. Each email still gets its own outcome:
-its entry's MessageId or error; an error of the whole call (throttled, 5xx, timeout...) is the
-outcome of every email in it.
+with the message's inline template; a message with one ready email, with attachments, or too
+large for an inline template (1 MB) goes through SendEmail with the same content rendered here.
+Each email still gets its own outcome: its entry's MessageId or error; an error of the whole
+call (throttled, 5xx, timeout...) is the outcome of every email in it.
 
 `single`: one SendEmail per recipient, for accounts or proxies that need it.
 """
@@ -38,7 +38,7 @@ class Outbox:
 
     async def send(self, email: Email) -> str:
         """SES's MessageId for `email`, or raises its `common.errors.Ses*` error."""
-        if not self.bulk or email.template.attachments:
+        if not self.bulk or not email.template.bulk_ok:
             return str(await self.ses.send_email(email.rendered()))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()

@@ -296,3 +296,18 @@ async def test_single_mode_sends_the_same_mail_one_call_each(
             assert getattr(mail, field) == getattr(bulk_mail[email], field), field
         click = mail.html.split('<a href="', 1)[1].split('"', 1)[0]
         assert token_in(click).u.startswith("https://a.example/?u=<N")
+
+
+async def test_a_message_beyond_the_inline_template_limit_goes_one_call_each(
+    redis: Any, stub: SesStub, bulk_settings: Any, start_sender: Any
+) -> None:
+    """SES takes inline templates up to 1 MB: a larger message goes through SendEmail."""
+    big = "<p>{{first_name}}</p>" + "<p>" + "x" * 1_000_000 + "</p>"
+    emails = ["big1@example.org", "big2@example.org"]
+    content = message(html=big, track_opens=False)
+    msg_id = await queue_message(redis, content, [(e, {"first_name": e[:4]}) for e in emails])
+    run = start_sender(bulk_settings())
+    await wait_for(lambda: all_final(redis, msg_id, 2))
+    await run.stop()
+    assert stub.bulk_calls == 0 and stub.calls == 2
+    assert all(stub.mail[e][0].html.startswith(f"<p>{e[:4]}</p>") for e in emails)
