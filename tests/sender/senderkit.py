@@ -31,6 +31,7 @@ class FakeSes:
         self.bulk_sizes: list[int] = []
 
     async def send_email(self, email: Any) -> str:
+        self.calls[email.to] += 1
         if self.hook is not None:
             await self.hook(email)
         if self.latency:
@@ -38,7 +39,6 @@ class FakeSes:
         return self._one(email.to, email)
 
     def _one(self, to: str, email: Any) -> str:
-        self.calls[to] += 1
         errors = self.script.get(to)
         if errors:
             raise errors.pop(0)
@@ -48,6 +48,8 @@ class FakeSes:
 
     async def send_bulk_email(self, bulk: Any) -> list[Any]:
         self.bulk_sizes.append(len(bulk.entries))
+        for entry in bulk.entries:
+            self.calls[entry.to] += 1
         for entry in bulk.entries:
             if self.hook is not None:
                 await self.hook(entry)
