@@ -14,7 +14,15 @@ import msgspec
 
 from common.embedded import RedisProcess, port_open
 from common.errors import ConfigError
-from common.settings import Settings, load_settings, read_dotenv
+from common.settings import (
+    ANY_TOPIC,
+    AUTHENTICATED_ROLES,
+    Settings,
+    check_role,
+    load_settings,
+    read_dotenv,
+    redact_url,
+)
 
 ROLES = ("ingest", "sender", "tracker", "stats")
 
@@ -39,6 +47,18 @@ def with_local_redis(settings: Settings) -> Settings:
         changes["aws_access_key_id"] = local.get("AWS_ACCESS_KEY_ID", "")
         changes["aws_secret_access_key"] = local.get("AWS_SECRET_ACCESS_KEY", "")
     return msgspec.structs.replace(settings, **changes) if changes else settings
+
+
+def feedback_line(settings: Settings, local_ses: bool) -> str:
+    """What `sesflow up` says about SNS feedback: the tracker refuses it unless told whose."""
+    topics = settings.sns_topic_arns
+    if topics == (ANY_TOPIC,):
+        return "any SNS topic (SNS_TOPIC_ARNS=*): anyone can report bounces; set your topics"
+    if topics:
+        return "SNS topics " + ", ".join(topics)
+    if local_ses:
+        return "no SNS with the local SES endpoint (set SNS_TOPIC_ARNS with a real one)"
+    return "SNS refused (403) until SNS_TOPIC_ARNS names your SES feedback topics"
 
 
 def run_role(role: str) -> int:
@@ -98,6 +118,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from common.supervisor import Child, Supervisor, child_env, stop_on_signals
 
     settings = load_settings()
+    for role in AUTHENTICATED_ROLES:
+        check_role(settings, role)
     configure(settings, "up")
     env = dict(os.environ)
     redis: RedisProcess | None = None
@@ -115,7 +137,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             local["REDIS_URL"] = redis.url
             lines.append(("redis", f"{redis.url}  (embedded, AOF data in {data})"))
         else:
-            lines.append(("redis", settings.redis_url))
+            lines.append(("redis", redact_url(settings.redis_url)))
         if not aws_configured(settings):
             ses = LocalSes(port=args.ses_port, region=settings.aws_region)
             local["SES_ENDPOINT_URL"] = ses.start([settings.email_sender])
@@ -155,6 +177,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 + ", ".join(str(settings.sender_metrics_port + n) for n in range(args.senders)),
             ),
             *lines,
+            ("feedback", feedback_line(settings, local_ses=ses is not None)),
         ]
         print("\nsesflow is up", flush=True)
         for name, text in lines:

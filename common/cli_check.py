@@ -38,6 +38,8 @@ Check that sesflow can run here, and say what to fix when it cannot:
              instance-metadata and container providers are not asked unless --allow-imds, so
              the check never probes the network on a machine outside AWS
   identity   EMAIL_SENDER (or its domain) is verified in SES, in AWS_REGION
+  configuration set  SES_CONFIGURATION_SET, when set, exists in SES (a misspelt one pauses
+             every sender on its first send)
   quota      SES answers GetAccount / GetSendQuota; EMAIL_RATE within MaxSendRate; room left in
              the 24-hour quota; sandbox accounts
 
@@ -265,10 +267,12 @@ def check_ses(settings: Settings, allow_imds: bool) -> list[Finding]:
         return [
             Finding("credentials", "fail", "no AWS credentials found", hint),
             Finding("identity", "skip", "needs credentials"),
+            Finding("configuration set", "skip", "needs credentials"),
             Finding("quota", "skip", "needs credentials"),
         ]
     findings = [Finding("credentials", "ok", f"from {source}, SES at {where}")]
     findings.append(identity_finding(settings))
+    findings.append(configuration_set_finding(settings))
     findings += quota_findings(settings, asyncio.run(fetch_quota(settings)))
     return findings
 
@@ -356,6 +360,30 @@ def identity_finding(settings: Settings) -> Finding:
         f"verify one: `aws sesv2 create-email-identity --email-identity {domain}` (then its DNS "
         "records), or the SES console; check AWS_REGION too",
     )
+
+
+def configuration_set_finding(settings: Settings) -> Finding:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    name = settings.ses_configuration_set
+    check = "configuration set"
+    if not name:
+        return Finding(check, "ok", "none (SES_CONFIGURATION_SET is not set)")
+    try:
+        boto_client(settings, "sesv2", attempts=2).get_configuration_set(ConfigurationSetName=name)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NotFoundException":
+            return Finding(
+                check,
+                "fail",
+                f"SES_CONFIGURATION_SET {name!r} does not exist in SES ({settings.aws_region})",
+                f"fix SES_CONFIGURATION_SET (alias SES_CONFIG_SET), or create it: `aws sesv2 "
+                f"create-configuration-set --configuration-set-name {name}`",
+            )
+        return Finding(check, "warn", f"cannot ask SES about {name!r}: {exc}")
+    except BotoCoreError as exc:
+        return Finding(check, "warn", f"cannot ask SES about {name!r}: {exc}")
+    return Finding(check, "ok", f"{name} exists")
 
 
 def quota_findings(settings: Settings, quota: Quota | None) -> list[Finding]:

@@ -83,11 +83,13 @@ def auth_headers(settings: Settings) -> dict[str, str]:
         import jwt
 
         now = int(time.time())
-        token = jwt.encode(
-            {"sub": "sesflow-cli", "iat": now, "exp": now + 3600},
-            settings.jwt_secret,
-            algorithm="HS256",
-        )
+        lifetime = int(min(3600, settings.jwt_max_age or 3600))  # within JWT_MAX_AGE
+        claims: dict[str, object] = {"sub": "sesflow-cli", "iat": now, "exp": now + lifetime}
+        if settings.jwt_audience:
+            claims["aud"] = settings.jwt_audience
+        if settings.jwt_issuer:
+            claims["iss"] = settings.jwt_issuer
+        token = jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
         return {"Authorization": f"Bearer {token}"}
     return {}
 

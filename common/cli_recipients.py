@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.validation import is_valid_address
+from common.addresses import is_valid_address
 
 
 class RecipientsError(ValueError):

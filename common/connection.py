@@ -27,6 +27,11 @@ Redis = aioredis.Redis | RedisCluster
 
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError, OSError)
 
+# The longest XREADGROUP BLOCK any loop uses. The socket timeout must exceed it, or every idle
+# blocking read would end in a timeout error instead of an empty reply.
+LONGEST_BLOCK_MS = 1000
+BLOCK_MARGIN_S = 1.0
+
 # Error replies that say "not now" rather than "never": a retry later can succeed.
 TRANSIENT_REPLIES = ("OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
@@ -42,18 +47,34 @@ def connect(settings: Settings, **overrides: Any) -> Any:
         raise ConfigError("REDIS_URL is not set (`sesflow up` starts an embedded Redis)")
     options: dict[str, Any] = {
         "decode_responses": True,
-        "socket_connect_timeout": 2.0,
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
         "socket_keepalive": True,
         "health_check_interval": 15,
         "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     }
     options.update(overrides)
+    if options["socket_timeout"] < LONGEST_BLOCK_MS / 1000 + BLOCK_MARGIN_S:
+        raise ConfigError(
+            f"REDIS_SOCKET_TIMEOUT must be at least {LONGEST_BLOCK_MS / 1000 + BLOCK_MARGIN_S:g}"
+            f" seconds (reads block up to {LONGEST_BLOCK_MS / 1000:g} s)"
+        )
     if settings.redis_cluster:
         options.pop("health_check_interval")
+        # Per node; past it a command fails at once (MaxConnectionsError, a ConnectionError).
+        options.setdefault("max_connections", settings.redis_max_connections)
         return watch_reconnects(RedisCluster.from_url(settings.redis_url, **options))
+    # A bounded pool where a command waits for a free connection, at most as long as for a
+    # reply, then fails as unavailable.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=options.pop("max_connections", settings.redis_max_connections),
+        timeout=options["socket_timeout"],
+        **options,
+    )
     # Every client counts its reconnects for `sesflow_redis_reconnects_total`.
-    return watch_reconnects(aioredis.Redis.from_url(settings.redis_url, **options))
+    return watch_reconnects(aioredis.Redis.from_pool(pool))
 
 
 @contextlib.contextmanager

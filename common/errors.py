@@ -55,9 +55,21 @@ class SesRejected(SesError):
     """Permanent: this message will never be accepted (MessageRejected, bad address...)."""
 
 
+class SesSetupFault(SesError):
+    """Our setup is broken, not this message: a configuration set that does not exist, an
+    unverified sender identity or MAIL FROM domain, an endpoint that is not SES. Sending with
+    that setup pauses (shared by every replica) until a probe succeeds; nothing fails.
+    `reason` names what is broken: configuration_set, mail_from_domain, identity, endpoint."""
+
+    def __init__(self, code: str, message: str = "", status: int = 0, reason: str = "") -> None:
+        super().__init__(code, message, status)
+        self.reason = reason or "setup"
+
+
 class SesTransient(SesError):
-    """Server error or connection failure before the request was sent: safe to retry."""
+    """Certainly not sent (no connection, refused before any processing): safe to retry."""
 
 
 class SesAmbiguous(SesError):
-    """The request may have reached SES (timeout after sending): it may have been sent."""
+    """The request may have reached SES and been sent: a 5xx answer, a timeout or a reset after
+    the request was written, an unreadable success."""

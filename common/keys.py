@@ -9,6 +9,9 @@ Layout (prefix `sesflow` by default):
     {sesflow:sup}:suppressed          suppression list (hash email -> JSON reason)
     sesflow:sesid:<SES MessageId>     SES MessageId -> request id, for feedback correlation
     sesflow:secret                    generated tracking secret when TRACKING_SECRET is unset
+    sesflow:setup:paused              hash: paused SES setup (scope) -> JSON of its first fault
+    sesflow:setup:probe:<scope>       held by the one sender probing a paused setup (PX interval)
+    sesflow:setup:seen:<scope>        renewed by each fault of a paused setup; gone = stale pause
 
 and per send partition N (SEND_PARTITIONS, default 1), everything a Lua script or a MULTI touches
 together shares the hash tag `{sesflow:N}` so the same code runs on Redis Cluster. With several
@@ -196,6 +199,18 @@ class Keys:
     @property
     def secret(self) -> str:
         return f"{self.prefix}:secret"
+
+    @property
+    def setup_paused(self) -> str:
+        """Setups (configuration set, sender identity, endpoint) paused by a setup fault; read
+        by every sender and by stats for the dashboard's alert."""
+        return f"{self.prefix}:setup:paused"
+
+    def setup_probe(self, scope: str) -> str:
+        return f"{self.prefix}:setup:probe:{scope}"
+
+    def setup_seen(self, scope: str) -> str:
+        return f"{self.prefix}:setup:seen:{scope}"
 
 
 def request_id(msg_id: str, index: int) -> str:

@@ -13,7 +13,7 @@ from aiohttp import web
 from common.errors import ConfigError
 from common.logs import configure, get_logger
 from common.sentry import init_sentry
-from common.settings import Settings, load_settings
+from common.settings import Settings, check_role, load_settings
 
 log = get_logger(__name__)
 
@@ -22,6 +22,7 @@ def run_role(role: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) ->
     """`main()` of a role: load settings once, set up logging and Sentry, run until stopped."""
     try:
         settings = load_settings()
+        check_role(settings, role)
     except ConfigError as exc:
         print(f"sesflow {role}: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

@@ -7,16 +7,66 @@ down explicitly.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from common.addresses import InvalidMailbox, normalise_mailbox
 from common.errors import ConfigError
+from common.weak_secrets import aws_placeholder, bad_sentry_dsn, weakness
 
-DEFAULT_CERT_URL_PATTERN = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^?#]+\.pem"
+# Only SNS's own regional hosts, with a label shaped like a region (`us-east-1`, `us-gov-west-1`;
+# `cn-north-1` on `.com.cn`): a looser label such as `[a-z0-9-]+` also matches S3's
+# virtual-hosted addresses (`sns.s3.amazonaws.com` is the bucket `sns`), where anyone can serve
+# a certificate. The path is the one SNS publishes its certificates under.
+SNS_CERT_HOST = (
+    r"sns\.(?:(?!cn-)[a-z]{2}(?:-gov)?-[a-z]+-[0-9]{1,2}\.amazonaws\.com"
+    r"|cn-[a-z]+-[0-9]{1,2}\.amazonaws\.com\.cn)"
+)
+DEFAULT_CERT_URL_PATTERN = rf"https://{SNS_CERT_HOST}/SimpleNotificationService-[0-9a-f]+\.pem"
+
+# `SNS_TOPIC_ARNS=*`: the explicit opt-out of the topic check (any SNS topic in the world).
+ANY_TOPIC = "*"
+SNS_TOPIC_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_.-]{1,256}")
+SIGNATURE_VERSIONS = ("1", "2")
+
+# Settings whose value is a credential: never shown (repr, logs, Sentry, `sesflow up`).
+SECRET_FIELDS = frozenset(
+    {
+        "api_key",
+        "jwt_secret",
+        "tracking_secret",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "sentry_dsn",
+    }
+)
+# Secrets that guard sesflow's own doors: a placeholder or a short value is refused at start.
+CHECKED_SECRETS = ("tracking_secret", "api_key", "jwt_secret")
+# Roles that serve the API (send, cancel, suppressions, stats) and need auth off loopback.
+AUTHENTICATED_ROLES = ("ingest", "stats")
+REDACTED = "***"
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):[^@/\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """`text` with the password of every URL in it replaced: `redis://:***@host:6379/0`."""
+    return _URL_PASSWORD.sub(rf"\g<head>:{REDACTED}@", text)
+
+
+def redacted_value(field: str, value: Any) -> Any:
+    """The value of a setting as it may be shown: secrets as '***', URLs without a password."""
+    if field in SECRET_FIELDS or field.endswith(("_secret", "_password", "_token", "_key")):
+        return REDACTED if value else value
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
+    return value
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,6 +75,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_cluster: bool = False
     redis_prefix: str = "sesflow"
     send_partitions: int = 1
+    # Seconds before a Redis command, or a connection attempt, is given up: a stuck Redis
+    # surfaces as an error (503, a paused loop, a failing /health) instead of a hang.
+    redis_socket_timeout: float = 10.0
+    redis_connect_timeout: float = 2.0
+    # Connections one client (one process) may open: a flood of HTTP requests waits for a free
+    # one (then 503) instead of opening thousands and exhausting Redis's maxclients for every
+    # role.
+    redis_max_connections: int = 256
 
     # HTTP
     bind_host: str = "127.0.0.1"
@@ -37,7 +95,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stats_url: str = ""
     api_key: str = ""
     jwt_secret: str = ""
+    # A token's `exp` may be at most this far ahead (seconds; 0: no limit). Optional claims that,
+    # when set, a token must carry with exactly this value.
+    jwt_max_age: float = 24 * 3600.0
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    # Serve ingest and stats on a non-loopback BIND_HOST without API_KEY or JWT_SECRET.
+    allow_unauthenticated: bool = False
     max_request_bytes: int = 10 * 1024 * 1024
+    # One POST is one transaction: these bound its size (and its idempotency record).
+    max_messages_per_request: int = 1000
+    max_recipients_per_request: int = 100_000
 
     # Messages
     max_recipients: int = 50_000
@@ -70,6 +138,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     on_ambiguous: str = "skip"
     reclaim_idle: float = 60.0
     shutdown_grace: float = 10.0
+    # Seconds between probes of a setup paused by a setup fault (one real send cluster-wide).
+    setup_probe_interval: float = 30.0
 
     # Tracking and feedback
     tracking_secret: str = ""
@@ -77,11 +147,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     unsubscribe_mailto: str = ""
     sns_topic_arns: tuple[str, ...] = ()
     sns_cert_url_pattern: str = DEFAULT_CERT_URL_PATTERN
+    sns_signature_versions: tuple[str, ...] = SIGNATURE_VERSIONS
     sns_max_age: float = 3600.0
 
     # Stats
     stats_batch_size: int = 1000
     stats_flush_interval: float = 1.0
+    # Seconds a topic's counters and series are kept after its last event (400 days).
+    stats_retention: int = 400 * 24 * 3600
 
     # Process
     log_level: str = "info"
@@ -90,6 +163,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sentry_environment: str = ""
     data_dir: str = ".sesflow"
     database_url: str = ""
+
+    def __repr__(self) -> str:
+        """Secrets as '***' and passwords out of URLs: a repr ends up in logs, tracebacks and
+        Sentry."""
+        fields = ", ".join(
+            f"{name}={redacted_value(name, getattr(self, name))!r}"
+            for name in self.__struct_fields__
+        )
+        return f"Settings({fields})"
+
+    __str__ = __repr__
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [
+            (name, redacted_value(name, getattr(self, name))) for name in self.__struct_fields__
+        ]
 
     @property
     def public_url(self) -> str:
@@ -108,7 +197,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "data_dir": ("SESFLOW_DATA_DIR",),
 }
 
-TUPLE_FIELDS = {"sns_topic_arns"}
+TUPLE_FIELDS = {"sns_topic_arns", "sns_signature_versions"}
 
 
 def env_names(field: str) -> tuple[str, ...]:
@@ -167,9 +256,83 @@ def check(settings: Settings) -> Settings:
         raise ConfigError("SEND_PARTITIONS must be at least 1")
     if settings.sender_concurrency < 1:
         raise ConfigError("SENDER_CONCURRENCY must be at least 1")
+    for name in ("max_messages_per_request", "max_recipients_per_request", "max_recipients"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name.upper()} must be at least 1")
     if settings.max_attempts < 1:
         raise ConfigError("MAX_ATTEMPTS must be at least 1")
-    return settings
+    if settings.jwt_max_age < 0:
+        raise ConfigError("JWT_MAX_AGE must be 0 (no limit) or a positive number of seconds")
+    for field in CHECKED_SECRETS:
+        reason = weakness(env_names(field)[0], getattr(settings, field))
+        if reason:
+            raise ConfigError(reason)
+    for field in ("aws_access_key_id", "aws_secret_access_key"):
+        reason = aws_placeholder(env_names(field)[0], getattr(settings, field))
+        if reason:
+            raise ConfigError(reason)
+    reason = bad_sentry_dsn(settings.sentry_dsn)
+    if reason:
+        raise ConfigError(reason)
+    if not settings.setup_probe_interval > 0:
+        raise ConfigError("SETUP_PROBE_INTERVAL must be positive")
+    check_sns(settings)
+    if settings.stats_retention < 1:
+        raise ConfigError("STATS_RETENTION must be at least 1 (seconds)")
+    # A sender or stats process keeps one blocking read per partition: leave room beside them.
+    if settings.redis_max_connections < settings.send_partitions + 8:
+        raise ConfigError("REDIS_MAX_CONNECTIONS must be at least SEND_PARTITIONS + 8")
+    if settings.redis_connect_timeout <= 0:
+        raise ConfigError("REDIS_CONNECT_TIMEOUT must be positive")
+    try:
+        sender = normalise_mailbox(settings.email_sender)
+    except InvalidMailbox as exc:
+        raise ConfigError(f"EMAIL_SENDER {settings.email_sender[:100]!r} {exc}") from exc
+    return msgspec.structs.replace(settings, email_sender=sender)
+
+
+def check_sns(settings: Settings) -> None:
+    topics = settings.sns_topic_arns
+    if ANY_TOPIC in topics and len(topics) > 1:
+        raise ConfigError("SNS_TOPIC_ARNS is either `*` (any topic) or a list of topic ARNs")
+    for arn in topics:
+        if arn != ANY_TOPIC and not SNS_TOPIC_ARN.fullmatch(arn):
+            raise ConfigError(
+                f"SNS_TOPIC_ARNS: {arn[:100]!r} is not an SNS topic ARN "
+                "(arn:aws:sns:<region>:<account>:<topic>); set your SES feedback topics"
+            )
+    versions = settings.sns_signature_versions
+    if not versions or not set(versions) <= set(SIGNATURE_VERSIONS):
+        raise ConfigError("SNS_SIGNATURE_VERSIONS must list 1 (SHA1), 2 (SHA256) or both")
+    try:
+        re.compile(settings.sns_cert_url_pattern)
+    except re.error as exc:
+        raise ConfigError(f"SNS_CERT_URL_PATTERN is not a regular expression: {exc}") from exc
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_role(settings: Settings, role: str) -> None:
+    """What a role checks before it starts, beyond `check`: ingest and stats refuse to serve a
+    non-loopback address without credentials, unless ALLOW_UNAUTHENTICATED says so."""
+    if role not in AUTHENTICATED_ROLES or is_loopback(settings.bind_host):
+        return
+    if settings.api_key or settings.jwt_secret or settings.allow_unauthenticated:
+        return
+    raise ConfigError(
+        f"{role} would serve BIND_HOST={settings.bind_host or '(all interfaces)'} without "
+        "authentication: anyone who reaches it could send mail through your SES account, "
+        "cancel topics and delete suppressions. Set API_KEY (or JWT_SECRET), bind a loopback "
+        "address (BIND_HOST=127.0.0.1), or set ALLOW_UNAUTHENTICATED=1 if a proxy in front "
+        "authenticates every request"
+    )
 
 
 def load_settings(

@@ -7,6 +7,10 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+# Dead letters kept for inspection per dead-letter stream (an approximate cap: a flood of bad
+# entries must not fill Redis).
+DEAD_LETTER_MAXLEN = 100_000
+
 
 def parse_id(entry_id: str) -> tuple[int, int]:
     """A stream entry ID as a comparable (milliseconds, sequence) pair."""

@@ -7,12 +7,13 @@
     GET    /v1/suppressions/{email}     one entry, 404 when not suppressed
     PUT    /v1/suppressions/{email}     suppress by hand (body: {"reason", "detail"}, optional)
     DELETE /v1/suppressions/{email}     remove from the list, 404 when it was not there
-    GET    /health                      liveness (never needs credentials)
+    GET    /health                      readiness: 503 when Redis does not answer PING
+    GET    /livez                       liveness: no Redis (neither needs credentials)
     GET    /metrics                     Prometheus metrics (never needs credentials)
 
-Everything but /health needs API_KEY or a JWT_SECRET bearer token when either is set. Bad input
-is a 4xx JSON `{"error", "detail"}`; Redis errors propagate to `errors_middleware` (503 with
-Retry-After).
+Everything but /health, /livez and /metrics needs API_KEY or a JWT_SECRET bearer token when
+either is set. Bad input is a 4xx JSON `{"error", "detail"}`; Redis errors propagate to
+`errors_middleware` (503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -29,17 +30,26 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from common import scripts
+from common.addresses import is_valid_address
 from common.connection import connect
 from common.errors import InputError
-from common.http import auth_middleware, errors_middleware, health, json_response, read_body
+from common.http import (
+    HEALTH_PATHS,
+    add_health_routes,
+    auth_middleware,
+    errors_middleware,
+    json_response,
+    read_body,
+)
 from common.keys import Keys
 from common.producer import entry_fields
+from common.schema import REQUEST_FIELD, encode
 from common.settings import Settings
 from common.suppression import SuppressionList, entry, normalise
 from ingest import metrics
 from ingest.compat import PUBLIC_PATHS, add_compat_routes
-from ingest.idempotency import IdempotencyStore, body_hash, check_key
-from ingest.validation import Limits, ValidMessage, check_topic, is_valid_address, validate_body
+from ingest.idempotency import Claim, IdempotencyStore, Prior, body_hash, check_key
+from ingest.validation import Limits, ValidMessage, check_topic, validate_body
 
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", Keys)
@@ -78,46 +88,57 @@ async def post_messages(request: web.Request) -> web.Response:
     valid = validate_body(body, Limits.from_settings(app[SETTINGS]))
     key_header = request.headers.get("Idempotency-Key")
     if key_header is None:
-        return json_response(await enqueue(app, valid, None), status=202)
+        return json_response(await enqueue(app, valid), status=202)
 
-    store, digest = app[IDEMPOTENCY], body_hash(body)
-    record_key = app[KEYS].idempotency(check_key(key_header))
-    prior = await store.begin(record_key, digest)
-    if prior is not None:
-        return json_response(
-            prior.answer, status=prior.status, headers={"Idempotent-Replayed": "true"}
-        )
+    store = app[IDEMPOTENCY]
+    claim = await store.begin(app[KEYS].idempotency(check_key(key_header)), body_hash(body))
+    if isinstance(claim, Prior):
+        return replay(claim)
     try:
-        answer = await enqueue(app, valid, (record_key, digest))
+        async with store.keep_alive(claim):
+            written = await store.commit(
+                claim,
+                app[KEYS].requests,
+                REQUEST_FIELD,
+                [encode(v.request) for v in valid],
+                202,
+                answer_for(valid, None),
+            )
     except BaseException:
         # Shielded: even a cancelled handler frees the key when nothing was written.
-        await asyncio.shield(release_quietly(store, record_key, digest))
+        await asyncio.shield(release_quietly(store, claim))
         raise
-    await store.finish(record_key, digest, 202, answer)
+    if isinstance(written, Prior):  # the key was lost to a retry, which enqueued instead
+        return replay(written)
+    answer = accepted(valid, written)
+    await store.finish(claim, 202, answer)
     return json_response(answer, status=202)
 
 
-async def enqueue(
-    app: web.Application, valid: list[ValidMessage], idempotency: tuple[str, str] | None
-) -> dict[str, Any]:
-    """XADD every message, plus the idempotency record, in one transaction."""
+def replay(prior: Prior) -> web.Response:
+    return json_response(prior.answer, status=prior.status, headers={"Idempotent-Replayed": "true"})
+
+
+async def enqueue(app: web.Application, valid: list[ValidMessage]) -> dict[str, Any]:
+    """XADD every message in one transaction."""
     keys = app[KEYS]
     async with app[REDIS].pipeline(transaction=True) as pipe:
         for v in valid:
             pipe.xadd(keys.requests, entry_fields(v.request))
-        if idempotency is not None:
-            record_key, digest = idempotency
-            app[IDEMPOTENCY].commit(pipe, record_key, digest, 202, answer_for(valid, None))
         results = await pipe.execute()
+    return accepted(valid, [str(r) for r in results])
+
+
+def accepted(valid: list[ValidMessage], ids: list[str]) -> dict[str, Any]:
     metrics.MESSAGES_ACCEPTED.inc(len(valid))
     metrics.RECIPIENTS_ACCEPTED.inc(sum(len(v.request.emails) for v in valid))
-    return answer_for(valid, [str(r) for r in results[: len(valid)]])
+    return answer_for(valid, ids)
 
 
-async def release_quietly(store: IdempotencyStore, record_key: str, digest: str) -> None:
+async def release_quietly(store: IdempotencyStore, claim: Claim) -> None:
     # When Redis is down the placeholder cannot be removed; it expires by itself.
     with contextlib.suppress(Exception):
-        await store.release(record_key, digest)
+        await store.release(claim)
 
 
 async def requests_clock_ms(client: Any, keys: Keys) -> int:
@@ -248,14 +269,14 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[
             role_metrics.middleware,
             errors_middleware,
-            auth_middleware(settings, public=("/health", "/metrics", *PUBLIC_PATHS)),
+            auth_middleware(settings, public=(*HEALTH_PATHS, "/metrics", *PUBLIC_PATHS)),
         ],
         client_max_size=settings.max_request_bytes,
     )
     app[SETTINGS] = settings
     app[KEYS] = Keys(settings.redis_prefix, settings.send_partitions)
     app.cleanup_ctx.append(redis_context)
-    app.router.add_get("/health", health)
+    add_health_routes(app, lambda app: app[REDIS])
     app.router.add_get("/metrics", role_metrics.handler)
     app.router.add_post("/v1/messages", post_messages)
     app.router.add_delete("/v1/topics/{topic_id}", delete_topic)

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from common.http import error_response
+from common.http import error_response, read_body
 from common.logs import get_logger
 from common.settings import Settings
 
@@ -57,6 +57,10 @@ HOP_BY_HOP = {
 }
 
 
+# The tracker's paths are public: a client's credentials for ingest have no business there.
+CREDENTIALS = {"x-api-key", "authorization", "cookie"}
+
+
 def target_urls(settings: Settings) -> dict[str, str]:
     local = "127.0.0.1" if settings.bind_host in {"0.0.0.0", "::"} else settings.bind_host
     return {
@@ -65,11 +69,13 @@ def target_urls(settings: Settings) -> dict[str, str]:
     }
 
 
-def forwarder(role: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def forwarder(role: str, max_bytes: int) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def forward(request: web.Request) -> web.StreamResponse:
         url = request.app[TARGETS][role] + request.rel_url.raw_path_qs
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        body = await request.read() if request.can_read_body else None
+        dropped = HOP_BY_HOP | CREDENTIALS if role == "tracker" else HOP_BY_HOP
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
+        # The same size and time limits as a body ingest reads for itself.
+        body = await read_body(request, max_bytes) if request.can_read_body else None
         try:
             async with request.app[HTTP].request(
                 request.method,
@@ -82,10 +88,9 @@ def forwarder(role: str) -> Callable[[web.Request], Awaitable[web.StreamResponse
                 out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
                 return web.Response(status=upstream.status, body=payload, headers=out)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("compat forward failed", role=role, path=request.path, error=str(exc))
-            return error_response(
-                502, "upstream_unavailable", f"the {role} role did not answer at {url}"
-            )
+            log.warning("compat forward failed", role=role, url=url, error=str(exc))
+            # The internal address stays in the log: tracking paths answer anyone.
+            return error_response(502, "upstream_unavailable", f"the {role} role did not answer")
 
     return forward
 
@@ -102,6 +107,6 @@ def add_compat_routes(app: web.Application, settings: Settings) -> None:
     app[TARGETS] = target_urls(settings)
     app.cleanup_ctx.append(http_context)
     for role, paths in (("tracker", TRACKER_PATHS), ("stats", STATS_PATHS)):
-        handler = forwarder(role)
+        handler = forwarder(role, settings.max_request_bytes)
         for method, path in paths:
             app.router.add_route(method, path, handler)

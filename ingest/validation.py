@@ -31,28 +31,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parseaddr
 from typing import Any
 
 import msgspec
 
+from common.addresses import InvalidMailbox, is_valid_address, normalise_mailbox
 from common.errors import InputError
 from common.schema import MessageRequest
 from common.settings import Settings
 
 MAX_TOPIC_CHARS = 200
-MAX_ADDRESS_CHARS = 254  # RFC 5321 path limit (256) minus the angle brackets
-MAX_LOCAL_CHARS = 64
-MAX_DOMAIN_CHARS = 253
-MAX_LABEL_CHARS = 63
 MAX_LISTED_ERRORS = 20
 LATEST_SCHEDULE_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
-# dot-atom local part (RFC 5322 atext); quoted local parts are legal but SES and most receivers
-# mishandle them, so they are refused.
-_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?")
-_TLD = re.compile(r"[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59}")
 _SCHEDULE = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:?\d{2})?"
 )
@@ -64,6 +55,9 @@ class Limits:
     max_recipients: int
     max_subject_bytes: int
     max_content_bytes: int
+    # Per POST: one request is one transaction and one idempotency record.
+    max_messages: int = 1000
+    max_request_recipients: int = 100_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -71,6 +65,8 @@ class Limits:
             max_recipients=settings.max_recipients,
             max_subject_bytes=settings.max_subject_bytes,
             max_content_bytes=settings.max_content_bytes,
+            max_messages=settings.max_messages_per_request,
+            max_request_recipients=settings.max_recipients_per_request,
         )
 
 
@@ -83,22 +79,6 @@ class ValidMessage:
     due_ms: int | None
     invalid: list[str] = field(default_factory=list)
     duplicates: int = 0
-
-
-def is_valid_address(address: str) -> bool:
-    """Pragmatic RFC 5321 syntax check with its length limits; no DNS lookup, ASCII only
-    (SES wants internationalised domains in punycode)."""
-    if not address or len(address) > MAX_ADDRESS_CHARS or not address.isascii():
-        return False
-    local, at, domain = address.rpartition("@")
-    if not at or not local or len(local) > MAX_LOCAL_CHARS or not _LOCAL.fullmatch(local):
-        return False
-    if len(domain) > MAX_DOMAIN_CHARS:
-        return False
-    labels = domain.split(".")
-    if len(labels) < 2 or not _TLD.fullmatch(labels[-1]):
-        return False
-    return all(len(label) <= MAX_LABEL_CHARS and _LABEL.fullmatch(label) for label in labels)
 
 
 def parse_schedule(value: str | None) -> int | None:
@@ -144,14 +124,14 @@ def check_topic(topic: str) -> str:
 
 
 def check_from(from_email: str | None) -> str | None:
-    """A sender override, bare or as `Name <address>`; None or empty = EMAIL_SENDER."""
+    """A sender override, exactly one mailbox, bare or as `Name <address>`, rebuilt (see
+    `common.addresses`); None or empty = EMAIL_SENDER."""
     if from_email is None or not from_email.strip():
         return None
-    text = from_email.strip()
-    _, address = parseaddr(text)
-    if _CONTROL.search(text) or not is_valid_address(address):
-        raise InputError("invalid_from", f"from_email {text[:100]!r} is not a valid address")
-    return text
+    try:
+        return normalise_mailbox(from_email)
+    except InvalidMailbox as exc:
+        raise InputError("invalid_from", f"from_email {from_email[:100]!r} {exc}") from exc
 
 
 def listed(items: list[str]) -> str:
@@ -281,8 +261,9 @@ def parse_message(obj: Any, where: str, default_schedule: str | None) -> Message
     )
 
 
-def parse_api_body(body: bytes) -> list[MessageRequest]:
-    """The message objects of a POST /v1/messages body, not yet validated."""
+def parse_api_body(body: bytes, limits: Limits | None = None) -> list[MessageRequest]:
+    """The message objects of a POST /v1/messages body, not yet validated; with `limits`, a
+    body over the per-request counts is refused (413) before any message is looked at."""
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
@@ -292,16 +273,42 @@ def parse_api_body(body: bytes) -> list[MessageRequest]:
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InputError("invalid_type", "'messages' must be a non-empty list")
+    if limits is not None:
+        check_request_size(messages, limits)
     default_schedule = optional_str(data, _SCHEDULE_NAMES, "body")
     return [
         parse_message(obj, f"messages[{n}]", default_schedule) for n, obj in enumerate(messages)
     ]
 
 
+def check_request_size(messages: list[Any], limits: Limits) -> None:
+    """413 for a request with more message objects, or more recipients over all of them, than
+    one request may carry (counted as sent, before duplicates are dropped)."""
+    if len(messages) > limits.max_messages:
+        raise InputError(
+            "too_many_messages",
+            f"{len(messages)} messages; at most {limits.max_messages} per request"
+            " (MAX_MESSAGES_PER_REQUEST)",
+            status=413,
+        )
+    total = sum(
+        len(emails)
+        for obj in messages
+        if isinstance(obj, dict) and isinstance(emails := obj.get("emails"), list)
+    )
+    if total > limits.max_request_recipients:
+        raise InputError(
+            "too_many_recipients",
+            f"{total} addresses; at most {limits.max_request_recipients} per request"
+            " (MAX_RECIPIENTS_PER_REQUEST)",
+            status=413,
+        )
+
+
 def validate_body(body: bytes, limits: Limits) -> list[ValidMessage]:
     """Parse and strictly validate a whole request: any problem rejects all of it."""
     valid: list[ValidMessage] = []
-    for n, message in enumerate(parse_api_body(body)):
+    for n, message in enumerate(parse_api_body(body, limits)):
         try:
             valid.append(validate_message(message, limits, strict=True))
         except InputError as exc:

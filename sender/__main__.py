@@ -35,7 +35,9 @@ async def serve_metrics(settings: Settings, sender: Sender) -> Any:
     not keep a replica from sending."""
     try:
         return await start_site(
-            create_app(settings, sender.health), settings.bind_host, settings.sender_metrics_port
+            create_app(settings, sender.health, client=sender.client),
+            settings.bind_host,
+            settings.sender_metrics_port,
         )
     except OSError as exc:
         log.warning(

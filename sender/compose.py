@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from common.addresses import normalise_mailbox
 from common.merge import MISSING, PLACEHOLDER, as_text, lookup, merged
 from common.schema import RID_TAG, TOPIC_TAG, Job, MessageContent
 from common.settings import Settings
@@ -342,6 +343,10 @@ def unsubscribe_headers(
     )
 
 
+def sender_of(settings: Settings, content: MessageContent) -> str:
+    return normalise_mailbox(content.from_email) if content.from_email else settings.email_sender
+
+
 def compose(settings: Settings, secret: bytes, content: MessageContent, job: Job) -> Email:
     """The email for one recipient of one message."""
     rid = job.request_id
@@ -358,7 +363,10 @@ def compose(settings: Settings, secret: bytes, content: MessageContent, job: Job
         values |= tracking_values(template, secret, rid, topic, data)
     return Email(
         template=template,
-        from_email=content.from_email or settings.email_sender,
+        # Checked again here: content stored by an older version, or written to Redis by hand,
+        # must not choose a From that shows one sender and is another (InvalidMailbox: the job
+        # is not sent, and is dead-lettered after MAX_ATTEMPTS).
+        from_email=sender_of(settings, content),
         to=job.email,
         values=values,
         own_headers=headers,

@@ -1,4 +1,5 @@
-"""Prometheus metrics of a sender process, served on SENDER_METRICS_PORT with /health.
+"""Prometheus metrics of a sender process, served on SENDER_METRICS_PORT with /health (Redis
+reachability and what the sender says about itself) and /livez.
 
 The metrics are module-level, in prometheus-client's default registry (with its process and GC
 metrics): one sender per process."""
@@ -11,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from common.http import json_response
+from common.http import add_health_routes
 from common.metrics import RedisReconnects, metrics_response
 from common.settings import Settings
 
@@ -19,8 +20,9 @@ from common.settings import Settings
 JOBS = Counter(
     "sesflow_sends",
     "Recipient jobs by outcome: final (sent failed unknown stopped suppressed), or a send to be "
-    "retried (throttled retried), or a job already final (duplicate) or dead-lettered, or a "
-    "rate slot dropped because the job got to it too late (late_slot)",
+    "retried (throttled retried) or released because its SES setup is broken (setup_paused), "
+    "or a job already final (duplicate) or dead-lettered, or a rate slot dropped because the "
+    "job got to it too late (late_slot)",
     ["outcome"],
 )
 SES_SECONDS = Histogram(
@@ -37,26 +39,32 @@ BUCKET_RATE = Gauge(
 RATE_CONFIGURED = Gauge("sesflow_rate_configured_per_second", "EMAIL_RATE of this sender")
 BUCKET_FACTOR = Gauge("sesflow_rate_factor", "AIMD factor of the shared rate (1 = full)")
 PAUSED_SECONDS = Gauge("sesflow_rate_paused_seconds", "Seconds left in a cluster-wide pause")
+SETUP_FAULTS = Counter(
+    "sesflow_setup_faults",
+    "SES answers that blame the setup, not the recipient (reason: configuration_set, "
+    "mail_from_domain, identity, endpoint); sending with that setup pauses",
+    ["reason"],
+)
+SETUP_PAUSED = Gauge(
+    "sesflow_setup_paused", "Setups paused by a setup fault, cluster-wide (0 = none)"
+)
 JOBS_HELD = Gauge("sesflow_sender_jobs_held", "Jobs this process is handling right now")
 REGISTRY.register(RedisReconnects("sender"))
 
 HealthInfo = Callable[[], dict[str, Any]]
-HEALTH_KEY: web.AppKey[HealthInfo] = web.AppKey("health")
+REDIS: web.AppKey[Any] = web.AppKey("redis")
 
 
 async def metrics(_: web.Request) -> web.Response:
     return metrics_response(REGISTRY)
 
 
-async def health(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", **request.app[HEALTH_KEY]()})
-
-
-def create_app(settings: Settings, health_info: Callable[[], dict[str, Any]]) -> web.Application:
-    """`/metrics` (Prometheus) and `/health` (with what `health_info` says about the sender)."""
+def create_app(settings: Settings, health_info: HealthInfo, *, client: Any) -> web.Application:
+    """`/metrics` (Prometheus), `/health` (PING of `client`, the sender's Redis, with what
+    `health_info` says about the sender) and `/livez`."""
     app = web.Application(client_max_size=settings.max_request_bytes)
-    app[HEALTH_KEY] = health_info
+    app[REDIS] = client
     RATE_CONFIGURED.set(settings.email_rate)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/health", health)
+    add_health_routes(app, lambda app: app[REDIS], health_info)
     return app

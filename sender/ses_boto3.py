@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,18 +22,23 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectTimeoutError,
+    CredentialRetrievalError,
     EndpointConnectionError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+    TokenRetrievalError,
 )
 
 from common.aws import boto_session
-from common.errors import SesAmbiguous, SesError, SesTransient
+from common.errors import SesAmbiguous, SesError, SesPaused, SesRejected, SesTransient
 from common.settings import Settings
 from sender.ses_client import (
     MAX_CONNECT_TIMEOUT,
     BulkEmail,
     OutgoingEmail,
     bulk_outcomes,
-    classify,
+    ses_error,
 )
 
 
@@ -106,20 +112,34 @@ def bulk_kwargs(bulk: BulkEmail) -> dict[str, Any]:
     return kwargs
 
 
-def error_from_boto(exc: Exception) -> SesError:
+NO_CREDENTIALS = (
+    NoCredentialsError,
+    PartialCredentialsError,
+    CredentialRetrievalError,
+    TokenRetrievalError,
+)
+
+
+def error_from_boto(exc: Exception, recipients: Collection[str] = ()) -> SesError:
     """botocore's failure of one call as a Ses* error, by the same rules as SesClient: an SES
-    answer by its code; no connection is `SesTransient` (not sent); anything after the request
-    went out (read timeout, connection closed) is `SesAmbiguous`."""
+    answer by its code; no connection is `SesTransient` (not sent); invalid parameters are
+    `SesRejected` and missing credentials `SesPaused` (both before any request); anything after
+    the request went out (read timeout, connection closed) is `SesAmbiguous`."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", "") or "")
         message = str(error.get("Message", "") or "")
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         code = code or f"HTTP{status}"
-        return classify(status, code, message)(code, message, status)
+        return ses_error(status, code, message, recipients)
     name = type(exc).__name__
     if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
         return SesTransient("ConnectError", f"{name}: {exc}")
+    # raised before any request is made: never "maybe sent"
+    if isinstance(exc, ParamValidationError):
+        return SesRejected("InvalidParameter", f"{name}: {exc}")
+    if isinstance(exc, NO_CREDENTIALS):
+        return SesPaused("CredentialsUnavailable", f"{name}: {exc}")
     return SesAmbiguous("ConnectionLost", f"{name}: {exc}")
 
 
@@ -146,20 +166,21 @@ class Boto3SesClient:
         try:
             reply = self._client.send_email(**kwargs)
         except (ClientError, BotoCoreError) as exc:
-            raise error_from_boto(exc) from exc
+            raise error_from_boto(exc, kwargs["Destination"]["ToAddresses"]) from exc
         message_id = reply.get("MessageId")
         if not message_id:
             raise SesAmbiguous("MalformedResponse", "no MessageId in the answer", 200)
         return str(message_id)
 
     def _send_bulk(self, kwargs: dict[str, Any]) -> list[str | SesError]:
+        recipients = [e["Destination"]["ToAddresses"][0] for e in kwargs["BulkEmailEntries"]]
         try:
             reply = self._client.send_bulk_email(**kwargs)
         except (ClientError, BotoCoreError) as exc:
-            raise error_from_boto(exc) from exc
+            raise error_from_boto(exc, recipients) from exc
         results = reply.get("BulkEmailEntryResults") or []
         body = json.dumps({"BulkEmailEntryResults": results}, default=str).encode()
-        return bulk_outcomes(body, len(kwargs["BulkEmailEntries"]))
+        return bulk_outcomes(body, recipients)
 
     async def send_bulk_email(self, bulk: BulkEmail) -> list[str | SesError]:
         """One SendBulkEmail call; see `SesClient.send_bulk_email`."""

@@ -6,12 +6,39 @@ The client never retries. Every failure becomes one of the `common.errors.Ses*` 
 apart by what the caller must do about it; above all, whether the request may have reached SES
 (`SesAmbiguous`) or certainly did not (`SesTransient`), because SESv2 has no idempotency token
 and a blind retry can send an email twice.
+
+What an answer or a failure is, and why:
+
+- `SesTransient`, certainly not sent: no connection (refused, DNS, TLS handshake, connect
+  timeout, no pooled connection in time, a connection closing before the first byte); a 4xx
+  auth answer (expired token or request, bad signature, skewed clock), refused before SES
+  looks at the request; a 408 without an SES code.
+- `SesThrottled` / `SesQuotaExceeded`: 429, `TooManyRequestsException`, `Throttling`,
+  `LimitExceededException`, refused at admission.
+- `SesPaused`: `SendingPaused`, `AccountSuspended`, `AccessDenied`, other 401/403: the account;
+  no credentials to sign with (a failed refresh): nothing was sent.
+- `SesSetupFault`, our setup and not this recipient (pause it, fail nothing): `NotFoundException`
+  and `ConfigurationSetDoesNotExist`, a bad request that names the configuration set,
+  `MailFromDomainNotVerified`, a `MessageRejected` that names an unverified identity other than
+  the recipients or says "not authorized", a 4xx that carries no SES error code at all (a wrong
+  endpoint: not SES answering).
+- `SesRejected`, this message never goes: any other `MessageRejected` (content, address, a
+  sandbox recipient), `BadRequestException`, `InvalidParameterValue`, other 4xx; a message that
+  cannot be encoded.
+- `SesAmbiguous`, SES may have sent it: **any 5xx** (SES's `InternalFailure` or
+  `ServiceUnavailable`, a proxy's 502/503/504), a reset, timeout or close after the request was
+  written, a 2xx without a readable MessageId.
+
+No 5xx is retried as "not sent": SES documents none as "not processed", a 500 `InternalFailure`
+may come after the message was queued, and a proxy's 502/504 may have forwarded it. Only a
+throttling, quota or pause code is trusted on a 5xx, as those are decided before sending.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Collection
 from typing import Any
 
 import aiohttp
@@ -29,6 +56,7 @@ from common.errors import (
     SesPaused,
     SesQuotaExceeded,
     SesRejected,
+    SesSetupFault,
     SesThrottled,
     SesTransient,
 )
@@ -268,37 +296,52 @@ ENTRY_ERRORS: dict[str, type[SesError]] = {
     "CONFIGURATION_SET_SENDING_PAUSED": SesPaused,
     "TRANSIENT_FAILURE": SesTransient,
     "MESSAGE_REJECTED": SesRejected,
-    "MAIL_FROM_DOMAIN_NOT_VERIFIED": SesRejected,
-    "CONFIGURATION_SET_NOT_FOUND": SesRejected,
     "TEMPLATE_NOT_FOUND": SesRejected,
-    "INVALID_SENDING_POOL_NAME": SesRejected,
     "INVALID_PARAMETER": SesRejected,
     "FAILED": SesRejected,
 }
+# Entry statuses that blame our setup, not the recipient: that setup pauses, nothing fails.
+ENTRY_SETUP_FAULTS = {
+    "MAIL_FROM_DOMAIN_NOT_VERIFIED": "mail_from_domain",
+    "CONFIGURATION_SET_NOT_FOUND": "configuration_set",
+    "INVALID_SENDING_POOL_NAME": "configuration_set",
+}
 
 
-def entry_outcome(result: _EntryResult) -> str | SesError:
-    """SES's MessageId for an accepted entry, else the entry's error. A status this code does not
-    know was not accepted (only SUCCESS is): retried, up to MAX_ATTEMPTS."""
-    if result.Status == "SUCCESS":
+def entry_outcome(result: _EntryResult, recipient: str = "") -> str | SesError:
+    """SES's MessageId for an accepted entry, else the entry's error, classified like the same
+    answer to a whole call: a MESSAGE_REJECTED that names our unverified identity rather than the
+    recipient is a setup fault. A status this code does not know was not accepted (only SUCCESS
+    is): retried, up to MAX_ATTEMPTS."""
+    status = result.Status
+    if status == "SUCCESS":
         if result.MessageId:
             return result.MessageId
         return SesAmbiguous("MalformedResponse", "SUCCESS without a MessageId", 200)
-    kind = ENTRY_ERRORS.get(result.Status, SesTransient)
-    return kind(result.Status or "NoStatus", result.Error, 200)
+    reason = ENTRY_SETUP_FAULTS.get(status, "")
+    if status == "MESSAGE_REJECTED" and identity_refused(
+        result.Error, [recipient] if recipient else []
+    ):
+        reason = "identity"
+    if reason:
+        return SesSetupFault(status, result.Error, 200, reason=reason)
+    kind = ENTRY_ERRORS.get(status, SesTransient)
+    # a rejected recipient fails with the same code in both modes (f:rejected:MessageRejected)
+    code = "MessageRejected" if status == "MESSAGE_REJECTED" else status or "NoStatus"
+    return kind(code, result.Error, 200)
 
 
-def bulk_outcomes(payload: bytes, entries: int) -> list[str | SesError]:
+def bulk_outcomes(payload: bytes, recipients: list[str]) -> list[str | SesError]:
     """One outcome per entry of a 2xx SendBulkEmail answer. An answer we cannot read, or with the
     wrong number of results, leaves every entry ambiguous: SES said yes to the call."""
     try:
         results = _bulk_response_decoder.decode(payload).BulkEmailEntryResults
     except (msgspec.DecodeError, msgspec.ValidationError):
         results = []
-    if len(results) != entries:
+    if len(results) != len(recipients):
         error = SesAmbiguous("MalformedResponse", payload[:200].decode(errors="replace"), 200)
-        return [error] * entries
-    return [entry_outcome(r) for r in results]
+        return [error] * len(recipients)
+    return [entry_outcome(r, to) for r, to in zip(results, recipients, strict=True)]
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -318,7 +361,7 @@ PAUSE_CODES = frozenset(
         "UnrecognizedClientException",
     }
 )
-# Not sent, and a retry may well succeed (fresh credentials, a corrected clock, a healthy host).
+# Not sent, and a retry may well succeed (fresh credentials, a corrected clock).
 RETRY_CODES = frozenset(
     {
         "ExpiredToken",
@@ -331,23 +374,20 @@ RETRY_CODES = frozenset(
         "InvalidSignatureException",
         "IncompleteSignatureException",
         "MissingAuthenticationTokenException",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
     }
 )
-REJECT_CODES = frozenset(
-    {
-        "MessageRejected",
-        "MailFromDomainNotVerifiedException",
-        "MailFromDomainNotVerified",
-        "BadRequestException",
-        "NotFoundException",
-        "InvalidParameterValue",
-        "ConfigurationSetDoesNotExist",
-        "ConfigurationSetDoesNotExistException",
-    }
+# SES's own server errors: the message may have been accepted before the failure.
+SERVER_FAULT_CODES = frozenset(
+    {"InternalFailure", "InternalServerError", "ServiceUnavailable", "ServiceUnavailableException"}
 )
+# Setup faults: what every message sent with that setup would get.
+CONFIGURATION_SET_CODES = frozenset(
+    {"NotFoundException", "ConfigurationSetDoesNotExist", "ConfigurationSetDoesNotExistException"}
+)
+MAIL_FROM_CODES = frozenset({"MailFromDomainNotVerifiedException", "MailFromDomainNotVerified"})
+REJECT_CODES = frozenset({"MessageRejected", "BadRequestException", "InvalidParameterValue"})
+# A 4xx without an SES error code that still says something about this one request.
+CODELESS_PER_REQUEST = {401: SesPaused, 403: SesPaused, 408: SesTransient, 413: SesRejected}
 QUOTA_MESSAGE = "daily message quota exceeded"
 RATE_MESSAGE = "maximum sending rate exceeded"
 
@@ -379,8 +419,56 @@ def parse_error(status: int, headers: Any, body: bytes) -> tuple[str, str]:
     return code or f"HTTP{status}", message
 
 
-def classify(status: int, code: str, message: str) -> type[SesError]:
-    """Which Ses* class an error answer is, by what sesflow must do about it."""
+# "Email address is not verified. The following identities failed the check in region
+# US-EAST-1: a@example.com, example.com"
+_UNVERIFIED = re.compile(r"failed the check in region [^:]*:\s*(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+def identity_refused(message: str, recipients: Collection[str] = ()) -> bool:
+    """True when a MessageRejected is about our sending identity (unverified From, Sender or
+    Return-Path; no sending authorization), False when it is about this message or recipient.
+
+    SES names the identities that failed its check. When they are only the recipients (an
+    account still in the sandbox, an unverified recipient) the rejection belongs to them; any
+    other identity is ours. Unknown recipients or an unlisted identity count as ours: pausing
+    fails nothing, failing is forever."""
+    lowered = message.lower()
+    if "not authorized" in lowered or "not owned" in lowered:
+        return True
+    if "not verified" not in lowered:
+        return False
+    found = _UNVERIFIED.search(message)
+    if found is None or not recipients:
+        return True
+    listed = {i.strip().strip(".").lower() for i in found.group(1).split(",") if i.strip()}
+    theirs = {r.lower() for r in recipients} | {_domain(r.lower()) for r in recipients}
+    return not listed or not listed <= theirs
+
+
+def setup_reason(status: int, code: str, message: str, recipients: Collection[str] = ()) -> str:
+    """What part of our setup an error answer blames ("" when it blames none)."""
+    if code in CONFIGURATION_SET_CODES:
+        return "configuration_set"
+    if code in REJECT_CODES and "configuration set" in message.lower():
+        return "configuration_set"  # e.g. an invalid SES_CONFIGURATION_SET name
+    if code in MAIL_FROM_CODES:
+        return "mail_from_domain"
+    if code == "MessageRejected" and identity_refused(message, recipients):
+        return "identity"
+    if code == f"HTTP{status}" and 400 <= status < 500 and status not in CODELESS_PER_REQUEST:
+        return "endpoint"  # no SES error code at all: a wrong endpoint or path, not SES
+    return ""
+
+
+def classify(
+    status: int, code: str, message: str, recipients: Collection[str] = ()
+) -> type[SesError]:
+    """Which Ses* class an error answer is, by what sesflow must do about it (module table).
+    `recipients` of the call tell a rejected recipient from an unverified sender identity."""
     lowered = message.lower()
     if QUOTA_MESSAGE in lowered:
         return SesQuotaExceeded
@@ -390,10 +478,16 @@ def classify(status: int, code: str, message: str) -> type[SesError]:
         return SesQuotaExceeded if "quota" in lowered else SesThrottled
     if code in PAUSE_CODES:
         return SesPaused
-    if code in RETRY_CODES or status >= 500:
+    if status >= 500 or code in SERVER_FAULT_CODES:
+        return SesAmbiguous
+    if code in RETRY_CODES:
         return SesTransient
+    if setup_reason(status, code, message, recipients):
+        return SesSetupFault
     if code in REJECT_CODES:
         return SesRejected
+    if code == f"HTTP{status}" and status in CODELESS_PER_REQUEST:
+        return CODELESS_PER_REQUEST[status]
     if status in (401, 403):  # refused credentials, not this message: pause, fail nothing
         return SesPaused
     if 400 <= status < 500:
@@ -402,9 +496,21 @@ def classify(status: int, code: str, message: str) -> type[SesError]:
     return SesTransient
 
 
-def error_from_response(status: int, headers: Any, body: bytes) -> SesError:
+def ses_error(status: int, code: str, message: str, recipients: Collection[str] = ()) -> SesError:
+    """The Ses* error of an answer, a setup fault with the reason it names."""
+    kind = classify(status, code, message, recipients)
+    if kind is SesSetupFault:
+        return SesSetupFault(
+            code, message, status, reason=setup_reason(status, code, message, recipients)
+        )
+    return kind(code, message, status)
+
+
+def error_from_response(
+    status: int, headers: Any, body: bytes, recipients: Collection[str] = ()
+) -> SesError:
     code, message = parse_error(status, headers, body)
-    return classify(status, code, message)(code, message, status)
+    return ses_error(status, code, message, recipients)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -556,7 +662,12 @@ class SesClient:
         return headers
 
     async def _post(self, url: str, parsed: URL, body: bytes) -> tuple[int, bytes, Any]:
-        headers = self._signed_headers(await self._current_signer(), body, url)
+        try:
+            headers = self._signed_headers(await self._current_signer(), body, url)
+        except Exception as exc:
+            # No credentials (a failed refresh from STS or instance metadata): nothing was sent,
+            # and no send can be until they are back: pause, fail nothing, mark nothing unknown.
+            raise SesPaused("CredentialsUnavailable", f"{type(exc).__name__}: {exc}") from exc
         session = self._http()
         try:
             async with session.post(
@@ -571,27 +682,37 @@ class SesClient:
     async def send_bulk_email(self, bulk: BulkEmail) -> list[str | SesError]:
         """One SendBulkEmail call: per entry, SES's MessageId or that entry's error. An error of
         the whole call is raised (`common.errors.Ses*`) and concerns every entry."""
-        status, payload, answer_headers = await self._post(
-            self.bulk_url, self._bulk_url, encode_bulk_request(bulk)
-        )
+        try:
+            body = encode_bulk_request(bulk)
+        except (UnicodeEncodeError, msgspec.EncodeError) as exc:
+            # text that is not Unicode (a lone surrogate): these messages can never be sent
+            raise SesRejected("InvalidMessage", f"cannot encode the request: {exc}") from exc
+        status, payload, answer_headers = await self._post(self.bulk_url, self._bulk_url, body)
+        recipients = [entry.to for entry in bulk.entries]
         if 200 <= status < 300:
-            return bulk_outcomes(payload, len(bulk.entries))
-        raise error_from_response(status, answer_headers, payload)
+            return bulk_outcomes(payload, recipients)
+        raise error_from_response(status, answer_headers, payload, recipients)
 
     async def send_email(self, email: OutgoingEmail) -> str:
         """Send one email; returns SES's MessageId or raises a `common.errors.Ses*` error."""
-        status, payload, answer_headers = await self._post(
-            self.url, self._url, encode_request(email)
-        )
+        try:
+            body = encode_request(email)
+        except (UnicodeEncodeError, msgspec.EncodeError) as exc:
+            # text that is not Unicode (a lone surrogate): this message can never be sent
+            raise SesRejected("InvalidMessage", f"cannot encode the request: {exc}") from exc
+        status, payload, answer_headers = await self._post(self.url, self._url, body)
         if 200 <= status < 300:
             try:
-                return _response_decoder.decode(payload).MessageId
+                message_id = _response_decoder.decode(payload).MessageId
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 # SES said yes but the id is unreadable: the mail is probably on its way.
                 raise SesAmbiguous(
                     "MalformedResponse", payload[:200].decode(errors="replace"), status
                 ) from exc
-        raise error_from_response(status, answer_headers, payload)
+            if not message_id:
+                raise SesAmbiguous("MalformedResponse", "no MessageId in the answer", status)
+            return message_id
+        raise error_from_response(status, answer_headers, payload, (email.to,))
 
     async def close(self) -> None:
         """Close the pool; calling it twice is harmless."""

@@ -25,6 +25,7 @@ from redis.exceptions import NoScriptError
 from common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from common.schema import Event, Job, encode
 from common.scripts import register
+from common.streams import DEAD_LETTER_MAXLEN
 from common.suppression import normalise
 from sender.batching import Batcher
 
@@ -124,10 +125,13 @@ class DeliveryStore:
     Pre-checks, claims and records of jobs that get there together go to Redis in one round
     trip (`sender.batching`); each job still gets its own answer, decided as if alone."""
 
-    def __init__(self, client: Any, keys: Keys, state_ttl: int) -> None:
+    def __init__(
+        self, client: Any, keys: Keys, state_ttl: int, dead_maxlen: int = DEAD_LETTER_MAXLEN
+    ) -> None:
         self.client = client
         self.keys = keys
         self.state_ttl = state_ttl
+        self.dead_maxlen = dead_maxlen
         self._claim = register(client, "claim")
         self._release = register(client, "release")
         self._record = register(client, "record")
@@ -218,7 +222,7 @@ class DeliveryStore:
     async def _record_many(self, _: Hashable, items: list[_Record]) -> list[Outcome]:
         part = items[0].part
         keys = [part.events, part.sends, part.sends_dead]
-        args: list[Any] = [SENDERS_GROUP, self.state_ttl]
+        args: list[Any] = [SENDERS_GROUP, self.state_ttl, self.dead_maxlen]
         links = []
         for r in items:
             keys.append(part.state(r.job.msg_id) if r.job else part.state(""))

@@ -11,6 +11,8 @@
   last-delivered id when nothing is pending), so no pending or undelivered entry is removed;
 - forget consumers that hold nothing and have been silent for a long time;
 - SES quota: MaxSendRate caps the shared rate; an exhausted daily quota pauses every replica;
+- paused setups (`sender.setup_faults`): read every second, so a pause or a resume seen by
+  one replica reaches all;
 - metrics gauges from the shared bucket.
 """
 
@@ -27,6 +29,7 @@ from common.keys import SENDERS_GROUP, PartitionKeys
 from common.logs import get_logger
 from common.streams import trim_acknowledged
 from sender import metrics
+from sender.setup_faults import REFRESH_S as SETUP_REFRESH_S
 
 if TYPE_CHECKING:
     from sender.worker import Sender
@@ -72,6 +75,7 @@ async def run_upkeep(sender: Sender, stop: asyncio.Event) -> None:
         periodic("trim", TRIM_INTERVAL_S, lambda: trim_all(sender), stop, wait),
         periodic("consumers", CONSUMERS_INTERVAL_S, lambda: forget_consumers(sender), stop, wait),
         periodic("gauges", GAUGES_INTERVAL_S, lambda: update_gauges(sender), stop, wait),
+        periodic("setup", SETUP_REFRESH_S, sender.setup.refresh, stop, wait),
     ]
     if sender.fetch_quota is not None:
         loops.append(periodic("quota", QUOTA_INTERVAL_S, lambda: refresh_quota(sender), stop, wait))

@@ -31,8 +31,13 @@ data: the record is retried until Redis answers (until SHUTDOWN_GRACE on stop).
 
 SES outcomes: throttled -> release the claim, slow the shared bucket (AIMD), back off, retry
 (never failed); daily quota -> release, pause everyone; paused/suspended -> release, pause
-everyone, report; rejected -> `f:<code>`; transient -> release and retry, `f:` + dead letter
-after MAX_ATTEMPTS; ambiguous (timeout after sending) -> like a crash in the window.
+everyone, report; setup fault (a configuration set that does not exist, an unverified sender
+identity: `sender.setup_faults`) -> release, pause that setup for every replica, alert, wait for a
+probe to succeed; nothing fails and no attempt is counted; rejected -> `f:<code>`; transient
+(certainly not sent) -> release and retry, and after MAX_ATTEMPTS in a row the setup fault
+`unreachable` (all sending pauses) rather than failing the recipient; ambiguous (any
+5xx, a timeout or reset after sending) -> like a crash in the window (resend: `unknown` after
+MAX_ATTEMPTS), and a 5xx slows the shared rate as a throttle does.
 
 Concurrency: SENDER_CONCURRENCY slots shared by one reader per partition; a reader asks for at
 most its fair share of the free slots (COUNT), so no partition starves the others.
@@ -65,6 +70,7 @@ from common.errors import (
     SesPaused,
     SesQuotaExceeded,
     SesRejected,
+    SesSetupFault,
     SesThrottled,
     SesTransient,
 )
@@ -76,6 +82,7 @@ from sender import metrics
 from sender.content import ContentCache
 from sender.outbox import Outbox
 from sender.rate_limit import RateLimiter
+from sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sender.state import (
     FAILED,
     SENT,
@@ -100,6 +107,7 @@ BLOCK_MS = 1000  # XREADGROUP BLOCK: also how soon a reader notices shutdown
 READ_LINGER_S = 0.01
 READ_GUARD_S = 5.0  # a blocking read that outlives BLOCK_MS by this much is on a dead socket
 SES_PAUSE_S = 5.0  # SendingPaused / AccountSuspended: pause, then let the next call probe
+SETUP_POLL_S = 0.25  # a job waiting on a paused setup looks again this often (local state)
 QUOTA_PAUSE_S = 60.0  # daily quota exhausted: the upkeep's quota reading refines this
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
@@ -124,6 +132,11 @@ class LeavePending(Exception):
 class Ready:
     content: MessageContent
     takeover: str  # inflight claim of a dead sender we may replace (ON_AMBIGUOUS=resend)
+
+
+def unreachable(exc: SesTransient) -> SesSetupFault:
+    """SES out of reach for MAX_ATTEMPTS tries of one job: a fault of the whole setup."""
+    return SesSetupFault(exc.code, exc.message or str(exc), exc.status, reason="unreachable")
 
 
 def consumer_name() -> str:
@@ -213,6 +226,7 @@ class Sender:
         self.contents = ContentCache(client)
         self.outbox = Outbox(ses, settings.send_mode)
         self.claims = ClaimValues(self.consumer)
+        self.setup = SetupFaults(client, self.keys, settings.setup_probe_interval, self.consumer)
         self.slots = Slots(settings.sender_concurrency)
         self.stop = asyncio.Event()
         # Entries this process is handling, per partition: the upkeep keeps them from going idle
@@ -271,6 +285,7 @@ class Sender:
             try:
                 for part in self.keys.partitions:
                     await ensure_group(self.client, part.sends, SENDERS_GROUP)
+                await self.setup.refresh()  # a restart does not forget a paused setup
                 return True
             except UNAVAILABLE:
                 await self.wait_for_redis(self.stop)
@@ -419,14 +434,18 @@ class Sender:
             return
         content, takeover = ready.content, ready.takeover
         email = self.compose(self.settings, self.secret, content, job)
+        scopes = scopes_of(email.from_email, email.configuration_set)
         accepted = accepted_ms(job.msg_id)
         transient = throttled = 0
         while True:
+            probing = await self.wait_for_setup(scopes)
             grant = await self.before_claim(lambda: self.limiter.acquire(self.stop))
             if grant is None:
                 raise LeavePending()
             if self.stop.is_set():
                 raise LeavePending()
+            if not probing and self.setup.blocking(scopes):
+                continue  # paused while this job waited for its slot: the slot is let go
             claim = self.claims.next()
             got = await self.until_done(
                 functools.partial(
@@ -472,6 +491,14 @@ class Sender:
                 takeover = ""
                 await self.account_paused(exc)
                 continue
+            except SesSetupFault as exc:
+                # our setup, not this recipient: nothing fails, sending with it pauses
+                self.count_error(exc, started)
+                metrics.JOBS.labels("setup_paused").inc()
+                await self.release(part, job, claim)
+                takeover = ""
+                await self.setup_fault(exc, email)
+                continue
             except SesRejected as exc:
                 self.count_error(exc, started)
                 await self.finish(
@@ -486,35 +513,30 @@ class Sender:
                 )
                 return
             except SesTransient as exc:
+                # certainly not sent, and never about this recipient (no connection, a refused
+                # signature): retry; MAX_ATTEMPTS in a row means SES is out of reach for us, a
+                # setup fault that pauses all sending until a probe gets through, not a failure
                 self.count_error(exc, started)
                 transient += 1
-                if transient >= self.settings.max_attempts:
-                    reason = f"transient:{exc.code}"
-                    await self.finish(
-                        part,
-                        entry_id,
-                        job,
-                        content,
-                        claim,
-                        f"{FAILED}{reason}",
-                        EventType.FAILED,
-                        detail=str(exc)[:500],
-                        dead=dead_entry(entry_id, job.fields(), reason),
-                    )
-                    return
                 metrics.JOBS.labels("retried").inc()
                 await self.release(part, job, claim)
                 takeover = ""
+                if transient >= self.settings.max_attempts:
+                    await self.setup_fault(unreachable(exc), email)
+                    continue
                 await self.pause_job(backoff(transient))
                 continue
             except (SesAmbiguous, SesError, Exception) as exc:
                 # no answer we can trust: SES may have sent it (an unexpected client error too)
                 self.count_error(exc, started)
-                if self.settings.on_ambiguous == "resend":
+                transient += 1
+                # resend: at least once, but not for ever (a 5xx that never ends would loop)
+                resend = self.settings.on_ambiguous == "resend"
+                if resend and transient < self.settings.max_attempts:
                     metrics.JOBS.labels("retried").inc()
                     await self.release(part, job, claim)
                     takeover = ""
-                    transient += 1
+                    await self.slow_down_on_server_error(exc)
                     await self.pause_job(backoff(transient))
                     continue
                 await self.finish(
@@ -527,6 +549,7 @@ class Sender:
                     EventType.UNKNOWN,
                     detail=f"SES call outcome unknown: {exc}"[:500],
                 )
+                await self.slow_down_on_server_error(exc)
                 return
             metrics.SES_SECONDS.observe(time.monotonic() - started)
             await self.finish(
@@ -539,6 +562,10 @@ class Sender:
                 EventType.SENT,
                 ses_id=ses_id,
             )
+            # a probe (or a send that beat the pause) went through: after the record, so the
+            # ambiguous window holds nothing more
+            if paused := self.setup.blocking(scopes):
+                await self.best_effort(self.setup_resumed(paused))
             return
 
     async def prepare(
@@ -685,6 +712,51 @@ class Sender:
             sentry.report(exc, code=exc.code)
         else:
             log.warning("SES daily quota exhausted; all senders wait", seconds=seconds)
+
+    async def slow_down_on_server_error(self, exc: BaseException) -> None:
+        """A 5xx makes its job ambiguous: during an SES outage every call would, so the shared
+        rate backs off as for throttling (AIMD, down to 5% within seconds), which bounds how
+        many recipients an outage leaves `unknown` (or sends again with resend)."""
+        if isinstance(exc, SesError) and exc.status >= 500:
+            await self.best_effort(self.limiter.throttled())
+
+    async def wait_for_setup(self, scopes: tuple[str, ...]) -> bool:
+        """Wait while a setup this job uses is paused (no claim, no token held); the one job the
+        cluster lets probe it every SETUP_PROBE_INTERVAL goes through (`sender.setup_faults`).
+        True when this job is that probe."""
+        while blocked := self.setup.blocking(scopes):
+            probe = functools.partial(self.setup.take_probe, blocked[0])
+            if await self.before_claim(probe):
+                log.info("probing a paused SES setup", scope=blocked[0])
+                return True
+            await self.pause_job(SETUP_POLL_S)
+        return False
+
+    async def setup_fault(self, exc: SesSetupFault, email: Any) -> None:
+        """Pause the setup `exc` blames, for every replica; alert when this starts the pause."""
+        metrics.SETUP_FAULTS.labels(exc.reason).inc()
+        scope = scope_of(exc, email.from_email, email.configuration_set)
+        started = await self.before_claim(lambda: self.setup.record(scope, exc))
+        if started is None:
+            log.info("SES setup still broken", scope=scope, code=exc.code)
+            return
+        log.error(
+            "SES setup fault: sending with this setup paused until a probe succeeds",
+            scope=scope,
+            reason=exc.reason,
+            code=exc.code,
+            error=exc.message,
+            probe_interval=self.settings.setup_probe_interval,
+        )
+        sentry.report(
+            message=f"SES setup fault ({exc.reason}): {scope} paused: {exc}",
+            scope=scope,
+            code=exc.code,
+        )
+
+    async def setup_resumed(self, scopes: list[str]) -> None:
+        for scope in await self.setup.resume(scopes):
+            log.warning("SES setup works again: sending resumed", scope=scope)
 
     async def pause_job(self, seconds: float) -> None:
         """Back off before retrying a job that holds no claim; shutdown abandons it."""

@@ -15,7 +15,8 @@ tag). Either both happen or neither does:
 
 Malformed entries go to `events:dead` with the reason and are acknowledged in the same
 transaction. Upkeep: reclaim, trim `events` below the oldest entry still pending, prune old time
-buckets. A Redis outage only pauses the loops.
+buckets, forget topics idle for longer than STATS_RETENTION (their counters, series and index
+entry). A Redis outage only pauses the loops.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from redis.exceptions import RedisError, ResponseError
 from common.connection import UNAVAILABLE, connect, ensure_group, wait_for_redis
 from common.keys import STATS_GROUP, Keys, PartitionKeys
 from common.logs import get_logger
+from common.scripts import register
 from common.settings import Settings
 from common.streams import trim_acknowledged
 from stats.counters import (
@@ -53,6 +55,7 @@ PRUNE_EVERY_S = 600.0
 TRIM_EVERY_S = 30.0
 FORGET_CONSUMER_IDLE_MS = 3600 * 1000
 MAX_BLOCK_MS = 1000
+FORGET_BATCH = 500  # idle topics forgotten per script call
 
 
 def consumer_name() -> str:
@@ -84,6 +87,7 @@ class StatsConsumer:
             settings, retry=Retry(NoBackoff(), 0), encoding_errors="surrogateescape"
         )
         self._owns_client = client is None
+        self._forget = register(self.client, "forget_topics")
         self.name = name or consumer_name()
         self.batch_size = max(1, settings.stats_batch_size)
         self.flush_interval = max(0.01, settings.stats_flush_interval)
@@ -248,6 +252,7 @@ class StatsConsumer:
                         await self.trim(p)
                     if now - last_prune >= PRUNE_EVERY_S:
                         await self.prune(p)
+                        await self.forget_idle_topics(p)
                 except asyncio.CancelledError:
                     raise
                 except (*UNAVAILABLE, RedisError) as exc:
@@ -314,6 +319,25 @@ class StatsConsumer:
                 p.stats_series(topic), lambda b: not b.isdigit() or int(b) < oldest_minute
             )
         return removed
+
+    async def forget_idle_topics(self, p: PartitionKeys, now: float | None = None) -> int:
+        """Delete the counters and series of topics with no event for STATS_RETENTION, and
+        trim them from the topic index; returns how many topics went."""
+        now = time.time() if now is None else now
+        cutoff_ms = int((now - self.settings.stats_retention) * 1000)
+        forgotten = 0
+        while True:
+            idle = await self.client.zrangebyscore(
+                p.stats_topics, "-inf", f"({cutoff_ms}", start=0, num=FORGET_BATCH
+            )
+            if not idle:
+                return forgotten
+            keys = [p.stats_topics]
+            for topic in idle:
+                keys += [p.stats_topic(topic), p.stats_series(topic)]
+            forgotten += int(await self._forget(keys=keys, args=[cutoff_ms, *idle]))
+            if len(idle) < FORGET_BATCH:
+                return forgotten
 
     async def _prune_hash(self, key: str, is_old: Any) -> int:
         # HSCAN without NOVALUES: that option needs Redis 7.4.

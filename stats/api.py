@@ -22,7 +22,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from common.aws import fetch_quota
 from common.connection import connect
 from common.errors import InputError
-from common.http import auth_middleware, errors_middleware, health, json_response
+from common.http import (
+    HEALTH_PATHS,
+    add_health_routes,
+    auth_middleware,
+    errors_middleware,
+    json_response,
+)
 from common.keys import Keys
 from common.metrics import RoleMetrics
 from common.settings import Settings
@@ -34,7 +40,7 @@ from stats.params import hours_param, int_param, step_param, time_param
 from stats.queries import count_since, plan_series, read_counts, series, summary
 from stats.quota import QuotaCache, QuotaFetcher
 
-PUBLIC_PATHS = ("/", "/health", "/metrics")
+PUBLIC_PATHS = ("/", *HEALTH_PATHS, "/metrics")
 
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", Keys)
@@ -69,7 +75,7 @@ def create_app(
     app.cleanup_ctx.append(_redis_ctx(client, consumer_stats))
     app.cleanup_ctx.append(_quota_ctx)
     app.router.add_get("/", dashboard)
-    app.router.add_get("/health", health)
+    add_health_routes(app, lambda app: app[CLIENT])
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/topics/{topic_id}", topic)
     app.router.add_get("/v1/results/count/{plan_id}", results_count)

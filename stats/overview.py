@@ -9,6 +9,7 @@ from typing import Any
 from common import scripts
 from common.keys import Keys
 from common.settings import Settings
+from common.setup_pauses import pauses_view
 from stats.counters import bucket_field
 from stats.queries import (
     RATE_WINDOW_S,
@@ -74,11 +75,12 @@ async def overview(
         return await topic_rows(client, keys, await recent_topics(client, keys, limit), now)
 
     # Independent reads, concurrently on the pool: the page waits for the slowest, not the sum.
-    global_counts, topics, send_rate, queue = await asyncio.gather(
+    global_counts, topics, send_rate, queue, setup_faults = await asyncio.gather(
         read_counts(client, keys, lambda p: p.stats_global),
         recent_rows(),
         recent_rate(client, keys, lambda p: p.stats_minutely, "sent", now),
         queue_depth(client, keys),
+        pauses_view(client, keys),
     )
     totals = summary(global_counts or Counter())
     sent = totals["sent"]
@@ -97,5 +99,7 @@ async def overview(
         },
         "queue": queue,
         "quota": quota,
+        # Setups the senders paused after a setup fault (sender.setup_faults): the page's alert.
+        "setup_faults": setup_faults,
         "topics": topics,
     }

@@ -45,7 +45,11 @@ def make_settings(redis_url: str) -> Callable[..., Settings]:
     """Settings for a test: the test's Redis plus overrides given as ENV_NAME=value strings."""
 
     def make(**env: Any) -> Settings:
-        base = {"REDIS_URL": redis_url, "TRACKING_SECRET": "test-secret", "LOG_FORMAT": "json"}
+        base = {
+            "REDIS_URL": redis_url,
+            "TRACKING_SECRET": "test-tracking-secret",
+            "LOG_FORMAT": "json",
+        }
         base.update({k: str(v) for k, v in env.items()})
         return settings_from_mapping(base)
 

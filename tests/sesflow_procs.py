@@ -87,7 +87,7 @@ class Cluster:
             "TRACKER_PORT": str(self.ports["tracker"]),
             "STATS_PORT": str(self.ports["stats"]),
             "SERVER_URL": f"http://127.0.0.1:{self.ports['tracker']}",
-            "TRACKING_SECRET": "e2e-secret",
+            "TRACKING_SECRET": "e2e-tracking-secret",
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "info",
             "STATS_FLUSH_INTERVAL": "0.2",

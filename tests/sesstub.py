@@ -51,6 +51,7 @@ SEND_PATH = "/v2/email/outbound-emails"
 BULK_PATH = "/v2/email/outbound-bulk-emails"
 
 _ERROR_MESSAGES = {
+    "NotFoundException": "The resource you attempted to access doesn't exist.",
     "TooManyRequestsException": "Maximum sending rate exceeded.",
     "LimitExceededException": "Daily message quota exceeded.",
     "SendingPausedException": "Sending is paused for this account.",
@@ -89,6 +90,14 @@ class StubConfig(msgspec.Struct, kw_only=True):
     # address -> statuses for its next bulk entries (consumed one per entry), e.g.
     # {"a@x.org": ["ACCOUNT_THROTTLED"]}: that entry is answered so, the others as usual
     entry_statuses: dict[str, list[str]] = {}
+    # Setup checks, as SES makes them: empty = anything goes. A From address outside
+    # `verified_identities` (address or domain) gets MessageRejected "Email address is not
+    # verified"; a ConfigurationSetName outside `configuration_sets` gets NotFoundException.
+    verified_identities: list[str] = []
+    configuration_sets: list[str] = []
+    # Answer every accepted send with this status after recording it as sent (a proxy's 502
+    # after forwarding, an SES 500 after queueing); 0 = answer 200.
+    accepted_error_status: int = 0
 
 
 class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -105,6 +114,9 @@ class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     keep_messages: int | None = None
     entry_statuses: dict[str, list[str]] | None = None
     keep_mail: bool | None = None
+    verified_identities: list[str] | None = None
+    configuration_sets: list[str] | None = None
+    accepted_error_status: int | None = None
     reset: bool = False  # forget every count (not the configuration)
 
 
@@ -282,6 +294,7 @@ class SesStub:
         self.quota_answers = 0
         self.bad_requests = 0
         self.bulk_calls = 0  # SendBulkEmail calls received
+        self.setup_faults = 0  # calls refused by verified_identities / configuration_sets
         self.mail: collections.defaultdict[str, list[Mail]] = collections.defaultdict(list)
         self.recipients: collections.Counter[str] = collections.Counter()
         self.per_second: collections.Counter[int] = collections.Counter()
@@ -338,6 +351,7 @@ class SesStub:
             "quota_answers": self.quota_answers,
             "bad_requests": self.bad_requests,
             "bulk_calls": self.bulk_calls,
+            "setup_faults": self.setup_faults,
             "max_per_second": max(self.per_second.values(), default=0),
             "per_second": {str(k): v for k, v in sorted(self.per_second.items())},
             "config": msgspec.to_builtins(self.config),
@@ -379,6 +393,25 @@ class SesStub:
         if not self._take(recipients):
             self.throttled += 1
             raise SesError(429, "TooManyRequestsException")
+
+    def _check_setup(self, from_address: str, configuration_set: str) -> None:
+        """The checks SES makes of the account's setup, before any rate or quota."""
+        config = self.config
+        known = config.configuration_sets
+        if known and configuration_set and configuration_set not in known:
+            self.setup_faults += 1
+            message = f"Configuration set <{configuration_set}> does not exist."
+            raise SesError(404, "NotFoundException", message)
+        address = from_address.rpartition("<")[2].rstrip(">").strip().lower()
+        verified = {i.lower() for i in config.verified_identities}
+        if verified and not {address, address.rpartition("@")[2]} & verified:
+            self.setup_faults += 1
+            raise SesError(
+                400,
+                "MessageRejected",
+                "Email address is not verified. The following identities failed the check in "
+                f"region US-EAST-1: {address}",
+            )
 
     def _rejects(self, address: str) -> bool:
         return self._reject is not None and self._reject.search(address) is not None
@@ -459,6 +492,7 @@ class SesStub:
             if len(recipients) > 50:
                 self.bad_requests += 1
                 raise SesError(400, "BadRequestException", "Too many recipients (max 50).")
+            self._check_setup(call.FromEmailAddress, call.ConfigurationSetName)
             if self._maybe_disconnect(request):
                 return web.Response(status=500)
             self._admit(len(recipients))
@@ -480,6 +514,9 @@ class SesStub:
             self._keep(mail)
         if self.recent.maxlen:
             self.recent.append(_raw_decoder.decode(body))
+        if self.config.accepted_error_status:
+            status = self.config.accepted_error_status
+            return web.Response(status=status, text="<html>Bad gateway</html>")
         return self._json({"MessageId": message_id})
 
     def _entry_status(self, recipients: list[str]) -> str:
@@ -508,6 +545,7 @@ class SesStub:
             if len(call.BulkEmailEntries) > 50:
                 self.bad_requests += 1
                 raise SesError(400, "BadRequestException", "Too many entries (max 50).")
+            self._check_setup(call.FromEmailAddress, call.ConfigurationSetName)
             template = call.DefaultContent.Template
             default_data = _template_data(template.TemplateData)
             entry_data = [
@@ -557,6 +595,9 @@ class SesStub:
             results.append({"Status": "SUCCESS", "MessageId": message_id})
         if self.recent.maxlen:
             self.recent.append(_raw_decoder.decode(body))
+        if self.config.accepted_error_status:
+            status = self.config.accepted_error_status
+            return web.Response(status=status, text="<html>Bad gateway</html>")
         return self._json({"BulkEmailEntryResults": results})
 
     async def get_account(self, request: web.Request) -> web.StreamResponse:

@@ -45,12 +45,17 @@ SUBSCRIPTION_KEYS = (
 )
 
 
-def make_key_and_cert(common_name: str = "sns.test.local") -> tuple[rsa.RSAPrivateKey, bytes]:
-    """A 2048-bit RSA key and its self-signed certificate (PEM), valid from an hour ago."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def make_key_and_cert(
+    common_name: str = "sns.amazonaws.com",
+    key_usage: x509.KeyUsage | None = None,
+    key: rsa.RSAPrivateKey | None = None,
+) -> tuple[rsa.RSAPrivateKey, bytes]:
+    """A 2048-bit RSA key and its self-signed certificate (PEM), valid from an hour ago, issued
+    to `common_name` (SNS's own name by default: the tracker checks it)."""
+    key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -58,8 +63,10 @@ def make_key_and_cert(common_name: str = "sns.test.local") -> tuple[rsa.RSAPriva
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=2))
-        .sign(key, hashes.SHA256())
     )
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    cert = builder.sign(key, hashes.SHA256())
     return key, cert.public_bytes(serialization.Encoding.PEM)
 
 

@@ -10,14 +10,15 @@ import aiohttp
 from aiohttp import web
 
 from common.connection import connect
-from common.http import errors_middleware, health
+from common.http import add_health_routes, errors_middleware
 from common.keys import Keys
 from common.logs import get_logger
-from common.settings import Settings
+from common.settings import ANY_TOPIC, Settings
 from common.suppression import SuppressionList
 
 from . import links, webhook
 from .context import TRACKER, SecretSource, Tracker
+from .log_throttle import LogThrottle
 from .metrics import TrackerMetrics
 from .recorder import EventRecorder
 from .ses_events import Correlator
@@ -48,12 +49,16 @@ def create_app(settings: Settings) -> web.Application:
             suppressions=SuppressionList(client, keys),
             secret=secret,
             metrics=metrics,
+            refusal_logs=LogThrottle(),
         )
         await secret.get()  # once at startup; retried on demand if Redis is not up yet
-        if not settings.sns_topic_arns:
+        if ANY_TOPIC in settings.sns_topic_arns:
             log.warning(
-                "SNS_TOPIC_ARNS is not set: signed messages from any SNS topic are accepted"
+                "SNS_TOPIC_ARNS=* : signed messages from any SNS topic in the world are accepted, "
+                "so anyone can report bounces and complaints; set your topic ARNs instead"
             )
+        elif not settings.sns_topic_arns:
+            log.warning(webhook.NO_TOPICS)
         try:
             yield
         finally:
@@ -69,6 +74,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/events/click", links.click)
     app.router.add_get("/v1/events/unsubscribe", links.unsubscribe)
     app.router.add_post("/v1/events/unsubscribe", links.unsubscribe)
-    app.router.add_get("/health", health)
+    add_health_routes(app, lambda app: app[TRACKER].client)
     app.router.add_get("/metrics", metrics.handler)
     return app

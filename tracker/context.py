@@ -15,6 +15,7 @@ from common.settings import Settings
 from common.suppression import SuppressionList
 from common.tracking import tracking_secret
 
+from .log_throttle import LogThrottle
 from .metrics import TrackerMetrics
 from .recorder import EventRecorder
 from .ses_events import Correlator
@@ -53,6 +54,7 @@ class Tracker:
     suppressions: SuppressionList
     secret: SecretSource
     metrics: TrackerMetrics
+    refusal_logs: LogThrottle
 
 
 TRACKER = web.AppKey("tracker", Tracker)

@@ -89,7 +89,18 @@ async def open_target(tracker: Tracker, query: Mapping[str, str]) -> tuple[str, 
     parsed = split_request_id(bare)
     if parsed is None:  # a seed's integer id: counted, but it names no sesflow message
         return bare, "", f"unsigned request id {bare[:64]}"
+    if not await was_sent(tracker, *parsed):
+        return None
     return bare, await tracker.correlator.topic_of(parsed[0]), "unsigned"
+
+
+async def was_sent(tracker: Tracker, msg_id: str, index: int) -> bool:
+    """Whether sesflow holds a delivery state for this recipient. An unsigned id is anyone's to
+    make up, and counting one writes a first-open hash that lives 90 days: only a recipient
+    sesflow really handled may create one."""
+    part = tracker.keys.for_message(msg_id)
+    with redis_errors():
+        return bool(await tracker.client.hexists(part.state(msg_id), str(index)))
 
 
 async def open_pixel(request: web.Request) -> web.Response:

@@ -3,13 +3,19 @@
 A valid signature only proves that *some* SNS topic sent the message, so a message is accepted
 only when all of these hold, cheapest first (nothing is fetched for a message that fails early):
 
-1. its TopicArn is one of SNS_TOPIC_ARNS (when that is set);
-2. its Timestamp is at most SNS_MAX_AGE old;
-3. its SigningCertURL fully matches SNS_CERT_URL_PATTERN (default: https on
-   `sns.<region>.amazonaws.com[.cn]` with a `.pem` path). Plain http only passes when the
-   configured pattern itself matches it, which is how tests and local sandboxes opt in;
-4. its Signature verifies with that certificate's RSA key over the string-to-sign of its type:
-   SignatureVersion 1 is SHA1withRSA, 2 is SHA256withRSA, both PKCS#1 v1.5.
+1. its TopicArn is one of SNS_TOPIC_ARNS. Unset, every message is refused: a public webhook
+   that trusts any topic lets anyone publish signed fake bounces from their own AWS account.
+   `*` is the explicit opt-out;
+2. its Timestamp is at most SNS_MAX_AGE old, and not more than MAX_CLOCK_SKEW ahead;
+3. its SignatureVersion is one of SNS_SIGNATURE_VERSIONS (1 is SHA1withRSA, 2 SHA256withRSA,
+   both PKCS#1 v1.5);
+4. its SigningCertURL fully matches SNS_CERT_URL_PATTERN (default: https on an SNS regional
+   host, `sns.<region>.amazonaws.com[.cn]`, path `/SimpleNotificationService-<hex>.pem`). Plain
+   http only passes when the configured pattern itself matches it, which is how tests and local
+   sandboxes opt in;
+5. the certificate is current, has an RSA key usable for signatures and is issued to SNS
+   (subject CN or DNS name `sns.amazonaws.com`, as AWS's own certificates are);
+6. its Signature verifies with that certificate's key over the string-to-sign of its type.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from common.logs import get_logger
-from common.settings import Settings
+from common.settings import ANY_TOPIC, Settings
 
 log = get_logger(__name__)
 
@@ -110,6 +116,8 @@ def string_to_sign(msg: SnsMessage) -> bytes:
     return "".join(f"{name}\n{value}\n" for name, value in pairs).encode()
 
 
+MAX_CLOCK_SKEW = 300.0  # seconds a Timestamp may be ahead of this host's clock
+
 HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
 
 
@@ -126,7 +134,7 @@ def parse_timestamp(text: str) -> float:
 
 class SnsRejected(Exception):
     """The message is not provably from an accepted topic: answer 403. `reason` is a metric
-    label: unsigned, signature_version, bad_signature, cert_url, cert, topic, stale."""
+    label: unsigned, signature_version, bad_signature, cert_url, cert, topic, no_topics, stale."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -143,7 +151,8 @@ class CertUnavailable(Exception):
 
 
 class CertCache:
-    """Signing keys by certificate URL: bounded (LRU), with a TTL, one fetch per URL at a time.
+    """Signing keys by certificate URL: bounded (LRU), with a TTL, one fetch per URL at a time,
+    and a bounded number of URLs waiting to be fetched.
 
     Concurrent requests for a URL that is not cached await one shared task, shielded so that a
     cancelled request does not cancel the fetch the others wait for. Failures are not cached.
@@ -157,6 +166,7 @@ class CertCache:
         timeout: float = 5.0,
         max_bytes: int = 64 * 1024,
         max_concurrent_fetches: int = 8,
+        max_pending_fetches: int = 64,
     ) -> None:
         self._session = session
         self._max_entries = max_entries
@@ -164,6 +174,7 @@ class CertCache:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_bytes = max_bytes
         self._fetching = asyncio.Semaphore(max_concurrent_fetches)
+        self._max_pending = max_pending_fetches
         self._entries: OrderedDict[str, tuple[float, rsa.RSAPublicKey]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[rsa.RSAPublicKey]] = {}
         self.fetches = 0  # certificates actually downloaded (for tests and logs)
@@ -175,6 +186,10 @@ class CertCache:
             return cached[1]
         task = self._inflight.get(url)
         if task is None:
+            if len(self._inflight) >= self._max_pending:
+                # Each message may name a certificate URL of its own: a flood of them must not
+                # queue without bound. SNS retries a 503; its certificates are cached by then.
+                raise CertUnavailable("too many certificate fetches under way")
             task = asyncio.create_task(self._fetch(url))
             self._inflight[url] = task
             task.add_done_callback(lambda done: self._fetch_done(url, done))
@@ -226,8 +241,40 @@ class CertCache:
         key = cert.public_key()
         if not isinstance(key, rsa.RSAPublicKey):
             raise SnsRejected("cert", "certificate key is not RSA")
+        check_issued_to_sns(cert)
         log.info("sns certificate loaded", url=url, subject=cert.subject.rfc4514_string())
         return key, cert.not_valid_after_utc.timestamp()
+
+
+# The name SNS's signing certificates are issued to (CN and DNS name), in every partition.
+SNS_CERT_NAME = "sns.amazonaws.com"
+
+
+def certificate_names(cert: x509.Certificate) -> set[str]:
+    """The subject's common names and the DNS names of the certificate, lowercased."""
+    names = {
+        str(attr.value).lower()
+        for attr in cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    }
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return names
+    return names | {name.lower() for name in alt.get_values_for_type(x509.DNSName)}
+
+
+def check_issued_to_sns(cert: x509.Certificate) -> None:
+    """The host check decides where a certificate may come from; this one refuses a certificate
+    that is not SNS's even there (a misconfigured pattern, a hijacked path)."""
+    if SNS_CERT_NAME not in certificate_names(cert):
+        subject = cert.subject.rfc4514_string()[:200]
+        raise SnsRejected("cert", f"certificate is not issued to {SNS_CERT_NAME}: {subject}")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not usage.digital_signature:
+        raise SnsRejected("cert", "certificate key is not for digital signatures")
 
 
 # --- verification -------------------------------------------------------------------------------
@@ -242,8 +289,18 @@ class SnsVerifier:
     def __init__(self, settings: Settings, certs: CertCache) -> None:
         self._pattern = re.compile(settings.sns_cert_url_pattern)
         self._topics = frozenset(settings.sns_topic_arns)
+        self._any_topic = ANY_TOPIC in self._topics
+        self._hashes = {v: HASHES[v] for v in settings.sns_signature_versions}
         self._max_age = settings.sns_max_age
         self._certs = certs
+
+    def check_topic(self, topic_arn: str) -> None:
+        if self._any_topic:
+            return
+        if not self._topics:
+            raise SnsRejected("no_topics", "SNS_TOPIC_ARNS is not set: no SNS topic is accepted")
+        if topic_arn not in self._topics:
+            raise SnsRejected("topic", f"topic not accepted: {topic_arn[:200]}")
 
     def check_cert_url(self, url: str) -> None:
         parts = urlsplit(url)
@@ -271,17 +328,25 @@ class SnsVerifier:
         CertUnavailable otherwise."""
         if not msg.signature or not msg.signing_cert_url:
             raise SnsRejected("unsigned", "Signature and SigningCertURL are required")
-        if self._topics and msg.topic_arn not in self._topics:
-            raise SnsRejected("topic", f"topic not accepted: {msg.topic_arn[:200]}")
+        self.check_topic(msg.topic_arn)
         try:
             sent = parse_timestamp(msg.timestamp)
         except ValueError as exc:
             raise SnsRejected("stale", "Timestamp is not an ISO 8601 time") from exc
-        if time.time() - sent > self._max_age:
-            raise SnsRejected("stale", f"Timestamp {msg.timestamp} is too old")
-        algorithm = HASHES.get(msg.signature_version)
+        age = time.time() - sent
+        if age > self._max_age:
+            raise SnsRejected("stale", f"Timestamp {msg.timestamp[:40]} is too old")
+        if age < -MAX_CLOCK_SKEW:
+            # SNS stamps its own messages: one from the future would stay "fresh" past the
+            # lifetime of its dedupe mark, and so be replayable.
+            raise SnsRejected("stale", f"Timestamp {msg.timestamp[:40]} is in the future")
+        algorithm = self._hashes.get(msg.signature_version)
         if algorithm is None:
-            raise SnsRejected("signature_version", f"SignatureVersion {msg.signature_version!r}")
+            raise SnsRejected(
+                "signature_version",
+                f"SignatureVersion {msg.signature_version[:20]!r} is not accepted "
+                f"(SNS_SIGNATURE_VERSIONS={','.join(self._hashes)})",
+            )
         self.check_cert_url(msg.signing_cert_url)
         try:
             signature = base64.b64decode(msg.signature, validate=True)

@@ -37,6 +37,10 @@ from .recorder import DUPLICATE, FirstTouch, Pending, first_click, first_open
 
 log = get_logger(__name__)
 
+NO_TOPICS = (
+    "SNS_TOPIC_ARNS is not set: every SNS message is refused (403). Set it to the ARNs of your "
+    "SES feedback topics (or `*` to accept any topic, which lets anyone report bounces)"
+)
 DEDUPE_TTL = 24 * 3600  # SNS gives up retrying well within a day; stale messages are refused
 MAX_BODY = 2 * 1024 * 1024  # SNS messages are at most 256 KiB, JSON escaping can double that
 
@@ -57,11 +61,13 @@ async def sns_webhook(request: web.Request) -> web.Response:
     except sns.SnsRejected as exc:
         tracker.metrics.sns_rejected.labels(exc.reason).inc()
         tracker.metrics.sns_messages.labels(kind, "rejected").inc()
-        log.warning("sns message refused", reason=exc.reason, detail=exc.detail, type=kind)
+        log_refusal(tracker, exc, kind)
         return error_response(403, "forbidden", str(exc))
     except sns.CertUnavailable as exc:
         tracker.metrics.sns_rejected.labels("cert_unavailable").inc()
-        log.warning("sns certificate unavailable", error=str(exc))
+        allowed, held = tracker.refusal_logs.allow("cert_unavailable")
+        if allowed:
+            log.warning("sns certificate unavailable", error=str(exc), since_last_line=held)
         return error_response(503, "unavailable", str(exc), headers={"Retry-After": "5"})
 
     if not msg.message_id:
@@ -73,6 +79,23 @@ async def sns_webhook(request: web.Request) -> web.Response:
         log.warning("sns subscription ended", topic=msg.topic_arn, message=str(msg.message)[:200])
         return json_response({"status": "logged"})
     return await notification(tracker, msg)
+
+
+def log_refusal(tracker: Tracker, exc: sns.SnsRejected, kind: str) -> None:
+    """Once a minute per reason: anyone can post forged messages, as fast as they like."""
+    allowed, held = tracker.refusal_logs.allow(exc.reason)
+    if not allowed:
+        return
+    if exc.reason == "no_topics":
+        log.warning(NO_TOPICS, type=kind, since_last_line=held)
+        return
+    log.warning(
+        "sns message refused",
+        reason=exc.reason,
+        detail=exc.detail,
+        type=kind,
+        since_last_line=held,
+    )
 
 
 async def confirm(tracker: Tracker, msg: sns.SubscriptionConfirmation) -> web.Response:

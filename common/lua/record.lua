@@ -11,6 +11,7 @@
 --            any key of the partition, it is not touched)
 -- ARGV[1]    consumer group of `sends`
 -- ARGV[2]    TTL of the state hashes in seconds (0 = leave as is)
+-- ARGV[3]    approximate length cap of the dead-letter stream (MAXLEN ~; 0 = no cap)
 -- then per job j, in order, 6 values and its dead letter:
 --   recipient index (hash field); "" for an entry that has no job (malformed): then only the
 --     dead letter and the XACK are written
@@ -26,8 +27,9 @@
 -- else holds an inflight claim (nothing written, not acknowledged).
 local group = ARGV[1]
 local ttl = tonumber(ARGV[2])
+local dead_maxlen = tonumber(ARGV[3])
 local out = {}
-local a = 3
+local a = 4
 local j = 0
 while a <= #ARGV do
     j = j + 1
@@ -56,7 +58,12 @@ while a <= #ARGV do
         end
     end
     if status == "ok" and ndead > 0 then
-        redis.call("XADD", KEYS[3], "*", unpack(ARGV, first_dead, first_dead + ndead - 1))
+        if dead_maxlen > 0 then
+            redis.call("XADD", KEYS[3], "MAXLEN", "~", dead_maxlen, "*",
+                unpack(ARGV, first_dead, first_dead + ndead - 1))
+        else
+            redis.call("XADD", KEYS[3], "*", unpack(ARGV, first_dead, first_dead + ndead - 1))
+        end
     end
     if status ~= "busy" then
         redis.call("XACK", KEYS[2], group, entry)

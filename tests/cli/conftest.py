@@ -22,7 +22,7 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("SESFLOW_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("TRACKING_SECRET", "cli-secret")
+    monkeypatch.setenv("TRACKING_SECRET", "cli-tracking-secret")
     monkeypatch.setenv("COLUMNS", "200")
     # Never let botocore look for instance metadata from a test.
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

@@ -34,6 +34,7 @@ def test_everything_ready(sesflow: Sesflow, ses_env: Any) -> None:
     assert got["redis AOF"][0] == "warn"  # the test server runs without AOF
     assert got["credentials"][0] == "ok"
     assert got["identity"] == ("ok", f"{SENDER}: {SENDER} and sesflow.test verified")
+    assert got["configuration set"][0] == "ok"
     assert got["quota"][0] == "ok" and "MaxSendRate 1000/s" in got["quota"][1]
     assert got["rate"][0] == "ok"
     # --strict turns the AOF warning into a failure
@@ -46,6 +47,7 @@ def test_problems_fail_with_a_hint(
 ) -> None:
     monkeypatch.setenv("EMAIL_SENDER", "someone@unverified.example")
     monkeypatch.setenv("EMAIL_RATE", "5000")
+    monkeypatch.setenv("SES_CONFIGURATION_SET", "tpyo")
     client = syncredis.Redis.from_url(redis_url)
     client.config_set("maxmemory-policy", "allkeys-lru")
     try:
@@ -58,7 +60,8 @@ def test_problems_fail_with_a_hint(
     assert "create-email-identity" in res.out
     assert "maxmemory-policy is allkeys-lru" in res.out
     assert "EMAIL_RATE 5000/s is above SES's MaxSendRate 1000/s" in res.out
-    assert "1 check(s) failed" in res.out
+    assert "SES_CONFIGURATION_SET 'tpyo' does not exist" in res.out
+    assert "2 check(s) failed" in res.out
 
 
 def test_no_credentials_and_no_redis(sesflow: Sesflow, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ from sesflow_procs import Cluster, moto_sent
 from common.keys import Keys
 from common.local_ses import LOCAL_CREDENTIALS
 
-API_KEY = "cli-test-key"
+API_KEY = "cli-test-api-key"
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_send_follow_rerun_and_cancel(
     res = sesflow("cancel", "later", *ingest)
     assert res.code == 0 and "cancelled topic 'later'" in res.out
 
-    monkeypatch.setenv("API_KEY", "wrong")
+    monkeypatch.setenv("API_KEY", "wrong-cli-api-key")
     res = sesflow("cancel", "later", *ingest)
     assert res.code == 1 and "unauthorized" in res.err
 

@@ -105,7 +105,9 @@ def test_auth_headers_follow_the_api_settings() -> None:
     from common.settings import settings_from_mapping
 
     assert auth_headers(settings_from_mapping({})) == {}
-    assert auth_headers(settings_from_mapping({"API_KEY": "k"})) == {"x-api-key": "k"}
+    assert auth_headers(settings_from_mapping({"API_KEY": "cli-test-api-key"})) == {
+        "x-api-key": "cli-test-api-key"
+    }
     header = auth_headers(
         settings_from_mapping({"JWT_SECRET": "a-secret-of-at-least-32-bytes-long"})
     )["Authorization"]

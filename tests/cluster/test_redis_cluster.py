@@ -153,7 +153,7 @@ async def run_campaign(roles: Cluster, client: RedisCluster, stub: StubProcess) 
     ingest, tracker, stats = roles.url("ingest"), roles.url("tracker"), roles.url("stats")
     body = campaign("big", 0, RECIPIENTS, RECIPIENTS // MESSAGES)
     async with aiohttp.ClientSession() as http:
-        # POST with an Idempotency-Key: the messages and the record in one MULTI on `{g}`.
+        # POST with an Idempotency-Key: the messages and the record in one script on `{g}`.
         headers = {"Idempotency-Key": "cluster-campaign"}
         async with http.post(f"{ingest}/v1/messages", json=body, headers=headers) as resp:
             assert resp.status == 202, await resp.text()

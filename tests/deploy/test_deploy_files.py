@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from common.embedded import free_port
-from common.settings import Settings, env_names
+from common.errors import ConfigError
+from common.settings import Settings, check_role, env_names, settings_from_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -318,6 +319,27 @@ def test_k8s_gives_every_role_its_required_settings() -> None:
         assert int(env.get("SEND_PARTITIONS", "1")) >= 1
 
 
+def test_sns_topic_arns_is_required_for_the_tracker() -> None:
+    """Without SNS_TOPIC_ARNS the tracker refuses all SNS feedback; a deployment must not come up
+    that way by accident, nor with a placeholder that silently matches no topic."""
+    compose_value = as_env_dict(compose_roles()["tracker"]["environment"])["SNS_TOPIC_ARNS"]
+    assert re.fullmatch(r"\$\{SNS_TOPIC_ARNS:\?[^}]+\}", compose_value), compose_value
+
+    (config,) = [d for d in k8s_kind("ConfigMap") if d["metadata"]["name"] == "sesflow-config"]
+    placeholder = config["data"]["SNS_TOPIC_ARNS"]
+    with pytest.raises(ConfigError, match="SNS_TOPIC_ARNS"):  # no role starts until it is set
+        settings_from_mapping({"SNS_TOPIC_ARNS": placeholder})
+
+    unit = read_unit(SYSTEMD / "sesflow-tracker.service")
+    (argv,) = [shlex.split(line) for line in unit["Service"]["ExecStartPre"].splitlines()]
+    argv = [arg.replace("$$", "$") for arg in argv]  # systemd's escape for a literal `$`
+    unset = subprocess.run(argv, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert unset.returncode != 0 and "SNS_TOPIC_ARNS" in unset.stderr
+    arn = "arn:aws:sns:us-east-1:123456789012:feedback"
+    given = subprocess.run(argv, env={"PATH": "/usr/bin:/bin", "SNS_TOPIC_ARNS": arn}, check=False)
+    assert given.returncode == 0
+
+
 def test_secrets_are_in_the_secret_not_the_configmap() -> None:
     secret_names = {
         "REDIS_URL",
@@ -332,6 +354,78 @@ def test_secrets_are_in_the_secret_not_the_configmap() -> None:
     assert secret_names <= set(secret["stringData"])
     for doc in k8s_kind("ConfigMap"):
         assert not secret_names & set(doc["data"])
+
+
+# --- secure by default -------------------------------------------------------------------------
+
+
+def test_compose_publishes_ports_on_loopback_only() -> None:
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_compose_requires_api_key_and_a_grafana_password() -> None:
+    # `${NAME:?message}`: compose refuses to start while NAME is unset or empty.
+    for role in ("ingest", "stats"):
+        env = as_env_dict(compose_roles()[role]["environment"])
+        assert env["BIND_HOST"] == "0.0.0.0"
+        assert env["API_KEY"].startswith("${API_KEY:?"), role
+    grafana = as_env_dict(compose()["services"]["grafana"]["environment"])
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert "GRAFANA_ADMIN_PASSWORD" in dotenv_keys(ROOT / ".env.example")
+    # Grafana's stats datasource authenticates with the same key.
+    assert grafana["SESFLOW_API_KEY"].startswith("${API_KEY:?")
+    datasources = load_yaml(DEPLOY / "grafana/provisioning/datasources/sesflow.yml")
+    (stats_api,) = [d for d in datasources["datasources"] if d["uid"] == "sesflow-stats-api"]
+    assert stats_api["jsonData"]["httpHeaderName1"] == "x-api-key"
+    assert stats_api["secureJsonData"]["httpHeaderValue1"] == "${SESFLOW_API_KEY}"
+
+
+def k8s_role_env(role: str) -> dict[str, str]:
+    config = {d["metadata"]["name"]: d["data"] for d in k8s_kind("ConfigMap")}
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in k8s_kind("Secret")}
+    (deployment,) = [
+        d
+        for d in k8s_kind("Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == role
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env: dict[str, str] = {}
+    for source in container["envFrom"]:
+        if "configMapRef" in source:
+            env.update(config[source["configMapRef"]["name"]])
+        else:
+            env.update(secrets[source["secretRef"]["name"]])
+    env.update({e["name"]: e.get("value", "") for e in container.get("env", [])})
+    return env
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_k8s_placeholders_stop_every_role_with_a_message(role: str) -> None:
+    """The Secret ships CHANGE_ME: a forgotten one must stop the pod, never be used."""
+    env = k8s_role_env(role)
+    assert env["TRACKING_SECRET"] == "CHANGE_ME"
+    with pytest.raises(ConfigError, match="is the placeholder 'CHANGE_ME'"):
+        settings_from_mapping(env)
+
+
+def filled_in(name: str) -> str:
+    """What an operator puts in place of a shipped CHANGE_ME."""
+    if name == "SNS_TOPIC_ARNS":
+        return "arn:aws:sns:eu-west-1:123456789012:ses-feedback"
+    return "kq3v9Zr1xW8pL2mN7bT4"
+
+
+@pytest.mark.parametrize("role", ("ingest", "stats"))
+def test_k8s_api_roles_get_credentials(role: str) -> None:
+    env = k8s_role_env(role)
+    assert env["BIND_HOST"] == "0.0.0.0"
+    assert env.get("API_KEY") or env.get("JWT_SECRET")
+    assert env.get("ALLOW_UNAUTHENTICATED", "0") in {"", "0"}
+    # Once the placeholders are replaced, the role starts.
+    filled = {k: (filled_in(k) if v == "CHANGE_ME" else v) for k, v in env.items()}
+    check_role(settings_from_mapping(filled), role)
 
 
 # --- ports agree with the code ---------------------------------------------------------------
@@ -554,9 +648,10 @@ def test_k8s_one_deployment_per_role_running_that_role() -> None:
         assert list(ports.values()) == [ROLE_PORTS[role]]
         annotations = spec["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(ROLE_PORTS[role])
-        for probe in ("readinessProbe", "livenessProbe"):
+        # Readiness checks Redis; liveness must not, or a Redis outage restarts every pod.
+        for probe, path in (("readinessProbe", "/health"), ("livenessProbe", "/livez")):
             get = container[probe]["httpGet"]
-            assert get["path"] == "/health"
+            assert get["path"] == path
             assert ports.get(get["port"], get["port"]) == ROLE_PORTS[role]
         # Stopping takes the preStop pause plus SHUTDOWN_GRACE; the pod must be given more.
         pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})

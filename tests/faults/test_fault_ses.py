@@ -4,9 +4,11 @@ slow down or stop as a whole instead of hammering SES."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,9 +20,11 @@ from faultkit import (
     check_nothing_pending,
     check_stats_agree,
     emails_for,
+    is_final,
     post_campaign,
     sent_count,
     start_roles,
+    states,
     until,
 )
 from sesflow_procs import Cluster
@@ -103,5 +107,60 @@ async def test_account_paused_stops_every_sender_then_resumes(
             await check_nothing_pending(client, cluster)
             await check_stats_agree(http, cluster, topic, verdict)
             print(f"paused answers: {stats['paused_answers']}; per second: {stats['per_second']}")
+        finally:
+            await client.aclose()
+
+
+async def overview(http: aiohttp.ClientSession, cluster: Cluster) -> dict[str, Any]:
+    async with http.get(f"{cluster.url('stats')}/v1/stats/overview") as resp:
+        data: dict[str, Any] = await resp.json()
+        return data
+
+
+async def test_a_misspelt_configuration_set_pauses_every_sender_and_fails_nothing(
+    redis_url: str, make_stub: Callable[..., StubProcess], make_cluster: Callable[..., Cluster]
+) -> None:
+    """SES answers NotFoundException to every call (SES_CONFIGURATION_SET misspelt) while 1,000
+    recipients are queued: the senders pause together, the dashboard shows why, nothing fails;
+    once the configuration set exists, each recipient is sent exactly once."""
+    stub = make_stub(rate=SES_RATE, latency_ms=20, error_rate=1.0, error_status=404)
+    cluster = make_cluster(
+        redis_url,
+        stub,
+        EMAIL_RATE=str(RATE),
+        SES_CONFIGURATION_SET="tpyo",
+        SETUP_PROBE_INTERVAL="1",
+    )
+    senders = start_roles(cluster, senders=2)
+    topic, recipients = "setup", 1000
+    emails = emails_for(topic, recipients)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    async with aiohttp.ClientSession() as http:
+        try:
+            msg_id = await post_campaign(http, cluster, topic, emails)
+            shown = await until(
+                lambda: overview(http, cluster), lambda o: o["setup_faults"], 30, "alert", cluster
+            )
+            (fault,) = shown["setup_faults"]
+            assert fault["scope"] == "configuration-set:tpyo", fault
+            assert fault["code"] == "NotFoundException", fault
+            await asyncio.sleep(3)
+            stats = await stub.stats()
+            # what was on its way when the first answer came, then one probe a second
+            assert stats["sent"] == 0 and stats["injected_errors"] <= 2 * 64 + 3 + 4, stats
+            assert not any(is_final(v) for v in (await states(client, msg_id)).values())
+            assert any("SES setup fault" in s.logs() for s in senders)
+
+            await stub.control(error_rate=0.0)  # the configuration set is created
+            await until(
+                lambda: all_final(client, msg_id, recipients), lambda d: d, 60, "sends", cluster
+            )
+            verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
+            assert verdict.sent == recipients
+            await check_nothing_pending(client, cluster)
+            view = await check_stats_agree(http, cluster, topic, verdict)
+            assert view["failed"] == 0
+            assert (await overview(http, cluster))["setup_faults"] == []
+            print(f"refused while broken: {stats['injected_errors']}")
         finally:
             await client.aclose()

@@ -159,18 +159,22 @@ async def test_unknown_route_and_method_are_json(http: Any) -> None:
 
 
 async def test_health_is_public(api_client: Any, make_settings: Any) -> None:
-    async with api_client(make_settings(API_KEY="k")) as http:
+    async with api_client(make_settings(API_KEY="ingest-test-api-key")) as http:
         resp = await http.get("/health")
         assert resp.status == 200
 
 
 async def test_api_key_and_jwt(api_client: Any, make_settings: Any) -> None:
-    settings = make_settings(API_KEY="secret-key", JWT_SECRET="a-jwt-secret-of-at-least-32-bytes!")
+    settings = make_settings(
+        API_KEY="ingest-secret-api-key", JWT_SECRET="a-jwt-secret-of-at-least-32-bytes!"
+    )
     async with api_client(settings) as http:
         assert (await http.post("/v1/messages", json=GO_BODY)).status == 401
         wrong = await http.post("/v1/messages", json=GO_BODY, headers={"x-api-key": "nope"})
         assert wrong.status == 401
-        ok = await http.post("/v1/messages", json=GO_BODY, headers={"x-api-key": "secret-key"})
+        ok = await http.post(
+            "/v1/messages", json=GO_BODY, headers={"x-api-key": "ingest-secret-api-key"}
+        )
         assert ok.status == 202
         token = jwt.encode(
             {"sub": "client", "exp": int(time.time()) + 60},
@@ -319,12 +323,12 @@ async def test_redis_down_is_503_with_retry_after(api_client: Any, make_settings
 async def test_idempotency_key_is_released_when_redis_fails_midway(
     http: Any, redis: Any, keys: Keys, monkeypatch: Any
 ) -> None:
-    import ingest.api as api
+    from ingest.idempotency import IdempotencyStore
 
     async def broken(*args: Any, **kw: Any) -> Any:
         raise ConnectionError("redis went away")
 
-    monkeypatch.setattr(api, "enqueue", broken)
+    monkeypatch.setattr(IdempotencyStore, "commit", broken)
     resp = await http.post("/v1/messages", json=GO_BODY, headers={"Idempotency-Key": "k1"})
     assert resp.status == 503
     assert await redis.exists(keys.idempotency("k1")) == 0
@@ -338,7 +342,7 @@ async def test_an_idempotency_key_freed_mid_claim_is_claimed_not_assumed(
     redis: Any, keys: Keys
 ) -> None:
     """SET NX lost to a placeholder that was then released: the next try must own the key."""
-    from ingest.idempotency import IdempotencyStore
+    from ingest.idempotency import Claim, IdempotencyStore
 
     class Racing:
         def __init__(self) -> None:
@@ -351,6 +355,9 @@ async def test_an_idempotency_key_freed_mid_claim_is_claimed_not_assumed(
         async def get(self, key: str) -> None:
             return None  # ... and the winner released the key before our GET
 
+        def register_script(self, source: str) -> None:
+            return None
+
     racing = Racing()
-    assert await IdempotencyStore(racing, 60).begin("k", "digest") is None
+    assert isinstance(await IdempotencyStore(racing, 60).begin("k", "digest"), Claim)
     assert racing.sets == 2

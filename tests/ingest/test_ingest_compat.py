@@ -38,9 +38,11 @@ async def test_seed_paths_reach_their_roles(
     upstream: tuple[str, list[tuple[str, str, bytes]]],
 ) -> None:
     url, seen = upstream
-    settings = make_settings(STATS_URL=url, TRACKER_URL=url, API_KEY="k")
+    settings = make_settings(STATS_URL=url, TRACKER_URL=url, API_KEY="ingest-test-api-key")
     async with api_client(settings) as http:
-        resp = await http.get("/v1/results/count/plan-1", headers={"x-api-key": "k"})
+        resp = await http.get(
+            "/v1/results/count/plan-1", headers={"x-api-key": "ingest-test-api-key"}
+        )
         assert resp.status == 201 and resp.headers["X-Role"] == "up"
         assert await resp.json() == {"path": "/v1/results/count/plan-1"}
         # Stats paths keep ingest's auth; tracking and the SNS webhook stay public.
@@ -50,7 +52,9 @@ async def test_seed_paths_reach_their_roles(
         resp = await http.post("/v1/events/result", data=b'{"Type":"Notification"}')
         assert resp.status == 201
         # A topic id with reserved characters reaches stats as it was sent, still encoded.
-        resp = await http.get("/v1/topics/a%2Fb%3Fx=1", headers={"x-api-key": "k"})
+        resp = await http.get(
+            "/v1/topics/a%2Fb%3Fx=1", headers={"x-api-key": "ingest-test-api-key"}
+        )
         assert resp.status == 201
     assert seen == [
         ("GET", "/v1/results/count/plan-1", b""),

@@ -45,6 +45,7 @@ SENDER = {
     "sesflow_ses_call_seconds_sum": set(),
     "sesflow_ses_call_seconds_count": set(),
     "sesflow_ses_errors_total": {"error_class"},
+    "sesflow_setup_paused": set(),
 }
 TRACKER = {"sesflow_events_total": {"type"}}
 EVERY_ROLE = {"sesflow_redis_reconnects_total": {"role"}}
@@ -120,7 +121,7 @@ async def test_ingest_metrics(settings: Settings, serve: Any) -> None:
 
 async def test_tracker_metrics(settings: Settings, serve: Any) -> None:
     client = await serve(tracker_app(settings))
-    token = sign(b"test-secret", Token(k="o", r=f"{int(time.time() * 1000)}-0_0", t="m1"))
+    token = sign(b"test-tracking-secret", Token(k="o", r=f"{int(time.time() * 1000)}-0_0", t="m1"))
     assert (await client.get("/v1/events/open", params={"t": token})).status == 200
     samples = await scrape(client)
     assert_served(samples, {**TRACKER, **EVERY_ROLE, **HTTP}, "tracker")
@@ -178,7 +179,7 @@ async def test_sender_metrics(
         for index, email in enumerate(emails):
             await redis.xadd(part.sends, Job(msg_id=msg_id, index=index, email=email).fields())
         ses = SesClient(settings)
-        sender = Sender(settings, redis, ses, compose, b"test-secret")
+        sender = Sender(settings, redis, ses, compose, b"test-tracking-secret")
         stop = asyncio.Event()
         task = asyncio.create_task(sender.run(stop))
         try:
@@ -189,7 +190,7 @@ async def test_sender_metrics(
                 assert time.monotonic() < deadline, "the sender did not finish both jobs"
                 await asyncio.sleep(0.02)
             await upkeep.update_gauges(sender)
-            client = await serve(sender_metrics_app(settings, sender.health))
+            client = await serve(sender_metrics_app(settings, sender.health, client=redis))
             samples = await scrape(client)
         finally:
             stop.set()

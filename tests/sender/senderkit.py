@@ -12,7 +12,7 @@ from common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from common.schema import Event, Job, MessageContent, decode_event
 from sender.worker import Sender
 
-SECRET = b"test-secret"
+SECRET = b"test-tracking-secret"
 
 
 class FakeSes:
@@ -76,6 +76,7 @@ async def seed(
     msg_id: str | None = None,
     topic: str = "t1",
     store_content: bool = True,
+    from_email: str = "",
 ) -> tuple[str, list[str]]:
     """Store a message's content and queue one job per address; returns (msg_id, entry ids)."""
     msg_id = msg_id or new_msg_id()
@@ -88,6 +89,7 @@ async def seed(
             html="<p>Hi <a href='https://example.com/x'>x</a></p>",
             total=len(emails),
             accepted_ms=int(msg_id.split("-")[0]),
+            from_email=from_email,
         )
         await redis.hset(part.message(msg_id), mapping=content.to_hash())
     ids = []

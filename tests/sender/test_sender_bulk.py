@@ -207,7 +207,7 @@ async def test_one_rejected_one_throttled_the_rest_sent(
     await wait_for(lambda: all_final(redis, msg_id, 6))
     found = await states(redis, PART, msg_id)
     await run.stop()
-    assert found[1] == "f:rejected:MESSAGE_REJECTED"
+    assert found[1] == "f:rejected:MessageRejected"
     assert all(found[n].startswith("s:") for n in (0, 2, 3, 4, 5))
     assert stub.recipients == {e: 1 for e in emails if e != emails[1]}
     assert len(stub.mail[emails[2]]) == 1

@@ -31,7 +31,7 @@ async def test_a_redis_outage_mid_campaign_loses_and_duplicates_nothing(tmp_path
             "SENDER_CONCURRENCY": "4",
             "RECLAIM_IDLE": "2",
             "SHUTDOWN_GRACE": "5",
-            "TRACKING_SECRET": "x",
+            "TRACKING_SECRET": "test-tracking-secret",
         }
     )
     admin = aioredis.Redis.from_url(server.url, decode_responses=True)

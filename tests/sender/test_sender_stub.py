@@ -87,7 +87,7 @@ async def test_sigterm_finishes_in_flight_calls_and_exits_0(
             "EMAIL_RATE": "50",
             "SENDER_CONCURRENCY": "16",
             "SENDER_METRICS_PORT": str(free_port()),
-            "TRACKING_SECRET": "x",
+            "TRACKING_SECRET": "test-tracking-secret",
             "LOG_FORMAT": "json",
         }
         log_path = tmp_path / "sender.log"
@@ -114,3 +114,35 @@ async def test_sigterm_finishes_in_flight_calls_and_exits_0(
 
 async def sent_some(stub: SesStub, count: int) -> bool:
     return stub.sent >= count
+
+
+async def final(redis: Any, msg_id: str, count: int) -> bool:
+    found = await states(redis, PART, msg_id)
+    return len(found) == count and not any(v.startswith("i:") for v in found.values())
+
+
+async def test_a_502_after_ses_accepted_the_mail_is_unknown_and_never_sent_again(
+    redis: Any, make_settings: Callable[..., Settings]
+) -> None:
+    """A proxy that forwarded the call and then answered 502: SES has the mail, so a retry
+    would send it twice. With ON_AMBIGUOUS=skip the recipient is `unknown`, sent once."""
+    async with SesStub(accepted_error_status=502) as stub:
+        settings = make_settings(
+            SES_ENDPOINT_URL=stub.url, EMAIL_RATE="100", MAX_ATTEMPTS="3", **CREDENTIALS
+        )
+        emails = [f"p{n}@example.org" for n in range(3)]
+        msg_id, _ = await seed(redis, KEYS, emails)
+        ses = SesClient(settings)
+        run = Running(Sender(settings, redis, ses, compose, SECRET))
+        try:
+            await wait_for(lambda: final(redis, msg_id, len(emails)), within=15)
+        finally:
+            await run.stop()
+            await ses.close()
+        assert set((await states(redis, PART, msg_id)).values()) == {"u"}
+        assert stub.recipients == {e: 1 for e in emails}
+        kinds = {
+            f["e"].split('"type":"')[1].split('"')[0] for _, f in await redis.xrange(PART.events)
+        }
+        assert kinds == {"unknown"} and await redis.xlen(PART.events) == len(emails)
+        assert await redis.xlen(PART.sends_dead) == 0

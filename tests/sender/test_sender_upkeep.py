@@ -196,7 +196,7 @@ async def test_metrics_and_health_are_served(
     await wait_for(lambda: final_count(redis, msg_id, 2))
     await upkeep.update_gauges(sender)
     runner = await start_site(
-        create_app(settings, sender.health), "127.0.0.1", settings.sender_metrics_port
+        create_app(settings, sender.health, client=redis), "127.0.0.1", settings.sender_metrics_port
     )
     try:
         base = f"http://127.0.0.1:{settings.sender_metrics_port}"

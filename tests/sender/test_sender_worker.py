@@ -209,21 +209,28 @@ async def test_rejected_fails_once_without_retry(
     assert failed.type == "failed" and "not verified" in failed.detail
 
 
-async def test_transient_errors_retry_then_dead_letter_after_max_attempts(
+async def test_transient_errors_retry_then_pause_sending_and_never_fail_the_recipient(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
-    fake_ses.script[EMAILS[0]] = [SesTransient("InternalFailure")]
-    fake_ses.script[EMAILS[1]] = [SesTransient("InternalFailure")] * 3
+    """SES out of reach is not a bad recipient: after MAX_ATTEMPTS tries in a row all sending
+    pauses (a setup fault, `all`) and the next probe that gets through sends it."""
+    fake_ses.script[EMAILS[0]] = [SesTransient("ConnectError", "refused")]
+    fake_ses.script[EMAILS[1]] = [SesTransient("ConnectError", "refused")] * 3
     msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
-    run = running(make_sender(sender_settings(MAX_ATTEMPTS="3")))
+    settings = sender_settings(MAX_ATTEMPTS="3", SETUP_PROBE_INTERVAL="0.3")
+    run = running(make_sender(settings))
+    await wait_for(lambda: paused_all(redis))
     await wait_for(lambda: all_final(redis, msg_id, 2), within=15)
     await run.stop()
     found = await states(redis, PART, msg_id)
-    assert found[0].startswith("s:")
-    assert found[1] == "f:transient:InternalFailure"
-    assert fake_ses.calls[EMAILS[1]] == 3
-    (dead,) = await redis.xrange(PART.sends_dead)
-    assert dead[1]["reason"] == "transient:InternalFailure" and dead[1]["e"] == EMAILS[1]
+    assert found[0].startswith("s:") and found[1].startswith("s:")
+    assert fake_ses.calls[EMAILS[1]] == 4 and fake_ses.sent[EMAILS[1]] == 1
+    assert await redis.xlen(PART.sends_dead) == 0
+    assert await redis.hgetall(KEYS.setup_paused) == {}
+
+
+async def paused_all(redis: Any) -> bool:
+    return bool(await redis.hexists(KEYS.setup_paused, "all"))
 
 
 async def test_ambiguous_is_unknown_with_skip(
@@ -248,6 +255,33 @@ async def test_ambiguous_is_retried_with_resend(
     await run.stop()
     assert (await states(redis, PART, msg_id))[0].startswith("s:")
     assert fake_ses.calls[EMAILS[0]] == 2
+
+
+async def test_resend_gives_up_as_unknown_after_max_attempts_ambiguous_answers(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    """A 5xx that never ends must not resend (and maybe send) a job for ever."""
+    fake_ses.script[EMAILS[0]] = [SesAmbiguous("HTTP502", "Bad gateway", 502)] * 10
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    run = running(make_sender(sender_settings(ON_AMBIGUOUS="resend", MAX_ATTEMPTS="3")))
+    await wait_for(lambda: all_final(redis, msg_id, 1), within=15)
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0] == "u"
+    assert fake_ses.calls[EMAILS[0]] == 3
+
+
+async def test_a_5xx_is_unknown_with_skip_and_slows_the_shared_rate(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    fake_ses.script[EMAILS[0]] = [SesAmbiguous("InternalFailure", "internal error", 500)]
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    sender = make_sender(sender_settings())
+    run = running(sender)
+    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0] == "u"
+    assert fake_ses.calls[EMAILS[0]] == 1
+    assert (await sender.limiter.status()).factor < 1.0
 
 
 async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(

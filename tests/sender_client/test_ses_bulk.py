@@ -17,6 +17,7 @@ from common.errors import (
     SesPaused,
     SesQuotaExceeded,
     SesRejected,
+    SesSetupFault,
     SesThrottled,
     SesTransient,
 )
@@ -90,19 +91,35 @@ def test_every_entry_status_of_the_model_is_mapped() -> None:
         "ACCOUNT_SUSPENDED": SesPaused,
         "CONFIGURATION_SET_SENDING_PAUSED": SesPaused,
         "TRANSIENT_FAILURE": SesTransient,
+        "MAIL_FROM_DOMAIN_NOT_VERIFIED": SesSetupFault,
+        "CONFIGURATION_SET_NOT_FOUND": SesSetupFault,
+        "INVALID_SENDING_POOL_NAME": SesSetupFault,
     }
     for status in statuses:
-        outcome = entry_outcome(_EntryResult(Status=status, MessageId="m-1", Error="why"))
+        outcome = entry_outcome(
+            _EntryResult(Status=status, MessageId="m-1", Error="why"), "r@x.org"
+        )
         assert isinstance(outcome, expected.get(status, SesRejected)), status
+    # a rejection that names our unverified identity, not the recipient, is a setup fault
+    unverified = (
+        "Email address is not verified. The following identities failed the check in region "
+        "US-EAST-1: news@example.com"
+    )
+    ours = entry_outcome(_EntryResult(Status="MESSAGE_REJECTED", Error=unverified), "r@x.org")
+    assert isinstance(ours, SesSetupFault) and ours.reason == "identity"
+    theirs = unverified.replace("news@example.com", "r@x.org")
+    rejected = entry_outcome(_EntryResult(Status="MESSAGE_REJECTED", Error=theirs), "r@x.org")
+    assert isinstance(rejected, SesRejected) and rejected.code == "MessageRejected"
     assert isinstance(entry_outcome(_EntryResult(Status="SOMETHING_NEW")), SesTransient)
     assert isinstance(entry_outcome(_EntryResult(Status="SUCCESS")), SesAmbiguous)
 
 
 def test_an_unreadable_or_short_answer_leaves_every_entry_ambiguous() -> None:
     one = json.dumps({"BulkEmailEntryResults": [{"Status": "SUCCESS", "MessageId": "m"}]})
-    assert all(isinstance(o, SesAmbiguous) for o in bulk_outcomes(one.encode(), 2))
-    assert all(isinstance(o, SesAmbiguous) for o in bulk_outcomes(b"<html>", 2))
-    assert bulk_outcomes(one.encode(), 1) == ["m"]
+    two = ["a@x.org", "b@x.org"]
+    assert all(isinstance(o, SesAmbiguous) for o in bulk_outcomes(one.encode(), two))
+    assert all(isinstance(o, SesAmbiguous) for o in bulk_outcomes(b"<html>", two))
+    assert bulk_outcomes(one.encode(), two[:1]) == ["m"]
 
 
 @pytest.mark.parametrize("kind", ["native", "boto3"])
@@ -115,7 +132,7 @@ async def test_both_clients_send_bulk_and_get_one_outcome_per_entry(
     try:
         outcomes = await client.send_bulk_email(BULK)
         assert isinstance(outcomes[0], str) and isinstance(outcomes[2], str)
-        assert isinstance(outcomes[1], SesRejected) and outcomes[1].code == "MESSAGE_REJECTED"
+        assert isinstance(outcomes[1], SesRejected) and outcomes[1].code == "MessageRejected"
         stub.configure(error_rate=1.0, error_status=429)
         with pytest.raises(SesThrottled):
             await client.send_bulk_email(BULK)

@@ -15,6 +15,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    CredentialRetrievalError,
+    NoCredentialsError,
+    ParamValidationError,
+)
 from multidict import CIMultiDict
 from sesstub import SesStub
 
@@ -26,10 +33,12 @@ from common.errors import (
     SesPaused,
     SesQuotaExceeded,
     SesRejected,
+    SesSetupFault,
     SesThrottled,
     SesTransient,
 )
 from common.settings import Settings
+from sender.ses_boto3 import error_from_boto
 from sender.ses_client import (
     OutgoingEmail,
     SesClient,
@@ -37,6 +46,7 @@ from sender.ses_client import (
     endpoint_of,
     error_from_exception,
     parse_error,
+    setup_reason,
 )
 
 MakeEmail = Callable[..., OutgoingEmail]
@@ -232,13 +242,16 @@ STUB_FAULTS: list[tuple[dict[str, Any], type[SesError], str]] = [
             "error_status": 400,
             "error_code": "MailFromDomainNotVerifiedException",
         },
-        SesRejected,
+        SesSetupFault,
         "MailFromDomainNotVerifiedException",
     ),
     ({"error_rate": 1.0, "error_status": 400}, SesRejected, "BadRequestException"),
-    ({"error_rate": 1.0, "error_status": 404}, SesRejected, "NotFoundException"),
-    ({"error_rate": 1.0, "error_status": 500}, SesTransient, "InternalFailure"),
-    ({"error_rate": 1.0, "error_status": 503}, SesTransient, "ServiceUnavailable"),
+    ({"error_rate": 1.0, "error_status": 404}, SesSetupFault, "NotFoundException"),
+    # A 5xx is no proof that nothing was sent (sender.ses_client's table).
+    ({"error_rate": 1.0, "error_status": 500}, SesAmbiguous, "InternalFailure"),
+    ({"error_rate": 1.0, "error_status": 502}, SesAmbiguous, "InternalFailure"),
+    ({"error_rate": 1.0, "error_status": 503}, SesAmbiguous, "ServiceUnavailable"),
+    ({"error_rate": 1.0, "error_status": 504}, SesAmbiguous, "InternalFailure"),
     ({"disconnect_rate": 1.0}, SesAmbiguous, "ConnectionLost"),
 ]
 
@@ -357,7 +370,24 @@ RAW_ANSWERS: list[tuple[int, bytes, dict[str, str], type[SesError], str]] = [
         SesTransient,
         "ExpiredTokenException",
     ),
-    (502, b"<html>Bad gateway</html>", {}, SesTransient, "HTTP502"),
+    (502, b"<html>Bad gateway</html>", {}, SesAmbiguous, "HTTP502"),
+    (504, b"", {}, SesAmbiguous, "HTTP504"),
+    (
+        503,
+        b'{"message": "Service Unavailable"}',
+        {"x-amzn-ErrorType": "ServiceUnavailable"},
+        SesAmbiguous,
+        "ServiceUnavailable",
+    ),
+    (
+        400,
+        b'{"message": "Configuration set <news> does not exist."}',
+        {"x-amzn-ErrorType": "ConfigurationSetDoesNotExistException"},
+        SesSetupFault,
+        "ConfigurationSetDoesNotExistException",
+    ),
+    # A 404 page that no SES error code comes with: the endpoint is not SES.
+    (404, b"<html>Not Found</html>", {}, SesSetupFault, "HTTP404"),
     (200, b"not json", {}, SesAmbiguous, "MalformedResponse"),
 ]
 
@@ -413,6 +443,135 @@ def test_classify_edge_cases() -> None:
     assert classify(403, "InvalidSignatureException", "Signature expired") is SesTransient
     assert classify(403, "SomethingNew", "") is SesPaused
     assert classify(401, "", "") is SesPaused
+
+
+def test_every_5xx_is_ambiguous_unless_its_code_refused_the_call() -> None:
+    for status in (500, 502, 503, 504, 599):
+        assert classify(status, f"HTTP{status}", "") is SesAmbiguous
+    assert classify(500, "InternalFailure", "An internal error occurred.") is SesAmbiguous
+    assert classify(503, "ServiceUnavailable", "") is SesAmbiguous
+    assert classify(400, "InternalFailure", "") is SesAmbiguous  # whatever the status says
+    # decided at admission, before anything is sent
+    assert classify(503, "TooManyRequestsException", "") is SesThrottled
+    assert classify(503, "SendingPausedException", "") is SesPaused
+
+
+UNVERIFIED = "Email address is not verified. The following identities failed the check in region "
+
+
+def test_setup_faults_are_told_apart_from_rejected_recipients() -> None:
+    rcpt = ("someone@example.org",)
+    bad_name = "Configuration set name 'my set' is invalid."
+    assert classify(400, "BadRequestException", bad_name, rcpt) is SesSetupFault
+    for code in ("NotFoundException", "ConfigurationSetDoesNotExist"):
+        assert classify(404, code, "Configuration set <x> does not exist.") is SesSetupFault
+        assert setup_reason(404, code, "", rcpt) == "configuration_set"
+    assert setup_reason(400, "MailFromDomainNotVerifiedException", "", rcpt) == "mail_from_domain"
+    # our From identity is not verified: a setup fault
+    sender_unverified = UNVERIFIED + "US-EAST-1: sender@example.com"
+    assert classify(400, "MessageRejected", sender_unverified, rcpt) is SesSetupFault
+    assert setup_reason(400, "MessageRejected", sender_unverified, rcpt) == "identity"
+    both = UNVERIFIED + "US-EAST-1: sender@example.com, someone@example.org"
+    assert classify(400, "MessageRejected", both, rcpt) is SesSetupFault
+    denied = "User is not authorized to send from `sender@example.com`"
+    assert classify(400, "MessageRejected", denied, rcpt) is SesSetupFault
+    assert classify(400, "MessageRejected", "Email address is not verified.") is SesSetupFault
+    # only the recipient is named (an account in the sandbox): permanent for that recipient
+    recipient_only = UNVERIFIED + "US-EAST-1: Someone@example.org"
+    assert classify(400, "MessageRejected", recipient_only, rcpt) is SesRejected
+    recipient_domain = UNVERIFIED + "EU-WEST-1: example.org."
+    assert classify(400, "MessageRejected", recipient_domain, rcpt) is SesRejected
+    # about this message's content or address: permanent
+    for content in ("Illegal address", "Message length is more than 10485760 bytes long."):
+        assert classify(400, "MessageRejected", content, rcpt) is SesRejected
+    # a 4xx that no SES code comes with is not SES answering, except what concerns this request
+    assert classify(405, "HTTP405", "") is SesSetupFault
+    assert classify(413, "HTTP413", "") is SesRejected
+    assert classify(408, "HTTP408", "") is SesTransient
+    assert classify(403, "HTTP403", "") is SesPaused
+
+
+async def test_an_unverified_sender_identity_from_the_stub_is_a_setup_fault(
+    stub: SesStub, client: SesClient, make_email: MakeEmail
+) -> None:
+    stub.configure(verified_identities=["example.net"])
+    with pytest.raises(SesSetupFault) as raised:
+        await client.send_email(make_email())
+    assert raised.value.reason == "identity"
+    assert "sender@example.com" in raised.value.message
+    stub.configure(verified_identities=["example.com"])
+    assert await client.send_email(make_email())
+    stub.configure(configuration_sets=["other"])
+    with pytest.raises(SesSetupFault) as raised:
+        await client.send_email(make_email(configuration_set="news"))
+    assert raised.value.reason == "configuration_set"
+    assert stub.sent == 1
+
+
+async def test_failures_before_the_request_are_never_ambiguous(
+    stub: SesStub, ses_settings: Callable[..., Settings], make_email: MakeEmail
+) -> None:
+    """Nothing left this process: not `unknown`. Credentials that cannot be refreshed pause
+    (no send can go until they are back); a message that cannot be encoded is rejected."""
+
+    def refresh() -> dict[str, str]:
+        raise RuntimeError("instance metadata unreachable")
+
+    client = SesClient(ses_settings())
+    client.credentials = RefreshableCredentials(
+        access_key="AKIDOLD",
+        secret_key="s",
+        token="t",
+        expiry_time=datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1),
+        refresh_using=refresh,
+        method="test",
+    )
+    try:
+        with pytest.raises(SesPaused) as paused:
+            await client.send_email(make_email())
+    finally:
+        await client.close()
+    assert paused.value.code == "CredentialsUnavailable"
+    client = SesClient(ses_settings())
+    try:
+        with pytest.raises(SesRejected) as rejected:
+            await client.send_email(make_email(html="<p>\udcff</p>"))
+    finally:
+        await client.close()
+    assert rejected.value.code == "InvalidMessage"
+    assert stub.calls == 0
+
+
+async def test_a_success_without_a_message_id_is_ambiguous(
+    ses_settings: Callable[..., Settings], make_email: MakeEmail
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"MessageId": ""})
+
+    async with serve(handler) as url:
+        client = SesClient(ses_settings(SES_ENDPOINT_URL=url))
+        try:
+            with pytest.raises(SesAmbiguous) as raised:
+                await client.send_email(make_email())
+        finally:
+            await client.close()
+    assert raised.value.code == "MalformedResponse"
+
+
+def test_boto3_failures_before_the_request_are_never_ambiguous() -> None:
+    invalid = error_from_boto(ParamValidationError(report="Invalid type for parameter"))
+    assert type(invalid) is SesRejected
+    assert type(error_from_boto(NoCredentialsError())) is SesPaused
+    assert type(error_from_boto(CredentialRetrievalError(provider="sso", error_msg="x"))) is (
+        SesPaused
+    )
+    assert type(error_from_boto(ConnectionClosedError(endpoint_url="u"))) is SesAmbiguous
+    answer = {
+        "Error": {"Code": "InternalFailure", "Message": "internal"},
+        "ResponseMetadata": {"HTTPStatusCode": 500},
+    }
+    assert type(error_from_boto(ClientError(answer, "SendEmail"))) is SesAmbiguous  # type: ignore[arg-type]
 
 
 def test_exceptions_before_any_byte_are_transient_after_are_ambiguous() -> None:

@@ -11,7 +11,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 from moto.ses.models import ses_backends
 
-from common.errors import SesRejected
+from common.errors import SesSetupFault
 from common.settings import Settings
 from sender.ses_client import OutgoingEmail, SesClient
 
@@ -77,10 +77,12 @@ async def test_sends_through_moto_to_a_verified_identity(moto_settings: Settings
     assert "Hello from sesflow" in sent[0].body
 
 
-async def test_unverified_sender_is_rejected_by_moto(moto_settings: Settings) -> None:
+async def test_an_unverified_sender_from_moto_is_a_setup_fault_not_a_rejection(
+    moto_settings: Settings,
+) -> None:
     client = SesClient(moto_settings)
     try:
-        with pytest.raises(SesRejected) as raised:
+        with pytest.raises(SesSetupFault) as raised:
             await client.send_email(
                 OutgoingEmail(
                     from_email="nobody-verified@example.net",
@@ -91,4 +93,4 @@ async def test_unverified_sender_is_rejected_by_moto(moto_settings: Settings) ->
             )
     finally:
         await client.close()
-    assert raised.value.code == "MessageRejected"
+    assert raised.value.code == "MessageRejected" and raised.value.reason == "identity"

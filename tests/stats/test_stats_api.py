@@ -15,6 +15,7 @@ from common.aws import Quota
 from common.keys import SENDERS_GROUP, Keys
 from common.schema import Event
 from common.settings import Settings
+from common.setup_pauses import SetupPause, encode_pause
 from stats.aggregate import StatsConsumer
 from stats.api import create_app
 
@@ -310,6 +311,35 @@ async def test_overview_for_the_dashboard(
     assert (await api.get("/v1/stats/overview?limit=0")).status == 400
 
 
+async def test_overview_and_page_show_a_paused_ses_setup(
+    api: TestClient[Any, Any], redis: Any
+) -> None:
+    body = await (await api.get("/v1/stats/overview")).json()
+    assert body["setup_faults"] == []
+    keys = Keys()
+    pause = SetupPause(
+        scope="configuration-set:typo",
+        reason="configuration_set",
+        code="NotFoundException",
+        message="Configuration set <typo> does not exist.",
+        since_ms=1_700_000_000_000,
+    )
+    await redis.hset(keys.setup_paused, pause.scope, encode_pause(pause))
+    await redis.hset(keys.setup_paused, "from:x@example.net", "not json")
+    body = await (await api.get("/v1/stats/overview")).json()
+    unreadable, first = body["setup_faults"]  # oldest first; unreadable counts as 0
+    assert first == {
+        "scope": "configuration-set:typo",
+        "reason": "configuration_set",
+        "code": "NotFoundException",
+        "message": "Configuration set <typo> does not exist.",
+        "since_ms": 1_700_000_000_000,
+    }
+    assert unreadable["scope"] == "from:x@example.net" and unreadable["reason"] == "unknown"
+    html = await (await api.get("/")).text()
+    assert 'data-testid="setup-alert"' in html and "d.setup_faults" in html
+
+
 async def test_metrics_answer_from_redis(
     api: TestClient[Any, Any], redis: Any, fast: Settings
 ) -> None:
@@ -330,11 +360,13 @@ async def test_metrics_answer_from_redis(
 async def test_auth_protects_the_api_but_not_the_page_health_or_metrics(
     make_settings: Callable[..., Settings],
 ) -> None:
-    client = await serve(create_app(make_settings(API_KEY="k3y"), quota_fetcher=no_quota))
+    client = await serve(
+        create_app(make_settings(API_KEY="stats-test-api-key"), quota_fetcher=no_quota)
+    )
     try:
         assert (await client.get("/v1/topics/x")).status == 401
         assert (await client.get("/v1/stats/overview")).status == 401
-        res = await client.get("/v1/results/count/x", headers={"x-api-key": "k3y"})
+        res = await client.get("/v1/results/count/x", headers={"x-api-key": "stats-test-api-key"})
         assert res.status == 200
         for path in ("/", "/health", "/metrics"):
             assert (await client.get(path)).status == 200, path

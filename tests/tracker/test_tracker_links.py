@@ -19,7 +19,7 @@ from common.suppression import SuppressionList
 from common.tracking import Token, sign
 from tracker.pages import PIXEL
 
-SECRET = b"test-secret"  # the TRACKING_SECRET of the test settings
+SECRET = b"test-tracking-secret"  # the TRACKING_SECRET of the test settings
 KEYS = Keys()
 P0 = KEYS.partition(0)
 MSG = "1732461234567-0"
@@ -94,6 +94,7 @@ async def test_bare_request_ids_count_only_when_allowed(
     redis: Any,
 ) -> None:
     await redis.hset(P0.message(MSG), mapping={"topic": TOPIC, "subject": "s", "html": "h"})
+    await redis.hset(P0.state(MSG), "3", "s:ses-id-3")  # recipient 3 was sent
     async with start_tracker(make_settings(ALLOW_UNSIGNED_OPENS="1")) as client:
         await get_open(client, {"requestId": f"{MSG}_3"})
         await get_open(client, {"request_id": f"{MSG}_3"})
@@ -104,6 +105,24 @@ async def test_bare_request_ids_count_only_when_allowed(
     assert (b.index, b.unique) == (3, False)
     assert (legacy.msg_id, legacy.index, legacy.unique) == ("", -1, False)
     assert "42" in legacy.detail
+
+
+async def test_unsigned_open_of_a_recipient_never_sent_writes_nothing(
+    make_settings: Callable[..., Settings],
+    start_tracker: Callable[[Settings], Any],
+    redis: Any,
+) -> None:
+    """A bare id is anyone's to make up: only a recipient with a delivery state may count, or
+    each made-up id would leave a first-open hash behind for 90 days."""
+    await redis.hset(P0.message(MSG), mapping={"topic": TOPIC, "subject": "s", "html": "h"})
+    await redis.hset(P0.state(MSG), "3", "s:ses-id-3")
+    other = "1732461299999-0"
+    async with start_tracker(make_settings(ALLOW_UNSIGNED_OPENS="1")) as client:
+        for rid in (f"{MSG}_4", f"{MSG}_99999999", f"{other}_0", f"{other}_1"):
+            await get_open(client, {"requestId": rid})
+        metrics = await (await client.get("/metrics")).text()
+    assert set(await redis.keys("*")) == {P0.message(MSG), P0.state(MSG)}  # no event, no hash
+    assert 'sesflow_tracker_invalid_tokens_total{kind="open"} 4.0' in metrics
 
 
 async def test_click_redirects_to_its_sealed_url_and_is_unique_once(

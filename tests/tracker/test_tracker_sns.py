@@ -12,9 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from snssign import SnsSigner, string_to_sign
+from snssign import SnsSigner, make_key_and_cert, string_to_sign
 
+from common.errors import ConfigError
 from common.settings import settings_from_mapping
 from tracker import sns
 
@@ -50,7 +52,10 @@ def test_subscription_string_to_sign_matches_the_protocol(
     [
         "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-6aad65c2f9911b05cd53efda11f913f9.pem",
         "https://sns.eu-central-1.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.ap-southeast-2.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
         "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
+        "https://sns.cn-northwest-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
     ],
 )
 def test_default_pattern_accepts_aws_certificate_urls(url: str) -> None:
@@ -71,6 +76,20 @@ def test_default_pattern_accepts_aws_certificate_urls(url: str) -> None:
         "https://s3.amazonaws.com/x.pem",
         "ftp://sns.us-east-1.amazonaws.com/x.pem",
         "",
+        # S3 virtual-hosted addresses of a bucket named `sns`: anyone can own one.
+        "https://sns.s3.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.s3-external-1.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.s3-ap-southeast-2.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.s3.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.s3-website-us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+        # Only region-shaped labels, each partition on its own domain, SNS's certificate path.
+        "https://sns.foo.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.us-east-1.amazonaws.com.cn/SimpleNotificationService-abc.pem",
+        "https://sns.cn-north-1.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.us-east-1.amazonaws.com/x.pem",
+        "https://sns.us-east-1.amazonaws.com/bucket/SimpleNotificationService-abc.pem",
+        "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-xyz.pem",
+        "https://sns.us-east-1.amazonaws.com:8443/SimpleNotificationService-abc.pem",
     ],
 )
 def test_default_pattern_refuses_anything_else(url: str) -> None:
@@ -103,6 +122,7 @@ def test_timestamps_parse_with_and_without_fraction() -> None:
 class CertServer:
     def __init__(self, pem: bytes) -> None:
         self.pem = pem
+        self.other: dict[str, bytes] = {}  # name -> another certificate served under it
         self.hits: dict[str, int] = {}
         self.delay = 0.0
         self.base = ""
@@ -119,7 +139,7 @@ class CertServer:
             return web.Response(body=b"-----BEGIN CERTIFICATE-----\nnope\n")
         if name == "huge.pem":
             return web.Response(body=b"x" * 200_000)
-        return web.Response(body=self.pem)
+        return web.Response(body=self.other.get(name, self.pem))
 
     def url(self, name: str) -> str:
         return f"{self.base}/{name}"
@@ -205,6 +225,51 @@ async def test_bad_certificates_are_refused_and_not_cached(
     assert cert_server.hits[name] == 2
 
 
+async def test_certificate_fetches_waiting_are_bounded(cert_server: CertServer) -> None:
+    cert_server.delay = 0.3
+    async with cache(max_pending_fetches=2) as certs:
+        first = asyncio.create_task(certs.public_key(cert_server.url("a.pem")))
+        second = asyncio.create_task(certs.public_key(cert_server.url("b.pem")))
+        same = asyncio.create_task(certs.public_key(cert_server.url("a.pem")))  # joins a fetch
+        await asyncio.sleep(0.05)
+        with pytest.raises(sns.CertUnavailable, match="too many"):
+            await certs.public_key(cert_server.url("c.pem"))
+        keys = await asyncio.gather(first, second, same)
+        assert all(isinstance(k, rsa.RSAPublicKey) for k in keys)
+        await certs.public_key(cert_server.url("c.pem"))  # room again
+    assert cert_server.hits == {"a.pem": 1, "b.pem": 1, "c.pem": 1}
+
+
+NO_SIGNING = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=True,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+async def test_certificate_not_issued_to_sns_is_refused(
+    cert_server: CertServer, signing_identity: tuple[rsa.RSAPrivateKey, bytes]
+) -> None:
+    key = signing_identity[0]  # the same key: only the certificate around it differs
+    cert_server.other = {
+        "elsewhere.pem": make_key_and_cert("sns.example.com", key=key)[1],
+        "lookalike.pem": make_key_and_cert("sns.amazonaws.com.evil.example", key=key)[1],
+        "no-signing.pem": make_key_and_cert(key_usage=NO_SIGNING, key=key)[1],
+    }
+    async with cache() as certs:
+        for name in cert_server.other:
+            with pytest.raises(sns.SnsRejected) as info:
+                await certs.public_key(cert_server.url(name))
+            assert info.value.reason == "cert", name
+        assert isinstance(await certs.public_key(cert_server.url("sns.pem")), rsa.RSAPublicKey)
+
+
 async def test_unreachable_or_slow_certificate_is_unavailable(cert_server: CertServer) -> None:
     cert_server.delay = 0.5
     async with cache(timeout=0.1) as certs:
@@ -225,3 +290,31 @@ def test_signer_can_serve_from_a_thread_for_synchronous_tests(
             assert resp.read() == signer.pem
         assert signer.cert_fetches == 1
         verifier(SNS_CERT_URL_PATTERN=signer.pattern).check_cert_url(signer.cert_url)
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SNS_TOPIC_ARNS": "CHANGE_ME"}, "not an SNS topic ARN"),
+        ({"SNS_TOPIC_ARNS": "arn:aws:sqs:us-east-1:123456789012:queue"}, "not an SNS topic ARN"),
+        ({"SNS_TOPIC_ARNS": "*,arn:aws:sns:us-east-1:123456789012:t"}, "either `*`"),
+        ({"SNS_SIGNATURE_VERSIONS": "3"}, "SNS_SIGNATURE_VERSIONS"),
+        ({"SNS_SIGNATURE_VERSIONS": "1,sha256"}, "SNS_SIGNATURE_VERSIONS"),
+        ({"SNS_CERT_URL_PATTERN": "https://(unclosed"}, "not a regular expression"),
+    ],
+)
+def test_bad_sns_settings_stop_the_start(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from_mapping(env)
+
+
+def test_sns_settings_defaults_and_lists() -> None:
+    default = settings_from_mapping({})
+    assert (default.sns_topic_arns, default.sns_signature_versions) == ((), ("1", "2"))
+    arns = "arn:aws:sns:us-east-1:123456789012:a, arn:aws-cn:sns:cn-north-1:123456789012:b.fifo"
+    chosen = settings_from_mapping({"SNS_TOPIC_ARNS": arns, "SNS_SIGNATURE_VERSIONS": "2"})
+    assert len(chosen.sns_topic_arns) == 2 and chosen.sns_signature_versions == ("2",)
+    assert settings_from_mapping({"SNS_TOPIC_ARNS": "*"}).sns_topic_arns == ("*",)

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from snssign import SnsSigner, sign, sns_timestamp
+from cryptography.hazmat.primitives.asymmetric import rsa
+from snssign import SnsSigner, make_key_and_cert, sign, sns_timestamp
+from structlog.testing import capture_logs
 from trackerkit import load_payload, post_sns, stream_events
 
 from common.embedded import free_port
@@ -86,15 +88,81 @@ async def test_foreign_topic_is_refused_before_any_fetch(
     assert await redis.xlen(P0.events) == 0
 
 
-async def test_any_topic_is_accepted_when_none_is_configured(
+async def test_every_message_is_refused_while_no_topic_is_configured(
+    make_settings: Callable[..., Settings],
+    start_tracker: Callable[[Settings], Any],
+    signer: SnsSigner,
+    redis: Any,
+) -> None:
+    settings = make_settings(SNS_CERT_URL_PATTERN=signer.pattern)
+    with capture_logs() as logs:
+        async with start_tracker(settings) as client:
+            for _ in range(3):
+                resp = await post_sns(client, signer.notification(delivery()))
+                assert resp.status == 403
+                assert "SNS_TOPIC_ARNS is not set" in (await resp.json())["detail"]
+            confirmation = await post_sns(client, signer.subscription())
+            assert confirmation.status == 403
+            metrics = await (await client.get("/metrics")).text()
+    assert signer.confirmations == [] and signer.cert_fetches == 0
+    assert await redis.xlen(P0.events) == 0
+    assert 'sesflow_tracker_sns_verification_failures_total{reason="no_topics"} 4.0' in metrics
+    # Said at start, then at most once a minute however many messages come.
+    said = [e for e in logs if "SNS_TOPIC_ARNS is not set" in e["event"]]
+    assert len(said) == 2 and all(e["log_level"] == "warning" for e in said)
+
+
+async def test_star_accepts_any_topic_and_warns_at_start(
     make_settings: Callable[..., Settings],
     start_tracker: Callable[[Settings], Any],
     signer: SnsSigner,
 ) -> None:
-    settings = make_settings(SNS_CERT_URL_PATTERN=signer.pattern)
+    settings = make_settings(SNS_CERT_URL_PATTERN=signer.pattern, SNS_TOPIC_ARNS="*")
+    with capture_logs() as logs:
+        async with start_tracker(settings) as client:
+            body = signer.notification(delivery(), topic_arn="arn:aws:sns:eu-west-1:1:anything")
+            assert (await post_sns(client, body)).status == 200
+    assert any("SNS_TOPIC_ARNS=*" in e["event"] and e["log_level"] == "warning" for e in logs)
+
+
+async def test_signature_version_1_is_refused_when_only_2_is_accepted(
+    make_settings: Callable[..., Settings],
+    start_tracker: Callable[[Settings], Any],
+    signer: SnsSigner,
+) -> None:
+    settings = make_settings(
+        SNS_CERT_URL_PATTERN=signer.pattern,
+        SNS_TOPIC_ARNS=signer.topic_arn,
+        SNS_SIGNATURE_VERSIONS="2",
+    )
     async with start_tracker(settings) as client:
-        body = signer.notification(delivery(), topic_arn="arn:aws:sns:eu-west-1:1:anything")
-        assert (await post_sns(client, body)).status == 200
+        resp = await post_sns(client, signer.notification(delivery(), version=1))
+        assert resp.status == 403
+        assert "SNS_SIGNATURE_VERSIONS=2" in (await resp.json())["detail"]
+        assert (await post_sns(client, signer.subscription(version=1))).status == 403
+        assert (await post_sns(client, signer.notification(delivery(), version=2))).status == 200
+    assert signer.confirmations == []
+
+
+async def test_certificate_issued_to_another_name_is_refused(
+    make_settings: Callable[..., Settings],
+    start_tracker: Callable[[Settings], Any],
+    signing_identity: tuple[rsa.RSAPrivateKey, bytes],
+    redis: Any,
+) -> None:
+    """A key of our own, served on an accepted URL, but its certificate names someone else."""
+    impostor = SnsSigner(identity=make_key_and_cert("sns.example.com", key=signing_identity[0]))
+    async with impostor.serve():
+        settings = make_settings(
+            SNS_CERT_URL_PATTERN=impostor.pattern, SNS_TOPIC_ARNS=impostor.topic_arn
+        )
+        async with start_tracker(settings) as client:
+            resp = await post_sns(client, impostor.notification(delivery()))
+            assert resp.status == 403
+            assert "not issued to sns.amazonaws.com" in (await resp.json())["detail"]
+            assert (await post_sns(client, impostor.subscription())).status == 403
+    assert impostor.confirmations == []
+    assert await redis.xlen(P0.events) == 0
 
 
 async def test_stale_timestamp_is_refused(
@@ -106,6 +174,20 @@ async def test_stale_timestamp_is_refused(
     assert "old" in (await resp.json())["detail"]
     fresh = sns_timestamp(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=59))
     assert (await post_sns(tracker, signer.notification(delivery(), timestamp=fresh))).status == 200
+
+
+async def test_timestamp_from_the_future_is_refused(
+    tracker: TestClient[Any, Any], signer: SnsSigner, redis: Any
+) -> None:
+    """Only SNS stamps its messages; one dated ahead would outlive its dedupe mark."""
+    ahead = sns_timestamp(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10))
+    resp = await post_sns(tracker, signer.notification(delivery(), timestamp=ahead))
+    assert resp.status == 403
+    assert "future" in (await resp.json())["detail"]
+    assert await redis.xlen(P0.events) == 0
+    skewed = sns_timestamp(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1))  # clock skew
+    resp = await post_sns(tracker, signer.notification(delivery(), timestamp=skewed))
+    assert resp.status == 200
 
 
 @pytest.mark.parametrize(
@@ -273,7 +355,9 @@ async def test_redis_down_answers_503_so_sns_retries(
         # Refusals that need no Redis are still refusals, not 5xx.
         foreign = signer.notification(delivery(), topic_arn="arn:aws:sns:us-east-1:9:other")
         assert (await post_sns(client, foreign)).status == 403
-        assert (await client.get("/health")).status == 200
+        # Readiness reports the outage; liveness does not depend on Redis.
+        assert (await client.get("/health")).status == 503
+        assert (await client.get("/livez")).status == 200
 
 
 async def test_metrics_count_events_and_refusals(

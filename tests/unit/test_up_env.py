@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.cli import up_env_file, with_local_redis
+from common.cli import feedback_line, up_env_file, with_local_redis
 from common.settings import settings_from_mapping
 
 
@@ -34,3 +34,12 @@ def test_configured_services_win_over_the_local_ones(tmp_path: Path) -> None:
         "REDIS_URL=redis://127.0.0.1:41000/0\nSES_ENDPOINT_URL=http://127.0.0.1:41001\n"
     )
     assert with_local_redis(settings) == settings
+
+
+def test_up_says_which_sns_topics_the_tracker_accepts() -> None:
+    arn = "arn:aws:sns:us-east-1:123456789012:feedback"
+    assert arn in feedback_line(settings_from_mapping({"SNS_TOPIC_ARNS": arn}), local_ses=False)
+    anyone = feedback_line(settings_from_mapping({"SNS_TOPIC_ARNS": "*"}), local_ses=False)
+    assert "anyone" in anyone
+    assert "403" in feedback_line(settings_from_mapping({}), local_ses=False)
+    assert "local SES" in feedback_line(settings_from_mapping({}), local_ses=True)
