@@ -311,3 +311,19 @@ async def test_a_message_beyond_the_inline_template_limit_goes_one_call_each(
     await run.stop()
     assert stub.bulk_calls == 0 and stub.calls == 2
     assert all(stub.mail[e][0].html.startswith(f"<p>{e[:4]}</p>") for e in emails)
+
+
+async def test_a_setup_fault_inside_a_bulk_call_pauses_and_fails_nothing(
+    redis: Any, stub: SesStub, bulk_settings: Any, start_sender: Any
+) -> None:
+    """An entry answered MAIL_FROM_DOMAIN_NOT_VERIFIED blames our setup: its job stays queued
+    (the setup pauses until a probe gets through), then it is sent once; nothing fails."""
+    emails = [f"m{n}@example.org" for n in range(4)]
+    stub.configure(entry_statuses={emails[0]: ["MAIL_FROM_DOMAIN_NOT_VERIFIED"]})
+    msg_id = await queue_message(redis, message(), [(e, {"first_name": "M"}) for e in emails])
+    run = start_sender(bulk_settings(SETUP_PROBE_INTERVAL="0.3"))
+    await wait_for(lambda: all_final(redis, msg_id, 4))
+    await run.stop()
+    found = await states(redis, PART, msg_id)
+    assert all(v.startswith("s:") for v in found.values()), found
+    assert stub.recipients == {e: 1 for e in emails}
