@@ -66,7 +66,9 @@ async def get(settings: Settings, role: str, path: str) -> tuple[int, dict[str, 
 
 @pytest.mark.parametrize("role", ROLES)
 async def test_health_reports_redis_and_livez_answers(make_settings: Any, role: str) -> None:
-    settings = make_settings(API_KEY="health-test-api-key", JWT_SECRET="a-jwt-secret-of-at-least-32-bytes!")
+    settings = make_settings(
+        API_KEY="health-test-api-key", JWT_SECRET="a-jwt-secret-of-at-least-32-bytes!"
+    )
     status, body, _ = await get(settings, role, "/health")
     assert (status, body["status"], body["redis"]) == (200, "ok", "ok")
     status, body, _ = await get(settings, role, "/livez")
