@@ -1,10 +1,14 @@
 """A local SES endpoint for `sesflow up` with no AWS account: moto's server on loopback, with
-the sender identity verified so that SendEmail succeeds. Nothing leaves the machine."""
+the sender identity verified so that SendEmail succeeds, and SESv2 SendBulkEmail with inline
+templates, which moto lacks (`bulk_email_support`). Nothing leaves the machine."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
+
+from common.handlebars import render
 
 LOCAL_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "sesflow-local",
@@ -35,6 +39,52 @@ def production_quota() -> None:
         models.SESQuota = ProductionQuota  # type: ignore[misc]
 
 
+def send_bulk_email(response: Any) -> str:
+    """SESv2 SendBulkEmail on moto's SESv2 response class: each entry is rendered the way SES
+    renders an inline template (`common.handlebars`) and sent through moto's SendEmail, so it is
+    checked (verified sender, valid address) and counted like any other mail. A sender that is
+    not verified fails the whole call, as it does on SES; an entry's own problem is its Status."""
+    from moto.ses.exceptions import InvalidParameterValue, MessageRejectedError
+
+    params = json.loads(response.body)
+    template = params.get("DefaultContent", {}).get("Template", {})
+    parts = template.get("TemplateContent") or {}
+    defaults = json.loads(template.get("TemplateData") or "{}")
+    source = params.get("FromEmailAddress", "")
+    results: list[dict[str, str]] = []
+    for entry in params.get("BulkEmailEntries", []):
+        replacement = entry.get("ReplacementEmailContent", {}).get("ReplacementTemplate", {})
+        data = {**defaults, **json.loads(replacement.get("ReplacementTemplateData") or "{}")}
+        body = parts.get("Html") or parts.get("Text") or ""
+        try:
+            message = response.sesv2_backend.send_email(
+                source=source,
+                destinations=entry.get("Destination", {}),
+                subject=render(parts.get("Subject", ""), data),
+                body=render(body, data),
+            )
+        except MessageRejectedError as exc:
+            if "not verified" in str(exc):
+                raise
+            results.append({"Status": "MESSAGE_REJECTED", "Error": str(exc)})
+        except InvalidParameterValue as exc:
+            results.append({"Status": "INVALID_PARAMETER", "Error": str(exc)})
+        else:
+            results.append({"Status": "SUCCESS", "MessageId": message.id})
+    return json.dumps({"BulkEmailEntryResults": results})
+
+
+def bulk_email_support() -> None:
+    """Teach moto's SESv2 server SendBulkEmail: a route for its path, and the action the botocore
+    model names for it (moto's dispatch calls the method of that name)."""
+    from moto.sesv2 import urls
+    from moto.sesv2.responses import SESV2Response
+
+    if not hasattr(SESV2Response, "send_bulk_email"):
+        SESV2Response.send_bulk_email = send_bulk_email  # type: ignore[attr-defined]
+    urls.url_paths.setdefault("{0}/v2/email/outbound-bulk-emails$", SESV2Response.dispatch)
+
+
 class LocalSes:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, region: str = "us-east-1") -> None:
         self.host = host
@@ -54,6 +104,7 @@ class LocalSes:
                 "the local SES endpoint needs moto: pip install 'sesflow[local]'"
             ) from exc
         production_quota()
+        bulk_email_support()
         # The server logs every request; sesflow's own logs say what matters.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)

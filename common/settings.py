@@ -133,6 +133,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ses_client: str = "native"
 
     # Sender
+    # "bulk": the jobs of one message ready together go out in one SendBulkEmail (up to 50
+    # recipients); "single": one SendEmail per recipient.
+    send_mode: str = "bulk"
     email_rate: float = 14.0
     email_burst: float = 1.0
     sender_concurrency: int = 64
@@ -248,6 +251,8 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
 def check(settings: Settings) -> Settings:
     if settings.on_ambiguous not in {"skip", "resend"}:
         raise ConfigError("ON_AMBIGUOUS must be 'skip' or 'resend'")
+    if settings.send_mode not in {"bulk", "single"}:
+        raise ConfigError("SEND_MODE must be 'bulk' or 'single'")
     if settings.ses_client not in {"native", "boto3"}:
         raise ConfigError("SES_CLIENT must be 'native' or 'boto3'")
     if settings.email_rate <= 0:

@@ -11,9 +11,11 @@ process of a deployment signs and verifies with the same key.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -44,10 +46,45 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> Any:
+    """HMAC-SHA256 with the key already absorbed: a copy per token skips re-keying (a mail with
+    many tracked links signs one token per link)."""
+    return hmac.new(secret, digestmod=hashlib.sha256)
+
+
 def sign(secret: bytes, token: Token) -> str:
     payload = _enc.encode(token)
-    mac = hmac.new(secret, payload, hashlib.sha256).digest()[:MAC_BYTES]
-    return f"{_b64(payload)}.{_b64(mac)}"
+    mac = _keyed(secret).copy()
+    mac.update(payload)
+    return f"{_b64(payload)}.{_b64(mac.digest()[:MAC_BYTES])}"
+
+
+def link_part(url: str) -> tuple[bytes, str]:
+    """The end of a click token's payload for `url`, and its base64: once per link of a message
+    (see `click_tokens`)."""
+    tail = b',"u":' + _enc.encode(url) + b"}"
+    return tail, _b64(tail)
+
+
+def click_tokens(
+    secret: bytes, rid: str, topic: str, links: Sequence[tuple[bytes, str]]
+) -> list[str]:
+    """`sign(Token(k="c", r=rid, t=topic, u=url))` for each link's `link_part(url)`, at a fraction
+    of the cost: the payload is one JSON object, the recipient's part (padded with JSON spaces to
+    a multiple of 3 bytes, so that base64 strings concatenate) then the link's part; the HMAC
+    absorbs the recipient's part once. `verify` reads these tokens like any other."""
+    head = b'{"k":"c","r":' + _enc.encode(rid) + b',"t":' + _enc.encode(topic)
+    head += b" " * (-len(head) % 3)
+    keyed = _keyed(secret).copy()
+    keyed.update(head)
+    head64 = _b64(head)
+    tokens = []
+    for tail, tail64 in links:
+        mac = keyed.copy()
+        mac.update(tail)
+        tokens.append(f"{head64}{tail64}.{_b64(mac.digest()[:MAC_BYTES])}")
+    return tokens
 
 
 def verify(secret: bytes, text: str) -> Token | None:

@@ -1,9 +1,13 @@
-"""Turn a message's stored content and one recipient's job into the email SES sends: the open
-pixel, tracked links, List-Unsubscribe headers (RFC 8058), the X-Request-ID header and tags.
+"""Turn a message's stored content and one recipient's job into the email SES sends: merge
+values, the open pixel, tracked links, List-Unsubscribe headers (RFC 8058), the X-Request-ID
+header and tags.
 
-Content is the same for every recipient of a message, so the HTML is parsed once per message
-into a `Template` (literal pieces with the link and pixel slots between them) and each recipient
-only costs one signed token per slot and a join.
+Content is the same for every recipient of a message, so it is compiled once per message into a
+`MessageTemplate`: each part (subject, HTML, text) as literal pieces with per-recipient keys
+between them (`sender.personalise`), which is also the inline template SES renders for a bulk
+call. A recipient then only costs their values, one signed token per tracking slot, and either
+a JSON object (SendBulkEmail's template data) or a join (SendEmail's Simple content); both give
+the same mail.
 """
 
 from __future__ import annotations
@@ -11,19 +15,28 @@ from __future__ import annotations
 import html
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import msgspec
 
 from common.addresses import normalise_mailbox
+from common.merge import MISSING, PLACEHOLDER, as_text, lookup, merged
 from common.schema import RID_TAG, TOPIC_TAG, Job, MessageContent
 from common.settings import Settings
-from common.tracking import Token, sign
-from sender.ses_client import OutgoingEmail
+from common.tracking import Token, click_tokens, link_part, sign
+from sender.personalise import CONSTANTS, Part, PartBuilder
+from sender.ses_client import Attachment, BulkEmail, BulkEntry, OutgoingEmail
 
 OPEN_PATH = "/v1/events/open"
 CLICK_PATH = "/v1/events/click"
 UNSUBSCRIBE_PATH = "/v1/events/unsubscribe"
 MAX_TAG_VALUE = 256
 TEMPLATE_CACHE_SIZE = 256
+# SES's limit for an inline template (subject, HTML and text together); a larger message goes
+# through SendEmail, one recipient per call.
+MAX_TEMPLATE_BYTES = 1_000_000
 
 # A comment (skipped as a whole, so links inside it stay untouched) or an <a> start tag, whose
 # quoted attribute values may contain ">".
@@ -69,23 +82,39 @@ def _href_span(tag: str) -> tuple[int, int, str] | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Template:
-    """HTML as literal pieces; between piece i and i+1 sits slot i: a link target (its click
-    URL goes there) or None for the open pixel. len(pieces) == len(slots) + 1."""
+class MessageTemplate:
+    """A message compiled once for all its recipients (see the module doc)."""
 
-    html: str
-    track_opens: bool
-    track_clicks: bool
+    content: MessageContent
     public_url: str
+    subject: Part
+    html: Part
+    text: Part | None  # None: an HTML-only message (stored before text parts existed)
+    names: tuple[tuple[str, str], ...]  # (placeholder name, its key v<n>)
+    clicks: tuple[str, ...]  # tracked link targets; link n's click URL is key c<n>
+    links: tuple[tuple[bytes, str], ...]  # `link_part` of each target without placeholders
+    opens: bool  # the pixel's URL is key `o`
     base: str  # public_url, escaped for an HTML attribute
-    pieces: tuple[str, ...]
-    slots: tuple[str | None, ...]
+    defaults: Mapping[str, Any]  # the message's merge data
+    constants: dict[str, str]  # the literal-brace keys the SES template uses
+    headers: tuple[tuple[str, str], ...]  # the message's own headers (same for everyone)
+    attachments: tuple[Attachment, ...]
+    # Whether SendBulkEmail can carry it: no attachments (SendEmail's Simple content takes them)
+    # and an inline template within SES's limit (MAX_TEMPLATE_BYTES).
+    bulk_ok: bool
+
+    @property
+    def parts(self) -> tuple[Part, ...]:
+        return (self.subject, self.html) + ((self.text,) if self.text else ())
 
 
-def build_template(content: MessageContent, public_url: str) -> Template:
+def _html_part(
+    content: MessageContent, public_url: str, names: dict[str, str]
+) -> tuple[Part, tuple[str, ...]]:
+    """The HTML part with its tracking slots: each tracked link's href value and the pixel."""
     text = content.html
-    pieces: list[str] = []
-    slots: list[str | None] = []
+    part = PartBuilder(names, escape_values=True)
+    clicks: list[str] = []
     cursor = 0
     if content.track_clicks:
         for match in _COMMENT_OR_ANCHOR.finditer(text):
@@ -99,41 +128,93 @@ def build_template(content: MessageContent, public_url: str) -> Template:
             url = html.unescape(raw).strip()
             if not trackable(url, public_url):
                 continue
-            pieces.append(text[cursor : match.start() + start])
-            slots.append(url)
+            part.text(text[cursor : match.start() + start])
+            part.literal('"')
+            part.raw_key(f"c{len(clicks)}")
+            part.literal('"')
+            clicks.append(url)
             cursor = match.start() + end
     if content.track_opens:
         ends = list(_BODY_END.finditer(text, cursor))  # the last </body> wins
         at = ends[-1].start() if ends else len(text)
-        pieces.append(text[cursor:at])
-        slots.append(None)
+        part.text(text[cursor:at])
+        part.literal('<img src="')
+        part.raw_key("o")
+        part.literal('" width="1" height="1" alt="" style="display:none">')
         cursor = at
-    pieces.append(text[cursor:])
-    return Template(
-        html=text,
-        track_opens=content.track_opens,
-        track_clicks=content.track_clicks,
-        public_url=public_url,
-        base=html.escape(public_url, quote=True),
-        pieces=tuple(pieces),
-        slots=tuple(slots),
+    part.text(text[cursor:])
+    return part.build(), tuple(clicks)
+
+
+def _object(raw: str) -> dict[str, Any]:
+    """A JSON object of merge data; ingest validated it, anything else counts as none."""
+    if not raw:
+        return {}
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _attachments(raw: str) -> tuple[Attachment, ...]:
+    if not raw:
+        return ()
+    return tuple(
+        Attachment(
+            FileName=str(item["filename"]),
+            ContentType=str(item["content_type"]),
+            RawContent=str(item["content"]),
+        )
+        for item in msgspec.json.decode(raw)
     )
 
 
-_templates: OrderedDict[str, Template] = OrderedDict()
+def build_template(content: MessageContent, public_url: str) -> MessageTemplate:
+    names: dict[str, str] = {}
+    subject = PartBuilder(names, escape_values=False)
+    subject.text(content.subject)
+    html_part, clicks = _html_part(content, public_url, names)
+    text_part = None
+    if content.text:
+        builder = PartBuilder(names, escape_values=False)
+        builder.text(content.text)
+        text_part = builder.build()
+    subject_part = subject.build()
+    used = subject_part.constants | html_part.constants
+    size = len(subject_part.source.encode()) + len(html_part.source.encode())
+    if text_part is not None:
+        used |= text_part.constants
+        size += len(text_part.source.encode())
+    attachments = _attachments(content.attachments)
+    return MessageTemplate(
+        content=content,
+        public_url=public_url,
+        subject=subject_part,
+        html=html_part,
+        text=text_part,
+        names=tuple(names.items()),
+        clicks=clicks,
+        links=tuple(link_part(url) for url in clicks),
+        opens=content.track_opens,
+        base=html.escape(public_url, quote=True),
+        defaults=_object(content.data),
+        constants={key: CONSTANTS[key] for key in sorted(used)},
+        headers=content.headers,
+        attachments=attachments,
+        bulk_ok=not attachments and size <= MAX_TEMPLATE_BYTES,
+    )
 
 
-def template_for(content: MessageContent, public_url: str) -> Template:
+_templates: OrderedDict[str, MessageTemplate] = OrderedDict()
+
+
+def template_for(content: MessageContent, public_url: str) -> MessageTemplate:
     """The message's template, built once per msg_id (a small LRU; a changed content or setting
     under the same id is noticed and rebuilt)."""
     cached = _templates.get(content.msg_id)
-    if (
-        cached is not None
-        and cached.track_opens == content.track_opens
-        and cached.track_clicks == content.track_clicks
-        and cached.public_url == public_url
-        and cached.html == content.html  # identity or memcmp: no parsing
-    ):
+    # identity when the content cache serves the same object, else a field-wise compare
+    if cached is not None and cached.public_url == public_url and cached.content == content:
         _templates.move_to_end(content.msg_id)
         return cached
     template = build_template(content, public_url)
@@ -143,23 +224,109 @@ def template_for(content: MessageContent, public_url: str) -> Template:
     return template
 
 
-def render(template: Template, secret: bytes, rid: str, topic: str) -> str:
-    if not template.slots:
-        return template.html
-    base = template.base
-    parts = [template.pieces[0]]
-    for slot, piece in zip(template.slots, template.pieces[1:], strict=True):
-        if slot is None:
-            token = sign(secret, Token(k="o", r=rid, t=topic))
-            parts.append(
-                f'<img src="{base}{OPEN_PATH}?t={token}" width="1" height="1" alt=""'
-                ' style="display:none">'
-            )
+def _personal_url(url: str, data: Mapping[str, Any]) -> str:
+    """A link target with placeholders in it gets the recipient's values (literally)."""
+
+    def value(match: re.Match[str]) -> str:
+        found = lookup(data, match.group(1))
+        return match.group(0) if found is MISSING or isinstance(found, Mapping) else as_text(found)
+
+    return PLACEHOLDER.sub(value, url)
+
+
+def merge_values(template: MessageTemplate, own: str) -> tuple[dict[str, str], Mapping[str, Any]]:
+    """The recipient's value of every placeholder (key -> text), and their merged data. A name
+    that does not resolve (only in messages accepted before merge data was checked) stays as
+    its literal placeholder text."""
+    data = merged(template.defaults, _object(own)) if own else template.defaults
+    values: dict[str, str] = {}
+    for name, key in template.names:
+        found = lookup(data, name)
+        if found is MISSING or found is None or isinstance(found, Mapping):
+            values[key] = "{{" + name + "}}"
         else:
-            token = sign(secret, Token(k="c", r=rid, t=topic, u=slot))
-            parts.append(f'"{base}{CLICK_PATH}?t={token}"')
-        parts.append(piece)
-    return "".join(parts)
+            values[key] = as_text(found)
+    return values, data
+
+
+def tracking_values(
+    template: MessageTemplate, secret: bytes, rid: str, topic: str, data: Mapping[str, Any]
+) -> dict[str, str]:
+    base = template.base
+    values: dict[str, str] = {}
+    if template.opens:
+        values["o"] = f"{base}{OPEN_PATH}?t={sign(secret, Token(k='o', r=rid, t=topic))}"
+    if not template.clicks:
+        return values
+    click = f"{base}{CLICK_PATH}?t="
+    tokens = click_tokens(secret, rid, topic, template.links)
+    for n, url in enumerate(template.clicks):
+        if "{{" in url:  # a link with the recipient's values in it: its own payload
+            url = _personal_url(url, data)
+            tokens[n] = sign(secret, Token(k="c", r=rid, t=topic, u=url))
+        values[f"c{n}"] = click + tokens[n]
+    return values
+
+
+_data_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Email:
+    """One recipient's email: the message's template and this recipient's values. It goes out
+    either as one entry of a SendBulkEmail call (`template_data`) or, rendered here exactly as
+    SES would render it, as a SendEmail (`rendered`)."""
+
+    template: MessageTemplate
+    from_email: str
+    to: str
+    values: dict[str, str]
+    own_headers: tuple[tuple[str, str], ...]  # this recipient's: X-Request-ID, List-Unsubscribe
+    tags: tuple[tuple[str, str], ...]
+    configuration_set: str = ""
+
+    @property
+    def msg_id(self) -> str:
+        return self.template.content.msg_id
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return self.own_headers + self.template.headers
+
+    @property
+    def reply_to(self) -> tuple[str, ...]:
+        return self.template.content.reply_to
+
+    @property
+    def subject(self) -> str:
+        return self.template.subject.render(self.values)
+
+    @property
+    def html(self) -> str:
+        return self.template.html.render(self.values)
+
+    @property
+    def text(self) -> str:
+        return self.template.text.render(self.values) if self.template.text else ""
+
+    def template_data(self) -> str:
+        """ReplacementTemplateData: compact JSON of this recipient's keys."""
+        data = self.values | self.template.constants if self.template.constants else self.values
+        return _data_encoder.encode(data).decode()
+
+    def rendered(self) -> OutgoingEmail:
+        return OutgoingEmail(
+            from_email=self.from_email,
+            to=self.to,
+            subject=self.subject,
+            html=self.html,
+            text=self.text,
+            headers=self.headers,
+            tags=self.tags,
+            configuration_set=self.configuration_set,
+            reply_to=self.reply_to,
+            attachments=self.template.attachments,
+        )
 
 
 def unsubscribe_headers(
@@ -180,7 +347,7 @@ def sender_of(settings: Settings, content: MessageContent) -> str:
     return normalise_mailbox(content.from_email) if content.from_email else settings.email_sender
 
 
-def compose(settings: Settings, secret: bytes, content: MessageContent, job: Job) -> OutgoingEmail:
+def compose(settings: Settings, secret: bytes, content: MessageContent, job: Job) -> Email:
     """The email for one recipient of one message."""
     rid = job.request_id
     topic = content.topic
@@ -191,15 +358,39 @@ def compose(settings: Settings, secret: bytes, content: MessageContent, job: Job
     if topic_tag := tag_value(topic):
         tags += ((TOPIC_TAG, topic_tag),)
     template = template_for(content, settings.public_url)
-    return OutgoingEmail(
+    values, data = merge_values(template, job.data)
+    if template.opens or template.clicks:
+        values |= tracking_values(template, secret, rid, topic, data)
+    return Email(
+        template=template,
         # Checked again here: content stored by an older version, or written to Redis by hand,
         # must not choose a From that shows one sender and is another (InvalidMailbox: the job
         # is not sent, and is dead-lettered after MAX_ATTEMPTS).
         from_email=sender_of(settings, content),
         to=job.email,
-        subject=content.subject,
-        html=render(template, secret, rid, topic),
-        headers=headers,
+        values=values,
+        own_headers=headers,
         tags=tags,
         configuration_set=settings.ses_configuration_set,
+    )
+
+
+def bulk_request(emails: list[Email]) -> BulkEmail:
+    """One SendBulkEmail call for emails of one message (1 to 50): the message's inline template
+    once, each recipient's values, headers and tags per entry."""
+    first = emails[0]
+    template = first.template
+    return BulkEmail(
+        from_email=first.from_email,
+        subject=template.subject.source,
+        html=template.html.source,
+        text=template.text.source if template.text else "",
+        default_data=_data_encoder.encode(template.constants).decode(),
+        headers=template.headers,
+        reply_to=first.reply_to,
+        configuration_set=first.configuration_set,
+        entries=tuple(
+            BulkEntry(to=e.to, data=e.template_data(), headers=e.own_headers, tags=e.tags)
+            for e in emails
+        ),
     )

@@ -11,6 +11,8 @@ client CPU per call of `SesClient` (see tests/bench/RESULTS.md).
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,26 +33,82 @@ from botocore.exceptions import (
 from common.aws import boto_session
 from common.errors import SesAmbiguous, SesError, SesPaused, SesRejected, SesTransient
 from common.settings import Settings
-from sender.ses_client import MAX_CONNECT_TIMEOUT, OutgoingEmail, ses_error
+from sender.ses_client import (
+    MAX_CONNECT_TIMEOUT,
+    BulkEmail,
+    OutgoingEmail,
+    bulk_outcomes,
+    ses_error,
+)
+
+
+def _pairs(pairs: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
+    return [{"Name": n, "Value": v} for n, v in pairs]
 
 
 def request_kwargs(email: OutgoingEmail) -> dict[str, Any]:
     """The keyword arguments of `sesv2.send_email` for `email` (what SesClient encodes)."""
-    simple: dict[str, Any] = {
-        "Subject": {"Data": email.subject, "Charset": "UTF-8"},
-        "Body": {"Html": {"Data": email.html, "Charset": "UTF-8"}},
-    }
+    body: dict[str, Any] = {"Html": {"Data": email.html, "Charset": "UTF-8"}}
+    if email.text:
+        body["Text"] = {"Data": email.text, "Charset": "UTF-8"}
+    simple: dict[str, Any] = {"Subject": {"Data": email.subject, "Charset": "UTF-8"}, "Body": body}
     if email.headers:
-        simple["Headers"] = [{"Name": n, "Value": v} for n, v in email.headers]
+        simple["Headers"] = _pairs(email.headers)
+    if email.attachments:
+        simple["Attachments"] = [
+            {
+                "FileName": a.FileName,
+                "ContentType": a.ContentType,
+                "RawContent": base64.b64decode(a.RawContent),
+                "ContentDisposition": a.ContentDisposition,
+                "ContentTransferEncoding": a.ContentTransferEncoding,
+            }
+            for a in email.attachments
+        ]
     kwargs: dict[str, Any] = {
         "FromEmailAddress": email.from_email,
         "Destination": {"ToAddresses": [email.to]},
         "Content": {"Simple": simple},
     }
+    if email.reply_to:
+        kwargs["ReplyToAddresses"] = list(email.reply_to)
     if email.tags:
-        kwargs["EmailTags"] = [{"Name": n, "Value": v} for n, v in email.tags]
+        kwargs["EmailTags"] = _pairs(email.tags)
     if email.configuration_set:
         kwargs["ConfigurationSetName"] = email.configuration_set
+    return kwargs
+
+
+def bulk_kwargs(bulk: BulkEmail) -> dict[str, Any]:
+    """The keyword arguments of `sesv2.send_bulk_email` for `bulk`."""
+    content: dict[str, Any] = {"Subject": bulk.subject, "Html": bulk.html}
+    if bulk.text:
+        content["Text"] = bulk.text
+    template: dict[str, Any] = {"TemplateContent": content, "TemplateData": bulk.default_data}
+    if bulk.headers:
+        template["Headers"] = _pairs(bulk.headers)
+    entries = []
+    for entry in bulk.entries:
+        item: dict[str, Any] = {
+            "Destination": {"ToAddresses": [entry.to]},
+            "ReplacementEmailContent": {
+                "ReplacementTemplate": {"ReplacementTemplateData": entry.data}
+            },
+        }
+        if entry.headers:
+            item["ReplacementHeaders"] = _pairs(entry.headers)
+        if entry.tags:
+            item["ReplacementTags"] = _pairs(entry.tags)
+        entries.append(item)
+    kwargs: dict[str, Any] = {
+        "FromEmailAddress": bulk.from_email,
+        "DefaultContent": {"Template": template},
+        "BulkEmailEntries": entries,
+    }
+    if bulk.reply_to:
+        kwargs["ReplyToAddresses"] = list(bulk.reply_to)
+    if bulk.configuration_set:
+        kwargs["ConfigurationSetName"] = bulk.configuration_set
     return kwargs
 
 
@@ -86,7 +144,7 @@ def error_from_boto(exc: Exception, recipients: Collection[str] = ()) -> SesErro
 
 
 class Boto3SesClient:
-    """`send_email(OutgoingEmail) -> MessageId` over boto3's sesv2 client in threads."""
+    """`send_email` and `send_bulk_email` over boto3's sesv2 client in threads."""
 
     def __init__(self, settings: Settings, *, max_connections: int = 100) -> None:
         self.max_connections = max_connections
@@ -113,6 +171,21 @@ class Boto3SesClient:
         if not message_id:
             raise SesAmbiguous("MalformedResponse", "no MessageId in the answer", 200)
         return str(message_id)
+
+    def _send_bulk(self, kwargs: dict[str, Any]) -> list[str | SesError]:
+        recipients = [e["Destination"]["ToAddresses"][0] for e in kwargs["BulkEmailEntries"]]
+        try:
+            reply = self._client.send_bulk_email(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise error_from_boto(exc, recipients) from exc
+        results = reply.get("BulkEmailEntryResults") or []
+        body = json.dumps({"BulkEmailEntryResults": results}, default=str).encode()
+        return bulk_outcomes(body, recipients)
+
+    async def send_bulk_email(self, bulk: BulkEmail) -> list[str | SesError]:
+        """One SendBulkEmail call; see `SesClient.send_bulk_email`."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._send_bulk, bulk_kwargs(bulk))
 
     async def send_email(self, email: OutgoingEmail) -> str:
         """Send one email; returns SES's MessageId or raises a `common.errors.Ses*` error."""

@@ -1,6 +1,6 @@
-"""An async SESv2 `SendEmail` client for the send path: botocore's credential chain and SigV4
-signer, one keep-alive aiohttp pool, msgspec JSON. boto3 costs ~4x the client CPU per call, so it
-stays on the control plane (`common.aws`).
+"""An async SESv2 `SendEmail` / `SendBulkEmail` client for the send path: botocore's credential
+chain and SigV4 signer, one keep-alive aiohttp pool, msgspec JSON. boto3 costs ~4x the client
+CPU per call, so it stays on the control plane (`common.aws`).
 
 The client never retries. Every failure becomes one of the `common.errors.Ses*` classes, told
 apart by what the caller must do about it; above all, whether the request may have reached SES
@@ -63,22 +63,60 @@ from common.errors import (
 from common.settings import Settings
 
 SEND_PATH = "/v2/email/outbound-emails"
+BULK_PATH = "/v2/email/outbound-bulk-emails"
+MAX_BULK_ENTRIES = 50  # SES's limit per SendBulkEmail call
 SIGNING_SERVICE = "ses"
 USER_AGENT = "sesflow"
 # Longest wait for a pooled or new connection; SES_TIMEOUT then bounds the answer.
 MAX_CONNECT_TIMEOUT = 5.0
 
 
+class Attachment(msgspec.Struct, frozen=True, kw_only=True):
+    """One attachment as SESv2 takes it (`RawContent` is base64, as the JSON protocol wants)."""
+
+    FileName: str
+    ContentType: str
+    RawContent: str
+    ContentDisposition: str = "ATTACHMENT"
+    ContentTransferEncoding: str = "BASE64"
+
+
 class OutgoingEmail(msgspec.Struct, frozen=True, kw_only=True):
-    """One email to one recipient, ready for SES."""
+    """One email to one recipient, rendered, ready for SendEmail (Simple content)."""
 
     from_email: str
     to: str
     subject: str
     html: str
+    text: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
     configuration_set: str = ""
+    reply_to: tuple[str, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+
+
+class BulkEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One recipient of a SendBulkEmail call: their template data (JSON), headers and tags."""
+
+    to: str
+    data: str
+    headers: tuple[tuple[str, str], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+class BulkEmail(msgspec.Struct, frozen=True, kw_only=True):
+    """One SendBulkEmail call: an inline template (SES syntax) and up to 50 entries."""
+
+    from_email: str
+    subject: str
+    html: str
+    text: str = ""
+    default_data: str = "{}"
+    headers: tuple[tuple[str, str], ...] = ()  # the same for every entry
+    reply_to: tuple[str, ...] = ()
+    configuration_set: str = ""
+    entries: tuple[BulkEntry, ...] = ()
 
 
 # --- the SESv2 wire format ---------------------------------------------------------------------
@@ -89,8 +127,9 @@ class _Text(msgspec.Struct, frozen=True):
     Charset: str = "UTF-8"
 
 
-class _Body(msgspec.Struct, frozen=True):
+class _Body(msgspec.Struct, frozen=True, omit_defaults=True):
     Html: _Text
+    Text: _Text | None = None
 
 
 class _NameValue(msgspec.Struct, frozen=True):
@@ -102,6 +141,7 @@ class _Simple(msgspec.Struct, frozen=True, omit_defaults=True):
     Subject: _Text
     Body: _Body
     Headers: list[_NameValue] = []
+    Attachments: tuple[Attachment, ...] = ()
 
 
 class _Content(msgspec.Struct, frozen=True):
@@ -116,12 +156,62 @@ class _SendEmailRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     FromEmailAddress: str
     Destination: _Destination
     Content: _Content
+    ReplyToAddresses: list[str] = []
     EmailTags: list[_NameValue] = []
     ConfigurationSetName: str = ""
 
 
 class _SendEmailResponse(msgspec.Struct):
     MessageId: str
+
+
+class _TemplateContent(msgspec.Struct, frozen=True, omit_defaults=True):
+    Subject: str
+    Html: str
+    Text: str = ""
+
+
+class _Template(msgspec.Struct, frozen=True, omit_defaults=True):
+    TemplateContent: _TemplateContent
+    TemplateData: str
+    Headers: list[_NameValue] = []
+
+
+class _BulkContent(msgspec.Struct, frozen=True):
+    Template: _Template
+
+
+class _ReplacementTemplate(msgspec.Struct, frozen=True):
+    ReplacementTemplateData: str
+
+
+class _ReplacementContent(msgspec.Struct, frozen=True):
+    ReplacementTemplate: _ReplacementTemplate
+
+
+class _BulkEntry(msgspec.Struct, frozen=True, omit_defaults=True):
+    Destination: _Destination
+    ReplacementEmailContent: _ReplacementContent
+    ReplacementHeaders: list[_NameValue] = []
+    ReplacementTags: list[_NameValue] = []
+
+
+class _SendBulkEmailRequest(msgspec.Struct, frozen=True, omit_defaults=True):
+    FromEmailAddress: str
+    DefaultContent: _BulkContent
+    BulkEmailEntries: list[_BulkEntry]
+    ReplyToAddresses: list[str] = []
+    ConfigurationSetName: str = ""
+
+
+class _EntryResult(msgspec.Struct):
+    Status: str = ""
+    MessageId: str = ""
+    Error: str = ""
+
+
+class _SendBulkEmailResponse(msgspec.Struct):
+    BulkEmailEntryResults: list[_EntryResult]
 
 
 class _JsonError(msgspec.Struct):
@@ -135,11 +225,17 @@ class _JsonError(msgspec.Struct):
 
 _encoder = msgspec.json.Encoder()
 _response_decoder = msgspec.json.Decoder(_SendEmailResponse)
+_bulk_response_decoder = msgspec.json.Decoder(_SendBulkEmailResponse)
 _error_decoder = msgspec.json.Decoder(_JsonError)
 
 
+def _pairs(pairs: tuple[tuple[str, str], ...]) -> list[_NameValue]:
+    return [_NameValue(n, v) for n, v in pairs]
+
+
 def encode_request(email: OutgoingEmail) -> bytes:
-    """The JSON body of SESv2 SendEmail for `email` (Simple content, HTML part)."""
+    """The JSON body of SESv2 SendEmail for `email` (Simple content: HTML and text parts,
+    headers, attachments)."""
     return _encoder.encode(
         _SendEmailRequest(
             FromEmailAddress=email.from_email,
@@ -147,14 +243,105 @@ def encode_request(email: OutgoingEmail) -> bytes:
             Content=_Content(
                 Simple=_Simple(
                     Subject=_Text(email.subject),
-                    Body=_Body(Html=_Text(email.html)),
-                    Headers=[_NameValue(n, v) for n, v in email.headers],
+                    Body=_Body(
+                        Html=_Text(email.html), Text=_Text(email.text) if email.text else None
+                    ),
+                    Headers=_pairs(email.headers),
+                    Attachments=email.attachments,
                 )
             ),
-            EmailTags=[_NameValue(n, v) for n, v in email.tags],
+            ReplyToAddresses=list(email.reply_to),
+            EmailTags=_pairs(email.tags),
             ConfigurationSetName=email.configuration_set,
         )
     )
+
+
+def encode_bulk_request(bulk: BulkEmail) -> bytes:
+    """The JSON body of SESv2 SendBulkEmail for `bulk` (inline template content)."""
+    return _encoder.encode(
+        _SendBulkEmailRequest(
+            FromEmailAddress=bulk.from_email,
+            DefaultContent=_BulkContent(
+                Template=_Template(
+                    TemplateContent=_TemplateContent(
+                        Subject=bulk.subject, Html=bulk.html, Text=bulk.text
+                    ),
+                    TemplateData=bulk.default_data,
+                    Headers=_pairs(bulk.headers),
+                )
+            ),
+            BulkEmailEntries=[
+                _BulkEntry(
+                    Destination=_Destination(ToAddresses=[entry.to]),
+                    ReplacementEmailContent=_ReplacementContent(_ReplacementTemplate(entry.data)),
+                    ReplacementHeaders=_pairs(entry.headers),
+                    ReplacementTags=_pairs(entry.tags),
+                )
+                for entry in bulk.entries
+            ],
+            ReplyToAddresses=list(bulk.reply_to),
+            ConfigurationSetName=bulk.configuration_set,
+        )
+    )
+
+
+# A bulk entry's Status -> what sesflow does about it, as for the same error of a whole call.
+ENTRY_ERRORS: dict[str, type[SesError]] = {
+    "ACCOUNT_THROTTLED": SesThrottled,
+    "ACCOUNT_DAILY_QUOTA_EXCEEDED": SesQuotaExceeded,
+    "SENDING_QUOTA_EXCEEDED": SesQuotaExceeded,
+    "ACCOUNT_SENDING_PAUSED": SesPaused,
+    "ACCOUNT_SUSPENDED": SesPaused,
+    "CONFIGURATION_SET_SENDING_PAUSED": SesPaused,
+    "TRANSIENT_FAILURE": SesTransient,
+    "MESSAGE_REJECTED": SesRejected,
+    "TEMPLATE_NOT_FOUND": SesRejected,
+    "INVALID_PARAMETER": SesRejected,
+    "FAILED": SesRejected,
+}
+# Entry statuses that blame our setup, not the recipient: that setup pauses, nothing fails.
+ENTRY_SETUP_FAULTS = {
+    "MAIL_FROM_DOMAIN_NOT_VERIFIED": "mail_from_domain",
+    "CONFIGURATION_SET_NOT_FOUND": "configuration_set",
+    "INVALID_SENDING_POOL_NAME": "configuration_set",
+}
+
+
+def entry_outcome(result: _EntryResult, recipient: str = "") -> str | SesError:
+    """SES's MessageId for an accepted entry, else the entry's error, classified like the same
+    answer to a whole call: a MESSAGE_REJECTED that names our unverified identity rather than the
+    recipient is a setup fault. A status this code does not know was not accepted (only SUCCESS
+    is): retried, up to MAX_ATTEMPTS."""
+    status = result.Status
+    if status == "SUCCESS":
+        if result.MessageId:
+            return result.MessageId
+        return SesAmbiguous("MalformedResponse", "SUCCESS without a MessageId", 200)
+    reason = ENTRY_SETUP_FAULTS.get(status, "")
+    if status == "MESSAGE_REJECTED" and identity_refused(
+        result.Error, [recipient] if recipient else []
+    ):
+        reason = "identity"
+    if reason:
+        return SesSetupFault(status, result.Error, 200, reason=reason)
+    kind = ENTRY_ERRORS.get(status, SesTransient)
+    # a rejected recipient fails with the same code in both modes (f:rejected:MessageRejected)
+    code = "MessageRejected" if status == "MESSAGE_REJECTED" else status or "NoStatus"
+    return kind(code, result.Error, 200)
+
+
+def bulk_outcomes(payload: bytes, recipients: list[str]) -> list[str | SesError]:
+    """One outcome per entry of a 2xx SendBulkEmail answer. An answer we cannot read, or with the
+    wrong number of results, leaves every entry ambiguous: SES said yes to the call."""
+    try:
+        results = _bulk_response_decoder.decode(payload).BulkEmailEntryResults
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        results = []
+    if len(results) != len(recipients):
+        error = SesAmbiguous("MalformedResponse", payload[:200].decode(errors="replace"), 200)
+        return [error] * len(recipients)
+    return [entry_outcome(r, to) for r, to in zip(results, recipients, strict=True)]
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -406,13 +593,15 @@ def endpoint_of(settings: Settings) -> str:
 
 
 class SesClient:
-    """SESv2 SendEmail over one keep-alive connection pool. Create and use it inside the event
-    loop that sends; `close()` when done."""
+    """SESv2 SendEmail and SendBulkEmail over one keep-alive connection pool. Create and use it
+    inside the event loop that sends; `close()` when done."""
 
     def __init__(self, settings: Settings, *, max_connections: int = 100) -> None:
         self.region = settings.aws_region
         self.url = endpoint_of(settings) + SEND_PATH
         self._url = URL(self.url)
+        self.bulk_url = endpoint_of(settings) + BULK_PATH
+        self._bulk_url = URL(self.bulk_url)
         if self._url.scheme not in {"http", "https"} or not self._url.raw_host:
             raise ConfigError(f"SES_ENDPOINT_URL must be an http(s) URL, not {self.url!r}")
         self.host = _host_header(self._url)
@@ -458,12 +647,12 @@ class SesClient:
             self._signer_for = frozen
         return self._signer
 
-    def _signed_headers(self, signer: SigV4Auth, body: bytes) -> dict[str, str]:
+    def _signed_headers(self, signer: SigV4Auth, body: bytes, url: str) -> dict[str, str]:
         # Host given up front spares botocore parsing the URL twice per signature; it is the
         # value aiohttp would send. User-Agent is never signed, so it is added afterwards.
         request = AWSRequest(
             method="POST",
-            url=self.url,
+            url=url,
             data=body,
             headers={"Host": self.host, "Content-Type": "application/json"},
         )
@@ -472,15 +661,9 @@ class SesClient:
         headers["User-Agent"] = USER_AGENT
         return headers
 
-    async def send_email(self, email: OutgoingEmail) -> str:
-        """Send one email; returns SES's MessageId or raises a `common.errors.Ses*` error."""
+    async def _post(self, url: str, parsed: URL, body: bytes) -> tuple[int, bytes, Any]:
         try:
-            body = encode_request(email)
-        except (UnicodeEncodeError, msgspec.EncodeError) as exc:
-            # text that is not Unicode (a lone surrogate): this message can never be sent
-            raise SesRejected("InvalidMessage", f"cannot encode the request: {exc}") from exc
-        try:
-            headers = self._signed_headers(await self._current_signer(), body)
+            headers = self._signed_headers(await self._current_signer(), body, url)
         except Exception as exc:
             # No credentials (a failed refresh from STS or instance metadata): nothing was sent,
             # and no send can be until they are back: pause, fail nothing, mark nothing unknown.
@@ -488,15 +671,36 @@ class SesClient:
         session = self._http()
         try:
             async with session.post(
-                self._url, data=body, headers=headers, allow_redirects=False
+                parsed, data=body, headers=headers, allow_redirects=False
             ) as response:
-                status = response.status
-                payload = await response.read()
-                answer_headers = response.headers
+                return response.status, await response.read(), response.headers
         except aiohttp.ClientError as exc:
             raise error_from_exception(exc) from exc
         except TimeoutError as exc:
             raise error_from_exception(exc) from exc
+
+    async def send_bulk_email(self, bulk: BulkEmail) -> list[str | SesError]:
+        """One SendBulkEmail call: per entry, SES's MessageId or that entry's error. An error of
+        the whole call is raised (`common.errors.Ses*`) and concerns every entry."""
+        try:
+            body = encode_bulk_request(bulk)
+        except (UnicodeEncodeError, msgspec.EncodeError) as exc:
+            # text that is not Unicode (a lone surrogate): these messages can never be sent
+            raise SesRejected("InvalidMessage", f"cannot encode the request: {exc}") from exc
+        status, payload, answer_headers = await self._post(self.bulk_url, self._bulk_url, body)
+        recipients = [entry.to for entry in bulk.entries]
+        if 200 <= status < 300:
+            return bulk_outcomes(payload, recipients)
+        raise error_from_response(status, answer_headers, payload, recipients)
+
+    async def send_email(self, email: OutgoingEmail) -> str:
+        """Send one email; returns SES's MessageId or raises a `common.errors.Ses*` error."""
+        try:
+            body = encode_request(email)
+        except (UnicodeEncodeError, msgspec.EncodeError) as exc:
+            # text that is not Unicode (a lone surrogate): this message can never be sent
+            raise SesRejected("InvalidMessage", f"cannot encode the request: {exc}") from exc
+        status, payload, answer_headers = await self._post(self.url, self._url, body)
         if 200 <= status < 300:
             try:
                 message_id = _response_decoder.decode(payload).MessageId

@@ -12,7 +12,8 @@ One job = one recipient. Its life, in order:
 3. a token from the shared limiter (the wait is cancelled by shutdown: nothing is claimed yet);
 4. `claim.lua`: still queued and not stopped -> `i:<ms>:<consumer>`; if the claim came back
    too late for the token's slot, the claim is released and a new token taken (no bunching);
-5. SES SendEmail;
+5. SES: SendBulkEmail with the other jobs of its message claimed together (up to 50 entries),
+   or SendEmail (`sender.outbox`, SEND_MODE);
 6. `record.lua`: final state + event + XACK at once; the SES id -> request id link rides in the
    same round trip.
 
@@ -79,6 +80,7 @@ from common.schema import Event, EventType, Job, MessageContent
 from common.settings import Settings
 from sender import metrics
 from sender.content import ContentCache
+from sender.outbox import Outbox
 from sender.rate_limit import RateLimiter
 from sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sender.state import (
@@ -101,6 +103,8 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 BLOCK_MS = 1000  # XREADGROUP BLOCK: also how soon a reader notices shutdown
+# A reader with fewer than half its share of slots free waits this long for more (Slots.take).
+READ_LINGER_S = 0.01
 READ_GUARD_S = 5.0  # a blocking read that outlives BLOCK_MS by this much is on a dead socket
 SES_PAUSE_S = 5.0  # SendingPaused / AccountSuspended: pause, then let the next call probe
 SETUP_POLL_S = 0.25  # a job waiting on a paused setup looks again this often (local state)
@@ -111,6 +115,8 @@ BACKOFF_CAP_S = 5.0
 
 class SesSender(Protocol):
     async def send_email(self, email: Any) -> str: ...
+
+    async def send_bulk_email(self, bulk: Any) -> list[Any]: ...
 
 
 Composer = Callable[[Settings, bytes, MessageContent, Job], Any]
@@ -172,11 +178,18 @@ class Slots:
             self._available.clear()
         return taken
 
-    async def take(self, most: int, stop: asyncio.Event) -> int:
-        """At least one unit (up to `most`), or 0 once `stop` is set."""
+    async def take(
+        self, most: int, stop: asyncio.Event, least: int = 1, linger: float = 0.0
+    ) -> int:
+        """At least one unit (up to `most`), or 0 once `stop` is set. Fewer than `least` free:
+        wait `linger` seconds once for more, so that a busy replica reads, claims and sends in
+        batches rather than one job at a time as single slots free up."""
         while not stop.is_set():
             taken = self.try_take(most)
             if taken:
+                if taken < least and linger > 0:
+                    await asyncio.sleep(linger)
+                    taken += self.try_take(most - taken)
                 return taken
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._available.wait(), BLOCK_MS / 1000)
@@ -211,6 +224,7 @@ class Sender:
         self.store = DeliveryStore(client, self.keys, settings.content_ttl)
         self.limiter = RateLimiter(client, settings, self.keys)
         self.contents = ContentCache(client)
+        self.outbox = Outbox(ses, settings.send_mode)
         self.claims = ClaimValues(self.consumer)
         self.setup = SetupFaults(client, self.keys, settings.setup_probe_interval, self.consumer)
         self.slots = Slots(settings.sender_concurrency)
@@ -338,7 +352,9 @@ class Sender:
         reclaim_every = min(max(self.settings.reclaim_idle / 4, 0.2), 5.0)
         next_reclaim = 0.0
         while True:
-            count = await self.slots.take(self.fair_share, self.stop)
+            count = await self.slots.take(
+                self.fair_share, self.stop, least=self.fair_share // 2, linger=READ_LINGER_S
+            )
             if not count:
                 return
             try:
@@ -458,7 +474,7 @@ class Sender:
             # --- the ambiguous window: claim stored; only the SES call until the record ---
             started = time.monotonic()
             try:
-                ses_id = await self.ses.send_email(email)
+                ses_id = await self.outbox.send(email)
             except SesThrottled as exc:
                 self.count_error(exc, started)
                 metrics.JOBS.labels("throttled").inc()

@@ -8,6 +8,15 @@ pause or reject. It does not check signatures.
     control         POST /stub/control   JSON of any `StubConfig` field, plus "reset": true
     stats           GET  /stub/stats     (?recipients=1 adds the per-address counts)
     recent calls    GET  /stub/messages  the last `keep_messages` accepted requests
+    mail            GET  /stub/mail      per recipient, the mails they would have received
+
+SendBulkEmail and SendEmail with Template content render an inline template the way SES does
+(`common.handlebars`: `{{x}}` HTML-escaped in every part, `{{{x}}}` raw, `\\{{` literal), with the
+entry's data over the default data, the entry's headers and tags over the default ones. Every
+accepted recipient's mail is kept in `mail[address]` (`Mail`: subject, html, text, headers,
+reply-to, tags, attachments), so tests assert on what each recipient would get.
+`entry_statuses[address]` is a list of bulk entry statuses (`MESSAGE_REJECTED`,
+`ACCOUNT_THROTTLED`...) answered for that address's next entries, one per entry.
 
 In process:  `async with SesStub(latency_ms=20, rate=200) as stub: ... stub.url ...`
 As a process: `python tests/sesstub.py --port 0 --rate 200` prints its URL on one line when ready.
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import itertools
 import random
@@ -34,18 +44,20 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from common.handlebars import render
+
 ACCOUNT_PATH = "/v2/email/account"
 SEND_PATH = "/v2/email/outbound-emails"
 BULK_PATH = "/v2/email/outbound-bulk-emails"
 
 _ERROR_MESSAGES = {
+    "NotFoundException": "The resource you attempted to access doesn't exist.",
     "TooManyRequestsException": "Maximum sending rate exceeded.",
     "LimitExceededException": "Daily message quota exceeded.",
     "SendingPausedException": "Sending is paused for this account.",
     "MessageRejected": "Email address is on the account-level suppression list.",
     "BadRequestException": "Missing required parameter.",
     "InternalFailure": "An internal error occurred.",
-    "NotFoundException": "The resource you attempted to access doesn't exist.",
     "ServiceUnavailable": "Service is unavailable, please try again later.",
 }
 _STATUS_CODES = {
@@ -74,6 +86,10 @@ class StubConfig(msgspec.Struct, kw_only=True):
     reject_pattern: str = ""  # regex; matching recipients get MessageRejected
     paused_until: float = 0.0  # epoch seconds; SendingPausedException until then
     keep_messages: int = 1000  # accepted requests kept for GET /stub/messages
+    keep_mail: bool = True  # keep (and render) every recipient's mail in `mail`
+    # address -> statuses for its next bulk entries (consumed one per entry), e.g.
+    # {"a@x.org": ["ACCOUNT_THROTTLED"]}: that entry is answered so, the others as usual
+    entry_statuses: dict[str, list[str]] = {}
     # Setup checks, as SES makes them: empty = anything goes. A From address outside
     # `verified_identities` (address or domain) gets MessageRejected "Email address is not
     # verified"; a ConfigurationSetName outside `configuration_sets` gets NotFoundException.
@@ -96,6 +112,8 @@ class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reject_pattern: str | None = None
     pause_seconds: float | None = None  # pause the account for N seconds (0 = resume)
     keep_messages: int | None = None
+    entry_statuses: dict[str, list[str]] | None = None
+    keep_mail: bool | None = None
     verified_identities: list[str] | None = None
     configuration_sets: list[str] | None = None
     accepted_error_status: int | None = None
@@ -111,23 +129,126 @@ class _Destination(msgspec.Struct):
         return [*self.ToAddresses, *self.CcAddresses, *self.BccAddresses]
 
 
+class _NameValue(msgspec.Struct):
+    Name: str
+    Value: str
+
+
+class _Text(msgspec.Struct):
+    Data: str
+    Charset: str = "UTF-8"
+
+
+class _Body(msgspec.Struct):
+    Html: _Text | None = None
+    Text: _Text | None = None
+
+
+class _Attachment(msgspec.Struct):
+    FileName: str
+    RawContent: str  # base64
+    ContentType: str = "application/octet-stream"
+
+
+class _Simple(msgspec.Struct):
+    Subject: _Text
+    Body: _Body
+    Headers: list[_NameValue] = []
+    Attachments: list[_Attachment] = []
+
+
+class _TemplateContent(msgspec.Struct):
+    Subject: str = ""
+    Html: str = ""
+    Text: str = ""
+
+
+class _Template(msgspec.Struct):
+    TemplateContent: _TemplateContent | None = None
+    TemplateName: str = ""
+    TemplateData: str = "{}"
+    Headers: list[_NameValue] = []
+    Attachments: list[_Attachment] = []
+
+
+class _Content(msgspec.Struct):
+    Simple: _Simple | None = None
+    Template: _Template | None = None
+    Raw: dict[str, Any] | None = None
+
+
 class _SendEmail(msgspec.Struct):
     Destination: _Destination
-    Content: dict[str, Any]
+    Content: _Content
     FromEmailAddress: str = ""
-    EmailTags: list[dict[str, str]] = []
+    ReplyToAddresses: list[str] = []
+    EmailTags: list[_NameValue] = []
     ConfigurationSetName: str = ""
+
+
+class _ReplacementTemplate(msgspec.Struct):
+    ReplacementTemplateData: str = "{}"
+
+
+class _ReplacementContent(msgspec.Struct):
+    ReplacementTemplate: _ReplacementTemplate | None = None
 
 
 class _BulkEntry(msgspec.Struct):
     Destination: _Destination
+    ReplacementEmailContent: _ReplacementContent | None = None
+    ReplacementHeaders: list[_NameValue] = []
+    ReplacementTags: list[_NameValue] = []
+
+
+class _BulkContent(msgspec.Struct):
+    Template: _Template
 
 
 class _SendBulkEmail(msgspec.Struct):
     BulkEmailEntries: list[_BulkEntry]
-    DefaultContent: dict[str, Any]
+    DefaultContent: _BulkContent
     FromEmailAddress: str = ""
+    ReplyToAddresses: list[str] = []
+    DefaultEmailTags: list[_NameValue] = []
     ConfigurationSetName: str = ""
+
+
+class Mail(msgspec.Struct, kw_only=True):
+    """What one recipient would receive."""
+
+    message_id: str
+    from_email: str
+    to: str
+    subject: str
+    html: str
+    text: str
+    headers: dict[str, str]
+    reply_to: list[str]
+    tags: dict[str, str]
+    attachments: list[tuple[str, str, bytes]]  # (filename, content type, content)
+    bulk: bool  # from a SendBulkEmail call
+
+
+def _merged(default: list[_NameValue], replacement: list[_NameValue]) -> dict[str, str]:
+    """SES's rule for headers and tags: the entry's value wins for a name in both."""
+    out = {h.Name: h.Value for h in default}
+    out.update({h.Name: h.Value for h in replacement})
+    return out
+
+
+def _attachments(items: list[_Attachment]) -> list[tuple[str, str, bytes]]:
+    return [(a.FileName, a.ContentType, base64.b64decode(a.RawContent)) for a in items]
+
+
+def _template_data(raw: str) -> dict[str, Any]:
+    try:
+        data = _raw_decoder.decode(raw or "{}")
+    except msgspec.DecodeError as exc:
+        raise SesError(400, "BadRequestException", f"Invalid template data: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SesError(400, "BadRequestException", "Template data must be a JSON object")
+    return data
 
 
 _encoder = msgspec.json.Encoder()
@@ -172,7 +293,9 @@ class SesStub:
         self.paused_answers = 0
         self.quota_answers = 0
         self.bad_requests = 0
+        self.bulk_calls = 0  # SendBulkEmail calls received
         self.setup_faults = 0  # calls refused by verified_identities / configuration_sets
+        self.mail: collections.defaultdict[str, list[Mail]] = collections.defaultdict(list)
         self.recipients: collections.Counter[str] = collections.Counter()
         self.per_second: collections.Counter[int] = collections.Counter()
         self.recent: collections.deque[dict[str, Any]] = collections.deque(
@@ -227,6 +350,7 @@ class SesStub:
             "paused_answers": self.paused_answers,
             "quota_answers": self.quota_answers,
             "bad_requests": self.bad_requests,
+            "bulk_calls": self.bulk_calls,
             "setup_faults": self.setup_faults,
             "max_per_second": max(self.per_second.values(), default=0),
             "per_second": {str(k): v for k, v in sorted(self.per_second.items())},
@@ -312,6 +436,45 @@ class SesStub:
             return True
         return False
 
+    def _keep(self, mail: Mail) -> None:
+        self.mail[mail.to].append(mail)
+
+    def _simple_mail(self, call: _SendEmail, to: str, message_id: str) -> Mail:
+        content = call.Content
+        tags = {t.Name: t.Value for t in call.EmailTags}
+        if content.Template is not None:
+            template = content.Template
+            data = _template_data(template.TemplateData)
+            parts = template.TemplateContent or _TemplateContent()
+            return Mail(
+                message_id=message_id,
+                from_email=call.FromEmailAddress,
+                to=to,
+                subject=render(parts.Subject, data),
+                html=render(parts.Html, data),
+                text=render(parts.Text, data),
+                headers=_merged(template.Headers, []),
+                reply_to=call.ReplyToAddresses,
+                tags=tags,
+                attachments=_attachments(template.Attachments),
+                bulk=False,
+            )
+        simple = content.Simple
+        body = simple.Body if simple is not None else _Body()
+        return Mail(
+            message_id=message_id,
+            from_email=call.FromEmailAddress,
+            to=to,
+            subject=simple.Subject.Data if simple is not None else "",
+            html=body.Html.Data if body.Html else "",
+            text=body.Text.Data if body.Text else "",
+            headers=_merged(simple.Headers if simple else [], []),
+            reply_to=call.ReplyToAddresses,
+            tags=tags,
+            attachments=_attachments(simple.Attachments if simple else []),
+            bulk=False,
+        )
+
     async def send_email(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
         body = await request.read()
@@ -337,19 +500,37 @@ class SesStub:
             if refused:
                 self.rejected += len(refused)
                 raise SesError(400, "MessageRejected", f"Address rejected: {refused[0]}")
+            message_id = self._message_id()
+            mails = (
+                [self._simple_mail(call, to, message_id) for to in recipients]
+                if self.config.keep_mail
+                else []
+            )
         except SesError as err:
             return self._error(err)
         self.messages += 1
         self._record(recipients)
+        for mail in mails:
+            self._keep(mail)
         if self.recent.maxlen:
             self.recent.append(_raw_decoder.decode(body))
         if self.config.accepted_error_status:
             status = self.config.accepted_error_status
             return web.Response(status=status, text="<html>Bad gateway</html>")
-        return self._json({"MessageId": self._message_id()})
+        return self._json({"MessageId": message_id})
+
+    def _entry_status(self, recipients: list[str]) -> str:
+        for address in recipients:
+            queued = self.config.entry_statuses.get(address)
+            if queued:
+                return queued.pop(0)
+        if any(self._rejects(r) for r in recipients):
+            return "MESSAGE_REJECTED"
+        return "SUCCESS"
 
     async def send_bulk_email(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
+        self.bulk_calls += 1
         body = await request.read()
         await self._delay()
         try:
@@ -361,23 +542,62 @@ class SesStub:
             if not call.FromEmailAddress or not call.BulkEmailEntries:
                 self.bad_requests += 1
                 raise SesError(400, "BadRequestException", "Missing FromEmailAddress or entries")
+            if len(call.BulkEmailEntries) > 50:
+                self.bad_requests += 1
+                raise SesError(400, "BadRequestException", "Too many entries (max 50).")
             self._check_setup(call.FromEmailAddress, call.ConfigurationSetName)
+            template = call.DefaultContent.Template
+            default_data = _template_data(template.TemplateData)
+            entry_data = [
+                _template_data(
+                    e.ReplacementEmailContent.ReplacementTemplate.ReplacementTemplateData
+                    if e.ReplacementEmailContent and e.ReplacementEmailContent.ReplacementTemplate
+                    else "{}"
+                )
+                for e in call.BulkEmailEntries
+            ]
             if self._maybe_disconnect(request):
                 return web.Response(status=500)
             self._admit(sum(len(e.Destination.all()) for e in call.BulkEmailEntries))
         except SesError as err:
             return self._error(err)
+        # a stored template (TemplateName) is not kept here: its mail renders empty
+        parts = template.TemplateContent or _TemplateContent()
         results: list[dict[str, str]] = []
-        for entry in call.BulkEmailEntries:
+        for entry, own in zip(call.BulkEmailEntries, entry_data, strict=True):
             recipients = entry.Destination.all()
-            refused = [r for r in recipients if self._rejects(r)]
-            if refused:
-                self.rejected += len(refused)
-                results.append({"Status": "MESSAGE_REJECTED", "Error": f"Rejected: {refused[0]}"})
+            status = self._entry_status(recipients)
+            if status != "SUCCESS":
+                if status == "MESSAGE_REJECTED":
+                    self.rejected += len(recipients)
+                results.append({"Status": status, "Error": f"{status}: {recipients[0]}"})
                 continue
+            data = {**default_data, **own}
+            message_id = self._message_id()
+            for to in recipients if self.config.keep_mail else ():
+                self._keep(
+                    Mail(
+                        message_id=message_id,
+                        from_email=call.FromEmailAddress,
+                        to=to,
+                        subject=render(parts.Subject, data),
+                        html=render(parts.Html, data),
+                        text=render(parts.Text, data),
+                        headers=_merged(template.Headers, entry.ReplacementHeaders),
+                        reply_to=call.ReplyToAddresses,
+                        tags=_merged(call.DefaultEmailTags, entry.ReplacementTags),
+                        attachments=_attachments(template.Attachments),
+                        bulk=True,
+                    )
+                )
             self.messages += 1
             self._record(recipients)
-            results.append({"Status": "SUCCESS", "MessageId": self._message_id()})
+            results.append({"Status": "SUCCESS", "MessageId": message_id})
+        if self.recent.maxlen:
+            self.recent.append(_raw_decoder.decode(body))
+        if self.config.accepted_error_status:
+            status = self.config.accepted_error_status
+            return web.Response(status=status, text="<html>Bad gateway</html>")
         return self._json({"BulkEmailEntryResults": results})
 
     async def get_account(self, request: web.Request) -> web.StreamResponse:
@@ -416,6 +636,12 @@ class SesStub:
             body=_encoder.encode(self.stats(with_recipients)), content_type="application/json"
         )
 
+    async def mail_handler(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=_encoder.encode({to: mails for to, mails in self.mail.items()}),
+            content_type="application/json",
+        )
+
     async def messages_handler(self, request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=_encoder.encode(list(self.recent)), content_type="application/json"
@@ -450,6 +676,7 @@ class SesStub:
         app.router.add_post("/stub/control", self.control)
         app.router.add_get("/stub/stats", self.stats_handler)
         app.router.add_get("/stub/messages", self.messages_handler)
+        app.router.add_get("/stub/mail", self.mail_handler)
         return app
 
     async def start(self) -> SesStub:

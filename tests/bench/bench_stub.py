@@ -4,8 +4,9 @@
   which the sender's quota upkeep would adopt as its ceiling);
 - the receive time of every accepted recipient (`time.time()` when the request arrived, before
   any latency), for sliding 1-second windows;
-- with `--record-rids`, the X-Request-ID of every accepted SendEmail with its receive time, for
-  end-to-end latency.
+- with `--record-rids`, the X-Request-ID of every accepted recipient (SendEmail headers, or a
+  SendBulkEmail entry's ReplacementHeaders) with its receive time, for end-to-end latency.
+It keeps no rendered mail (`keep_mail` off): the benchmarks count, they do not read mail.
 
     python tests/bench/bench_stub.py --port 0 [--rate 200] [--latency-ms 20] [--record-rids]
 
@@ -43,22 +44,34 @@ class _Content(msgspec.Struct):
     Simple: _Simple | None = None
 
 
+class _Entry(msgspec.Struct):
+    ReplacementHeaders: list[_Header] = []
+
+
 class _Call(msgspec.Struct):
     Content: _Content | None = None
+    BulkEmailEntries: list[_Entry] = []
 
 
 _call_decoder = msgspec.json.Decoder(_Call)
 _encoder = msgspec.json.Encoder()
 
 
-def request_id(body: bytes) -> str:
-    call = _call_decoder.decode(body)
-    if call.Content is None or call.Content.Simple is None:
-        return ""
-    for header in call.Content.Simple.Headers:
+def _rid(headers: list[_Header]) -> str:
+    for header in headers:
         if header.Name.lower() == "x-request-id":
             return header.Value
     return ""
+
+
+def request_ids(body: bytes) -> list[str]:
+    """The X-Request-ID of every recipient of a SendEmail or SendBulkEmail call."""
+    call = _call_decoder.decode(body)
+    if call.BulkEmailEntries:
+        return [_rid(entry.ReplacementHeaders) for entry in call.BulkEmailEntries]
+    if call.Content is None or call.Content.Simple is None:
+        return [""]
+    return [_rid(call.Content.Simple.Headers)]
 
 
 class BenchStub(SesStub):
@@ -69,14 +82,21 @@ class BenchStub(SesStub):
         self.rids: dict[str, float] = {}
         super().__init__(*args, **config)
 
-    async def send_email(self, request: web.Request) -> web.StreamResponse:
+    async def _timed(self, request: web.Request, handler: Any) -> web.StreamResponse:
         received = time.time()
-        response = await super().send_email(request)
-        if response.status == 200:
-            self.times.append(received)
-            if self.record_rids:
-                self.rids[request_id(await request.read())] = received
+        before = self.sent
+        response: web.StreamResponse = await handler(request)
+        self.times.extend([received] * (self.sent - before))
+        if response.status == 200 and self.record_rids:
+            for rid in request_ids(await request.read()):
+                self.rids[rid] = received
         return response
+
+    async def send_email(self, request: web.Request) -> web.StreamResponse:
+        return await self._timed(request, super().send_email)
+
+    async def send_bulk_email(self, request: web.Request) -> web.StreamResponse:
+        return await self._timed(request, super().send_bulk_email)
 
     async def get_account(self, request: web.Request) -> web.StreamResponse:
         config = self.config
@@ -124,6 +144,7 @@ async def serve(argv: list[str]) -> None:
         rate=args.rate,
         burst=args.burst,
         keep_messages=0,
+        keep_mail=False,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -45,15 +45,19 @@ async def outage(redis: RedisProcess, cluster: Cluster, seconds: float = OUTAGE_
     await asyncio.to_thread(redis.start)
 
 
+@pytest.mark.parametrize("send_mode", ["bulk", "single"])
 async def test_redis_restart_mid_campaign(
     aof_redis: RedisProcess,
     make_stub: Callable[..., StubProcess],
     make_cluster: Callable[..., Cluster],
+    send_mode: str,
 ) -> None:
     """The campaign completes with the crash case's guarantees; with no process dying, and an
     orderly Redis stop, not even `unknown` is allowed."""
     stub = make_stub(rate=RATE * 2, latency_ms=20)
-    cluster = make_cluster(aof_redis.url, stub, EMAIL_RATE=str(RATE), RECLAIM_IDLE="3")
+    cluster = make_cluster(
+        aof_redis.url, stub, EMAIL_RATE=str(RATE), RECLAIM_IDLE="3", SEND_MODE=send_mode
+    )
     start_roles(cluster, senders=2)
     topic, recipients = "redis-restart", 1500
     emails = emails_for(topic, recipients)
@@ -80,6 +84,8 @@ async def test_redis_restart_mid_campaign(
             )
             verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
             assert verdict.sent == recipients
+            bulk_calls = (await stub.stats())["bulk_calls"]
+            assert bulk_calls > 0 if send_mode == "bulk" else bulk_calls == 0
             await check_nothing_pending(client, cluster)
             await check_stats_agree(http, cluster, topic, verdict)
             assert all(p.running for p in cluster.procs)

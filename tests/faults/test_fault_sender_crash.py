@@ -39,6 +39,7 @@ async def crash_campaign(
     make_stub: Callable[..., StubProcess],
     make_cluster: Callable[..., Cluster],
     on_ambiguous: str,
+    send_mode: str = "bulk",
 ) -> None:
     # SES allows more than EMAIL_RATE (its GetAccount would cap the senders otherwise); 50 ms
     # per call keeps several calls inside the ambiguous window when the kill comes.
@@ -50,6 +51,7 @@ async def crash_campaign(
         RECLAIM_IDLE="3",
         ON_AMBIGUOUS=on_ambiguous,
         SHUTDOWN_GRACE="5",
+        SEND_MODE=send_mode,
     )
     killed, stopped, survivor = start_roles(cluster, senders=3)
     topic = f"crash-{on_ambiguous}"
@@ -98,6 +100,8 @@ async def crash_campaign(
             # the survivor took over the dead replica's pending jobs
             assert "reclaimed job" in survivor.logs()
             assert survivor.running and all(p.running for p in cluster.procs[:2])
+            bulk_calls = (await stub.stats())["bulk_calls"]
+            assert bulk_calls > 0 if send_mode == "bulk" else bulk_calls == 0
             report(on_ambiguous, ambiguous, verdict.unknown, verdict.stub_counts)
         finally:
             await client.aclose()
@@ -110,12 +114,16 @@ def report(mode: str, ambiguous: set[int], unknown: int, counts: Any) -> None:
     )
 
 
+@pytest.mark.parametrize("send_mode", ["bulk", "single"])
 async def test_sender_crash_skip(
-    redis_url: str, make_stub: Callable[..., StubProcess], make_cluster: Callable[..., Cluster]
+    redis_url: str,
+    make_stub: Callable[..., StubProcess],
+    make_cluster: Callable[..., Cluster],
+    send_mode: str,
 ) -> None:
     """ON_AMBIGUOUS=skip (default): no recipient reaches SES twice; `unknown` only for what the
-    killed replica had in flight."""
-    await crash_campaign(redis_url, make_stub, make_cluster, "skip")
+    killed replica had in flight (in bulk mode: whole calls of up to 50 recipients)."""
+    await crash_campaign(redis_url, make_stub, make_cluster, "skip", send_mode)
 
 
 async def test_sender_crash_resend(

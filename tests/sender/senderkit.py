@@ -17,7 +17,9 @@ SECRET = b"test-tracking-secret"
 
 class FakeSes:
     """`send_email` that records recipients. `script[address]` is a list of exceptions to raise on
-    that address's successive calls (then it succeeds); `latency` delays every call."""
+    that address's successive calls (then it succeeds); `latency` delays every call.
+    `send_bulk_email` answers each entry the same way (the exception as that entry's outcome);
+    `bulk_sizes` lists the entries of every bulk call."""
 
     def __init__(self, latency: float = 0.0) -> None:
         self.latency = latency
@@ -26,6 +28,7 @@ class FakeSes:
         self.sent: Counter[str] = Counter()
         self.emails: list[Any] = []
         self.hook: Callable[[Any], Awaitable[None]] | None = None
+        self.bulk_sizes: list[int] = []
 
     async def send_email(self, email: Any) -> str:
         self.calls[email.to] += 1
@@ -33,12 +36,32 @@ class FakeSes:
             await self.hook(email)
         if self.latency:
             await asyncio.sleep(self.latency)
-        errors = self.script.get(email.to)
+        return self._one(email.to, email)
+
+    def _one(self, to: str, email: Any) -> str:
+        errors = self.script.get(to)
         if errors:
             raise errors.pop(0)
-        self.sent[email.to] += 1
+        self.sent[to] += 1
         self.emails.append(email)
         return f"ses-{len(self.emails)}"
+
+    async def send_bulk_email(self, bulk: Any) -> list[Any]:
+        self.bulk_sizes.append(len(bulk.entries))
+        for entry in bulk.entries:
+            self.calls[entry.to] += 1
+        for entry in bulk.entries:
+            if self.hook is not None:
+                await self.hook(entry)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        outcomes: list[Any] = []
+        for entry in bulk.entries:
+            try:
+                outcomes.append(self._one(entry.to, entry))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
 
 def new_msg_id(offset_ms: int = 0) -> str:

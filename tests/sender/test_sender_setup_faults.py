@@ -200,7 +200,8 @@ async def test_a_thousand_recipients_survive_a_misspelled_configuration_set(
             refused = stub.injected_errors
             # the first wave of both replicas, then about one probe per interval cluster-wide
             assert refused <= 2 * 16 + 2.0 / 0.5 + 2, refused
-            assert await counts(redis, msg_id) == {}  # not one failed, every one still queued
+            # not one failed, every one still queued (a probe may be in its SES call right now)
+            assert set(await counts(redis, msg_id)) <= {"inflight"}
             stub.configure(error_rate=0.0)
             await wait_for(lambda: all_sent(redis, msg_id, len(emails)), within=30)
         finally:

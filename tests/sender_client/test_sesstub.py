@@ -245,3 +245,32 @@ async def test_runs_as_a_process_and_prints_its_url(http: aiohttp.ClientSession)
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_templated_send_email_is_rendered_as_ses_renders_it(
+    stub: SesStub, http: aiohttp.ClientSession
+) -> None:
+    body = {
+        "FromEmailAddress": "sender@example.com",
+        "Destination": {"ToAddresses": ["t@example.org"]},
+        "ReplyToAddresses": ["help@example.com"],
+        "Content": {
+            "Template": {
+                "TemplateContent": {
+                    "Subject": "Hi {{{name}}}",
+                    "Html": "<p>{{name}} \\{{name}}</p>",
+                    "Text": "Hi {{name}}",
+                },
+                "TemplateData": json.dumps({"name": "<Ada>"}),
+                "Headers": [{"Name": "X-Campaign", "Value": "spring"}],
+            }
+        },
+    }
+    async with http.post(f"{stub.url}/v2/email/outbound-emails", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+    [mail] = stub.mail["t@example.org"]
+    assert (mail.subject, mail.html) == ("Hi <Ada>", "<p>&lt;Ada&gt; {{name}}</p>")
+    assert mail.text == "Hi &lt;Ada&gt;"  # SES escapes {{x}} in the text part too
+    assert mail.headers == {"X-Campaign": "spring"} and mail.reply_to == ["help@example.com"]
+    async with http.get(f"{stub.url}/stub/mail") as resp:
+        assert (await resp.json())["t@example.org"][0]["subject"] == "Hi <Ada>"

@@ -91,3 +91,16 @@ def test_env_example_lists_every_setting_and_parses() -> None:
     known = {env_names(f)[0] for f in Settings.__struct_fields__} | deploy_only
     assert names <= known, f"unknown settings in .env.example: {names - known}"
     assert load_settings({}, str(example)) == Settings()
+
+
+def test_click_tokens_verify_as_the_tokens_sign_makes() -> None:
+    from common.tracking import Token, click_tokens, link_part, sign, verify
+
+    secret = b"click-secret"
+    urls = ['https://a.example/x?y=1&z="2"', "https://b.example/ü", ""]
+    for rid, topic in (("1-0_7", "news"), ("12-0_1234", ""), ("1-0_1", "t✓")):
+        tokens = click_tokens(secret, rid, topic, [link_part(u) for u in urls])
+        for url, token in zip(urls, tokens, strict=True):
+            assert verify(secret, token) == Token(k="c", r=rid, t=topic, u=url)
+            assert verify(b"other", token) is None
+        assert verify(secret, sign(secret, Token(k="c", r=rid, t=topic, u=urls[0]))) is not None

@@ -1,0 +1,83 @@
+"""How ready emails reach SES (SEND_MODE).
+
+`bulk` (default): the emails of one message that are ready in the same event-loop turn (their
+claims came back in one script call) go out together, in SendBulkEmail calls of up to 50 entries
+with the message's inline template; a message with one ready email, with attachments, or too
+large for an inline template (1 MB) goes through SendEmail with the same content rendered here.
+Each email still gets its own outcome: its entry's MessageId or error; an error of the whole
+call (throttled, 5xx, timeout...) is the outcome of every email in it.
+
+`single`: one SendEmail per recipient, for accounts or proxies that need it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from common.errors import SesError
+from sender.compose import Email, bulk_request
+from sender.ses_client import MAX_BULK_ENTRIES, BulkEmail, OutgoingEmail
+
+SEND_MODES = ("bulk", "single")
+
+
+class SesApi(Protocol):
+    async def send_email(self, email: OutgoingEmail) -> str: ...
+
+    async def send_bulk_email(self, bulk: BulkEmail) -> list[str | SesError]: ...
+
+
+class Outbox:
+    def __init__(self, ses: Any, mode: str = "bulk") -> None:
+        self.ses = ses
+        self.bulk = mode == "bulk"
+        self._ready: dict[str, list[tuple[Email, asyncio.Future[str]]]] = {}
+        self._flushing = False
+        self._calls: set[asyncio.Task[None]] = set()
+
+    async def send(self, email: Email) -> str:
+        """SES's MessageId for `email`, or raises its `common.errors.Ses*` error."""
+        if not self.bulk or not email.template.bulk_ok:
+            return str(await self.ses.send_email(email.rendered()))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        self._ready.setdefault(email.msg_id, []).append((email, future))
+        if not self._flushing:
+            # after the other jobs woken in this turn have added theirs
+            self._flushing = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._flushing = False
+        ready, self._ready = self._ready, {}
+        for items in ready.values():
+            live = [(email, future) for email, future in items if not future.done()]
+            for start in range(0, len(live), MAX_BULK_ENTRIES):
+                task = asyncio.create_task(self._call(live[start : start + MAX_BULK_ENTRIES]))
+                self._calls.add(task)
+                task.add_done_callback(self._calls.discard)
+
+    async def _call(self, items: list[tuple[Email, asyncio.Future[str]]]) -> None:
+        try:
+            if len(items) == 1:
+                outcomes: list[str | BaseException] = [
+                    str(await self.ses.send_email(items[0][0].rendered()))
+                ]
+            else:
+                answer = await self.ses.send_bulk_email(bulk_request([e for e, _ in items]))
+                outcomes = list(answer)
+        except Exception as exc:
+            outcomes = [exc] * len(items)
+        except BaseException:
+            for _, future in items:
+                future.cancel()
+            raise
+        for (_, future), outcome in zip(items, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)

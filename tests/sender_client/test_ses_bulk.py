@@ -1,0 +1,144 @@
+"""SendBulkEmail in the SES clients: the request is what SESv2's model accepts, every entry
+status maps to what sesflow must do, and an answer that cannot be read leaves entries ambiguous."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import botocore.session
+import pytest
+from botocore.validate import ParamValidator
+from sesstub import SesStub
+
+from common.errors import (
+    SesAmbiguous,
+    SesPaused,
+    SesQuotaExceeded,
+    SesRejected,
+    SesSetupFault,
+    SesThrottled,
+    SesTransient,
+)
+from sender.ses_boto3 import Boto3SesClient, bulk_kwargs, request_kwargs
+from sender.ses_client import (
+    Attachment,
+    BulkEmail,
+    BulkEntry,
+    OutgoingEmail,
+    SesClient,
+    _EntryResult,
+    bulk_outcomes,
+    encode_bulk_request,
+    encode_request,
+    entry_outcome,
+)
+
+MODEL = botocore.session.get_session().get_service_model("sesv2")
+
+BULK = BulkEmail(
+    from_email="news@example.com",
+    subject="Hi {{{v0}}}",
+    html="<p>{{v0}}</p>",
+    text="Hi {{{v0}}}",
+    headers=(("X-Campaign", "spring"),),
+    reply_to=("help@example.com",),
+    configuration_set="events",
+    entries=tuple(
+        BulkEntry(
+            to=f"r{n}@example.org",
+            data=json.dumps({"v0": f"<R{n}>"}),
+            headers=(("X-Request-ID", f"1-0_{n}"),),
+            tags=(("sesflow-rid", f"1-0_{n}"),),
+        )
+        for n in range(3)
+    ),
+)
+
+
+def valid(operation: str, params: dict[str, Any]) -> None:
+    shape = MODEL.operation_model(operation).input_shape
+    report = ParamValidator().validate(params, shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+def test_requests_match_the_sesv2_model() -> None:
+    valid("SendBulkEmail", json.loads(encode_bulk_request(BULK)))
+    valid("SendBulkEmail", bulk_kwargs(BULK))
+    email = OutgoingEmail(
+        from_email="a@example.com",
+        to="b@example.org",
+        subject="s",
+        html="<p>h</p>",
+        text="t",
+        reply_to=("c@example.com",),
+        attachments=(Attachment(FileName="a.txt", ContentType="text/plain", RawContent="aGk="),),
+    )
+    valid("SendEmail", json.loads(encode_request(email)))
+    kwargs = request_kwargs(email)
+    valid("SendEmail", kwargs)
+    assert kwargs["Content"]["Simple"]["Attachments"][0]["RawContent"] == b"hi"
+
+
+def test_every_entry_status_of_the_model_is_mapped() -> None:
+    statuses = MODEL.shape_for("BulkEmailStatus").enum
+    expected = {
+        "SUCCESS": str,
+        "ACCOUNT_THROTTLED": SesThrottled,
+        "ACCOUNT_DAILY_QUOTA_EXCEEDED": SesQuotaExceeded,
+        "ACCOUNT_SENDING_PAUSED": SesPaused,
+        "ACCOUNT_SUSPENDED": SesPaused,
+        "CONFIGURATION_SET_SENDING_PAUSED": SesPaused,
+        "TRANSIENT_FAILURE": SesTransient,
+        "MAIL_FROM_DOMAIN_NOT_VERIFIED": SesSetupFault,
+        "CONFIGURATION_SET_NOT_FOUND": SesSetupFault,
+        "INVALID_SENDING_POOL_NAME": SesSetupFault,
+    }
+    for status in statuses:
+        outcome = entry_outcome(
+            _EntryResult(Status=status, MessageId="m-1", Error="why"), "r@x.org"
+        )
+        assert isinstance(outcome, expected.get(status, SesRejected)), status
+    # a rejection that names our unverified identity, not the recipient, is a setup fault
+    unverified = (
+        "Email address is not verified. The following identities failed the check in region "
+        "US-EAST-1: news@example.com"
+    )
+    ours = entry_outcome(_EntryResult(Status="MESSAGE_REJECTED", Error=unverified), "r@x.org")
+    assert isinstance(ours, SesSetupFault) and ours.reason == "identity"
+    theirs = unverified.replace("news@example.com", "r@x.org")
+    rejected = entry_outcome(_EntryResult(Status="MESSAGE_REJECTED", Error=theirs), "r@x.org")
+    assert isinstance(rejected, SesRejected) and rejected.code == "MessageRejected"
+    assert isinstance(entry_outcome(_EntryResult(Status="SOMETHING_NEW")), SesTransient)
+    assert isinstance(entry_outcome(_EntryResult(Status="SUCCESS")), SesAmbiguous)
+
+
+def test_an_unreadable_or_short_answer_leaves_every_entry_ambiguous() -> None:
+    one = json.dumps({"BulkEmailEntryResults": [{"Status": "SUCCESS", "MessageId": "m"}]})
+    two = ["a@x.org", "b@x.org"]
+    assert all(isinstance(o, SesAmbiguous) for o in bulk_outcomes(one.encode(), two))
+    assert all(isinstance(o, SesAmbiguous) for o in bulk_outcomes(b"<html>", two))
+    assert bulk_outcomes(one.encode(), two[:1]) == ["m"]
+
+
+@pytest.mark.parametrize("kind", ["native", "boto3"])
+async def test_both_clients_send_bulk_and_get_one_outcome_per_entry(
+    stub: SesStub, ses_settings: Callable[..., Any], kind: str
+) -> None:
+    settings = ses_settings()
+    client = SesClient(settings) if kind == "native" else Boto3SesClient(settings)
+    stub.configure(entry_statuses={"r1@example.org": ["MESSAGE_REJECTED"]})
+    try:
+        outcomes = await client.send_bulk_email(BULK)
+        assert isinstance(outcomes[0], str) and isinstance(outcomes[2], str)
+        assert isinstance(outcomes[1], SesRejected) and outcomes[1].code == "MessageRejected"
+        stub.configure(error_rate=1.0, error_status=429)
+        with pytest.raises(SesThrottled):
+            await client.send_bulk_email(BULK)
+    finally:
+        await client.close()
+    mail = stub.mail["r2@example.org"][0]
+    assert (mail.subject, mail.html, mail.text) == ("Hi <R2>", "<p>&lt;R2&gt;</p>", "Hi <R2>")
+    assert mail.headers == {"X-Campaign": "spring", "X-Request-ID": "1-0_2"}
+    assert mail.reply_to == ["help@example.com"]
