@@ -130,14 +130,15 @@ async def ses_ids(redis: Any, msg_id: str) -> list[str]:
 
 
 def tracking_links(stub: SesStub) -> dict[str, tuple[str, str]]:
-    """recipient -> (open pixel URL, click URL), read from the HTML SES received."""
+    """recipient -> (open pixel URL, click URL), read from the mail each recipient got (as the
+    stub renders it: a bulk call carries one template for many recipients)."""
     links = {}
-    for call in stub.recent:
-        html = call["Content"]["Simple"]["Body"]["Html"]["Data"]
+    for to, mails in stub.mail.items():
+        html = mails[-1].html
         pixel = re.search(r'src="([^"]*/v1/events/open\?t=[^"]+)"', html)
         click = re.search(r'href="([^"]*/v1/events/click\?t=[^"]+)"', html)
         assert pixel and click, html
-        links[call["Destination"]["ToAddresses"][0]] = (pixel[1], click[1])
+        links[to] = (pixel[1], click[1])
     return links
 
 
