@@ -1,14 +1,27 @@
-"""aiohttp pieces every API shares: JSON errors, body limits, Redis-outage answers, auth."""
+"""aiohttp pieces every API shares: JSON errors, body limits, Redis-outage answers, auth.
+
+Every error a client can cause is a 4xx `{"error", "detail"}` JSON answer, whichever layer
+refuses it:
+
+* a handler: `InputError`, or a body `decode_json` cannot read (not UTF-8, nested too deeply,
+  not JSON, not the expected shape);
+* the router and aiohttp's request helpers: `web.HTTPException` (404, 405, 413...);
+* aiohttp's HTTP parser, before any handler or middleware runs (a request line over 8 KiB, a
+  header too large, a malformed request): `JsonErrorProtocol`, which every server of sesflow
+  uses through `JsonAppRunner`.
+"""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from http import HTTPStatus
+from typing import Any, TypeVar
 
 import jwt
 import msgspec
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from common.connection import UNAVAILABLE
 from common.errors import InputError, RedisUnavailable
@@ -18,6 +31,7 @@ from common.settings import Settings
 log = get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 def json_response(
@@ -43,6 +57,35 @@ def unavailable_response() -> web.Response:
     )
 
 
+def error_name(status: int) -> str:
+    """`not_found`, `method_not_allowed`... from the status's standard phrase."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "error"
+    return phrase.lower().replace(" ", "_").replace("-", "_")
+
+
+def decode_json(
+    body: bytes, decoder: Callable[[bytes], T], what: str = "body", error: str = "invalid_json"
+) -> T:
+    """`decoder(body)` for bytes a client sent: every way they can fail is an InputError (400).
+
+    msgspec raises UnicodeDecodeError for a string that is not UTF-8 and RecursionError for
+    nesting deeper than the interpreter allows; neither is a DecodeError, and both would
+    otherwise be a 500. Nothing decoded from a refused body can reach Redis."""
+    try:
+        return decoder(body)
+    except UnicodeDecodeError as exc:
+        raise InputError(error, f"{what} is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        raise InputError(error, f"{what} is nested too deeply") from None
+    except msgspec.ValidationError as exc:
+        raise InputError(error, f"{what} has the wrong shape: {exc}") from None
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise InputError(error, f"{what} is not valid JSON: {exc}") from None
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes `{"error", "detail"}` JSON; Redis outages become 503 + Retry-After."""
@@ -53,7 +96,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or "")
+        # Keep what the client needs to act on, e.g. the Allow of a 405.
+        keep = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+        return error_response(
+            exc.status, exc.reason.lower().replace(" ", "_"), exc.text or "", headers=keep
+        )
     except RedisUnavailable:
         return unavailable_response()
     except UNAVAILABLE:
@@ -106,3 +153,42 @@ def auth_middleware(settings: Settings, public: Iterable[str] = ("/health",)) ->
 
 async def health(_: web.Request) -> web.Response:
     return json_response({"status": "ok"})
+
+
+# --- errors aiohttp answers before the app sees the request -------------------------------------
+
+
+class JsonErrorProtocol(web.RequestHandler):
+    """aiohttp's connection handler, answering in JSON what its parser refuses (400 for a request
+    line over 8 KiB or a header too large, 501...) and a failure outside every middleware (500):
+    aiohttp itself answers those in plain text, before any middleware could translate them."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp logs the error, and raises when a response has already begun.
+        super().handle_error(request, status, exc, message)
+        if status >= 500:
+            resp = error_response(status, "internal", "unexpected error; it has been logged")
+        else:
+            resp = error_response(status, error_name(status), message or "")
+        resp.force_close()
+        return resp
+
+
+class JsonErrorServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return JsonErrorProtocol(self, loop=self._loop, **self._kwargs)
+
+
+class JsonAppRunner(web.AppRunner):
+    """`web.AppRunner` whose connections answer low-level errors in JSON (`JsonErrorProtocol`)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = JsonErrorServer  # same state, only the protocol it builds differs
+        return server

@@ -31,7 +31,14 @@ from redis.backoff import NoBackoff
 from common import scripts
 from common.connection import connect
 from common.errors import InputError
-from common.http import auth_middleware, errors_middleware, health, json_response, read_body
+from common.http import (
+    auth_middleware,
+    decode_json,
+    errors_middleware,
+    health,
+    json_response,
+    read_body,
+)
 from common.keys import Keys
 from common.producer import entry_fields
 from common.settings import Settings
@@ -215,10 +222,7 @@ async def put_suppression(request: web.Request) -> web.Response:
     body = await read_body(request, MAX_SUPPRESSION_BODY)
     reason, detail = "manual", ""
     if body.strip():
-        try:
-            data = msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
-            raise InputError("invalid_json", f"body is not valid JSON: {exc}") from exc
+        data = decode_json(body, msgspec.json.decode)
         if not isinstance(data, dict):
             raise InputError("invalid_type", "body must be a JSON object")
         reason = data.get("reason", reason)

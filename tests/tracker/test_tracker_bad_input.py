@@ -1,0 +1,33 @@
+"""The SNS webhook answers bytes it cannot read with a 400 JSON error, never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"Type":"Notification","Message":"\xff"}',
+        b'{"Type":"Notification","Message":"\xc3\x28","MessageId":"m"}',
+        b'{"Type":"Notification\xff"}',
+        b"[" * 200_000 + b"]" * 200_000,
+        b'{"Type":"Notification","Message":' + b"[" * 100_000 + b"}",
+    ],
+    ids=["message", "message-2", "type", "nesting", "nested-message"],
+)
+async def test_undecodable_sns_body_is_a_400(tracker: Any, redis: Any, raw: bytes) -> None:
+    resp = await tracker.post("/v1/events/results", data=raw)
+    assert resp.status == 400, await resp.text()
+    body = await resp.json()
+    assert body["error"] == "malformed" and body["detail"]
+    assert [k for k in await redis.keys("*") if "secret" not in k] == []
+    assert (await tracker.get("/health")).status == 200
+
+
+async def test_a_url_over_8k_is_a_json_400(tracker: Any) -> None:
+    resp = await tracker.get("/v1/events/open?t=" + "a" * 9000)
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "bad_request"
