@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import jwt
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from common.connection import UNAVAILABLE
@@ -89,6 +91,17 @@ def decode_json(
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes `{"error", "detail"}` JSON; Redis outages become 503 + Retry-After."""
+    resp = await answer_or_error(request, handler)
+    if request.body_exists and not request.content.is_eof():
+        # The handler left (part of) the body unread: a GET with a body, a refusal before
+        # reading, a body that cannot be decoded. aiohttp would read the rest after answering,
+        # and drop the connection, logging an error, if it cannot be decoded: a client reusing
+        # that connection would find it closed. Saying so in the answer is cleaner.
+        resp.force_close()
+    return resp
+
+
+async def answer_or_error(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except InputError as exc:
@@ -101,6 +114,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(
             exc.status, exc.reason.lower().replace(" ", "_"), exc.text or "", headers=keep
         )
+    except RequestPayloadError as exc:
+        # The body could not be read as framed and encoded: a Content-Encoding it does not
+        # match, a broken chunked encoding, a connection closed mid-body.
+        return error_response(400, "invalid_body", f"the body could not be read: {exc}")
+    except HttpProcessingError as exc:
+        status = exc.code if 400 <= exc.code < 500 else 400
+        return error_response(status, error_name(status), exc.message)
     except RedisUnavailable:
         return unavailable_response()
     except UNAVAILABLE:
@@ -170,11 +190,19 @@ class JsonErrorProtocol(web.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        # aiohttp logs the error, and raises when a response has already begun.
-        super().handle_error(request, status, exc, message)
         if status >= 500:
-            resp = error_response(status, "internal", "unexpected error; it has been logged")
+            # aiohttp logs it with its traceback, and raises when a response has begun.
+            super().handle_error(request, status, exc, message)
+            detail = "unexpected error; it has been logged"
+            resp = error_response(
+                status, "internal" if status == 500 else error_name(status), detail
+            )
         else:
+            # A malformed request is the client's doing, and the internet sends plenty: one
+            # line, not an error with a traceback (Sentry would report each one).
+            log.info("request refused by the HTTP parser", status=status, detail=message)
+            if request.writer.output_size > 0:
+                raise ConnectionError("a response has begun; no error can be sent")
             resp = error_response(status, error_name(status), message or "")
         resp.force_close()
         return resp

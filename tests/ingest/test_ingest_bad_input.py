@@ -3,6 +3,7 @@ nesting deeper than the decoder can follow, wrong types, and what aiohttp's pars
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -108,3 +109,50 @@ async def test_sns_bytes_that_are_not_utf8_through_the_forward(
     finally:
         await tracker.close()
     assert await redis.keys("*") == []
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+async def test_a_body_that_does_not_match_its_encoding_is_a_400(
+    http: Any, redis: Any, keys: Keys, encoding: str
+) -> None:
+    resp = await http.post("/v1/messages", data=VALID, headers={"Content-Encoding": encoding})
+    # br is refused by aiohttp's parser when Brotli is not installed, before the handler reads.
+    await expect_json_error(resp, 400, "invalid_body" if encoding != "br" else None)
+    assert await redis.exists(keys.requests) == 0
+
+
+async def test_an_unread_body_that_cannot_be_decoded_closes_the_connection_cleanly(
+    http: Any,
+) -> None:
+    """aiohttp drops such a connection after the answer; the answer says so, and the next
+    request (on a new connection) is served."""
+    for _ in range(3):
+        resp = await http.get(
+            "/v1/suppressions", data=b"not gzip", headers={"Content-Encoding": "gzip"}
+        )
+        assert resp.status == 200 and resp.headers["Connection"] == "close"
+        resp = await http.post("/v1/messages", data=b"xx", headers={"Content-Encoding": "gzip"})
+        await expect_json_error(resp, 400, "invalid_body")
+        assert resp.headers["Connection"] == "close"
+        assert (await http.get("/health")).status == 200
+
+
+async def test_raw_bytes_in_a_url_are_a_json_400(http: Any) -> None:
+    from yarl import URL
+
+    resp = await http.get(URL("/v1/suppressions?limit=\u00e9", encoded=True))
+    await expect_json_error(resp, 400, "bad_request")
+
+
+async def test_a_malformed_request_is_not_logged_as_an_error(
+    http: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The internet sends plenty of these; an ERROR with a traceback each would flood Sentry."""
+    with caplog.at_level(logging.DEBUG):
+        for resp in (
+            await http.get("/health", headers={"X-Big": "a" * 9000}),
+            await http.get("/v1/suppressions/" + "a" * 9000),
+            await http.request("FOO", "/health"),
+        ):
+            await expect_json_error(resp, 400, "bad_request")
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
