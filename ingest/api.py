@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -58,6 +59,7 @@ IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 MAX_SUPPRESSION_BODY = 64 * 1024
 MAX_PAGE = 1000
 MAX_REASON_CHARS = 64
+DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 def answer_for(valid: list[ValidMessage], ids: list[str] | None) -> dict[str, Any]:
@@ -188,7 +190,9 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
     raw = request.query.get(name, "")
     if not raw:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # ASCII digits only, and few enough for int(): str.isdigit() also takes "²", which int()
+    # refuses, and int() refuses more than 4300 digits.
+    if not DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
         raise InputError("invalid_parameter", f"{name} must be an integer in {low}..{high}")
     return int(raw)
 

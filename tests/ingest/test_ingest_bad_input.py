@@ -156,3 +156,12 @@ async def test_a_malformed_request_is_not_logged_as_an_error(
         ):
             await expect_json_error(resp, 400, "bad_request")
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("value", ["%C2%B2", "%D9%A3", "9" * 5000, "1e3", "-1", "%205", "1_0"])
+async def test_a_page_parameter_that_is_not_ascii_digits_is_a_400(http: Any, value: str) -> None:
+    from yarl import URL
+
+    for name in ("cursor", "limit"):
+        resp = await http.get(URL(f"/v1/suppressions?{name}={value}", encoded=True))
+        await expect_json_error(resp, 400, "invalid_parameter")
