@@ -101,7 +101,23 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return resp
 
 
+def undecodable_header(request: web.Request) -> str | None:
+    """The name of a header whose value is not UTF-8, if any. aiohttp keeps such bytes as lone
+    surrogates, which fail later wherever the value is encoded (an API key compared, a token
+    verified, a value written to Redis): refused here, no code past this point meets them."""
+    for name, value in request.headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return name
+    return None
+
+
 async def answer_or_error(request: web.Request, handler: Handler) -> web.StreamResponse:
+    bad_header = undecodable_header(request)
+    if bad_header is not None:
+        return error_response(400, "invalid_header", f"header {bad_header} is not UTF-8")
     try:
         return await handler(request)
     except InputError as exc:

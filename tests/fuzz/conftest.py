@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from apptest import AppTestServer
-from fuzzkit import Roles
+from fuzzkit import API_KEY, JWT_SECRET, Roles
 from snssign import SnsSigner
 
 from common.settings import Settings
@@ -32,12 +32,21 @@ async def started(app: Any) -> TestClient[Any, Any]:
 async def roles(make_settings: Callable[..., Settings]) -> AsyncIterator[Roles]:
     signer = SnsSigner()
     async with signer.serve():
-        base = make_settings(SNS_CERT_URL_PATTERN=signer.pattern, SNS_TOPIC_ARNS=signer.topic_arn)
+        # With credentials required, so that the auth checks are fuzzed too; the requests carry
+        # the key unless a header drawn replaces it.
+        base = make_settings(
+            SNS_CERT_URL_PATTERN=signer.pattern,
+            SNS_TOPIC_ARNS=signer.topic_arn,
+            API_KEY=API_KEY,
+            JWT_SECRET=JWT_SECRET,
+        )
         tracker = await started(create_tracker(base))
         stats = await started(create_stats(base, quota_fetcher=no_quota))
         settings = make_settings(
             SNS_CERT_URL_PATTERN=signer.pattern,
             SNS_TOPIC_ARNS=signer.topic_arn,
+            API_KEY=API_KEY,
+            JWT_SECRET=JWT_SECRET,
             TRACKER_URL=str(tracker.make_url("")).rstrip("/"),
             STATS_URL=str(stats.make_url("")).rstrip("/"),
         )

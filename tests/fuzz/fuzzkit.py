@@ -16,6 +16,8 @@ from snssign import SnsSigner
 
 from common.settings import Settings
 
+API_KEY = "fuzz-api-key"
+JWT_SECRET = "a-fuzz-jwt-secret-of-at-least-32-bytes"
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO"]
 RANDOM_PATHS = ["/", "/v1", "/v1/", "/v1/messages/x", "//", "/%FF", "/v1/../health", "/.env"]
 
@@ -87,7 +89,7 @@ HEADER_VALUES = {
     "Content-Encoding": ["gzip", "deflate", "br", "identity", "x-unknown"],
     "Accept": ["application/json", "text/html", "*/*", "image/gif"],
     "Idempotency-Key": ["k", "", " ", "a" * 300, "\u00e9", "k\t1"],
-    "x-api-key": ["", "wrong", "a" * 5000],
+    "x-api-key": ["", "wrong", "a" * 5000, API_KEY + " "],
     "Authorization": ["Bearer ", "Bearer x.y.z", "Basic Zm9vOmJhcg==", "bearer " + "a" * 3000],
     "X-Forwarded-For": ["1.2.3.4", "::1", "x"],
 }
@@ -164,6 +166,21 @@ def query_string() -> st.SearchStrategy[str]:
     return st.lists(pair, max_size=4).map(
         lambda pairs: "&".join(f"{k}={v}" if v != "" else k for k, v in pairs)
     )
+
+
+def raw_header_lines() -> st.SearchStrategy[list[bytes]]:
+    """Header lines as bytes no HTTP client would send: values that are not UTF-8 or hold
+    control characters, names that are not tokens."""
+    known = st.sampled_from([n.encode() for n in HEADER_VALUES])
+    names = st.one_of(known, known, known, st.binary(min_size=1, max_size=12))
+    values = st.one_of(
+        st.sampled_from(
+            [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x00", b"a\x7fb", b"Bearer \xff"]
+        ),
+        st.binary(max_size=40),
+    )
+    line = st.tuples(names.filter(lambda b: b":" not in b), values).map(b": ".join)
+    return st.lists(line.filter(lambda b: b"\r" not in b and b"\n" not in b), max_size=3)
 
 
 def headers() -> st.SearchStrategy[dict[str, str]]:
@@ -295,6 +312,6 @@ def requests(
     return Fuzzed(
         method=method,
         path_qs=f"{path}?{query}" if query else path,
-        headers=draw(headers()),
+        headers={"x-api-key": API_KEY, **draw(headers())},
         body=body if method not in {"GET", "HEAD"} or draw(st.booleans()) else b"",
     )

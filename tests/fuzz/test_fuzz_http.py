@@ -8,12 +8,13 @@ a minute. A failure prints the request that caused it, shrunk to its simplest fo
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
-from fuzzkit import Fuzzed, Roles, mutated, requests, routes_of
+from fuzzkit import Fuzzed, Roles, mutated, raw_header_lines, requests, routes_of
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from yarl import URL
@@ -31,6 +32,8 @@ FUZZ = settings(
     suppress_health_check=list(HealthCheck),
     print_blob=False,
 )
+
+FUZZ_RAW = settings(FUZZ, max_examples=100)
 
 # Pages meant for a person's browser: a 4xx there is HTML on purpose.
 HUMAN_PAGES = {("GET", "/v1/events/unsubscribe")}
@@ -107,6 +110,33 @@ async def send(client: TestClient[Any, Any], req: Fuzzed) -> None:
     await alive(client)
 
 
+async def send_raw(client: TestClient[Any, Any], req: Fuzzed, lines: list[bytes]) -> None:
+    """The request as bytes on a socket, with header lines no HTTP client would send."""
+    assert client.server.port is not None
+    head = [f"{req.method} {req.path_qs} HTTP/1.1".encode(), b"Host: fuzz", b"Connection: close"]
+    # The odd lines first: of two headers of one name, the first is the one read.
+    head += [*lines, *(f"{name}: {value}".encode() for name, value in req.headers.items())]
+    head.append(b"Content-Length: %d" % len(req.body))
+    shown = f"{head!r} {req.body[:300]!r}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + req.body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    status = int(status_line.split(b" ")[1])
+    assert status < 500, f"{status} {answer[:500]!r} for {shown}"
+    human = (req.method, req.path_qs.partition("?")[0]) in HUMAN_PAGES
+    if status >= 400 and req.method != "HEAD" and not human:
+        headers, _, body = rest.partition(b"\r\n\r\n")
+        assert b"content-type: application/json" in headers.lower(), shown
+        error = json.loads(body)
+        assert isinstance(error.get("error"), str) and "detail" in error, shown
+    await alive(client)
+
+
 async def alive(client: TestClient[Any, Any]) -> None:
     async with client.get("/health") as health:
         assert health.status == 200, "the role stopped answering"
@@ -177,3 +207,11 @@ async def test_fuzz_stats(roles: Roles, data: st.DataObject) -> None:
     strategy = requests(routes_of(roles.stats.app), examples_of(roles))
     for _ in range(2):
         await send(roles.stats, data.draw(strategy))
+
+
+@FUZZ_RAW
+@given(data=st.data())
+async def test_fuzz_raw_header_bytes(roles: Roles, data: st.DataObject) -> None:
+    for client in (roles.ingest, roles.tracker, roles.stats):
+        req = data.draw(requests(routes_of(client.app), examples_of(roles)))
+        await send_raw(client, req, data.draw(raw_header_lines()))
