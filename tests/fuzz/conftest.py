@@ -39,6 +39,7 @@ async def roles(make_settings: Callable[..., Settings]) -> AsyncIterator[Roles]:
             SNS_TOPIC_ARNS=signer.topic_arn,
             API_KEY=API_KEY,
             JWT_SECRET=JWT_SECRET,
+            ALLOW_UNSIGNED_OPENS="1",  # off by default; on here, so that its path is fuzzed
         )
         tracker = await started(create_tracker(base))
         stats = await started(create_stats(base, quota_fetcher=no_quota))

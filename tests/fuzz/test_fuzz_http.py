@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp.test_utils import TestClient
@@ -167,17 +168,25 @@ def signed_bodies(roles: Roles) -> dict[tuple[str, str], st.SearchStrategy[bytes
 
 
 ODD_TOKEN_FIELDS = ["", "1795535162423-0_0", "1-0_99999999999999999999", "x_y", "_", "a@x.io"]
+ODD_TOKEN_FIELDS += ["1-0_\u00b2", "1-0_" + "9" * 5000, "\u00b2-0_1", "1-0_\u0663"]
 ODD_TOKEN_FIELDS += ["@", "http://x/\u00e9", "https://[::1", "javascript:alert(1)", "https://a b/"]
 
 
 def signed_tokens(secret: str) -> st.SearchStrategy[str]:
-    """`t=` query strings with genuine signatures over odd contents."""
+    """`t=` query strings with genuine signatures over odd contents, and bare request ids."""
     odd = st.one_of(
         st.sampled_from(ODD_TOKEN_FIELDS),
         st.text(max_size=40),
     )
     tokens = st.builds(Token, k=st.sampled_from(["o", "c", "u", "x"]), r=odd, t=odd, e=odd, u=odd)
-    return tokens.map(lambda token: "t=" + sign(secret.encode(), token))
+    signed = tokens.map(lambda token: "t=" + sign(secret.encode(), token))
+    # The older services' bare ids (counted with ALLOW_UNSIGNED_OPENS).
+    bare = st.sampled_from(["requestId=", "request_id="]).flatmap(
+        lambda name: st.one_of(st.sampled_from(ODD_TOKEN_FIELDS), st.text(max_size=12)).map(
+            lambda rid: name + quote(rid)
+        )
+    )
+    return st.one_of(signed, bare)
 
 
 @FUZZ

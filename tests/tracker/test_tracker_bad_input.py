@@ -31,3 +31,17 @@ async def test_a_url_over_8k_is_a_json_400(tracker: Any) -> None:
     resp = await tracker.get("/v1/events/open?t=" + "a" * 9000)
     assert resp.status == 400
     assert (await resp.json())["error"] == "bad_request"
+
+
+async def test_an_unsigned_open_with_odd_digits_is_still_a_pixel(
+    make_settings: Any, start_tracker: Any, redis: Any
+) -> None:
+    """`str.isdigit()` takes "²" and "٣", which `int()` refuses or reads; a request id's index
+    is ASCII digits only."""
+    from yarl import URL
+
+    async with start_tracker(make_settings(ALLOW_UNSIGNED_OPENS="1")) as client:
+        for rid in ("1-0_%C2%B2", "1-0_" + "9" * 5000, "1-0_%D9%A3"):
+            resp = await client.get(URL(f"/v1/events/open?requestId={rid}", encoded=True))
+            assert resp.status == 200
+            assert resp.content_type == "image/gif"
