@@ -101,10 +101,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return resp
 
 
-def undecodable_header(request: web.Request) -> str | None:
+def undecodable_header(request: BaseRequest) -> str | None:
     """The name of a header whose value is not UTF-8, if any. aiohttp keeps such bytes as lone
-    surrogates, which fail later wherever the value is encoded (an API key compared, a token
-    verified, a value written to Redis): refused here, no code past this point meets them."""
+    surrogates, which fail wherever the value is encoded (an API key compared, a token verified,
+    an error text built, a value written to Redis)."""
     for name, value in request.headers.items():
         if not value.isascii():
             try:
@@ -115,9 +115,6 @@ def undecodable_header(request: web.Request) -> str | None:
 
 
 async def answer_or_error(request: web.Request, handler: Handler) -> web.StreamResponse:
-    bad_header = undecodable_header(request)
-    if bad_header is not None:
-        return error_response(400, "invalid_header", f"header {bad_header} is not UTF-8")
     try:
         return await handler(request)
     except InputError as exc:
@@ -229,10 +226,50 @@ class JsonErrorServer(web.Server):
         return JsonErrorProtocol(self, loop=self._loop, **self._kwargs)
 
 
+async def plain_errors_as_json(_: web.Request, response: web.StreamResponse) -> None:
+    """A plain-text error aiohttp answers itself after routing but outside every middleware
+    (417 for an unknown `Expect`) is rewritten as JSON as it is sent."""
+    if (
+        response.status >= 400
+        and isinstance(response, web.Response)
+        and response.content_type == "text/plain"
+    ):
+        body = msgspec.json.encode({"error": error_name(response.status), "detail": response.text})
+        response.body = body
+        response.content_type = "application/json"
+        response.charset = None
+        # The headers were prepared for the text before this hook runs. The body of the request
+        # may be left unread: close, as errors_middleware does.
+        response.headers["Content-Length"] = str(len(body))
+        response.force_close()
+        response.headers["Connection"] = "close"
+
+
+def refusing_undecodable_headers(
+    handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+) -> Callable[[BaseRequest], Awaitable[web.StreamResponse]]:
+    """`handler` behind a check of the headers, before aiohttp's Expect handling, routing and
+    every middleware: no code of aiohttp's or ours meets a header that is not UTF-8."""
+
+    async def guarded(request: BaseRequest) -> web.StreamResponse:
+        bad = undecodable_header(request)
+        if bad is not None:
+            resp = error_response(400, "invalid_header", f"header {bad} is not UTF-8")
+            resp.force_close()  # its body, if any, is left unread
+            return resp
+        return await handler(request)
+
+    return guarded
+
+
 class JsonAppRunner(web.AppRunner):
-    """`web.AppRunner` whose connections answer low-level errors in JSON (`JsonErrorProtocol`)."""
+    """`web.AppRunner` whose answers are JSON even for the errors aiohttp answers itself: those
+    of its HTTP parser (`JsonErrorProtocol`), and those outside every middleware
+    (`plain_errors_as_json`); and that refuses headers that are not UTF-8 first of all."""
 
     async def _make_server(self) -> web.Server:
+        self.app.on_response_prepare.append(plain_errors_as_json)
         server = await super()._make_server()
+        server.request_handler = refusing_undecodable_headers(server.request_handler)
         server.__class__ = JsonErrorServer  # same state, only the protocol it builds differs
         return server

@@ -93,6 +93,7 @@ HEADER_VALUES = {
     "x-api-key": ["", "wrong", "a" * 5000, API_KEY + " "],
     "Authorization": ["Bearer ", "Bearer x.y.z", "Basic Zm9vOmJhcg==", "bearer " + "a" * 3000],
     "X-Forwarded-For": ["1.2.3.4", "::1", "x"],
+    "Expect": ["100-continue", "a-miracle"],
 }
 
 

@@ -165,3 +165,10 @@ async def test_a_page_parameter_that_is_not_ascii_digits_is_a_400(http: Any, val
     for name in ("cursor", "limit"):
         resp = await http.get(URL(f"/v1/suppressions?{name}={value}", encoded=True))
         await expect_json_error(resp, 400, "invalid_parameter")
+
+
+async def test_an_unknown_expect_is_a_json_417(http: Any) -> None:
+    """aiohttp answers it outside every middleware."""
+    resp = await http.post("/v1/messages", data=VALID, headers={"Expect": "a-miracle"})
+    body = await expect_json_error(resp, 417, "expectation_failed")
+    assert "a-miracle" in body["detail"]
