@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -24,17 +25,20 @@ from common.tracking import Token, sign
 
 # No shrinking: the assertion message shows the request, and shrinking a failure can take
 # minutes, past the per-test timeout that would then hide it.
+# A longer hunt: FUZZ_EXAMPLES=5000, and FUZZ_RANDOM=1 for new examples on each run (the
+# failure message shows the request; pytest's --hypothesis-seed=N replays a run).
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
-    max_examples=300,
+    max_examples=EXAMPLES,
     phases=[Phase.explicit, Phase.generate],
     deadline=None,
-    derandomize=True,
+    derandomize=not os.environ.get("FUZZ_RANDOM"),
     database=None,
     suppress_health_check=list(HealthCheck),
     print_blob=False,
 )
 
-FUZZ_RAW = settings(FUZZ, max_examples=100)
+FUZZ_RAW = settings(FUZZ, max_examples=max(EXAMPLES // 3, 1))
 
 # Pages meant for a person's browser: a 4xx there is HTML on purpose.
 HUMAN_PAGES = {("GET", "/v1/events/unsubscribe")}
