@@ -7,8 +7,13 @@ refuses it:
   not JSON, not the expected shape);
 * the router and aiohttp's request helpers: `web.HTTPException` (404, 405, 413...);
 * aiohttp's HTTP parser, before any handler or middleware runs (a request line over 8 KiB, a
-  header too large, a malformed request): `JsonErrorProtocol`, which every server of sesflow
-  uses through `JsonAppRunner`.
+  header too large, a malformed request): `JsonErrorProtocol`;
+* aiohttp's own answers after routing but outside the middlewares (417 for an unknown
+  `Expect`): `plain_errors_as_json`;
+* a header that is not UTF-8, refused before aiohttp or sesflow reads any:
+  `refusing_undecodable_headers`.
+
+The last three come with `JsonAppRunner`, which every server of sesflow runs on.
 """
 
 from __future__ import annotations
@@ -99,19 +104,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         # that connection would find it closed. Saying so in the answer is cleaner.
         resp.force_close()
     return resp
-
-
-def undecodable_header(request: BaseRequest) -> str | None:
-    """The name of a header whose value is not UTF-8, if any. aiohttp keeps such bytes as lone
-    surrogates, which fail wherever the value is encoded (an API key compared, a token verified,
-    an error text built, a value written to Redis)."""
-    for name, value in request.headers.items():
-        if not value.isascii():
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                return name
-    return None
 
 
 async def answer_or_error(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -234,7 +226,9 @@ async def plain_errors_as_json(_: web.Request, response: web.StreamResponse) -> 
         and isinstance(response, web.Response)
         and response.content_type == "text/plain"
     ):
-        body = msgspec.json.encode({"error": error_name(response.status), "detail": response.text})
+        body = msgspec.json.encode(
+            {"error": error_name(response.status), "detail": response.text or ""}
+        )
         response.body = body
         response.content_type = "application/json"
         response.charset = None
@@ -243,6 +237,19 @@ async def plain_errors_as_json(_: web.Request, response: web.StreamResponse) -> 
         response.headers["Content-Length"] = str(len(body))
         response.force_close()
         response.headers["Connection"] = "close"
+
+
+def undecodable_header(request: BaseRequest) -> str | None:
+    """The name of a header whose value is not UTF-8, if any. aiohttp keeps such bytes as lone
+    surrogates, which fail wherever the value is encoded (an API key compared, a token verified,
+    an error text built, a value written to Redis)."""
+    for name, value in request.headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return name
+    return None
 
 
 def refusing_undecodable_headers(
