@@ -27,7 +27,7 @@ import jwt
 import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
 from common.connection import UNAVAILABLE
@@ -187,6 +187,21 @@ class JsonErrorProtocol(web.RequestHandler):
     """aiohttp's connection handler, answering in JSON what its parser refuses (400 for a request
     line over 8 KiB or a header too large, 501...) and a failure outside every middleware (500):
     aiohttp itself answers those in plain text, before any middleware could translate them."""
+
+    def data_received(self, data: bytes) -> None:
+        """A body its Content-Encoding cannot decode, found out only at its end, makes aiohttp's
+        parser fail after the request was handed over: aiohttp then queues an error for the
+        *next* request and the handler reading this body waits forever. The body is failed
+        instead, and its reader answers 400 (`errors_middleware`)."""
+        queued = len(self._messages)
+        super().data_received(data)
+        request = self._current_request
+        if request is None or request.content.is_eof():
+            return
+        for message, _ in list(self._messages)[queued:]:
+            if isinstance(message, _ErrInfo):
+                request.content.set_exception(RequestPayloadError(message.message))
+                return
 
     def handle_error(
         self,

@@ -45,3 +45,18 @@ async def test_an_unsigned_open_with_odd_digits_is_still_a_pixel(
             resp = await client.get(URL(f"/v1/events/open?requestId={rid}", encoded=True))
             assert resp.status == 200
             assert resp.content_type == "image/gif"
+
+
+async def test_a_body_its_encoding_fails_only_at_the_end_is_a_400_not_a_hang(tracker: Any) -> None:
+    """aiohttp's parser finds such a body broken only at its end, after the handler has begun
+    reading it; the read used to wait forever."""
+    import asyncio
+
+    body = b'{"a":' * 50_000  # read as raw deflate, it ends in the middle of a block
+    resp = await asyncio.wait_for(
+        tracker.post("/v1/events/results", data=body, headers={"Content-Encoding": "deflate"}),
+        10,
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "invalid_body"
+    assert (await tracker.get("/health")).status == 200
