@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +133,12 @@ async def ses_ids(redis: Any, msg_id: str) -> list[str]:
 def tracking_links(stub: SesStub) -> dict[str, tuple[str, str]]:
     """recipient -> (open pixel URL, click URL), read from the HTML SES received."""
     links = {}
-    for call in stub.recent:
-        html = call["Content"]["Simple"]["Body"]["Html"]["Data"]
+    for to, mails in stub.mail.items():
+        html = mails[-1].html
         pixel = re.search(r'src="([^"]*/v1/events/open\?t=[^"]+)"', html)
-        click = re.search(r'href="([^"]*/v1/events/click\?t=[^"]+)"', html)
+        click = re.search(r'href="([^"]*/v1/events/click\?[^"]+)"', html)
         assert pixel and click, html
-        links[call["Destination"]["ToAddresses"][0]] = (pixel[1], click[1])
+        links[to] = (unescape(pixel[1]), unescape(click[1]))
     return links
 
 
