@@ -1,6 +1,21 @@
 """aiohttp pieces every API shares: JSON errors, body limits, Redis-outage answers, auth, and
 the health answers.
 
+Every error a client can cause is a 4xx `{"error", "detail"}` JSON answer, whichever layer
+refuses it:
+
+* a handler: `InputError`, or a body `decode_json` cannot read (not UTF-8, nested too deeply,
+  not JSON, not the expected shape);
+* the router and aiohttp's request helpers: `web.HTTPException` (404, 405, 413...);
+* aiohttp's HTTP parser, before any handler or middleware runs (a request line over 8 KiB, a
+  header too large, a malformed request): `JsonErrorProtocol`;
+* aiohttp's own answers after routing but outside the middlewares (417 for an unknown
+  `Expect`): `plain_errors_as_json`;
+* a header that is not UTF-8, refused before aiohttp or sesflow reads any:
+  `refusing_undecodable_headers`.
+
+The last three come with `JsonAppRunner`, which every server of sesflow runs on.
+
 Every HTTP role serves two health paths, both public:
 
     GET /livez    liveness: the process answers HTTP. Never touches Redis, so a Redis outage
@@ -15,11 +30,15 @@ import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from http import HTTPStatus
+from typing import Any, TypeVar
 
 import jwt
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
+from aiohttp.web_request import BaseRequest
 from redis.exceptions import RedisError
 
 from common.connection import UNAVAILABLE
@@ -30,6 +49,7 @@ from common.settings import Settings
 log = get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 def json_response(
@@ -60,9 +80,49 @@ def unavailable_response() -> web.Response:
     )
 
 
+def error_name(status: int) -> str:
+    """`not_found`, `method_not_allowed`... from the status's standard phrase."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "error"
+    return phrase.lower().replace(" ", "_").replace("-", "_")
+
+
+def decode_json(
+    body: bytes, decoder: Callable[[bytes], T], what: str = "body", error: str = "invalid_json"
+) -> T:
+    """`decoder(body)` for bytes a client sent: every way they can fail is an InputError (400).
+
+    msgspec raises UnicodeDecodeError for a string that is not UTF-8 and RecursionError for
+    nesting deeper than the interpreter allows; neither is a DecodeError, and both would
+    otherwise be a 500. Nothing decoded from a refused body can reach Redis."""
+    try:
+        return decoder(body)
+    except UnicodeDecodeError as exc:
+        raise InputError(error, f"{what} is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        raise InputError(error, f"{what} is nested too deeply") from None
+    except msgspec.ValidationError as exc:
+        raise InputError(error, f"{what} has the wrong shape: {exc}") from None
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise InputError(error, f"{what} is not valid JSON: {exc}") from None
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes `{"error", "detail"}` JSON; Redis outages become 503 + Retry-After."""
+    resp = await answer_or_error(request, handler)
+    if request.body_exists and not request.content.is_eof():
+        # The handler left (part of) the body unread: a GET with a body, a refusal before
+        # reading, a body that cannot be decoded. aiohttp would read the rest after answering,
+        # and drop the connection, logging an error, if it cannot be decoded: a client reusing
+        # that connection would find it closed. Saying so in the answer is cleaner.
+        resp.force_close()
+    return resp
+
+
+async def answer_or_error(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except InputError as exc:
@@ -70,7 +130,18 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or "")
+        # Keep what the client needs to act on, e.g. the Allow of a 405.
+        keep = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+        return error_response(
+            exc.status, exc.reason.lower().replace(" ", "_"), exc.text or "", headers=keep
+        )
+    except RequestPayloadError as exc:
+        # The body could not be read as framed and encoded: a Content-Encoding it does not
+        # match, a broken chunked encoding, a connection closed mid-body.
+        return error_response(400, "invalid_body", f"the body could not be read: {exc}")
+    except HttpProcessingError as exc:
+        status = exc.code if 400 <= exc.code < 500 else 400
+        return error_response(status, error_name(status), exc.message)
     except RedisUnavailable:
         return unavailable_response()
     except UNAVAILABLE:
@@ -205,3 +276,120 @@ def add_health_routes(
 ) -> None:
     app.router.add_get(HEALTH_PATH, health_handler(client_of, info))
     app.router.add_get(LIVE_PATH, live)
+
+
+# --- errors aiohttp answers before the app sees the request -------------------------------------
+
+
+class JsonErrorProtocol(web.RequestHandler):
+    """aiohttp's connection handler, answering in JSON what its parser refuses (400 for a request
+    line over 8 KiB or a header too large, 501...) and a failure outside every middleware (500):
+    aiohttp itself answers those in plain text, before any middleware could translate them."""
+
+    def data_received(self, data: bytes) -> None:
+        """A body its Content-Encoding cannot decode, found out only at its end, makes aiohttp's
+        parser fail after the request was handed over: aiohttp then queues an error for the
+        *next* request and the handler reading this body waits forever. The body is failed
+        instead, and its reader answers 400 (`errors_middleware`)."""
+        queued = len(self._messages)
+        super().data_received(data)
+        request = self._current_request
+        if request is None or request.content.is_eof():
+            return
+        for message, _ in list(self._messages)[queued:]:
+            if isinstance(message, _ErrInfo):
+                request.content.set_exception(RequestPayloadError(message.message))
+                return
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            # aiohttp logs it with its traceback, and raises when a response has begun.
+            super().handle_error(request, status, exc, message)
+            detail = "unexpected error; it has been logged"
+            resp = error_response(
+                status, "internal" if status == 500 else error_name(status), detail
+            )
+        else:
+            # A malformed request is the client's doing, and the internet sends plenty: one
+            # line, not an error with a traceback (Sentry would report each one).
+            log.info("request refused by the HTTP parser", status=status, detail=message)
+            if request.writer.output_size > 0:
+                raise ConnectionError("a response has begun; no error can be sent")
+            resp = error_response(status, error_name(status), message or "")
+        resp.force_close()
+        return resp
+
+
+class JsonErrorServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return JsonErrorProtocol(self, loop=self._loop, **self._kwargs)
+
+
+async def plain_errors_as_json(_: web.Request, response: web.StreamResponse) -> None:
+    """A plain-text error aiohttp answers itself after routing but outside every middleware
+    (417 for an unknown `Expect`) is rewritten as JSON as it is sent."""
+    if (
+        response.status >= 400
+        and isinstance(response, web.Response)
+        and response.content_type == "text/plain"
+    ):
+        body = msgspec.json.encode(
+            {"error": error_name(response.status), "detail": response.text or ""}
+        )
+        response.body = body
+        response.content_type = "application/json"
+        response.charset = None
+        # The headers were prepared for the text before this hook runs. The body of the request
+        # may be left unread: close, as errors_middleware does.
+        response.headers["Content-Length"] = str(len(body))
+        response.force_close()
+        response.headers["Connection"] = "close"
+
+
+def undecodable_header(request: BaseRequest) -> str | None:
+    """The name of a header whose value is not UTF-8, if any. aiohttp keeps such bytes as lone
+    surrogates, which fail wherever the value is encoded (an API key compared, a token verified,
+    an error text built, a value written to Redis)."""
+    for name, value in request.headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return name
+    return None
+
+
+def refusing_undecodable_headers(
+    handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+) -> Callable[[BaseRequest], Awaitable[web.StreamResponse]]:
+    """`handler` behind a check of the headers, before aiohttp's Expect handling, routing and
+    every middleware: no code of aiohttp's or ours meets a header that is not UTF-8."""
+
+    async def guarded(request: BaseRequest) -> web.StreamResponse:
+        bad = undecodable_header(request)
+        if bad is not None:
+            resp = error_response(400, "invalid_header", f"header {bad} is not UTF-8")
+            resp.force_close()  # its body, if any, is left unread
+            return resp
+        return await handler(request)
+
+    return guarded
+
+
+class JsonAppRunner(web.AppRunner):
+    """`web.AppRunner` whose answers are JSON even for the errors aiohttp answers itself: those
+    of its HTTP parser (`JsonErrorProtocol`), and those outside every middleware
+    (`plain_errors_as_json`); and that refuses headers that are not UTF-8 first of all."""
+
+    async def _make_server(self) -> web.Server:
+        self.app.on_response_prepare.append(plain_errors_as_json)
+        server = await super()._make_server()
+        server.request_handler = refusing_undecodable_headers(server.request_handler)
+        server.__class__ = JsonErrorServer  # same state, only the protocol it builds differs
+        return server

@@ -227,10 +227,17 @@ def request_id(msg_id: str, index: int) -> str:
     return f"{msg_id}_{index}"
 
 
+def is_decimal(text: str) -> bool:
+    """1 to 19 ASCII digits: what int() reads as a stream id part or an index. `str.isdigit()`
+    alone also takes "²" (which int() refuses) and any number of digits (int() refuses more
+    than 4300); a request id can come from a URL."""
+    return 0 < len(text) <= 19 and text.isascii() and text.isdigit()
+
+
 def split_request_id(rid: str) -> tuple[str, int] | None:
     """`<msg_id>_<index>` -> (msg_id, index); None when it is not one of ours."""
     msg_id, sep, index = rid.rpartition("_")
-    if not sep or not msg_id or not index.isdigit():
+    if not sep or not msg_id or not is_decimal(index):
         return None
     return msg_id, int(index)
 
@@ -238,4 +245,4 @@ def split_request_id(rid: str) -> tuple[str, int] | None:
 def accepted_ms(msg_id: str) -> int:
     """A message id is a stream entry ID, whose first part is the time it was accepted."""
     head = msg_id.split("-", 1)[0]
-    return int(head) if head.isdigit() else 0
+    return int(head) if is_decimal(head) else 0

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from common.errors import ConfigError
+from common.http import JsonAppRunner
 from common.logs import configure, get_logger
 from common.sentry import init_sentry
 from common.settings import Settings, check_role, load_settings
@@ -42,7 +43,7 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Start serving `app`; the caller owns the runner and calls `runner.cleanup()`."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = JsonAppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,6 +40,7 @@ from common.http import (
     HEALTH_PATHS,
     add_health_routes,
     auth_middleware,
+    decode_json,
     errors_middleware,
     json_response,
     read_body,
@@ -72,6 +74,7 @@ IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 MAX_SUPPRESSION_BODY = 64 * 1024
 MAX_PAGE = 1000
 MAX_REASON_CHARS = 64
+DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 def answer_for(valid: list[ValidMessage], ids: list[str] | None) -> dict[str, Any]:
@@ -228,7 +231,9 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
     raw = request.query.get(name, "")
     if not raw:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # ASCII digits only, and few enough for int(): str.isdigit() also takes "²", which int()
+    # refuses, and int() refuses more than 4300 digits.
+    if not DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
         raise InputError("invalid_parameter", f"{name} must be an integer in {low}..{high}")
     return int(raw)
 
@@ -262,10 +267,7 @@ async def put_suppression(request: web.Request) -> web.Response:
     body = await read_body(request, MAX_SUPPRESSION_BODY)
     reason, detail = "manual", ""
     if body.strip():
-        try:
-            data = msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
-            raise InputError("invalid_json", f"body is not valid JSON: {exc}") from exc
+        data = decode_json(body, msgspec.json.decode)
         if not isinstance(data, dict):
             raise InputError("invalid_type", "body must be a JSON object")
         reason = data.get("reason", reason)

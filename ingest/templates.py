@@ -19,6 +19,7 @@ import msgspec
 
 from common import scripts
 from common.errors import InputError
+from common.http import decode_json
 from common.keys import Keys
 from common.schema import MessageRequest
 from ingest.merge_data import check_data, check_placeholder_names
@@ -69,11 +70,7 @@ def check_name(name: str) -> str:
 def parse_body(body: bytes, limits: Limits) -> TemplateBody:
     """A PUT body `{"subject", "html", "text"?, "data"?}` (`content` is an alias of html),
     checked like a message's content."""
-    try:
-        obj = msgspec.json.decode(body)
-    # Not UTF-8 and nested too deeply are not DecodeErrors, but bad input all the same.
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError("invalid_json", f"body is not valid JSON: {exc}") from None
+    obj = decode_json(body, msgspec.json.decode)
     if not isinstance(obj, dict):
         raise InputError("invalid_type", "body must be a JSON object")
     unknown = sorted(set(obj) - _FIELDS)

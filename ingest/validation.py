@@ -43,6 +43,7 @@ import msgspec
 
 from common.addresses import InvalidMailbox, is_valid_address, normalise_mailbox
 from common.errors import InputError
+from common.http import decode_json
 from common.schema import Attachment, MessageRequest, Recipient
 from common.settings import Settings
 from ingest.attachments import check_attachments, message_bytes
@@ -310,6 +311,8 @@ def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -
 # --- the HTTP body ------------------------------------------------------------------------------
 
 _TOPIC_NAMES = ("topic_id", "topicId", "planId", "plan_id")
+_PLAN_NAMES = ("planId", "plan_id")
+MAX_PLAN_ID = 2**63 - 1  # a Go int64 / SQL BIGINT
 _SCHEDULE_NAMES = ("scheduled_at", "scheduledAt")
 _FLAG_NAMES = {
     "track_opens": ("track_opens", "trackOpens"),
@@ -408,14 +411,18 @@ def parse_extras(obj: dict[str, Any], where: str) -> dict[str, Any]:
 def parse_message(obj: Any, where: str, default_schedule: str | None) -> MessageRequest:
     if not isinstance(obj, dict):
         raise InputError("invalid_type", f"{where} must be an object")
-    topic = first_present(obj, _TOPIC_NAMES)
-    if topic is None:
+    name = next((n for n in _TOPIC_NAMES if obj.get(n) is not None), None)
+    if name is None:
         raise InputError("invalid_topic", f"{where}.topic_id is required")
-    # The Go seed's planId may be a number; a topic is a name, so keep its text.
-    if isinstance(topic, int) and not isinstance(topic, bool):
+    topic = obj[name]
+    # Types are strict, with one exception: the Go service's plans had integer ids, so its
+    # clients may send `"planId": 42`; a plan id is kept as its decimal text. `topic_id` and
+    # `topicId` are strings only.
+    if name in _PLAN_NAMES and type(topic) is int and 0 <= topic <= MAX_PLAN_ID:
         topic = str(topic)
     if not isinstance(topic, str):
-        raise wrong_type(where, "topic_id", "a string")
+        expected = "a string or a non-negative integer" if name in _PLAN_NAMES else "a string"
+        raise wrong_type(where, name, expected)
     extras = parse_extras(obj, where)
     content = parse_content(obj, where)
     flags: dict[str, Any] = {}
@@ -439,10 +446,7 @@ def parse_message(obj: Any, where: str, default_schedule: str | None) -> Message
 def parse_api_body(body: bytes, limits: Limits | None = None) -> list[MessageRequest]:
     """The message objects of a POST /v1/messages body, not yet validated; with `limits`, a
     body over the per-request counts is refused (413) before any message is looked at."""
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InputError("invalid_json", f"body is not valid JSON: {exc}") from exc
+    data = decode_json(body, msgspec.json.decode)
     if not isinstance(data, dict):
         raise InputError("invalid_type", "body must be a JSON object with 'messages'")
     messages = data.get("messages")

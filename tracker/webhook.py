@@ -27,7 +27,7 @@ from aiohttp import web
 
 from common.connection import redis_errors
 from common.errors import InputError
-from common.http import error_response, json_response, read_body
+from common.http import decode_json, error_response, json_response, read_body
 from common.logs import get_logger
 from common.suppression import entry
 
@@ -49,10 +49,10 @@ async def sns_webhook(request: web.Request) -> web.Response:
     tracker = request.app[TRACKER]
     body = await read_body(request, min(tracker.settings.max_request_bytes, MAX_BODY))
     try:
-        msg = sns.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        msg = decode_json(body, sns.decode, "not an SNS message: body", "malformed")
+    except InputError:
         tracker.metrics.sns_messages.labels("invalid", "malformed").inc()
-        raise InputError("malformed", f"not an SNS message: {exc}") from exc
+        raise
     kind = sns.message_type(msg)
     try:
         await tracker.verifier.verify(msg)
@@ -115,7 +115,7 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
         return json_response({"status": "ignored"})
     try:
         note = ses_events.decode(msg.message)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         metrics.sns_messages.labels("Notification", "malformed").inc()
         raise InputError("malformed", f"Message is not an SES event: {exc}") from exc
 

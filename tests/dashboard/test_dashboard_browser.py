@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -130,15 +131,14 @@ async def ses_ids(redis: Any, msg_id: str) -> list[str]:
 
 
 def tracking_links(stub: SesStub) -> dict[str, tuple[str, str]]:
-    """recipient -> (open pixel URL, click URL), read from the mail each recipient got (as the
-    stub renders it: a bulk call carries one template for many recipients)."""
+    """recipient -> (open pixel URL, click URL), read from the HTML SES received."""
     links = {}
     for to, mails in stub.mail.items():
         html = mails[-1].html
         pixel = re.search(r'src="([^"]*/v1/events/open\?t=[^"]+)"', html)
-        click = re.search(r'href="([^"]*/v1/events/click\?t=[^"]+)"', html)
+        click = re.search(r'href="([^"]*/v1/events/click\?[^"]+)"', html)
         assert pixel and click, html
-        links[to] = (pixel[1], click[1])
+        links[to] = (unescape(pixel[1]), unescape(click[1]))
     return links
 
 

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from apptest import AppTestServer
 
 from common.keys import Keys, PartitionKeys
 from common.settings import Settings
@@ -29,7 +30,7 @@ def api_client() -> Callable[[Settings], Any]:
 
     class Context:
         def __init__(self, settings: Settings) -> None:
-            self.client = TestClient(TestServer(create_app(settings)))
+            self.client = TestClient(AppTestServer(create_app(settings)))
 
         async def __aenter__(self) -> TestClient[Any, Any]:
             await self.client.start_server()

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from apptest import AppTestServer
 from helpers_stats import FAST, add_events, drained
 
 from common.aws import Quota
@@ -40,7 +41,7 @@ async def apply(settings: Settings, redis: Any, *events: Event, partition: int =
 
 
 async def serve(app: web.Application) -> TestClient[Any, Any]:
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    client: TestClient[Any, Any] = TestClient(AppTestServer(app))
     await client.start_server()
     return client
 

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from apptest import AppTestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 from snssign import SnsSigner, make_key_and_cert
 
@@ -37,7 +38,7 @@ def start_tracker() -> Callable[[Settings], Any]:
     """`async with start_tracker(settings) as client:` a TestClient on a fresh tracker app."""
 
     def start(settings: Settings) -> TestClient[Any, Any]:
-        return TestClient(TestServer(create_app(settings)))
+        return TestClient(AppTestServer(create_app(settings)))
 
     return start
 
