@@ -19,7 +19,7 @@ import html
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -99,7 +99,8 @@ class MessageTemplate:
     clicks: tuple[str, ...]  # tracked link targets, in order
     personal: tuple[tuple[int, str], ...]  # (n, target) with placeholders: its URL is key c<n>
     recipient_token: bool  # the template uses RECIPIENT_KEY (a pixel or a sealed link)
-    secret: bytes  # the tracking secret the link tokens are signed with
+    # the tracking secret the link tokens are signed with (kept out of any repr or log line)
+    secret: bytes = field(repr=False)
     base: str  # public_url, escaped for an HTML attribute
     defaults: Mapping[str, Any]  # the message's merge data
     constants: dict[str, str]  # the literal-brace keys the SES template uses
