@@ -4,6 +4,15 @@ A token is `<payload>.<mac>`, both base64url without padding: the payload is com
 MAC is HMAC-SHA256 under TRACKING_SECRET, truncated to 128 bits. A forged or altered token fails
 `verify()`; the tracker still answers (a pixel, a page) but counts nothing.
 
+Kinds: `o` the recipient's token (request id and topic: the open pixel's, and the recipient half
+of every click URL), `l` a link token (message id and target URL, signed once per message), `u`
+an unsubscribe token (request id, topic and address, only in that recipient's List-Unsubscribe).
+A click URL carries `<recipient token>~<link token>` (`CLICK_SEPARATOR`; `~` never occurs in a
+token), so signing costs one HMAC per recipient however many links the mail has; the tracker
+redirects only when both check out and name the same message. `c` (request id, topic and URL in
+one token) is what mail sent before carries, and what a link with the recipient's own values in
+its URL still gets; the tracker keeps accepting it.
+
 When TRACKING_SECRET is unset, one random secret is generated once and kept in Redis, so every
 process of a deployment signs and verifies with the same key.
 """
@@ -15,20 +24,19 @@ import functools
 import hashlib
 import hmac
 import secrets
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
-from common.keys import Keys
+from common.keys import Keys, split_request_id
 from common.settings import Settings
 
 MAC_BYTES = 16
 
 
 class Token(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    k: str  # kind: "o" open, "c" click, "u" unsubscribe
-    r: str  # request id: <msg_id>_<index>
+    k: str  # kind: "o" recipient (open), "l" link, "u" unsubscribe, "c" click (one token)
+    r: str  # request id <msg_id>_<index>; for a link token, the message id
     t: str = ""  # topic
     e: str = ""  # recipient address (unsubscribe)
     u: str = ""  # target URL (click)
@@ -48,8 +56,8 @@ def _unb64(text: str) -> bytes:
 
 @functools.lru_cache(maxsize=8)
 def _keyed(secret: bytes) -> Any:
-    """HMAC-SHA256 with the key already absorbed: a copy per token skips re-keying (a mail with
-    many tracked links signs one token per link)."""
+    """HMAC-SHA256 with the key already absorbed: a copy per token skips re-keying (a sender
+    signs one or two tokens per recipient)."""
     return hmac.new(secret, digestmod=hashlib.sha256)
 
 
@@ -60,31 +68,13 @@ def sign(secret: bytes, token: Token) -> str:
     return f"{_b64(payload)}.{_b64(mac.digest()[:MAC_BYTES])}"
 
 
-def link_part(url: str) -> tuple[bytes, str]:
-    """The end of a click token's payload for `url`, and its base64: once per link of a message
-    (see `click_tokens`)."""
-    tail = b',"u":' + _enc.encode(url) + b"}"
-    return tail, _b64(tail)
+CLICK_SEPARATOR = "~"
 
 
-def click_tokens(
-    secret: bytes, rid: str, topic: str, links: Sequence[tuple[bytes, str]]
-) -> list[str]:
-    """`sign(Token(k="c", r=rid, t=topic, u=url))` for each link's `link_part(url)`, at a fraction
-    of the cost: the payload is one JSON object, the recipient's part (padded with JSON spaces to
-    a multiple of 3 bytes, so that base64 strings concatenate) then the link's part; the HMAC
-    absorbs the recipient's part once. `verify` reads these tokens like any other."""
-    head = b'{"k":"c","r":' + _enc.encode(rid) + b',"t":' + _enc.encode(topic)
-    head += b" " * (-len(head) % 3)
-    keyed = _keyed(secret).copy()
-    keyed.update(head)
-    head64 = _b64(head)
-    tokens = []
-    for tail, tail64 in links:
-        mac = keyed.copy()
-        mac.update(tail)
-        tokens.append(f"{head64}{tail64}.{_b64(mac.digest()[:MAC_BYTES])}")
-    return tokens
+def link_token(secret: bytes, msg_id: str, url: str) -> str:
+    """The half of a click URL that seals its target for one message (once per link of a
+    message, when its template is compiled)."""
+    return sign(secret, Token(k="l", r=msg_id, u=url))
 
 
 def verify(secret: bytes, text: str) -> Token | None:
@@ -98,6 +88,24 @@ def verify(secret: bytes, text: str) -> Token | None:
         return _dec.decode(payload)
     except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
         return None
+
+
+def verify_click(secret: bytes, text: str) -> Token | None:
+    """A click's request id, topic and target URL (as a `c` token) when `text` is a valid
+    `<recipient>~<link>` pair of one message, or a valid `c` token; else None."""
+    person, sep, link = text.partition(CLICK_SEPARATOR)
+    if not sep:
+        token = verify(secret, text)
+        return token if token is not None and token.k == "c" else None
+    who = verify(secret, person)
+    where = verify(secret, link)
+    if who is None or where is None or who.k != "o" or where.k != "l":
+        return None
+    # the link must be sealed for the recipient's own message
+    parsed = split_request_id(who.r)
+    if parsed is None or parsed[0] != where.r:
+        return None
+    return Token(k="c", r=who.r, t=who.t, u=where.u)
 
 
 async def tracking_secret(settings: Settings, client: Any) -> bytes:

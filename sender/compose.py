@@ -5,9 +5,12 @@ header and tags.
 Content is the same for every recipient of a message, so it is compiled once per message into a
 `MessageTemplate`: each part (subject, HTML, text) as literal pieces with per-recipient keys
 between them (`sender.personalise`), which is also the inline template SES renders for a bulk
-call. A recipient then only costs their values, one signed token per tracking slot, and either
-a JSON object (SendBulkEmail's template data) or a join (SendEmail's Simple content); both give
-the same mail.
+call. Tracking is compiled in too: each tracked link's click URL is literal text in the template
+except for the recipient's token (`?t=<recipient>~<link token>`, the link token signed once per
+message), and so is the pixel's. A recipient then only costs their values, one signed token (two
+with List-Unsubscribe), and either a JSON object (SendBulkEmail's template data) or a join
+(SendEmail's Simple content); both give the same mail. A link whose URL holds the recipient's
+own values is the exception: it gets a token of its own per recipient (`c<n>`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import html
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -25,7 +28,7 @@ from common.addresses import normalise_mailbox
 from common.merge import MISSING, PLACEHOLDER, as_text, lookup, merged
 from common.schema import RID_TAG, TOPIC_TAG, Job, MessageContent
 from common.settings import Settings
-from common.tracking import Token, click_tokens, link_part, sign
+from common.tracking import CLICK_SEPARATOR, Token, link_token, sign
 from sender.personalise import CONSTANTS, Part, PartBuilder
 from sender.ses_client import Attachment, BulkEmail, BulkEntry, OutgoingEmail
 
@@ -37,6 +40,8 @@ TEMPLATE_CACHE_SIZE = 256
 # SES's limit for an inline template (subject, HTML and text together); a larger message goes
 # through SendEmail, one recipient per call.
 MAX_TEMPLATE_BYTES = 1_000_000
+# The template data key of the recipient's token (the pixel's, and every click URL's first half).
+RECIPIENT_KEY = "t"
 
 # A comment (skipped as a whole, so links inside it stay untouched) or an <a> start tag, whose
 # quoted attribute values may contain ">".
@@ -91,9 +96,11 @@ class MessageTemplate:
     html: Part
     text: Part | None  # None: an HTML-only message (stored before text parts existed)
     names: tuple[tuple[str, str], ...]  # (placeholder name, its key v<n>)
-    clicks: tuple[str, ...]  # tracked link targets; link n's click URL is key c<n>
-    links: tuple[tuple[bytes, str], ...]  # `link_part` of each target without placeholders
-    opens: bool  # the pixel's URL is key `o`
+    clicks: tuple[str, ...]  # tracked link targets, in order
+    personal: tuple[tuple[int, str], ...]  # (n, target) with placeholders: its URL is key c<n>
+    recipient_token: bool  # the template uses RECIPIENT_KEY (a pixel or a sealed link)
+    # the tracking secret the link tokens are signed with (kept out of any repr or log line)
+    secret: bytes = field(repr=False)
     base: str  # public_url, escaped for an HTML attribute
     defaults: Mapping[str, Any]  # the message's merge data
     constants: dict[str, str]  # the literal-brace keys the SES template uses
@@ -109,11 +116,12 @@ class MessageTemplate:
 
 
 def _html_part(
-    content: MessageContent, public_url: str, names: dict[str, str]
+    content: MessageContent, public_url: str, secret: bytes, names: dict[str, str]
 ) -> tuple[Part, tuple[str, ...]]:
     """The HTML part with its tracking slots: each tracked link's href value and the pixel."""
     text = content.html
     part = PartBuilder(names, escape_values=True)
+    base = html.escape(public_url, quote=True)
     clicks: list[str] = []
     cursor = 0
     if content.track_clicks:
@@ -129,17 +137,23 @@ def _html_part(
             if not trackable(url, public_url):
                 continue
             part.text(text[cursor : match.start() + start])
-            part.literal('"')
-            part.raw_key(f"c{len(clicks)}")
-            part.literal('"')
+            if "{{" in url:  # the recipient's values in the target: a token per recipient
+                part.literal('"')
+                part.raw_key(f"c{len(clicks)}")
+                part.literal('"')
+            else:
+                part.literal(f'"{base}{CLICK_PATH}?t=')
+                part.raw_key(RECIPIENT_KEY)
+                sealed = link_token(secret, content.msg_id, url)
+                part.literal(f'{CLICK_SEPARATOR}{html.escape(sealed, quote=True)}"')
             clicks.append(url)
             cursor = match.start() + end
     if content.track_opens:
         ends = list(_BODY_END.finditer(text, cursor))  # the last </body> wins
         at = ends[-1].start() if ends else len(text)
         part.text(text[cursor:at])
-        part.literal('<img src="')
-        part.raw_key("o")
+        part.literal(f'<img src="{base}{OPEN_PATH}?t=')
+        part.raw_key(RECIPIENT_KEY)
         part.literal('" width="1" height="1" alt="" style="display:none">')
         cursor = at
     part.text(text[cursor:])
@@ -170,11 +184,11 @@ def _attachments(raw: str) -> tuple[Attachment, ...]:
     )
 
 
-def build_template(content: MessageContent, public_url: str) -> MessageTemplate:
+def build_template(content: MessageContent, public_url: str, secret: bytes) -> MessageTemplate:
     names: dict[str, str] = {}
     subject = PartBuilder(names, escape_values=False)
     subject.text(content.subject)
-    html_part, clicks = _html_part(content, public_url, names)
+    html_part, clicks = _html_part(content, public_url, secret, names)
     text_part = None
     if content.text:
         builder = PartBuilder(names, escape_values=False)
@@ -195,8 +209,9 @@ def build_template(content: MessageContent, public_url: str) -> MessageTemplate:
         text=text_part,
         names=tuple(names.items()),
         clicks=clicks,
-        links=tuple(link_part(url) for url in clicks),
-        opens=content.track_opens,
+        personal=tuple((n, url) for n, url in enumerate(clicks) if "{{" in url),
+        recipient_token=RECIPIENT_KEY in html_part.keys,
+        secret=secret,
         base=html.escape(public_url, quote=True),
         defaults=_object(content.data),
         constants={key: CONSTANTS[key] for key in sorted(used)},
@@ -209,15 +224,20 @@ def build_template(content: MessageContent, public_url: str) -> MessageTemplate:
 _templates: OrderedDict[str, MessageTemplate] = OrderedDict()
 
 
-def template_for(content: MessageContent, public_url: str) -> MessageTemplate:
+def template_for(content: MessageContent, public_url: str, secret: bytes) -> MessageTemplate:
     """The message's template, built once per msg_id (a small LRU; a changed content or setting
     under the same id is noticed and rebuilt)."""
     cached = _templates.get(content.msg_id)
     # identity when the content cache serves the same object, else a field-wise compare
-    if cached is not None and cached.public_url == public_url and cached.content == content:
+    if (
+        cached is not None
+        and cached.public_url == public_url
+        and cached.secret == secret
+        and cached.content == content
+    ):
         _templates.move_to_end(content.msg_id)
         return cached
-    template = build_template(content, public_url)
+    template = build_template(content, public_url, secret)
     _templates[content.msg_id] = template
     if len(_templates) > TEMPLATE_CACHE_SIZE:
         _templates.popitem(last=False)
@@ -252,19 +272,13 @@ def merge_values(template: MessageTemplate, own: str) -> tuple[dict[str, str], M
 def tracking_values(
     template: MessageTemplate, secret: bytes, rid: str, topic: str, data: Mapping[str, Any]
 ) -> dict[str, str]:
-    base = template.base
+    """The recipient's token, and the click URL of each link with the recipient's values in it."""
     values: dict[str, str] = {}
-    if template.opens:
-        values["o"] = f"{base}{OPEN_PATH}?t={sign(secret, Token(k='o', r=rid, t=topic))}"
-    if not template.clicks:
-        return values
-    click = f"{base}{CLICK_PATH}?t="
-    tokens = click_tokens(secret, rid, topic, template.links)
-    for n, url in enumerate(template.clicks):
-        if "{{" in url:  # a link with the recipient's values in it: its own payload
-            url = _personal_url(url, data)
-            tokens[n] = sign(secret, Token(k="c", r=rid, t=topic, u=url))
-        values[f"c{n}"] = click + tokens[n]
+    if template.recipient_token:
+        values[RECIPIENT_KEY] = sign(secret, Token(k="o", r=rid, t=topic))
+    for n, url in template.personal:
+        token = sign(secret, Token(k="c", r=rid, t=topic, u=_personal_url(url, data)))
+        values[f"c{n}"] = f"{template.base}{CLICK_PATH}?t={token}"
     return values
 
 
@@ -357,9 +371,9 @@ def compose(settings: Settings, secret: bytes, content: MessageContent, job: Job
     tags: tuple[tuple[str, str], ...] = ((RID_TAG, tag_value(rid)),)
     if topic_tag := tag_value(topic):
         tags += ((TOPIC_TAG, topic_tag),)
-    template = template_for(content, settings.public_url)
+    template = template_for(content, settings.public_url, secret)
     values, data = merge_values(template, job.data)
-    if template.opens or template.clicks:
+    if template.recipient_token or template.personal:
         values |= tracking_values(template, secret, rid, topic, data)
     return Email(
         template=template,

@@ -3,12 +3,12 @@ between them, and the same part in SES's inline-template syntax (Handlebars).
 
 A part is compiled once per message. The data keys are sesflow's own, never the user's names:
 `v<n>` for the n-th merge placeholder (its value already looked up and turned to text), and the
-tracking keys the caller adds (`o`, `c<n>`). So SES only ever sees flat, plain keys, and a name
+tracking keys the caller adds (`t`, `c<n>`). So SES only ever sees flat, plain keys, and a name
 Handlebars would read otherwise (`this`, `2024`, `else`) cannot change the mail.
 
 SES escapes `{{key}}` in every part, so the HTML part uses `{{v<n>}}` (values appear as text, never
 as markup) and the subject and text parts `{{{v<n>}}}` (values as they are). Tracking URLs are
-built HTML-safe by sesflow and go in raw (`{{{o}}}`). The user's own text must stay literal: a
+built HTML-safe by sesflow and go in raw (`{{{t}}}`). The user's own text must stay literal: a
 `{` that would touch another `{` becomes `{{{lb}}}` (value `{`), and a `\\` right before a
 mustache becomes `{{{bs}}}` (value `\\`), since `\\{{` and `\\\\{{` are Handlebars escapes, and a
 `}` right after `{{v<n>}}` becomes `{{{rb}}}` (`{{x}}}` does not parse).

@@ -81,6 +81,12 @@ class Grant:
         return time.monotonic() - self.at > self.tolerance
 
 
+def _hand_out(grants: list[tuple[asyncio.Future[Grant | None], Grant]]) -> None:
+    for waiter, grant in grants:
+        if not waiter.done():  # its job was cancelled meanwhile
+            waiter.set_result(grant)
+
+
 @dataclass(frozen=True, slots=True)
 class BucketStatus:
     tokens: float  # tokens available now (0 while paused)
@@ -137,8 +143,8 @@ class RateLimiter:
             if grant is None:
                 return None
             delay = grant.at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)  # our booked slot: at most MAX_RESERVE_MS ahead
+            if delay > 0:  # handed out a little early (timer resolution): wait for the slot
+                await asyncio.sleep(delay)
             if not grant.late():
                 return grant
             metrics.JOBS.labels("late_slot").inc()
@@ -163,6 +169,9 @@ class RateLimiter:
                     first, interval = float(reply[1]) / 1000, float(reply[2]) / 1000
                     step = min(GATHER_S, GATHER_SLOTS * interval)
                     slot = 0
+                    # The jobs of one grid point are woken by one timer, at their slot: one
+                    # wake-up per job, not a grant now and a sleep of its own until the slot.
+                    due: dict[float, list[tuple[asyncio.Future[Grant | None], Grant]]] = {}
                     while slot < count and self._waiters:
                         waiter = self._waiters.popleft()
                         if not waiter.done():
@@ -173,10 +182,13 @@ class RateLimiter:
                                 tolerance = (
                                     LATE_S if interval >= DENSE_INTERVAL_S else IMMEDIATE_LATE_S
                                 )
-                                waiter.set_result(Grant(at, tolerance))
+                                due.setdefault(at, []).append((waiter, Grant(at, tolerance)))
                             else:
                                 waiter.set_result(Grant(asked, IMMEDIATE_LATE_S))
                             slot += 1
+                    loop = asyncio.get_running_loop()
+                    for at, grants in due.items():
+                        loop.call_at(at, _hand_out, grants)
                     continue
                 delay = min(int(reply[1]) / 1000, MAX_POLL_S) * random.uniform(0.8, 1.2)
                 if stop is None:

@@ -1,6 +1,6 @@
 """An async SESv2 `SendEmail` / `SendBulkEmail` client for the send path: botocore's credential
-chain and SigV4 signer, one keep-alive aiohttp pool, msgspec JSON. boto3 costs ~4x the client
-CPU per call, so it stays on the control plane (`common.aws`).
+chain, a lean SigV4 signer (`sender.sigv4`), one keep-alive aiohttp pool, msgspec JSON. boto3
+costs ~4x the client CPU per call, so it stays on the control plane (`common.aws`).
 
 The client never retries. Every failure becomes one of the `common.errors.Ses*` classes, told
 apart by what the caller must do about it; above all, whether the request may have reached SES
@@ -43,8 +43,6 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
 from botocore.session import Session as BotocoreSession
 from yarl import URL
@@ -61,6 +59,7 @@ from common.errors import (
     SesTransient,
 )
 from common.settings import Settings
+from sender.sigv4 import Signer, canonical_path
 
 SEND_PATH = "/v2/email/outbound-emails"
 BULK_PATH = "/v2/email/outbound-bulk-emails"
@@ -605,6 +604,8 @@ class SesClient:
         if self._url.scheme not in {"http", "https"} or not self._url.raw_host:
             raise ConfigError(f"SES_ENDPOINT_URL must be an http(s) URL, not {self.url!r}")
         self.host = _host_header(self._url)
+        self._path = canonical_path(self.url)
+        self._bulk_path = canonical_path(self.bulk_url)
         self.credentials = resolve_credentials(settings)
         self.max_connections = max_connections
         connect = min(settings.ses_timeout, MAX_CONNECT_TIMEOUT)
@@ -616,7 +617,7 @@ class SesClient:
             sock_read=settings.ses_timeout,
         )
         self._session: aiohttp.ClientSession | None = None
-        self._signer: SigV4Auth | None = None
+        self._signer: Signer | None = None
         self._signer_for: ReadOnlyCredentials | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -635,7 +636,7 @@ class SesClient:
             )
         return self._session
 
-    async def _current_signer(self) -> SigV4Auth:
+    async def _current_signer(self) -> Signer:
         credentials = self.credentials
         if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
             # A refresh may call STS or instance metadata: keep it off the event loop.
@@ -643,21 +644,13 @@ class SesClient:
         else:
             frozen = credentials.get_frozen_credentials()
         if self._signer is None or frozen != self._signer_for:
-            self._signer = SigV4Auth(frozen, SIGNING_SERVICE, self.region)
+            self._signer = Signer(frozen, SIGNING_SERVICE, self.region, self.host)
             self._signer_for = frozen
         return self._signer
 
-    def _signed_headers(self, signer: SigV4Auth, body: bytes, url: str) -> dict[str, str]:
-        # Host given up front spares botocore parsing the URL twice per signature; it is the
-        # value aiohttp would send. User-Agent is never signed, so it is added afterwards.
-        request = AWSRequest(
-            method="POST",
-            url=url,
-            data=body,
-            headers={"Host": self.host, "Content-Type": "application/json"},
-        )
-        signer.add_auth(request)
-        headers = dict(request.headers.items())
+    def _signed_headers(self, signer: Signer, body: bytes, url: str) -> dict[str, str]:
+        # Host is the value aiohttp would send. User-Agent is never signed.
+        headers = signer.headers(self._bulk_path if url == self.bulk_url else self._path, body)
         headers["User-Agent"] = USER_AGENT
         return headers
 

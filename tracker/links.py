@@ -1,6 +1,7 @@
 """Recipient-facing endpoints: the open pixel, click redirects and unsubscribes.
 
-Every link carries a token signed with the tracking secret (`common.tracking`). A forged or
+Every link carries a token signed with the tracking secret (`common.tracking`; a click carries
+the recipient's token and the link's, or, in older mail, one token for both). A forged or
 altered token is never counted: the pixel is still served (a broken image helps nobody), a click
 gets 400 (never a redirect to a URL the token does not seal), an unsubscribe gets a 400 page.
 """
@@ -21,7 +22,7 @@ from common.keys import split_request_id
 from common.logs import get_logger
 from common.schema import Event, EventType
 from common.suppression import entry
-from common.tracking import Token, verify
+from common.tracking import Token, verify, verify_click
 
 from . import pages
 from .context import TRACKER, Tracker
@@ -33,13 +34,16 @@ MAX_UNSUBSCRIBE_BODY = 64 * 1024
 
 
 async def checked_token(tracker: Tracker, text: str, kind: str) -> Token | None:
-    """The token when it is signed by us and of this kind. Raises RedisUnavailable when the
-    secret is kept in Redis and could not be read yet."""
+    """The token when it is signed by us and of this kind (for "c", a click: either form of
+    `common.tracking.verify_click`). Raises RedisUnavailable when the secret is kept in Redis
+    and could not be read yet."""
     if not text:
         return None
     secret = await tracker.secret.get()
     if secret is None:
         raise RedisUnavailable("tracking secret not loaded yet")
+    if kind == "c":
+        return verify_click(secret, text)
     token = verify(secret, text)
     return token if token is not None and token.k == kind else None
 

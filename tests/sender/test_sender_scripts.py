@@ -372,20 +372,43 @@ async def test_a_job_woken_too_late_books_a_new_slot(
 ) -> None:
     """A stall longer than LATE_S past a reserved slot: that slot is not used, the job takes the
     next one, and the drop is counted (sesflow_sends_total{outcome="late_slot"})."""
-    import asyncio
 
-    from sender import metrics
+    from sender import metrics, rate_limit
 
     rl = limiter(redis, make_settings, EMAIL_RATE="20", EMAIL_BURST="1")
     assert await rl.acquire()  # the burst token: the next one is a reservation
-    real_sleep = asyncio.sleep
+    real_hand_out = rate_limit._hand_out
     stalls = [0.1]
 
-    async def stalled_sleep(delay: float) -> None:
-        await real_sleep(delay + (stalls.pop() if stalls else 0.0))  # the process stalls once
+    def stalled_hand_out(grants: Any) -> None:
+        time.sleep(stalls.pop() if stalls else 0.0)  # the process stalls once, at the slot
+        real_hand_out(grants)
 
-    monkeypatch.setattr(asyncio, "sleep", stalled_sleep)  # the slot wait in RateLimiter.acquire
+    monkeypatch.setattr(rate_limit, "_hand_out", stalled_hand_out)  # the slot's wake-up
     before = metrics.JOBS.labels("late_slot")._value.get()
     grant = await rl.acquire()
     assert grant is not None and not grant.late()
     assert metrics.JOBS.labels("late_slot")._value.get() == before + 1
+
+
+async def test_the_jobs_of_a_grid_point_wake_once_at_their_slot(
+    redis: Any, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reserved slots are handed out at their time by one timer per grid point: a waiting job
+    wakes once, at its slot, rather than on the grant and again after a sleep of its own."""
+    import asyncio
+
+    rl = limiter(redis, make_settings, EMAIL_RATE="200", EMAIL_BURST="1")
+    real_sleep = asyncio.sleep
+    sleeps: list[float] = []
+
+    async def counted_sleep(delay: float, *args: Any) -> Any:
+        sleeps.append(delay)
+        return await real_sleep(delay, *args)
+
+    monkeypatch.setattr(asyncio, "sleep", counted_sleep)
+    grants = [g for g in await asyncio.gather(*(rl.acquire() for _ in range(20))) if g]
+    woke = time.monotonic()
+    assert len(grants) == 20
+    assert [d for d in sleeps if d > 0.001] == []  # nobody slept until its own slot
+    assert all(g.at <= woke + 0.001 for g in grants)  # and nobody was handed a slot early

@@ -378,3 +378,29 @@ async def test_graceful_stop_finishes_in_flight_calls_and_leaves_nothing_infligh
 
 async def fake_ses_calls(ses: FakeSes, count: int) -> bool:
     return sum(ses.calls.values()) >= count
+
+
+async def test_a_reader_takes_half_its_share_as_soon_as_it_is_free() -> None:
+    """A busy reader (fewer than `least` slots free) waits for more, up to `linger`, and goes as
+    soon as it has `least`: it reads ~half its share at a time, not a few jobs per 10 ms."""
+    import asyncio
+    import time
+
+    from sender.worker import Slots
+
+    slots = Slots(64)
+    assert slots.try_take(60) == 60  # 4 free
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, slots.give, 10)
+    loop.call_later(0.1, slots.give, 20)
+    loop.call_later(0.15, slots.give, 30)
+    started = time.monotonic()
+    taken = await slots.take(64, asyncio.Event(), least=32, linger=2.0)
+    assert taken == 34  # 4 + 10 + 20: `least` reached
+    assert time.monotonic() - started < 1.0  # well before the linger ran out
+    # with no more slots coming, the linger bounds the wait
+    started = time.monotonic()
+    await asyncio.sleep(0.1)
+    assert slots.free == 30
+    assert await slots.take(64, asyncio.Event(), least=64, linger=0.1) == 30
+    assert 0.09 <= time.monotonic() - started - 0.1 < 1.0

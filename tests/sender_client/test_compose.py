@@ -11,13 +11,13 @@ import pytest
 
 from common.schema import Job, MessageContent
 from common.settings import Settings
-from common.tracking import Token, verify
+from common.tracking import Token, verify, verify_click
 from sender import compose as compose_module
 from sender.compose import compose, tag_value
 
 SECRET = b"compose-secret"
 PUBLIC = "https://track.example.com"
-CLICK = re.compile(r"https://track\.example\.com/v1/events/click\?t=([A-Za-z0-9_.-]+)")
+CLICK = re.compile(r"https://track\.example\.com/v1/events/click\?t=([A-Za-z0-9_.~-]+)")
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def token_of(url: str) -> Token:
 def click_targets(html: str) -> list[str]:
     targets = []
     for match in CLICK.finditer(html):
-        token = verify(SECRET, match.group(1))
+        token = verify_click(SECRET, match.group(1))
         assert token is not None and token.k == "c" and token.r == "1732461234567-0_7"
         targets.append(token.u)
     return targets
@@ -125,10 +125,51 @@ def test_tokens_differ_per_recipient_and_the_template_is_reused(settings: Settin
     assert first.html != second.html
     assert click_targets(first.html) == ["https://a.example"]
     cached = compose_module._templates[message.msg_id]
-    assert compose_module.template_for(message, PUBLIC) is cached
+    assert compose_module.template_for(message, PUBLIC, SECRET) is cached
     # Same id, other content: rebuilt, never served stale.
     changed = content('<a href="https://b.example">B</a>', track_clicks=True)
     assert click_targets(compose(settings, SECRET, changed, JOB).html) == ["https://b.example"]
+    assert compose_module.template_for(message, PUBLIC, SECRET) is not cached
+
+
+def test_one_token_per_recipient_however_many_links(settings: Settings) -> None:
+    """A click URL is `?t=<recipient token>~<link token>`: the link half is signed once per
+    message (the same in every recipient's mail), the recipient half is the pixel's token. A
+    recipient's own template data is that one token, not one signed URL per link."""
+    links = "".join(f'<a href="https://shop.example/item/{n}">{n}</a>' for n in range(40))
+    message = content(
+        f"<p>{{{{name}}}}</p>{links}", track_clicks=True, track_opens=True, unsubscribe=True
+    )
+    first = compose(settings, SECRET, message, JOB)
+    second = compose(settings, SECRET, message, Job(msg_id=JOB.msg_id, index=8, email="b@x.org"))
+    for email, rid in ((first, "1732461234567-0_7"), (second, "1732461234567-0_8")):
+        assert set(email.values) == {"v0", "t"}
+        pixel = re.search(r'<img src="([^"]+)"', email.html)
+        assert pixel is not None
+        recipient = parse_qs(urlsplit(pixel.group(1)).query)["t"][0]
+        assert verify(SECRET, recipient) == Token(k="o", r=rid, t="news")
+        pairs = [m.group(1).split("~") for m in CLICK.finditer(email.html)]
+        assert len(pairs) == 40 and all(person == recipient for person, _ in pairs)
+        assert [verify(SECRET, link) for _, link in pairs] == [
+            Token(k="l", r=JOB.msg_id, u=f"https://shop.example/item/{n}") for n in range(40)
+        ]
+    assert [m.group(1).split("~")[1] for m in CLICK.finditer(first.html)] == [
+        m.group(1).split("~")[1] for m in CLICK.finditer(second.html)
+    ]
+    # SES gets the link tokens once, in the template; each entry only its own token
+    assert first.template_data() == f'{{"v0":"{{{{name}}}}","t":"{first.values["t"]}"}}'
+
+
+def test_a_link_with_the_recipients_values_gets_its_own_token(settings: Settings) -> None:
+    html = '<a href="https://a.example/?u={{uid}}">A</a><a href="https://b.example/">B</a>'
+    message = content(html, track_clicks=True, data='{"uid": "u7"}')
+    email = compose(settings, SECRET, message, JOB)
+    assert click_targets(email.html) == ["https://a.example/?u=u7", "https://b.example/"]
+    personal = CLICK.findall(email.html)[0]
+    assert "~" not in personal
+    assert verify(SECRET, personal) == Token(
+        k="c", r="1732461234567-0_7", t="news", u="https://a.example/?u=u7"
+    )
 
 
 def test_unsubscribe_headers_follow_rfc_8058(make_settings: Callable[..., Settings]) -> None:

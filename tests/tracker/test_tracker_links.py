@@ -16,7 +16,7 @@ from common.embedded import free_port
 from common.keys import Keys
 from common.settings import Settings
 from common.suppression import SuppressionList
-from common.tracking import Token, sign
+from common.tracking import Token, link_token, sign
 from tracker.pages import PIXEL
 
 SECRET = b"test-tracking-secret"  # the TRACKING_SECRET of the test settings
@@ -143,9 +143,30 @@ async def test_click_redirects_to_its_sealed_url_and_is_unique_once(
     assert (await stream_events(redis, P0.events))[-1].unique is True
 
 
+async def test_click_of_a_recipient_token_and_a_link_token(
+    tracker: TestClient[Any, Any], redis: Any
+) -> None:
+    """New mail: `t=<recipient token>~<link token>`; the link token seals the URL for the
+    message, the recipient token names who clicked. Mail sent before keeps its `c` tokens
+    (the test above)."""
+    url = "https://shop.example.com/offer?id=7&utm_source=mail"
+    text = f"{token('o', 3)}~{link_token(SECRET, MSG, url)}"
+    resp = await tracker.get("/v1/events/click", params={"t": text}, allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"] == url
+    [event] = await stream_events(redis, P0.events)
+    assert (event.type, event.index, event.topic, event.url) == ("clicked", 3, TOPIC, url)
+
+
 @pytest.mark.parametrize(
     "text",
     [
+        f"{token('o', 0)}~{link_token(SECRET, '1732461234568-0', 'https://evil.example/')}",
+        f"{token('o', 0)}~{link_token(b'other', MSG, 'https://evil.example/')}",
+        f"{token('o', 0)}~{tampered(link_token(SECRET, MSG, 'https://a.example/'), u='https://evil.example/')}",
+        f"{token('u', 0, e='a@example.com')}~{link_token(SECRET, MSG, 'https://a.example/')}",
+        f"{token('o', 0)}~{link_token(SECRET, MSG, 'javascript:alert(1)')}",
+        f"{token('o', 0)}~",
         tampered(token("c", 0, u="https://example.com/a"), u="https://evil.example/"),
         token("c", 0, secret=b"other", u="https://evil.example/"),
         token("o", 0),  # an open token carries no URL

@@ -93,14 +93,30 @@ def test_env_example_lists_every_setting_and_parses() -> None:
     assert load_settings({}, str(example)) == Settings()
 
 
-def test_click_tokens_verify_as_the_tokens_sign_makes() -> None:
-    from common.tracking import Token, click_tokens, link_part, sign, verify
+def test_a_click_is_a_recipient_token_and_a_link_token_of_the_same_message() -> None:
+    from common.tracking import Token, link_token, sign, verify_click
 
     secret = b"click-secret"
-    urls = ['https://a.example/x?y=1&z="2"', "https://b.example/ü", ""]
-    for rid, topic in (("1-0_7", "news"), ("12-0_1234", ""), ("1-0_1", "t✓")):
-        tokens = click_tokens(secret, rid, topic, [link_part(u) for u in urls])
-        for url, token in zip(urls, tokens, strict=True):
-            assert verify(secret, token) == Token(k="c", r=rid, t=topic, u=url)
-            assert verify(b"other", token) is None
-        assert verify(secret, sign(secret, Token(k="c", r=rid, t=topic, u=urls[0]))) is not None
+    url = 'https://a.example/x?y=1&z="2"'
+    person = sign(secret, Token(k="o", r="1-0_7", t="news"))
+    link = link_token(secret, "1-0", url)
+    assert verify_click(secret, f"{person}~{link}") == Token(k="c", r="1-0_7", t="news", u=url)
+    # mail sent before: one token for both, still a click
+    old = sign(secret, Token(k="c", r="1-0_7", t="news", u=url))
+    assert verify_click(secret, old) == Token(k="c", r="1-0_7", t="news", u=url)
+    refused = [
+        f"{person}~{link_token(secret, '2-0', url)}",  # sealed for another message
+        f"{person}~{link_token(b'other', '1-0', url)}",
+        f"{sign(secret, Token(k='u', r='1-0_7', e='a@b.c'))}~{link}",  # not a recipient token
+        f"{sign(secret, Token(k='o', r='1-0'))}~{link}",  # not a request id
+        f"{link}~{person}",
+        f"{person}~{person}",
+        f"{person}~",
+        person,  # a recipient token alone seals no URL
+        link,
+        f"{old}~{link}",
+        "",
+        "~",
+    ]
+    for text in refused:
+        assert verify_click(secret, text) is None, text
