@@ -2,8 +2,11 @@
 
 CSV: the column named `email` (any case), else the first column holding an address (the first
 column when none does); a header row is optional (a first row without any `@` is taken as
-one). Comma, semicolon and tab separators work.
-JSON: a list of address strings, or of objects with an `email` key.
+one). Comma, semicolon and tab separators work. With a header row, every other column is the
+recipient's merge data, named by its header (`{{first_name}}`); an empty cell is left out, so
+the message's default applies (or the API lists the recipient as missing it).
+JSON: a list of address strings, or of objects with an `email` key; an object's `data` object,
+else its other keys, are the recipient's merge data.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from common.addresses import is_valid_address
 
@@ -28,6 +32,15 @@ class Recipients:
     emails: list[str] = field(default_factory=list)
     invalid: list[tuple[int, str]] = field(default_factory=list)  # (line or position, value)
     duplicates: int = 0
+    # Each address's own merge data, in the order of `emails` ({} when none).
+    data: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def personalised(self) -> bool:
+        return any(self.data)
+
+
+Row = tuple[int, str, dict[str, Any]]  # (line or position, address, merge data)
 
 
 def read_bytes(path: str) -> bytes:
@@ -46,7 +59,7 @@ def is_json(path: str, text: str) -> bool:
     return path.lower().endswith(".json") or text.lstrip().startswith(("[", "{"))
 
 
-def json_values(text: str) -> list[tuple[int, str]]:
+def json_values(text: str) -> list[Row]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -55,17 +68,23 @@ def json_values(text: str) -> list[tuple[int, str]]:
         data = data["emails"]
     if not isinstance(data, list):
         raise RecipientsError("JSON recipients must be a list of addresses or of {'email': ...}")
-    values: list[tuple[int, str]] = []
+    values: list[Row] = []
     for n, item in enumerate(data, start=1):
+        own: dict[str, Any] = {}
         if isinstance(item, dict):
+            nested = item.get("data")
+            if isinstance(nested, dict):
+                own = nested
+            else:
+                own = {k: v for k, v in item.items() if k not in {"email", "Email"}}
             item = item.get("email", item.get("Email"))
         if not isinstance(item, str):
             raise RecipientsError(f"JSON item {n} is not an address nor an object with 'email'")
-        values.append((n, item))
+        values.append((n, item, own))
     return values
 
 
-def csv_values(text: str) -> list[tuple[int, str]]:
+def csv_values(text: str) -> list[Row]:
     sample = text[:8192]
     try:
         dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
@@ -74,16 +93,29 @@ def csv_values(text: str) -> list[tuple[int, str]]:
     rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text), dialect), 1) if any(row)]
     if not rows:
         return []
-    names = [cell.strip().lower() for cell in rows[0][1]]
-    if "email" in names:
-        column = names.index("email")
-        rows = rows[1:]
+    header = [cell.strip() for cell in rows[0][1]]
+    names: list[str] = []
+    if "email" in [name.lower() for name in header]:
+        column = [name.lower() for name in header].index("email")
+        names, rows = header, rows[1:]
     else:
         if not any("@" in cell for cell in rows[0][1]):
-            rows = rows[1:]  # a header naming its columns otherwise
+            names, rows = header, rows[1:]  # a header naming its columns otherwise
         probe = rows[0][1] if rows else []
         column = next((i for i, cell in enumerate(probe) if "@" in cell), 0)
-    return [(n, row[column] if column < len(row) else "") for n, row in rows]
+    return [
+        (n, row[column] if column < len(row) else "", row_data(names, row, column))
+        for n, row in rows
+    ]
+
+
+def row_data(names: list[str], row: list[str], column: int) -> dict[str, Any]:
+    """The other cells of a row, named by the header; empty cells and unnamed columns left out."""
+    return {
+        name: cell
+        for i, (name, cell) in enumerate(zip(names, row, strict=False))
+        if i != column and name and cell != ""
+    }
 
 
 def parse(path: str, data: bytes) -> Recipients:
@@ -94,7 +126,7 @@ def parse(path: str, data: bytes) -> Recipients:
     values = json_values(text) if is_json(path, text) else csv_values(text)
     out = Recipients()
     seen: set[str] = set()
-    for where, raw in values:
+    for where, raw, own in values:
         address = raw.strip()
         if not is_valid_address(address):
             out.invalid.append((where, raw))
@@ -105,4 +137,5 @@ def parse(path: str, data: bytes) -> Recipients:
             continue
         seen.add(folded)
         out.emails.append(address)
+        out.data.append(own)
     return out

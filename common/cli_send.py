@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
+import json
+import mimetypes
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -38,8 +42,9 @@ from common.cli_stats import read_topic, topic_table
 from common.errors import InputError
 from common.keys import Keys
 from common.producer import enqueue
-from common.schema import MessageRequest
+from common.schema import Attachment, MessageRequest, Recipient
 from common.settings import Settings
+from ingest.templates import stand_in
 from ingest.validation import Limits, format_schedule, parse_schedule, validate_message
 from stats.queries import FINAL_FIELDS
 
@@ -50,6 +55,14 @@ Recipients: CSV (the column named `email`, else the first column holding an addr
 row is optional; `,` `;` or tab separated) or JSON (a list of addresses or of objects with an
 `email` key). FILE `-` reads standard input. Invalid addresses are listed and left out before
 anything is sent (--strict refuses to send instead); duplicates are sent once.
+
+Personalisation: the other columns of a CSV with a header row (the other keys of a JSON object,
+or its `data` object) are each recipient's merge data: `{{first_name}}` in the subject, HTML or
+text is replaced by that recipient's value (empty cells are left out; a placeholder some
+recipient cannot fill is refused before anything is sent; --data gives defaults for every
+recipient). --template NAME uses a stored
+template (PUT /v1/templates/NAME) instead of --subject / --html / --text. --text gives the
+plain-text part (generated from the HTML otherwise), --reply-to and --attach may be repeated.
 
 The recipients are enqueued through the ingest API (POST /v1/messages), one message per
 --batch recipients, with API_KEY (x-api-key) or a JWT_SECRET token when those are set. Every
@@ -70,6 +83,8 @@ examples:
   sesflow send list.json --topic promo --subject Sale --html sale.html --at "2024-06-01 09:00:00"
   sesflow send list.csv --topic reminder --subject Reminder --html r.html --at +2h --no-follow
   cut -d, -f3 export.csv | sesflow send - --topic t --subject S --html m.html --direct
+  sesflow send people.csv --topic spring --template welcome --reply-to help@example.com \
+      --attach terms.pdf      # people.csv: email,first_name,code -> {{first_name}}, {{code}}
 
 exit status: 0 when enqueued (and, when following, finished); 2 for bad input; 3 when ingest,
 Redis or the stats API cannot be reached; 130 after Ctrl-C."""
@@ -89,9 +104,42 @@ def register(sub: Any) -> None:
     )
     p.add_argument("file", metavar="FILE", help="recipients: .csv or .json file, or - for stdin")
     p.add_argument("--topic", required=True, help="topic (campaign) name, used by stats and cancel")
-    p.add_argument("--subject", required=True, help="the subject line")
+    p.add_argument("--subject", help="the subject line (required without --template)")
     p.add_argument(
-        "--html", required=True, metavar="FILE", help="file holding the HTML body (UTF-8)"
+        "--html",
+        metavar="FILE",
+        help="file holding the HTML body (UTF-8; required without --template)",
+    )
+    p.add_argument(
+        "--text",
+        metavar="FILE",
+        help="file holding the plain-text part (default: generated from the HTML)",
+    )
+    p.add_argument(
+        "--template",
+        metavar="NAME",
+        help="a stored template (PUT /v1/templates/NAME) instead of --subject/--html/--text",
+    )
+    p.add_argument(
+        "--reply-to",
+        dest="reply_to",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a Reply-To address (repeat for several, at most 10)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="JSON",
+        help='merge defaults for every recipient, a JSON object: \'{"first_name": "there"}\' '
+        "(a recipient's own columns win)",
+    )
+    p.add_argument(
+        "--attach",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="attach a file (repeat for several; content type guessed from the name)",
     )
     p.add_argument(
         "--at",
@@ -167,14 +215,59 @@ def resolve_when(text: str | None, now: float | None = None) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Content:
+    """What every batch's message carries besides its recipients."""
+
+    html: str = ""
+    text: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    data: dict[str, Any] | None = None  # merge defaults for every recipient
+
+
+def read_content(args: argparse.Namespace) -> Content:
+    """--html, --text and --attach files (OSError / UnicodeDecodeError when unreadable), and
+    --data; InputError for a missing or conflicting option."""
+    if args.template:
+        given = [f"--{name}" for name in ("subject", "html", "text") if getattr(args, name)]
+        if given:
+            raise InputError("usage", f"--template gives the content: leave out {', '.join(given)}")
+    elif not args.subject or not args.html:
+        raise InputError("usage", "--subject and --html are required (or --template NAME)")
+    html = Path(args.html).read_text(encoding="utf-8") if args.html else ""
+    text = Path(args.text).read_text(encoding="utf-8") if args.text else None
+    attachments = tuple(
+        Attachment(
+            filename=Path(path).name,
+            content=base64.b64encode(Path(path).read_bytes()).decode(),
+            content_type=mimetypes.guess_type(path)[0] or "application/octet-stream",
+        )
+        for path in args.attach
+    )
+    data = None
+    if getattr(args, "data", None):
+        try:
+            data = json.loads(args.data)
+        except json.JSONDecodeError as exc:
+            raise InputError("usage", f"--data is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InputError("usage", '--data must be a JSON object, e.g. {"first_name": "there"}')
+    return Content(html=html, text=text, attachments=attachments, data=data)
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     index: int
     message: MessageRequest
     key: str  # Idempotency-Key
 
 
-def plan(args: argparse.Namespace, data: bytes, recipients: Recipients, html: str) -> list[Batch]:
+def plan(
+    args: argparse.Namespace, data: bytes, recipients: Recipients, content: Content | str
+) -> list[Batch]:
     """One message per --batch recipients, each with its Idempotency-Key."""
+    if isinstance(content, str):
+        content = Content(html=content)
+    template = getattr(args, "template", None)
     digest = hashlib.sha256()
     for part in (data, args.topic.encode(), str(args.batch).encode()):
         digest.update(part)
@@ -183,16 +276,31 @@ def plan(args: argparse.Namespace, data: bytes, recipients: Recipients, html: st
     scheduled = resolve_when(args.at)
     batches = []
     for n, start in enumerate(range(0, len(recipients.emails), args.batch)):
+        emails = recipients.emails[start : start + args.batch]
+        listed: dict[str, Any] = {"emails": emails}
+        if recipients.personalised:
+            own = recipients.data[start : start + args.batch]
+            listed = {
+                "recipients": [
+                    Recipient(email=email, data=data or None)
+                    for email, data in zip(emails, own, strict=True)
+                ]
+            }
         message = MessageRequest(
             topic_id=args.topic,
-            emails=recipients.emails[start : start + args.batch],
-            subject=args.subject,
-            content=html,
+            subject="" if template else args.subject,
+            content=content.html,
+            text=content.text,
+            template=template,
             scheduled_at=scheduled,
             track_opens=not args.no_track_opens,
             track_clicks=args.track_clicks,
             unsubscribe=not args.no_unsubscribe,
             from_email=args.from_email,
+            reply_to=list(getattr(args, "reply_to", None) or []),
+            attachments=list(content.attachments),
+            data=content.data,
+            **listed,
         )
         batches.append(Batch(n, message, f"sesflow-send-{run_id}-{n}"))
     return batches
@@ -222,19 +330,14 @@ class Enqueued:
 
 
 def message_body(message: MessageRequest) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "topic_id": message.topic_id,
-        "emails": message.emails,
-        "subject": message.subject,
-        "content": message.content,
-        "track_opens": message.track_opens,
-        "track_clicks": message.track_clicks,
-        "unsubscribe": message.unsubscribe,
-    }
-    if message.scheduled_at:
-        body["scheduled_at"] = message.scheduled_at
-    if message.from_email:
-        body["from_email"] = message.from_email
+    """The POST body: the message as the API reads it (fields left at their default omitted)."""
+    body: dict[str, Any] = msgspec.to_builtins(message)
+    # The flags are always spelt out, as the older clients did.
+    body.update(
+        track_opens=message.track_opens,
+        track_clicks=message.track_clicks,
+        unsubscribe=message.unsubscribe,
+    )
     return {"messages": [body]}
 
 
@@ -284,7 +387,7 @@ async def enqueue_http(
 ) -> Enqueued:
     url = base_url.rstrip("/") + "/v1/messages"
     done = Enqueued()
-    task = progress.add_task("enqueueing", total=sum(len(b.message.emails) for b in batches))
+    task = progress.add_task("enqueueing", total=sum(b.message.recipient_count for b in batches))
     timeout = aiohttp.ClientTimeout(total=120, sock_connect=5)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         for batch in batches:
@@ -294,7 +397,7 @@ async def enqueue_http(
             else:
                 done.recipients += count
             done.messages += 1
-            progress.advance(task, len(batch.message.emails))
+            progress.advance(task, batch.message.recipient_count)
     return done
 
 
@@ -302,12 +405,12 @@ async def enqueue_direct(
     client: Any, keys: Keys, batches: list[Batch], progress: Progress
 ) -> Enqueued:
     done = Enqueued()
-    task = progress.add_task("enqueueing", total=sum(len(b.message.emails) for b in batches))
+    task = progress.add_task("enqueueing", total=sum(b.message.recipient_count for b in batches))
     for batch in batches:
         await enqueue(client, keys, batch.message)
-        done.recipients += len(batch.message.emails)
+        done.recipients += batch.message.recipient_count
         done.messages += 1
-        progress.advance(task, len(batch.message.emails))
+        progress.advance(task, batch.message.recipient_count)
     return done
 
 
@@ -394,9 +497,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     try:
         data = read_bytes(args.file)
         recipients = parse(args.file, data)
-        html = Path(args.html).read_text(encoding="utf-8")
+        content = read_content(args)
     except (RecipientsError, OSError, UnicodeDecodeError) as exc:
         fail(str(exc))
+        return EXIT_USAGE
+    except InputError as exc:
+        fail(exc.detail)
         return EXIT_USAGE
     report_recipients(out, recipients)
     if not recipients.emails:
@@ -409,9 +515,12 @@ def cmd_send(args: argparse.Namespace) -> int:
         fail(f"--batch must be between 1 and MAX_RECIPIENTS ({settings.max_recipients})")
         return EXIT_USAGE
     try:
-        batches = plan(args, data, recipients, html)
-        # The API's own checks (topic, subject, content, sizes, schedule, sender), before any I/O.
-        validate_message(batches[0].message, Limits.from_settings(settings), strict=True)
+        batches = plan(args, data, recipients, content)
+        # The API's own checks (topic, subject, content, sizes, schedule, sender, merge data,
+        # attachments), before any I/O; a template's content is checked by ingest.
+        limits = Limits.from_settings(settings)
+        for batch in batches:
+            validate_message(stand_in(batch.message), limits, strict=True)
     except InputError as exc:
         fail(exc.detail or exc.error)
         return EXIT_USAGE

@@ -3,6 +3,8 @@ boundary, so that the rest of the code decides on meaning, not on library classe
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SesflowError(Exception):
     """Base class of every error sesflow raises on purpose."""
@@ -17,13 +19,17 @@ class RedisUnavailable(SesflowError):
 
 
 class InputError(SesflowError):
-    """Client input is invalid. Carries the HTTP status and the JSON error body."""
+    """Client input is invalid. Carries the HTTP status and the JSON error body; `extra` adds
+    structured fields beside `error` and `detail` (say, the recipients a placeholder misses)."""
 
-    def __init__(self, error: str, detail: str = "", status: int = 400) -> None:
+    def __init__(
+        self, error: str, detail: str = "", status: int = 400, extra: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{error}: {detail}" if detail else error)
         self.error = error
         self.detail = detail
         self.status = status
+        self.extra = extra or {}
 
 
 # --- SES outcomes, told apart by what sesflow must do about them -----------------------------

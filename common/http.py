@@ -64,9 +64,14 @@ def json_response(
 
 
 def error_response(
-    status: int, error: str, detail: str = "", headers: dict[str, str] | None = None
+    status: int,
+    error: str,
+    detail: str = "",
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> web.Response:
-    return json_response({"error": error, "detail": detail}, status=status, headers=headers)
+    body = {**(extra or {}), "error": error, "detail": detail}
+    return json_response(body, status=status, headers=headers)
 
 
 def unavailable_response() -> web.Response:
@@ -121,7 +126,7 @@ async def answer_or_error(request: web.Request, handler: Handler) -> web.StreamR
     try:
         return await handler(request)
     except InputError as exc:
-        return error_response(exc.status, exc.error, exc.detail)
+        return error_response(exc.status, exc.error, exc.detail, extra=exc.extra)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

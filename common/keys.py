@@ -5,6 +5,9 @@ Layout (prefix `sesflow` by default):
     {sesflow:g}:requests              stream of message requests (group `dispatch`)
     {sesflow:g}:requests:dead         requests that failed validation, with the reason
     {sesflow:g}:idem:<key>            Idempotency-Key answers for POST /v1/messages
+    {sesflow:g}:template:<name>       hash: a stored template's versions ("<n>" -> JSON), with
+                                      `version` (current n), `current` (its JSON), `updated_ms`
+    {sesflow:g}:templates             zset: template names (score 0, in name order)
     {sesflow:rate}                    the one shared rate limiter (hash)
     {sesflow:sup}:suppressed          suppression list (hash email -> JSON reason)
     sesflow:sesid:<SES MessageId>     SES MessageId -> request id, for feedback correlation
@@ -184,6 +187,13 @@ class Keys:
 
     def idempotency(self, key: str) -> str:
         return f"{{{self.prefix}:g}}:idem:{key}"
+
+    def template(self, name: str) -> str:
+        return f"{{{self.prefix}:g}}:template:{name}"
+
+    @property
+    def templates(self) -> str:
+        return f"{{{self.prefix}:g}}:templates"
 
     @property
     def rate(self) -> str:

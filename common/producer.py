@@ -8,16 +8,23 @@ with `<prefix>` = REDIS_PREFIX (default `sesflow`, so the stream is `{sesflow:g}
 `<JSON>` an object with the fields of `common.schema.MessageRequest`:
 
     {"topic_id": "newsletter-2024-01",          required, <= 200 characters
-     "emails": ["a@example.com", ...],           required, 1..MAX_RECIPIENTS addresses
-     "subject": "January", "content": "<p>...</p>",   required (content is HTML)
+     "emails": ["a@example.com", ...],           1..MAX_RECIPIENTS addresses, with "recipients"
+     "recipients": [{"email": "b@example.com", "data": {"name": "B"}}],   with their merge data
+     "subject": "Hi {{name}}", "content": "<p>...</p>",   required (content is HTML) unless
+     "template": "welcome",                      a stored template gives them
+     "text": "...", "data": {"name": "you"},     optional: text part, merge defaults
+     "reply_to": [...], "headers": {...}, "attachments": [{"filename", "content_type",
+     "content" (base64)}],                       optional (see the README's message model)
      "scheduled_at": "2024-01-01T09:00:00Z",     optional: RFC 3339 or "YYYY-MM-DD HH:MM:SS" (UTC)
      "track_opens": true, "track_clicks": false, "unsubscribe": true,   optional
      "from_email": "News <news@example.com>"}    optional, a verified SES identity
 
 The entry ID that Redis assigns is the message id (`msg_id`); its first part is the time the
 message was accepted. The dispatcher validates the entry: invalid addresses are dropped (and
-counted as `rejected`), a message that cannot be sent at all goes to `{<prefix>:g}:requests:dead`
-with the reason. Unlike the HTTP API, nothing is checked here before the XADD.
+counted as `rejected`), a message that cannot be sent at all (bad data, a placeholder some
+recipient cannot fill, an unknown template...) goes to `{<prefix>:g}:requests:dead` with the
+reason. Unlike the HTTP API, nothing is checked here before the XADD; a template is resolved
+when the dispatcher takes the entry.
 """
 
 from __future__ import annotations

@@ -24,17 +24,34 @@ RID_TAG = "sesflow-rid"
 TOPIC_TAG = "sesflow-topic"
 
 
-class MessageRequest(msgspec.Struct, frozen=True, kw_only=True):
+class Recipient(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One recipient with their own merge data (over the message's `data`)."""
+
+    email: str
+    data: dict[str, Any] | None = None
+
+
+class Attachment(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A file sent with every recipient's mail; `content` is base64."""
+
+    filename: str
+    content: str
+    content_type: str = ""
+
+
+class MessageRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One message: a subject and HTML content for a list of recipients of one topic.
 
     This is what producers XADD onto the `requests` stream (as JSON in the field `message`) and
-    what the HTTP API turns each element of `messages[]` into.
+    what the HTTP API turns each element of `messages[]` into. Either `subject` and `content`
+    (and optionally `text`) or a stored `template` give the content; `emails` and/or
+    `recipients` (addresses with their own merge data) the recipients.
     """
 
     topic_id: str
-    emails: list[str]
-    subject: str
-    content: str
+    emails: list[str] = msgspec.field(default_factory=list)
+    subject: str = ""
+    content: str = ""
     # RFC 3339 or "YYYY-MM-DD HH:MM:SS" (UTC); None or empty = send now.
     scheduled_at: str | None = None
     track_opens: bool = True
@@ -43,6 +60,20 @@ class MessageRequest(msgspec.Struct, frozen=True, kw_only=True):
     unsubscribe: bool = True
     # Optional sender override (must be a verified SES identity).
     from_email: str | None = None
+    # The plain-text part; None = generated from the HTML when the message is accepted.
+    text: str | None = None
+    # Merge data for every recipient (a recipient's own data wins, key by key).
+    data: dict[str, Any] | None = None
+    recipients: list[Recipient] = msgspec.field(default_factory=list)
+    # A stored template (PUT /v1/templates/{name}) instead of subject/content/text.
+    template: str | None = None
+    reply_to: list[str] = msgspec.field(default_factory=list)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    attachments: list[Attachment] = msgspec.field(default_factory=list)
+
+    @property
+    def recipient_count(self) -> int:
+        return len(self.emails) + len(self.recipients)
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):

@@ -102,7 +102,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_issuer: str = ""
     # Serve ingest and stats on a non-loopback BIND_HOST without API_KEY or JWT_SECRET.
     allow_unauthenticated: bool = False
-    max_request_bytes: int = 10 * 1024 * 1024
+    # Room for one message of MAX_MESSAGE_BYTES (its attachments) plus the JSON around it.
+    max_request_bytes: int = 48 * 1024 * 1024
     # One POST is one transaction: these bound its size (and its idempotency record).
     max_messages_per_request: int = 1000
     max_recipients_per_request: int = 100_000
@@ -111,6 +112,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_recipients: int = 50_000
     max_subject_bytes: int = 998
     max_content_bytes: int = 5 * 1024 * 1024
+    # One data object (a message's defaults, or one recipient's own), as compact JSON.
+    max_data_bytes: int = 16 * 1024
+    # SESv2's limit on a whole message, attachments included, after base64 encoding (40 MB).
+    max_message_bytes: int = 40 * 1024 * 1024
     content_ttl: int = 14 * 24 * 3600
     idempotency_ttl: int = 24 * 3600
 

@@ -7,6 +7,8 @@
     GET    /v1/suppressions/{email}     one entry, 404 when not suppressed
     PUT    /v1/suppressions/{email}     suppress by hand (body: {"reason", "detail"}, optional)
     DELETE /v1/suppressions/{email}     remove from the list, 404 when it was not there
+    PUT|GET|DELETE /v1/templates/{name}, GET /v1/templates   stored templates
+                                        (see `ingest.templates_api`)
     GET    /health                      readiness: 503 when Redis does not answer PING
     GET    /livez                       liveness: no Redis (neither needs credentials)
     GET    /metrics                     Prometheus metrics (never needs credentials)
@@ -45,13 +47,22 @@ from common.http import (
 )
 from common.keys import Keys
 from common.producer import entry_fields
-from common.schema import REQUEST_FIELD, encode
+from common.schema import REQUEST_FIELD, MessageRequest, encode
 from common.settings import Settings
 from common.suppression import SuppressionList, entry, normalise
 from ingest import metrics
 from ingest.compat import PUBLIC_PATHS, add_compat_routes
 from ingest.idempotency import Claim, IdempotencyStore, Prior, body_hash, check_key
-from ingest.validation import Limits, ValidMessage, check_topic, validate_body
+from ingest.templates import TemplateStore
+from ingest.templates_api import TEMPLATES, add_template_routes
+from ingest.validation import (
+    Limits,
+    ValidMessage,
+    check_topic,
+    in_message,
+    parse_api_body,
+    validate_all,
+)
 
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", Keys)
@@ -69,12 +80,12 @@ DIGITS = re.compile(r"[0-9]{1,20}")
 def answer_for(valid: list[ValidMessage], ids: list[str] | None) -> dict[str, Any]:
     """The 202 body; `ids` None while they are not known yet (see ingest.idempotency)."""
     return {
-        "count": sum(len(v.request.emails) for v in valid),
+        "count": sum(v.count for v in valid),
         "messages": [
             {
                 "id": ids[n] if ids is not None else None,
                 "topic_id": v.request.topic_id,
-                "count": len(v.request.emails),
+                "count": v.count,
                 "scheduled_at": v.request.scheduled_at,
             }
             for n, v in enumerate(valid)
@@ -88,10 +99,10 @@ async def post_messages(request: web.Request) -> web.Response:
     addresses are dropped later by the dispatcher and counted as `suppressed`)."""
     app = request.app
     body = await read_body(request, app[SETTINGS].max_request_bytes)
-    valid = validate_body(body, Limits.from_settings(app[SETTINGS]))
+    messages = parse_api_body(body, Limits.from_settings(app[SETTINGS]))
     key_header = request.headers.get("Idempotency-Key")
     if key_header is None:
-        return json_response(await enqueue(app, valid), status=202)
+        return json_response(await enqueue(app, await accept(app, messages)), status=202)
 
     store = app[IDEMPOTENCY]
     claim = await store.begin(app[KEYS].idempotency(check_key(key_header)), body_hash(body))
@@ -99,6 +110,9 @@ async def post_messages(request: web.Request) -> web.Response:
         return replay(claim)
     try:
         async with store.keep_alive(claim):
+            # Stored templates are read once the key is claimed: a retry of an accepted request
+            # gets its answer again even when a template it names has changed or gone since.
+            valid = await accept(app, messages)
             written = await store.commit(
                 claim,
                 app[KEYS].requests,
@@ -118,6 +132,18 @@ async def post_messages(request: web.Request) -> web.Response:
     return json_response(answer, status=202)
 
 
+async def accept(app: web.Application, messages: list[MessageRequest]) -> list[ValidMessage]:
+    """Copy the stored templates the messages name into them (now: this is the moment they are
+    accepted), then validate all of them strictly."""
+    resolved = []
+    for n, message in enumerate(messages):
+        try:
+            resolved.append(await app[TEMPLATES].resolve(message))
+        except InputError as exc:
+            raise in_message(n, exc) from exc
+    return validate_all(resolved, Limits.from_settings(app[SETTINGS]))
+
+
 def replay(prior: Prior) -> web.Response:
     return json_response(prior.answer, status=prior.status, headers={"Idempotent-Replayed": "true"})
 
@@ -134,7 +160,7 @@ async def enqueue(app: web.Application, valid: list[ValidMessage]) -> dict[str, 
 
 def accepted(valid: list[ValidMessage], ids: list[str]) -> dict[str, Any]:
     metrics.MESSAGES_ACCEPTED.inc(len(valid))
-    metrics.RECIPIENTS_ACCEPTED.inc(sum(len(v.request.emails) for v in valid))
+    metrics.RECIPIENTS_ACCEPTED.inc(sum(v.count for v in valid))
     return answer_for(valid, ids)
 
 
@@ -286,6 +312,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/suppressions/{email}", get_suppression)
     app.router.add_put("/v1/suppressions/{email}", put_suppression)
     app.router.add_delete("/v1/suppressions/{email}", delete_suppression)
+    add_template_routes(app, settings)
     add_compat_routes(app, settings)
     return app
 
@@ -299,6 +326,7 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     app[CANCEL] = scripts.register(client, "cancel")
     app[SUPPRESSIONS] = SuppressionList(client, app[KEYS])
     app[IDEMPOTENCY] = IdempotencyStore(client, app[SETTINGS].idempotency_ttl)
+    app[TEMPLATES] = TemplateStore(client, app[KEYS])
     try:
         yield
     finally:

@@ -1,7 +1,10 @@
 """The dispatcher: consumer group `dispatch` on `requests`, one job per recipient.
 
-For each entry it validates the message with the API's own code (`ingest.validation`, lenient
-mode: invalid addresses are dropped and counted `rejected`), drops suppressed recipients, and runs
+For each entry it applies the stored template the message names (its current version: for an
+entry XADDed by a producer, this is when it is accepted), validates the message with the API's
+own code (`ingest.validation`, lenient mode: invalid addresses are dropped and counted
+`rejected`; anything else invalid, such as a placeholder some recipient cannot fill, dead-letters
+the whole entry), drops suppressed recipients, and runs
 `dispatch.lua` per chunk of at most `CHUNK` recipients, which stores the content once and queues
 the jobs on `sends` (or on the schedule), idempotently. Only then is the entry acknowledged, so a
 crash at any point means redelivery, and redelivery changes nothing that was already done.
@@ -35,13 +38,15 @@ from common.connection import (
     wait_for_redis,
 )
 from common.errors import InputError, RedisUnavailable
-from common.keys import DISPATCH_GROUP, Keys
+from common.keys import DISPATCH_GROUP, Keys, accepted_ms
 from common.logs import get_logger
 from common.schema import (
     EVENT_FIELD,
     REQUEST_FIELD,
     Event,
     EventType,
+    MessageContent,
+    MessageRequest,
     decode_request,
     encode,
 )
@@ -49,6 +54,7 @@ from common.settings import Settings
 from common.streams import trim_acknowledged
 from common.suppression import SuppressionList
 from ingest import metrics
+from ingest.templates import TemplateStore
 from ingest.validation import Limits, ValidMessage, listed, validate_message
 
 log = get_logger(__name__)
@@ -62,6 +68,28 @@ RECLAIM_INTERVAL = 10.0
 TRIM_INTERVAL = 30.0
 RESTART_PAUSE = 1.0
 DEAD_MAXLEN = 100_000  # dead letters kept for inspection (approximate cap)
+
+
+def content_of(msg_id: str, valid: ValidMessage) -> MessageContent:
+    """What dispatch.lua stores once per message (`total` is counted by the script)."""
+    request = valid.request
+    return MessageContent(
+        msg_id=msg_id,
+        topic=request.topic_id,
+        subject=request.subject,
+        html=request.content,
+        from_email=request.from_email or "",
+        track_opens=request.track_opens,
+        track_clicks=request.track_clicks,
+        unsubscribe=request.unsubscribe,
+        total=0,
+        accepted_ms=accepted_ms(msg_id),
+        text=request.text or "",
+        data=valid.data,
+        reply_to=tuple(request.reply_to),
+        headers=valid.headers,
+        attachments=valid.attachments,
+    )
 
 
 def dispatcher_client(settings: Settings) -> Any:
@@ -87,12 +115,13 @@ class Dispatcher:
         self.suppressions = SuppressionList(client, keys)
         self.script = scripts.register(client, "dispatch")
         self.reject_once = scripts.register(client, "reject_once")
+        self.templates = TemplateStore(client, keys)
         self.inflight: set[asyncio.Task[None]] = set()
         self.reclaim_cursor = "0-0"
 
     # --- one entry ------------------------------------------------------------------------------
 
-    def validate(self, fields: dict[str, str]) -> ValidMessage:
+    async def validate(self, entry_id: str, fields: dict[str, str]) -> ValidMessage:
         """The entry's message, validated; InputError says why it cannot be sent."""
         raw = fields.get(REQUEST_FIELD)
         if raw is None:
@@ -107,15 +136,40 @@ class Dispatcher:
             raise InputError("invalid_type", str(exc)) from exc
         except msgspec.DecodeError as exc:
             raise InputError("invalid_json", str(exc)) from exc
+        if message.template is not None:
+            message = await self.with_template(entry_id, message)
         return validate_message(message, self.limits, strict=False)
+
+    async def with_template(self, msg_id: str, message: MessageRequest) -> MessageRequest:
+        """The template's content copied into the message. When a previous attempt already
+        stored the content (a redelivery after a crash), that copy is used: the template may
+        have changed or gone since, and every chunk must send the same mail."""
+        p = self.keys.for_message(msg_id)
+        subject, html, text, data, dispatched = await self.client.hmget(
+            p.message(msg_id), "subject", "html", "text", "data", "dispatched"
+        )
+        if dispatched is None or subject is None or html is None:
+            return await self.templates.resolve(message)
+        defaults = msgspec.json.decode(data) if data else None
+        return msgspec.structs.replace(
+            message, template=None, subject=subject, content=html, text=text, data=defaults
+        )
 
     async def handle(self, entry_id: str, fields: dict[str, str]) -> None:
         """Dispatch or dead-letter one entry, then XACK. Redis errors propagate (the entry stays
         pending and is reclaimed); any other failure dead-letters it."""
         try:
-            valid = self.validate(fields)
+            valid = await self.validate(entry_id, fields)
         except InputError as exc:
             await self.dead_letter(entry_id, fields, exc.error, exc.detail)
+            return
+        except (*UNAVAILABLE, RedisUnavailable, asyncio.CancelledError):
+            raise  # reading a template: left pending, retried
+        except ResponseError as exc:
+            if transient_reply(exc):
+                raise RedisUnavailable(str(exc)) from exc
+            log.exception("validation failed", msg_id=entry_id)
+            await self.dead_letter(entry_id, fields, "internal", f"{type(exc).__name__}: {exc}")
             return
         except Exception as exc:  # a validation bug must not leave a poison entry pending
             log.exception("validation failed", msg_id=entry_id)
@@ -151,16 +205,9 @@ class Dispatcher:
             p.stop(request.topic_id),
             p.events,
         ]
-        emails = request.emails
+        emails, own_data = valid.emails, valid.own_data
         rejected_detail = f"invalid addresses: {listed(valid.invalid)}" if valid.invalid else ""
-        content = [
-            request.subject,
-            request.content,
-            request.from_email or "",
-            "1" if request.track_opens else "0",
-            "1" if request.track_clicks else "0",
-            "1" if request.unsubscribe else "0",
-        ]
+        content = [part for pair in content_of(msg_id, valid).to_hash().items() for part in pair]
         head = [
             msg_id,
             0,
@@ -170,16 +217,19 @@ class Dispatcher:
             len(emails),
             len(valid.invalid),
             rejected_detail,
+            SCHEDULE_CHUNK,
         ]
         first = int(await self.client.hget(p.message(msg_id), "dispatched") or 0)
         while first < len(emails):
             chunk = emails[first : first + CHUNK]
             suppressed = await self.suppressions.suppressed_among(chunk)
-            addresses = ["" if email in suppressed else email for email in chunk]
+            recipients: list[str] = []
+            for email, data in zip(chunk, own_data[first : first + CHUNK], strict=True):
+                recipients += ["", ""] if email in suppressed else [email, data]
             head[1] = first
-            body = content if first == 0 else [""] * len(content)
+            body = content if first == 0 else []
             marker, outcome = await self.script(
-                keys=script_keys, args=[*head, *body, SCHEDULE_CHUNK, *addresses]
+                keys=script_keys, args=[*head, len(body) // 2, *body, *recipients]
             )
             log.debug("dispatched chunk", msg_id=msg_id, first=first, outcome=outcome)
             first = int(marker)
@@ -192,7 +242,7 @@ class Dispatcher:
         topic, recipients = "", 1
         try:
             message = decode_request(fields.get(REQUEST_FIELD, "").encode("utf-8"))
-            topic, recipients = message.topic_id[:200], len(message.emails) or 1
+            topic, recipients = message.topic_id[:200], message.recipient_count or 1
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeEncodeError):
             pass
         log.warning("request dead-lettered", msg_id=entry_id, reason=reason, detail=detail[:300])

@@ -11,9 +11,12 @@ Two entry points feed it:
   `from_email` (or their camelCase spellings).
 * the dispatcher decodes an entry of `requests` with `common.schema.decode_request`.
 
-Both then call `validate_message`, which checks the topic, subject, content, sizes, schedule and
-every address, and returns the message normalised (addresses trimmed, duplicates dropped keeping
-the first, schedule rewritten as RFC 3339 UTC).
+Both then call `validate_message` (after `ingest.templates` copied in the stored template a
+message names), which checks the topic, subject, content, sizes, schedule, every address, the
+merge data and placeholders (`ingest.merge_data`), reply-to, headers (`ingest.custom_headers`)
+and attachments (`ingest.attachments`), fills in the text part (`ingest.text_part`), and returns
+the message normalised (addresses trimmed, duplicates dropped keeping the first, schedule
+rewritten as RFC 3339 UTC, every recipient listed in `recipients` when any came that way).
 
 Policy for invalid addresses:
 
@@ -23,7 +26,10 @@ Policy for invalid addresses:
 * the dispatcher (`strict=False`, entries XADDed by producers, nobody to answer) keeps the valid
   addresses and reports the invalid ones, which it records as one `rejected` event.
 
-Duplicates (compared case-insensitively) are never an error: the first spelling is kept.
+Duplicates (compared case-insensitively) are never an error: the first entry is kept, spelling
+and data; `recipients` are read before `emails`. Anything else that is invalid (data, a
+placeholder some kept recipient cannot fill, headers, attachments...) rejects the whole message
+in both modes: sending part of a personalised message, or an altered one, is never what was meant.
 """
 
 from __future__ import annotations
@@ -38,11 +44,16 @@ import msgspec
 from common.addresses import InvalidMailbox, is_valid_address, normalise_mailbox
 from common.errors import InputError
 from common.http import decode_json
-from common.schema import MessageRequest
+from common.schema import Attachment, MessageRequest, Recipient
 from common.settings import Settings
+from ingest.attachments import check_attachments, message_bytes
+from ingest.custom_headers import check_headers
+from ingest.merge_data import check_data, check_placeholder_names, check_resolves
+from ingest.text_part import html_to_text
 
 MAX_TOPIC_CHARS = 200
 MAX_LISTED_ERRORS = 20
+MAX_REPLY_TO = 10
 LATEST_SCHEDULE_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 _SCHEDULE = re.compile(
@@ -56,6 +67,8 @@ class Limits:
     max_recipients: int
     max_subject_bytes: int
     max_content_bytes: int
+    max_data_bytes: int = 16 * 1024
+    max_message_bytes: int = 40 * 1024 * 1024
     # Per POST: one request is one transaction and one idempotency record.
     max_messages: int = 1000
     max_request_recipients: int = 100_000
@@ -66,6 +79,8 @@ class Limits:
             max_recipients=settings.max_recipients,
             max_subject_bytes=settings.max_subject_bytes,
             max_content_bytes=settings.max_content_bytes,
+            max_data_bytes=settings.max_data_bytes,
+            max_message_bytes=settings.max_message_bytes,
             max_messages=settings.max_messages_per_request,
             max_request_recipients=settings.max_recipients_per_request,
         )
@@ -74,12 +89,25 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class ValidMessage:
     """A message that passed validation, normalised; `invalid` lists the addresses dropped
-    (always empty in strict mode) and `duplicates` how many repeated addresses were dropped."""
+    (always empty in strict mode) and `duplicates` how many repeated addresses were dropped.
+
+    `emails` are the recipients kept, in order (the job index is the position), `own_data` each
+    one's own merge data as compact JSON ("" when none). The other fields are the content-hash
+    forms of the message's parts (see `common.schema.MessageContent`)."""
 
     request: MessageRequest
     due_ms: int | None
     invalid: list[str] = field(default_factory=list)
     duplicates: int = 0
+    emails: list[str] = field(default_factory=list)
+    own_data: list[str] = field(default_factory=list)
+    data: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    attachments: str = ""
+
+    @property
+    def count(self) -> int:
+        return len(self.emails)
 
 
 def parse_schedule(value: str | None) -> int | None:
@@ -141,35 +169,82 @@ def listed(items: list[str]) -> str:
     return f"{shown} and {more} more" if more > 0 else shown
 
 
-def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -> ValidMessage:
-    """Check one message; raises InputError when it cannot be sent at all (see module doc)."""
-    topic = check_topic(message.topic_id)
-    subject = message.subject
+def check_subject(subject: str, limits: Limits, where: str = "subject") -> None:
     if not subject.strip():
-        raise InputError("invalid_subject", "subject is required")
+        raise InputError("invalid_subject", f"{where} is required")
     if len(subject.encode()) > limits.max_subject_bytes:
-        raise InputError("invalid_subject", f"subject exceeds {limits.max_subject_bytes} bytes")
+        raise InputError("invalid_subject", f"{where} exceeds {limits.max_subject_bytes} bytes")
     if "\r" in subject or "\n" in subject:
-        raise InputError("invalid_subject", "subject must not contain line breaks")
-    if not message.content.strip():
-        raise InputError("invalid_content", "content is required")
-    if len(message.content.encode()) > limits.max_content_bytes:
-        raise InputError("invalid_content", f"content exceeds {limits.max_content_bytes} bytes")
-    if not message.emails:
-        raise InputError("no_recipients", "emails must list at least one address")
-    if len(message.emails) > limits.max_recipients:
+        raise InputError("invalid_subject", f"{where} must not contain line breaks")
+
+
+def check_body(html: str, limits: Limits, where: str = "content") -> None:
+    if not html.strip():
+        raise InputError("invalid_content", f"{where} is required")
+    if len(html.encode()) > limits.max_content_bytes:
+        raise InputError("invalid_content", f"{where} exceeds {limits.max_content_bytes} bytes")
+
+
+def check_text(text: str | None, html: str, limits: Limits) -> str:
+    """The text part: as given, or generated from the HTML when absent or blank."""
+    if text is None or not text.strip():
+        return html_to_text(html)
+    if len(text.encode()) > limits.max_content_bytes:
+        raise InputError("invalid_text", f"text exceeds {limits.max_content_bytes} bytes")
+    return text
+
+
+def check_reply_to(addresses: list[str]) -> list[str]:
+    if len(addresses) > MAX_REPLY_TO:
+        raise InputError(
+            "invalid_reply_to", f"{len(addresses)} reply_to addresses; at most {MAX_REPLY_TO}"
+        )
+    kept: list[str] = []
+    for raw in addresses:
+        # One mailbox each, parsed as strictly as from_email (see common.addresses).
+        try:
+            kept.append(normalise_mailbox(raw))
+        except InvalidMailbox as exc:
+            raise InputError("invalid_reply_to", f"reply_to {raw[:100]!r} {exc}") from exc
+    return kept
+
+
+def all_recipients(message: MessageRequest) -> list[tuple[str, dict[str, Any] | None]]:
+    """`recipients` first (they carry data), then `emails`."""
+    listed_first = [(r.email, r.data) for r in message.recipients]
+    return listed_first + [(email, None) for email in message.emails]
+
+
+def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -> ValidMessage:
+    """Check one message; raises InputError when it cannot be sent at all (see module doc).
+    A stored template must have been applied first (`ingest.templates.resolve`)."""
+    if message.template is not None:
+        raise InputError("invalid_template", "the template was not resolved")
+    topic = check_topic(message.topic_id)
+    check_subject(message.subject, limits)
+    check_body(message.content, limits)
+    recipients = all_recipients(message)
+    if not recipients:
+        raise InputError("no_recipients", "emails or recipients must list at least one address")
+    if len(recipients) > limits.max_recipients:
         raise InputError(
             "too_many_recipients",
-            f"{len(message.emails)} addresses; at most {limits.max_recipients} per message",
+            f"{len(recipients)} addresses; at most {limits.max_recipients} per message",
         )
     due_ms = parse_schedule(message.scheduled_at)
     from_email = check_from(message.from_email)
+    reply_to = check_reply_to(message.reply_to)
+    headers = check_headers(message.headers)
+    attachments, attachments_json = check_attachments(message.attachments)
+    defaults_json = check_data(message.data, "data", limits.max_data_bytes)
 
     kept: list[str] = []
+    kept_data: list[dict[str, Any] | None] = []
+    own_data: list[str] = []
     invalid: list[str] = []
     seen: set[str] = set()
     duplicates = 0
-    for raw in message.emails:
+    for n, (raw, data) in enumerate(recipients):
         address = raw.strip()
         if not is_valid_address(address):
             invalid.append(raw)
@@ -180,18 +255,57 @@ def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -
             continue
         seen.add(folded)
         kept.append(address)
+        own_data.append(check_data(data, f"recipients[{n}].data", limits.max_data_bytes))
+        kept_data.append(data or None)
     if not kept:
         raise InputError("invalid_addresses", f"no valid address: {listed(invalid)}")
     if invalid and strict:
         raise InputError("invalid_addresses", f"invalid addresses: {listed(invalid)}")
+
+    text = check_text(message.text, message.content, limits)
+    names = check_placeholder_names(message.subject, message.content, text)
+    check_resolves(names, message.data or {}, kept, kept_data)
+    size = message_bytes(message.subject, message.content, text, headers, attachments)
+    if size > limits.max_message_bytes:
+        raise InputError(
+            "message_too_large",
+            f"the message would be about {size} bytes as SES receives it (attachments in "
+            f"base64); at most {limits.max_message_bytes} (MAX_MESSAGE_BYTES)",
+            status=413,
+        )
+    if message.recipients:
+        listed_as: dict[str, Any] = {
+            "emails": [],
+            "recipients": [
+                Recipient(email=email, data=data)
+                for email, data in zip(kept, kept_data, strict=True)
+            ],
+        }
+    else:
+        listed_as = {"emails": kept}
     normalised = msgspec.structs.replace(
         message,
         topic_id=topic,
-        emails=kept,
         scheduled_at=format_schedule(due_ms),
         from_email=from_email,
+        text=text,
+        data=message.data or None,
+        reply_to=reply_to,
+        headers=dict(headers),
+        attachments=attachments,
+        **listed_as,
     )
-    return ValidMessage(request=normalised, due_ms=due_ms, invalid=invalid, duplicates=duplicates)
+    return ValidMessage(
+        request=normalised,
+        due_ms=due_ms,
+        invalid=invalid,
+        duplicates=duplicates,
+        emails=kept,
+        own_data=own_data,
+        data=defaults_json,
+        headers=headers,
+        attachments=attachments_json,
+    )
 
 
 # --- the HTTP body ------------------------------------------------------------------------------
@@ -206,6 +320,7 @@ _FLAG_NAMES = {
     "unsubscribe": ("unsubscribe",),
 }
 _FROM_NAMES = ("from_email", "fromEmail")
+_REPLY_TO_NAMES = ("reply_to", "replyTo")
 
 
 def first_present(obj: dict[str, Any], names: tuple[str, ...]) -> Any:
@@ -226,6 +341,73 @@ def optional_str(obj: dict[str, Any], names: tuple[str, ...], where: str) -> str
     return value
 
 
+def typed(value: Any, kind: Any, where: str, name: str) -> Any:
+    """`value` converted to `kind` (lists of recipients or attachments), or a 400 saying where."""
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        raise InputError("invalid_type", f"{where}.{name}: {exc}") from exc
+
+
+def parse_content(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    """subject, content and text, or a template instead of them."""
+    template = optional_str(obj, ("template",), where)
+    subject, content, text = obj.get("subject"), obj.get("content"), obj.get("text")
+    if template is not None:
+        given = [name for name in ("subject", "content", "text") if obj.get(name) is not None]
+        if given:
+            raise InputError(
+                "template_conflict",
+                f"{where}: a template gives the content; leave out {', '.join(given)}",
+            )
+        return {"template": template}
+    if not isinstance(subject, str):
+        raise wrong_type(where, "subject", "a string")
+    if not isinstance(content, str):
+        raise wrong_type(where, "content", "a string")
+    if text is not None and not isinstance(text, str):
+        raise wrong_type(where, "text", "a string")
+    return {"subject": subject, "content": content, "text": text}
+
+
+def parse_extras(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optional fields of the personalised message model."""
+    extras: dict[str, Any] = {}
+    emails = obj.get("emails")
+    recipients = obj.get("recipients")
+    if emails is not None or recipients is None:
+        if not isinstance(emails, list) or not all(isinstance(e, str) for e in emails):
+            raise wrong_type(where, "emails", "a list of strings")
+        extras["emails"] = emails
+    if recipients is not None:
+        if not isinstance(recipients, list):
+            raise wrong_type(where, "recipients", 'a list of {"email", "data"} objects')
+        extras["recipients"] = typed(recipients, list[Recipient], where, "recipients")
+    data = obj.get("data")
+    if data is not None:
+        if not isinstance(data, dict):
+            raise wrong_type(where, "data", "an object")
+        extras["data"] = data
+    reply_to = first_present(obj, _REPLY_TO_NAMES)
+    if isinstance(reply_to, str):
+        reply_to = [reply_to]
+    if reply_to is not None:
+        if not isinstance(reply_to, list) or not all(isinstance(a, str) for a in reply_to):
+            raise wrong_type(where, "reply_to", "a list of addresses")
+        extras["reply_to"] = reply_to
+    headers = obj.get("headers")
+    if headers is not None:
+        if not isinstance(headers, dict):
+            raise wrong_type(where, "headers", "an object of header names to values")
+        extras["headers"] = headers
+    attachments = obj.get("attachments")
+    if attachments is not None:
+        if not isinstance(attachments, list):
+            raise wrong_type(where, "attachments", "a list")
+        extras["attachments"] = typed(attachments, list[Attachment], where, "attachments")
+    return extras
+
+
 def parse_message(obj: Any, where: str, default_schedule: str | None) -> MessageRequest:
     if not isinstance(obj, dict):
         raise InputError("invalid_type", f"{where} must be an object")
@@ -241,15 +423,9 @@ def parse_message(obj: Any, where: str, default_schedule: str | None) -> Message
     if not isinstance(topic, str):
         expected = "a string or a non-negative integer" if name in _PLAN_NAMES else "a string"
         raise wrong_type(where, name, expected)
-    emails = obj.get("emails")
-    if not isinstance(emails, list) or not all(isinstance(e, str) for e in emails):
-        raise wrong_type(where, "emails", "a list of strings")
-    subject, content = obj.get("subject"), obj.get("content")
-    if not isinstance(subject, str):
-        raise wrong_type(where, "subject", "a string")
-    if not isinstance(content, str):
-        raise wrong_type(where, "content", "a string")
-    flags: dict[str, bool] = {}
+    extras = parse_extras(obj, where)
+    content = parse_content(obj, where)
+    flags: dict[str, Any] = {}
     for name, aliases in _FLAG_NAMES.items():
         value = first_present(obj, aliases)
         if value is not None and not isinstance(value, bool):
@@ -259,11 +435,10 @@ def parse_message(obj: Any, where: str, default_schedule: str | None) -> Message
     scheduled = optional_str(obj, _SCHEDULE_NAMES, where)
     return MessageRequest(
         topic_id=topic,
-        emails=emails,
-        subject=subject,
-        content=content,
         scheduled_at=scheduled if scheduled is not None else default_schedule,
         from_email=optional_str(obj, _FROM_NAMES, where),
+        **content,
+        **extras,
         **flags,
     )
 
@@ -296,9 +471,11 @@ def check_request_size(messages: list[Any], limits: Limits) -> None:
             status=413,
         )
     total = sum(
-        len(emails)
+        len(items)
         for obj in messages
-        if isinstance(obj, dict) and isinstance(emails := obj.get("emails"), list)
+        if isinstance(obj, dict)
+        for name in ("emails", "recipients")
+        if isinstance(items := obj.get(name), list)
     )
     if total > limits.max_request_recipients:
         raise InputError(
@@ -311,10 +488,20 @@ def check_request_size(messages: list[Any], limits: Limits) -> None:
 
 def validate_body(body: bytes, limits: Limits) -> list[ValidMessage]:
     """Parse and strictly validate a whole request: any problem rejects all of it."""
+    return validate_all(parse_api_body(body, limits), limits)
+
+
+def validate_all(messages: list[MessageRequest], limits: Limits) -> list[ValidMessage]:
+    """Strictly validate the messages of one request (templates applied): the first problem
+    rejects all of them, its detail saying which message."""
     valid: list[ValidMessage] = []
-    for n, message in enumerate(parse_api_body(body, limits)):
+    for n, message in enumerate(messages):
         try:
             valid.append(validate_message(message, limits, strict=True))
         except InputError as exc:
-            raise InputError(exc.error, f"messages[{n}]: {exc.detail}", exc.status) from exc
+            raise in_message(n, exc) from exc
     return valid
+
+
+def in_message(n: int, exc: InputError) -> InputError:
+    return InputError(exc.error, f"messages[{n}]: {exc.detail}", exc.status, exc.extra)

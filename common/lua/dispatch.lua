@@ -24,15 +24,22 @@
 -- ARGV[6]  accepted: valid recipients of the whole message (chunk 0 only)
 -- ARGV[7]  rejected: invalid recipients the dispatcher dropped (chunk 0 only)
 -- ARGV[8]  why they were rejected
--- ARGV[9..14] subject, html, from, track_opens, track_clicks, unsubscribe (chunk 0 only)
--- ARGV[15] recipients per scheduled chunk (schedule member size)
--- ARGV[16..] the chunk's addresses, index first, first+1, ...; "" = suppressed, no job
+-- ARGV[9]  recipients per scheduled chunk (schedule member size)
+-- ARGV[10] c: how many content field/value pairs follow (chunk 0 only; 0 otherwise)
+-- ARGV[11 .. 10+2c] the content hash's fields and values (`MessageContent.to_hash`)
+-- ARGV[11+2c ..] the chunk's recipients, two arguments each, index first, first+1, ...:
+--          address ("" = suppressed, no job), own merge data (compact JSON, "" = none)
+--
+-- A job carries its recipient's data as field `d` (only when there is some). A scheduled chunk
+-- stores one line per recipient: the address, then a tab and the data when there is some
+-- (neither an address nor compact JSON holds a tab or a line break; see promote.lua).
 --
 -- Returns {marker, outcome}: outcome "queued" | "scheduled" | "stopped" | "skipped"
 -- ("skipped": this chunk was not the next one; marker says which is).
 -- Numbers computed here are written with string.format("%d"): Redis may print a large Lua
 -- number with an exponent, which it then refuses as an integer.
-local FIXED = 15
+local pairs_count = tonumber(ARGV[10])
+local FIXED = 10 + 2 * pairs_count
 local msg_id = ARGV[1]
 local first = tonumber(ARGV[2])
 local done = tonumber(redis.call("HGET", KEYS[1], "dispatched") or "0")
@@ -61,11 +68,14 @@ local function event(kind, n, detail)
     redis.call("XADD", KEYS[7], "*", "e", json .. "}")
 end
 
-local count = #ARGV - FIXED
+local count = (#ARGV - FIXED) / 2
 if first == 0 then
-    redis.call("HSET", KEYS[1], "topic", topic, "subject", ARGV[9], "html", ARGV[10],
-        "from", ARGV[11], "track_opens", ARGV[12], "track_clicks", ARGV[13],
-        "unsubscribe", ARGV[14], "total", 0, "accepted_ms", string.format("%d", accepted_ms))
+    if pairs_count > 0 then
+        redis.call("HSET", KEYS[1], unpack(ARGV, 11, FIXED))
+    end
+    -- These three are the script's own, whatever the caller sent.
+    redis.call("HSET", KEYS[1], "topic", topic, "total", 0,
+        "accepted_ms", string.format("%d", accepted_ms))
     event("accepted", tonumber(ARGV[6]), "")
     if tonumber(ARGV[7]) > 0 then
         event("rejected", tonumber(ARGV[7]), ARGV[8])
@@ -74,9 +84,14 @@ end
 redis.call("HSET", KEYS[1], "dispatched", first + count)
 redis.call("PEXPIRE", KEYS[1], string.format("%d", ttl))
 
+-- The address and the data of the chunk's k-th recipient (k from 0).
+local function recipient(k)
+    return ARGV[FIXED + 2 * k + 1], ARGV[FIXED + 2 * k + 2]
+end
+
 local live = 0
-for n = FIXED + 1, #ARGV do
-    if ARGV[n] ~= "" then
+for k = 0, count - 1 do
+    if recipient(k) ~= "" then
         live = live + 1
     end
 end
@@ -95,27 +110,37 @@ end
 
 redis.call("HINCRBY", KEYS[1], "total", live)
 if delay == 0 then
-    for n = FIXED + 1, #ARGV do
-        if ARGV[n] ~= "" then
-            redis.call("XADD", KEYS[2], "*", "m", msg_id, "i", first + n - FIXED - 1, "e", ARGV[n])
+    for k = 0, count - 1 do
+        local address, data = recipient(k)
+        if address ~= "" then
+            local index = string.format("%d", first + k)
+            if data ~= "" then
+                redis.call("XADD", KEYS[2], "*", "m", msg_id, "i", index, "e", address, "d", data)
+            else
+                redis.call("XADD", KEYS[2], "*", "m", msg_id, "i", index, "e", address)
+            end
         end
     end
     return {first + count, "queued"}
 end
 
-local size = tonumber(ARGV[15])
-for start = FIXED + 1, #ARGV, size do
-    local stop_at = math.min(start + size - 1, #ARGV)
+local size = tonumber(ARGV[9])
+for start = 0, count - 1, size do
+    local lines = {}
     local any = false
-    for n = start, stop_at do
-        if ARGV[n] ~= "" then
+    for k = start, math.min(start + size, count) - 1 do
+        local address, data = recipient(k)
+        if address == "" then
+            lines[#lines + 1] = ""
+        else
             any = true
+            lines[#lines + 1] = data ~= "" and (address .. "\t" .. data) or address
         end
     end
     if any then
-        local member = msg_id .. ":" .. (first + start - FIXED - 1)
+        local member = msg_id .. ":" .. string.format("%d", first + start)
         redis.call("ZADD", KEYS[3], ARGV[3], member)
-        redis.call("HSET", KEYS[4], member, table.concat(ARGV, "\n", start, stop_at))
+        redis.call("HSET", KEYS[4], member, table.concat(lines, "\n"))
         redis.call("SADD", KEYS[5], member)
     end
 end

@@ -2,9 +2,11 @@
 --
 -- Reads at most ARGV[1] due chunks (ZRANGEBYSCORE ... LIMIT), so one call is short and nothing
 -- scans the whole schedule; the caller calls again while a full batch was moved. Due time is
--- Redis TIME, so every scheduler agrees. A chunk's data is its addresses joined by "\n", for
--- consecutive indexes starting at the member's first index; an empty line is a recipient that
--- was suppressed at dispatch and gets no job.
+-- Redis TIME, so every scheduler agrees. A chunk's data is one line per recipient, joined by
+-- "\n", for consecutive indexes starting at the member's first index: the address, then a tab
+-- and the recipient's own merge data (compact JSON) when there is some; the job gets it as field
+-- `d`. An empty line is a recipient that was suppressed at dispatch and gets no job. (Chunks
+-- written before merge data existed are addresses alone: read the same way.)
 --
 -- KEYS[1]  schedule zset          ({p}:schedule), member "<msg_id>:<first index>", score due ms
 -- KEYS[2]  schedule data hash     ({p}:schedule:data)
@@ -21,9 +23,15 @@ for _, member in ipairs(due) do
     local data = redis.call("HGET", KEYS[2], member)
     if msg_id and data then
         local index = tonumber(first)
-        for address in string.gmatch(data .. "\n", "([^\n]*)\n") do
-            if address ~= "" then
-                redis.call("XADD", KEYS[3], "*", "m", msg_id, "i", index, "e", address)
+        for line in string.gmatch(data .. "\n", "([^\n]*)\n") do
+            if line ~= "" then
+                local address, own = string.match(line, "^([^\t]*)\t(.*)$")
+                local i = string.format("%d", index)
+                if address then
+                    redis.call("XADD", KEYS[3], "*", "m", msg_id, "i", i, "e", address, "d", own)
+                else
+                    redis.call("XADD", KEYS[3], "*", "m", msg_id, "i", i, "e", line)
+                end
                 jobs = jobs + 1
             end
             index = index + 1

@@ -4,12 +4,21 @@ import json
 import time
 from typing import Any
 
+import msgspec
 import pytest
 import redis as syncredis
 from cli_helpers import Sesflow
 
 from common.keys import DISPATCH_GROUP, SENDERS_GROUP, Keys
-from common.schema import Event, EventType, MessageRequest, decode_event, encode, event_fields
+from common.schema import (
+    Event,
+    EventType,
+    MessageRequest,
+    Recipient,
+    decode_event,
+    encode,
+    event_fields,
+)
 from sender.state import dead_entry
 from stats.counters import PartitionBatch
 
@@ -144,6 +153,27 @@ def test_replay_requests_and_events(sesflow: Sesflow, r: Any) -> None:
 
     res = sesflow("dlq", "replay", bad, "--force")
     assert res.code == 0 and r.xlen(KEYS.requests) == 2 and r.xlen(KEYS.requests_dead) == 0
+
+
+def test_a_message_naming_a_template_can_be_replayed(sesflow: Sesflow, r: Any) -> None:
+    """Dead-lettered as unknown_template: once the template exists, replay puts it back (the
+    dispatcher reads the template then); its other fields are still checked."""
+    personal = MessageRequest(
+        topic_id="june",
+        recipients=[Recipient(email="a@example.com", data={"n": 1})],
+        template="welcome",
+    )
+    good = dead_request(r, encode(personal).decode(), "unknown_template")
+    bad_data = msgspec.structs.replace(personal, data={"x": None})
+    bad = dead_request(r, encode(bad_data).decode(), "invalid_data")
+    res = sesflow("dlq", "replay", "--all", "--stream", "requests")
+    assert "1 replayed, 1 skipped" in res.out, res.out + res.err
+    assert "still invalid: invalid_data" in res.out
+    assert [e[0] for e in r.xrange(KEYS.requests_dead)] == [bad]
+    ((_, request),) = r.xrange(KEYS.requests)
+    assert request == {"message": encode(personal).decode()}
+    listed = sesflow("dlq", "list", "--stream", "requests")
+    assert "topic 'june', 1 recipient(s)" in listed.out and good not in listed.out
 
 
 def test_replay_needs_ids_or_all(sesflow: Sesflow, r: Any) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections import Counter
@@ -45,10 +46,11 @@ def test_direct_enqueue_without_following(sesflow: Sesflow, files: Path, redis_u
     entries = client.xrange(Keys().requests)
     client.close()
     messages = [json.loads(fields["message"]) for _, fields in entries]
-    assert [m["emails"] for m in messages] == [
-        ["d0@example.com", "d1@example.com"],
-        ["d2@example.com", "d3@example.com"],
-        ["d4@example.com"],
+    # the `name` column is each recipient's merge data
+    assert [[(r["email"], r["data"]["name"]) for r in m["recipients"]] for m in messages] == [
+        [("d0@example.com", "Name 0"), ("d1@example.com", "Name 1")],
+        [("d2@example.com", "Name 2"), ("d3@example.com", "Name 3")],
+        [("d4@example.com", "Name 4")],
     ]
     assert {m["scheduled_at"] for m in messages} == {"2030-01-01T09:00:00.000Z"}
 
@@ -70,6 +72,76 @@ def test_bad_input_sends_nothing(sesflow: Sesflow, files: Path, redis_url: str) 
     client = syncredis.Redis.from_url(redis_url)
     assert client.xlen(Keys().requests) == 0
     client.close()
+
+
+def test_personalised_options_reach_the_message(
+    sesflow: Sesflow, files: Path, redis_url: str
+) -> None:
+    (files / "people.csv").write_text(
+        "email,first_name,code\nada@example.com,Ada,A1\nalan@example.com,,B2\n"
+    )
+    (files / "body.txt").write_text("Hi {{first_name}}, code {{code}}")
+    (files / "terms.pdf").write_bytes(b"%PDF-1.4 terms")
+    (files / "hi.html").write_text("<p>Hi {{first_name}}, code {{code}}</p>")
+    base = ["send", "people.csv", "--topic", "spring", "--direct", "--no-follow"]
+    # alan has no first_name and there is no default: refused before anything is written
+    res = sesflow(*base, "--subject", "Hi {{first_name}}", "--html", "hi.html")
+    assert res.code == 2 and "{{first_name}} is missing for 1 of 2: alan@example.com" in res.err
+    # ...unless --data gives a default
+    res = sesflow(*base, "--subject", "Hi {{first_name}}", "--html", "hi.html", "--data", "[1]")
+    assert res.code == 2 and "--data must be a JSON object" in res.err
+    res = sesflow(*base, "--subject", "Hi {{first_name}}", "--html", "hi.html", "--data", "{x")
+    assert res.code == 2 and "--data is not JSON" in res.err
+    res = sesflow(*base, "--template", "welcome", "--subject", "S")
+    assert res.code == 2 and "--template gives the content" in res.err
+    res = sesflow(*base, "--html", "hi.html")
+    assert res.code == 2 and "--subject and --html are required" in res.err
+    res = sesflow(*base, "--subject", "S", "--html", "hi.html", "--attach", "missing.pdf")
+    assert res.code == 2 and "missing.pdf" in res.err
+    (files / "run.exe").write_bytes(b"MZ")
+    res = sesflow(*base, "--subject", "S", "--html", "hi.html", "--attach", "run.exe")
+    assert res.code == 2 and ".exe" in res.err
+    client = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    assert client.xlen(Keys().requests) == 0
+
+    (files / "people.csv").write_text(
+        "email,first_name,code\nada@example.com,Ada,A1\nalan@example.com,Alan,B2\n"
+    )
+    res = sesflow(
+        *base, "--subject", "Hi {{first_name}}", "--html", "hi.html", "--text", "body.txt",
+        "--reply-to", "help@example.com", "--reply-to", "Desk <desk@example.com>",
+        "--attach", "terms.pdf",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    res = sesflow(*base, "--template", "welcome")
+    assert res.code == 0, res.err
+    (files / "people.csv").write_text("email,first_name\nada@example.com,Ada\nalan@example.com,\n")
+    res = sesflow(
+        *base, "--subject", "Hi {{first_name}}", "--html", "hi.html",
+        "--data", '{"first_name": "there", "code": "-"}',
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    [(_, first), (_, second), (_, third)] = client.xrange(Keys().requests)
+    client.close()
+    message = json.loads(first["message"])
+    assert message["recipients"] == [
+        {"email": "ada@example.com", "data": {"first_name": "Ada", "code": "A1"}},
+        {"email": "alan@example.com", "data": {"first_name": "Alan", "code": "B2"}},
+    ]
+    assert message["text"] == "Hi {{first_name}}, code {{code}}"
+    assert message["reply_to"] == ["help@example.com", "Desk <desk@example.com>"]
+    [attachment] = message["attachments"]
+    assert attachment == {
+        "filename": "terms.pdf",
+        "content": base64.b64encode(b"%PDF-1.4 terms").decode(),
+        "content_type": "application/pdf",
+    }
+    templated = json.loads(second["message"])
+    assert templated["template"] == "welcome"
+    assert "subject" not in templated and "content" not in templated
+    defaulted = json.loads(third["message"])
+    assert defaulted["data"] == {"first_name": "there", "code": "-"}
+    assert defaulted["recipients"][1] == {"email": "alan@example.com"}
 
 
 def test_ingest_down_is_a_clear_error(sesflow: Sesflow, files: Path) -> None:

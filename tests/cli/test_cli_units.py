@@ -147,3 +147,78 @@ def test_every_operator_command_has_complete_help() -> None:
         for action in parser._actions:
             assert action.help, f"{name}: {action.option_strings or action.dest} has no help"
         parser.format_help()  # renders without error
+
+
+def test_extra_csv_columns_are_each_recipients_data() -> None:
+    data = (
+        b"name,Email,code,\nAnn,ann@example.com,A1,x\nBob,bob@example.com,,y\nC,ANN@example.com,C\n"
+    )
+    recipients = parse("list.csv", data)
+    assert recipients.emails == ["ann@example.com", "bob@example.com"]
+    # empty cells and unnamed columns left out; a duplicate's data is dropped with it
+    assert recipients.data == [{"name": "Ann", "code": "A1"}, {"name": "Bob"}]
+    assert recipients.personalised
+    bare = parse("list.csv", b"ann@example.com,Ann\n")
+    assert bare.data == [{}] and not bare.personalised
+
+
+def test_json_objects_carry_data() -> None:
+    items = (
+        b'[{"email": "a@example.com", "name": "A", "n": 2},'
+        b' {"email": "b@example.com", "data": {"x": {"y": 1}}}, "c@example.com"]'
+    )
+    recipients = parse("l.json", items)
+    assert recipients.data == [{"name": "A", "n": 2}, {"x": {"y": 1}}, {}]
+
+
+def test_personalised_batches_and_their_post_body() -> None:
+    from common.cli_send import Content, message_body
+    from common.schema import Attachment
+
+    args = argparse.Namespace(
+        topic="t",
+        subject="Hi {{name}}",
+        batch=1,
+        at=None,
+        no_track_opens=False,
+        track_clicks=False,
+        no_unsubscribe=False,
+        from_email=None,
+        template=None,
+        reply_to=["r@example.com"],
+    )
+    data = b"email,name\na@example.com,A\nb@example.com,\n"
+    attachment = Attachment(filename="a.pdf", content="QQ==", content_type="application/pdf")
+    content = Content(html="<p>{{name}}</p>", text="{{name}}", attachments=(attachment,))
+    batches = plan(args, data, parse("l.csv", data), content)
+    assert [b.message.recipient_count for b in batches] == [1, 1]
+    assert message_body(batches[0].message) == {
+        "messages": [
+            {
+                "topic_id": "t",
+                "recipients": [{"email": "a@example.com", "data": {"name": "A"}}],
+                "subject": "Hi {{name}}",
+                "content": "<p>{{name}}</p>",
+                "text": "{{name}}",
+                "reply_to": ["r@example.com"],
+                "attachments": [
+                    {"filename": "a.pdf", "content": "QQ==", "content_type": "application/pdf"}
+                ],
+                "track_opens": True,
+                "track_clicks": False,
+                "unsubscribe": True,
+            }
+        ]
+    }
+    assert message_body(batches[1].message)["messages"][0]["recipients"] == [
+        {"email": "b@example.com"}
+    ]
+    templated = plan(
+        argparse.Namespace(**{**vars(args), "template": "welcome", "subject": None}),
+        data,
+        parse("l.csv", data),
+        Content(),
+    )
+    body = message_body(templated[0].message)["messages"][0]
+    assert body["template"] == "welcome"
+    assert not {"subject", "content", "text"} & set(body)

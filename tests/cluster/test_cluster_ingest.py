@@ -1,8 +1,10 @@
 """ingest on a cluster: the cancel's stop time comes from the clock of the node holding
-`requests` (the clock that stamps message ids), not from whichever node TIME would go to."""
+`requests` (the clock that stamps message ids), not from whichever node TIME would go to; stored
+templates and personalised jobs keep to their hash tags."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -10,8 +12,15 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis_cluster import RedisClusterProcess
 
-from common.keys import Keys
+from common.connection import ensure_group
+from common.keys import DISPATCH_GROUP, Keys
+from common.producer import enqueue
+from common.schema import Job, MessageContent, MessageRequest, Recipient
+from common.settings import Settings
 from ingest.api import requests_clock_ms
+from ingest.dispatcher import Dispatcher
+from ingest.scheduler import Scheduler
+from ingest.templates import TemplateBody, TemplateStore
 
 KEYS = Keys("sesflow", 3)
 
@@ -34,3 +43,36 @@ async def test_the_stop_time_is_read_on_the_requests_node(
     assert node.port == redis_cluster.port_of_slot(key_slot(KEYS.requests.encode()))
     # and it is not simply the node TIME goes to by default
     assert cluster_client.get_default_node().port != node.port or len(redis_cluster.ports) == 1
+
+
+async def test_templates_and_personalised_jobs_on_a_cluster(cluster_client: RedisCluster) -> None:
+    """template_put.lua, the template reads and the transaction of DELETE stay on `{g}`;
+    dispatch.lua and promote.lua carry each recipient's data within the message's partition."""
+    store = TemplateStore(cluster_client, KEYS)
+    body = TemplateBody(subject="Hi {{name}}", html="<p>{{name}}</p>", data={"name": "you"})
+    assert await store.put("welcome", body) == (1, True)
+    assert await store.put("welcome", body) == (2, False)
+    assert [t["name"] for t in await store.list()] == ["welcome"]
+
+    settings = Settings(redis_cluster=True, send_partitions=3)
+    await ensure_group(cluster_client, KEYS.requests, DISPATCH_GROUP)
+    dispatcher = Dispatcher(cluster_client, settings, KEYS, consumer="test")
+    due = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+    message = MessageRequest(
+        topic_id="t",
+        template="welcome",
+        recipients=[Recipient(email="a@x.io", data={"name": "Ada"}), Recipient(email="b@x.io")],
+        scheduled_at=due,
+    )
+    msg_id = await enqueue(cluster_client, KEYS, message)
+    reply = await cluster_client.xreadgroup(DISPATCH_GROUP, "test", {KEYS.requests: ">"}, count=1)
+    [(entry_id, fields)] = reply[0][1]
+    await dispatcher.handle(entry_id, fields)
+    assert await store.delete("welcome") and not await store.delete("welcome")
+
+    p = KEYS.for_message(msg_id)
+    await Scheduler(cluster_client, KEYS).tick()
+    jobs = [Job.from_fields(f) for _, f in await cluster_client.xrange(p.sends)]
+    assert [(j.email, j.data) for j in jobs] == [("a@x.io", '{"name":"Ada"}'), ("b@x.io", "")]
+    content = MessageContent.from_hash(msg_id, await cluster_client.hgetall(p.message(msg_id)))
+    assert content.subject == "Hi {{name}}" and json.loads(content.data) == {"name": "you"}

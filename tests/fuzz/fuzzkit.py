@@ -16,7 +16,7 @@ from snssign import SnsSigner
 
 from common.settings import Settings
 
-API_KEY = "fuzz-api-key"
+API_KEY = "fuzz-api-key-0123456789"
 JWT_SECRET = "a-fuzz-jwt-secret-of-at-least-32-bytes"
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO"]
 RANDOM_PATHS = ["/", "/v1", "/v1/", "/v1/messages/x", "//", "/%FF", "/v1/../health", "/.env"]

@@ -51,6 +51,31 @@ GO = {
         {"planId": 7, "emails": ["b@x.io"], "subject": "s", "content": "c", "fromEmail": "a@x.io"},
     ]
 }
+# The personalised message model and a stored template, for the fuzzer to mutate field by field.
+PERSONAL = {
+    "messages": [
+        {
+            "topic_id": "p",
+            "subject": "Hi {{first_name}}",
+            "content": "<p>{{first_name}}: {{code}}</p>",
+            "text": "{{first_name}}: {{code}}",
+            "data": {"first_name": "there", "code": {"x": 1}},
+            "recipients": [{"email": "a@x.io", "data": {"code": "A1", "n": 2.5, "ok": True}}],
+            "reply_to": ["Help <help@x.io>"],
+            "headers": {"X-Campaign": "spring"},
+            "attachments": [
+                {"filename": "a.pdf", "content_type": "application/pdf", "content": "QQ=="}
+            ],
+        },
+        {"topic_id": "q", "template": "welcome", "emails": ["b@x.io"], "data": {"first_name": "B"}},
+    ]
+}
+TEMPLATE = {
+    "subject": "Welcome {{first_name}}",
+    "html": "<p>{{first_name}}</p>",
+    "text": "",
+    "data": {},
+}
 SES_EVENTS = [
     {
         "eventType": "Bounce",
@@ -152,7 +177,8 @@ def examples_of(roles: Roles) -> dict[tuple[str, str], list[bytes]]:
     signed.append(dumps(roles.signer.subscription("UnsubscribeConfirmation")))
     suppression = [dumps({"reason": "manual", "detail": "asked by phone"}), b""]
     return {
-        ("POST", "/v1/messages"): [dumps(RUST), dumps(GO)],
+        ("POST", "/v1/messages"): [dumps(RUST), dumps(GO), dumps(PERSONAL)],
+        ("PUT", "/v1/templates/{name}"): [dumps(TEMPLATE)],
         ("PUT", "/v1/suppressions/{email}"): suppression,
         ("POST", "/v1/events/results"): signed,
         ("POST", "/v1/events/result"): signed,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+import msgspec
 from ingestkit import read_events, read_jobs
 
 from common import scripts
-from common.keys import PartitionKeys
+from common.keys import Keys, PartitionKeys
 from common.schema import MessageContent
 
 TOPIC = "news"
@@ -27,8 +29,14 @@ def dispatch_args(
     accepted: int = 0,
     rejected: int = 0,
     schedule_chunk: int = 500,
+    data: list[str] | None = None,
+    content: MessageContent | None = None,
 ) -> list[Any]:
-    content = ["Hello", "<p>hi</p>", "", "1", "0", "1"] if first == 0 else [""] * 6
+    """dispatch.lua's arguments; `data` is each recipient's own merge data ("" = none)."""
+    if content is None:
+        content = MessageContent(msg_id=msg_id, topic=TOPIC, subject="Hello", html="<p>hi</p>")
+    pairs = [part for pair in content.to_hash().items() for part in pair] if first == 0 else []
+    own = data if data is not None else [""] * len(addresses)
     return [
         msg_id,
         first,
@@ -38,9 +46,10 @@ def dispatch_args(
         accepted or len(addresses),
         rejected,
         "invalid addresses: x" if rejected else "",
-        *content,
         schedule_chunk,
-        *addresses,
+        len(pairs) // 2,
+        *pairs,
+        *[part for pair in zip(addresses, own, strict=True) for part in pair],
     ]
 
 
@@ -244,3 +253,121 @@ async def test_reject_once_records_the_event_once(redis: Any, p: PartitionKeys) 
     assert await script(keys=[p.message("1-0"), p.events], args=args) == 0
     assert len(await read_events(redis, p)) == 1
     assert 0 < await redis.pttl(p.message("1-0")) <= 60_000
+
+
+# --- merge data through dispatch.lua and promote.lua -------------------------------------------
+
+
+async def test_dispatch_puts_each_recipients_data_on_their_job(
+    redis: Any, p: PartitionKeys
+) -> None:
+    msg_id = f"{now_ms()}-0"
+    content = MessageContent(
+        msg_id=msg_id,
+        topic=TOPIC,
+        subject="Hi {{n}}",
+        html="<p>{{n}}</p>",
+        text="{{n}}",
+        data='{"n":0}',
+        reply_to=("r@x.io",),
+        headers=(("X-A", "b"),),
+        attachments='[{"filename":"a.pdf","content":"QQ==","content_type":"application/pdf"}]',
+    )
+    result = await dispatch(
+        redis,
+        p,
+        msg_id,
+        0,
+        addresses=["a@x.io", "", "c@x.io"],
+        data=['{"n":1}', '{"n":2}', ""],
+        content=content,
+    )
+    assert result == [3, "queued"]
+    assert await read_jobs(redis, p) == [
+        {"m": msg_id, "i": "0", "e": "a@x.io", "d": '{"n":1}'},
+        {"m": msg_id, "i": "2", "e": "c@x.io"},
+    ]
+    stored = MessageContent.from_hash(msg_id, await redis.hgetall(p.message(msg_id)))
+    assert stored == msgspec.structs.replace(content, total=2, accepted_ms=int(msg_id[:-2]))
+
+
+async def test_a_scheduled_chunk_keeps_each_recipients_data(redis: Any, p: PartitionKeys) -> None:
+    msg_id = f"{now_ms()}-0"
+    data = ['{"n":"a\\tb\\nc"}', "", '{"n":3}']
+    result = await dispatch(
+        redis,
+        p,
+        msg_id,
+        0,
+        addresses=["a@x.io", "", "c@x.io"],
+        data=data,
+        due_ms=now_ms() + 60_000,
+        schedule_chunk=2,
+    )
+    assert result == [3, "scheduled"]
+    assert await redis.hgetall(p.schedule_data) == {
+        f"{msg_id}:0": 'a@x.io\t{"n":"a\\tb\\nc"}\n',
+        f"{msg_id}:2": 'c@x.io\t{"n":3}',
+    }
+    await redis.zadd(p.schedule, {f"{msg_id}:0": 0, f"{msg_id}:2": 0})  # due now
+    assert await promote(redis, p) == [2, 2]
+    assert await read_jobs(redis, p) == [
+        {"m": msg_id, "i": "0", "e": "a@x.io", "d": '{"n":"a\\tb\\nc"}'},
+        {"m": msg_id, "i": "2", "e": "c@x.io", "d": '{"n":3}'},
+    ]
+
+
+async def test_promote_reads_chunks_written_before_merge_data(redis: Any, p: PartitionKeys) -> None:
+    await redis.zadd(p.schedule, {"1-0:0": 0})
+    await redis.hset(p.schedule_data, "1-0:0", "a@x.io\n\nc@x.io\td")
+    assert await promote(redis, p) == [1, 2]
+    assert await read_jobs(redis, p) == [
+        {"m": "1-0", "i": "0", "e": "a@x.io"},
+        {"m": "1-0", "i": "2", "e": "c@x.io", "d": "d"},
+    ]
+
+
+async def test_cancel_counts_recipients_of_chunks_with_data(redis: Any, p: PartitionKeys) -> None:
+    msg_id = f"{now_ms() - 1000}-0"
+    await dispatch(
+        redis,
+        p,
+        msg_id,
+        0,
+        addresses=["a@x.io", "b@x.io", ""],
+        data=['{"n":1}', "", ""],
+        due_ms=now_ms() + 60_000,
+    )
+    script = scripts.register(redis, "cancel")
+    keys = [p.schedule, p.schedule_data, p.schedule_topic(TOPIC), p.stop(TOPIC), p.events]
+    assert await script(keys=keys, args=[now_ms(), TOPIC, TTL_MS]) == 2
+
+
+# --- template_put.lua ---------------------------------------------------------------------------
+
+
+async def test_template_put_versions_keeps_the_newest_and_indexes_names(redis: Any) -> None:
+    keys = Keys()
+    script = scripts.register(redis, "template_put")
+
+    async def put(name: str, subject: str, keep: int = 3, most: int = 10) -> list[int]:
+        body = json.dumps({"subject": subject, "html": "<p>x</p>"})
+        result: list[int] = await script(
+            keys=[keys.template(name), keys.templates], args=[name, body, keep, most]
+        )
+        return result
+
+    assert await put("welcome", "v1") == [1, 1]
+    for n in range(2, 6):
+        assert await put("welcome", f"v{n}") == [n, 0]
+    stored = await redis.hgetall(keys.template("welcome"))
+    assert sorted(k for k in stored if k.isdigit()) == ["3", "4", "5"]  # the newest 3
+    current = json.loads(stored["current"])
+    assert (current["version"], current["subject"], current["html"]) == (5, "v5", "<p>x</p>")
+    assert current["updated_ms"] == int(stored["updated_ms"]) > 0
+    assert stored["5"] == stored["current"] and json.loads(stored["3"])["subject"] == "v3"
+    assert await redis.zrange(keys.templates, 0, -1) == ["welcome"]
+    # a new name beyond the most allowed is refused; an existing one can still change
+    assert await put("other", "x", most=1) == [0, 0]
+    assert await put("welcome", "v6", most=1) == [6, 0]
+    assert not await redis.exists(keys.template("other"))

@@ -42,7 +42,7 @@ async def raw_request(port: int, data: bytes) -> tuple[int, bytes]:
 async def test_a_header_that_is_not_utf8_is_a_400(
     make_settings: Callable[..., Settings], redis: object, header: bytes
 ) -> None:
-    settings = make_settings(API_KEY="the-key", JWT_SECRET=JWT)
+    settings = make_settings(API_KEY="the-key-0123456789abcdef", JWT_SECRET=JWT)
     client: TestClient[object, object] = TestClient(
         AppTestServer(create_app(settings), host="127.0.0.1")
     )
