@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
@@ -231,6 +232,21 @@ def token_problem(settings: Settings, token: str) -> str | None:
     if max_age and float(claims["exp"]) > time.time() + max_age:
         return f"exp is more than JWT_MAX_AGE ({max_age:g} s) away; mint shorter-lived tokens"
     return None
+
+
+# ASCII digits only, and few enough for int(): str.isdigit() also takes "²", which int() refuses,
+# and int() refuses more than 4300 digits.
+DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """The integer query parameter `name` in low..high, `default` when absent; else a 400."""
+    raw = request.query.get(name, "")
+    if not raw:
+        return default
+    if not DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+        raise InputError("invalid_parameter", f"{name} must be an integer in {low}..{high}")
+    return int(raw)
 
 
 async def live(_: web.Request) -> web.Response:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,6 +41,7 @@ from common.http import (
     auth_middleware,
     decode_json,
     errors_middleware,
+    int_query,
     json_response,
     read_body,
 )
@@ -74,7 +74,6 @@ IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 MAX_SUPPRESSION_BODY = 64 * 1024
 MAX_PAGE = 1000
 MAX_REASON_CHARS = 64
-DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 def answer_for(valid: list[ValidMessage], ids: list[str] | None) -> dict[str, Any]:
@@ -227,22 +226,11 @@ def path_email(request: web.Request) -> str:
     return email
 
 
-def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name, "")
-    if not raw:
-        return default
-    # ASCII digits only, and few enough for int(): str.isdigit() also takes "²", which int()
-    # refuses, and int() refuses more than 4300 digits.
-    if not DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
-        raise InputError("invalid_parameter", f"{name} must be an integer in {low}..{high}")
-    return int(raw)
-
-
 async def list_suppressions(request: web.Request) -> web.Response:
     """`{"items": [...], "next_cursor": str | null, "total"}`; pass `next_cursor` back as
     `cursor` until it is null. A page may hold a few more or fewer than `limit` (HSCAN)."""
-    cursor = int_param(request, "cursor", 0, 0, 2**63)
-    limit = int_param(request, "limit", 100, 1, MAX_PAGE)
+    cursor = int_query(request, "cursor", 0, 0, 2**63)
+    limit = int_query(request, "limit", 100, 1, MAX_PAGE)
     suppressions = request.app[SUPPRESSIONS]
     next_cursor, items = await suppressions.page(cursor, limit)
     return json_response(

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from common.errors import InputError
-from common.http import json_response, read_body
+from common.http import int_query, json_response, read_body
 from common.settings import Settings
 from ingest.templates import TemplateStore, check_name, parse_body
 from ingest.validation import Limits
@@ -39,12 +39,10 @@ class TemplateRoutes:
 
     async def get(self, request: web.Request) -> web.Response:
         name = check_name(request.match_info["name"])
-        raw = request.query.get("version", "")
-        if raw and (not raw.isdigit() or not 1 <= int(raw) <= MAX_VERSION):
-            raise InputError("invalid_parameter", "version must be a positive integer")
-        template = await request.app[TEMPLATES].get(name, int(raw) if raw else None)
+        version = int_query(request, "version", 0, 1, MAX_VERSION) or None
+        template = await request.app[TEMPLATES].get(name, version)
         if template is None:
-            which = f"version {raw} of template" if raw else "template"
+            which = f"version {version} of template" if version else "template"
             raise InputError("not_found", f"no {which} named {name!r}", status=404)
         return json_response(msgspec.to_builtins(template))
 

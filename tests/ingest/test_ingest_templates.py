@@ -120,8 +120,9 @@ async def test_invalid_json_and_bad_versions_get_a_400(http: Any) -> None:
     for body in (b'{"subject": "\xff"}', b"[" * 100_000 + b"]" * 100_000):
         resp = await http.put("/v1/templates/w", data=body)
         assert resp.status == 400 and (await resp.json())["error"] == "invalid_json"
-    resp = await http.get("/v1/templates/w?version=0")
-    assert resp.status == 400 and (await resp.json())["error"] == "invalid_parameter"
+    for version in ("0", "-1", "²", "1" * 5000, "1.0"):
+        resp = await http.get("/v1/templates/w", params={"version": version})
+        assert resp.status == 400 and (await resp.json())["error"] == "invalid_parameter"
 
 
 async def test_template_routes_need_credentials(api_client: Any, make_settings: Any) -> None:
