@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 
@@ -244,12 +245,21 @@ def template_for(content: MessageContent, public_url: str, secret: bytes) -> Mes
     return template
 
 
+# Left as they are in a value put into a link: RFC 3986's unreserved characters, and the path and
+# authority separators a value such as `a/b` or `user@host` is meant to keep.
+URL_VALUE_SAFE = "/:@-._~"
+
+
 def _personal_url(url: str, data: Mapping[str, Any]) -> str:
-    """A link target with placeholders in it gets the recipient's values (literally)."""
+    """A link target with placeholders in it gets the recipient's values, percent-encoded: a
+    value holding `&`, `#`, `?`, a space or a control character stays one value of the URL
+    instead of changing its target or making the click unredirectable."""
 
     def value(match: re.Match[str]) -> str:
         found = lookup(data, match.group(1))
-        return match.group(0) if found is MISSING or isinstance(found, Mapping) else as_text(found)
+        if found is MISSING or isinstance(found, Mapping):
+            return match.group(0)
+        return quote(as_text(found), safe=URL_VALUE_SAFE)
 
     return PLACEHOLDER.sub(value, url)
 

@@ -223,3 +223,13 @@ def test_tag_values_are_sanitised_and_bounded(settings: Settings) -> None:
     assert len(tag_value("x" * 300)) == 256
     no_topic = compose(settings, SECRET, content("x", topic=""), JOB)
     assert dict(no_topic.tags) == {"sesflow-rid": "1732461234567-0_7"}
+
+
+def test_values_in_a_tracked_link_stay_one_value_of_the_url(settings: Settings) -> None:
+    html = '<a href="https://a.example/p/{{path}}?q={{q}}&n={{name}}">A</a>'
+    data = '{"path": "a/b", "q": "x&y=1#top", "name": "Zoë Li\\n"}'
+    message = content(html, track_clicks=True, data=data)
+    email = compose(settings, SECRET, message, JOB)
+    assert click_targets(email.html) == [
+        "https://a.example/p/a/b?q=x%26y%3D1%23top&n=Zo%C3%AB%20Li%0A"
+    ]
