@@ -10,6 +10,7 @@ is bounded (MAX_DATA_BYTES, as compact JSON) and so is its nesting.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +128,41 @@ def check_resolves(
     shown = list(missing.values())[:MAX_LISTED_PLACEHOLDERS]
     detail = "; ".join(describe(m, total) for m in shown)
     raise InputError("missing_data", detail, extra={"missing": problems})
+
+
+# What a subject cannot hold: line breaks (Unicode's too) and control characters but the tab. A
+# value with one would reach SES in the Subject and fail there, after the 202, not here.
+LINE_BREAKS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
+def check_subject_values(
+    subject: str,
+    defaults: Mapping[str, Any],
+    emails: Sequence[str],
+    own: Sequence[Mapping[str, Any] | None],
+) -> None:
+    """The values that fill the subject hold no line break or control character (the subject
+    itself is checked the same way)."""
+    names = merge.names_in(subject)
+    if not names:
+        return
+
+    def bad_name(data: Mapping[str, Any]) -> str | None:
+        for name in names:
+            value = merge.lookup(data, name)
+            if value is not merge.MISSING and LINE_BREAKS.search(merge.as_text(value)):
+                return name
+        return None
+
+    in_defaults = bad_name(defaults)
+    for email, data in zip(emails, own, strict=True):
+        name = bad_name(merge.merged(defaults, data)) if data else in_defaults
+        if name is not None:
+            raise InputError(
+                "invalid_data",
+                f"{{{{{name}}}}} fills the subject of {email} with a line break or a control "
+                "character, which a subject cannot hold",
+            )
 
 
 def describe(m: Missing, total: int) -> str:

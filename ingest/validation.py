@@ -48,7 +48,13 @@ from common.schema import Attachment, MessageRequest, Recipient
 from common.settings import Settings
 from ingest.attachments import check_attachments, message_bytes
 from ingest.custom_headers import check_headers
-from ingest.merge_data import check_data, check_placeholder_names, check_resolves
+from ingest.merge_data import (
+    LINE_BREAKS,
+    check_data,
+    check_placeholder_names,
+    check_resolves,
+    check_subject_values,
+)
 from ingest.text_part import html_to_text
 
 MAX_TOPIC_CHARS = 200
@@ -174,8 +180,10 @@ def check_subject(subject: str, limits: Limits, where: str = "subject") -> None:
         raise InputError("invalid_subject", f"{where} is required")
     if len(subject.encode()) > limits.max_subject_bytes:
         raise InputError("invalid_subject", f"{where} exceeds {limits.max_subject_bytes} bytes")
-    if "\r" in subject or "\n" in subject:
-        raise InputError("invalid_subject", f"{where} must not contain line breaks")
+    if LINE_BREAKS.search(subject):
+        raise InputError(
+            "invalid_subject", f"{where} must not contain line breaks or control characters"
+        )
 
 
 def check_body(html: str, limits: Limits, where: str = "content") -> None:
@@ -265,6 +273,7 @@ def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -
     text = check_text(message.text, message.content, limits)
     names = check_placeholder_names(message.subject, message.content, text)
     check_resolves(names, message.data or {}, kept, kept_data)
+    check_subject_values(message.subject, message.data or {}, kept, kept_data)
     size = message_bytes(message.subject, message.content, text, headers, attachments)
     if size > limits.max_message_bytes:
         raise InputError(

@@ -258,6 +258,25 @@ def test_generated_text_keeps_placeholders_and_values_appear_once_filled() -> No
     assert "alert" not in text and "color" not in text
 
 
+def test_braces_the_html_only_spells_as_entities_are_no_placeholder_of_the_text() -> None:
+    html = "<p>Write &#123;&#123;name&#125;&#125; in your template, {{first_name}}.</p>"
+    valid = accept(content=html, data={"first_name": "Ada"})
+    text = valid.request.text or ""
+    assert "{{first_name}}" in text
+    assert "{{name}}" not in text and "name}}" in text  # shown, but never filled in
+
+
+@pytest.mark.parametrize("value", ["Ada\r\nBcc: eve@example.com", "Ada\u2028", "bell\x07"])
+def test_a_value_that_would_break_the_subject_line_is_refused(value: str) -> None:
+    error = refused(
+        subject="Hi {{name}}", recipients=[{"email": "a@example.com", "data": {"name": value}}]
+    )
+    assert error.error == "invalid_data" and "a@example.com" in error.detail
+    assert refused(subject=f"Hi {value}").error == "invalid_subject"
+    # the same value in the body is fine
+    assert accept(content="<p>{{name}}</p>", data={"name": value})
+
+
 def test_given_text_wins_and_blank_text_is_generated() -> None:
     assert accept(text="Plain {{x}}", data={"x": 1}).request.text == "Plain {{x}}"
     assert accept(text="  ").request.text == "Hello\n"
