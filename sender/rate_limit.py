@@ -11,7 +11,7 @@
 - **Late slots are dropped, never bunched.** A job that wakes up (or gets to its SES call) more
   than `LATE_S` after its grid point (the process was not scheduled, Redis was slow) does not
   send on that slot: it asks for a new one. Sends are then never later than slot + `GATHER_S` +
-  `LATE_S`, so any 1-second window holds at most rate x HEADROOM x 1.04 + burst, under
+  `LATE_S`, so any 1-second window holds at most rate x HEADROOM x 1.05 + burst, under
   EMAIL_RATE + 5% (+ burst). A dropped slot is wasted (the schedule is shared in Redis; others
   have booked after it), which costs a little of the mean rate but never bursts. This holds for
   *reservations* (slots in the future: the schedule is full, the cluster sends at the rate). A
@@ -57,9 +57,12 @@ MAX_RESERVE_MS = 500
 # Reserved slots are sent on a grid of this step: the jobs whose slots fall in one step wake
 # together and go out in one claim, one SES call and one record, instead of one wake-up and one
 # call each. A send is then at most GATHER_S + LATE_S after its slot, so a 1-s window holds at
-# most 0.995 x 1.04 x rate + burst < 1.035 x rate + burst. The step is never longer than
-# GATHER_SLOTS slots (a full bulk call): at high rates slots are dense and go at once.
-GATHER_S = 0.02
+# most 0.995 x 1.05 x rate + burst < 1.045 x rate + burst: 30 ms is as long as the +5% bound
+# allows with a margin (15 recipients per call at 500/s; 20 ms gave 10). A window straddles
+# (1 + step + lateness) s of slots however the step is placed, so a step long enough for a full
+# 50-entry call at 500/s (100 ms) would let a window hold ~10% over the rate. The step is never
+# longer than GATHER_SLOTS slots (a full bulk call): at high rates slots are dense and go at once.
+GATHER_S = 0.03
 GATHER_SLOTS = 50
 # Slots closer than this (rates above 10,000/s, "unthrottled") are held to IMMEDIATE_LATE_S:
 # being a few ms late there is a fraction of a slot's worth of nothing, and dropping the slot
