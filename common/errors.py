@@ -76,6 +76,11 @@ class SesTransient(SesError):
     """Certainly not sent (no connection, refused before any processing): safe to retry."""
 
 
+class SesEntryTransient(SesTransient):
+    """One entry of an answered SendBulkEmail call was not processed (TRANSIENT_FAILURE): safe to
+    retry, but about that entry, not SES out of reach: its job fails after MAX_ATTEMPTS."""
+
+
 class SesAmbiguous(SesError):
     """The request may have reached SES and been sent: a 5xx answer, a timeout or a reset after
     the request was written, an unreadable success."""

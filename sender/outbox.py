@@ -5,7 +5,10 @@ claims came back in one script call) go out together, in SendBulkEmail calls of 
 with the message's inline template; a message with one ready email, with attachments, or too
 large for an inline template (1 MB) goes through SendEmail with the same content rendered here.
 Each email still gets its own outcome: its entry's MessageId or error; an error of the whole
-call (throttled, 5xx, timeout...) is the outcome of every email in it.
+call (throttled, 5xx, timeout...) is the outcome of every email in it, except a rejection
+(`SesRejected`: a 4xx such as BadRequest, or a MessageRejected naming one sandboxed recipient),
+which sent nothing: each email of the call then goes through SendEmail on its own, so only the
+bad one fails.
 
 `single`: one SendEmail per recipient, for accounts or proxies that need it.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from common.errors import SesError
+from common.errors import SesError, SesRejected
 from sender.compose import Email, bulk_request
 from sender.ses_client import MAX_BULK_ENTRIES, BulkEmail, OutgoingEmail
 
@@ -66,8 +69,7 @@ class Outbox:
                     str(await self.ses.send_email(items[0][0].rendered()))
                 ]
             else:
-                answer = await self.ses.send_bulk_email(bulk_request([e for e, _ in items]))
-                outcomes = list(answer)
+                outcomes = await self._bulk(items)
         except Exception as exc:
             outcomes = [exc] * len(items)
         except BaseException:
@@ -81,3 +83,13 @@ class Outbox:
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+    async def _bulk(self, items: list[tuple[Email, asyncio.Future[str]]]) -> list[Any]:
+        """One outcome per item: its MessageId or its error (an exception)."""
+        try:
+            return list(await self.ses.send_bulk_email(bulk_request([e for e, _ in items])))
+        except SesRejected:
+            # The whole call was refused, so nothing was sent; SES refuses a call for one bad
+            # entry (an invalid or sandboxed address): each goes alone, only that one fails.
+            singles = (self.ses.send_email(email.rendered()) for email, _ in items)
+            return list(await asyncio.gather(*singles, return_exceptions=True))

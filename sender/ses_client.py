@@ -29,6 +29,15 @@ What an answer or a failure is, and why:
   `ServiceUnavailable`, a proxy's 502/503/504), a reset, timeout or close after the request was
   written, a 2xx without a readable MessageId.
 
+A 2xx SendBulkEmail answer has one result per entry. `SUCCESS` with a MessageId is sent. Only a
+refusal SES documents (`BulkEmailStatus`: MESSAGE_REJECTED, INVALID_PARAMETER, TEMPLATE_NOT_FOUND,
+FAILED, the account's throttling, quota and pause statuses, the setup faults, and
+TRANSIENT_FAILURE, "unable to process your request because of a temporary issue") without a
+MessageId is "not sent", classified as the same error of a whole call; TRANSIENT_FAILURE is
+`SesEntryTransient`, about that entry, not SES out of reach. An entry without a status, with one
+this code does not know, or with a MessageId beside a refusal is `SesAmbiguous`: SES accepted the
+call and may have sent it.
+
 No 5xx is retried as "not sent": SES documents none as "not processed", a 500 `InternalFailure`
 may come after the message was queued, and a proxy's 502/504 may have forwarded it. Only a
 throttling, quota or pause code is trusted on a 5xx, as those are decided before sending.
@@ -50,6 +59,7 @@ from yarl import URL
 from common.errors import (
     ConfigError,
     SesAmbiguous,
+    SesEntryTransient,
     SesError,
     SesPaused,
     SesQuotaExceeded,
@@ -286,6 +296,8 @@ def encode_bulk_request(bulk: BulkEmail) -> bytes:
 
 
 # A bulk entry's Status -> what sesflow does about it, as for the same error of a whole call.
+# Each is a refusal SES documents (BulkEmailStatus and the names its documentation gives them):
+# that entry was not sent. TRANSIENT_FAILURE and FAILED say SES "was unable to process" it.
 ENTRY_ERRORS: dict[str, type[SesError]] = {
     "ACCOUNT_THROTTLED": SesThrottled,
     "ACCOUNT_DAILY_QUOTA_EXCEEDED": SesQuotaExceeded,
@@ -293,16 +305,19 @@ ENTRY_ERRORS: dict[str, type[SesError]] = {
     "ACCOUNT_SENDING_PAUSED": SesPaused,
     "ACCOUNT_SUSPENDED": SesPaused,
     "CONFIGURATION_SET_SENDING_PAUSED": SesPaused,
-    "TRANSIENT_FAILURE": SesTransient,
+    "TRANSIENT_FAILURE": SesEntryTransient,
     "MESSAGE_REJECTED": SesRejected,
     "TEMPLATE_NOT_FOUND": SesRejected,
+    "TEMPLATE_DOES_NOT_EXIST": SesRejected,
     "INVALID_PARAMETER": SesRejected,
+    "INVALID_PARAMETER_VALUE": SesRejected,
     "FAILED": SesRejected,
 }
 # Entry statuses that blame our setup, not the recipient: that setup pauses, nothing fails.
 ENTRY_SETUP_FAULTS = {
     "MAIL_FROM_DOMAIN_NOT_VERIFIED": "mail_from_domain",
     "CONFIGURATION_SET_NOT_FOUND": "configuration_set",
+    "CONFIGURATION_SET_DOES_NOT_EXIST": "configuration_set",
     "INVALID_SENDING_POOL_NAME": "configuration_set",
 }
 
@@ -310,13 +325,18 @@ ENTRY_SETUP_FAULTS = {
 def entry_outcome(result: _EntryResult, recipient: str = "") -> str | SesError:
     """SES's MessageId for an accepted entry, else the entry's error, classified like the same
     answer to a whole call: a MESSAGE_REJECTED that names our unverified identity rather than the
-    recipient is a setup fault. A status this code does not know was not accepted (only SUCCESS
-    is): retried, up to MAX_ATTEMPTS."""
+    recipient is a setup fault.
+
+    SES said yes to the call, so only a documented refusal without a MessageId is "not sent". An
+    entry with a MessageId but another status, an empty or unknown status, may be on its way:
+    ambiguous (ON_AMBIGUOUS), never retried as unsent."""
     status = result.Status
-    if status == "SUCCESS":
-        if result.MessageId:
-            return result.MessageId
-        return SesAmbiguous("MalformedResponse", "SUCCESS without a MessageId", 200)
+    if status == "SUCCESS" and result.MessageId:
+        return result.MessageId
+    refused = status in ENTRY_ERRORS or status in ENTRY_SETUP_FAULTS
+    if not refused or result.MessageId:
+        detail = f"entry status {status or 'missing'!r}, MessageId {result.MessageId!r}"
+        return SesAmbiguous("MalformedResponse", f"{detail}: {result.Error}".rstrip(": "), 200)
     reason = ENTRY_SETUP_FAULTS.get(status, "")
     if status == "MESSAGE_REJECTED" and identity_refused(
         result.Error, [recipient] if recipient else []
@@ -324,10 +344,9 @@ def entry_outcome(result: _EntryResult, recipient: str = "") -> str | SesError:
         reason = "identity"
     if reason:
         return SesSetupFault(status, result.Error, 200, reason=reason)
-    kind = ENTRY_ERRORS.get(status, SesTransient)
     # a rejected recipient fails with the same code in both modes (f:rejected:MessageRejected)
-    code = "MessageRejected" if status == "MESSAGE_REJECTED" else status or "NoStatus"
-    return kind(code, result.Error, 200)
+    code = "MessageRejected" if status == "MESSAGE_REJECTED" else status
+    return ENTRY_ERRORS[status](code, result.Error, 200)
 
 
 def bulk_outcomes(payload: bytes, recipients: list[str]) -> list[str | SesError]:

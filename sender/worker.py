@@ -35,7 +35,9 @@ everyone, report; setup fault (a configuration set that does not exist, an unver
 identity: `sender.setup_faults`) -> release, pause that setup for every replica, alert, wait for a
 probe to succeed; nothing fails and no attempt is counted; rejected -> `f:<code>`; transient
 (certainly not sent) -> release and retry, and after MAX_ATTEMPTS in a row the setup fault
-`unreachable` (all sending pauses) rather than failing the recipient; ambiguous (any
+`unreachable` (all sending pauses, the job counts afresh) rather than failing the recipient; a
+bulk entry's TRANSIENT_FAILURE -> retry, `f:transient:<status>` + dead letter after
+MAX_ATTEMPTS; ambiguous (any
 5xx, a timeout or reset after sending) -> like a crash in the window (resend: `unknown` after
 MAX_ATTEMPTS), and a 5xx slows the shared rate as a throttle does.
 
@@ -66,6 +68,7 @@ from common.connection import UNAVAILABLE, ensure_group, wait_for_redis
 from common.errors import (
     RedisUnavailable,
     SesAmbiguous,
+    SesEntryTransient,
     SesError,
     SesPaused,
     SesQuotaExceeded,
@@ -521,15 +524,32 @@ class Sender:
                 )
                 return
             except SesTransient as exc:
-                # certainly not sent, and never about this recipient (no connection, a refused
-                # signature): retry; MAX_ATTEMPTS in a row means SES is out of reach for us, a
-                # setup fault that pauses all sending until a probe gets through, not a failure
+                # certainly not sent: retry. A whole call that failed (no connection, a refused
+                # signature) is never about this recipient: MAX_ATTEMPTS in a row means SES is out
+                # of reach for us, a setup fault that pauses all sending until a probe gets
+                # through, not a failure. An entry SES answered TRANSIENT_FAILURE is about this
+                # job alone: it fails after MAX_ATTEMPTS, pausing nobody.
                 self.count_error(exc, started)
                 transient += 1
+                if isinstance(exc, SesEntryTransient) and transient >= self.settings.max_attempts:
+                    reason = f"transient:{exc.code}"
+                    await self.finish(
+                        part,
+                        entry_id,
+                        job,
+                        content,
+                        claim,
+                        f"{FAILED}{reason}",
+                        EventType.FAILED,
+                        detail=str(exc)[:500],
+                        dead=dead_entry(entry_id, job.fields(), reason),
+                    )
+                    return
                 metrics.JOBS.labels("retried").inc()
                 await self.release(part, job, claim)
                 takeover = ""
                 if transient >= self.settings.max_attempts:
+                    transient = 0  # a failed probe waits for the next; it does not pause again
                     await self.setup_fault(unreachable(exc), email)
                     continue
                 await self.pause_job(backoff(transient))

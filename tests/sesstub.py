@@ -84,6 +84,9 @@ class StubConfig(msgspec.Struct, kw_only=True):
     burst: float = 0.0  # token bucket size; 0 = max(1, rate / 10)
     max_24h: float = -1.0  # daily quota in recipients, -1 = unlimited (GetAccount too)
     reject_pattern: str = ""  # regex; matching recipients get MessageRejected
+    # regex; a call naming a matching recipient is refused as a whole, 400 BadRequestException
+    # (SendBulkEmail too: one bad entry refuses every entry of its call)
+    bad_address_pattern: str = ""
     paused_until: float = 0.0  # epoch seconds; SendingPausedException until then
     keep_messages: int = 1000  # accepted requests kept for GET /stub/messages
     keep_mail: bool = True  # keep (and render) every recipient's mail in `mail`
@@ -110,6 +113,7 @@ class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     burst: float | None = None
     max_24h: float | None = None
     reject_pattern: str | None = None
+    bad_address_pattern: str | None = None
     pause_seconds: float | None = None  # pause the account for N seconds (0 = resume)
     keep_messages: int | None = None
     entry_statuses: dict[str, list[str]] | None = None
@@ -413,6 +417,13 @@ class SesStub:
                 f"region US-EAST-1: {address}",
             )
 
+    def _check_addresses(self, recipients: list[str]) -> None:
+        pattern = self.config.bad_address_pattern
+        for address in recipients if pattern else ():
+            if re.search(pattern, address, re.IGNORECASE):
+                self.bad_requests += 1
+                raise SesError(400, "BadRequestException", f"Invalid email address: {address}")
+
     def _rejects(self, address: str) -> bool:
         return self._reject is not None and self._reject.search(address) is not None
 
@@ -492,6 +503,7 @@ class SesStub:
             if len(recipients) > 50:
                 self.bad_requests += 1
                 raise SesError(400, "BadRequestException", "Too many recipients (max 50).")
+            self._check_addresses(recipients)
             self._check_setup(call.FromEmailAddress, call.ConfigurationSetName)
             if self._maybe_disconnect(request):
                 return web.Response(status=500)
@@ -545,6 +557,7 @@ class SesStub:
             if len(call.BulkEmailEntries) > 50:
                 self.bad_requests += 1
                 raise SesError(400, "BadRequestException", "Too many entries (max 50).")
+            self._check_addresses([r for e in call.BulkEmailEntries for r in e.Destination.all()])
             self._check_setup(call.FromEmailAddress, call.ConfigurationSetName)
             template = call.DefaultContent.Template
             default_data = _template_data(template.TemplateData)

@@ -328,3 +328,46 @@ async def test_a_setup_fault_inside_a_bulk_call_pauses_and_fails_nothing(
     found = await states(redis, PART, msg_id)
     assert all(v.startswith("s:") for v in found.values()), found
     assert stub.recipients == {e: 1 for e in emails}
+
+
+async def test_a_transient_entry_fails_that_recipient_and_pauses_nothing(
+    redis: Any, stub: SesStub, bulk_settings: Any, start_sender: Any
+) -> None:
+    """TRANSIENT_FAILURE is about one entry of an answered call, not SES out of reach: after
+    MAX_ATTEMPTS that job fails (and is dead-lettered); no setup pause stops the others."""
+    emails = [f"t{n}@example.org" for n in range(4)]
+    stub.configure(entry_statuses={emails[1]: ["TRANSIENT_FAILURE"]})
+    msg_id = await queue_message(redis, message(), [(e, {"first_name": "T"}) for e in emails])
+    run = start_sender(bulk_settings(MAX_ATTEMPTS="1", SETUP_PROBE_INTERVAL="0.2"))
+    await wait_for(lambda: all_final(redis, msg_id, 4))
+    await run.stop()
+    found = await states(redis, PART, msg_id)
+    assert found[1] == "f:transient:TRANSIENT_FAILURE", found
+    assert all(found[n].startswith("s:") for n in (0, 2, 3))
+    assert stub.recipients == {e: 1 for e in emails if e != emails[1]}
+    assert stub.bulk_calls == 1 and stub.calls == 1
+    [(_, dead)] = await redis.xrange(PART.sends_dead)
+    assert dead["e"] == emails[1] and dead["reason"] == "transient:TRANSIENT_FAILURE"
+    assert await redis.hgetall(KEYS.setup_paused) == {}
+
+
+async def test_a_bulk_call_refused_for_one_entry_fails_only_that_recipient(
+    redis: Any, stub: SesStub, bulk_settings: Any, start_sender: Any
+) -> None:
+    """A 400 to the whole call sent nothing: each entry goes again through SendEmail with the
+    same mail, so only the bad address fails and the others are sent, once each."""
+    emails = [f"b{n}@example.org" for n in range(4)]
+    stub.configure(bad_address_pattern=r"^b2@")
+    msg_id = await queue_message(redis, message(), [(e, {"first_name": e[:2]}) for e in emails])
+    run = start_sender(bulk_settings())
+    await wait_for(lambda: all_final(redis, msg_id, 4))
+    await run.stop()
+    found = await states(redis, PART, msg_id)
+    assert found[2] == "f:rejected:BadRequestException", found
+    assert all(found[n].startswith("s:") for n in (0, 1, 3))
+    assert stub.recipients == {e: 1 for e in emails if e != emails[2]}
+    assert stub.bulk_calls == 1 and stub.calls == 1 + len(emails)
+    for email in (emails[0], emails[1], emails[3]):
+        [mail] = stub.mail[email]
+        assert not mail.bulk and mail.subject == f"Hi {email[:2]}"
+        assert mail.headers["X-Request-ID"] == f"{msg_id}_{emails.index(email)}"

@@ -10,6 +10,7 @@ from senderkit import FakeSes, Running, events, new_msg_id, pending_count, seed,
 
 from common.errors import (
     SesAmbiguous,
+    SesEntryTransient,
     SesPaused,
     SesQuotaExceeded,
     SesRejected,
@@ -227,6 +228,63 @@ async def test_transient_errors_retry_then_pause_sending_and_never_fail_the_reci
     assert fake_ses.calls[EMAILS[1]] == 4 and fake_ses.sent[EMAILS[1]] == 1
     assert await redis.xlen(PART.sends_dead) == 0
     assert await redis.hgetall(KEYS.setup_paused) == {}
+
+
+async def test_a_transient_bulk_entry_fails_after_max_attempts_without_pausing_anyone(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    """An entry SES answered TRANSIENT_FAILURE counts as its own job's attempts and ends failed
+    with a dead letter, as a single send's transient error once did: no `unreachable` pause."""
+    entry_error = SesEntryTransient("TRANSIENT_FAILURE", "try later", 200)
+    fake_ses.script[EMAILS[1]] = [entry_error] * 3
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:4])
+    sender = make_sender(sender_settings(MAX_ATTEMPTS="3", SETUP_PROBE_INTERVAL="0.2"))
+    faults: list[Any] = []
+    record = sender.setup_fault
+
+    async def counted(exc: Any, email: Any) -> None:
+        faults.append(exc)
+        await record(exc, email)
+
+    sender.setup_fault = counted
+    run = running(sender)
+    await wait_for(lambda: all_final(redis, msg_id, 4), within=15)
+    await run.stop()
+    found = await states(redis, PART, msg_id)
+    assert found[1] == "f:transient:TRANSIENT_FAILURE"
+    assert all(found[n].startswith("s:") for n in (0, 2, 3))
+    assert fake_ses.bulk_sizes and fake_ses.bulk_sizes[0] == 4
+    assert fake_ses.calls[EMAILS[1]] == 3 and fake_ses.sent[EMAILS[1]] == 0
+    assert {e: fake_ses.sent[e] for e in (EMAILS[0], EMAILS[2], EMAILS[3])} == dict.fromkeys(
+        (EMAILS[0], EMAILS[2], EMAILS[3]), 1
+    )
+    assert faults == [] and await redis.hgetall(KEYS.setup_paused) == {}
+    [(_, dead)] = await redis.xrange(PART.sends_dead)
+    assert dead["reason"] == "transient:TRANSIENT_FAILURE" and dead["e"] == EMAILS[1]
+
+
+async def test_a_job_that_paused_sending_does_not_pause_it_again_on_each_retry(
+    redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
+) -> None:
+    """After its `unreachable` fault a job counts its tries afresh: a failed probe waits for the
+    next one instead of raising the setup fault again."""
+    fake_ses.script[EMAILS[0]] = [SesTransient("ConnectError", "refused")] * 3
+    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    sender = make_sender(sender_settings(MAX_ATTEMPTS="2", SETUP_PROBE_INTERVAL="0.2"))
+    faults: list[Any] = []
+    record = sender.setup_fault
+
+    async def counted(exc: Any, email: Any) -> None:
+        faults.append(exc)
+        await record(exc, email)
+
+    sender.setup_fault = counted
+    run = running(sender)
+    await wait_for(lambda: all_final(redis, msg_id, 1), within=15)
+    await run.stop()
+    assert (await states(redis, PART, msg_id))[0].startswith("s:")
+    assert fake_ses.calls[EMAILS[0]] == 4
+    assert [f.reason for f in faults] == ["unreachable"]
 
 
 async def paused_all(redis: Any) -> bool:
