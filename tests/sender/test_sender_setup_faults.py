@@ -85,7 +85,9 @@ async def test_a_setup_fault_pauses_fails_nothing_alerts_and_a_probe_resumes(
     calls_while_broken = sum(fake_ses.calls.values())
     # the first wave (SENDER_CONCURRENCY calls in flight) and about one probe per interval
     assert calls_while_broken <= 8 + 6, fake_ses.calls
-    assert await counts(redis, msg_id) == {}  # nothing failed, nothing final: all still queued
+    # nothing failed, nothing final: all still queued, but for the probe that may be mid-call
+    found = await counts(redis, msg_id)
+    assert found.get("inflight", 0) <= 1 and not found.keys() - {"inflight"}, found
     pause = (await paused_scopes(redis))["configuration-set:typo"]
     assert pause["reason"] == "configuration_set" and pause["code"] == "NotFoundException"
     assert "does not exist" in pause["message"]
