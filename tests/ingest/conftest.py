@@ -9,9 +9,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 from apptest import AppTestServer
 
-from common.keys import Keys, PartitionKeys
+from common.connection import ensure_group
+from common.keys import DISPATCH_GROUP, Keys, PartitionKeys
 from common.settings import Settings
 from ingest.api import create_app
+from ingest.dispatcher import Dispatcher, dispatcher_client
 
 
 @pytest.fixture
@@ -46,3 +48,11 @@ def api_client() -> Callable[[Settings], Any]:
 async def http(api_client: Callable[[Settings], Any], settings: Settings) -> AsyncIterator[Any]:
     async with api_client(settings) as client:
         yield client
+
+
+@pytest.fixture
+async def dispatcher(settings: Settings, keys: Keys) -> AsyncIterator[Dispatcher]:
+    client = dispatcher_client(settings)
+    await ensure_group(client, keys.requests, DISPATCH_GROUP)
+    yield Dispatcher(client, settings, keys, consumer="test")
+    await client.aclose()

@@ -3,7 +3,7 @@ in (the API, entries producers XADD, the setting at startup)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from email.header import decode_header, make_header
 from email.utils import formataddr, parseaddr
 from typing import Any
@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 
 from common.addresses import InvalidMailbox, normalise_mailbox
-from common.connection import ensure_group
 from common.errors import ConfigError
 from common.keys import DISPATCH_GROUP, Keys, PartitionKeys
 from common.producer import enqueue
 from common.schema import Job, MessageContent, MessageRequest
 from common.settings import Settings, settings_from_mapping
-from ingest.dispatcher import Dispatcher, dispatcher_client
+from ingest.dispatcher import Dispatcher
 from sender.compose import compose
 
 REFUSED = [
@@ -86,14 +85,6 @@ async def test_the_api_stores_the_rebuilt_sender(http: Any, redis: Any, keys: Ke
     assert resp.status == 202
     [(_, fields)] = await redis.xrange(keys.requests)
     assert "=?utf-8?q?Zo=C3=AB?= <z@x.io>" in fields["message"]
-
-
-@pytest.fixture
-async def dispatcher(settings: Settings, keys: Keys) -> AsyncIterator[Dispatcher]:
-    client = dispatcher_client(settings)
-    await ensure_group(client, keys.requests, DISPATCH_GROUP)
-    yield Dispatcher(client, settings, keys, consumer="test")
-    await client.aclose()
 
 
 async def test_the_dispatcher_dead_letters_a_produced_entry_with_two_senders(

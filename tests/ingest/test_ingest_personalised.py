@@ -8,18 +8,16 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ingestkit import read_events, read_jobs
+from ingestkit import dispatch_all, read_events, read_jobs
 
-from common.connection import ensure_group
-from common.keys import DISPATCH_GROUP, Keys, PartitionKeys
+from common.keys import Keys, PartitionKeys
 from common.producer import enqueue
 from common.schema import Job, MessageContent, MessageRequest, Recipient
 from common.settings import Settings
-from ingest.dispatcher import Dispatcher, dispatcher_client
+from ingest.dispatcher import Dispatcher
 from ingest.scheduler import Scheduler
 
 PDF = base64.b64encode(b"%PDF-1.4 " + bytes(range(256))).decode()
@@ -37,25 +35,6 @@ CAMPAIGN = {
     "headers": {"X-Campaign": "spring"},
     "attachments": [{"filename": "a.pdf", "content_type": "application/pdf", "content": PDF}],
 }
-
-
-@pytest.fixture
-async def dispatcher(settings: Settings, keys: Keys) -> AsyncIterator[Dispatcher]:
-    client = dispatcher_client(settings)
-    await ensure_group(client, keys.requests, DISPATCH_GROUP)
-    yield Dispatcher(client, settings, keys, consumer="test")
-    await client.aclose()
-
-
-async def dispatch_all(dispatcher: Dispatcher) -> int:
-    """Handle every entry waiting on `requests`; returns how many."""
-    reply = await dispatcher.client.xreadgroup(
-        DISPATCH_GROUP, "test", {dispatcher.keys.requests: ">"}, count=100
-    )
-    entries = [entry for _stream, batch in reply or [] for entry in batch]
-    for entry_id, fields in entries:
-        await dispatcher.handle(entry_id, fields)
-    return len(entries)
 
 
 async def test_a_personalised_message_is_stored_once_and_each_job_carries_its_data(

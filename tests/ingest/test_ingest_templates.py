@@ -4,19 +4,16 @@ accept time, against a real redis-server."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import pytest
-from ingestkit import read_jobs
+from ingestkit import dispatch_all, read_jobs
 
-from common.connection import ensure_group
 from common.keys import DISPATCH_GROUP, Keys, PartitionKeys
 from common.producer import enqueue
 from common.schema import Job, MessageContent, MessageRequest, decode_request
-from common.settings import Settings
-from ingest.dispatcher import Dispatcher, dispatcher_client
+from ingest.dispatcher import Dispatcher
 
 TEMPLATE_API_KEY = "templates-test-key-7f3a9c2e5b"
 WELCOME = {
@@ -25,23 +22,6 @@ WELCOME = {
     "text": "Hello {{first_name}}, plan {{plan}}.",
     "data": {"plan": "free"},
 }
-
-
-@pytest.fixture
-async def dispatcher(settings: Settings, keys: Keys) -> AsyncIterator[Dispatcher]:
-    client = dispatcher_client(settings)
-    await ensure_group(client, keys.requests, DISPATCH_GROUP)
-    yield Dispatcher(client, settings, keys, consumer="test")
-    await client.aclose()
-
-
-async def dispatch_all(dispatcher: Dispatcher) -> None:
-    reply = await dispatcher.client.xreadgroup(
-        DISPATCH_GROUP, "test", {dispatcher.keys.requests: ">"}, count=100
-    )
-    for _stream, entries in reply or []:
-        for entry_id, fields in entries:
-            await dispatcher.handle(entry_id, fields)
 
 
 def using(template: str, **extra: Any) -> dict[str, Any]:
