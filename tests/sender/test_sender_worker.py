@@ -230,6 +230,19 @@ async def test_transient_errors_retry_then_pause_sending_and_never_fail_the_reci
     assert await redis.hgetall(KEYS.setup_paused) == {}
 
 
+def setup_faults_of(sender: Any) -> list[Any]:
+    """The setup faults `sender` raises from now on, in order (each is still handled)."""
+    faults: list[Any] = []
+    record = sender.setup_fault
+
+    async def counted(exc: Any, email: Any) -> None:
+        faults.append(exc)
+        await record(exc, email)
+
+    sender.setup_fault = counted
+    return faults
+
+
 async def test_a_transient_bulk_entry_fails_after_max_attempts_without_pausing_anyone(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
@@ -239,14 +252,7 @@ async def test_a_transient_bulk_entry_fails_after_max_attempts_without_pausing_a
     fake_ses.script[EMAILS[1]] = [entry_error] * 3
     msg_id, _ = await seed(redis, KEYS, EMAILS[:4])
     sender = make_sender(sender_settings(MAX_ATTEMPTS="3", SETUP_PROBE_INTERVAL="0.2"))
-    faults: list[Any] = []
-    record = sender.setup_fault
-
-    async def counted(exc: Any, email: Any) -> None:
-        faults.append(exc)
-        await record(exc, email)
-
-    sender.setup_fault = counted
+    faults = setup_faults_of(sender)
     run = running(sender)
     await wait_for(lambda: all_final(redis, msg_id, 4), within=15)
     await run.stop()
@@ -271,14 +277,7 @@ async def test_a_job_that_paused_sending_does_not_pause_it_again_on_each_retry(
     fake_ses.script[EMAILS[0]] = [SesTransient("ConnectError", "refused")] * 3
     msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
     sender = make_sender(sender_settings(MAX_ATTEMPTS="2", SETUP_PROBE_INTERVAL="0.2"))
-    faults: list[Any] = []
-    record = sender.setup_fault
-
-    async def counted(exc: Any, email: Any) -> None:
-        faults.append(exc)
-        await record(exc, email)
-
-    sender.setup_fault = counted
+    faults = setup_faults_of(sender)
     run = running(sender)
     await wait_for(lambda: all_final(redis, msg_id, 1), within=15)
     await run.stop()
