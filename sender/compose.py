@@ -15,6 +15,7 @@ own values is the exception: it gets a token of its own per recipient (`c<n>`).
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections import OrderedDict
@@ -368,7 +369,14 @@ def unsubscribe_headers(
 
 
 def sender_of(settings: Settings, content: MessageContent) -> str:
-    return normalise_mailbox(content.from_email) if content.from_email else settings.email_sender
+    return checked_sender(content.from_email) if content.from_email else settings.email_sender
+
+
+@functools.lru_cache(maxsize=TEMPLATE_CACHE_SIZE)
+def checked_sender(from_email: str) -> str:
+    """The stored From, parsed strictly once per distinct value rather than per recipient (a
+    refused one raises InvalidMailbox every time: exceptions are not cached)."""
+    return normalise_mailbox(from_email)
 
 
 def compose(settings: Settings, secret: bytes, content: MessageContent, job: Job) -> Email:
