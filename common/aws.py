@@ -11,7 +11,7 @@ import msgspec
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from common.settings import Settings
+from sesflow.common.settings import Settings
 
 
 def boto_session(settings: Settings) -> boto3.Session:

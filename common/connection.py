@@ -19,9 +19,9 @@ from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.errors import ConfigError, RedisUnavailable
-from common.metrics import watch_reconnects
-from common.settings import Settings
+from sesflow.common.errors import ConfigError, RedisUnavailable
+from sesflow.common.metrics import watch_reconnects
+from sesflow.common.settings import Settings
 
 Redis = aioredis.Redis | RedisCluster
 

@@ -42,10 +42,10 @@ from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from redis.exceptions import RedisError
 
-from common.connection import UNAVAILABLE
-from common.errors import InputError, RedisUnavailable
-from common.logs import get_logger
-from common.settings import Settings
+from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.errors import InputError, RedisUnavailable
+from sesflow.common.logs import get_logger
+from sesflow.common.settings import Settings
 
 log = get_logger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from common.settings import Settings
+from sesflow.common.settings import Settings
 
 
 def configure(settings: Settings, role: str) -> None:

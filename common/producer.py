@@ -31,8 +31,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.keys import Keys
-from common.schema import REQUEST_FIELD, MessageRequest, encode
+from sesflow.common.keys import Keys
+from sesflow.common.schema import REQUEST_FIELD, MessageRequest, encode
 
 
 def entry_fields(message: MessageRequest) -> dict[str, bytes]:

@@ -10,11 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
-from common.errors import ConfigError
-from common.http import JsonAppRunner
-from common.logs import configure, get_logger
-from common.sentry import init_sentry
-from common.settings import Settings, check_role, load_settings
+from sesflow.common.errors import ConfigError
+from sesflow.common.http import JsonAppRunner
+from sesflow.common.logs import configure, get_logger
+from sesflow.common.sentry import init_sentry
+from sesflow.common.settings import Settings, check_role, load_settings
 
 log = get_logger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from common.keys import request_id
+from sesflow.common.keys import request_id
 
 REQUEST_FIELD = "message"
 EVENT_FIELD = "e"

@@ -10,7 +10,9 @@ from typing import Any
 
 @functools.cache
 def source(name: str) -> str:
-    return resources.files("common").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return (
+        resources.files("sesflow.common").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    )
 
 
 def register(client: Any, name: str) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from common.settings import SECRET_FIELDS, Settings, redact_url
+from sesflow.common.settings import SECRET_FIELDS, Settings, redact_url
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 REDACTED = "[redacted]"

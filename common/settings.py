@@ -16,9 +16,9 @@ from typing import Any
 
 import msgspec
 
-from common.addresses import InvalidMailbox, normalise_mailbox
-from common.errors import ConfigError
-from common.weak_secrets import aws_placeholder, bad_sentry_dsn, weakness
+from sesflow.common.addresses import InvalidMailbox, normalise_mailbox
+from sesflow.common.errors import ConfigError
+from sesflow.common.weak_secrets import aws_placeholder, bad_sentry_dsn, weakness
 
 # Only SNS's own regional hosts, with a label shaped like a region (`us-east-1`, `us-gov-west-1`;
 # `cn-north-1` on `.com.cn`): a looser label such as `[a-z0-9-]+` also matches S3's

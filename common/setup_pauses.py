@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from common.keys import Keys
+from sesflow.common.keys import Keys
 
 MESSAGE_BYTES = 500
 

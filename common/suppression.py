@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from common.keys import Keys
+from sesflow.common.keys import Keys
 
 
 class Suppression(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -28,8 +28,8 @@ from typing import Any
 
 import msgspec
 
-from common.keys import Keys, split_request_id
-from common.settings import Settings
+from sesflow.common.keys import Keys, split_request_id
+from sesflow.common.settings import Settings
 
 MAC_BYTES = 16
 

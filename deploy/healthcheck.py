@@ -2,8 +2,9 @@
 """Container health check: GET /health of the sesflow role running as PID 1.
 
 Usage: sesflow-healthcheck [ROLE]. Without ROLE it is read from PID 1's command line
-(`sesflow sender`, `python -m stats`, ...). The port comes from the same settings the role
-reads, so a changed INGEST_PORT or SENDER_METRICS_PORT needs no change here. Exit 0 = healthy.
+(`sesflow serve sender`, `python -m sesflow.stats`, ...). The port comes from the same settings
+the role reads, so a changed INGEST_PORT or SENDER_METRICS_PORT needs no change here.
+Exit 0 = healthy.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from common.errors import ConfigError
-from common.settings import Settings, load_settings
+from sesflow.common.errors import ConfigError
+from sesflow.common.settings import Settings, load_settings
 
 ROLES = ("ingest", "sender", "tracker", "stats")
 
 
 def role_from_cmdline(cmdline: bytes) -> str | None:
-    """The first argument of a NUL-separated command line that names a role."""
+    """The first argument of a NUL-separated command line that names a role (`stats`, or
+    `sesflow.stats` for `python -m`)."""
     for arg in cmdline.split(b"\0"):
-        name = arg.decode(errors="replace")
+        name = arg.decode(errors="replace").removeprefix("sesflow.")
         if name in ROLES:
             return name
     return None

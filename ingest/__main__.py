@@ -1,4 +1,5 @@
-"""`python -m ingest` / `sesflow ingest`: the API, the dispatcher and the scheduler, one process.
+"""`python -m sesflow.ingest` / `sesflow serve ingest`: the API, the dispatcher and the
+scheduler, one process.
 
 SIGTERM or SIGINT sets `stop`: the API stops accepting, the dispatcher stops reading and lets the
 entries in flight finish within SHUTDOWN_GRACE, the scheduler ends its tick, the pool is closed.
@@ -9,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 
-from common.keys import Keys
-from common.logs import get_logger
-from common.runtime import run_role, start_site, stop_on_signals
-from common.settings import Settings
-from ingest.api import create_app
-from ingest.dispatcher import Dispatcher, dispatcher_client
-from ingest.scheduler import Scheduler
+from sesflow.common.keys import Keys
+from sesflow.common.logs import get_logger
+from sesflow.common.runtime import run_role, start_site, stop_on_signals
+from sesflow.common.settings import Settings
+from sesflow.ingest.api import create_app
+from sesflow.ingest.dispatcher import Dispatcher, dispatcher_client
+from sesflow.ingest.scheduler import Scheduler
 
 log = get_logger(__name__)
 

@@ -31,11 +31,11 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from common import scripts
-from common.addresses import is_valid_address
-from common.connection import connect
-from common.errors import InputError
-from common.http import (
+from sesflow.common import scripts
+from sesflow.common.addresses import is_valid_address
+from sesflow.common.connection import connect
+from sesflow.common.errors import InputError
+from sesflow.common.http import (
     HEALTH_PATHS,
     add_health_routes,
     auth_middleware,
@@ -45,17 +45,17 @@ from common.http import (
     json_response,
     read_body,
 )
-from common.keys import Keys
-from common.producer import entry_fields
-from common.schema import REQUEST_FIELD, MessageRequest, encode
-from common.settings import Settings
-from common.suppression import SuppressionList, entry, normalise
-from ingest import metrics
-from ingest.compat import PUBLIC_PATHS, add_compat_routes
-from ingest.idempotency import Claim, IdempotencyStore, Prior, body_hash, check_key
-from ingest.templates import TemplateStore
-from ingest.templates_api import TEMPLATES, add_template_routes
-from ingest.validation import (
+from sesflow.common.keys import Keys
+from sesflow.common.producer import entry_fields
+from sesflow.common.schema import REQUEST_FIELD, MessageRequest, encode
+from sesflow.common.settings import Settings
+from sesflow.common.suppression import SuppressionList, entry, normalise
+from sesflow.ingest import metrics
+from sesflow.ingest.compat import PUBLIC_PATHS, add_compat_routes
+from sesflow.ingest.idempotency import Claim, IdempotencyStore, Prior, body_hash, check_key
+from sesflow.ingest.templates import TemplateStore
+from sesflow.ingest.templates_api import TEMPLATES, add_template_routes
+from sesflow.ingest.validation import (
     Limits,
     ValidMessage,
     check_topic,

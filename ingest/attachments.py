@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 import msgspec
 
-from common.errors import InputError
-from common.schema import Attachment
+from sesflow.common.errors import InputError
+from sesflow.common.schema import Attachment
 
 MAX_ATTACHMENTS = 50
 MAX_FILENAME_CHARS = 255

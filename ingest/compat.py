@@ -15,9 +15,9 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from common.http import error_response, read_body
-from common.logs import get_logger
-from common.settings import Settings
+from sesflow.common.http import error_response, read_body
+from sesflow.common.logs import get_logger
+from sesflow.common.settings import Settings
 
 log = get_logger(__name__)
 

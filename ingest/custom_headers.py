@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from common.errors import InputError
+from sesflow.common.errors import InputError
 
 MAX_HEADERS = 12  # SES takes 15 per message; sesflow adds up to 3 per recipient
 MAX_NAME_CHARS = 126

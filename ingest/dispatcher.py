@@ -29,18 +29,18 @@ from typing import Any
 import msgspec
 from redis.exceptions import ResponseError
 
-from common import scripts
-from common.connection import (
+from sesflow.common import scripts
+from sesflow.common.connection import (
     UNAVAILABLE,
     connect,
     ensure_group,
     transient_reply,
     wait_for_redis,
 )
-from common.errors import InputError, RedisUnavailable
-from common.keys import DISPATCH_GROUP, Keys, accepted_ms
-from common.logs import get_logger
-from common.schema import (
+from sesflow.common.errors import InputError, RedisUnavailable
+from sesflow.common.keys import DISPATCH_GROUP, Keys, accepted_ms
+from sesflow.common.logs import get_logger
+from sesflow.common.schema import (
     EVENT_FIELD,
     REQUEST_FIELD,
     Event,
@@ -50,12 +50,12 @@ from common.schema import (
     decode_request,
     encode,
 )
-from common.settings import Settings
-from common.streams import trim_acknowledged
-from common.suppression import SuppressionList
-from ingest import metrics
-from ingest.templates import TemplateStore
-from ingest.validation import Limits, ValidMessage, listed, validate_message
+from sesflow.common.settings import Settings
+from sesflow.common.streams import trim_acknowledged
+from sesflow.common.suppression import SuppressionList
+from sesflow.ingest import metrics
+from sesflow.ingest.templates import TemplateStore
+from sesflow.ingest.validation import Limits, ValidMessage, listed, validate_message
 
 log = get_logger(__name__)
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import msgspec
 
-from common.errors import InputError
-from common.scripts import register
+from sesflow.common.errors import InputError
+from sesflow.common.scripts import register
 
 PENDING_TTL = 60  # seconds a placeholder lives unless refreshed: far above one request's time
 REFRESH_EVERY = PENDING_TTL / 3

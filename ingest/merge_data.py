@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
-from common import merge
-from common.errors import InputError
+from sesflow.common import merge
+from sesflow.common.errors import InputError
 
 MAX_DEPTH = 8
 MAX_KEY_CHARS = 128

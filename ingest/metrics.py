@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from common.metrics import RoleMetrics
+from sesflow.common.metrics import RoleMetrics
 
 # registry=None: not in prometheus-client's default registry; `ingest_metrics()` adds them.
 MESSAGES_ACCEPTED = Counter(

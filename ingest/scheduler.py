@@ -9,12 +9,12 @@ import asyncio
 import contextlib
 from typing import Any
 
-from common import scripts
-from common.connection import UNAVAILABLE, wait_for_redis
-from common.errors import RedisUnavailable
-from common.keys import Keys, PartitionKeys
-from common.logs import get_logger
-from ingest import metrics
+from sesflow.common import scripts
+from sesflow.common.connection import UNAVAILABLE, wait_for_redis
+from sesflow.common.errors import RedisUnavailable
+from sesflow.common.keys import Keys, PartitionKeys
+from sesflow.common.logs import get_logger
+from sesflow.ingest import metrics
 
 log = get_logger(__name__)
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import msgspec
 
-from common import scripts
-from common.errors import InputError
-from common.http import decode_json
-from common.keys import Keys
-from common.schema import MessageRequest
-from ingest.merge_data import check_data, check_placeholder_names
-from ingest.validation import Limits, check_body, check_subject
+from sesflow.common import scripts
+from sesflow.common.errors import InputError
+from sesflow.common.http import decode_json
+from sesflow.common.keys import Keys
+from sesflow.common.schema import MessageRequest
+from sesflow.ingest.merge_data import check_data, check_placeholder_names
+from sesflow.ingest.validation import Limits, check_body, check_subject
 
 MAX_NAME_CHARS = 64
 KEEP_VERSIONS = 20

@@ -12,11 +12,11 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from common.errors import InputError
-from common.http import int_query, json_response, read_body
-from common.settings import Settings
-from ingest.templates import TemplateStore, check_name, parse_body
-from ingest.validation import Limits
+from sesflow.common.errors import InputError
+from sesflow.common.http import int_query, json_response, read_body
+from sesflow.common.settings import Settings
+from sesflow.ingest.templates import TemplateStore, check_name, parse_body
+from sesflow.ingest.validation import Limits
 
 TEMPLATES = web.AppKey("templates", TemplateStore)
 MAX_VERSION = 2**53

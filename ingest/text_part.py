@@ -14,7 +14,7 @@ import re
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
 
-from common.merge import PLACEHOLDER
+from sesflow.common.merge import PLACEHOLDER
 
 _CONFIG = ParserConfig(display_links=True)
 # Private-use characters around a placeholder's number while inscriptis renders the HTML.

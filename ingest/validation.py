@@ -41,21 +41,21 @@ from typing import Any
 
 import msgspec
 
-from common.addresses import InvalidMailbox, is_valid_address, normalise_mailbox
-from common.errors import InputError
-from common.http import decode_json
-from common.schema import Attachment, MessageRequest, Recipient
-from common.settings import Settings
-from ingest.attachments import check_attachments, message_bytes
-from ingest.custom_headers import check_headers
-from ingest.merge_data import (
+from sesflow.common.addresses import InvalidMailbox, is_valid_address, normalise_mailbox
+from sesflow.common.errors import InputError
+from sesflow.common.http import decode_json
+from sesflow.common.schema import Attachment, MessageRequest, Recipient
+from sesflow.common.settings import Settings
+from sesflow.ingest.attachments import check_attachments, message_bytes
+from sesflow.ingest.custom_headers import check_headers
+from sesflow.ingest.merge_data import (
     LINE_BREAKS,
     check_data,
     check_placeholder_names,
     check_resolves,
     check_subject_values,
 )
-from ingest.text_part import html_to_text
+from sesflow.ingest.text_part import html_to_text
 
 MAX_TOPIC_CHARS = 200
 MAX_LISTED_ERRORS = 20

@@ -1,22 +1,23 @@
-"""`python -m sender` / `sesflow sender`: one sender replica (run any number of them)."""
+"""`python -m sesflow.sender` / `sesflow serve sender`: one sender replica (run any number of
+them)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from common.aws import fetch_quota
-from common.connection import UNAVAILABLE, connect, wait_for_redis
-from common.errors import RedisUnavailable
-from common.logs import get_logger
-from common.runtime import run_role, start_site, stop_on_signals
-from common.settings import Settings
-from common.tracking import tracking_secret
-from sender.compose import compose
-from sender.metrics import create_app
-from sender.ses_boto3 import Boto3SesClient
-from sender.ses_client import SesClient
-from sender.worker import Sender
+from sesflow.common.aws import fetch_quota
+from sesflow.common.connection import UNAVAILABLE, connect, wait_for_redis
+from sesflow.common.errors import RedisUnavailable
+from sesflow.common.logs import get_logger
+from sesflow.common.runtime import run_role, start_site, stop_on_signals
+from sesflow.common.settings import Settings
+from sesflow.common.tracking import tracking_secret
+from sesflow.sender.compose import compose
+from sesflow.sender.metrics import create_app
+from sesflow.sender.ses_boto3 import Boto3SesClient
+from sesflow.sender.ses_client import SesClient
+from sesflow.sender.worker import Sender
 
 log = get_logger(__name__)
 

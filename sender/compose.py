@@ -26,13 +26,13 @@ from urllib.parse import quote
 
 import msgspec
 
-from common.addresses import normalise_mailbox
-from common.merge import MISSING, PLACEHOLDER, as_text, lookup, merged
-from common.schema import RID_TAG, TOPIC_TAG, Job, MessageContent
-from common.settings import Settings
-from common.tracking import CLICK_SEPARATOR, Token, link_token, sign
-from sender.personalise import CONSTANTS, Part, PartBuilder
-from sender.ses_client import Attachment, BulkEmail, BulkEntry, OutgoingEmail
+from sesflow.common.addresses import normalise_mailbox
+from sesflow.common.merge import MISSING, PLACEHOLDER, as_text, lookup, merged
+from sesflow.common.schema import RID_TAG, TOPIC_TAG, Job, MessageContent
+from sesflow.common.settings import Settings
+from sesflow.common.tracking import CLICK_SEPARATOR, Token, link_token, sign
+from sesflow.sender.personalise import CONSTANTS, Part, PartBuilder
+from sesflow.sender.ses_client import Attachment, BulkEmail, BulkEntry, OutgoingEmail
 
 OPEN_PATH = "/v1/events/open"
 CLICK_PATH = "/v1/events/click"

@@ -8,8 +8,8 @@ import asyncio
 from collections import OrderedDict
 from typing import Any
 
-from common.keys import PartitionKeys
-from common.schema import MessageContent
+from sesflow.common.keys import PartitionKeys
+from sesflow.common.schema import MessageContent
 
 DEFAULT_SIZE = 256
 

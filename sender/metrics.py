@@ -12,9 +12,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from common.http import add_health_routes
-from common.metrics import RedisReconnects, metrics_response
-from common.settings import Settings
+from sesflow.common.http import add_health_routes
+from sesflow.common.metrics import RedisReconnects, metrics_response
+from sesflow.common.settings import Settings
 
 # Names and labels are the ones deploy/ (Grafana, the HPA) is built on.
 JOBS = Counter(

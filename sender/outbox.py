@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from common.errors import SesError, SesRejected
-from sender.compose import Email, bulk_request
-from sender.ses_client import MAX_BULK_ENTRIES, BulkEmail, OutgoingEmail
+from sesflow.common.errors import SesError, SesRejected
+from sesflow.sender.compose import Email, bulk_request
+from sesflow.sender.ses_client import MAX_BULK_ENTRIES, BulkEmail, OutgoingEmail
 
 SEND_MODES = ("bulk", "single")
 

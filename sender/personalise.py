@@ -20,8 +20,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.handlebars import escape
-from common.merge import PLACEHOLDER
+from sesflow.common.handlebars import escape
+from sesflow.common.merge import PLACEHOLDER
 
 BRACE_KEY = "lb"
 BACKSLASH_KEY = "bs"

@@ -38,10 +38,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from common.keys import Keys
-from common.scripts import register
-from common.settings import Settings
-from sender import metrics
+from sesflow.common.keys import Keys
+from sesflow.common.scripts import register
+from sesflow.common.settings import Settings
+from sesflow.sender import metrics
 
 # The schedule runs this much under EMAIL_RATE (and SES's MaxSendRate). A job more than LATE_S
 # past its grid point drops its slot (a tighter LATE_S drops more slots under load; 5 ms lost

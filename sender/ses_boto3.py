@@ -30,10 +30,10 @@ from botocore.exceptions import (
     TokenRetrievalError,
 )
 
-from common.aws import boto_session
-from common.errors import SesAmbiguous, SesError, SesPaused, SesRejected, SesTransient
-from common.settings import Settings
-from sender.ses_client import (
+from sesflow.common.aws import boto_session
+from sesflow.common.errors import SesAmbiguous, SesError, SesPaused, SesRejected, SesTransient
+from sesflow.common.settings import Settings
+from sesflow.sender.ses_client import (
     MAX_CONNECT_TIMEOUT,
     BulkEmail,
     OutgoingEmail,

@@ -56,7 +56,7 @@ from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCr
 from botocore.session import Session as BotocoreSession
 from yarl import URL
 
-from common.errors import (
+from sesflow.common.errors import (
     ConfigError,
     SesAmbiguous,
     SesEntryTransient,
@@ -68,8 +68,8 @@ from common.errors import (
     SesThrottled,
     SesTransient,
 )
-from common.settings import Settings
-from sender.sigv4 import Signer, canonical_path
+from sesflow.common.settings import Settings
+from sesflow.sender.sigv4 import Signer, canonical_path
 
 SEND_PATH = "/v2/email/outbound-emails"
 BULK_PATH = "/v2/email/outbound-bulk-emails"

@@ -28,11 +28,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from common.errors import SesSetupFault
-from common.keys import Keys
-from common.logs import get_logger
-from common.setup_pauses import MESSAGE_BYTES, SetupPause, encode_pause, read_pauses
-from sender import metrics
+from sesflow.common.errors import SesSetupFault
+from sesflow.common.keys import Keys
+from sesflow.common.logs import get_logger
+from sesflow.common.setup_pauses import MESSAGE_BYTES, SetupPause, encode_pause, read_pauses
+from sesflow.sender import metrics
 
 log = get_logger(__name__)
 

@@ -22,12 +22,12 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from common.keys import SENDERS_GROUP, Keys, PartitionKeys
-from common.schema import Event, Job, encode
-from common.scripts import register
-from common.streams import DEAD_LETTER_MAXLEN
-from common.suppression import normalise
-from sender.batching import Batcher
+from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
+from sesflow.common.schema import Event, Job, encode
+from sesflow.common.scripts import register
+from sesflow.common.streams import DEAD_LETTER_MAXLEN
+from sesflow.common.suppression import normalise
+from sesflow.sender.batching import Batcher
 
 SENT = "s:"
 FAILED = "f:"

@@ -23,16 +23,16 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from common.connection import UNAVAILABLE
-from common.errors import RedisUnavailable
-from common.keys import SENDERS_GROUP, PartitionKeys
-from common.logs import get_logger
-from common.streams import trim_acknowledged
-from sender import metrics
-from sender.setup_faults import REFRESH_S as SETUP_REFRESH_S
+from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.errors import RedisUnavailable
+from sesflow.common.keys import SENDERS_GROUP, PartitionKeys
+from sesflow.common.logs import get_logger
+from sesflow.common.streams import trim_acknowledged
+from sesflow.sender import metrics
+from sesflow.sender.setup_faults import REFRESH_S as SETUP_REFRESH_S
 
 if TYPE_CHECKING:
-    from sender.worker import Sender
+    from sesflow.sender.worker import Sender
 
 log = get_logger(__name__)
 

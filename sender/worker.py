@@ -62,10 +62,10 @@ from typing import Any, Protocol, TypeVar
 
 from redis.exceptions import ResponseError
 
-from common import sentry
-from common.aws import Quota
-from common.connection import UNAVAILABLE, ensure_group, wait_for_redis
-from common.errors import (
+from sesflow.common import sentry
+from sesflow.common.aws import Quota
+from sesflow.common.connection import UNAVAILABLE, ensure_group, wait_for_redis
+from sesflow.common.errors import (
     RedisUnavailable,
     SesAmbiguous,
     SesEntryTransient,
@@ -77,16 +77,16 @@ from common.errors import (
     SesThrottled,
     SesTransient,
 )
-from common.keys import SENDERS_GROUP, Keys, PartitionKeys, accepted_ms
-from common.logs import get_logger
-from common.schema import Event, EventType, Job, MessageContent
-from common.settings import Settings
-from sender import metrics
-from sender.content import ContentCache
-from sender.outbox import Outbox
-from sender.rate_limit import RateLimiter
-from sender.setup_faults import SetupFaults, scope_of, scopes_of
-from sender.state import (
+from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys, accepted_ms
+from sesflow.common.logs import get_logger
+from sesflow.common.schema import Event, EventType, Job, MessageContent
+from sesflow.common.settings import Settings
+from sesflow.sender import metrics
+from sesflow.sender.content import ContentCache
+from sesflow.sender.outbox import Outbox
+from sesflow.sender.rate_limit import RateLimiter
+from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
+from sesflow.sender.state import (
     FAILED,
     SENT,
     STOPPED,
@@ -264,7 +264,7 @@ class Sender:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read and send until `stop`; then finish in-flight SES calls within SHUTDOWN_GRACE."""
-        from sender.upkeep import run_upkeep
+        from sesflow.sender.upkeep import run_upkeep
 
         self.stop = stop
         if not await self.ensure_groups():
@@ -358,7 +358,7 @@ class Sender:
         """Take free slots, fill them: first with entries of dead consumers when a reclaim pass
         is due (the reader does it, so reclaim and reading never compete for slots), then with
         new entries (XREADGROUP COUNT = slots held, BLOCK)."""
-        from sender.upkeep import reclaim
+        from sesflow.sender.upkeep import reclaim
 
         reclaim_every = min(max(self.settings.reclaim_idle / 4, 0.2), 5.0)
         next_reclaim = 0.0

@@ -1,14 +1,15 @@
-"""`python -m stats`: the events consumer and the stats API in one process."""
+"""`python -m sesflow.stats` / `sesflow serve stats`: the events consumer and the stats API in
+one process."""
 
 from __future__ import annotations
 
 import asyncio
 
-from common.logs import get_logger
-from common.runtime import run_role, start_site, stop_on_signals
-from common.settings import Settings
-from stats.aggregate import StatsConsumer
-from stats.api import create_app
+from sesflow.common.logs import get_logger
+from sesflow.common.runtime import run_role, start_site, stop_on_signals
+from sesflow.common.settings import Settings
+from sesflow.stats.aggregate import StatsConsumer
+from sesflow.stats.api import create_app
 
 log = get_logger(__name__)
 

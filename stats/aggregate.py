@@ -33,13 +33,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from common.connection import UNAVAILABLE, connect, ensure_group, wait_for_redis
-from common.keys import STATS_GROUP, Keys, PartitionKeys
-from common.logs import get_logger
-from common.scripts import register
-from common.settings import Settings
-from common.streams import trim_acknowledged
-from stats.counters import (
+from sesflow.common.connection import UNAVAILABLE, connect, ensure_group, wait_for_redis
+from sesflow.common.keys import STATS_GROUP, Keys, PartitionKeys
+from sesflow.common.logs import get_logger
+from sesflow.common.scripts import register
+from sesflow.common.settings import Settings
+from sesflow.common.streams import trim_acknowledged
+from sesflow.stats.counters import (
     HOURLY_RETENTION_S,
     MINUTELY_RETENTION_S,
     SERIES_TTL_S,

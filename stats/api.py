@@ -19,26 +19,26 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from common.aws import fetch_quota
-from common.connection import connect
-from common.errors import InputError
-from common.http import (
+from sesflow.common.aws import fetch_quota
+from sesflow.common.connection import connect
+from sesflow.common.errors import InputError
+from sesflow.common.http import (
     HEALTH_PATHS,
     add_health_routes,
     auth_middleware,
     errors_middleware,
     json_response,
 )
-from common.keys import Keys
-from common.metrics import RoleMetrics
-from common.settings import Settings
-from stats.aggregate import ConsumerStats
-from stats.counters import METRICS
-from stats.metrics import PipelineCollector, render
-from stats.overview import MAX_TOPICS, overview
-from stats.params import hours_param, int_param, step_param, time_param
-from stats.queries import count_since, plan_series, read_counts, series, summary
-from stats.quota import QuotaCache, QuotaFetcher
+from sesflow.common.keys import Keys
+from sesflow.common.metrics import RoleMetrics
+from sesflow.common.settings import Settings
+from sesflow.stats.aggregate import ConsumerStats
+from sesflow.stats.counters import METRICS
+from sesflow.stats.metrics import PipelineCollector, render
+from sesflow.stats.overview import MAX_TOPICS, overview
+from sesflow.stats.params import hours_param, int_param, step_param, time_param
+from sesflow.stats.queries import count_since, plan_series, read_counts, series, summary
+from sesflow.stats.quota import QuotaCache, QuotaFetcher
 
 PUBLIC_PATHS = ("/", *HEALTH_PATHS, "/metrics")
 
@@ -71,7 +71,9 @@ def create_app(
     app[SETTINGS] = settings
     app[KEYS] = Keys(settings.redis_prefix, settings.send_partitions)
     app[QUOTA] = QuotaCache(settings, quota_fetcher)
-    app[DASHBOARD] = resources.files("stats").joinpath("static", "dashboard.html").read_bytes()
+    app[DASHBOARD] = (
+        resources.files("sesflow.stats").joinpath("static", "dashboard.html").read_bytes()
+    )
     app.cleanup_ctx.append(_redis_ctx(client, consumer_stats))
     app.cleanup_ctx.append(_quota_ctx)
     app.router.add_get("/", dashboard)

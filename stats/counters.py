@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from common.schema import EVENT_FIELD, Event, EventType, decode_event
+from sesflow.common.schema import EVENT_FIELD, Event, EventType, decode_event
 
 DERIVED_FIELDS = ("bounced_hard", "bounced_soft", "opened_unique", "clicked_unique")
 # Every counter field a hash or a time bucket may hold (also the valid time-series metrics).

@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from common.connection import UNAVAILABLE
-from common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
-from stats.aggregate import ConsumerStats
-from stats.queries import find_group, lag_fallback
+from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
+from sesflow.stats.aggregate import ConsumerStats
+from sesflow.stats.queries import find_group, lag_fallback
 
 SCRAPE_TIMEOUT_S = 2.0
 

@@ -6,12 +6,12 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from common import scripts
-from common.keys import Keys
-from common.settings import Settings
-from common.setup_pauses import pauses_view
-from stats.counters import bucket_field
-from stats.queries import (
+from sesflow.common import scripts
+from sesflow.common.keys import Keys
+from sesflow.common.settings import Settings
+from sesflow.common.setup_pauses import pauses_view
+from sesflow.stats.counters import bucket_field
+from sesflow.stats.queries import (
     RATE_WINDOW_S,
     queue_depth,
     read_counts,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from common.errors import InputError
+from sesflow.common.errors import InputError
 
 DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
 UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}

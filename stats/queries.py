@@ -9,9 +9,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from common import scripts
-from common.keys import SENDERS_GROUP, Keys, PartitionKeys
-from stats.counters import (
+from sesflow.common import scripts
+from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
+from sesflow.stats.counters import (
     HOURLY_RETENTION_S,
     MINUTELY_RETENTION_S,
     bucket_field,

@@ -7,9 +7,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from common.aws import Quota, fetch_quota
-from common.logs import get_logger
-from common.settings import Settings
+from sesflow.common.aws import Quota, fetch_quota
+from sesflow.common.logs import get_logger
+from sesflow.common.settings import Settings
 
 log = get_logger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from common.http import JsonAppRunner
+from sesflow.common.http import JsonAppRunner
 
 
 class AppTestServer(TestServer):

@@ -12,8 +12,8 @@ import pytest
 import redis as syncredis
 import redis.asyncio as aioredis
 
-from common.embedded import RedisProcess
-from common.settings import Settings, settings_from_mapping
+from sesflow.cli.embedded import RedisProcess
+from sesflow.common.settings import Settings, settings_from_mapping
 
 
 @pytest.fixture(scope="session")

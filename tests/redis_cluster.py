@@ -21,7 +21,7 @@ from typing import Any
 
 import redis as syncredis
 
-from common.embedded import RedisProcess, redis_server_binary
+from sesflow.cli.embedded import RedisProcess, redis_server_binary
 
 SLOTS = 16384
 BUS_OFFSET = 10000  # redis-server 6.2 puts the cluster bus on port + 10000 (no cluster-port)

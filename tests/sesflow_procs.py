@@ -12,13 +12,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from common.embedded import free_port, port_open
+from sesflow.cli.embedded import free_port, port_open
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class RoleProcess:
-    """One role (`python -m <role>`) with its own environment; logs go to a file."""
+    """One role (`python -m sesflow.<role>`) with its own environment; logs go to a file."""
 
     def __init__(self, role: str, env: dict[str, str], log_dir: Path, name: str = "") -> None:
         self.role = role
@@ -30,7 +30,7 @@ class RoleProcess:
     def start(self) -> RoleProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.role],
+            [sys.executable, "-m", f"sesflow.{self.role}"],
             env=self.env,
             cwd=ROOT,
             stdout=log,

@@ -44,7 +44,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from common.handlebars import render
+from sesflow.common.handlebars import render
 
 ACCOUNT_PATH = "/v2/email/account"
 SEND_PATH = "/v2/email/outbound-emails"

@@ -1,12 +1,13 @@
-"""`python -m tracker` / `sesflow tracker`: serve the tracker on BIND_HOST:TRACKER_PORT."""
+"""`python -m sesflow.tracker` / `sesflow serve tracker`: serve the tracker on
+BIND_HOST:TRACKER_PORT."""
 
 from __future__ import annotations
 
 import asyncio
 
-from common.logs import get_logger
-from common.runtime import run_role, start_site, stop_on_signals
-from common.settings import Settings
+from sesflow.common.logs import get_logger
+from sesflow.common.runtime import run_role, start_site, stop_on_signals
+from sesflow.common.settings import Settings
 
 from .app import create_app
 

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from common.connection import connect
-from common.http import add_health_routes, errors_middleware
-from common.keys import Keys
-from common.logs import get_logger
-from common.settings import ANY_TOPIC, Settings
-from common.suppression import SuppressionList
+from sesflow.common.connection import connect
+from sesflow.common.http import add_health_routes, errors_middleware
+from sesflow.common.keys import Keys
+from sesflow.common.logs import get_logger
+from sesflow.common.settings import ANY_TOPIC, Settings
+from sesflow.common.suppression import SuppressionList
 
 from . import links, webhook
 from .context import TRACKER, SecretSource, Tracker

@@ -9,11 +9,11 @@ import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from common.keys import Keys
-from common.logs import get_logger
-from common.settings import Settings
-from common.suppression import SuppressionList
-from common.tracking import tracking_secret
+from sesflow.common.keys import Keys
+from sesflow.common.logs import get_logger
+from sesflow.common.settings import Settings
+from sesflow.common.suppression import SuppressionList
+from sesflow.common.tracking import tracking_secret
 
 from .log_throttle import LogThrottle
 from .metrics import TrackerMetrics

@@ -15,14 +15,14 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from common.connection import UNAVAILABLE, redis_errors
-from common.errors import InputError, RedisUnavailable
-from common.http import error_response, json_response, read_body
-from common.keys import split_request_id
-from common.logs import get_logger
-from common.schema import Event, EventType
-from common.suppression import entry
-from common.tracking import Token, verify, verify_click
+from sesflow.common.connection import UNAVAILABLE, redis_errors
+from sesflow.common.errors import InputError, RedisUnavailable
+from sesflow.common.http import error_response, json_response, read_body
+from sesflow.common.keys import split_request_id
+from sesflow.common.logs import get_logger
+from sesflow.common.schema import Event, EventType
+from sesflow.common.suppression import entry
+from sesflow.common.tracking import Token, verify, verify_click
 
 from . import pages
 from .context import TRACKER, Tracker

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from common.metrics import RoleMetrics
+from sesflow.common.metrics import RoleMetrics
 
 
 class TrackerMetrics(RoleMetrics):

@@ -14,10 +14,10 @@ from typing import Any
 
 import msgspec
 
-from common import schema
-from common.connection import redis_errors
-from common.keys import PartitionKeys
-from common.scripts import register
+from sesflow.common import schema
+from sesflow.common.connection import redis_errors
+from sesflow.common.keys import PartitionKeys
+from sesflow.common.scripts import register
 
 SCRIPT = "record_events"
 DUPLICATE = -1

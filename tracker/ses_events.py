@@ -22,9 +22,9 @@ from typing import Any
 
 import msgspec
 
-from common.connection import redis_errors
-from common.keys import Keys, split_request_id
-from common.schema import RID_TAG, TOPIC_TAG, Event, EventType
+from sesflow.common.connection import redis_errors
+from sesflow.common.keys import Keys, split_request_id
+from sesflow.common.schema import RID_TAG, TOPIC_TAG, Event, EventType
 
 from .sns import parse_timestamp
 

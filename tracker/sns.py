@@ -38,8 +38,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from common.logs import get_logger
-from common.settings import ANY_TOPIC, Settings
+from sesflow.common.logs import get_logger
+from sesflow.common.settings import ANY_TOPIC, Settings
 
 log = get_logger(__name__)
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from common.connection import redis_errors
-from common.errors import InputError
-from common.http import decode_json, error_response, json_response, read_body
-from common.logs import get_logger
-from common.suppression import entry
+from sesflow.common.connection import redis_errors
+from sesflow.common.errors import InputError
+from sesflow.common.http import decode_json, error_response, json_response, read_body
+from sesflow.common.logs import get_logger
+from sesflow.common.suppression import entry
 
 from . import ses_events, sns
 from .context import TRACKER, Tracker

@@ -25,10 +25,10 @@ import aiohttp  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 from sesflow_procs import Cluster, RoleProcess  # noqa: E402
 
-from common.embedded import RedisProcess, port_open  # noqa: E402
-from common.keys import Keys  # noqa: E402
-from common.producer import enqueue  # noqa: E402
-from common.schema import MessageRequest  # noqa: E402
+from sesflow.cli.embedded import RedisProcess, port_open  # noqa: E402
+from sesflow.common.keys import Keys  # noqa: E402
+from sesflow.common.producer import enqueue  # noqa: E402
+from sesflow.common.schema import MessageRequest  # noqa: E402
 
 STUB = Path(__file__).resolve().parent / "bench_stub.py"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
@@ -166,7 +166,7 @@ async def wait_port(port: int, proc: RoleProcess | None = None, seconds: float =
 async def start_role(c: Cluster, role: str, name: str = "", **env: str) -> RoleProcess:
     """Start a role and wait until it listens (a sender: its metrics port)."""
     if role == "sender":
-        from common.embedded import free_port
+        from sesflow.cli.embedded import free_port
 
         env.setdefault("SENDER_METRICS_PORT", str(free_port()))
         proc = c.start(role, name=name, **env)

@@ -38,7 +38,7 @@ import scenario_tracker
 from benchkit import Metric, ScenarioResult, median
 from snssign import SnsSigner
 
-from common.embedded import redis_server_binary
+from sesflow.cli.embedded import redis_server_binary
 
 
 def at_least(bound: float) -> Callable[[float], bool]:

@@ -22,8 +22,8 @@ from benchkit import (
     wait_until,
 )
 
-from common.keys import Keys
-from common.producer import enqueue
+from sesflow.common.keys import Keys
+from sesflow.common.producer import enqueue
 
 PER_MESSAGE = 1000
 CLIENTS = 8  # concurrent HTTP posters

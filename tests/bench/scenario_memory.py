@@ -17,8 +17,8 @@ from benchkit import (
     wait_until,
 )
 
-from common.keys import Keys
-from common.producer import enqueue
+from sesflow.common.keys import Keys
+from sesflow.common.producer import enqueue
 
 
 @dataclass(frozen=True)

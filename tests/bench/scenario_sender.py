@@ -27,7 +27,7 @@ from benchkit import (
 )
 from measure_cpu import boto3_loop, ours
 
-from common.settings import settings_from_mapping
+from sesflow.common.settings import settings_from_mapping
 
 # The measurement window: from this share of the jobs sent to that share (skips start-up and the
 # tail where the queue runs dry).

@@ -27,8 +27,8 @@ from benchkit import (
     wait_until,
 )
 
-from common.keys import STATS_GROUP, Keys
-from common.schema import Event, event_fields
+from sesflow.common.keys import STATS_GROUP, Keys
+from sesflow.common.schema import Event, event_fields
 
 KINDS = (
     ("accepted", 30),

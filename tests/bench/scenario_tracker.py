@@ -15,7 +15,7 @@ from typing import Any
 from benchkit import cluster, http_session, redis_client, redis_server, start_role
 from snssign import SnsSigner
 
-from common.keys import Keys
+from sesflow.common.keys import Keys
 
 PAYLOAD = Path(__file__).resolve().parents[1] / "tracker" / "payloads" / "event_delivery.json"
 MSG_ID = "1732461234567-0"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import REGION, SENDER, Result, Sesflow
 
-from common.cli import main
+from sesflow.cli.main import main
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def sesflow(cli_env: Path, capsys: pytest.CaptureFixture[str]) -> Sesflow:
 @pytest.fixture
 def moto_ses() -> Iterator[object]:
     """moto's SES on loopback (in this process), with SENDER verified."""
-    from common.local_ses import LocalSes
+    from sesflow.cli.local_ses import LocalSes
 
     ses = LocalSes(region=REGION)
     ses.start([SENDER])

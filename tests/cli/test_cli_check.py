@@ -7,7 +7,7 @@ import pytest
 import redis as syncredis
 from cli_helpers import REGION, SENDER, Sesflow
 
-from common.local_ses import LOCAL_CREDENTIALS
+from sesflow.cli.local_ses import LOCAL_CREDENTIALS
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_no_credentials_and_no_redis(sesflow: Sesflow, monkeypatch: pytest.Monke
 
 
 def test_unreachable_redis_and_skips(sesflow: Sesflow, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.embedded import free_port
+    from sesflow.cli.embedded import free_port
 
     monkeypatch.setenv("REDIS_URL", f"redis://:secret@127.0.0.1:{free_port()}/0")
     got = findings(sesflow("check", "--skip-ses", "--json"))

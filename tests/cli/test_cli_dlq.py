@@ -9,8 +9,8 @@ import pytest
 import redis as syncredis
 from cli_helpers import Sesflow
 
-from common.keys import DISPATCH_GROUP, SENDERS_GROUP, Keys
-from common.schema import (
+from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, Keys
+from sesflow.common.schema import (
     Event,
     EventType,
     MessageRequest,
@@ -19,8 +19,8 @@ from common.schema import (
     encode,
     event_fields,
 )
-from sender.state import dead_entry
-from stats.counters import PartitionBatch
+from sesflow.sender.state import dead_entry
+from sesflow.stats.counters import PartitionBatch
 
 KEYS = Keys()
 P = KEYS.partition(0)

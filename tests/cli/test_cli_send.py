@@ -13,8 +13,8 @@ import redis as syncredis
 from cli_helpers import REGION, SENDER, Sesflow
 from sesflow_procs import Cluster, moto_sent
 
-from common.keys import Keys
-from common.local_ses import LOCAL_CREDENTIALS
+from sesflow.cli.local_ses import LOCAL_CREDENTIALS
+from sesflow.common.keys import Keys
 
 API_KEY = "cli-test-api-key"
 
@@ -145,7 +145,7 @@ def test_personalised_options_reach_the_message(
 
 
 def test_ingest_down_is_a_clear_error(sesflow: Sesflow, files: Path) -> None:
-    from common.embedded import free_port
+    from sesflow.cli.embedded import free_port
 
     csv = recipients_csv(files / "list.csv", "x", 1)
     res = sesflow(
@@ -234,8 +234,8 @@ def test_replayed_dead_letter_is_sent_and_recounted(
 ) -> None:
     """A job the sender gave up on (as it leaves one: state, failed event, dead letter) goes
     through the real sender and stats once replayed: sent once, failed back to 0."""
-    from common.schema import Event, encode
-    from sender.state import dead_entry
+    from sesflow.common.schema import Event, encode
+    from sesflow.sender.state import dead_entry
 
     p = Keys().partition(0)
     client = syncredis.Redis.from_url(redis_url, decode_responses=True)

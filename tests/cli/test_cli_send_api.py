@@ -10,12 +10,12 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from common.cli_recipients import parse
-from common.cli_send import Batch, Content, plan, post_batch
-from common.keys import Keys
-from common.schema import Attachment, decode_request
-from common.settings import Settings
-from ingest.api import create_app
+from sesflow.cli.recipients import parse
+from sesflow.cli.send import Batch, Content, plan, post_batch
+from sesflow.common.keys import Keys
+from sesflow.common.schema import Attachment, decode_request
+from sesflow.common.settings import Settings
+from sesflow.ingest.api import create_app
 
 
 def args(**changes: Any) -> argparse.Namespace:
@@ -68,7 +68,7 @@ async def test_the_api_accepts_what_the_cli_sends(settings: Settings, redis: Any
 async def test_a_template_named_by_the_cli_is_resolved_by_the_api(
     settings: Settings, redis: Any
 ) -> None:
-    from ingest.templates import TemplateBody, TemplateStore
+    from sesflow.ingest.templates import TemplateBody, TemplateStore
 
     await TemplateStore(redis, Keys()).put(
         "welcome", TemplateBody(subject="Welcome {{first_name}}", html="<p>{{first_name}}</p>")

@@ -7,9 +7,10 @@ import pytest
 import redis as syncredis
 from cli_helpers import Sesflow
 
-import common.cli
-from common.keys import Keys
-from common.settings import load_settings
+from sesflow.cli import main as cli_main
+from sesflow.cli.local_env import up_env_file
+from sesflow.common.keys import Keys
+from sesflow.common.settings import load_settings
 
 NOW_MS = int(time.time() * 1000)
 
@@ -63,16 +64,20 @@ def test_unknown_topic_and_bad_combinations(sesflow: Sesflow) -> None:
     assert sesflow("stats", "--json").code == 2
 
 
-def test_bare_stats_still_runs_the_role(sesflow: Sesflow, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bare_stats_still_runs_the_role_with_a_notice(
+    sesflow: Sesflow, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ran: list[str] = []
 
-    def run_role(role: str) -> int:
+    def serve(role: str) -> int:
         ran.append(role)
         return 0
 
-    monkeypatch.setattr(common.cli, "run_role", run_role)
-    assert sesflow("stats").code == 0
-    assert ran == ["stats"]
+    monkeypatch.setattr(cli_main, "serve", serve)
+    res = sesflow("stats")
+    assert res.code == 0 and ran == ["stats"]
+    assert "deprecated" in res.err and "sesflow serve stats" in res.err
+    assert sesflow("serve", "stats").code == 0 and ran == ["stats", "stats"]
 
 
 def test_without_redis_url_the_url_of_sesflow_up_is_used(
@@ -82,7 +87,7 @@ def test_without_redis_url_the_url_of_sesflow_up_is_used(
     monkeypatch.delenv("REDIS_URL")
     res = sesflow("stats", "june")
     assert res.code == 2 and "REDIS_URL is not set" in res.err
-    up_env = common.cli.up_env_file(load_settings())
+    up_env = up_env_file(load_settings())
     up_env.parent.mkdir(parents=True, exist_ok=True)
     up_env.write_text(f"REDIS_URL={redis_url}\n")
     assert sesflow("stats", "june").code == 0
@@ -91,7 +96,7 @@ def test_without_redis_url_the_url_of_sesflow_up_is_used(
 def test_unreachable_redis_is_a_clear_error(
     sesflow: Sesflow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from common.embedded import free_port
+    from sesflow.cli.embedded import free_port
 
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     res = sesflow("stats", "june")

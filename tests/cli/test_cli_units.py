@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from common.cli_dlq import before_id
-from common.cli_output import age, parse_duration
-from common.cli_recipients import RecipientsError, parse
-from common.cli_send import plan, resolve_when
-from common.errors import InputError
+from sesflow.cli.dlq import before_id
+from sesflow.cli.output import age, parse_duration
+from sesflow.cli.recipients import RecipientsError, parse
+from sesflow.cli.send import plan, resolve_when
+from sesflow.common.errors import InputError
 
 
 def test_csv_with_an_email_column_and_a_header() -> None:
@@ -101,8 +101,8 @@ def test_when_and_durations() -> None:
 def test_auth_headers_follow_the_api_settings() -> None:
     import jwt
 
-    from common.cli_output import auth_headers
-    from common.settings import settings_from_mapping
+    from sesflow.cli.output import auth_headers
+    from sesflow.common.settings import settings_from_mapping
 
     assert auth_headers(settings_from_mapping({})) == {}
     assert auth_headers(settings_from_mapping({"API_KEY": "cli-test-api-key"})) == {
@@ -126,7 +126,7 @@ def walk(parser: argparse.ArgumentParser, path: str = "sesflow") -> list[tuple[s
 
 
 def test_every_operator_command_has_complete_help() -> None:
-    from common.cli import build_parser
+    from sesflow.cli.main import build_parser
 
     commands = dict(walk(build_parser()))
     mine = [
@@ -172,8 +172,8 @@ def test_json_objects_carry_data() -> None:
 
 
 def test_personalised_batches_and_their_post_body() -> None:
-    from common.cli_send import Content, message_body
-    from common.schema import Attachment
+    from sesflow.cli.send import Content, message_body
+    from sesflow.common.schema import Attachment
 
     args = argparse.Namespace(
         topic="t",

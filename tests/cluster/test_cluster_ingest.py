@@ -12,15 +12,15 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis_cluster import RedisClusterProcess
 
-from common.connection import ensure_group
-from common.keys import DISPATCH_GROUP, Keys
-from common.producer import enqueue
-from common.schema import Job, MessageContent, MessageRequest, Recipient
-from common.settings import Settings
-from ingest.api import requests_clock_ms
-from ingest.dispatcher import Dispatcher
-from ingest.scheduler import Scheduler
-from ingest.templates import TemplateBody, TemplateStore
+from sesflow.common.connection import ensure_group
+from sesflow.common.keys import DISPATCH_GROUP, Keys
+from sesflow.common.producer import enqueue
+from sesflow.common.schema import Job, MessageContent, MessageRequest, Recipient
+from sesflow.common.settings import Settings
+from sesflow.ingest.api import requests_clock_ms
+from sesflow.ingest.dispatcher import Dispatcher
+from sesflow.ingest.scheduler import Scheduler
+from sesflow.ingest.templates import TemplateBody, TemplateStore
 
 KEYS = Keys("sesflow", 3)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from common.keys import Keys, partition_tag
+from sesflow.common.keys import Keys, partition_tag
 
 
 def slot(key: str) -> int:

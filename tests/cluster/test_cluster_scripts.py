@@ -9,12 +9,12 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from common.keys import SENDERS_GROUP, Keys
-from common.schema import Event, Job, decode_event
-from common.scripts import register
-from common.settings import Settings
-from sender.rate_limit import RateLimiter
-from sender.state import DeliveryStore
+from sesflow.common.keys import SENDERS_GROUP, Keys
+from sesflow.common.schema import Event, Job, decode_event
+from sesflow.common.scripts import register
+from sesflow.common.settings import Settings
+from sesflow.sender.rate_limit import RateLimiter
+from sesflow.sender.state import DeliveryStore
 
 KEYS = Keys("sesflow", 3)
 

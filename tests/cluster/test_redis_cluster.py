@@ -25,7 +25,7 @@ from redis.crc import key_slot
 from redis_cluster import RedisClusterProcess
 from sesflow_procs import Cluster, poll
 
-from common.keys import Keys
+from sesflow.common.keys import Keys
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,8 @@ from sesflow_procs import Cluster, poll
 from sesstub import SesStub
 from snssign import SnsSigner
 
-from common.keys import Keys
-from common.local_ses import LOCAL_CREDENTIALS
+from sesflow.cli.local_ses import LOCAL_CREDENTIALS
+from sesflow.common.keys import Keys
 
 pytestmark = pytest.mark.slow
 

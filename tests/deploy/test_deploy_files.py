@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import yaml
 
-from common.embedded import free_port
-from common.errors import ConfigError
-from common.settings import Settings, check_role, env_names, settings_from_mapping
+from sesflow.cli.embedded import free_port
+from sesflow.common.errors import ConfigError
+from sesflow.common.settings import Settings, check_role, env_names, settings_from_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -147,7 +147,9 @@ def compose_roles() -> dict[str, dict[str, Any]]:
     roles: dict[str, dict[str, Any]] = {}
     for service in compose()["services"].values():
         if str(service.get("image", "")).startswith("sesflow"):
-            roles[service["command"][0]] = service
+            verb, role = service["command"]
+            assert verb == "serve", service["command"]
+            roles[role] = service
     return roles
 
 
@@ -473,7 +475,7 @@ def test_prometheus_scrapes_every_role_on_its_port() -> None:
             assert sd["port"] == ROLE_PORTS[role]
             assert sd["names"] == [role]
         # Targets are compose service names: the service named after the role runs it.
-        assert services[role]["command"] == [role]
+        assert services[role]["command"] == ["serve", role]
 
 
 def test_dockerfile_exposes_the_role_ports() -> None:
@@ -487,8 +489,8 @@ def test_systemd_sender_replicas_get_consecutive_metrics_ports() -> None:
     assert argv[:2] == ["/bin/sh", "-c"]
     # What systemd hands the shell for instance 2: `$$` is a literal `$`, `%i` the instance.
     script = argv[2].replace("$$", "$").replace("%i", "2")
-    assert script.endswith("exec /opt/sesflow/bin/sesflow sender")
-    script = script.replace("/opt/sesflow/bin/sesflow sender", "printenv SENDER_METRICS_PORT")
+    assert script.endswith("exec /opt/sesflow/bin/sesflow serve sender")
+    script = script.replace("/opt/sesflow/bin/sesflow serve sender", "printenv SENDER_METRICS_PORT")
     env = {"PATH": "/usr/bin:/bin"}
     out = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == str(DEFAULTS.sender_metrics_port + 2)
@@ -587,7 +589,7 @@ def test_dockerfile_copies_only_what_exists_and_the_ignore_file_keeps() -> None:
             assert (ROOT / source).exists(), source
             assert source.rstrip("/") in allowed, f"{source} is excluded from the build context"
     # The package's own files must reach the builder.
-    for package in ("common", *ROLES):
+    for package in ("sesflow/__init__.py", "cli", "common", *ROLES):
         assert package in allowed
     assert {"pyproject.toml", "README.md"} <= set(allowed)
 
@@ -602,7 +604,7 @@ def test_systemd_units_have_the_required_keys(role: str) -> None:
     service = unit["Service"]
     assert unit.get("Unit", "Description")
     assert unit.get("Unit", "PartOf") == "sesflow.target"
-    assert service["ExecStart"].rstrip("'").endswith(f"/opt/sesflow/bin/sesflow {role}")
+    assert service["ExecStart"].rstrip("'").endswith(f"/opt/sesflow/bin/sesflow serve {role}")
     assert service["User"] not in {"root", "0"}
     assert service["EnvironmentFile"] == "/etc/sesflow/sesflow.env"
     assert service["KillSignal"] == "SIGTERM"
@@ -641,9 +643,9 @@ def test_k8s_one_deployment_per_role_running_that_role() -> None:
         pod = spec["template"]["spec"]
         (container,) = pod["containers"]
         assert container["image"].split(":")[0] == "sesflow"
-        # The image's ENTRYPOINT is `sesflow`; the role is its argument.
+        # The image's ENTRYPOINT is `sesflow`; `serve ROLE` are its arguments.
         command = [*container.get("command", ["sesflow"]), *container.get("args", [])]
-        assert command == ["sesflow", role]
+        assert command == ["sesflow", "serve", role]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert list(ports.values()) == [ROLE_PORTS[role]]
         annotations = spec["template"]["metadata"]["annotations"]
@@ -813,7 +815,8 @@ def load_healthcheck() -> ModuleType:
 def test_healthcheck_finds_the_role_on_pid_1() -> None:
     check = load_healthcheck()
     assert check.role_from_cmdline(b"/opt/sesflow/bin/python\0/opt/sesflow/bin/sesflow\0sender\0")
-    assert check.role_from_cmdline(b"python\0-m\0stats\0") == "stats"
+    assert check.role_from_cmdline(b"python\0-m\0sesflow.stats\0") == "stats"
+    assert check.role_from_cmdline(b"/opt/sesflow/bin/sesflow\0serve\0tracker\0") == "tracker"
     assert check.role_from_cmdline(b"sesflow\0--help\0") is None
     for role in ROLES:
         assert port_of(check.health_url(DEFAULTS, role)) == ROLE_PORTS[role]

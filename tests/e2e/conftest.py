@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from sesflow_procs import Cluster
 
-from common.local_ses import LOCAL_CREDENTIALS, LocalSes
+from sesflow.cli.local_ses import LOCAL_CREDENTIALS, LocalSes
 
 SENDER = "noreply@sesflow.test"
 REGION = "us-east-1"

@@ -11,7 +11,7 @@ import pytest
 from faultkit import StubProcess, cluster_env
 from sesflow_procs import Cluster
 
-from common.embedded import RedisProcess
+from sesflow.cli.embedded import RedisProcess
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sesflow_procs import ROOT, Cluster, RoleProcess
 
-from common.embedded import port_open
-from common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
-from common.local_ses import LOCAL_CREDENTIALS
+from sesflow.cli.embedded import port_open
+from sesflow.cli.local_ses import LOCAL_CREDENTIALS
+from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
 
 SENDER = "noreply@sesflow.test"
 REGION = "us-east-1"

@@ -29,7 +29,7 @@ from faultkit import (
 from sesflow_procs import Cluster
 from snssign import SnsSigner
 
-from common.embedded import RedisProcess
+from sesflow.cli.embedded import RedisProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

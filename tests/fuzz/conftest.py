@@ -12,10 +12,10 @@ from apptest import AppTestServer
 from fuzzkit import API_KEY, JWT_SECRET, Roles
 from snssign import SnsSigner
 
-from common.settings import Settings
-from ingest.api import create_app as create_ingest
-from stats.api import create_app as create_stats
-from tracker.app import create_app as create_tracker
+from sesflow.common.settings import Settings
+from sesflow.ingest.api import create_app as create_ingest
+from sesflow.stats.api import create_app as create_stats
+from sesflow.tracker.app import create_app as create_tracker
 
 
 async def no_quota(_: Settings) -> None:

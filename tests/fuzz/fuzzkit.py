@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import strategies as st
 from snssign import SnsSigner
 
-from common.settings import Settings
+from sesflow.common.settings import Settings
 
 API_KEY = "fuzz-api-key-0123456789"
 JWT_SECRET = "a-fuzz-jwt-secret-of-at-least-32-bytes"

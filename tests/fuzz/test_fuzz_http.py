@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from common.tracking import Token, sign
+from sesflow.common.tracking import Token, sign
 
 # No shrinking: the assertion message shows the request, and shrinking a failure can take
 # minutes, past the per-test timeout that would then hide it.

@@ -9,11 +9,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 from apptest import AppTestServer
 
-from common.connection import ensure_group
-from common.keys import DISPATCH_GROUP, Keys, PartitionKeys
-from common.settings import Settings
-from ingest.api import create_app
-from ingest.dispatcher import Dispatcher, dispatcher_client
+from sesflow.common.connection import ensure_group
+from sesflow.common.keys import DISPATCH_GROUP, Keys, PartitionKeys
+from sesflow.common.settings import Settings
+from sesflow.ingest.api import create_app
+from sesflow.ingest.dispatcher import Dispatcher, dispatcher_client
 
 
 @pytest.fixture

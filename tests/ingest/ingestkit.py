@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.keys import DISPATCH_GROUP, PartitionKeys
-from common.schema import Event, decode_event
+from sesflow.common.keys import DISPATCH_GROUP, PartitionKeys
+from sesflow.common.schema import Event, decode_event
 
 
 async def read_events(client: Any, p: PartitionKeys) -> list[Event]:

@@ -10,9 +10,9 @@ from typing import Any
 import jwt
 from ingestkit import read_events
 
-from common.embedded import free_port
-from common.keys import Keys, PartitionKeys
-from common.schema import decode_request
+from sesflow.cli.embedded import free_port
+from sesflow.common.keys import Keys, PartitionKeys
+from sesflow.common.schema import decode_request
 
 RUST_BODY = {
     "messages": [
@@ -323,7 +323,7 @@ async def test_redis_down_is_503_with_retry_after(api_client: Any, make_settings
 async def test_idempotency_key_is_released_when_redis_fails_midway(
     http: Any, redis: Any, keys: Keys, monkeypatch: Any
 ) -> None:
-    from ingest.idempotency import IdempotencyStore
+    from sesflow.ingest.idempotency import IdempotencyStore
 
     async def broken(*args: Any, **kw: Any) -> Any:
         raise ConnectionError("redis went away")
@@ -342,7 +342,7 @@ async def test_an_idempotency_key_freed_mid_claim_is_claimed_not_assumed(
     redis: Any, keys: Keys
 ) -> None:
     """SET NX lost to a placeholder that was then released: the next try must own the key."""
-    from ingest.idempotency import Claim, IdempotencyStore
+    from sesflow.ingest.idempotency import Claim, IdempotencyStore
 
     class Racing:
         def __init__(self) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 import jwt
 import pytest
 
-from common.cli_output import auth_headers
-from common.errors import ConfigError
-from common.http import token_problem
-from common.settings import settings_from_mapping
+from sesflow.cli.output import auth_headers
+from sesflow.common.errors import ConfigError
+from sesflow.common.http import token_problem
+from sesflow.common.settings import settings_from_mapping
 
 SECRET = "jwt-test-secret-0123456789abcdefgh"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from common.keys import Keys
-from common.settings import Settings
+from sesflow.common.keys import Keys
+from sesflow.common.settings import Settings
 
 VALID = b'{"messages":[{"topic_id":"t","emails":["a@x.io"],"subject":"s","content":"c"}]}'
 
@@ -96,7 +96,7 @@ async def test_sns_bytes_that_are_not_utf8_through_the_forward(
     from aiohttp.test_utils import TestClient
     from apptest import AppTestServer
 
-    from tracker.app import create_app as create_tracker
+    from sesflow.tracker.app import create_app as create_tracker
 
     tracker = TestClient(AppTestServer(create_tracker(make_settings()), host="127.0.0.1"))
     await tracker.start_server()

@@ -9,8 +9,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from common.embedded import free_port
-from common.settings import Settings
+from sesflow.cli.embedded import free_port
+from sesflow.common.settings import Settings
 
 
 @pytest.fixture

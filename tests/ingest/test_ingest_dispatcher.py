@@ -11,14 +11,14 @@ import pytest
 import redis as syncredis
 from ingestkit import read_events, read_jobs
 
-from common.connection import ensure_group
-from common.keys import DISPATCH_GROUP, Keys, PartitionKeys
-from common.producer import enqueue, enqueue_sync
-from common.schema import MessageRequest, encode
-from common.settings import Settings
-from common.suppression import SuppressionList, entry
-from ingest import dispatcher as dispatcher_module
-from ingest.dispatcher import Dispatcher, dispatcher_client
+from sesflow.common.connection import ensure_group
+from sesflow.common.keys import DISPATCH_GROUP, Keys, PartitionKeys
+from sesflow.common.producer import enqueue, enqueue_sync
+from sesflow.common.schema import MessageRequest, encode
+from sesflow.common.settings import Settings
+from sesflow.common.suppression import SuppressionList, entry
+from sesflow.ingest import dispatcher as dispatcher_module
+from sesflow.ingest.dispatcher import Dispatcher, dispatcher_client
 
 
 @pytest.fixture
@@ -240,7 +240,7 @@ async def test_trim_without_a_group_does_nothing(
 
 
 async def test_the_loop_survives_redis_being_unreachable(make_settings: Any, keys: Keys) -> None:
-    from common.embedded import free_port
+    from sesflow.cli.embedded import free_port
 
     settings = make_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", SHUTDOWN_GRACE=1)
     client = dispatcher_client(settings)
@@ -268,7 +268,7 @@ async def test_a_refused_write_is_retried_not_dead_lettered(
     for a later try instead of being dead-lettered and counted rejected."""
     from redis.exceptions import ResponseError
 
-    from common.errors import RedisUnavailable
+    from sesflow.common.errors import RedisUnavailable
 
     await enqueue(redis, keys, message(["a@x.io"]))
     entry_id, fields = await read_one(dispatcher)

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from common.addresses import InvalidMailbox, normalise_mailbox
-from common.errors import ConfigError
-from common.keys import DISPATCH_GROUP, Keys, PartitionKeys
-from common.producer import enqueue
-from common.schema import Job, MessageContent, MessageRequest
-from common.settings import Settings, settings_from_mapping
-from ingest.dispatcher import Dispatcher
-from sender.compose import compose
+from sesflow.common.addresses import InvalidMailbox, normalise_mailbox
+from sesflow.common.errors import ConfigError
+from sesflow.common.keys import DISPATCH_GROUP, Keys, PartitionKeys
+from sesflow.common.producer import enqueue
+from sesflow.common.schema import Job, MessageContent, MessageRequest
+from sesflow.common.settings import Settings, settings_from_mapping
+from sesflow.ingest.dispatcher import Dispatcher
+from sesflow.sender.compose import compose
 
 REFUSED = [
     "a@x.io, b@y.io",  # a list

@@ -9,10 +9,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from common import scripts
-from common.errors import InputError
-from common.keys import Keys
-from ingest.idempotency import Claim, IdempotencyStore, Prior
+from sesflow.common import scripts
+from sesflow.common.errors import InputError
+from sesflow.common.keys import Keys
+from sesflow.ingest.idempotency import Claim, IdempotencyStore, Prior
 
 BODY = {
     "messages": [

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from common.keys import Keys
-from ingest.validation import Limits, validate_body
+from sesflow.common.keys import Keys
+from sesflow.ingest.validation import Limits, validate_body
 
 
 def message(n: int, emails: int = 1) -> dict[str, Any]:
@@ -75,8 +75,8 @@ def test_limits_are_checked_before_each_message_is_parsed() -> None:
     "name", ["MAX_MESSAGES_PER_REQUEST", "MAX_RECIPIENTS_PER_REQUEST", "MAX_RECIPIENTS"]
 )
 def test_a_limit_below_one_is_a_config_error(name: str) -> None:
-    from common.errors import ConfigError
-    from common.settings import settings_from_mapping
+    from sesflow.common.errors import ConfigError
+    from sesflow.common.settings import settings_from_mapping
 
     with pytest.raises(ConfigError, match=name):
         settings_from_mapping({name: "0"})

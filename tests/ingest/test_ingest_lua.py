@@ -9,9 +9,9 @@ from typing import Any
 import msgspec
 from ingestkit import read_events, read_jobs
 
-from common import scripts
-from common.keys import Keys, PartitionKeys
-from common.schema import MessageContent
+from sesflow.common import scripts
+from sesflow.common.keys import Keys, PartitionKeys
+from sesflow.common.schema import MessageContent
 
 TOPIC = "news"
 TTL_MS = 3_600_000

@@ -10,11 +10,17 @@ from typing import Any
 import msgspec
 import pytest
 
-from common.errors import InputError
-from common.schema import Attachment, MessageRequest, Recipient
-from ingest.attachments import BLOCKED_EXTENSIONS
-from ingest.text_part import html_to_text
-from ingest.validation import Limits, ValidMessage, parse_api_body, validate_body, validate_message
+from sesflow.common.errors import InputError
+from sesflow.common.schema import Attachment, MessageRequest, Recipient
+from sesflow.ingest.attachments import BLOCKED_EXTENSIONS
+from sesflow.ingest.text_part import html_to_text
+from sesflow.ingest.validation import (
+    Limits,
+    ValidMessage,
+    parse_api_body,
+    validate_body,
+    validate_message,
+)
 
 LIMITS = Limits(max_recipients=1000, max_subject_bytes=998, max_content_bytes=100_000)
 PDF = base64.b64encode(b"%PDF-1.4 hello").decode()

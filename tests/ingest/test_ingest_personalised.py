@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from ingestkit import dispatch_all, read_events, read_jobs
 
-from common.keys import Keys, PartitionKeys
-from common.producer import enqueue
-from common.schema import Job, MessageContent, MessageRequest, Recipient
-from common.settings import Settings
-from ingest.dispatcher import Dispatcher
-from ingest.scheduler import Scheduler
+from sesflow.common.keys import Keys, PartitionKeys
+from sesflow.common.producer import enqueue
+from sesflow.common.schema import Job, MessageContent, MessageRequest, Recipient
+from sesflow.common.settings import Settings
+from sesflow.ingest.dispatcher import Dispatcher
+from sesflow.ingest.scheduler import Scheduler
 
 PDF = base64.b64encode(b"%PDF-1.4 " + bytes(range(256))).decode()
 CAMPAIGN = {

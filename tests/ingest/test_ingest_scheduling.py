@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from ingestkit import read_events
 
-from common.embedded import free_port
-from common.keys import Keys, PartitionKeys
-from common.settings import Settings
-from ingest.__main__ import run
-from ingest.scheduler import Scheduler
+from sesflow.cli.embedded import free_port
+from sesflow.common.keys import Keys, PartitionKeys
+from sesflow.common.settings import Settings
+from sesflow.ingest.__main__ import run
+from sesflow.ingest.scheduler import Scheduler
 
 
 async def until(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
@@ -120,7 +120,7 @@ async def test_scheduler_moves_every_due_chunk_in_one_tick(redis: Any, keys: Key
 
 
 async def test_scheduler_survives_redis_being_unreachable(make_settings: Any) -> None:
-    from ingest.dispatcher import dispatcher_client
+    from sesflow.ingest.dispatcher import dispatcher_client
 
     settings = make_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     client = dispatcher_client(settings)

@@ -10,10 +10,10 @@ import msgspec
 import pytest
 from ingestkit import dispatch_all, read_jobs
 
-from common.keys import DISPATCH_GROUP, Keys, PartitionKeys
-from common.producer import enqueue
-from common.schema import Job, MessageContent, MessageRequest, decode_request
-from ingest.dispatcher import Dispatcher
+from sesflow.common.keys import DISPATCH_GROUP, Keys, PartitionKeys
+from sesflow.common.producer import enqueue
+from sesflow.common.schema import Job, MessageContent, MessageRequest, decode_request
+from sesflow.ingest.dispatcher import Dispatcher
 
 TEMPLATE_API_KEY = "templates-test-key-7f3a9c2e5b"
 WELCOME = {
@@ -179,7 +179,7 @@ async def test_a_redelivered_template_entry_keeps_the_content_it_started_with(
 ) -> None:
     """Chunk 0 stored the content, then the dispatcher died; meanwhile the template changed.
     The rest of the recipients must get the same mail as the first chunk."""
-    from ingest import dispatcher as dispatcher_module
+    from sesflow.ingest import dispatcher as dispatcher_module
 
     await http.put("/v1/templates/welcome", json=WELCOME)
     emails = [f"u{n}@x.io" for n in range(5)]
@@ -219,7 +219,7 @@ async def test_a_redelivered_template_entry_keeps_the_content_it_started_with(
 
 
 def first_chunk_args(msg_id: str, valid: Any) -> list[Any]:
-    from ingest.dispatcher import SCHEDULE_CHUNK, content_of
+    from sesflow.ingest.dispatcher import SCHEDULE_CHUNK, content_of
 
     pairs = [part for pair in content_of(msg_id, valid).to_hash().items() for part in pair]
     recipients = [

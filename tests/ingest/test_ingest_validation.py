@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from common.errors import InputError
-from common.schema import MessageRequest
-from ingest.validation import (
+from sesflow.common.errors import InputError
+from sesflow.common.schema import MessageRequest
+from sesflow.ingest.validation import (
     Limits,
     is_valid_address,
     parse_api_body,

@@ -14,19 +14,19 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from sesstub import SesStub
 
-from common.keys import Keys
-from common.schema import Event, EventType, Job, MessageContent, event_fields
-from common.settings import Settings
-from common.tracking import Token, sign
-from ingest.api import create_app as ingest_app
-from sender import upkeep
-from sender.compose import compose
-from sender.metrics import create_app as sender_metrics_app
-from sender.ses_client import SesClient
-from sender.worker import Sender
-from stats.aggregate import StatsConsumer
-from stats.api import create_app as stats_app
-from tracker.app import create_app as tracker_app
+from sesflow.common.keys import Keys
+from sesflow.common.schema import Event, EventType, Job, MessageContent, event_fields
+from sesflow.common.settings import Settings
+from sesflow.common.tracking import Token, sign
+from sesflow.ingest.api import create_app as ingest_app
+from sesflow.sender import upkeep
+from sesflow.sender.compose import compose
+from sesflow.sender.metrics import create_app as sender_metrics_app
+from sesflow.sender.ses_client import SesClient
+from sesflow.sender.worker import Sender
+from sesflow.stats.aggregate import StatsConsumer
+from sesflow.stats.api import create_app as stats_app
+from sesflow.tracker.app import create_app as tracker_app
 
 # name of a sample -> the labels the brief gives it (a `partition` label may come on top).
 STATS = {

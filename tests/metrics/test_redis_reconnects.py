@@ -10,10 +10,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio.cluster import RedisCluster
 
-from common.connection import connect
-from common.metrics import RECONNECTS, ReconnectCounter
-from common.settings import Settings
-from ingest.api import create_app
+from sesflow.common.connection import connect
+from sesflow.common.metrics import RECONNECTS, ReconnectCounter
+from sesflow.common.settings import Settings
+from sesflow.ingest.api import create_app
 
 
 async def reconnects_served(client: TestClient[Any, Any], role: str) -> float:

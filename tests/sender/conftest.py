@@ -12,9 +12,9 @@ from senderkit import (
     Running,
 )
 
-from common.settings import Settings
-from sender.compose import compose
-from sender.worker import Sender
+from sesflow.common.settings import Settings
+from sesflow.sender.compose import compose
+from sesflow.sender.worker import Sender
 
 
 @pytest.fixture

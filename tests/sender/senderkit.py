@@ -8,9 +8,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from common.keys import SENDERS_GROUP, Keys, PartitionKeys
-from common.schema import Event, Job, MessageContent, decode_event
-from sender.worker import Sender
+from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
+from sesflow.common.schema import Event, Job, MessageContent, decode_event
+from sesflow.sender.worker import Sender
 
 SECRET = b"test-tracking-secret"
 

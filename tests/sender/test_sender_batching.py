@@ -1,5 +1,5 @@
-"""sender.batching.Batcher: one call per key in flight, the rest joins the next one; a failure
-reaches every job of its batch; a cancelled caller's item is dropped only where asked."""
+"""sesflow.sender.batching.Batcher: one call per key in flight, the rest joins the next one; a
+failure reaches every job of its batch; a cancelled caller's item is dropped only where asked."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Hashable
 
 import pytest
 
-from sender.batching import Batcher
+from sesflow.sender.batching import Batcher
 
 
 class Recorder:

@@ -15,13 +15,13 @@ import pytest
 from senderkit import SECRET, Running, new_msg_id, states, wait_for
 from sesstub import SesStub
 
-from common.keys import Keys
-from common.schema import Job, MessageContent
-from common.settings import Settings
-from common.tracking import Token, verify, verify_click
-from sender.compose import compose
-from sender.ses_client import SesClient
-from sender.worker import Sender
+from sesflow.common.keys import Keys
+from sesflow.common.schema import Job, MessageContent
+from sesflow.common.settings import Settings
+from sesflow.common.tracking import Token, verify, verify_click
+from sesflow.sender.compose import compose
+from sesflow.sender.ses_client import SesClient
+from sesflow.sender.worker import Sender
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)

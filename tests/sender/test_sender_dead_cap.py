@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from common.keys import SENDERS_GROUP, Keys
-from common.streams import DEAD_LETTER_MAXLEN
-from sender.state import DeliveryStore
+from sesflow.common.keys import SENDERS_GROUP, Keys
+from sesflow.common.streams import DEAD_LETTER_MAXLEN
+from sesflow.sender.state import DeliveryStore
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)

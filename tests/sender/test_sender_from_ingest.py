@@ -13,14 +13,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from senderkit import SECRET, Running, states, wait_for
 from sesstub import SesStub
 
-from common.connection import ensure_group
-from common.keys import DISPATCH_GROUP, Keys
-from common.settings import Settings
-from ingest.api import create_app
-from ingest.dispatcher import Dispatcher, dispatcher_client
-from sender.compose import compose
-from sender.ses_client import SesClient
-from sender.worker import Sender
+from sesflow.common.connection import ensure_group
+from sesflow.common.keys import DISPATCH_GROUP, Keys
+from sesflow.common.settings import Settings
+from sesflow.ingest.api import create_app
+from sesflow.ingest.dispatcher import Dispatcher, dispatcher_client
+from sesflow.sender.compose import compose
+from sesflow.sender.ses_client import SesClient
+from sesflow.sender.worker import Sender
 
 KEYS = Keys("sesflow")
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDTESTING", "AWS_SECRET_ACCESS_KEY": "testing-secret"}

@@ -10,12 +10,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from senderkit import SECRET, FakeSes, Running, seed, states, wait_for
 
-from common.connection import connect
-from common.embedded import RedisProcess
-from common.keys import Keys
-from common.settings import settings_from_mapping
-from sender.compose import compose
-from sender.worker import Sender
+from sesflow.cli.embedded import RedisProcess
+from sesflow.common.connection import connect
+from sesflow.common.keys import Keys
+from sesflow.common.settings import settings_from_mapping
+from sesflow.sender.compose import compose
+from sesflow.sender.worker import Sender
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)

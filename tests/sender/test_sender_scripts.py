@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from common.keys import SENDERS_GROUP, Keys
-from common.schema import Event, Job, decode_event, encode
-from common.scripts import register
-from sender.rate_limit import GATHER_S, HEADROOM, LATE_S, MAX_RESERVE_MS, RateLimiter
-from sender.state import DeliveryStore
+from sesflow.common.keys import SENDERS_GROUP, Keys
+from sesflow.common.schema import Event, Job, decode_event, encode
+from sesflow.common.scripts import register
+from sesflow.sender.rate_limit import GATHER_S, HEADROOM, LATE_S, MAX_RESERVE_MS, RateLimiter
+from sesflow.sender.state import DeliveryStore
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)
@@ -351,7 +351,7 @@ async def test_a_late_slot_is_dropped_not_bunched(redis: Any, make_settings: Any
     """A job that wakes up after its slot's tolerance asks for another slot instead of sending."""
     import asyncio
 
-    from sender.rate_limit import Grant
+    from sesflow.sender.rate_limit import Grant
 
     rl = limiter(redis, make_settings, EMAIL_RATE="200", EMAIL_BURST="1")
     assert not Grant(time.monotonic(), 0.01).late()
@@ -373,7 +373,7 @@ async def test_a_job_woken_too_late_books_a_new_slot(
     """A stall longer than LATE_S past a reserved slot: that slot is not used, the job takes the
     next one, and the drop is counted (sesflow_sends_total{outcome="late_slot"})."""
 
-    from sender import metrics, rate_limit
+    from sesflow.sender import metrics, rate_limit
 
     rl = limiter(redis, make_settings, EMAIL_RATE="20", EMAIL_BURST="1")
     assert await rl.acquire()  # the burst token: the next one is a reservation

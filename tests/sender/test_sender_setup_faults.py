@@ -14,14 +14,14 @@ from senderkit import SECRET, FakeSes, Running, events, new_msg_id, seed, states
 from sesstub import SesStub
 from structlog.testing import capture_logs
 
-from common.errors import SesSetupFault
-from common.keys import Keys
-from common.settings import Settings
-from sender import metrics, worker
-from sender.compose import compose
-from sender.ses_client import SesClient
-from sender.setup_faults import SetupFaults, scope_of, scopes_of
-from sender.worker import Sender
+from sesflow.common.errors import SesSetupFault
+from sesflow.common.keys import Keys
+from sesflow.common.settings import Settings
+from sesflow.sender import metrics, worker
+from sesflow.sender.compose import compose
+from sesflow.sender.ses_client import SesClient
+from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
+from sesflow.sender.worker import Sender
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)

@@ -1,5 +1,5 @@
 """The sender with its real SES client against the local SES stub: 429s, a paused account, and a
-`python -m sender` process stopped with SIGTERM."""
+`python -m sesflow.sender` process stopped with SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from typing import Any
 from senderkit import SECRET, Running, seed, states, wait_for
 from sesstub import SesStub
 
-from common.embedded import free_port
-from common.keys import SENDERS_GROUP, Keys
-from common.settings import Settings
-from sender.compose import compose
-from sender.ses_client import SesClient
-from sender.worker import Sender
+from sesflow.cli.embedded import free_port
+from sesflow.common.keys import SENDERS_GROUP, Keys
+from sesflow.common.settings import Settings
+from sesflow.sender.compose import compose
+from sesflow.sender.ses_client import SesClient
+from sesflow.sender.worker import Sender
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)
@@ -90,10 +90,10 @@ async def test_sigterm_finishes_in_flight_calls_and_exits_0(
             "TRACKING_SECRET": "test-tracking-secret",
             "LOG_FORMAT": "json",
         }
-        log_path = tmp_path / "sender.log"
+        log_path = tmp_path / "sesflow.sender.log"
         with log_path.open("w") as log_file:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sender", env=env, stderr=log_file
+                sys.executable, "-m", "sesflow.sender", env=env, stderr=log_file
             )
             try:
                 await wait_for(lambda: sent_some(stub, 10), within=20)

@@ -11,16 +11,16 @@ import aiohttp
 import pytest
 from senderkit import FakeSes, Running, pending_count, seed, states, wait_for
 
-from common.aws import Quota
-from common.connection import ensure_group
-from common.embedded import free_port
-from common.keys import SENDERS_GROUP, Keys
-from common.runtime import start_site
-from common.settings import Settings
-from sender import upkeep
-from sender.metrics import create_app
-from sender.rate_limit import HEADROOM
-from sender.worker import Sender
+from sesflow.cli.embedded import free_port
+from sesflow.common.aws import Quota
+from sesflow.common.connection import ensure_group
+from sesflow.common.keys import SENDERS_GROUP, Keys
+from sesflow.common.runtime import start_site
+from sesflow.common.settings import Settings
+from sesflow.sender import upkeep
+from sesflow.sender.metrics import create_app
+from sesflow.sender.rate_limit import HEADROOM
+from sesflow.sender.worker import Sender
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)

@@ -8,7 +8,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from senderkit import FakeSes, Running, events, new_msg_id, pending_count, seed, states, wait_for
 
-from common.errors import (
+from sesflow.common.errors import (
     SesAmbiguous,
     SesEntryTransient,
     SesPaused,
@@ -17,10 +17,10 @@ from common.errors import (
     SesThrottled,
     SesTransient,
 )
-from common.keys import SENDERS_GROUP, Keys
-from common.suppression import SuppressionList, entry
-from sender.__main__ import sender_client
-from sender.worker import Sender
+from sesflow.common.keys import SENDERS_GROUP, Keys
+from sesflow.common.suppression import SuppressionList, entry
+from sesflow.sender.__main__ import sender_client
+from sesflow.sender.worker import Sender
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)
@@ -443,7 +443,7 @@ async def test_a_reader_takes_half_its_share_as_soon_as_it_is_free() -> None:
     import asyncio
     import time
 
-    from sender.worker import Slots
+    from sesflow.sender.worker import Slots
 
     slots = Slots(64)
     assert slots.try_take(60) == 60  # 4 free

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sesstub import SesStub
 
-from common.settings import Settings
-from sender.ses_client import OutgoingEmail, SesClient
+from sesflow.common.settings import Settings
+from sesflow.sender.ses_client import OutgoingEmail, SesClient
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDTESTING", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
 

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.aws import boto_client
-from common.settings import Settings, settings_from_mapping
-from sender.ses_client import OutgoingEmail, SesClient
+from sesflow.common.aws import boto_client
+from sesflow.common.settings import Settings, settings_from_mapping
+from sesflow.sender.ses_client import OutgoingEmail, SesClient
 
 STUB = Path(__file__).resolve().parent.parent / "sesstub.py"
 

@@ -9,11 +9,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from common.schema import Job, MessageContent
-from common.settings import Settings
-from common.tracking import Token, verify, verify_click
-from sender import compose as compose_module
-from sender.compose import compose, tag_value
+from sesflow.common.schema import Job, MessageContent
+from sesflow.common.settings import Settings
+from sesflow.common.tracking import Token, verify, verify_click
+from sesflow.sender import compose as compose_module
+from sesflow.sender.compose import compose, tag_value
 
 SECRET = b"compose-secret"
 PUBLIC = "https://track.example.com"

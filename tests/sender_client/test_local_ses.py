@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterator
 import pytest
 from moto.ses.models import ses_backends
 
-from common.errors import SesRejected, SesSetupFault
-from common.local_ses import LOCAL_CREDENTIALS, LocalSes
-from common.settings import Settings
-from sender.ses_client import BulkEmail, BulkEntry, SesClient
+from sesflow.cli.local_ses import LOCAL_CREDENTIALS, LocalSes
+from sesflow.common.errors import SesRejected, SesSetupFault
+from sesflow.common.settings import Settings
+from sesflow.sender.ses_client import BulkEmail, BulkEntry, SesClient
 
 ACCOUNT = "123456789012"
 REGION = "eu-central-1"

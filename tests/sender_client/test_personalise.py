@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import pytest
 
-from common.handlebars import render
-from common.schema import Job, MessageContent
-from common.settings import Settings
-from sender.compose import bulk_request, compose
-from sender.personalise import CONSTANTS, PartBuilder
+from sesflow.common.handlebars import render
+from sesflow.common.schema import Job, MessageContent
+from sesflow.common.settings import Settings
+from sesflow.sender.compose import bulk_request, compose
+from sesflow.sender.personalise import CONSTANTS, PartBuilder
 
 SECRET = b"personalise-secret"
 TRICKY = [

@@ -14,8 +14,8 @@ from aiohttp import web
 from botocore.validate import ParamValidator
 from sesstub import SesStub
 
-from common.embedded import free_port
-from common.errors import (
+from sesflow.cli.embedded import free_port
+from sesflow.common.errors import (
     SesAmbiguous,
     SesEntryTransient,
     SesPaused,
@@ -24,8 +24,8 @@ from common.errors import (
     SesSetupFault,
     SesThrottled,
 )
-from sender.ses_boto3 import Boto3SesClient, bulk_kwargs, request_kwargs
-from sender.ses_client import (
+from sesflow.sender.ses_boto3 import Boto3SesClient, bulk_kwargs, request_kwargs
+from sesflow.sender.ses_client import (
     Attachment,
     BulkEmail,
     BulkEntry,

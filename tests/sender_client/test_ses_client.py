@@ -25,8 +25,8 @@ from botocore.exceptions import (
 from multidict import CIMultiDict
 from sesstub import SesStub
 
-from common.embedded import free_port
-from common.errors import (
+from sesflow.cli.embedded import free_port
+from sesflow.common.errors import (
     ConfigError,
     SesAmbiguous,
     SesError,
@@ -37,9 +37,9 @@ from common.errors import (
     SesThrottled,
     SesTransient,
 )
-from common.settings import Settings
-from sender.ses_boto3 import error_from_boto
-from sender.ses_client import (
+from sesflow.common.settings import Settings
+from sesflow.sender.ses_boto3 import error_from_boto
+from sesflow.sender.ses_client import (
     OutgoingEmail,
     SesClient,
     classify,

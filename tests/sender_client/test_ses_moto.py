@@ -11,9 +11,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 from moto.ses.models import ses_backends
 
-from common.errors import SesSetupFault
-from common.settings import Settings
-from sender.ses_client import OutgoingEmail, SesClient
+from sesflow.common.errors import SesSetupFault
+from sesflow.common.settings import Settings
+from sesflow.sender.ses_client import OutgoingEmail, SesClient
 
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"

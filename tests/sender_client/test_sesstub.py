@@ -18,8 +18,8 @@ import pytest
 from botocore.exceptions import ClientError
 from sesstub import SesStub
 
-from common.aws import boto_client, fetch_quota_sync
-from common.settings import Settings
+from sesflow.common.aws import boto_client, fetch_quota_sync
+from sesflow.common.settings import Settings
 
 STUB = Path(__file__).resolve().parent.parent / "sesstub.py"
 

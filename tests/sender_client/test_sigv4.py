@@ -10,7 +10,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
-from sender.sigv4 import Signer, canonical_path
+from sesflow.sender.sigv4 import Signer, canonical_path
 
 NOW = 1_764_151_200.5  # 2025-11-26T10:00:00.5Z
 BODY = b'{"FromEmailAddress":"a@example.com","Content":{"Simple":{"Subject":{"Data":"\xc3\xbc"}}}}'

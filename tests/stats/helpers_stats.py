@@ -6,8 +6,8 @@ import asyncio
 import time
 from typing import Any
 
-from common.keys import STATS_GROUP, Keys
-from common.schema import Event, event_fields
+from sesflow.common.keys import STATS_GROUP, Keys
+from sesflow.common.schema import Event, event_fields
 
 FAST = {"STATS_FLUSH_INTERVAL": "0.05", "RECLAIM_IDLE": "0.3", "SHUTDOWN_GRACE": "3"}
 

@@ -10,11 +10,11 @@ import redis.asyncio as aioredis
 from helpers_stats import FAST, add_events, counters, drained
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from common.keys import STATS_GROUP, Keys
-from common.schema import Event, EventType
-from common.settings import Settings
-from stats.aggregate import StatsConsumer
-from stats.counters import hour_of
+from sesflow.common.keys import STATS_GROUP, Keys
+from sesflow.common.schema import Event, EventType
+from sesflow.common.settings import Settings
+from sesflow.stats.aggregate import StatsConsumer
+from sesflow.stats.counters import hour_of
 
 NOW_MS = int(time.time() * 1000)
 

@@ -12,13 +12,13 @@ from aiohttp.test_utils import TestClient
 from apptest import AppTestServer
 from helpers_stats import FAST, add_events, drained
 
-from common.aws import Quota
-from common.keys import SENDERS_GROUP, Keys
-from common.schema import Event
-from common.settings import Settings
-from common.setup_pauses import SetupPause, encode_pause
-from stats.aggregate import StatsConsumer
-from stats.api import create_app
+from sesflow.common.aws import Quota
+from sesflow.common.keys import SENDERS_GROUP, Keys
+from sesflow.common.schema import Event
+from sesflow.common.settings import Settings
+from sesflow.common.setup_pauses import SetupPause, encode_pause
+from sesflow.stats.aggregate import StatsConsumer
+from sesflow.stats.api import create_app
 
 QUOTA = Quota(max_send_rate=14.0, max_24h_send=50000.0, sent_last_24h=1234.0, source="test")
 
@@ -167,7 +167,7 @@ async def test_counts_sent_with_the_ses_quota(
 
 
 def _quota_key() -> Any:
-    from stats.api import QUOTA as key
+    from sesflow.stats.api import QUOTA as key
 
     return key
 
@@ -397,7 +397,7 @@ async def test_dashboard_page_is_self_contained(api: TestClient[Any, Any]) -> No
 
 
 async def test_redis_down_is_a_503_not_a_500(make_settings: Callable[..., Settings]) -> None:
-    from common.embedded import free_port
+    from sesflow.cli.embedded import free_port
 
     settings = make_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     client = await serve(create_app(settings, quota_fetcher=no_quota))

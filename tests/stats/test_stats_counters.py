@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from common.schema import Event, EventType, encode
-from stats.counters import (
+from sesflow.common.schema import Event, EventType, encode
+from sesflow.stats.counters import (
     METRICS,
     MalformedEvent,
     PartitionBatch,

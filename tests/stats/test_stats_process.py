@@ -1,5 +1,5 @@
-"""`python -m stats` as a real process: serves the API and, on SIGTERM, applies the batch in hand
-before it exits."""
+"""`python -m sesflow.stats` as a real process: serves the API and, on SIGTERM, applies the batch
+in hand before it exits."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from helpers_stats import add_events, counters
 
-from common.embedded import free_port
-from common.keys import Keys
-from common.schema import Event
+from sesflow.cli.embedded import free_port
+from sesflow.common.keys import Keys
+from sesflow.common.schema import Event
 
 pytestmark = pytest.mark.slow
 
@@ -53,9 +53,9 @@ async def test_process_serves_and_flushes_on_sigterm(
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
-    log = (tmp_path / "stats.log").open("wb")
+    log = (tmp_path / "sesflow.stats.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stats", cwd=tmp_path, env=env, stderr=log
+        sys.executable, "-m", "sesflow.stats", cwd=tmp_path, env=env, stderr=log
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -71,7 +71,7 @@ async def test_process_serves_and_flushes_on_sigterm(
         assert await redis.hgetall(keys.partition(0).stats_topic("proc")) == {}
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), timeout=20)
-        assert code == 0, (tmp_path / "stats.log").read_text()
+        assert code == 0, (tmp_path / "sesflow.stats.log").read_text()
         assert (await counters(redis, keys.partition(0).stats_topic("proc")))["sent"] == 4
     finally:
         if proc.returncode is None:

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from helpers_stats import add_events
 
-from common import scripts
-from common.connection import ensure_group
-from common.errors import ConfigError
-from common.keys import STATS_GROUP, Keys
-from common.schema import Event
-from common.settings import Settings, settings_from_mapping
-from stats.aggregate import StatsConsumer
+from sesflow.common import scripts
+from sesflow.common.connection import ensure_group
+from sesflow.common.errors import ConfigError
+from sesflow.common.keys import STATS_GROUP, Keys
+from sesflow.common.schema import Event
+from sesflow.common.settings import Settings, settings_from_mapping
+from sesflow.stats.aggregate import StatsConsumer
 
 DAY_MS = 86_400_000
 

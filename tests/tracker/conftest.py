@@ -12,8 +12,8 @@ from apptest import AppTestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 from snssign import SnsSigner, make_key_and_cert
 
-from common.settings import Settings
-from tracker.app import create_app
+from sesflow.common.settings import Settings
+from sesflow.tracker.app import create_app
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracker.log_throttle import LogThrottle
+from sesflow.tracker.log_throttle import LogThrottle
 
 
 def test_one_line_per_reason_and_interval() -> None:

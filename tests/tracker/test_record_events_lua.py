@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.keys import Keys
-from common.scripts import register
+from sesflow.common.keys import Keys
+from sesflow.common.scripts import register
 
 KEYS = Keys("sesflow", 2)
 PART = KEYS.partition(1)

@@ -12,12 +12,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 from trackerkit import stream_events
 
-from common.embedded import free_port
-from common.keys import Keys
-from common.settings import Settings
-from common.suppression import SuppressionList
-from common.tracking import Token, link_token, sign
-from tracker.pages import PIXEL
+from sesflow.cli.embedded import free_port
+from sesflow.common.keys import Keys
+from sesflow.common.settings import Settings
+from sesflow.common.suppression import SuppressionList
+from sesflow.common.tracking import Token, link_token, sign
+from sesflow.tracker.pages import PIXEL
 
 SECRET = b"test-tracking-secret"  # the TRACKING_SECRET of the test settings
 KEYS = Keys()

@@ -16,9 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from snssign import SnsSigner, make_key_and_cert, string_to_sign
 
-from common.errors import ConfigError
-from common.settings import settings_from_mapping
-from tracker import sns
+from sesflow.common.errors import ConfigError
+from sesflow.common.settings import settings_from_mapping
+from sesflow.tracker import sns
 
 
 def verifier(**env: str) -> sns.SnsVerifier:

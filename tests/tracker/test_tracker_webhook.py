@@ -16,10 +16,10 @@ from snssign import SnsSigner, make_key_and_cert, sign, sns_timestamp
 from structlog.testing import capture_logs
 from trackerkit import load_payload, post_sns, stream_events
 
-from common.embedded import free_port
-from common.keys import Keys
-from common.settings import Settings
-from common.suppression import SuppressionList
+from sesflow.cli.embedded import free_port
+from sesflow.common.keys import Keys
+from sesflow.common.settings import Settings
+from sesflow.common.suppression import SuppressionList
 
 KEYS = Keys()
 P0 = KEYS.partition(0)

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from common.schema import Event, decode_event
+from sesflow.common.schema import Event, decode_event
 
 PAYLOADS = Path(__file__).parent / "payloads"
 

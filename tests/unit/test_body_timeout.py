@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-import common.http
-from common.embedded import free_port
-from ingest.api import create_app
+import sesflow.common.http
+from sesflow.cli.embedded import free_port
+from sesflow.ingest.api import create_app
 
 
 async def stalled_post(make_settings: Any, path: str) -> tuple[bytes, dict[str, Any]]:
@@ -42,7 +42,7 @@ async def stalled_post(make_settings: Any, path: str) -> tuple[bytes, dict[str, 
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/events/result"])
 async def test_a_trickling_body_gets_408(make_settings: Any, monkeypatch: Any, path: str) -> None:
     """Ingest's own API and the seed paths it forwards to the tracker alike."""
-    monkeypatch.setattr(common.http, "BODY_READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(sesflow.common.http, "BODY_READ_TIMEOUT", 0.5)
     status, body = await stalled_post(make_settings, path)
     assert status.startswith(b"HTTP/1.1 408")
     assert body["error"] == "body_timeout"

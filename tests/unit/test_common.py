@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ConfigError
-from common.keys import Keys, accepted_ms, partition_of, split_request_id
-from common.settings import load_settings, read_dotenv, settings_from_mapping
-from common.tracking import Token, sign, verify
+from sesflow.common.errors import ConfigError
+from sesflow.common.keys import Keys, accepted_ms, partition_of, split_request_id
+from sesflow.common.settings import load_settings, read_dotenv, settings_from_mapping
+from sesflow.common.tracking import Token, sign, verify
 
 
 def test_seed_aliases_are_accepted() -> None:
@@ -80,7 +80,7 @@ async def test_real_redis_is_ours(redis) -> None:  # type: ignore[no-untyped-def
 
 
 def test_env_example_lists_every_setting_and_parses() -> None:
-    from common.settings import Settings, env_names
+    from sesflow.common.settings import Settings, env_names
 
     example = Path(__file__).resolve().parents[2] / ".env.example"
     names = set(read_dotenv(example))
@@ -94,7 +94,7 @@ def test_env_example_lists_every_setting_and_parses() -> None:
 
 
 def test_a_click_is_a_recipient_token_and_a_link_token_of_the_same_message() -> None:
-    from common.tracking import Token, link_token, sign, verify_click
+    from sesflow.common.tracking import Token, link_token, sign, verify_click
 
     secret = b"click-secret"
     url = 'https://a.example/x?y=1&z="2"'

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.handlebars import escape, render
+from sesflow.common.handlebars import escape, render
 
 
 def test_double_braces_escape_in_every_part_and_triple_braces_do_not() -> None:

@@ -13,13 +13,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from common.connection import connect
-from common.embedded import free_port
-from common.settings import Settings
-from ingest.api import create_app as ingest_app
-from sender.metrics import create_app as sender_app
-from stats.api import create_app as stats_app
-from tracker.app import create_app as tracker_app
+from sesflow.cli.embedded import free_port
+from sesflow.common.connection import connect
+from sesflow.common.settings import Settings
+from sesflow.ingest.api import create_app as ingest_app
+from sesflow.sender.metrics import create_app as sender_app
+from sesflow.stats.api import create_app as stats_app
+from sesflow.tracker.app import create_app as tracker_app
 
 
 def sender_role(settings: Settings) -> web.Application:

@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from apptest import AppTestServer
 
-from common.settings import Settings
-from ingest.api import create_app
+from sesflow.common.settings import Settings
+from sesflow.ingest.api import create_app
 
 JWT = "a-jwt-secret-of-at-least-32-bytes!"
 

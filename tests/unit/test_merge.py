@@ -1,5 +1,5 @@
-from common.merge import as_text, merged, missing, names_in, resolves
-from common.schema import Job, MessageContent
+from sesflow.common.merge import as_text, merged, missing, names_in, resolves
+from sesflow.common.schema import Job, MessageContent
 
 
 def test_names_in_finds_each_placeholder_once_in_order() -> None:

@@ -14,9 +14,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.connection import BLOCK_MARGIN_S, LONGEST_BLOCK_MS, connect
-from common.errors import ConfigError
-from common.settings import Settings
+from sesflow.common.connection import BLOCK_MARGIN_S, LONGEST_BLOCK_MS, connect
+from sesflow.common.errors import ConfigError
+from sesflow.common.settings import Settings
 
 
 @pytest.fixture
@@ -79,9 +79,9 @@ def test_a_socket_timeout_below_the_longest_block_is_refused(make_settings: Any)
 
 
 def test_every_blocking_read_stays_within_the_longest_block() -> None:
-    from ingest.dispatcher import READ_BLOCK_MS
-    from sender.worker import BLOCK_MS
-    from stats.aggregate import MAX_BLOCK_MS
+    from sesflow.ingest.dispatcher import READ_BLOCK_MS
+    from sesflow.sender.worker import BLOCK_MS
+    from sesflow.stats.aggregate import MAX_BLOCK_MS
 
     assert max(READ_BLOCK_MS, BLOCK_MS, MAX_BLOCK_MS) <= LONGEST_BLOCK_MS
 
@@ -104,7 +104,7 @@ async def test_a_client_opens_at_most_redis_max_connections(
 
 
 def test_the_pool_leaves_room_beside_one_blocking_read_per_partition() -> None:
-    from common.settings import settings_from_mapping
+    from sesflow.common.settings import settings_from_mapping
 
     with pytest.raises(ConfigError, match="REDIS_MAX_CONNECTIONS"):
         settings_from_mapping({"SEND_PARTITIONS": "100", "REDIS_MAX_CONNECTIONS": "100"})

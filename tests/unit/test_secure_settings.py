@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from common.embedded import RedisProcess, free_port
-from common.errors import ConfigError
-from common.settings import check_role, read_dotenv, settings_from_mapping
+from sesflow.cli.embedded import RedisProcess, free_port
+from sesflow.common.errors import ConfigError
+from sesflow.common.settings import check_role, read_dotenv, settings_from_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 STRONG = "kq3v9Zr1xW8pL2mN7bT4"  # 20 random-looking bytes
@@ -75,7 +75,7 @@ def clean_env(**env: str) -> dict[str, str]:
 
 
 def run_sesflow(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from common.cli import main; main(sys.argv[1:])"
+    code = "import sys; from sesflow.cli.main import main; main(sys.argv[1:])"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         cwd=cwd,
@@ -90,7 +90,7 @@ def run_sesflow(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedP
 def test_a_role_with_a_placeholder_secret_exits_with_the_reason(role: str, tmp_path: Path) -> None:
     # The value deploy/k8s/secret.yaml ships: a forgotten one must stop the pod, loudly.
     proc = subprocess.run(
-        [sys.executable, "-m", role],
+        [sys.executable, "-m", f"sesflow.{role}"],
         cwd=tmp_path,
         env=clean_env(TRACKING_SECRET="CHANGE_ME", REDIS_URL="redis://127.0.0.1:1/0"),
         capture_output=True,
@@ -137,7 +137,7 @@ def test_public_roles_need_no_credentials(role: str) -> None:
 @pytest.mark.parametrize("role", ["ingest", "stats"])
 def test_an_api_role_on_a_public_address_exits_with_the_reason(role: str, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", role],
+        [sys.executable, "-m", f"sesflow.{role}"],
         cwd=tmp_path,
         env=clean_env(BIND_HOST="0.0.0.0", REDIS_URL="redis://127.0.0.1:1/0"),
         capture_output=True,
@@ -212,7 +212,7 @@ def test_sesflow_up_does_not_print_the_redis_password(tmp_path: Path) -> None:
     redis = RedisProcess(tmp_path / "redis", aof=False, extra=("--requirepass", password)).start()
     ports = {name: str(free_port()) for name in ("INGEST", "TRACKER", "STATS", "SENDER_METRICS")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from common.cli import main; main(['up'])"],
+        [sys.executable, "-c", "import sys; from sesflow.cli.main import main; main(['up'])"],
         cwd=tmp_path,
         env=clean_env(
             REDIS_URL=f"redis://:{password}@127.0.0.1:{redis.port}/0",
@@ -264,7 +264,7 @@ def test_the_older_services_example_values_are_refused_with_a_message(tmp_path: 
 
 def test_a_role_with_the_seed_sentry_dsn_exits_with_the_reason(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "sender"],
+        [sys.executable, "-m", "sesflow.sender"],
         cwd=tmp_path,
         env=clean_env(SENTRY_DSN="your_sentry_dsn", REDIS_URL="redis://127.0.0.1:1/0"),
         capture_output=True,

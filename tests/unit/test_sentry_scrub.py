@@ -10,9 +10,9 @@ import sentry_sdk
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
-from common import sentry
-from common.sentry import Scrubber, init_sentry
-from common.settings import Settings, settings_from_mapping
+from sesflow.common import sentry
+from sesflow.common.sentry import Scrubber, init_sentry
+from sesflow.common.settings import Settings, settings_from_mapping
 
 REDIS_PASSWORD = "redis-pass-0123456789"
 SECRETS = {
@@ -112,7 +112,7 @@ def test_scrubber_walks_nested_values() -> None:
 
 
 def test_a_request_keeps_its_path_but_not_its_tracking_token() -> None:
-    from common.tracking import Token, sign
+    from sesflow.common.tracking import Token, sign
 
     token = sign(b"tracking-secret-0123456789", Token(k="u", r="1-0_0", e=RECIPIENT))
     event = {

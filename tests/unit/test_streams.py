@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.streams import needed_floor, parse_id, trim_acknowledged
+from sesflow.common.streams import needed_floor, parse_id, trim_acknowledged
 
 
 def test_parse_id_orders_like_redis() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.cli import feedback_line, up_env_file, with_local_redis
-from common.settings import settings_from_mapping
+from sesflow.cli.local_env import up_env_file, with_local_redis
+from sesflow.cli.up import feedback_line
+from sesflow.common.settings import settings_from_mapping
 
 
 def test_commands_use_the_up_of_this_directory(tmp_path: Path) -> None:

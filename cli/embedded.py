@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common.errors import ConfigError
+from sesflow.common.errors import ConfigError
 
 
 def redis_server_binary() -> str:

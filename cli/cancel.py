@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from common.cli_output import (
+from sesflow.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
     Formatter,
@@ -25,10 +25,10 @@ from common.cli_output import (
     run,
     when,
 )
-from common.cli_stats import read_topic
-from common.connection import UNAVAILABLE
-from common.keys import Keys
-from common.settings import Settings
+from sesflow.cli.stats_report import read_topic
+from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.keys import Keys
+from sesflow.common.settings import Settings
 
 DESCRIPTION = """\
 Cancel a topic: every recipient of TOPIC not sent yet is stopped, whether scheduled, queued or

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from common.cli_deadletters import (
+from sesflow.cli.dlq_entries import (
     STREAMS,
     DeadLetter,
     DeadStream,
@@ -23,7 +23,7 @@ from common.cli_deadletters import (
     newest,
     purge,
 )
-from common.cli_output import (
+from sesflow.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -38,10 +38,10 @@ from common.cli_output import (
     run,
     when,
 )
-from common.connection import connect
-from common.errors import InputError
-from common.keys import Keys
-from common.settings import Settings
+from sesflow.common.connection import connect
+from sesflow.common.errors import InputError
+from sesflow.common.keys import Keys
+from sesflow.common.settings import Settings
 
 DESCRIPTION = """\
 Inspect and replay the dead-letter streams, where sesflow puts what it could not handle, with

@@ -25,13 +25,13 @@ from typing import Any
 import msgspec
 from redis.exceptions import WatchError
 
-from common.errors import InputError
-from common.keys import Keys
-from common.schema import REQUEST_FIELD, Event, EventType, Job, decode_request, event_fields
-from common.settings import Settings
-from ingest.templates import stand_in
-from ingest.validation import Limits, validate_message
-from stats.counters import MalformedEvent, parse_entry
+from sesflow.common.errors import InputError
+from sesflow.common.keys import Keys
+from sesflow.common.schema import REQUEST_FIELD, Event, EventType, Job, decode_request, event_fields
+from sesflow.common.settings import Settings
+from sesflow.ingest.templates import stand_in
+from sesflow.ingest.validation import Limits, validate_message
+from sesflow.stats.counters import MalformedEvent, parse_entry
 
 STREAMS = ("requests", "sends", "events")
 # Fields each writer adds to the original entry.

@@ -22,7 +22,7 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from common.cli_output import (
+from sesflow.cli.output import (
     EXIT_OK,
     EXIT_USAGE,
     Formatter,
@@ -37,16 +37,16 @@ from common.cli_output import (
     parse_duration,
     run,
 )
-from common.cli_recipients import Recipients, RecipientsError, parse, read_bytes
-from common.cli_stats import read_topic, topic_table
-from common.errors import InputError
-from common.keys import Keys
-from common.producer import enqueue
-from common.schema import Attachment, MessageRequest, Recipient
-from common.settings import Settings
-from ingest.templates import stand_in
-from ingest.validation import Limits, format_schedule, parse_schedule, validate_message
-from stats.queries import FINAL_FIELDS
+from sesflow.cli.recipients import Recipients, RecipientsError, parse, read_bytes
+from sesflow.cli.stats_report import read_topic, topic_table
+from sesflow.common.errors import InputError
+from sesflow.common.keys import Keys
+from sesflow.common.producer import enqueue
+from sesflow.common.schema import Attachment, MessageRequest, Recipient
+from sesflow.common.settings import Settings
+from sesflow.ingest.templates import stand_in
+from sesflow.ingest.validation import Limits, format_schedule, parse_schedule, validate_message
+from sesflow.stats.queries import FINAL_FIELDS
 
 DESCRIPTION = """\
 Send one HTML message to every recipient listed in FILE, as topic TOPIC.

@@ -14,8 +14,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from rich.table import Table
 
-from common.aws import Quota, boto_client, fetch_quota
-from common.cli_output import (
+from sesflow.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
     Formatter,
@@ -23,10 +22,11 @@ from common.cli_output import (
     operator_settings,
     print_json,
 )
-from common.cli_stats import dead_letter_counts
-from common.connection import UNAVAILABLE, connect
-from common.keys import Keys
-from common.settings import Settings
+from sesflow.cli.stats_report import dead_letter_counts
+from sesflow.common.aws import Quota, boto_client, fetch_quota
+from sesflow.common.connection import UNAVAILABLE, connect
+from sesflow.common.keys import Keys
+from sesflow.common.settings import Settings
 
 DESCRIPTION = """\
 Check that sesflow can run here, and say what to fix when it cannot:

@@ -1,52 +1,26 @@
-"""The `sesflow` command: run the whole system (`up`), one role, or an operator's task."""
+"""`sesflow up`: the whole system on this machine, every role as its own supervised process."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-import msgspec
-
-from common.embedded import RedisProcess, port_open
-from common.errors import ConfigError
-from common.settings import (
+from sesflow.cli.embedded import RedisProcess, port_open
+from sesflow.cli.local_env import up_env_file
+from sesflow.cli.supervisor import Child, Supervisor, child_env, stop_on_signals
+from sesflow.common.logs import configure
+from sesflow.common.settings import (
     ANY_TOPIC,
     AUTHENTICATED_ROLES,
     Settings,
     check_role,
     load_settings,
-    read_dotenv,
     redact_url,
 )
-
-ROLES = ("ingest", "sender", "tracker", "stats")
-
-
-def up_env_file(settings: Settings) -> Path:
-    """Where a running `sesflow up` writes the embedded services it started (KEY=VALUE lines)."""
-    return Path(settings.data_dir) / "up.env"
-
-
-def with_local_redis(settings: Settings) -> Settings:
-    """Settings for an operator command run beside a `sesflow up` (same directory): its embedded
-    Redis when REDIS_URL is unset, and its local SES endpoint when no SES endpoint or AWS keys
-    are configured. Unchanged when no `up` runs here."""
-    local = read_dotenv(up_env_file(settings))
-    changes: dict[str, str] = {}
-    if not settings.redis_url and local.get("REDIS_URL"):
-        changes["redis_url"] = local["REDIS_URL"]
-    if not (settings.ses_endpoint_url or settings.aws_access_key_id) and local.get(
-        "SES_ENDPOINT_URL"
-    ):
-        changes["ses_endpoint_url"] = local["SES_ENDPOINT_URL"]
-        changes["aws_access_key_id"] = local.get("AWS_ACCESS_KEY_ID", "")
-        changes["aws_secret_access_key"] = local.get("AWS_SECRET_ACCESS_KEY", "")
-    return msgspec.structs.replace(settings, **changes) if changes else settings
 
 
 def feedback_line(settings: Settings, local_ses: bool) -> str:
@@ -59,12 +33,6 @@ def feedback_line(settings: Settings, local_ses: bool) -> str:
     if local_ses:
         return "no SNS with the local SES endpoint (set SNS_TOPIC_ARNS with a real one)"
     return "SNS refused (403) until SNS_TOPIC_ARNS names your SES feedback topics"
-
-
-def run_role(role: str) -> int:
-    module = importlib.import_module(f"{role}.__main__")
-    module.main()
-    return 0
 
 
 def aws_configured(settings: Settings) -> bool:
@@ -113,9 +81,8 @@ def stop_leftover_redis(data: Path) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     """Start Redis (embedded unless REDIS_URL), a local SES (unless AWS is configured) and every
     role as its own process; Ctrl-C or SIGTERM stops everything."""
-    from common.local_ses import LOCAL_CREDENTIALS, LocalSes
-    from common.logs import configure
-    from common.supervisor import Child, Supervisor, child_env, stop_on_signals
+    # Imported here: moto (the local SES) is in the `local` extra, needed only by `up`.
+    from sesflow.cli.local_ses import LOCAL_CREDENTIALS, LocalSes
 
     settings = load_settings()
     for role in AUTHENTICATED_ROLES:
@@ -151,11 +118,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         up_env.parent.mkdir(parents=True, exist_ok=True)
         up_env.write_text("".join(f"{k}={v}\n" for k, v in local.items()))
         children = [
-            Child(role, role, child_env(env)) for role in ("ingest", "tracker", "stats")
+            Child(role, f"sesflow.{role}", child_env(env))
+            for role in ("ingest", "tracker", "stats")
         ] + [
             Child(
                 f"sender-{n}",
-                "sender",
+                "sesflow.sender",
                 child_env(env, SENDER_METRICS_PORT=str(settings.sender_metrics_port + n)),
             )
             for n in range(args.senders)
@@ -193,56 +161,3 @@ def cmd_up(args: argparse.Namespace) -> int:
         if redis is not None:
             redis.stop()
         up_env.unlink(missing_ok=True)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    # Imported here: these modules import this one (for `with_local_redis`).
-    from common import cli_cancel, cli_check, cli_dlq, cli_send, cli_stats
-
-    parser = argparse.ArgumentParser(
-        prog="sesflow",
-        description="Send email through Amazon SES at scale over Redis Streams.",
-        epilog="examples:\n  sesflow up\n  sesflow check\n  sesflow send list.csv --topic t "
-        "--subject Hello --html body.html\n  sesflow stats --all\n  sesflow dlq list\n\n"
-        "`sesflow COMMAND --help` explains each command.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    up = sub.add_parser(
-        "up",
-        help="start the whole system (embedded Redis and local SES when not configured)",
-        description=cmd_up.__doc__,
-    )
-    up.add_argument("--senders", type=int, default=1, help="sender replicas (default 1)")
-    up.add_argument(
-        "--redis-port", type=int, default=0, help="embedded Redis port (default: a free one)"
-    )
-    up.add_argument("--ses-port", type=int, default=0, help="local SES port (default: a free one)")
-    up.set_defaults(func=cmd_up)
-
-    for role in ROLES:
-        p = sub.add_parser(
-            role,
-            help=f"run the {role} role against REDIS_URL",
-            description=f"Run the {role} role in the foreground against REDIS_URL.",
-        )
-        p.set_defaults(func=lambda _args, role=role: run_role(role))
-        if role == "stats":
-            # `sesflow stats` alone runs the role; `sesflow stats TOPIC|--all` prints a report.
-            cli_stats.add_report(p)
-    for command in (cli_send, cli_cancel, cli_check, cli_dlq):
-        command.register(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        code = args.func(args)
-    except ConfigError as exc:
-        print(f"sesflow: {exc}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        code = 130
-    raise SystemExit(code or 0)

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from common.logs import get_logger
+from sesflow.common.logs import get_logger
 
 log = get_logger(__name__)
 

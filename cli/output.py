@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 from rich.console import Console
 
-from common.cli import with_local_redis
-from common.connection import UNAVAILABLE, connect
-from common.errors import ConfigError, InputError
-from common.settings import Settings, load_settings
+from sesflow.cli.local_env import with_local_redis
+from sesflow.common.connection import UNAVAILABLE, connect
+from sesflow.common.errors import ConfigError, InputError
+from sesflow.common.settings import Settings, load_settings
 
 # Exit codes shared by the operator commands.
 EXIT_OK = 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.addresses import is_valid_address
+from sesflow.common.addresses import is_valid_address
 
 
 class RecipientsError(ValueError):

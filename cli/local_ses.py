@@ -8,7 +8,7 @@ import json
 import logging
 from typing import Any
 
-from common.handlebars import render
+from sesflow.common.handlebars import render
 
 LOCAL_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "sesflow-local",

@@ -1,17 +1,19 @@
 """`sesflow stats TOPIC` and `sesflow stats --all`: the counters as tables, read straight from
-Redis with the stats role's own queries. `sesflow stats` with no argument runs the stats role."""
+Redis with the stats role's own queries. `sesflow stats` with no argument still runs the stats
+role, with a deprecation notice (`sesflow serve stats` is the spelling)."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from common.cli_output import (
+from sesflow.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
     Formatter,
@@ -22,16 +24,16 @@ from common.cli_output import (
     print_json,
     run,
 )
-from common.keys import Keys
-from stats.overview import overview, topic_rows
+from sesflow.common.keys import Keys
+from sesflow.stats.overview import overview, topic_rows
 
 DESCRIPTION = """\
-With no argument: run the stats role in the foreground against REDIS_URL (it counts events and
-serves the stats API and the live dashboard on STATS_PORT).
-
 With a TOPIC or --all: print statistics read straight from Redis (no stats API needed). Counts
 come from the stats role's counters, so they are as fresh as its last batch (about a second).
-When REDIS_URL is unset, the Redis of a running `sesflow up` is used."""
+When REDIS_URL is unset, the Redis of a running `sesflow up` is used.
+
+With no argument it runs the stats role, as it always did, with a deprecation notice: the role is
+`sesflow serve stats`."""
 
 EPILOG = """\
 columns:
@@ -98,11 +100,16 @@ NARROW_COLUMNS = tuple(
 NARROW_WIDTH = 110
 
 
-def add_report(parser: argparse.ArgumentParser) -> None:
-    """Give the `stats` role's parser its report arguments; no argument still runs the role."""
-    parser.description = DESCRIPTION
-    parser.epilog = EPILOG
-    parser.formatter_class = Formatter
+def register(sub: Any, serve_stats: Callable[[], int]) -> None:
+    """`sesflow stats TOPIC|--all`: the report. Bare `sesflow stats` still runs the stats role
+    through `serve_stats` (the older spelling, deprecated)."""
+    parser = sub.add_parser(
+        "stats",
+        help="a topic's statistics, or every recent topic (`sesflow stats --all`)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=Formatter,
+    )
     parser.add_argument("topic", nargs="?", metavar="TOPIC", help="print this topic's statistics")
     parser.add_argument(
         "--all",
@@ -119,13 +126,12 @@ def add_report(parser: argparse.ArgumentParser) -> None:
         help="with --all: how many recent topics to list (default 20, at most 200)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    run_role = parser.get_default("func")
 
     def dispatch(args: argparse.Namespace) -> int:
         if args.topic is None and not args.all:
             if args.json or args.limit is not None:
                 parser.error("--json and --limit need a TOPIC or --all")
-            return int(run_role(args))
+            return serve_stats()
         if args.topic is not None and args.all:
             parser.error("give a TOPIC or --all, not both")
         return cmd_stats(args)
