@@ -14,7 +14,7 @@ with `<prefix>` = REDIS_PREFIX (default `sesflow`, so the stream is `{sesflow:g}
      "template": "welcome",                      a stored template gives them
      "text": "...", "data": {"name": "you"},     optional: text part, merge defaults
      "reply_to": [...], "headers": {...}, "attachments": [{"filename", "content_type",
-     "content" (base64)}],                       optional (see the README's message model)
+     "content" (base64)}],                       optional (docs/api.md: personal messages)
      "scheduled_at": "2024-01-01T09:00:00Z",     optional: RFC 3339 or "YYYY-MM-DD HH:MM:SS" (UTC)
      "track_opens": true, "track_clicks": false, "unsubscribe": true,   optional
      "from_email": "News <news@example.com>"}    optional, a verified SES identity

@@ -5,7 +5,7 @@ boto3 is synchronous, so each call runs in a thread pool of SENDER_CONCURRENCY t
 client has `max_attempts=1` (no retries of its own: a retried send may go out twice and bypasses
 the shared rate limit) and one connection per thread. Answers and failures are mapped to the same
 `common.errors.Ses*` classes as `SesClient`, so the sender behaves identically. It costs ~4x the
-client CPU per call of `SesClient` (see tests/bench/RESULTS.md).
+client CPU per call of `SesClient` (see docs/performance.md).
 """
 
 from __future__ import annotations

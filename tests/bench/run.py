@@ -362,7 +362,7 @@ def print_table(rows: list[dict[str, Any]], errors: dict[str, str]) -> None:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The same table as Markdown, for the README."""
+    """The same table as Markdown, for docs/performance.md."""
     lines = [
         "| scenario | figure | median | spread (min-max) | target | result |",
         "|---|---|---:|---:|---|---|",
