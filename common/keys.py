@@ -32,6 +32,11 @@ partitions, partition N's tag lies in the N-th equal slice of the 16384 cluster 
     {sesflow:N}:opens:<msg_id>        hash: recipient index -> first open (unique opens)
     {sesflow:N}:sns:<MessageId>       SNS deliveries recorded into this partition (dedupe)
     {sesflow:N}:stop:<topic>          time (ms) the topic was cancelled
+    {sesflow:N}:transactional         list: transactional jobs waiting for the pump, a line each
+    {sesflow:N}:backlog:<topic>       list: the topic's bulk jobs waiting for the pump, a line each
+    {sesflow:N}:backlog:topics        zset: topics with a bulk backlog, not paused -> virtual time
+    {sesflow:N}:backlog:weights       hash: topic -> its weight in the fair share (when not 1)
+    {sesflow:N}:paused                hash: paused topic (or "": all bulk) -> JSON reason and time
     {sesflow:N}:events                every event (group `stats`)
     {sesflow:N}:events:dead           events stats could not decode
     {sesflow:N}:stats:topic:<t>       counters of one topic
@@ -124,6 +129,84 @@ class PartitionKeys:
 
     def stop(self, topic: str) -> str:
         return f"{self.tag}:stop:{topic}"
+
+    @property
+    def prefix(self) -> str:
+        """What a Lua script prepends to build a key of this partition it learns only as it
+        runs (a backlog, a content hash); the hash tag keeps it on the script's slot."""
+        return f"{self.tag}:"
+
+    @property
+    def transactional(self) -> str:
+        return f"{self.tag}:transactional"
+
+    def backlog(self, topic: str) -> str:
+        return f"{self.tag}:backlog:{topic}"
+
+    @property
+    def backlog_topics(self) -> str:
+        return f"{self.tag}:backlog:topics"
+
+    @property
+    def backlog_weights(self) -> str:
+        return f"{self.tag}:backlog:weights"
+
+    @property
+    def paused(self) -> str:
+        return f"{self.tag}:paused"
+
+    # --- the KEYS of each script that takes a partition's keys, in the order of its header ---
+
+    def dispatch_keys(self, msg_id: str, topic: str) -> list[str]:
+        return [
+            self.message(msg_id),
+            self.sends,
+            self.schedule,
+            self.schedule_data,
+            self.schedule_topic(topic),
+            self.stop(topic),
+            self.events,
+            self.backlog(topic),
+            self.backlog_topics,
+            self.paused,
+            self.backlog_weights,
+            self.transactional,
+        ]
+
+    def promote_keys(self) -> list[str]:
+        return [
+            self.schedule,
+            self.schedule_data,
+            self.sends,
+            self.backlog_topics,
+            self.paused,
+            self.backlog_weights,
+            self.transactional,
+        ]
+
+    def cancel_keys(self, topic: str) -> list[str]:
+        return [
+            self.schedule,
+            self.schedule_data,
+            self.schedule_topic(topic),
+            self.stop(topic),
+            self.events,
+            self.backlog(topic),
+            self.backlog_topics,
+            self.backlog_weights,
+        ]
+
+    def pump_keys(self) -> list[str]:
+        return [
+            self.sends,
+            self.backlog_topics,
+            self.paused,
+            self.backlog_weights,
+            self.transactional,
+        ]
+
+    def pause_keys(self, topic: str) -> list[str]:
+        return [self.paused, self.backlog_topics, self.backlog(topic)]
 
     def sns_seen(self, message_id: str) -> str:
         """Dedupe mark of an SNS delivery, beside the `events` stream it is recorded into, so the

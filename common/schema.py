@@ -39,6 +39,11 @@ class Attachment(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     content_type: str = ""
 
 
+BULK = "bulk"
+TRANSACTIONAL = "transactional"
+LANES = (BULK, TRANSACTIONAL)
+
+
 class MessageRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One message: a subject and HTML content for a list of recipients of one topic.
 
@@ -70,6 +75,10 @@ class MessageRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     reply_to: list[str] = msgspec.field(default_factory=list)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     attachments: list[Attachment] = msgspec.field(default_factory=list)
+    # "transactional" mail takes the next rate token before any bulk mail; "bulk" shares what is
+    # left fairly between the topics sending at the same time, in proportion to `weight`.
+    lane: str = BULK
+    weight: float = 1.0
 
     @property
     def recipient_count(self) -> int:
@@ -131,14 +140,20 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
     # A JSON list of {"filename", "content_type", "content" (base64)}, "" when none; stored once
     # per message, never per recipient.
     attachments: str = ""
+    lane: str = BULK
+    weight: float = 1.0
 
     def to_hash(self) -> dict[str, str]:
+        # `lane` and `weight` are read by dispatch.lua and promote.lua: stored only when they
+        # differ from bulk and 1.
         extra = {
             "text": self.text,
             "data": self.data,
             "reply_to": _encoder.encode(list(self.reply_to)).decode() if self.reply_to else "",
             "headers": _encoder.encode(list(self.headers)).decode() if self.headers else "",
             "att": self.attachments,
+            "lane": self.lane if self.lane != BULK else "",
+            "weight": repr(self.weight) if self.weight != 1.0 else "",
         }
         return {k: v for k, v in extra.items() if v} | {
             "topic": self.topic,
@@ -173,6 +188,8 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
             reply_to=tuple(_string_list(data.get("reply_to"))),
             headers=tuple(_header_pairs(data.get("headers"))),
             attachments=data.get("att", ""),
+            lane=data.get("lane") or BULK,
+            weight=float(data.get("weight") or 1.0),
         )
 
 

@@ -145,6 +145,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace: float = 10.0
     # Seconds between probes of a setup paused by a setup fault (one real send cluster-wide).
     setup_probe_interval: float = 30.0
+    # The share of the rate transactional mail may take while bulk mail is waiting.
+    transactional_max_share: float = 0.8
+
+    # Reputation guard: a topic pauses itself (and, over the last 24 h of every topic, all bulk
+    # sending) before SES reviews the account (5% bounces, 0.1% complaints).
+    guard: str = "on"
+    guard_min_sent: int = 100
+    guard_bounce_rate: float = 0.05
+    guard_complaint_min_sent: int = 1000
+    guard_complaint_rate: float = 0.001
+    guard_account_bounce_rate: float = 0.08
+    guard_account_complaint_rate: float = 0.004
 
     # Tracking and feedback
     tracking_secret: str = ""
@@ -257,6 +269,18 @@ def check(settings: Settings) -> Settings:
         raise ConfigError("SES_CLIENT must be 'native' or 'boto3'")
     if settings.email_rate <= 0:
         raise ConfigError("EMAIL_RATE must be positive")
+    if not 0 < settings.transactional_max_share <= 1:
+        raise ConfigError("TRANSACTIONAL_MAX_SHARE must be above 0 and at most 1")
+    if settings.guard not in {"on", "off"}:
+        raise ConfigError("GUARD must be 'on' or 'off'")
+    for name in (
+        "guard_bounce_rate",
+        "guard_complaint_rate",
+        "guard_account_bounce_rate",
+        "guard_account_complaint_rate",
+    ):
+        if not 0 < getattr(settings, name) <= 1:
+            raise ConfigError(f"{name.upper()} must be a fraction above 0 and at most 1")
     if settings.send_partitions < 1:
         raise ConfigError("SEND_PARTITIONS must be at least 1")
     if settings.sender_concurrency < 1:

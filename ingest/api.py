@@ -46,6 +46,7 @@ from sesflow.common.http import (
     read_body,
 )
 from sesflow.common.keys import Keys
+from sesflow.common.pauses import Pauses
 from sesflow.common.producer import entry_fields
 from sesflow.common.schema import REQUEST_FIELD, MessageRequest, encode
 from sesflow.common.settings import Settings
@@ -53,6 +54,7 @@ from sesflow.common.suppression import SuppressionList, entry, normalise
 from sesflow.ingest import metrics
 from sesflow.ingest.compat import PUBLIC_PATHS, add_compat_routes
 from sesflow.ingest.idempotency import Claim, IdempotencyStore, Prior, body_hash, check_key
+from sesflow.ingest.pauses_api import PAUSES, add_pause_routes
 from sesflow.ingest.templates import TemplateStore
 from sesflow.ingest.templates_api import TEMPLATES, add_template_routes
 from sesflow.ingest.validation import (
@@ -201,18 +203,7 @@ async def delete_topic(request: web.Request) -> web.Response:
     ttl_ms = app[SETTINGS].content_ttl * 1000
     stopped = 0
     for p in keys.partitions:
-        stopped += int(
-            await app[CANCEL](
-                keys=[
-                    p.schedule,
-                    p.schedule_data,
-                    p.schedule_topic(topic),
-                    p.stop(topic),
-                    p.events,
-                ],
-                args=[stop_ms, topic, ttl_ms],
-            )
-        )
+        stopped += int(await app[CANCEL](keys=p.cancel_keys(topic), args=[stop_ms, topic, ttl_ms]))
     return json_response({"topic_id": topic, "stopped": stopped, "stopped_at": stop_ms})
 
 
@@ -301,6 +292,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_put("/v1/suppressions/{email}", put_suppression)
     app.router.add_delete("/v1/suppressions/{email}", delete_suppression)
     add_template_routes(app, settings)
+    add_pause_routes(app)
     add_compat_routes(app, settings)
     return app
 
@@ -315,6 +307,7 @@ async def redis_context(app: web.Application) -> AsyncIterator[None]:
     app[SUPPRESSIONS] = SuppressionList(client, app[KEYS])
     app[IDEMPOTENCY] = IdempotencyStore(client, app[SETTINGS].idempotency_ttl)
     app[TEMPLATES] = TemplateStore(client, app[KEYS])
+    app[PAUSES] = Pauses(client, app[KEYS])
     try:
         yield
     finally:

@@ -89,6 +89,8 @@ def content_of(msg_id: str, valid: ValidMessage) -> MessageContent:
         reply_to=tuple(request.reply_to),
         headers=valid.headers,
         attachments=valid.attachments,
+        lane=request.lane,
+        weight=request.weight,
     )
 
 
@@ -196,15 +198,7 @@ class Dispatcher:
         """Run dispatch.lua chunk by chunk from where a previous attempt stopped."""
         request = valid.request
         p = self.keys.for_message(msg_id)
-        script_keys = [
-            p.message(msg_id),
-            p.sends,
-            p.schedule,
-            p.schedule_data,
-            p.schedule_topic(request.topic_id),
-            p.stop(request.topic_id),
-            p.events,
-        ]
+        script_keys = p.dispatch_keys(msg_id, request.topic_id)
         emails, own_data = valid.emails, valid.own_data
         rejected_detail = f"invalid addresses: {listed(valid.invalid)}" if valid.invalid else ""
         content = [part for pair in content_of(msg_id, valid).to_hash().items() for part in pair]

@@ -32,9 +32,7 @@ class Scheduler:
         """Move every chunk of partition `p` that is due now; returns the jobs queued."""
         jobs = 0
         while True:
-            chunks, added = await self.script(
-                keys=[p.schedule, p.schedule_data, p.sends], args=[batch]
-            )
+            chunks, added = await self.script(keys=p.promote_keys(), args=[batch, p.prefix])
             jobs += int(added)
             metrics.SCHEDULER_CHUNKS.inc(int(chunks))
             metrics.SCHEDULER_JOBS.inc(int(added))

@@ -44,7 +44,7 @@ import msgspec
 from sesflow.common.addresses import InvalidMailbox, is_valid_address, normalise_mailbox
 from sesflow.common.errors import InputError
 from sesflow.common.http import decode_json
-from sesflow.common.schema import Attachment, MessageRequest, Recipient
+from sesflow.common.schema import LANES, Attachment, MessageRequest, Recipient
 from sesflow.common.settings import Settings
 from sesflow.ingest.attachments import check_attachments, message_bytes
 from sesflow.ingest.custom_headers import check_headers
@@ -158,6 +158,18 @@ def check_topic(topic: str) -> str:
     return topic
 
 
+MAX_WEIGHT = 1000.0
+
+
+def check_lane(lane: str, weight: float) -> None:
+    if lane not in LANES:
+        raise InputError("invalid_lane", f"lane must be one of {', '.join(LANES)}, not {lane!r}")
+    if not 0 < weight <= MAX_WEIGHT:  # NaN fails too
+        raise InputError(
+            "invalid_weight", f"weight must be a number above 0 and at most {MAX_WEIGHT:g}"
+        )
+
+
 def check_from(from_email: str | None) -> str | None:
     """A sender override, exactly one mailbox, bare or as `Name <address>`, rebuilt (see
     `common.addresses`); None or empty = EMAIL_SENDER."""
@@ -240,6 +252,7 @@ def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -
             f"{len(recipients)} addresses; at most {limits.max_recipients} per message",
         )
     due_ms = parse_schedule(message.scheduled_at)
+    check_lane(message.lane, message.weight)
     from_email = check_from(message.from_email)
     reply_to = check_reply_to(message.reply_to)
     headers = check_headers(message.headers)
@@ -414,6 +427,16 @@ def parse_extras(obj: dict[str, Any], where: str) -> dict[str, Any]:
         if not isinstance(attachments, list):
             raise wrong_type(where, "attachments", "a list")
         extras["attachments"] = typed(attachments, list[Attachment], where, "attachments")
+    lane = obj.get("lane")
+    if lane is not None:
+        if not isinstance(lane, str):
+            raise wrong_type(where, "lane", '"bulk" or "transactional"')
+        extras["lane"] = lane
+    weight = obj.get("weight")
+    if weight is not None:
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise wrong_type(where, "weight", "a number")
+        extras["weight"] = float(weight)
     return extras
 
 

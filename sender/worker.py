@@ -84,6 +84,7 @@ from sesflow.common.settings import Settings
 from sesflow.sender import metrics
 from sesflow.sender.content import ContentCache
 from sesflow.sender.outbox import Outbox
+from sesflow.sender.pump import Pump
 from sesflow.sender.rate_limit import RateLimiter
 from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sesflow.sender.state import (
@@ -270,6 +271,9 @@ class Sender:
         if not await self.ensure_groups():
             return
         upkeep = asyncio.create_task(run_upkeep(self, stop), name="sender-upkeep")
+        pump = asyncio.create_task(
+            Pump(self.settings, self.client, self.keys).run(stop), name="sender-pump"
+        )
         readers = [
             asyncio.create_task(self.read_loop(part), name=f"sender-read-{part.index}")
             for part in self.keys.partitions
@@ -288,7 +292,8 @@ class Sender:
             for task in readers:
                 task.cancel()
             upkeep.cancel()
-            await asyncio.gather(upkeep, *readers, return_exceptions=True)
+            pump.cancel()
+            await asyncio.gather(upkeep, pump, *readers, return_exceptions=True)
         log.info("sender stopped", consumer=self.consumer)
 
     async def ensure_groups(self) -> bool:

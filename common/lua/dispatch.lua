@@ -16,6 +16,11 @@
 -- KEYS[5]  the topic's scheduled chunks set  ({p}:schedule:topic:<topic>)
 -- KEYS[6]  stop key of the topic             ({p}:stop:<topic>)
 -- KEYS[7]  events stream                     ({p}:events)
+-- KEYS[8]  the topic's bulk backlog, list     ({p}:backlog:<topic>)
+-- KEYS[9]  topics with a bulk backlog, zset   ({p}:backlog:topics)
+-- KEYS[10] paused topics, hash                ({p}:paused)
+-- KEYS[11] topic weights, hash                ({p}:backlog:weights)
+-- KEYS[12] transactional backlog, list        ({p}:transactional)
 -- ARGV[1]  msg_id (its first part is the accepted time, ms)
 -- ARGV[2]  first: index of the chunk's first recipient
 -- ARGV[3]  due time, epoch ms (0 = now; a past time also means now)
@@ -30,6 +35,9 @@
 -- ARGV[11+2c ..] the chunk's recipients, two arguments each, index first, first+1, ...:
 --          address ("" = suppressed, no job), own merge data (compact JSON, "" = none)
 --
+-- Due now, a message's recipients go to a backlog, one line each
+-- ("<msg_id>\t<index>\t<address>[\t<data>]"): the partition's transactional backlog when the
+-- content's `lane` says so, else its topic's bulk backlog; pump.lua moves them to `sends`.
 -- A job carries its recipient's data as field `d` (only when there is some). A scheduled chunk
 -- stores one line per recipient: the address, then a tab and the data when there is some
 -- (neither an address nor compact JSON holds a tab or a line break; see promote.lua).
@@ -110,16 +118,29 @@ end
 
 redis.call("HINCRBY", KEYS[1], "total", live)
 if delay == 0 then
+    local lines = {}
     for k = 0, count - 1 do
         local address, data = recipient(k)
         if address ~= "" then
-            local index = string.format("%d", first + k)
+            local line = msg_id .. "\t" .. string.format("%d", first + k) .. "\t" .. address
             if data ~= "" then
-                redis.call("XADD", KEYS[2], "*", "m", msg_id, "i", index, "e", address, "d", data)
-            else
-                redis.call("XADD", KEYS[2], "*", "m", msg_id, "i", index, "e", address)
+                line = line .. "\t" .. data
             end
+            lines[#lines + 1] = line
         end
+    end
+    if redis.call("HGET", KEYS[1], "lane") == "transactional" then
+        redis.call("RPUSH", KEYS[12], unpack(lines))
+        return {first + count, "queued"}
+    end
+    redis.call("RPUSH", KEYS[8], unpack(lines))
+    local weight = redis.call("HGET", KEYS[1], "weight")
+    if weight then
+        redis.call("HSET", KEYS[11], topic, weight)
+    end
+    if redis.call("HEXISTS", KEYS[10], topic) == 0 then
+        local head = redis.call("ZRANGE", KEYS[9], 0, 0, "WITHSCORES")
+        redis.call("ZADD", KEYS[9], "NX", head[2] or 0, topic)
     end
     return {first + count, "queued"}
 end

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import redis as syncredis
-from ingestkit import read_events, read_jobs
+from ingestkit import queued, read_events, read_jobs
 
 from sesflow.common.connection import ensure_group
 from sesflow.common.keys import DISPATCH_GROUP, Keys, PartitionKeys
@@ -122,7 +122,7 @@ async def test_scheduled_message_goes_to_the_schedule_in_chunks(
     emails = [f"u{n}@x.io" for n in range(1200)]
     msg_id = await enqueue(redis, keys, message(emails, scheduled_at="2999-01-01 00:00:00"))
     await dispatcher.handle(*await read_one(dispatcher))
-    assert await redis.xlen(p.sends) == 0
+    assert await queued(redis, p) == 0
     members = await redis.zrange(p.schedule, 0, -1)
     assert sorted(members) == sorted(f"{msg_id}:{n}" for n in (0, 500, 1000))
     assert len((await redis.hget(p.schedule_data, f"{msg_id}:1000")).split("\n")) == 200
@@ -149,7 +149,7 @@ async def test_a_message_accepted_before_a_cancel_is_stopped(
     await enqueue(redis, keys, message(["a@x.io", "b@x.io"]))
     await redis.set(p.stop("news"), int(time.time() * 1000) + 1)
     await dispatcher.handle(*await read_one(dispatcher))
-    assert await redis.xlen(p.sends) == 0
+    assert await queued(redis, p) == 0
     assert [(e.type, e.n) for e in await read_events(redis, p)] == [
         ("accepted", 2),
         ("stopped", 2),
@@ -184,13 +184,13 @@ async def test_poison_entries_are_dead_lettered_and_the_loop_goes_on(
     task = asyncio.create_task(dispatcher.run(stop))
     try:
         for _ in range(100):
-            if await redis.xlen(p.sends) == 2 and await redis.xlen(keys.requests_dead) == 8:
+            if await queued(redis, p) == 2 and await redis.xlen(keys.requests_dead) == 8:
                 break
             await asyncio.sleep(0.05)
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
-    assert await redis.xlen(p.sends) == 2
+    assert await queued(redis, p) == 2
     assert await pending(redis, keys) == 0
 
     raw = syncredis.Redis.from_url(settings.redis_url)

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import msgspec
-from ingestkit import read_events, read_jobs
+from ingestkit import queued, read_events, read_jobs
 
 from sesflow.common import scripts
 from sesflow.common.keys import Keys, PartitionKeys
@@ -53,22 +53,10 @@ def dispatch_args(
     ]
 
 
-def dispatch_keys(p: PartitionKeys, msg_id: str) -> list[str]:
-    return [
-        p.message(msg_id),
-        p.sends,
-        p.schedule,
-        p.schedule_data,
-        p.schedule_topic(TOPIC),
-        p.stop(TOPIC),
-        p.events,
-    ]
-
-
 async def dispatch(redis: Any, p: PartitionKeys, msg_id: str, first: int, **kw: Any) -> list[Any]:
     script = scripts.register(redis, "dispatch")
     result: list[Any] = await script(
-        keys=dispatch_keys(p, msg_id), args=dispatch_args(msg_id, first, **kw)
+        keys=p.dispatch_keys(msg_id, TOPIC), args=dispatch_args(msg_id, first, **kw)
     )
     return result
 
@@ -128,7 +116,7 @@ async def test_dispatch_schedules_future_messages_in_chunks(redis: Any, p: Parti
     addresses = ["a@x.io", "b@x.io", "", "", "e@x.io"]
     result = await dispatch(redis, p, msg_id, 0, addresses=addresses, due_ms=due, schedule_chunk=2)
     assert result == [5, "scheduled"]
-    assert await redis.xlen(p.sends) == 0
+    assert await queued(redis, p) == 0
     # the all-suppressed chunk at index 2 is not stored
     members = [f"{msg_id}:0", f"{msg_id}:4"]
     assert await redis.zrange(p.schedule, 0, -1, withscores=True) == [(m, due) for m in members]
@@ -149,7 +137,7 @@ async def test_dispatch_stops_messages_accepted_before_a_cancel(
     await redis.set(p.stop(TOPIC), now_ms())
     result = await dispatch(redis, p, msg_id, 0, addresses=["a@x.io", "", "c@x.io"])
     assert result == [3, "stopped"]
-    assert await redis.xlen(p.sends) == 0
+    assert await queued(redis, p) == 0
     events = await read_events(redis, p)
     assert [(e.type, e.n) for e in events] == [("accepted", 3), ("suppressed", 1), ("stopped", 2)]
 
@@ -160,7 +148,7 @@ async def test_dispatch_ignores_a_cancel_older_than_the_message(
     await redis.set(p.stop(TOPIC), now_ms() - 5000)
     msg_id = f"{now_ms()}-0"
     assert await dispatch(redis, p, msg_id, 0, addresses=["a@x.io"]) == [1, "queued"]
-    assert await redis.xlen(p.sends) == 1
+    assert await queued(redis, p) == 1
 
 
 async def test_dispatch_past_schedule_means_now(redis: Any, p: PartitionKeys) -> None:
@@ -175,7 +163,7 @@ async def test_dispatch_past_schedule_means_now(redis: Any, p: PartitionKeys) ->
 
 async def promote(redis: Any, p: PartitionKeys, batch: int = 10) -> list[int]:
     script = scripts.register(redis, "promote")
-    result: list[int] = await script(keys=[p.schedule, p.schedule_data, p.sends], args=[batch])
+    result: list[int] = await script(keys=p.promote_keys(), args=[batch, p.prefix])
     return result
 
 
@@ -198,7 +186,7 @@ async def test_promote_moves_a_bounded_batch_per_call(redis: Any, p: PartitionKe
     assert await promote(redis, p, batch=2) == [2, 2]
     assert await promote(redis, p, batch=2) == [2, 2]
     assert await promote(redis, p, batch=2) == [1, 1]
-    assert await redis.xlen(p.sends) == 5
+    assert await queued(redis, p) == 5
 
 
 async def test_promote_drops_a_member_without_data(redis: Any, p: PartitionKeys) -> None:
@@ -212,8 +200,7 @@ async def test_promote_drops_a_member_without_data(redis: Any, p: PartitionKeys)
 
 async def cancel(redis: Any, p: PartitionKeys, stop_ms: int) -> int:
     script = scripts.register(redis, "cancel")
-    keys = [p.schedule, p.schedule_data, p.schedule_topic(TOPIC), p.stop(TOPIC), p.events]
-    return int(await script(keys=keys, args=[stop_ms, TOPIC, TTL_MS]))
+    return int(await script(keys=p.cancel_keys(TOPIC), args=[stop_ms, TOPIC, TTL_MS]))
 
 
 async def test_cancel_removes_scheduled_chunks_accepted_before_the_stop(
@@ -339,8 +326,7 @@ async def test_cancel_counts_recipients_of_chunks_with_data(redis: Any, p: Parti
         due_ms=now_ms() + 60_000,
     )
     script = scripts.register(redis, "cancel")
-    keys = [p.schedule, p.schedule_data, p.schedule_topic(TOPIC), p.stop(TOPIC), p.events]
-    assert await script(keys=keys, args=[now_ms(), TOPIC, TTL_MS]) == 2
+    assert await script(keys=p.cancel_keys(TOPIC), args=[now_ms(), TOPIC, TTL_MS]) == 2
 
 
 # --- template_put.lua ---------------------------------------------------------------------------

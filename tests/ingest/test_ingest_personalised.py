@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from ingestkit import dispatch_all, read_events, read_jobs
+from ingestkit import dispatch_all, queued, read_events, read_jobs
 
 from sesflow.common.keys import Keys, PartitionKeys
 from sesflow.common.producer import enqueue
@@ -218,7 +218,7 @@ async def test_an_invalid_producer_entry_is_dead_lettered_with_the_reason(
     await dispatch_all(dispatcher)
     [(_, dead)] = await redis.xrange(keys.requests_dead)
     assert (dead["id"], dead["reason"]) == (entry_id, reason)
-    assert await redis.xlen(p.sends) == 0
+    assert await queued(redis, p) == 0
     [event] = await read_events(redis, p)
     assert event.type == "rejected" and event.n == 1
 
@@ -247,12 +247,12 @@ async def test_a_scheduled_personalised_message_is_promoted_with_its_data_intact
     resp = await http.post("/v1/messages", json=body)
     assert resp.status == 202, await resp.text()
     await dispatch_all(dispatcher)
-    assert await redis.xlen(p.sends) == 0
+    assert await queued(redis, p) == 0
     assert await redis.zcard(p.schedule) == 2  # 701 recipients, 500 per chunk
 
     scheduler = Scheduler(redis, keys)
     deadline = time.monotonic() + 5
-    while await redis.xlen(p.sends) < 701:
+    while await queued(redis, p) < 701:
         assert time.monotonic() < deadline, "not promoted in time"
         await scheduler.tick()
         await asyncio.sleep(0.05)

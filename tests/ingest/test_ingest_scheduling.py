@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from ingestkit import read_events
+from ingestkit import queued, read_events
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.keys import Keys, PartitionKeys
@@ -69,11 +69,11 @@ async def test_scheduled_send_is_promoted_on_time(
     assert status == 202
     await until(lambda: redis.zcard(p.schedule))  # dispatched onto the schedule
     while time.time() < due - 0.25:
-        assert await redis.xlen(p.sends) == 0, "promoted before its time"
+        assert await queued(redis, p) == 0, "promoted before its time"
         await asyncio.sleep(0.05)
 
     async def promoted() -> bool:
-        return bool(await redis.xlen(p.sends) == 2)
+        return bool(await queued(redis, p) == 2)
 
     await until(promoted, within=3.0)
     assert time.time() - due < 1.0
@@ -84,10 +84,10 @@ async def test_immediate_send_reaches_sends(ingest: str, redis: Any, p: Partitio
     status, answer = await post(ingest, message("now", ["a@x.io", "b@x.io", "c@x.io"]))
     assert status == 202 and answer["count"] == 3
 
-    async def queued() -> bool:
-        return bool(await redis.xlen(p.sends) == 3)
+    async def all_queued() -> bool:
+        return bool(await queued(redis, p) == 3)
 
-    await until(queued)
+    await until(all_queued)
 
 
 async def test_cancel_removes_scheduled_recipients(

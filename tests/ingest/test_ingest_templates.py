@@ -197,15 +197,7 @@ async def test_a_redelivered_template_entry_keeps_the_content_it_started_with(
         valid = await dispatcher.validate(entry_id, fields)
         # only the first chunk goes through before the "crash"
         marker, _ = await dispatcher.script(
-            keys=[
-                p.message(msg_id),
-                p.sends,
-                p.schedule,
-                p.schedule_data,
-                p.schedule_topic("t"),
-                p.stop("t"),
-                p.events,
-            ],
+            keys=p.dispatch_keys(msg_id, "t"),
             args=first_chunk_args(msg_id, valid),
         )
         assert int(marker) == 2

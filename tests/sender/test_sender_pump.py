@@ -1,0 +1,182 @@
+"""pump.lua and pause.lua against a real redis-server: the bulk backlogs reach `sends` a little
+at a time, fairly between topics, never while paused, and never crowded out by transactional
+mail beyond its share."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from sesflow.common import scripts
+from sesflow.common.connection import ensure_group
+from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
+from sesflow.common.pauses import ALL_BULK, Pauses
+
+KEYS = Keys()
+P = KEYS.partition(0)
+TARGET = 20
+
+
+@pytest.fixture
+async def group(redis: Any) -> None:
+    await ensure_group(redis, P.sends, SENDERS_GROUP)
+
+
+async def backlog(redis: Any, topic: str, count: int, msg_id: str = "1-0", first: int = 0) -> None:
+    """What dispatch.lua leaves for a bulk message due now: lines, and the topic in the pump's
+    set at the lowest virtual time present."""
+    lines = [f"{msg_id}\t{first + n}\t{topic}{first + n}@x.io" for n in range(count)]
+    await redis.rpush(P.backlog(topic), *lines)
+    head = await redis.zrange(P.backlog_topics, 0, 0, withscores=True)
+    if not await redis.hexists(P.paused, topic):
+        await redis.zadd(P.backlog_topics, {topic: head[0][1] if head else 0}, nx=True)
+
+
+async def pump(redis: Any, p: PartitionKeys = P, target: int = TARGET, share: float = 0.8) -> int:
+    script = scripts.register(redis, "pump")
+    moved, _ = await script(
+        keys=p.pump_keys(), args=[SENDERS_GROUP, target, 10, f"{p.prefix}backlog:", share]
+    )
+    return int(moved)
+
+
+async def deliver(redis: Any, count: int = 1000) -> list[dict[str, str]]:
+    """What senders read now (advances the group's last-delivered ID)."""
+    reply = await redis.xreadgroup(SENDERS_GROUP, "c", {P.sends: ">"}, count=count)
+    return [fields for _stream, entries in reply or [] for _id, fields in entries]
+
+
+def topic_of(job: dict[str, str]) -> str:
+    return job["e"].rstrip("0123456789@x.io")
+
+
+async def run(redis: Any, rounds: int) -> Counter[str]:
+    """`rounds` times: pump, then senders take everything delivered."""
+    sent: Counter[str] = Counter()
+    for _ in range(rounds):
+        await pump(redis)
+        sent.update(topic_of(job) for job in await deliver(redis))
+    return sent
+
+
+async def test_the_pump_keeps_sends_only_target_deep(redis: Any, group: None) -> None:
+    await backlog(redis, "big", 100)
+    assert await pump(redis) == TARGET
+    assert await pump(redis) == 0  # nothing delivered since: nothing missing
+    assert len(await deliver(redis, count=5)) == 5
+    assert await pump(redis) == 5
+    assert await redis.xlen(P.sends) == TARGET + 5
+    assert await redis.llen(P.backlog("big")) == 100 - TARGET - 5
+
+
+async def test_jobs_come_out_exactly_as_dispatch_would_queue_them(redis: Any, group: None) -> None:
+    await redis.rpush(P.backlog("t"), "7-0\t0\ta@x.io", '7-0\t1\tb@x.io\t{"name":"B"}')
+    await redis.zadd(P.backlog_topics, {"t": 0})
+    assert await pump(redis) == 2
+    assert await deliver(redis) == [
+        {"m": "7-0", "i": "0", "e": "a@x.io"},
+        {"m": "7-0", "i": "1", "e": "b@x.io", "d": '{"name":"B"}'},
+    ]
+    # An empty backlog leaves the pump's set and its weight.
+    assert await redis.zcard(P.backlog_topics) == 0 and not await redis.exists(P.backlog("t"))
+
+
+async def test_topics_sending_at_the_same_time_share_equally(redis: Any, group: None) -> None:
+    await backlog(redis, "big", 1000)
+    await backlog(redis, "small", 100, msg_id="2-0")
+    sent = await run(redis, 10)
+    assert sum(sent.values()) == 200
+    assert abs(sent["big"] - sent["small"]) <= 10  # one quantum
+    sent = await run(redis, 10)
+    assert sent["small"] == 0 and sent["big"] == 200  # the small one is done
+
+
+async def test_weights_share_in_proportion(redis: Any, group: None) -> None:
+    await backlog(redis, "heavy", 1000)
+    await backlog(redis, "light", 1000, msg_id="2-0")
+    await redis.hset(P.backlog_weights, "heavy", "3")
+    sent = await run(redis, 20)
+    assert 2.5 <= sent["heavy"] / sent["light"] <= 3.5
+
+
+async def test_a_topic_joining_late_gets_its_share_from_then_on_not_a_burst(
+    redis: Any, group: None
+) -> None:
+    await backlog(redis, "old", 1000)
+    await run(redis, 10)  # "old" alone: its virtual time is far ahead of 0
+    await backlog(redis, "new", 1000, msg_id="2-0")
+    sent = await run(redis, 10)
+    assert abs(sent["old"] - sent["new"]) <= 10
+
+
+async def test_a_paused_topic_keeps_its_place_and_resume_gives_it_its_share(
+    redis: Any, group: None
+) -> None:
+    pauses = Pauses(redis, KEYS)
+    await backlog(redis, "a", 100)
+    await backlog(redis, "b", 100, msg_id="2-0")
+    pause, made = await pauses.pause("a", "manual")
+    assert made and pause.reason == "manual"
+    again, made = await pauses.pause("a", "bounce_rate")
+    assert not made and again == pause  # the first reason stays
+    await backlog(redis, "a", 10, first=100)  # dispatched while paused: waits too
+    sent = await run(redis, 5)
+    assert sent == Counter({"b": 100})
+    assert await redis.llen(P.backlog("a")) == 110
+    assert await pauses.resume("a")
+    assert await pauses.get("a") is None
+    sent = await run(redis, 10)
+    assert sent == Counter({"a": 110})
+
+
+async def test_pausing_all_bulk_stops_the_pump_until_resume(redis: Any, group: None) -> None:
+    pauses = Pauses(redis, KEYS)
+    await backlog(redis, "a", 50)
+    await pauses.pause(ALL_BULK, "manual")
+    assert await pump(redis) == 0
+    assert set(await pauses.all()) == {ALL_BULK}
+    await pauses.resume(ALL_BULK)
+    assert await pump(redis) == TARGET
+
+
+async def transactional(redis: Any, count: int, first: int = 0) -> None:
+    """What dispatch.lua leaves for a transactional message due now."""
+    lines = [f"9-0\t{first + n}\ttx{first + n}@x.io" for n in range(count)]
+    await redis.rpush(P.transactional, *lines)
+
+
+async def test_transactional_mail_goes_first(redis: Any, group: None) -> None:
+    await backlog(redis, "bulk", 100)
+    await transactional(redis, 3)
+    assert await pump(redis) == TARGET
+    jobs = await deliver(redis)
+    assert [j["e"] for j in jobs[:3]] == ["tx0@x.io", "tx1@x.io", "tx2@x.io"]
+    assert all(j.get("l") == "t" for j in jobs[:3]) and "l" not in jobs[3]
+    assert topic_of(jobs[3]) == "bulk"
+
+
+async def test_a_transactional_flood_takes_at_most_its_share_while_bulk_waits(
+    redis: Any, group: None
+) -> None:
+    await backlog(redis, "bulk", 1000)
+    await transactional(redis, 1000)
+    sent: Counter[str] = Counter()
+    for _ in range(10):
+        await pump(redis, share=0.8)
+        sent.update("tx" if j.get("l") else "bulk" for j in await deliver(redis))
+    assert sent == Counter({"tx": 160, "bulk": 40})  # 80% of each window of 20
+
+
+async def test_transactional_mail_takes_everything_when_no_bulk_waits(
+    redis: Any, group: None
+) -> None:
+    await transactional(redis, 100)
+    assert await pump(redis, share=0.8) == TARGET
+    pauses = Pauses(redis, KEYS)
+    await backlog(redis, "bulk", 100)
+    await pauses.pause(ALL_BULK, "manual")  # paused bulk is not waiting
+    await deliver(redis)
+    assert await pump(redis, share=0.8) == TARGET
+    assert all(j.get("l") == "t" for j in await deliver(redis))
