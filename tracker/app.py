@@ -15,14 +15,13 @@ from sesflow.common.keys import Keys
 from sesflow.common.logs import get_logger
 from sesflow.common.settings import ANY_TOPIC, Settings
 from sesflow.common.suppression import SuppressionList
-
-from . import links, webhook
-from .context import TRACKER, SecretSource, Tracker
-from .log_throttle import LogThrottle
-from .metrics import TrackerMetrics
-from .recorder import EventRecorder
-from .ses_events import Correlator
-from .sns import CertCache, SnsVerifier
+from sesflow.tracker import links, webhook
+from sesflow.tracker.context import TRACKER, SecretSource, Tracker
+from sesflow.tracker.log_throttle import LogThrottle
+from sesflow.tracker.metrics import TrackerMetrics
+from sesflow.tracker.recorder import EventRecorder
+from sesflow.tracker.ses_events import Correlator
+from sesflow.tracker.sns import CertCache, SnsVerifier
 
 log = get_logger(__name__)
 

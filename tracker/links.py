@@ -23,10 +23,9 @@ from sesflow.common.logs import get_logger
 from sesflow.common.schema import Event, EventType
 from sesflow.common.suppression import entry
 from sesflow.common.tracking import Token, verify, verify_click
-
-from . import pages
-from .context import TRACKER, Tracker
-from .recorder import FirstTouch, Pending, first_click, first_open, first_unsubscribe
+from sesflow.tracker import pages
+from sesflow.tracker.context import TRACKER, Tracker
+from sesflow.tracker.recorder import FirstTouch, Pending, first_click, first_open, first_unsubscribe
 
 log = get_logger(__name__)
 

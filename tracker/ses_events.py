@@ -25,8 +25,7 @@ import msgspec
 from sesflow.common.connection import redis_errors
 from sesflow.common.keys import Keys, split_request_id
 from sesflow.common.schema import RID_TAG, TOPIC_TAG, Event, EventType
-
-from .sns import parse_timestamp
+from sesflow.tracker.sns import parse_timestamp
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_DETAIL = 500

@@ -30,10 +30,9 @@ from sesflow.common.errors import InputError
 from sesflow.common.http import decode_json, error_response, json_response, read_body
 from sesflow.common.logs import get_logger
 from sesflow.common.suppression import entry
-
-from . import ses_events, sns
-from .context import TRACKER, Tracker
-from .recorder import DUPLICATE, FirstTouch, Pending, first_click, first_open
+from sesflow.tracker import ses_events, sns
+from sesflow.tracker.context import TRACKER, Tracker
+from sesflow.tracker.recorder import DUPLICATE, FirstTouch, Pending, first_click, first_open
 
 log = get_logger(__name__)
 
