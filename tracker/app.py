@@ -17,10 +17,10 @@ from sesflow.common.settings import ANY_TOPIC, Settings
 from sesflow.common.suppression import SuppressionList
 from sesflow.tracker import links, webhook
 from sesflow.tracker.context import TRACKER, SecretSource, Tracker
+from sesflow.tracker.correlation import Correlator
 from sesflow.tracker.log_throttle import LogThrottle
 from sesflow.tracker.metrics import TrackerMetrics
 from sesflow.tracker.recorder import EventRecorder
-from sesflow.tracker.ses_events import Correlator
 from sesflow.tracker.sns import CertCache, SnsVerifier
 
 log = get_logger(__name__)

@@ -14,10 +14,10 @@ from sesflow.common.logs import get_logger
 from sesflow.common.settings import Settings
 from sesflow.common.suppression import SuppressionList
 from sesflow.common.tracking import tracking_secret
+from sesflow.tracker.correlation import Correlator
 from sesflow.tracker.log_throttle import LogThrottle
 from sesflow.tracker.metrics import TrackerMetrics
 from sesflow.tracker.recorder import EventRecorder
-from sesflow.tracker.ses_events import Correlator
 from sesflow.tracker.sns import SnsVerifier
 
 log = get_logger(__name__)
