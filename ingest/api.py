@@ -280,7 +280,7 @@ async def delete_suppression(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings) -> web.Application:
-    role_metrics = metrics.ingest_metrics()
+    role_metrics = metrics.role_metrics()
     app = web.Application(
         middlewares=[
             role_metrics.middleware,

@@ -17,7 +17,6 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from sesflow.common.aws import fetch_quota
 from sesflow.common.connection import connect
@@ -34,7 +33,7 @@ from sesflow.common.metrics import RoleMetrics
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import ConsumerStats
 from sesflow.stats.counters import METRICS
-from sesflow.stats.metrics import PipelineCollector, render
+from sesflow.stats.metrics import PipelineCollector, role_metrics
 from sesflow.stats.overview import MAX_TOPICS, overview
 from sesflow.stats.params import hours_param, int_param, step_param, time_param
 from sesflow.stats.queries import count_since, plan_series, read_counts, series, summary
@@ -59,15 +58,15 @@ def create_app(
     consumer_stats: ConsumerStats | None = None,
 ) -> web.Application:
     """`client`: an existing Redis client (the app then does not close it)."""
-    role_metrics = RoleMetrics("stats")
+    metrics = role_metrics()
     app = web.Application(
         middlewares=[
-            role_metrics.middleware,
+            metrics.middleware,
             errors_middleware,
             auth_middleware(settings, public=PUBLIC_PATHS),
         ]
     )
-    app[ROLE_METRICS] = role_metrics
+    app[ROLE_METRICS] = metrics
     app[SETTINGS] = settings
     app[KEYS] = Keys(settings.redis_prefix, settings.send_partitions)
     app[QUOTA] = QuotaCache(settings, quota_fetcher)
@@ -78,7 +77,7 @@ def create_app(
     app.cleanup_ctx.append(_quota_ctx)
     app.router.add_get("/", dashboard)
     add_health_routes(app, lambda app: app[CLIENT])
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics.handler)
     app.router.add_get("/v1/topics/{topic_id}", topic)
     app.router.add_get("/v1/results/count/{plan_id}", results_count)
     app.router.add_get("/v1/results/sent", results_sent)
@@ -93,7 +92,7 @@ def _redis_ctx(client: Any, consumer_stats: ConsumerStats | None) -> Any:
         own = client is None
         app[CLIENT] = connect(app[SETTINGS]) if own else client
         app[COLLECTOR] = PipelineCollector(app[CLIENT], app[KEYS], consumer_stats)
-        app[ROLE_METRICS].registry.register(app[COLLECTOR])
+        app[ROLE_METRICS].register(app[COLLECTOR], app[COLLECTOR].refresh)
         try:
             yield
         finally:
@@ -123,11 +122,6 @@ async def dashboard(request: web.Request) -> web.Response:
         charset="utf-8",
         headers={"Cache-Control": "no-cache"},
     )
-
-
-async def metrics(request: web.Request) -> web.Response:
-    body = await render(request.app[COLLECTOR], request.app[ROLE_METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def topic_view(topic_id: str, counts: Counter[str]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from sesflow.common.suppression import SuppressionList
 from sesflow.common.tracking import tracking_secret
 from sesflow.tracker.correlation import Correlator
 from sesflow.tracker.log_throttle import LogThrottle
-from sesflow.tracker.metrics import TrackerMetrics
 from sesflow.tracker.recorder import EventRecorder
 from sesflow.tracker.sns import SnsVerifier
 
@@ -52,7 +51,6 @@ class Tracker:
     recorder: EventRecorder
     suppressions: SuppressionList
     secret: SecretSource
-    metrics: TrackerMetrics
     refusal_logs: LogThrottle
 
 
