@@ -26,6 +26,7 @@ from sesflow.common.http import (
     add_health_routes,
     auth_middleware,
     errors_middleware,
+    int_param,
     json_response,
 )
 from sesflow.common.keys import Keys
@@ -35,7 +36,7 @@ from sesflow.stats.aggregate import ConsumerStats
 from sesflow.stats.counters import METRICS
 from sesflow.stats.metrics import PipelineCollector, role_metrics
 from sesflow.stats.overview import MAX_TOPICS, overview
-from sesflow.stats.params import hours_param, int_param, step_param, time_param
+from sesflow.stats.params import hours_param, step_param, time_param
 from sesflow.stats.queries import count_since, plan_series, read_counts, series, summary
 from sesflow.stats.quota import QuotaCache, QuotaFetcher
 
