@@ -183,8 +183,8 @@ HEALTH_PING_TIMEOUT = 1.0
 
 
 def auth_middleware(settings: Settings, public: Iterable[str] = HEALTH_PATHS) -> Any:
-    """API_KEY (header x-api-key, the Go seed's) and/or JWT_SECRET (HS256 bearer, the Rust
-    seed's). With neither set the API is open (only on loopback, unless ALLOW_UNAUTHENTICATED:
+    """API_KEY (header x-api-key, the Go service's) and/or JWT_SECRET (HS256 bearer, the Rust
+    service's). With neither set the API is open (only on loopback, unless ALLOW_UNAUTHENTICATED:
     see `check_role`). Either credential is enough when both are set."""
     public_paths = frozenset(public)
     api_key = settings.api_key.encode()

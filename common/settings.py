@@ -1,8 +1,8 @@
 """Settings: one frozen Struct, read from the environment (and an optional `.env`) once per process.
 
-Both seed services' variable names are accepted as aliases, so their `.env` files keep working.
-Nothing else in sesflow reads `os.environ`: `main()` calls `load_settings()` and passes the result
-down explicitly.
+The older Go and Rust services' variable names are accepted as aliases, so their `.env` files
+keep working. Nothing else in sesflow reads `os.environ`: `main()` calls `load_settings()` and
+passes the result down explicitly.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return (self.server_url or f"http://localhost:{self.tracker_port}").rstrip("/")
 
 
-# Field name -> environment variables, canonical first, then the seeds' aliases.
+# Field name -> environment variables, canonical first, then the older services' aliases.
 ENV_NAMES: dict[str, tuple[str, ...]] = {
     "ingest_port": ("INGEST_PORT", "SERVER_PORT"),
     "server_url": ("SERVER_URL", "SERVER_HOST"),

@@ -1,5 +1,5 @@
-"""The stats HTTP API on STATS_PORT: the seeds' statistics endpoints, a time series for Grafana,
-the dashboard's overview, /metrics and the live dashboard page.
+"""The stats HTTP API on STATS_PORT: the older Go and Rust services' statistics endpoints, a time
+series for Grafana, the dashboard's overview, /metrics and the live dashboard page.
 
 Public (no API_KEY / JWT needed): `/` (the dashboard page: it holds no data, it asks the API with
 the key the user enters), `/health` and `/metrics` (Prometheus scrapes without credentials).
@@ -126,14 +126,14 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 def topic_view(topic_id: str, counts: Counter[str]) -> dict[str, Any]:
-    """Every counter, plus the names both seeds' clients read."""
+    """Every counter, plus the names the Go and Rust services' clients read."""
     view: dict[str, Any] = {"topic_id": topic_id, **summary(counts)}
     view.update(
         success=view["sent"],
         failure=view["failed"],
         open_count=view["opened"],
         pending=view["created"],
-        # The Rust seed's shape: request states and (unique) feedback results.
+        # The Rust service's shape: request states and (unique) feedback results.
         request_counts={
             "Created": view["created"],
             "Sent": view["sent"],
@@ -160,7 +160,7 @@ async def topic(request: web.Request) -> web.Response:
 
 
 async def results_count(request: web.Request) -> web.Response:
-    """The Go seed's shape exactly; an unknown plan answers zeros, as the seed's SQL count did."""
+    """The Go service's shape exactly; an unknown plan answers zeros, as its SQL count did."""
     plan_id = request.match_info["plan_id"]
     keys = request.app[KEYS]
     counts = await read_counts(request.app[CLIENT], keys, lambda p: p.stats_topic(plan_id))

@@ -90,7 +90,7 @@ async def open_target(tracker: Tracker, query: Mapping[str, str]) -> tuple[str, 
     if query.get("t") or not bare or not tracker.settings.allow_unsigned_opens:
         return None
     parsed = split_request_id(bare)
-    if parsed is None:  # a seed's integer id: counted, but it names no sesflow message
+    if parsed is None:  # an older service's integer id: counted, but it names no sesflow message
         return bare, "", f"unsigned request id {bare[:64]}"
     if not await was_sent(tracker, *parsed):
         return None

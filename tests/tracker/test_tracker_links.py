@@ -77,7 +77,7 @@ async def test_valid_open_is_counted_and_unique_once(
         {"t": token("c", 0, u="https://example.com")},  # a click token is not an open
         {"t": "garbage"},
         {"t": ""},
-        {"requestId": "12345"},  # the seeds' bare ids: off by default
+        {"requestId": "12345"},  # the older services' bare ids: off by default
         {"request_id": f"{MSG}_0"},
         {},
     ],

@@ -309,11 +309,11 @@ async def test_signed_message_that_is_not_an_ses_event_is_400(
         assert resp.status == 400, message
 
 
-async def test_go_seed_shape_needs_a_signature_too(
+async def test_go_service_shape_needs_a_signature_too(
     tracker: TestClient[Any, Any], signer: SnsSigner, redis: Any
 ) -> None:
-    body = load_payload("go_seed_body.json")
-    assert (await post_sns(tracker, body)).status == 403  # the seed's unsigned body
+    body = load_payload("go_service_body.json")
+    assert (await post_sns(tracker, body)).status == 403  # the Go service's unsigned body
     ses_id = body["Message"]["mail"]["messageId"]
     await redis.set(KEYS.ses_message(ses_id), f"{MSG}_30")
     body.update(

@@ -10,7 +10,7 @@ from sesflow.common.settings import load_settings, read_dotenv, settings_from_ma
 from sesflow.common.tracking import Token, sign, verify
 
 
-def test_seed_aliases_are_accepted() -> None:
+def test_older_services_aliases_are_accepted() -> None:
     s = settings_from_mapping(
         {
             "SERVER_PORT": "8080",
