@@ -89,7 +89,7 @@ examples:
 exit status: 0 when enqueued (and, when following, finished); 2 for bad input; 3 when ingest,
 Redis or the stats API cannot be reached; 130 after Ctrl-C."""
 
-POLL_S = 0.5
+POLL_INTERVAL_S = 0.5
 HTTP_ATTEMPTS = 5
 CONNECT_ATTEMPTS = 3
 
@@ -473,7 +473,7 @@ async def follow(
         )
         if row is not None and total >= expected_total and int(row.get("created", 0)) == 0:
             return row
-        await asyncio.sleep(POLL_S)
+        await asyncio.sleep(POLL_INTERVAL_S)
 
 
 def progress_bar(out: Console) -> Progress:

@@ -183,8 +183,8 @@ HEALTH_PING_TIMEOUT = 1.0
 
 
 def auth_middleware(settings: Settings, public: Iterable[str] = HEALTH_PATHS) -> Any:
-    """API_KEY (header x-api-key, the Go seed's) and/or JWT_SECRET (HS256 bearer, the Rust
-    seed's). With neither set the API is open (only on loopback, unless ALLOW_UNAUTHENTICATED:
+    """API_KEY (header x-api-key, the Go service's) and/or JWT_SECRET (HS256 bearer, the Rust
+    service's). With neither set the API is open (only on loopback, unless ALLOW_UNAUTHENTICATED:
     see `check_role`). Either credential is enough when both are set."""
     public_paths = frozenset(public)
     api_key = settings.api_key.encode()
@@ -239,9 +239,9 @@ def token_problem(settings: Settings, token: str) -> str | None:
 DIGITS = re.compile(r"[0-9]{1,20}")
 
 
-def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    """The integer query parameter `name` in low..high, `default` when absent; else a 400."""
-    raw = request.query.get(name, "")
+def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    """The integer parameter `name` (`raw`, as the query string gave it) in low..high, `default`
+    when absent or empty; else an InputError (a 400)."""
     if not raw:
         return default
     if not DIGITS.fullmatch(raw) or not low <= int(raw) <= high:

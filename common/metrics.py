@@ -1,8 +1,15 @@
-"""Prometheus metrics every role serves: Redis reconnects and HTTP requests.
+"""Prometheus metrics: the one way every role defines and serves them.
 
-Each aiohttp app gets its own registry (`RoleMetrics`), so tests can build several apps in one
-process. Reconnects are counted per process: `common.connection.connect` hooks every client it
-builds, so each role counts all of its clients without knowing about it.
+A role's own metrics are module-level objects in `<role>/metrics.py`, created with
+`registry=None` (one role per process, so they count for the process), and that module's
+`role_metrics()` returns a `RoleMetrics`: a registry that serves them beside what every role
+serves (HTTP requests, Redis reconnects, the process and GC collectors), an HTTP middleware that
+counts requests, and the `/metrics` handler. Each app builds its own `RoleMetrics`, so the HTTP
+requests are counted per app (tests build several apps in one process). Metrics read from Redis
+on each scrape come from a collector registered with an async `refresh`, awaited before rendering.
+
+Reconnects are counted per process: `common.connection.connect` hooks every client it builds, so
+each role counts all of its clients without knowing about it.
 
 A reconnect is a connection object of redis-py's pool (or of a cluster node) that connects again
 after having been connected once: redis-py reuses the object after a dropped connection, while a
@@ -16,7 +23,15 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -96,6 +111,10 @@ class RedisReconnects(Collector):
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Refresh = Callable[[], Awaitable[None]]
+
+# What prometheus-client's default registry serves: process_*, python_gc_*, python_info.
+RUNTIME_COLLECTORS: tuple[Collector, ...] = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
 
 
 class RoleMetrics:
@@ -104,8 +123,8 @@ class RoleMetrics:
     def __init__(self, role: str, collectors: Iterable[Collector] = ()) -> None:
         self.role = role
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(RedisReconnects(role))
-        for collector in collectors:
+        self._refreshes: list[Refresh] = []
+        for collector in (*RUNTIME_COLLECTORS, RedisReconnects(role), *collectors):
             self.registry.register(collector)
         self.http_requests = Counter(
             "sesflow_http_requests",
@@ -139,11 +158,16 @@ class RoleMetrics:
         route = resource.canonical if resource is not None else "unmatched"
         self.http_requests.labels(self.role, route, str(status)).inc()
 
+    def register(self, collector: Collector, refresh: Refresh | None = None) -> None:
+        """Serve `collector` too; `refresh`, if given, is awaited before each scrape."""
+        self.registry.register(collector)
+        if refresh is not None:
+            self._refreshes.append(refresh)
+
+    async def render(self) -> bytes:
+        for refresh in self._refreshes:
+            await refresh()
+        return generate_latest(self.registry)
+
     async def handler(self, _: web.Request) -> web.Response:
-        return metrics_response(self.registry)
-
-
-def metrics_response(registry: CollectorRegistry) -> web.Response:
-    return web.Response(
-        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+        return web.Response(body=await self.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,8 +1,8 @@
 """Settings: one frozen Struct, read from the environment (and an optional `.env`) once per process.
 
-Both seed services' variable names are accepted as aliases, so their `.env` files keep working.
-Nothing else in sesflow reads `os.environ`: `main()` calls `load_settings()` and passes the result
-down explicitly.
+The older Go and Rust services' variable names are accepted as aliases, so their `.env` files
+keep working. Nothing else in sesflow reads `os.environ`: `main()` calls `load_settings()` and
+passes the result down explicitly.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_type_hints
 
 import msgspec
 
@@ -67,6 +67,14 @@ def redacted_value(field: str, value: Any) -> Any:
     if isinstance(value, str) and "://" in value:
         return redact_url(value)
     return value
+
+
+# Settings whose value is one of a fixed set: msgspec validates them, case-insensitively.
+SesClientName = Literal["native", "boto3"]
+SendMode = Literal["bulk", "single"]
+OnAmbiguous = Literal["skip", "resend"]
+LogLevel = Literal["debug", "info", "warning", "warn", "error", "critical"]
+LogFormat = Literal["auto", "json", "console"]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -130,17 +138,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ses_timeout: float = 10.0
     # The send path's client: "native" (sender.ses_client) or "boto3" (sender.ses_boto3, ~4x the
     # CPU per call; for comparison and where botocore's HTTP stack is required).
-    ses_client: str = "native"
+    ses_client: SesClientName = "native"
 
     # Sender
     # "bulk": the jobs of one message ready together go out in one SendBulkEmail (up to 50
     # recipients); "single": one SendEmail per recipient.
-    send_mode: str = "bulk"
+    send_mode: SendMode = "bulk"
     email_rate: float = 14.0
     email_burst: float = 1.0
     sender_concurrency: int = 64
     max_attempts: int = 5
-    on_ambiguous: str = "skip"
+    on_ambiguous: OnAmbiguous = "skip"
     reclaim_idle: float = 60.0
     shutdown_grace: float = 10.0
     # Seconds between probes of a setup paused by a setup fault (one real send cluster-wide).
@@ -174,8 +182,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stats_retention: int = 400 * 24 * 3600
 
     # Process
-    log_level: str = "info"
-    log_format: str = "auto"
+    log_level: LogLevel = "info"
+    # "auto": JSON unless on a terminal.
+    log_format: LogFormat = "auto"
     sentry_dsn: str = ""
     sentry_environment: str = ""
     data_dir: str = ".sesflow"
@@ -203,7 +212,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return (self.server_url or f"http://localhost:{self.tracker_port}").rstrip("/")
 
 
-# Field name -> environment variables, canonical first, then the seeds' aliases.
+# Field name -> environment variables, canonical first, then the older services' aliases.
 ENV_NAMES: dict[str, tuple[str, ...]] = {
     "ingest_port": ("INGEST_PORT", "SERVER_PORT"),
     "server_url": ("SERVER_URL", "SERVER_HOST"),
@@ -215,6 +224,14 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 TUPLE_FIELDS = {"sns_topic_arns", "sns_signature_versions"}
+
+# Field name -> the values a Literal field allows.
+CHOICES: dict[str, tuple[str, ...]] = {
+    field: get_args(hint)
+    for field, hint in get_type_hints(Settings).items()
+    if getattr(hint, "__origin__", None) is Literal
+}
+_ERROR_PATH = re.compile(r"^(?P<what>.*) - at `\$\.(?P<field>[a-z0-9_]+)`$", re.DOTALL)
 
 
 def env_names(field: str) -> tuple[str, ...]:
@@ -243,6 +260,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
 def settings_from_mapping(env: Mapping[str, str]) -> Settings:
     """Build Settings from a mapping of environment variables (the process env wins over .env)."""
     raw: dict[str, Any] = {}
+    source: dict[str, str] = {}  # field -> the variable it was read from
     for field in Settings.__struct_fields__:
         for name in env_names(field):
             value = env.get(name)
@@ -250,23 +268,35 @@ def settings_from_mapping(env: Mapping[str, str]) -> Settings:
                 continue
             if field in TUPLE_FIELDS:
                 raw[field] = tuple(part.strip() for part in value.split(",") if part.strip())
+            elif field in CHOICES:
+                raw[field] = value.strip().lower()
             else:
                 raw[field] = value
+            source[field] = name
             break
     try:
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid setting: {exc}") from exc
+        raise ConfigError(invalid_setting(exc, raw, source)) from exc
     return check(settings)
 
 
+def invalid_setting(
+    exc: msgspec.ValidationError, raw: Mapping[str, Any], source: Mapping[str, str]
+) -> str:
+    """msgspec's error in the user's words: the variable's name, and the allowed values."""
+    match = _ERROR_PATH.match(str(exc))
+    if match is None:
+        return f"invalid setting: {exc}"
+    field = match["field"]
+    name = source.get(field) or env_names(field)[0]
+    if field in CHOICES:
+        allowed = ", ".join(repr(choice) for choice in CHOICES[field])
+        return f"{name} must be one of {allowed}, not {str(raw.get(field))[:100]!r}"
+    return f"invalid setting {name}: {match['what']}"
+
+
 def check(settings: Settings) -> Settings:
-    if settings.on_ambiguous not in {"skip", "resend"}:
-        raise ConfigError("ON_AMBIGUOUS must be 'skip' or 'resend'")
-    if settings.send_mode not in {"bulk", "single"}:
-        raise ConfigError("SEND_MODE must be 'bulk' or 'single'")
-    if settings.ses_client not in {"native", "boto3"}:
-        raise ConfigError("SES_CLIENT must be 'native' or 'boto3'")
     if settings.email_rate <= 0:
         raise ConfigError("EMAIL_RATE must be positive")
     if not 0 < settings.transactional_max_share <= 1:

@@ -41,7 +41,7 @@ from sesflow.common.http import (
     auth_middleware,
     decode_json,
     errors_middleware,
-    int_query,
+    int_param,
     json_response,
     read_body,
 )
@@ -220,8 +220,8 @@ def path_email(request: web.Request) -> str:
 async def list_suppressions(request: web.Request) -> web.Response:
     """`{"items": [...], "next_cursor": str | null, "total"}`; pass `next_cursor` back as
     `cursor` until it is null. A page may hold a few more or fewer than `limit` (HSCAN)."""
-    cursor = int_query(request, "cursor", 0, 0, 2**63)
-    limit = int_query(request, "limit", 100, 1, MAX_PAGE)
+    cursor = int_param(request.query.get("cursor"), "cursor", 0, 0, 2**63)
+    limit = int_param(request.query.get("limit"), "limit", 100, 1, MAX_PAGE)
     suppressions = request.app[SUPPRESSIONS]
     next_cursor, items = await suppressions.page(cursor, limit)
     return json_response(
@@ -271,7 +271,7 @@ async def delete_suppression(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings) -> web.Application:
-    role_metrics = metrics.ingest_metrics()
+    role_metrics = metrics.role_metrics()
     app = web.Application(
         middlewares=[
             role_metrics.middleware,

@@ -2,9 +2,9 @@
 
 The Go and Rust services answered every endpoint on one port. sesflow splits them across roles,
 so that a client of either can switch by changing only its base URL, the ingest API also answers
-the seeds' stats and tracking paths by forwarding them to the role that owns them (STATS_URL,
-TRACKER_URL). New clients and SNS subscriptions should call the owning role directly: this is a
-compatibility hop, not a gateway.
+the compatibility routes (their stats and tracking paths) by forwarding them to the role that
+owns them (STATS_URL, TRACKER_URL). New clients and SNS subscriptions should call the owning role
+directly: this is a compatibility hop, not a gateway.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ log = get_logger(__name__)
 HTTP = web.AppKey("compat_http", aiohttp.ClientSession)
 TARGETS = web.AppKey("compat_targets", dict)
 
-# (method, path): the seeds' paths that another role owns.
+# (method, path): the compatibility routes that another role owns.
 TRACKER_PATHS = (
     ("POST", "/v1/events/results"),
     ("POST", "/v1/events/result"),

@@ -64,8 +64,8 @@ SCHEDULE_CHUNK = 500  # recipients per schedule member
 CONCURRENCY = 8  # entries handled at once
 READ_BLOCK_MS = 1000
 RECLAIM_IDLE_MS = 30_000  # far above the time one entry takes (a few ms per chunk)
-RECLAIM_INTERVAL = 10.0
-TRIM_INTERVAL = 30.0
+RECLAIM_INTERVAL_S = 10.0
+TRIM_INTERVAL_S = 30.0
 RESTART_PAUSE = 1.0
 DEAD_MAXLEN = 100_000  # dead letters kept for inspection (approximate cap)
 
@@ -326,8 +326,8 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Read until `stop`, then let in-flight entries finish within SHUTDOWN_GRACE."""
         upkeep = [
-            asyncio.create_task(self.every(RECLAIM_INTERVAL, self.reclaim_once, stop)),
-            asyncio.create_task(self.every(TRIM_INTERVAL, self.trim_once, stop)),
+            asyncio.create_task(self.every(RECLAIM_INTERVAL_S, self.reclaim_once, stop)),
+            asyncio.create_task(self.every(TRIM_INTERVAL_S, self.trim_once, stop)),
         ]
         try:
             await self.keep_going(stop, self.read_forever)

@@ -36,7 +36,7 @@ from sesflow.common.errors import InputError
 from sesflow.common.scripts import register
 
 PENDING_TTL = 60  # seconds a placeholder lives unless refreshed: far above one request's time
-REFRESH_EVERY = PENDING_TTL / 3
+REFRESH_INTERVAL_S = PENDING_TTL / 3
 MAX_KEY_CHARS = 255
 
 
@@ -126,7 +126,9 @@ class IdempotencyStore:
         return prior
 
     @contextlib.asynccontextmanager
-    async def keep_alive(self, claim: Claim, every: float = REFRESH_EVERY) -> AsyncIterator[None]:
+    async def keep_alive(
+        self, claim: Claim, every: float = REFRESH_INTERVAL_S
+    ) -> AsyncIterator[None]:
         """Refresh the placeholder while the body runs, so it outlives a slow request."""
         task = asyncio.create_task(self._refresh(claim, every))
         try:

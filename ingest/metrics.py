@@ -1,8 +1,7 @@
-"""The ingest process's Prometheus metrics.
+"""The ingest process's Prometheus metrics (the pattern is `common.metrics`'s).
 
-The API, the dispatcher and the scheduler count into module-level counters (one ingest per
-process), which every ingest app's registry serves next to the HTTP requests and Redis reconnects
-that every role serves.
+The API, the dispatcher and the scheduler count into these module-level counters (one ingest per
+process); every ingest app's registry serves them.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from prometheus_client import Counter
 
 from sesflow.common.metrics import RoleMetrics
 
-# registry=None: not in prometheus-client's default registry; `ingest_metrics()` adds them.
+# registry=None: not in prometheus-client's default registry; `role_metrics()` serves them.
 MESSAGES_ACCEPTED = Counter(
     "sesflow_ingest_messages_accepted",
     "Messages enqueued on `requests` by POST /v1/messages",
@@ -40,7 +39,7 @@ SCHEDULER_JOBS = Counter(
 )
 
 
-def ingest_metrics() -> RoleMetrics:
+def role_metrics() -> RoleMetrics:
     return RoleMetrics(
         "ingest",
         collectors=(

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from sesflow.common.errors import InputError
-from sesflow.common.http import int_query, json_response, read_body
+from sesflow.common.http import int_param, json_response, read_body
 from sesflow.common.settings import Settings
 from sesflow.ingest.templates import TemplateStore, check_name, parse_body
 from sesflow.ingest.validation import Limits
@@ -39,7 +39,7 @@ class TemplateRoutes:
 
     async def get(self, request: web.Request) -> web.Response:
         name = check_name(request.match_info["name"])
-        version = int_query(request, "version", 0, 1, MAX_VERSION) or None
+        version = int_param(request.query.get("version"), "version", 0, 1, MAX_VERSION) or None
         template = await request.app[TEMPLATES].get(name, version)
         if template is None:
             which = f"version {version} of template" if version else "template"

@@ -2,7 +2,7 @@
 
 Two entry points feed it:
 
-* `parse_api_body` reads a `POST /v1/messages` body in either seed's shape and returns one
+* `parse_api_body` reads a `POST /v1/messages` body in either older service's shape and returns one
   `MessageRequest` per element of `messages[]`:
     - Rust: `{"messages": [{"topic_id", "emails", "subject", "content"}], "scheduled_at": ...}`
     - Go:   `{"messages": [{"topicId", "emails", "subject", "content", "scheduledAt"}]}`

@@ -8,8 +8,8 @@ with that setup pauses instead, and nothing fails:
   not SES, SES out of reach for MAX_ATTEMPTS tries of one job). A job uses `all`, its
   configuration set and its From address;
 - the pause lives in Redis (`Keys.setup_paused`: scope -> JSON of the first fault), shared by
-  every replica and kept across restarts. Each replica reads it every `REFRESH_S`, and at once
-  when it meets a fault itself;
+  every replica and kept across restarts. Each replica reads it every `REFRESH_INTERVAL_S`, and
+  at once when it meets a fault itself;
 - a job whose setup is paused waits in its sender before taking a rate token: its claim was
   released, its entry is kept fresh by the keep-alive (no delivery is counted, so MAX_ATTEMPTS
   never fails it), and it holds its concurrency slot, so a replica whose slots are all held by
@@ -37,7 +37,7 @@ from sesflow.sender import metrics
 log = get_logger(__name__)
 
 ALL = "all"
-REFRESH_S = 1.0  # how soon a replica learns of another's pause or resume
+REFRESH_INTERVAL_S = 1.0  # how soon a replica learns of another's pause or resume
 # A pause no fault confirmed for this many probe intervals is dropped: no job uses that setup
 # any more (the setting was fixed and the senders restarted, its campaign was cancelled), so
 # no probe would ever lift it and the dashboard would show it for ever.
@@ -129,7 +129,7 @@ class SetupFaults:
         now = time.monotonic()
         if now < self._next_try.get(scope, 0.0):
             return False
-        self._next_try[scope] = now + min(REFRESH_S, self.probe_ms / 1000)
+        self._next_try[scope] = now + min(REFRESH_INTERVAL_S, self.probe_ms / 1000)
         taken = await self.client.set(
             self.keys.setup_probe(scope), self.owner, px=self.probe_ms, nx=True
         )

@@ -29,7 +29,7 @@ from sesflow.common.keys import SENDERS_GROUP, PartitionKeys
 from sesflow.common.logs import get_logger
 from sesflow.common.streams import trim_acknowledged
 from sesflow.sender import metrics
-from sesflow.sender.setup_faults import REFRESH_S as SETUP_REFRESH_S
+from sesflow.sender.setup_faults import REFRESH_INTERVAL_S as SETUP_REFRESH_INTERVAL_S
 
 if TYPE_CHECKING:
     from sesflow.sender.worker import Sender
@@ -75,7 +75,7 @@ async def run_upkeep(sender: Sender, stop: asyncio.Event) -> None:
         periodic("trim", TRIM_INTERVAL_S, lambda: trim_all(sender), stop, wait),
         periodic("consumers", CONSUMERS_INTERVAL_S, lambda: forget_consumers(sender), stop, wait),
         periodic("gauges", GAUGES_INTERVAL_S, lambda: update_gauges(sender), stop, wait),
-        periodic("setup", SETUP_REFRESH_S, sender.setup.refresh, stop, wait),
+        periodic("setup", SETUP_REFRESH_INTERVAL_S, sender.setup.refresh, stop, wait),
     ]
     if sender.fetch_quota is not None:
         loops.append(periodic("quota", QUOTA_INTERVAL_S, lambda: refresh_quota(sender), stop, wait))

@@ -51,8 +51,8 @@ from sesflow.stats.counters import (
 log = get_logger(__name__)
 
 DEAD_LETTER_MAXLEN = 100_000
-PRUNE_EVERY_S = 600.0
-TRIM_EVERY_S = 30.0
+PRUNE_INTERVAL_S = 600.0
+TRIM_INTERVAL_S = 30.0
 FORGET_CONSUMER_IDLE_MS = 3600 * 1000
 MAX_BLOCK_MS = 1000
 FORGET_BATCH = 500  # idle topics forgotten per script call
@@ -248,9 +248,9 @@ class StatsConsumer:
             for p in self.keys.partitions:
                 try:
                     await self.reclaim(p)
-                    if now - last_trim >= TRIM_EVERY_S:
+                    if now - last_trim >= TRIM_INTERVAL_S:
                         await self.trim(p)
-                    if now - last_prune >= PRUNE_EVERY_S:
+                    if now - last_prune >= PRUNE_INTERVAL_S:
                         await self.prune(p)
                         await self.forget_idle_topics(p)
                 except asyncio.CancelledError:
@@ -259,9 +259,9 @@ class StatsConsumer:
                     log.warning("stats upkeep failed", partition=p.index, error=str(exc))
                 except Exception:  # upkeep must outlive its own bugs: log and go on
                     log.exception("stats upkeep error", partition=p.index)
-            if now - last_trim >= TRIM_EVERY_S:
+            if now - last_trim >= TRIM_INTERVAL_S:
                 last_trim = now
-            if now - last_prune >= PRUNE_EVERY_S:
+            if now - last_prune >= PRUNE_INTERVAL_S:
                 last_prune = now
 
     async def reclaim(self, p: PartitionKeys) -> int:

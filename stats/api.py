@@ -1,5 +1,5 @@
-"""The stats HTTP API on STATS_PORT: the seeds' statistics endpoints, a time series for Grafana,
-the dashboard's overview, /metrics and the live dashboard page.
+"""The stats HTTP API on STATS_PORT: the older Go and Rust services' statistics endpoints, a time
+series for Grafana, the dashboard's overview, /metrics and the live dashboard page.
 
 Public (no API_KEY / JWT needed): `/` (the dashboard page: it holds no data, it asks the API with
 the key the user enters), `/health` and `/metrics` (Prometheus scrapes without credentials).
@@ -17,7 +17,6 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from sesflow.common.aws import fetch_quota
 from sesflow.common.connection import connect
@@ -27,6 +26,7 @@ from sesflow.common.http import (
     add_health_routes,
     auth_middleware,
     errors_middleware,
+    int_param,
     json_response,
 )
 from sesflow.common.keys import Keys
@@ -34,9 +34,9 @@ from sesflow.common.metrics import RoleMetrics
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import ConsumerStats
 from sesflow.stats.counters import METRICS
-from sesflow.stats.metrics import PipelineCollector, render
+from sesflow.stats.metrics import PipelineCollector, role_metrics
 from sesflow.stats.overview import MAX_TOPICS, overview
-from sesflow.stats.params import hours_param, int_param, step_param, time_param
+from sesflow.stats.params import hours_param, step_param, time_param
 from sesflow.stats.queries import count_since, plan_series, read_counts, series, summary
 from sesflow.stats.quota import QuotaCache, QuotaFetcher
 
@@ -59,15 +59,15 @@ def create_app(
     consumer_stats: ConsumerStats | None = None,
 ) -> web.Application:
     """`client`: an existing Redis client (the app then does not close it)."""
-    role_metrics = RoleMetrics("stats")
+    metrics = role_metrics()
     app = web.Application(
         middlewares=[
-            role_metrics.middleware,
+            metrics.middleware,
             errors_middleware,
             auth_middleware(settings, public=PUBLIC_PATHS),
         ]
     )
-    app[ROLE_METRICS] = role_metrics
+    app[ROLE_METRICS] = metrics
     app[SETTINGS] = settings
     app[KEYS] = Keys(settings.redis_prefix, settings.send_partitions)
     app[QUOTA] = QuotaCache(settings, quota_fetcher)
@@ -78,7 +78,7 @@ def create_app(
     app.cleanup_ctx.append(_quota_ctx)
     app.router.add_get("/", dashboard)
     add_health_routes(app, lambda app: app[CLIENT])
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics.handler)
     app.router.add_get("/v1/topics/{topic_id}", topic)
     app.router.add_get("/v1/results/count/{plan_id}", results_count)
     app.router.add_get("/v1/results/sent", results_sent)
@@ -93,7 +93,7 @@ def _redis_ctx(client: Any, consumer_stats: ConsumerStats | None) -> Any:
         own = client is None
         app[CLIENT] = connect(app[SETTINGS]) if own else client
         app[COLLECTOR] = PipelineCollector(app[CLIENT], app[KEYS], consumer_stats)
-        app[ROLE_METRICS].registry.register(app[COLLECTOR])
+        app[ROLE_METRICS].register(app[COLLECTOR], app[COLLECTOR].refresh)
         try:
             yield
         finally:
@@ -125,20 +125,15 @@ async def dashboard(request: web.Request) -> web.Response:
     )
 
 
-async def metrics(request: web.Request) -> web.Response:
-    body = await render(request.app[COLLECTOR], request.app[ROLE_METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 def topic_view(topic_id: str, counts: Counter[str]) -> dict[str, Any]:
-    """Every counter, plus the names both seeds' clients read."""
+    """Every counter, plus the names the Go and Rust services' clients read."""
     view: dict[str, Any] = {"topic_id": topic_id, **summary(counts)}
     view.update(
         success=view["sent"],
         failure=view["failed"],
         open_count=view["opened"],
         pending=view["created"],
-        # The Rust seed's shape: request states and (unique) feedback results.
+        # The Rust service's shape: request states and (unique) feedback results.
         request_counts={
             "Created": view["created"],
             "Sent": view["sent"],
@@ -165,7 +160,7 @@ async def topic(request: web.Request) -> web.Response:
 
 
 async def results_count(request: web.Request) -> web.Response:
-    """The Go seed's shape exactly; an unknown plan answers zeros, as the seed's SQL count did."""
+    """The Go service's shape exactly; an unknown plan answers zeros, as its SQL count did."""
     plan_id = request.match_info["plan_id"]
     keys = request.app[KEYS]
     counts = await read_counts(request.app[CLIENT], keys, lambda p: p.stats_topic(plan_id))

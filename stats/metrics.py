@@ -1,7 +1,9 @@
-"""/metrics: a Prometheus collector that reads the pipeline's state from Redis on each scrape.
+"""The stats process's Prometheus metrics (the pattern is `common.metrics`'s): a collector that
+reads the pipeline's state from Redis on each scrape.
 
-prometheus-client collectors are synchronous, so the handler first takes a snapshot with the async
-client (bounded by a short timeout), then renders it. A scrape during a Redis outage still answers,
+prometheus-client collectors are synchronous, so `refresh` (awaited by `RoleMetrics` before each
+scrape) first takes a snapshot with the async client (bounded by a short timeout), then the
+collector renders it. A scrape during a Redis outage still answers,
 with `sesflow_redis_up 0`. The stream metrics carry a `partition` label besides the documented
 ones (`stream`, `group`); `sesflow_events_total{type}` is what this process applied.
 """
@@ -13,12 +15,12 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sesflow.common.connection import UNAVAILABLE
 from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
+from sesflow.common.metrics import RoleMetrics
 from sesflow.stats.aggregate import ConsumerStats
 from sesflow.stats.queries import find_group, lag_fallback
 
@@ -161,6 +163,7 @@ def _int(value: Any) -> int:
     return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
 
 
-async def render(collector: PipelineCollector, registry: CollectorRegistry) -> bytes:
-    await collector.refresh()
-    return generate_latest(registry)
+def role_metrics() -> RoleMetrics:
+    """The pipeline collector needs the app's Redis client: the app registers it once it has
+    one (`RoleMetrics.register(collector, collector.refresh)`)."""
+    return RoleMetrics("stats")

@@ -6,22 +6,11 @@ import re
 from datetime import UTC, datetime
 
 from sesflow.common.errors import InputError
+from sesflow.common.http import int_param
 
 DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
 UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_HOURS = 720
-
-
-def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InputError("invalid_parameter", f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise InputError("invalid_parameter", f"{name} must be between {low} and {high}")
-    return value
 
 
 def hours_param(raw: str | None) -> int:

@@ -14,8 +14,8 @@ from sesflow.common.settings import Settings
 log = get_logger(__name__)
 
 QuotaFetcher = Callable[[Settings], Awaitable[Quota | None]]
-REFRESH_S = 60.0
-RETRY_S = 15.0
+REFRESH_INTERVAL_S = 60.0
+RETRY_INTERVAL_S = 15.0
 
 
 class QuotaCache:
@@ -44,7 +44,7 @@ class QuotaCache:
     async def run(self) -> None:
         while True:
             quota = await self.refresh()
-            await asyncio.sleep(REFRESH_S if quota is not None else RETRY_S)
+            await asyncio.sleep(REFRESH_INTERVAL_S if quota is not None else RETRY_INTERVAL_S)
 
     def view(self) -> dict[str, Any]:
         """SES's numbers (None when SES has not answered), in both naming styles."""

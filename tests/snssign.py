@@ -77,7 +77,7 @@ def sns_timestamp(when: dt.datetime | None = None) -> str:
 
 
 def message_text(message: Any) -> str:
-    """`Message` as signed: a string as is; an object (the Go seed's shape) as compact JSON."""
+    """`Message` as signed: a string as is; an object (the Go service's shape) as compact JSON."""
     if isinstance(message, str):
         return message
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)

@@ -8,8 +8,7 @@ import asyncio
 from sesflow.common.logs import get_logger
 from sesflow.common.runtime import run_role, start_site, stop_on_signals
 from sesflow.common.settings import Settings
-
-from .app import create_app
+from sesflow.tracker.app import create_app
 
 log = get_logger(__name__)
 

@@ -15,20 +15,19 @@ from sesflow.common.keys import Keys
 from sesflow.common.logs import get_logger
 from sesflow.common.settings import ANY_TOPIC, Settings
 from sesflow.common.suppression import SuppressionList
-
-from . import links, webhook
-from .context import TRACKER, SecretSource, Tracker
-from .log_throttle import LogThrottle
-from .metrics import TrackerMetrics
-from .recorder import EventRecorder
-from .ses_events import Correlator
-from .sns import CertCache, SnsVerifier
+from sesflow.tracker import links, webhook
+from sesflow.tracker.context import TRACKER, SecretSource, Tracker
+from sesflow.tracker.correlation import Correlator
+from sesflow.tracker.log_throttle import LogThrottle
+from sesflow.tracker.metrics import role_metrics
+from sesflow.tracker.recorder import EventRecorder
+from sesflow.tracker.sns import CertCache, SnsVerifier
 
 log = get_logger(__name__)
 
 
 def create_app(settings: Settings) -> web.Application:
-    metrics = TrackerMetrics()
+    metrics = role_metrics()
     app = web.Application(
         middlewares=[metrics.middleware, errors_middleware], client_max_size=webhook.MAX_BODY
     )
@@ -48,7 +47,6 @@ def create_app(settings: Settings) -> web.Application:
             recorder=EventRecorder(client, settings.content_ttl),
             suppressions=SuppressionList(client, keys),
             secret=secret,
-            metrics=metrics,
             refusal_logs=LogThrottle(),
         )
         await secret.get()  # once at startup; retried on demand if Redis is not up yet

@@ -14,12 +14,10 @@ from sesflow.common.logs import get_logger
 from sesflow.common.settings import Settings
 from sesflow.common.suppression import SuppressionList
 from sesflow.common.tracking import tracking_secret
-
-from .log_throttle import LogThrottle
-from .metrics import TrackerMetrics
-from .recorder import EventRecorder
-from .ses_events import Correlator
-from .sns import SnsVerifier
+from sesflow.tracker.correlation import Correlator
+from sesflow.tracker.log_throttle import LogThrottle
+from sesflow.tracker.recorder import EventRecorder
+from sesflow.tracker.sns import SnsVerifier
 
 log = get_logger(__name__)
 
@@ -53,7 +51,6 @@ class Tracker:
     recorder: EventRecorder
     suppressions: SuppressionList
     secret: SecretSource
-    metrics: TrackerMetrics
     refusal_logs: LogThrottle
 
 

@@ -23,10 +23,9 @@ from sesflow.common.logs import get_logger
 from sesflow.common.schema import Event, EventType
 from sesflow.common.suppression import entry
 from sesflow.common.tracking import Token, verify, verify_click
-
-from . import pages
-from .context import TRACKER, Tracker
-from .recorder import FirstTouch, Pending, first_click, first_open, first_unsubscribe
+from sesflow.tracker import metrics, pages
+from sesflow.tracker.context import TRACKER, Tracker
+from sesflow.tracker.recorder import FirstTouch, Pending, first_click, first_open, first_unsubscribe
 
 log = get_logger(__name__)
 
@@ -76,7 +75,7 @@ async def record(
         part, msg_id, [Pending(event, rule(index) if msg_id else None)]
     )
     if added:
-        tracker.metrics.count_events([kind])
+        metrics.count_events([kind])
 
 
 # --- open ---------------------------------------------------------------------------------------
@@ -91,7 +90,7 @@ async def open_target(tracker: Tracker, query: Mapping[str, str]) -> tuple[str, 
     if query.get("t") or not bare or not tracker.settings.allow_unsigned_opens:
         return None
     parsed = split_request_id(bare)
-    if parsed is None:  # a seed's integer id: counted, but it names no sesflow message
+    if parsed is None:  # an older service's integer id: counted, but it names no sesflow message
         return bare, "", f"unsigned request id {bare[:64]}"
     if not await was_sent(tracker, *parsed):
         return None
@@ -112,14 +111,14 @@ async def open_pixel(request: web.Request) -> web.Response:
     try:
         target = await open_target(tracker, request.query)
         if target is None:
-            tracker.metrics.links_refused.labels("open").inc()
+            metrics.LINKS_REFUSED.labels("open").inc()
         else:
             rid, topic, detail = target
             await record(tracker, EventType.OPENED, rid, first_open, topic=topic, detail=detail)
     except (RedisUnavailable, *UNAVAILABLE, RedisError) as exc:
         # The image is served whatever happens (an outage, or a refused write such as OOM under
         # noeviction); this open is lost, and counted as such.
-        tracker.metrics.record_failures.labels("open").inc()
+        metrics.RECORD_FAILURES.labels("open").inc()
         log.warning("open not recorded", error=str(exc))
     return pages.pixel()
 
@@ -142,13 +141,13 @@ async def click(request: web.Request) -> web.Response:
     tracker = request.app[TRACKER]
     token = await checked_token(tracker, request.query.get("t", ""), "c")
     if token is None or not redirectable(token.u):
-        tracker.metrics.links_refused.labels("click").inc()
+        metrics.LINKS_REFUSED.labels("click").inc()
         raise InputError("invalid_token", "this link is not valid")
     try:
         await record(tracker, EventType.CLICKED, token.r, first_click, topic=token.t, url=token.u)
     except (RedisUnavailable, *UNAVAILABLE, RedisError) as exc:
         # The recipient still gets where the link goes; only the count is lost.
-        tracker.metrics.record_failures.labels("click").inc()
+        metrics.RECORD_FAILURES.labels("click").inc()
         log.warning("click not recorded", error=str(exc))
     return web.Response(status=302, headers={"Location": token.u, **pages.NO_CACHE})
 
@@ -167,7 +166,7 @@ async def unsubscribe(request: web.Request) -> web.StreamResponse:
     text = request.query.get("t", "")
     token = await checked_token(tracker, text, "u")
     if token is None or "@" not in token.e:
-        tracker.metrics.links_refused.labels("unsubscribe").inc()
+        metrics.LINKS_REFUSED.labels("unsubscribe").inc()
         if request.method == "GET":
             return pages.invalid_link()
         return error_response(400, "invalid_token", "this unsubscribe link is not valid")

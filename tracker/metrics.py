@@ -1,5 +1,8 @@
-"""The tracker's Prometheus metrics, in a registry of its own (one per app, so tests can build
-several apps in one process), with the ones every role serves (HTTP requests, Redis reconnects)."""
+"""The tracker's Prometheus metrics (the pattern is `common.metrics`'s).
+
+The webhook and the link handlers count into these module-level counters (one tracker per
+process); every tracker app's registry serves them.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +10,46 @@ from prometheus_client import Counter
 
 from sesflow.common.metrics import RoleMetrics
 
+# registry=None: not in prometheus-client's default registry; `role_metrics()` serves them.
+EVENTS = Counter(
+    "sesflow_events",
+    "Events the tracker received and recorded, by type",
+    ["type"],
+    registry=None,
+)
+SNS_MESSAGES = Counter(
+    "sesflow_tracker_sns_messages",
+    "SNS deliveries received, by message type and outcome",
+    ["type", "outcome"],
+    registry=None,
+)
+SNS_REJECTED = Counter(
+    "sesflow_tracker_sns_verification_failures",
+    "SNS deliveries refused, by reason",
+    ["reason"],
+    registry=None,
+)
+LINKS_REFUSED = Counter(
+    "sesflow_tracker_invalid_tokens",
+    "Open, click and unsubscribe requests with an invalid token, by kind",
+    ["kind"],
+    registry=None,
+)
+RECORD_FAILURES = Counter(
+    "sesflow_tracker_record_failures",
+    "Opens and clicks that could not be recorded (Redis unavailable), by kind",
+    ["kind"],
+    registry=None,
+)
 
-class TrackerMetrics(RoleMetrics):
-    def __init__(self) -> None:
-        super().__init__("tracker")
-        self.events = Counter(
-            "sesflow_events",
-            "Events the tracker received and recorded, by type",
-            ["type"],
-            registry=self.registry,
-        )
-        self.sns_messages = Counter(
-            "sesflow_tracker_sns_messages",
-            "SNS deliveries received, by message type and outcome",
-            ["type", "outcome"],
-            registry=self.registry,
-        )
-        self.sns_rejected = Counter(
-            "sesflow_tracker_sns_verification_failures",
-            "SNS deliveries refused, by reason",
-            ["reason"],
-            registry=self.registry,
-        )
-        self.links_refused = Counter(
-            "sesflow_tracker_invalid_tokens",
-            "Open, click and unsubscribe requests with an invalid token, by kind",
-            ["kind"],
-            registry=self.registry,
-        )
-        self.record_failures = Counter(
-            "sesflow_tracker_record_failures",
-            "Opens and clicks that could not be recorded (Redis unavailable), by kind",
-            ["kind"],
-            registry=self.registry,
-        )
 
-    def count_events(self, types: list[str]) -> None:
-        for kind in types:
-            self.events.labels(kind).inc()
+def count_events(types: list[str]) -> None:
+    for kind in types:
+        EVENTS.labels(kind).inc()
+
+
+def role_metrics() -> RoleMetrics:
+    return RoleMetrics(
+        "tracker",
+        collectors=(EVENTS, SNS_MESSAGES, SNS_REJECTED, LINKS_REFUSED, RECORD_FAILURES),
+    )

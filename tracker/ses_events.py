@@ -1,4 +1,4 @@
-"""SES feedback, both formats, normalised into `common.schema.Event`s.
+"""SES feedback, both formats, parsed into `common.schema.Event`s: pure, no Redis.
 
 - Identity notifications: `notificationType` Bounce, Complaint, Delivery.
 - Configuration-set event publishing: `eventType` Send, Reject, Bounce, Complaint, Delivery,
@@ -7,26 +7,25 @@
 One event per recipient the notification names. The Structs declare only the fields sesflow reads;
 every other field is ignored, and an event type sesflow does not know becomes `feedback_unknown`.
 
-Correlation to a request id (`<msg_id>_<index>`), first hit wins: the `sesflow-rid` tag (event
-publishing only), the `X-Request-ID` header (only when SES includes original headers), the
-`sesid:<SES MessageId>` index the sender writes. The topic is read from the message's content hash
-(exact), else taken from the `sesflow-topic` tag (sanitised by the sender), else left empty.
+Each event type has one small parser in `PARSERS`; a missing detail object (the Go service's
+minimal shape) still names the event type, and a notification naming no recipient gives one event
+for each `mail.destination` (or one with no address). `normalise` also reads what the mail itself
+says about its request: the `sesflow-rid` tag (event publishing only) or the `X-Request-ID` header
+(only when SES includes original headers), and the `sesflow-topic` tag. Finding the request and
+its topic in Redis is `tracker.correlation`'s job.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from sesflow.common.connection import redis_errors
-from sesflow.common.keys import Keys, split_request_id
 from sesflow.common.schema import RID_TAG, TOPIC_TAG, Event, EventType
-
-from .sns import parse_timestamp
+from sesflow.tracker.sns import parse_timestamp
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_DETAIL = 500
@@ -132,7 +131,7 @@ _decoder = msgspec.json.Decoder(SesNotification)
 
 
 def decode(message: str | bytes | dict[str, Any]) -> SesNotification:
-    """`Message` of an SNS notification (a JSON string, or an object in the Go seed's shape).
+    """`Message` of an SNS notification (a JSON string, or an object in the Go service's shape).
 
     Raises msgspec.DecodeError / ValidationError when it is not a JSON object of that shape.
     """
@@ -141,7 +140,7 @@ def decode(message: str | bytes | dict[str, Any]) -> SesNotification:
     return _decoder.decode(message)
 
 
-# --- normalisation (pure) -----------------------------------------------------------------------
+# --- normalisation ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +185,7 @@ def _rid(mail: Mail) -> str:
 
 
 def _each(addresses: list[str], event: Event, suppress: str = "", touch: str = "") -> list[Draft]:
+    """One draft per address, or one with no address when there is none."""
     targets = [a for a in addresses if a] or [""]
     return [
         Draft(msgspec.structs.replace(event, email=a), suppress=suppress, touch=touch)
@@ -193,183 +193,162 @@ def _each(addresses: list[str], event: Event, suppress: str = "", touch: str = "
     ]
 
 
+def _per_recipient(
+    recipients: list[Recipient],
+    event: Event,
+    detail: Callable[[Recipient], str],
+    destination: list[str],
+    suppress: str = "",
+) -> list[Draft]:
+    """One draft per named recipient with its own detail; else one per `destination` address,
+    with `event`'s detail."""
+    named = [
+        Draft(
+            msgspec.structs.replace(event, email=r.email_address, detail=_clip(detail(r))),
+            suppress=suppress,
+        )
+        for r in recipients
+        if r.email_address
+    ]
+    return named or _each(destination, event, suppress=suppress)
+
+
+# A parser turns a notification into drafts, from `base`: a `feedback_unknown` event that carries
+# the SES MessageId already.
+Parser = Callable[[SesNotification, Event], list[Draft]]
+
+
+def _replace(base: Event, **changes: Any) -> Event:
+    return msgspec.structs.replace(base, **changes)
+
+
+def _bounce(note: SesNotification, base: Event) -> list[Draft]:
+    b = note.bounce or Bounce()
+    event = _replace(
+        base,
+        type=EventType.BOUNCED,
+        ts=_ms(b.timestamp, note.mail.timestamp),
+        bounce_type=b.bounce_type,
+        bounce_subtype=b.bounce_sub_type,
+    )
+    return _per_recipient(
+        b.bounced_recipients,
+        event,
+        lambda r: r.diagnostic_code or r.status or "",
+        note.mail.destination,
+        suppress="bounce" if b.bounce_type == "Permanent" else "",
+    )
+
+
+def _complaint(note: SesNotification, base: Event) -> list[Draft]:
+    c = note.complaint or Complaint()
+    event = _replace(
+        base,
+        type=EventType.COMPLAINED,
+        ts=_ms(c.timestamp, note.mail.timestamp),
+        detail=_clip(c.complaint_feedback_type or c.complaint_sub_type),
+    )
+    named = [r.email_address for r in c.complained_recipients]
+    return _each(named or note.mail.destination, event, suppress="complaint")
+
+
+def _delivery(note: SesNotification, base: Event) -> list[Draft]:
+    d = note.delivery or Delivery()
+    event = _replace(
+        base,
+        type=EventType.DELIVERED,
+        ts=_ms(d.timestamp, note.mail.timestamp),
+        detail=_clip(d.smtp_response),
+    )
+    return _each(d.recipients or note.mail.destination, event)
+
+
+def _delivery_delay(note: SesNotification, base: Event) -> list[Draft]:
+    dd = note.delivery_delay or DeliveryDelay()
+    event = _replace(
+        base,
+        type=EventType.DELIVERY_DELAYED,
+        ts=_ms(dd.timestamp, note.mail.timestamp),
+        detail=_clip(dd.delay_type),
+    )
+    return _per_recipient(
+        dd.delayed_recipients,
+        event,
+        lambda r: " ".join(filter(None, (dd.delay_type, r.diagnostic_code))),
+        note.mail.destination,
+    )
+
+
+def _send(note: SesNotification, base: Event) -> list[Draft]:
+    event = _replace(base, type=EventType.SES_SEND, ts=_ms(note.mail.timestamp))
+    return _each(note.mail.destination, event)
+
+
+def _reject(note: SesNotification, base: Event) -> list[Draft]:
+    reason = note.reject.reason if note.reject else ""
+    event = _replace(
+        base, type=EventType.SES_REJECTED, ts=_ms(note.mail.timestamp), detail=_clip(reason)
+    )
+    return _each(note.mail.destination, event)
+
+
+def _open(note: SesNotification, base: Event) -> list[Draft]:
+    stamp = note.open.timestamp if note.open else ""
+    event = _replace(base, type=EventType.OPENED, ts=_ms(stamp))
+    return _each(note.mail.destination, event, touch="open")
+
+
+def _click(note: SesNotification, base: Event) -> list[Draft]:
+    click = note.click or Clicked()
+    event = _replace(base, type=EventType.CLICKED, ts=_ms(click.timestamp), url=click.link[:2000])
+    return _each(note.mail.destination, event, touch="click")
+
+
+def _rendering_failure(note: SesNotification, base: Event) -> list[Draft]:
+    failure = note.failure or Failure()
+    detail = f"{failure.template_name}: {failure.error_message}".strip(": ")
+    event = _replace(
+        base, type=EventType.RENDERING_FAILED, ts=_ms(note.mail.timestamp), detail=_clip(detail)
+    )
+    return _each(note.mail.destination, event)
+
+
+def _subscription(note: SesNotification, base: Event) -> list[Draft]:
+    sub = note.subscription or Subscription()
+    prefs = sub.new_topic_preferences
+    detail = sub.contact_list + (" unsubscribeAll" if prefs and prefs.unsubscribe_all else "")
+    event = _replace(
+        base,
+        type=EventType.SUBSCRIPTION,
+        ts=_ms(sub.timestamp, note.mail.timestamp),
+        detail=_clip(detail),
+    )
+    return _each(note.mail.destination, event)
+
+
+def _unknown(note: SesNotification, base: Event) -> list[Draft]:
+    detail = _clip(note.kind or "no eventType/notificationType")
+    return _each(note.mail.destination, _replace(base, ts=_ms(note.mail.timestamp), detail=detail))
+
+
+# `eventType` (event publishing) or `notificationType` (identity notifications) -> its parser.
+PARSERS: dict[str, Parser] = {
+    "Bounce": _bounce,
+    "Complaint": _complaint,
+    "Delivery": _delivery,
+    "DeliveryDelay": _delivery_delay,
+    "Send": _send,
+    "Reject": _reject,
+    "Open": _open,
+    "Click": _click,
+    "Rendering Failure": _rendering_failure,
+    "Subscription": _subscription,
+}
+
+
 def normalise(note: SesNotification) -> Feedback:
     mail = note.mail
     base = Event(type=EventType.FEEDBACK_UNKNOWN, ses_id=mail.message_id)
-    drafts: list[Draft]
-    kind = note.kind
-    # A missing detail object (the Go seed's minimal shape) still names the event type.
-    if kind == "Bounce":
-        b = note.bounce or Bounce()
-        hard = b.bounce_type == "Permanent"
-        drafts = [
-            Draft(
-                msgspec.structs.replace(
-                    base,
-                    type=EventType.BOUNCED,
-                    ts=_ms(b.timestamp, mail.timestamp),
-                    email=r.email_address,
-                    bounce_type=b.bounce_type,
-                    bounce_subtype=b.bounce_sub_type,
-                    detail=_clip(r.diagnostic_code or r.status),
-                ),
-                suppress="bounce" if hard else "",
-            )
-            for r in b.bounced_recipients
-            if r.email_address
-        ] or _each(
-            mail.destination,
-            msgspec.structs.replace(
-                base,
-                type=EventType.BOUNCED,
-                ts=_ms(b.timestamp, mail.timestamp),
-                bounce_type=b.bounce_type,
-                bounce_subtype=b.bounce_sub_type,
-            ),
-            suppress="bounce" if hard else "",
-        )
-    elif kind == "Complaint":
-        c = note.complaint or Complaint()
-        event = msgspec.structs.replace(
-            base,
-            type=EventType.COMPLAINED,
-            ts=_ms(c.timestamp, mail.timestamp),
-            detail=_clip(c.complaint_feedback_type or c.complaint_sub_type),
-        )
-        named = [r.email_address for r in c.complained_recipients]
-        drafts = _each(named or mail.destination, event, suppress="complaint")
-    elif kind == "Delivery":
-        d = note.delivery or Delivery()
-        event = msgspec.structs.replace(
-            base,
-            type=EventType.DELIVERED,
-            ts=_ms(d.timestamp, mail.timestamp),
-            detail=_clip(d.smtp_response),
-        )
-        drafts = _each(d.recipients or mail.destination, event)
-    elif kind == "DeliveryDelay":
-        dd = note.delivery_delay or DeliveryDelay()
-        drafts = [
-            Draft(
-                msgspec.structs.replace(
-                    base,
-                    type=EventType.DELIVERY_DELAYED,
-                    ts=_ms(dd.timestamp, mail.timestamp),
-                    email=r.email_address,
-                    detail=_clip(" ".join(filter(None, (dd.delay_type, r.diagnostic_code)))),
-                )
-            )
-            for r in dd.delayed_recipients
-            if r.email_address
-        ] or _each(
-            mail.destination,
-            msgspec.structs.replace(
-                base,
-                type=EventType.DELIVERY_DELAYED,
-                ts=_ms(dd.timestamp, mail.timestamp),
-                detail=_clip(dd.delay_type),
-            ),
-        )
-    elif kind == "Send":
-        event = msgspec.structs.replace(base, type=EventType.SES_SEND, ts=_ms(mail.timestamp))
-        drafts = _each(mail.destination, event)
-    elif kind == "Reject":
-        reason = note.reject.reason if note.reject else ""
-        event = msgspec.structs.replace(
-            base, type=EventType.SES_REJECTED, ts=_ms(mail.timestamp), detail=_clip(reason)
-        )
-        drafts = _each(mail.destination, event)
-    elif kind == "Open":
-        stamp = note.open.timestamp if note.open else ""
-        event = msgspec.structs.replace(base, type=EventType.OPENED, ts=_ms(stamp))
-        drafts = _each(mail.destination, event, touch="open")
-    elif kind == "Click":
-        click = note.click or Clicked()
-        event = msgspec.structs.replace(
-            base, type=EventType.CLICKED, ts=_ms(click.timestamp), url=click.link[:2000]
-        )
-        drafts = _each(mail.destination, event, touch="click")
-    elif kind == "Rendering Failure":
-        failure = note.failure or Failure()
-        detail = f"{failure.template_name}: {failure.error_message}".strip(": ")
-        event = msgspec.structs.replace(
-            base, type=EventType.RENDERING_FAILED, ts=_ms(mail.timestamp), detail=_clip(detail)
-        )
-        drafts = _each(mail.destination, event)
-    elif kind == "Subscription":
-        sub = note.subscription or Subscription()
-        prefs = sub.new_topic_preferences
-        detail = sub.contact_list + (" unsubscribeAll" if prefs and prefs.unsubscribe_all else "")
-        event = msgspec.structs.replace(
-            base,
-            type=EventType.SUBSCRIPTION,
-            ts=_ms(sub.timestamp, mail.timestamp),
-            detail=_clip(detail),
-        )
-        drafts = _each(mail.destination, event)
-    else:
-        event = msgspec.structs.replace(
-            base, ts=_ms(mail.timestamp), detail=_clip(kind or "no eventType/notificationType")
-        )
-        drafts = _each(mail.destination, event)
+    drafts = PARSERS.get(note.kind, _unknown)(note, base)
     topic_tags = mail.tags.get(TOPIC_TAG) or [""]
     return Feedback(ses_id=mail.message_id, rid=_rid(mail), topic_tag=topic_tags[0], drafts=drafts)
-
-
-# --- correlation (reads Redis) ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Correlation:
-    msg_id: str = ""  # "" when the mail is not one sesflow can place
-    index: int = -1
-    topic: str = ""
-
-
-class Correlator:
-    """Finds the request behind an SES message. Topics are cached: they never change."""
-
-    def __init__(self, client: Any, keys: Keys, cache_size: int = 4096) -> None:
-        self._client = client
-        self._keys = keys
-        self._topics: OrderedDict[str, str] = OrderedDict()
-        self._cache_size = cache_size
-
-    async def correlate(self, ses_id: str, rid: str = "", topic_hint: str = "") -> Correlation:
-        if not rid and ses_id:
-            with redis_errors():
-                rid = await self._client.get(self._keys.ses_message(ses_id)) or ""
-        parsed = split_request_id(rid) if rid else None
-        if parsed is None:
-            return Correlation(topic=topic_hint)
-        msg_id, index = parsed
-        topic = await self.topic_of(msg_id) or topic_hint
-        return Correlation(msg_id=msg_id, index=index, topic=topic)
-
-    async def topic_of(self, msg_id: str) -> str:
-        """The exact topic from the message's content hash ("" once that has expired)."""
-        cached = self._topics.get(msg_id)
-        if cached is not None:
-            self._topics.move_to_end(msg_id)
-            return cached
-        key = self._keys.for_message(msg_id).message(msg_id)
-        with redis_errors():
-            topic = await self._client.hget(key, "topic")
-        if topic is None:
-            return ""
-        self._topics[msg_id] = topic
-        while len(self._topics) > self._cache_size:
-            self._topics.popitem(last=False)
-        return str(topic)
-
-    def apply(self, feedback: Feedback, where: Correlation) -> list[Draft]:
-        return [
-            Draft(
-                msgspec.structs.replace(
-                    d.event, msg_id=where.msg_id, index=where.index, topic=where.topic
-                ),
-                suppress=d.suppress,
-                touch=d.touch if where.msg_id else "",
-            )
-            for d in feedback.drafts
-        ]

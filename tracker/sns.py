@@ -50,7 +50,7 @@ VALIDATION_MESSAGE_PREFIX = "Successfully validated SNS topic"
 
 
 class _Signed(msgspec.Struct, frozen=True, kw_only=True, tag_field="Type"):
-    # `Message` is a JSON string in real SNS deliveries; the Go seed documents it as an object.
+    # `Message` is a JSON string in real SNS deliveries; the Go service documents it as an object.
     message: str | dict[str, Any] = msgspec.field(name="Message", default="")
     message_id: str = msgspec.field(name="MessageId", default="")
     topic_arn: str = msgspec.field(name="TopicArn", default="")
@@ -87,7 +87,7 @@ def decode(body: bytes) -> SnsMessage:
 
 
 def message_text(message: str | dict[str, Any]) -> str:
-    """`Message` as the signer saw it. An object (the Go seed's shape, never sent by SNS itself)
+    """`Message` as the signer saw it. An object (the Go service's shape, never sent by SNS itself)
     is signed over its compact JSON, keys in the order given."""
     return message if isinstance(message, str) else _compact.encode(message).decode()
 

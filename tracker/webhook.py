@@ -30,10 +30,9 @@ from sesflow.common.errors import InputError
 from sesflow.common.http import decode_json, error_response, json_response, read_body
 from sesflow.common.logs import get_logger
 from sesflow.common.suppression import entry
-
-from . import ses_events, sns
-from .context import TRACKER, Tracker
-from .recorder import DUPLICATE, FirstTouch, Pending, first_click, first_open
+from sesflow.tracker import metrics, ses_events, sns
+from sesflow.tracker.context import TRACKER, Tracker
+from sesflow.tracker.recorder import DUPLICATE, FirstTouch, Pending, first_click, first_open
 
 log = get_logger(__name__)
 
@@ -51,7 +50,7 @@ async def sns_webhook(request: web.Request) -> web.Response:
     try:
         msg = decode_json(body, sns.decode, "not an SNS message: body", "malformed")
     except InputError:
-        tracker.metrics.sns_messages.labels("invalid", "malformed").inc()
+        metrics.SNS_MESSAGES.labels("invalid", "malformed").inc()
         raise
     kind = sns.message_type(msg)
     try:
@@ -59,12 +58,12 @@ async def sns_webhook(request: web.Request) -> web.Response:
         if isinstance(msg, sns.SubscriptionConfirmation):
             tracker.verifier.check_subscribe_url(msg)
     except sns.SnsRejected as exc:
-        tracker.metrics.sns_rejected.labels(exc.reason).inc()
-        tracker.metrics.sns_messages.labels(kind, "rejected").inc()
+        metrics.SNS_REJECTED.labels(exc.reason).inc()
+        metrics.SNS_MESSAGES.labels(kind, "rejected").inc()
         log_refusal(tracker, exc, kind)
         return error_response(403, "forbidden", str(exc))
     except sns.CertUnavailable as exc:
-        tracker.metrics.sns_rejected.labels("cert_unavailable").inc()
+        metrics.SNS_REJECTED.labels("cert_unavailable").inc()
         allowed, held = tracker.refusal_logs.allow("cert_unavailable")
         if allowed:
             log.warning("sns certificate unavailable", error=str(exc), since_last_line=held)
@@ -75,7 +74,7 @@ async def sns_webhook(request: web.Request) -> web.Response:
     if isinstance(msg, sns.SubscriptionConfirmation):
         return await confirm(tracker, msg)
     if isinstance(msg, sns.UnsubscribeConfirmation):
-        tracker.metrics.sns_messages.labels(kind, "logged").inc()
+        metrics.SNS_MESSAGES.labels(kind, "logged").inc()
         log.warning("sns subscription ended", topic=msg.topic_arn, message=str(msg.message)[:200])
         return json_response({"status": "logged"})
     return await notification(tracker, msg)
@@ -100,23 +99,22 @@ def log_refusal(tracker: Tracker, exc: sns.SnsRejected, kind: str) -> None:
 
 async def confirm(tracker: Tracker, msg: sns.SubscriptionConfirmation) -> web.Response:
     if not await sns.confirm_subscription(tracker.http, msg.subscribe_url):
-        tracker.metrics.sns_messages.labels("SubscriptionConfirmation", "failed").inc()
+        metrics.SNS_MESSAGES.labels("SubscriptionConfirmation", "failed").inc()
         return error_response(502, "confirm_failed", "SNS did not accept the confirmation")
-    tracker.metrics.sns_messages.labels("SubscriptionConfirmation", "confirmed").inc()
+    metrics.SNS_MESSAGES.labels("SubscriptionConfirmation", "confirmed").inc()
     log.info("sns subscription confirmed", topic=msg.topic_arn)
     return json_response({"status": "confirmed"})
 
 
 async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
-    metrics = tracker.metrics
     if isinstance(msg.message, str) and msg.message.startswith(sns.VALIDATION_MESSAGE_PREFIX):
-        metrics.sns_messages.labels("Notification", "ignored").inc()
+        metrics.SNS_MESSAGES.labels("Notification", "ignored").inc()
         log.info("sns topic validation message ignored", topic=msg.topic_arn)
         return json_response({"status": "ignored"})
     try:
         note = ses_events.decode(msg.message)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-        metrics.sns_messages.labels("Notification", "malformed").inc()
+        metrics.SNS_MESSAGES.labels("Notification", "malformed").inc()
         raise InputError("malformed", f"Message is not an SES event: {exc}") from exc
 
     feedback = ses_events.normalise(note)
@@ -131,7 +129,7 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
     if any(d.suppress and d.event.email for d in drafts):
         with redis_errors():
             if await tracker.client.exists(part.sns_seen(msg.message_id)):
-                metrics.sns_messages.labels("Notification", "duplicate").inc()
+                metrics.SNS_MESSAGES.labels("Notification", "duplicate").inc()
                 return json_response({"status": "duplicate"})
             await suppress(tracker, drafts)
     items = [Pending(d.event, touch(d, where.index)) for d in drafts]
@@ -144,9 +142,9 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
         dedupe_ttl=max(DEDUPE_TTL, int(tracker.settings.sns_max_age) + 3600),
     )
     if added == DUPLICATE:
-        metrics.sns_messages.labels("Notification", "duplicate").inc()
+        metrics.SNS_MESSAGES.labels("Notification", "duplicate").inc()
         return json_response({"status": "duplicate"})
-    metrics.sns_messages.labels("Notification", "processed").inc()
+    metrics.SNS_MESSAGES.labels("Notification", "processed").inc()
     metrics.count_events([d.event.type for d in drafts])
     # Debug, not info: at thousands of notifications a second, a line each costs more than the
     # signature check; /metrics counts them.

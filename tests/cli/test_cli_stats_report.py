@@ -15,7 +15,7 @@ from sesflow.common.settings import load_settings
 NOW_MS = int(time.time() * 1000)
 
 
-def seed(redis_url: str) -> None:
+def store_counters(redis_url: str) -> None:
     """Counters as the stats role leaves them, for two topics and the global hash."""
     p = Keys().partition(0)
     client = syncredis.Redis.from_url(redis_url, decode_responses=True)
@@ -31,7 +31,7 @@ def seed(redis_url: str) -> None:
 
 
 def test_one_topic_as_a_table_and_as_json(sesflow: Sesflow, redis_url: str) -> None:
-    seed(redis_url)
+    store_counters(redis_url)
     res = sesflow("stats", "june")
     assert res.code == 0, res.err
     assert "topic june" in res.out
@@ -46,7 +46,7 @@ def test_one_topic_as_a_table_and_as_json(sesflow: Sesflow, redis_url: str) -> N
 
 
 def test_all_topics_recent_first_with_totals(sesflow: Sesflow, redis_url: str) -> None:
-    seed(redis_url)
+    store_counters(redis_url)
     res = sesflow("stats", "--all")
     assert res.code == 0, res.err
     assert res.out.index("june") < res.out.index("may")
@@ -83,7 +83,7 @@ def test_bare_stats_still_runs_the_role_with_a_notice(
 def test_without_redis_url_the_url_of_sesflow_up_is_used(
     sesflow: Sesflow, redis_url: str, monkeypatch: pytest.MonkeyPatch, cli_env: object
 ) -> None:
-    seed(redis_url)
+    store_counters(redis_url)
     monkeypatch.delenv("REDIS_URL")
     res = sesflow("stats", "june")
     assert res.code == 2 and "REDIS_URL is not set" in res.err

@@ -94,8 +94,9 @@ METRICS = {
 }
 HISTOGRAMS = {"sesflow_ses_call_seconds"}
 
-# (method, path, role serving it): every path of both seed services, plus sesflow's own.
-SEED_ROUTES = [
+# (method, path, role serving it): every compatibility route (the older services' paths), plus
+# sesflow's own.
+COMPAT_ROUTES = [
     ("POST", "/v1/messages", "ingest"),
     ("DELETE", "/v1/topics/newsletter_2024_01", "ingest"),
     ("GET", "/v1/topics/newsletter_2024_01", "stats"),
@@ -746,11 +747,11 @@ def ingress_role(rules: list[dict[str, Any]], host: str, path: str) -> str | Non
     return service_roles().get(chosen) if chosen else None
 
 
-def test_ingress_routes_every_seed_path_to_its_role() -> None:
+def test_ingress_routes_every_compatibility_path_to_its_role() -> None:
     (ingress,) = k8s_kind("Ingress")
     rules = ingress["spec"]["rules"]
     main, stats_host = rules[0]["host"], rules[1]["host"]
-    for method, path, role in SEED_ROUTES:
+    for method, path, role in COMPAT_ROUTES:
         got = ingress_role(rules, main, path)
         if method == "GET" and path.startswith("/v1/topics/"):
             # An Ingress cannot route by method: /v1/topics is ingest's (cancel) on the main
@@ -795,9 +796,9 @@ def httproute_role(route: dict[str, Any], method: str, path: str) -> str | None:
     return service_roles().get(chosen) if chosen else None
 
 
-def test_gateway_route_sends_every_seed_request_to_its_role() -> None:
+def test_gateway_route_sends_every_compatibility_request_to_its_role() -> None:
     (route,) = k8s_kind("HTTPRoute")
-    for method, path, role in SEED_ROUTES:
+    for method, path, role in COMPAT_ROUTES:
         assert httproute_role(route, method, path) == role, f"{method} {path}"
 
 

@@ -22,7 +22,7 @@ RUST_SHAPE = {
             "topic_id": "rust-topic",
             "emails": ["a1@example.com", "a2@example.com", "a3@example.com"],
             "subject": "Rust shape",
-            "content": "<html><body><p>Hello from the Rust seed shape</p></body></html>",
+            "content": "<html><body><p>Hello from the Rust service's shape</p></body></html>",
         }
     ]
 }
@@ -32,7 +32,7 @@ GO_SHAPE = {
             "topicId": "go-topic",
             "emails": ["b1@example.com", "b2@example.com", "b3@example.com"],
             "subject": "Go shape",
-            "content": "<p>Hello from the Go seed shape</p>",
+            "content": "<p>Hello from the Go service's shape</p>",
         }
     ]
 }
@@ -43,7 +43,7 @@ async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
         return await resp.json()
 
 
-async def test_both_seed_shapes_end_to_end(cluster: Cluster) -> None:
+async def test_both_older_service_shapes_end_to_end(cluster: Cluster) -> None:
     before = len(moto_sent())
     cluster.start_all(senders=1)
     ingest, tracker, stats = cluster.url("ingest"), cluster.url("tracker"), cluster.url("stats")
@@ -85,7 +85,7 @@ async def test_both_seed_shapes_end_to_end(cluster: Cluster) -> None:
             lambda c: c.get("sent") == 3,
         )
         assert go == {"total": 3, "created": 0, "sent": 3, "failed": 0, "stopped": 0}
-        # The seeds served everything on one port: their clients keep one base URL.
+        # The older services served everything on one port: their clients keep one base URL.
         assert await get_json(http, f"{ingest}/v1/results/count/go-topic") == go
 
         hourly = await get_json(http, f"{stats}/v1/results/sent?hours=1")

@@ -1,5 +1,5 @@
-"""The three HTTP roles in-process, on one real redis-server: ingest forwards the seeds' paths
-to the tracker and stats apps started beside it, so the forward is fuzzed too."""
+"""The three HTTP roles in-process, on one real redis-server: ingest forwards the compatibility
+paths to the tracker and stats apps started beside it, so the forward is fuzzed too."""
 
 from __future__ import annotations
 

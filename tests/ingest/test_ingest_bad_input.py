@@ -92,7 +92,7 @@ async def test_sns_bytes_that_are_not_utf8_through_the_forward(
     make_settings: Callable[..., Settings],
     redis: Any,
 ) -> None:
-    """The seeds' single base URL forwards the SNS webhook to a real tracker."""
+    """The older services' single base URL forwards the SNS webhook to a real tracker."""
     from aiohttp.test_utils import TestClient
     from apptest import AppTestServer
 

@@ -1,4 +1,4 @@
-"""The seeds' single base URL: ingest forwards stats and tracking paths to their roles."""
+"""The older services' single base URL: ingest forwards stats and tracking paths to their roles."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ async def upstream() -> AsyncIterator[tuple[str, list[tuple[str, str, bytes]]]]:
     await server.close()
 
 
-async def test_seed_paths_reach_their_roles(
+async def test_compatibility_paths_reach_their_roles(
     api_client: Callable[[Settings], Any],
     make_settings: Callable[..., Settings],
     upstream: tuple[str, list[tuple[str, str, bytes]]],

@@ -87,7 +87,7 @@ def test_the_issue_example_is_accepted_and_normalised() -> None:
     assert (again.emails, again.own_data, again.data) == (valid.emails, valid.own_data, valid.data)
 
 
-def test_a_seed_shaped_message_is_unchanged_but_gains_a_text_part() -> None:
+def test_an_older_service_shaped_message_is_unchanged_but_gains_a_text_part() -> None:
     valid = accept(content="<h1>News</h1><p>Read <a href='https://x.io/a'>this</a>.</p>")
     assert valid.request.emails == ["a@example.com"] and valid.request.recipients == []
     assert valid.own_data == [""] and valid.data == "" and valid.attachments == ""

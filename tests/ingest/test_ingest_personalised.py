@@ -70,7 +70,7 @@ async def test_a_personalised_message_is_stored_once_and_each_job_carries_its_da
     assert all(PDF not in json.dumps(fields) for fields in await read_jobs(redis, p))
 
 
-async def test_a_seed_message_queues_jobs_without_data(
+async def test_an_older_services_message_queues_jobs_without_data(
     http: Any, dispatcher: Dispatcher, redis: Any, p: PartitionKeys
 ) -> None:
     body = {"messages": [{"topic_id": "t", "emails": ["a@x.io"], "subject": "S", "content": "C"}]}

@@ -76,7 +76,7 @@ def campaign(topic: str, ts: int) -> list[Event]:
     return events
 
 
-async def test_topic_counts_and_seed_aliases(
+async def test_topic_counts_and_compatibility_aliases(
     api: TestClient[Any, Any], redis: Any, fast: Settings
 ) -> None:
     await apply(fast, redis, *campaign("news", int(time.time() * 1000)))
@@ -120,7 +120,7 @@ async def test_unknown_topic_is_a_404_json(api: TestClient[Any, Any]) -> None:
     assert (await res.json())["error"] == "not_found"
 
 
-async def test_results_count_has_exactly_the_go_seed_shape(
+async def test_results_count_has_exactly_the_go_service_shape(
     api: TestClient[Any, Any], redis: Any, fast: Settings
 ) -> None:
     await apply(fast, redis, *campaign("plan-1", int(time.time() * 1000)))

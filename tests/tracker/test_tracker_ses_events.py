@@ -100,7 +100,7 @@ EXPECTED: dict[str, list[Expected]] = {
 
 
 def test_every_sample_payload_has_expectations() -> None:
-    samples = {p.name for p in PAYLOADS.glob("*.json")} - {"go_seed_body.json"}
+    samples = {p.name for p in PAYLOADS.glob("*.json")} - {"go_service_body.json"}
     assert samples == set(EXPECTED)
     kinds = {ses_events.decode((PAYLOADS / name).read_bytes()).kind for name in samples}
     assert kinds >= {
@@ -126,7 +126,7 @@ def partitioned_settings(make_settings: Callable[..., Settings], signer: SnsSign
     )
 
 
-async def seed_message(redis: Any) -> None:
+async def store_message(redis: Any) -> None:
     """What the dispatcher and the sender leave behind for the tracker to correlate with."""
     await redis.hset(PART.message(MSG), mapping={"topic": TOPIC, "subject": "s", "html": "<p>"})
     transient = load_payload("identity_bounce_transient.json")["mail"]["messageId"]
@@ -141,7 +141,7 @@ async def test_sample_payload_is_normalised(
     redis: Any,
     name: str,
 ) -> None:
-    await seed_message(redis)
+    await store_message(redis)
     payload = load_payload(name)
     async with start_tracker(partitioned_settings) as client:
         resp = await post_sns(client, signer.notification(payload))
@@ -207,10 +207,10 @@ async def test_unknown_mail_lands_in_partition_zero_uncorrelated(
     assert (event.type, event.msg_id, event.index, event.topic) == ("bounced", "", -1, "")
 
 
-async def test_go_seed_minimal_message_is_normalised(
+async def test_go_service_minimal_message_is_normalised(
     tracker: TestClient[Any, Any], signer: SnsSigner, redis: Any
 ) -> None:
-    body = load_payload("go_seed_body.json")
+    body = load_payload("go_service_body.json")
     for kind, expected in (("Bounce", "bounced"), ("Complaint", "complained")):
         body["Message"]["eventType"] = kind
         body.update(
@@ -222,7 +222,7 @@ async def test_go_seed_minimal_message_is_normalised(
         assert (await post_sns(tracker, sign(body, signer.key, 2))).status == 200
         event = (await stream_events(redis, Keys().partition(0).events))[-1]
         assert event.type == expected
-        assert event.email == ""  # the seed's shape names no recipient
+        assert event.email == ""  # the Go service's shape names no recipient
 
 
 async def test_ses_open_then_pixel_style_open_share_unique_logic(

@@ -41,7 +41,7 @@ async def stalled_post(make_settings: Any, path: str) -> tuple[bytes, dict[str, 
 
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/events/result"])
 async def test_a_trickling_body_gets_408(make_settings: Any, monkeypatch: Any, path: str) -> None:
-    """Ingest's own API and the seed paths it forwards to the tracker alike."""
+    """Ingest's own API and the compatibility paths it forwards to the tracker alike."""
     monkeypatch.setattr(sesflow.common.http, "BODY_READ_TIMEOUT", 0.5)
     status, body = await stalled_post(make_settings, path)
     assert status.startswith(b"HTTP/1.1 408")

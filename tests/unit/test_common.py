@@ -10,7 +10,7 @@ from sesflow.common.settings import load_settings, read_dotenv, settings_from_ma
 from sesflow.common.tracking import Token, sign, verify
 
 
-def test_seed_aliases_are_accepted() -> None:
+def test_older_services_aliases_are_accepted() -> None:
     s = settings_from_mapping(
         {
             "SERVER_PORT": "8080",
@@ -37,6 +37,32 @@ def test_invalid_setting_is_a_config_error() -> None:
         settings_from_mapping({"EMAIL_RATE": "fast"})
     with pytest.raises(ConfigError):
         settings_from_mapping({"ON_AMBIGUOUS": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ON_AMBIGUOUS": "maybe"}, "ON_AMBIGUOUS must be one of 'skip', 'resend', not 'maybe'"),
+        ({"SEND_MODE": "batch"}, "SEND_MODE must be one of 'bulk', 'single', not 'batch'"),
+        ({"SES_CLIENT": "aws"}, "SES_CLIENT must be one of 'native', 'boto3', not 'aws'"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of 'auto', 'json', 'console', not 'xml'"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be one of 'debug', 'info', 'warning', 'warn', "),
+        ({"EMAIL_RATE": "fast"}, "invalid setting EMAIL_RATE: Expected `float`, got `str`"),
+        # The variable the user set, alias included.
+        ({"MAX_SEND_PER_SECOND": "x"}, "invalid setting MAX_SEND_PER_SECOND: Expected `float`"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_what_it_may_be(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_mapping(env)
+    assert str(caught.value).startswith(message)
+
+
+def test_fixed_choices_ignore_case() -> None:
+    s = settings_from_mapping({"LOG_LEVEL": "DEBUG", "SEND_MODE": "Single", "LOG_FORMAT": "JSON"})
+    assert (s.log_level, s.send_mode, s.log_format) == ("debug", "single", "json")
 
 
 def test_dotenv_then_environment(tmp_path: Path) -> None:

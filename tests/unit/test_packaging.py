@@ -30,9 +30,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ignore=shutil.ignore_patterns("__pycache__"),
         )
     out = tmp_path_factory.mktemp("wheel")
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(out), str(source)],
+        [*pip_wheel, "-w", str(out), str(source)],
         check=True,
         capture_output=True,
     )
@@ -55,9 +55,9 @@ def test_the_wheel_holds_only_the_sesflow_namespace(wheel: Path) -> None:
 
 def test_installed_it_imports_as_sesflow_and_never_as_common(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
+    pip_install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target)]
-        + [str(wheel)],
+        [*pip_install, "--target", str(target), str(wheel)],
         check=True,
         capture_output=True,
     )

@@ -241,8 +241,8 @@ def test_sesflow_up_does_not_print_the_redis_password(tmp_path: Path) -> None:
 
 
 def test_the_older_services_example_values_are_refused_with_a_message(tmp_path: Path) -> None:
-    # Both seeds' READMEs: AWS keys and SENTRY_DSN as templates that would fail every send or
-    # crash Sentry's start with a traceback.
+    # Both older services' READMEs: AWS keys and SENTRY_DSN as templates that would fail every
+    # send or crash Sentry's start with a traceback.
     for line, message in [
         ("AWS_ACCESS_KEY_ID=your_access_key", "AWS_ACCESS_KEY_ID is the placeholder"),
         ("AWS_SECRET_ACCESS_KEY=your_secret_key", "AWS_SECRET_ACCESS_KEY is the placeholder"),
@@ -262,7 +262,7 @@ def test_the_older_services_example_values_are_refused_with_a_message(tmp_path: 
     assert ok.aws_access_key_id == "testing"
 
 
-def test_a_role_with_the_seed_sentry_dsn_exits_with_the_reason(tmp_path: Path) -> None:
+def test_a_role_with_the_older_services_sentry_dsn_exits_with_the_reason(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "sesflow.sender"],
         cwd=tmp_path,
