@@ -75,6 +75,7 @@ SendMode = Literal["bulk", "single"]
 OnAmbiguous = Literal["skip", "resend"]
 LogLevel = Literal["debug", "info", "warning", "warn", "error", "critical"]
 LogFormat = Literal["auto", "json", "console"]
+OnOff = Literal["on", "off"]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,7 +159,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Reputation guard: a topic pauses itself (and, over the last 24 h of every topic, all bulk
     # sending) before SES reviews the account (5% bounces, 0.1% complaints).
-    guard: str = "on"
+    guard: OnOff = "on"
     guard_min_sent: int = 100
     guard_bounce_rate: float = 0.05
     guard_complaint_min_sent: int = 1000
@@ -301,8 +302,6 @@ def check(settings: Settings) -> Settings:
         raise ConfigError("EMAIL_RATE must be positive")
     if not 0 < settings.transactional_max_share <= 1:
         raise ConfigError("TRANSACTIONAL_MAX_SHARE must be above 0 and at most 1")
-    if settings.guard not in {"on", "off"}:
-        raise ConfigError("GUARD must be 'on' or 'off'")
     for name in (
         "guard_bounce_rate",
         "guard_complaint_rate",
