@@ -205,6 +205,9 @@ class PartitionKeys:
             self.transactional,
         ]
 
+    def backlog_depth_keys(self) -> list[str]:
+        return [self.transactional, self.backlog_topics, self.paused]
+
     def pause_keys(self, topic: str) -> list[str]:
         return [self.paused, self.backlog_topics, self.backlog(topic)]
 

@@ -206,14 +206,30 @@ async def recent_topics(client: Any, keys: Keys, limit: int) -> list[tuple[str, 
     return sorted(latest.items(), key=lambda kv: kv[1], reverse=True)[:limit]
 
 
+LANES = ("transactional", "bulk", "paused")
+
+
+async def backlog_depth(client: Any, keys: Keys) -> list[dict[str, int]]:
+    """Per partition, the jobs waiting for the pump by lane: `transactional`, `bulk` and the
+    bulk of `paused` topics."""
+    script = scripts.register(client, "backlog_depth")
+    depths = []
+    for p in keys.partitions:
+        reply = await script(keys=p.backlog_depth_keys(), args=[f"{p.prefix}backlog:"])
+        depths.append(dict(zip(LANES, (int(n) for n in reply), strict=True)))
+    return depths
+
+
 async def queue_depth(client: Any, keys: Keys) -> dict[str, Any]:
-    """Jobs waiting on `sends` (not yet read + read but unacknowledged) and scheduled chunks."""
+    """Jobs not sent yet: waiting for the pump in a backlog (by lane), on `sends` (not yet read,
+    or read but unacknowledged), and scheduled chunks. `queued` is all but the scheduled."""
     pipe = _pipe(client)
     for p in keys.partitions:
         pipe.xlen(p.sends)
         pipe.xinfo_groups(p.sends)
         pipe.zcard(p.schedule)
     replies = await pipe.execute(raise_on_error=False)
+    backlogs = await backlog_depth(client, keys)
     partitions = []
     for p in keys.partitions:
         length, groups, scheduled = replies[3 * p.index : 3 * p.index + 3]
@@ -231,14 +247,17 @@ async def queue_depth(client: Any, keys: Keys) -> dict[str, Any]:
                 "pending": pending,
                 "lag": int(lag or 0),
                 "scheduled": scheduled,
+                "lanes": backlogs[p.index],
             }
         )
+    lanes = {lane: sum(x["lanes"][lane] for x in partitions) for lane in LANES}
     return {
-        "queued": sum(x["lag"] + x["pending"] for x in partitions),
+        "queued": sum(x["lag"] + x["pending"] for x in partitions) + sum(lanes.values()),
         "pending": sum(x["pending"] for x in partitions),
         "lag": sum(x["lag"] for x in partitions),
         "scheduled": sum(x["scheduled"] for x in partitions),
         "length": sum(x["length"] for x in partitions),
+        "lanes": lanes,
         "partitions": partitions,
     }
 
