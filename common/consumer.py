@@ -43,6 +43,7 @@ from typing import Any, ClassVar, TypeVar
 
 from redis.exceptions import ResponseError
 
+from sesflow.common import scripts
 from sesflow.common.connection import (
     LONGEST_BLOCK_MS,
     UNAVAILABLE,
@@ -157,18 +158,20 @@ async def forget_idle_consumers(
     client: Any, stream: str, group: str, *, keep: str, idle_ms: float
 ) -> list[str]:
     """XGROUP DELCONSUMER every consumer (but `keep`) idle for longer than `idle_ms` AND holding
-    no pending entry: deleting one that holds entries would lose them. Returns the names."""
+    no pending entry; returns their names. Deleting one that holds entries would lose them, so
+    `forget_consumer.lua` checks again in the same step as the delete."""
     try:
         consumers = await client.xinfo_consumers(stream, group)
     except ResponseError as exc:
         if "NOGROUP" in str(exc) or "no such key" in str(exc):
             return []
         raise
+    forget = scripts.register(client, "forget_consumer")
     gone = []
     for consumer in consumers:
         name = str(consumer["name"])
-        if name != keep and not int(consumer["pending"]) and int(consumer["idle"]) > idle_ms:
-            await client.xgroup_delconsumer(stream, group, name)
+        idle = name != keep and not int(consumer["pending"]) and int(consumer["idle"]) > idle_ms
+        if idle and await forget(keys=[stream], args=[group, name, int(idle_ms)]):
             gone.append(name)
     return gone
 
@@ -302,14 +305,13 @@ class StreamConsumer:
         """The default reader: new entries into tasks, as many as there are free slots."""
         while not self.stop.is_set():
             count = await self.free_slots()
-            for entry_id, fields in await self.read(stream, ">", count):
+            for entry_id, fields in await self.read(stream, ">", count, READ_BLOCK_MS):
                 self.spawn(stream, entry_id, fields)
 
-    async def read(
-        self, stream: str, start: str, count: int, block_ms: int | None = READ_BLOCK_MS
-    ) -> list[Entry]:
-        """XREADGROUP from `start` (">": new entries, "0": our own pending list); [] at `stop`,
-        which cuts a blocking read short."""
+    async def read(self, stream: str, start: str, count: int, block_ms: int | None) -> list[Entry]:
+        """XREADGROUP from `start` (">": new entries, "0": our own pending list), blocking up to
+        `block_ms` (None: not at all; at most READ_BLOCK_MS); [] at `stop`, which cuts a
+        blocking read short."""
         block = None if block_ms is None else max(1, min(block_ms, READ_BLOCK_MS))
         call = self.client.xreadgroup(
             self.group, self.consumer, {stream: start}, count=count, block=block
