@@ -263,6 +263,9 @@ class StreamConsumer:
         try:
             await asyncio.wait(readers)  # they return once `stop` is set
         finally:
+            if not stop.is_set():  # cancelled from outside: nothing more is read either
+                for task in readers:
+                    task.cancel()
             for task in upkeep:
                 task.cancel()
             await self.drain(readers)
@@ -304,7 +307,9 @@ class StreamConsumer:
     async def consume(self, stream: str) -> None:
         """The default reader: new entries into tasks, as many as there are free slots."""
         while not self.stop.is_set():
-            count = await self.free_slots()
+            count = await until_stopped(self.stop, self.free_slots())
+            if not count:
+                return
             for entry_id, fields in await self.read(stream, ">", count, READ_BLOCK_MS):
                 self.spawn(stream, entry_id, fields)
 

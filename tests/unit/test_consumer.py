@@ -369,3 +369,16 @@ async def test_a_deleted_group_is_created_again(
 
 async def _has_group(redis: Any, stream: str) -> bool:
     return bool(await redis.exists(stream)) and bool(await redis.xinfo_groups(stream))
+
+
+async def test_cancelling_run_without_a_stop_ends_the_readers_too(
+    redis: Any, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(SHUTDOWN_GRACE="60")
+    client = consumer_client(settings)
+    task = asyncio.create_task(Recorder(client, settings, ["s"]).run(asyncio.Event()))
+    await until(lambda: _has_group(redis, "s"))
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=10)
+    await client.aclose()
+    assert done and task.cancelled()
