@@ -67,7 +67,9 @@ Entry = tuple[str, dict[str, str] | None]
 READ_BLOCK_MS = LONGEST_BLOCK_MS  # also how soon a reader notices a lost connection
 READ_GUARD_S = 5.0  # a blocking read that outlives its BLOCK by this much is on a dead socket
 RESTART_PAUSE_S = 1.0  # after an unexpected error, before a reader starts again
-# A consumer silent this long and holding nothing is gone: a live reader asks every second.
+# A consumer silent this long and holding nothing is taken for gone. Should it be alive after all
+# (before Redis 7.2 a read that finds nothing does not count as activity), its next read creates
+# it again; one holding entries is never deleted (`forget_consumer.lua`).
 FORGET_IDLE_S = 3600.0
 FORGET_EVERY_S = 60.0
 
@@ -317,6 +319,8 @@ class StreamConsumer:
         """XREADGROUP from `start` (">": new entries, "0": our own pending list), blocking up to
         `block_ms` (None: not at all; at most READ_BLOCK_MS); [] at `stop`, which cuts a
         blocking read short."""
+        if self.stop.is_set():
+            return []
         block = None if block_ms is None else max(1, min(block_ms, READ_BLOCK_MS))
         call = self.client.xreadgroup(
             self.group, self.consumer, {stream: start}, count=count, block=block

@@ -9,11 +9,14 @@
   look idle only because their keep-alive could not run (`Sender.reclaim_not_before`);
 - trim: XTRIM MINID to the oldest entry still pending for `senders` (or just past the group's
   last-delivered id when nothing is pending), so no pending or undelivered entry is removed;
-- forget consumers that hold nothing and have been silent for a long time;
+- forget consumers that hold nothing and have been silent for a long time (checked again in the
+  same step as the delete, so no pending entry is ever dropped);
 - SES quota: MaxSendRate caps the shared rate; an exhausted daily quota pauses every replica;
 - paused setups (`sender.setup_faults`): read every second, so a pause or a resume seen by
   one replica reaches all;
 - metrics gauges from the shared bucket.
+
+They need only a `Replica` (what `sender.worker.Sender` offers them), never the worker module.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ TRIM_INTERVAL_S = 10.0
 CONSUMERS_INTERVAL_S = 60.0
 QUOTA_INTERVAL_S = 60.0
 GAUGES_INTERVAL_S = 2.0
-# a consumer silent this long (and holding nothing) is gone: live readers block for a second
+# a consumer silent this long (and holding nothing) is taken for gone (`common.consumer`)
 FORGET_CONSUMER_AFTER_S = 3600.0
 
 
