@@ -290,14 +290,18 @@ class StreamConsumer:
         await asyncio.gather(*late, return_exceptions=True)
 
     async def keep_reading(self, stream: str) -> None:
-        """`consume(stream)` until `stop`. On a Redis outage wait for Redis, on anything else
-        (NOGROUP after the stream was deleted, a bug) pause; then start again, group first."""
+        """`consume(stream)` until `stop`, then start again, group first: at once when the group
+        is gone (the stream was deleted, or Redis lost its data), once Redis answers after an
+        outage, after a pause on anything else (a bug)."""
         while not self.stop.is_set():
             try:
                 await ensure_group(self.client, stream, self.group)
                 await self.consume(stream)
             except Exception as exc:
                 self.interrupted(stream, exc)
+                if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
+                    log.warning(f"{self.role}: group gone; creating it again", stream=stream)
+                    continue
                 log_failure(f"{self.role}: reading", exc, stream=stream)
                 if isinstance(exc, (*UNAVAILABLE, RedisUnavailable)):
                     await wait_for_redis(self.client, self.stop, log)
