@@ -195,7 +195,7 @@ def selected(settings: Settings, args: argparse.Namespace) -> list[DeadStream]:
 
 
 def dlq_client(settings: Settings) -> Any:
-    """Replies keep any bytes a producer wrote (see ingest.dispatcher.dispatcher_client), so a
+    """Replies keep any bytes a producer wrote (see common.consumer.consumer_client), so a
     replayed entry is written back exactly as it came."""
     open_redis(settings)  # the clear error when no Redis is configured
     return connect(settings, encoding_errors="surrogateescape")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 
+from sesflow.common.consumer import consumer_client
 from sesflow.common.keys import Keys
 from sesflow.common.logs import get_logger
 from sesflow.common.runtime import run_role, start_site, stop_on_signals
 from sesflow.common.settings import Settings
 from sesflow.ingest.api import create_app
-from sesflow.ingest.dispatcher import Dispatcher, dispatcher_client
+from sesflow.ingest.dispatcher import Dispatcher
 from sesflow.ingest.scheduler import Scheduler
 
 log = get_logger(__name__)
@@ -25,7 +26,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     keys = Keys(settings.redis_prefix, settings.send_partitions)
-    client = dispatcher_client(settings)
+    client = consumer_client(settings)
     runner = None
     loops: list[asyncio.Task[None]] = []
     try:

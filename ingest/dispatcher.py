@@ -11,32 +11,23 @@ crash at any point means redelivery, and redelivery changes nothing that was alr
 
 An entry that cannot be sent at all (undecodable, wrong types, no valid address, ...) goes to
 `requests:dead` with the reason, is counted as `rejected`, and is acknowledged: no entry ever
-stops the loop. Upkeep tasks reclaim entries of dead consumers (XAUTOCLAIM) and trim `requests`
-below the oldest entry any group still needs.
+stops the loop. The loop, its shutdown and its upkeep are `common.consumer.StreamConsumer`'s:
+entries of dead consumers are reclaimed (XAUTOCLAIM), `requests` is trimmed below the oldest
+entry any group still needs, consumers long gone are forgotten.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from redis.exceptions import ResponseError
 
 from sesflow.common import scripts
-from sesflow.common.connection import (
-    UNAVAILABLE,
-    connect,
-    ensure_group,
-    transient_reply,
-    wait_for_redis,
-)
+from sesflow.common.connection import UNAVAILABLE, transient_reply
+from sesflow.common.consumer import StreamConsumer
 from sesflow.common.errors import InputError, RedisUnavailable
 from sesflow.common.keys import DISPATCH_GROUP, Keys, accepted_ms
 from sesflow.common.logs import get_logger
@@ -51,7 +42,6 @@ from sesflow.common.schema import (
     encode,
 )
 from sesflow.common.settings import Settings
-from sesflow.common.streams import trim_acknowledged
 from sesflow.common.suppression import SuppressionList
 from sesflow.ingest import metrics
 from sesflow.ingest.templates import TemplateStore
@@ -62,11 +52,9 @@ log = get_logger(__name__)
 CHUNK = 1000  # recipients per dispatch.lua call: keeps each call to a few milliseconds
 SCHEDULE_CHUNK = 500  # recipients per schedule member
 CONCURRENCY = 8  # entries handled at once
-READ_BLOCK_MS = 1000
 RECLAIM_IDLE_MS = 30_000  # far above the time one entry takes (a few ms per chunk)
 RECLAIM_INTERVAL_S = 10.0
 TRIM_INTERVAL_S = 30.0
-RESTART_PAUSE = 1.0
 DEAD_MAXLEN = 100_000  # dead letters kept for inspection (approximate cap)
 
 
@@ -94,32 +82,32 @@ def content_of(msg_id: str, valid: ValidMessage) -> MessageContent:
     )
 
 
-def dispatcher_client(settings: Settings) -> Any:
-    """A client whose replies survive arbitrary bytes: a producer may XADD anything, and a
-    strict decode would fail the whole XREADGROUP batch. surrogateescape keeps the original bytes,
-    so a dead-lettered entry is written back exactly as it came."""
-    return connect(settings, encoding_errors="surrogateescape")
+class Dispatcher(StreamConsumer):
+    """A `StreamConsumer` of `requests`: each entry is a task (at most CONCURRENCY at once)."""
 
+    group = DISPATCH_GROUP
+    role = "dispatcher"
+    concurrency = CONCURRENCY
 
-def consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-class Dispatcher:
     def __init__(
         self, client: Any, settings: Settings, keys: Keys, consumer: str | None = None
     ) -> None:
-        self.client = client
-        self.settings = settings
+        super().__init__(client, settings, consumer=consumer)
         self.keys = keys
-        self.consumer = consumer or consumer_name()
+        self.reclaim_idle_ms = RECLAIM_IDLE_MS
+        self.reclaim_every = RECLAIM_INTERVAL_S
+        self.trim_every = TRIM_INTERVAL_S
         self.limits = Limits.from_settings(settings)
         self.suppressions = SuppressionList(client, keys)
         self.script = scripts.register(client, "dispatch")
         self.reject_once = scripts.register(client, "reject_once")
         self.templates = TemplateStore(client, keys)
-        self.inflight: set[asyncio.Task[None]] = set()
-        self.reclaim_cursor = "0-0"
+
+    def streams(self) -> list[str]:
+        return [self.keys.requests]
+
+    async def process(self, stream: str, entry_id: str, fields: dict[str, str]) -> None:
+        await self.handle(entry_id, fields)
 
     # --- one entry ------------------------------------------------------------------------------
 
@@ -259,126 +247,3 @@ class Dispatcher:
             pipe.xack(self.keys.requests, DISPATCH_GROUP, entry_id)
             await pipe.execute()
         metrics.DISPATCHER_ENTRIES.labels("dead_lettered").inc()
-
-    # --- the loop -------------------------------------------------------------------------------
-
-    def spawn(self, entry_id: str, fields: dict[str, str] | None) -> None:
-        task = asyncio.create_task(self.guarded(entry_id, fields))
-        self.inflight.add(task)
-        task.add_done_callback(self.inflight.discard)
-
-    async def guarded(self, entry_id: str, fields: dict[str, str] | None) -> None:
-        try:
-            if fields is None:  # deleted while pending: nothing left to do
-                await self.client.xack(self.keys.requests, DISPATCH_GROUP, entry_id)
-            else:
-                await self.handle(entry_id, fields)
-        except (*UNAVAILABLE, RedisUnavailable) as exc:
-            # Left pending: XAUTOCLAIM hands it out again once Redis is back.
-            log.warning("entry left pending: redis unavailable", msg_id=entry_id, error=str(exc))
-        except Exception:
-            log.exception("entry left pending", msg_id=entry_id)
-
-    async def free_slots(self) -> int:
-        while len(self.inflight) >= CONCURRENCY:
-            await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
-        return CONCURRENCY - len(self.inflight)
-
-    async def read_once(self) -> int:
-        count = await self.free_slots()
-        reply = await self.client.xreadgroup(
-            DISPATCH_GROUP,
-            self.consumer,
-            {self.keys.requests: ">"},
-            count=count,
-            block=READ_BLOCK_MS,
-        )
-        n = 0
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                self.spawn(entry_id, fields)
-                n += 1
-        return n
-
-    async def reclaim_once(self, min_idle_ms: int = RECLAIM_IDLE_MS) -> int:
-        """Take over entries idle for `min_idle_ms` (their consumer died), one page per call."""
-        count = await self.free_slots()
-        reply = await self.client.xautoclaim(
-            self.keys.requests,
-            DISPATCH_GROUP,
-            self.consumer,
-            min_idle_time=min_idle_ms,
-            start_id=self.reclaim_cursor,
-            count=count,
-        )
-        self.reclaim_cursor = reply[0]
-        claimed = [(entry_id, fields) for entry_id, fields in reply[1] if entry_id is not None]
-        for entry_id, fields in claimed:
-            self.spawn(entry_id, fields)
-        if claimed:
-            log.info("reclaimed requests", count=len(claimed))
-        return len(claimed)
-
-    async def trim_once(self) -> int:
-        """Trim `requests` below the oldest entry any group still needs; returns how many went."""
-        return await trim_acknowledged(self.client, self.keys.requests)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Read until `stop`, then let in-flight entries finish within SHUTDOWN_GRACE."""
-        upkeep = [
-            asyncio.create_task(self.every(RECLAIM_INTERVAL_S, self.reclaim_once, stop)),
-            asyncio.create_task(self.every(TRIM_INTERVAL_S, self.trim_once, stop)),
-        ]
-        try:
-            await self.keep_going(stop, self.read_forever)
-        finally:
-            for task in upkeep:
-                task.cancel()
-            await asyncio.gather(*upkeep, return_exceptions=True)
-            await self.drain()
-
-    async def read_forever(self, stop: asyncio.Event) -> None:
-        await ensure_group(self.client, self.keys.requests, DISPATCH_GROUP)
-        log.info("dispatcher reading", consumer=self.consumer)
-        while not stop.is_set():
-            await self.read_once()
-
-    async def keep_going(
-        self, stop: asyncio.Event, body: Callable[[asyncio.Event], Awaitable[None]]
-    ) -> None:
-        """Run `body` until `stop`; on a Redis outage wait for Redis and start it again. Any
-        other error (say NOGROUP after someone deleted the stream) is logged, and after a pause
-        `body` starts again, recreating the group."""
-        while not stop.is_set():
-            try:
-                await body(stop)
-            except (*UNAVAILABLE, RedisUnavailable) as exc:
-                log.warning("dispatcher: redis unavailable", error=str(exc))
-                await wait_for_redis(self.client, stop, log)
-            except Exception:
-                log.exception("dispatcher loop failed; restarting it")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=RESTART_PAUSE)
-
-    async def every(
-        self, interval: float, action: Callable[[], Awaitable[Any]], stop: asyncio.Event
-    ) -> None:
-        """An upkeep task: run `action` every `interval` seconds; log failures, keep running."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-                return
-            try:
-                await action()
-            except (*UNAVAILABLE, RedisUnavailable) as exc:
-                log.warning("upkeep: redis unavailable", action=action.__name__, error=str(exc))
-            except Exception:
-                log.exception("upkeep failed", action=action.__name__)
-
-    async def drain(self) -> None:
-        if not self.inflight:
-            return
-        _done, pending = await asyncio.wait(self.inflight, timeout=self.settings.shutdown_grace)
-        for task in pending:
-            task.cancel()  # its entry stays pending and is reclaimed: dispatch is idempotent
-        await asyncio.gather(*pending, return_exceptions=True)

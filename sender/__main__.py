@@ -7,7 +7,8 @@ import asyncio
 from typing import Any
 
 from sesflow.common.aws import fetch_quota
-from sesflow.common.connection import UNAVAILABLE, connect, wait_for_redis
+from sesflow.common.connection import UNAVAILABLE, wait_for_redis
+from sesflow.common.consumer import consumer_client
 from sesflow.common.errors import RedisUnavailable
 from sesflow.common.logs import get_logger
 from sesflow.common.runtime import run_role, start_site, stop_on_signals
@@ -54,17 +55,11 @@ def make_ses_client(settings: Settings) -> SesClient | Boto3SesClient:
     return SesClient(settings, max_connections=settings.sender_concurrency)
 
 
-def sender_client(settings: Settings) -> Any:
-    """surrogateescape: an entry on `sends` holding bytes that are not UTF-8 must not make the
-    whole XREADGROUP reply undecodable (that stopped the reader for good); the worker then
-    dead-letters it, written back byte for byte."""
-    return connect(settings, encoding_errors="surrogateescape")
-
-
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
-    client = sender_client(settings)
+    # surrogateescape: an entry on `sends` that is not UTF-8 is dead-lettered as it was
+    client = consumer_client(settings)
     ses = make_ses_client(settings)
     runner = None
     try:

@@ -9,30 +9,39 @@
   look idle only because their keep-alive could not run (`Sender.reclaim_not_before`);
 - trim: XTRIM MINID to the oldest entry still pending for `senders` (or just past the group's
   last-delivered id when nothing is pending), so no pending or undelivered entry is removed;
-- forget consumers that hold nothing and have been silent for a long time;
+- forget consumers that hold nothing and have been silent for a long time (checked again in the
+  same step as the delete, so no pending entry is ever dropped);
 - SES quota: MaxSendRate caps the shared rate; an exhausted daily quota pauses every replica;
 - paused setups (`sender.setup_faults`): read every second, so a pause or a resume seen by
   one replica reaches all;
 - metrics gauges from the shared bucket.
+
+They need only a `Replica` (what `sender.worker.Sender` offers them), never the worker module.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from sesflow.common.aws import Quota
 from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.consumer import (
+    claim_page,
+    delivery_counts,
+    forget_idle_consumers,
+    sleep_or_stop,
+)
 from sesflow.common.errors import RedisUnavailable
-from sesflow.common.keys import SENDERS_GROUP, PartitionKeys
+from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from sesflow.common.logs import get_logger
+from sesflow.common.settings import Settings
 from sesflow.common.streams import trim_acknowledged
 from sesflow.sender import metrics
+from sesflow.sender.rate_limit import RateLimiter
 from sesflow.sender.setup_faults import REFRESH_INTERVAL_S as SETUP_REFRESH_INTERVAL_S
-
-if TYPE_CHECKING:
-    from sesflow.sender.worker import Sender
+from sesflow.sender.setup_faults import SetupFaults
 
 log = get_logger(__name__)
 
@@ -40,8 +49,40 @@ TRIM_INTERVAL_S = 10.0
 CONSUMERS_INTERVAL_S = 60.0
 QUOTA_INTERVAL_S = 60.0
 GAUGES_INTERVAL_S = 2.0
-# a consumer silent this long (and holding nothing) is gone: live readers block for a second
+# a consumer silent this long (and holding nothing) is taken for gone (`common.consumer`)
 FORGET_CONSUMER_AFTER_S = 3600.0
+
+
+class Replica(Protocol):
+    """What the upkeep needs of a sender replica (`sender.worker.Sender` is one)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def client(self) -> Any: ...
+    @property
+    def keys(self) -> Keys: ...
+    @property
+    def consumer(self) -> str: ...
+    @property
+    def limiter(self) -> RateLimiter: ...
+    @property
+    def setup(self) -> SetupFaults: ...
+    @property
+    def fetch_quota(self) -> Callable[[Settings], Awaitable[Quota | None]] | None: ...
+    @property
+    def held(self) -> dict[int, set[str]]:
+        """Entries being handled, per partition: kept from going idle."""
+
+    @property
+    def reclaim_cursor(self) -> dict[int, str]:
+        """Where each partition's next XAUTOCLAIM page starts."""
+
+    async def wait_for_redis(self, stop: asyncio.Event | None) -> bool:
+        """Wait until Redis answers (False: `stop` came first); holds back reclaiming."""
+
+    def spawn(self, part: PartitionKeys, entry_id: str, fields: Any, deliveries: int) -> None:
+        """Start handling an entry in a slot the caller holds."""
 
 
 async def periodic(
@@ -61,11 +102,10 @@ async def periodic(
             continue
         except Exception:
             log.exception("upkeep step failed", step=name)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+        await sleep_or_stop(stop, interval)
 
 
-async def run_upkeep(sender: Sender, stop: asyncio.Event) -> None:
+async def run_upkeep(sender: Replica, stop: asyncio.Event) -> None:
     """All upkeep loops. Keep-alive also runs through the shutdown drain: it is cancelled last."""
     idle = sender.settings.reclaim_idle
     wait = sender.wait_for_redis  # an outage any loop sees holds back this process's reclaim
@@ -82,7 +122,7 @@ async def run_upkeep(sender: Sender, stop: asyncio.Event) -> None:
     await asyncio.gather(*loops)
 
 
-async def refresh_claims(sender: Sender) -> None:
+async def refresh_claims(sender: Replica) -> None:
     for part in sender.keys.partitions:
         ids = sorted(sender.held[part.index])
         if ids:
@@ -91,39 +131,31 @@ async def refresh_claims(sender: Sender) -> None:
             )
 
 
-async def reclaim(sender: Sender, part: PartitionKeys, count: int) -> int:
+async def reclaim(sender: Replica, part: PartitionKeys, count: int) -> int:
     """Take over up to `count` entries idle for RECLAIM_IDLE (their consumer died) and start them
     in slots the caller holds; returns how many slots were used. Called by the partition's
     reader when a pass is due, so reclaiming never waits behind reading for a free slot."""
-    min_idle = int(sender.settings.reclaim_idle * 1000)
-    cursor = sender.reclaim_cursor[part.index]
-    reply = await sender.client.xautoclaim(
-        part.sends, SENDERS_GROUP, sender.consumer, min_idle, cursor, count=count
+    page = await claim_page(
+        sender.client,
+        part.sends,
+        SENDERS_GROUP,
+        sender.consumer,
+        min_idle_ms=int(sender.settings.reclaim_idle * 1000),
+        cursor=sender.reclaim_cursor[part.index],
+        count=count,
     )
     # the cursor walks the whole pending list across passes, past entries still in use
-    sender.reclaim_cursor[part.index] = str(reply[0])
-    entries = [(eid, fields) for eid, fields in reply[1] if eid is not None]
-    deliveries = await delivery_counts(sender.client, part, [eid for eid, _ in entries])
+    sender.reclaim_cursor[part.index] = page.cursor
+    entries = page.entries
+    ids = [entry_id for entry_id, _ in entries]
+    deliveries = await delivery_counts(sender.client, part.sends, SENDERS_GROUP, ids)
     for entry_id, fields in entries:
         log.info("reclaimed job", entry=entry_id, deliveries=deliveries.get(entry_id, 1))
         sender.spawn(part, entry_id, fields, deliveries.get(entry_id, 1))
     return len(entries)
 
 
-async def delivery_counts(client: Any, part: PartitionKeys, ids: list[str]) -> dict[str, int]:
-    if not ids:
-        return {}
-    pipe = client.pipeline(transaction=False)
-    for entry_id in ids:
-        pipe.xpending_range(part.sends, SENDERS_GROUP, min=entry_id, max=entry_id, count=1)
-    counts: dict[str, int] = {}
-    for rows in await pipe.execute():
-        for row in rows:
-            counts[str(row["message_id"])] = int(row["times_delivered"])
-    return counts
-
-
-async def trim_all(sender: Sender) -> None:
+async def trim_all(sender: Replica) -> None:
     for part in sender.keys.partitions:
         await trim(sender.client, part)
 
@@ -133,16 +165,18 @@ async def trim(client: Any, part: PartitionKeys) -> int:
     return await trim_acknowledged(client, part.sends)
 
 
-async def forget_consumers(sender: Sender) -> None:
-    limit_ms = FORGET_CONSUMER_AFTER_S * 1000
+async def forget_consumers(sender: Replica) -> None:
     for part in sender.keys.partitions:
-        for consumer in await sender.client.xinfo_consumers(part.sends, SENDERS_GROUP):
-            name = str(consumer["name"])
-            if name != sender.consumer and not consumer["pending"] and consumer["idle"] > limit_ms:
-                await sender.client.xgroup_delconsumer(part.sends, SENDERS_GROUP, name)
+        await forget_idle_consumers(
+            sender.client,
+            part.sends,
+            SENDERS_GROUP,
+            keep=sender.consumer,
+            idle_ms=FORGET_CONSUMER_AFTER_S * 1000,
+        )
 
 
-async def refresh_quota(sender: Sender) -> None:
+async def refresh_quota(sender: Replica) -> None:
     """SES's own limits, read in a thread (boto3); ignored when SES does not answer."""
     assert sender.fetch_quota is not None
     quota = await sender.fetch_quota(sender.settings)
@@ -159,7 +193,7 @@ async def refresh_quota(sender: Sender) -> None:
         )
 
 
-async def update_gauges(sender: Sender) -> None:
+async def update_gauges(sender: Replica) -> None:
     status = await sender.limiter.status()
     metrics.BUCKET_TOKENS.set(status.tokens)
     metrics.BUCKET_RATE.set(status.rate)

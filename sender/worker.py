@@ -51,10 +51,7 @@ import asyncio
 import contextlib
 import functools
 import math
-import os
 import random
-import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -65,6 +62,7 @@ from redis.exceptions import ResponseError
 from sesflow.common import sentry
 from sesflow.common.aws import Quota
 from sesflow.common.connection import UNAVAILABLE, ensure_group, wait_for_redis
+from sesflow.common.consumer import consumer_name, sleep_or_stop
 from sesflow.common.errors import (
     RedisUnavailable,
     SesAmbiguous,
@@ -101,6 +99,7 @@ from sesflow.sender.state import (
     is_inflight,
     now_ms,
 )
+from sesflow.sender.upkeep import reclaim, run_upkeep
 
 log = get_logger(__name__)
 
@@ -144,11 +143,6 @@ class Ready:
 def unreachable(exc: SesTransient) -> SesSetupFault:
     """SES out of reach for MAX_ATTEMPTS tries of one job: a fault of the whole setup."""
     return SesSetupFault(exc.code, exc.message or str(exc), exc.status, reason="unreachable")
-
-
-def consumer_name() -> str:
-    """Unique per process, readable in XINFO: host-pid-random."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def utf8_fields(fields: dict[str, str]) -> dict[str, str]:
@@ -265,8 +259,6 @@ class Sender:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read and send until `stop`; then finish in-flight SES calls within SHUTDOWN_GRACE."""
-        from sesflow.sender.upkeep import run_upkeep
-
         self.stop = stop
         if not await self.ensure_groups():
             return
@@ -363,8 +355,6 @@ class Sender:
         """Take free slots, fill them: first with entries of dead consumers when a reclaim pass
         is due (the reader does it, so reclaim and reading never compete for slots), then with
         new entries (XREADGROUP COUNT = slots held, BLOCK)."""
-        from sesflow.sender.upkeep import reclaim
-
         reclaim_every = min(max(self.settings.reclaim_idle / 4, 0.2), 5.0)
         next_reclaim = 0.0
         while True:
@@ -793,9 +783,7 @@ class Sender:
 
     async def pause_job(self, seconds: float) -> None:
         """Back off before retrying a job that holds no claim; shutdown abandons it."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), seconds)
-        if self.stop.is_set():
+        if await sleep_or_stop(self.stop, seconds):
             raise LeavePending()
 
     def count_error(self, exc: BaseException, started: float) -> None:

@@ -8,7 +8,7 @@ import asyncio
 from sesflow.common.logs import get_logger
 from sesflow.common.runtime import run_role, start_site, stop_on_signals
 from sesflow.common.settings import Settings
-from sesflow.stats.aggregate import StatsConsumer
+from sesflow.stats.aggregate import StatsAggregator, stats_client
 from sesflow.stats.api import create_app
 
 log = get_logger(__name__)
@@ -17,20 +17,29 @@ log = get_logger(__name__)
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
-    consumer = StatsConsumer(settings)
+    client = stats_client(settings)
+    aggregator = StatsAggregator(client, settings)
+    consuming = asyncio.create_task(aggregator.run(stop), name="stats-consumer")
     runner = None
     try:
-        await consumer.start()
-        app = create_app(settings, consumer_stats=consumer.stats)
+        app = create_app(settings, aggregator_metrics=aggregator.metrics)
         runner = await start_site(app, settings.bind_host, settings.stats_port)
         log.info("stats listening", host=settings.bind_host, port=settings.stats_port)
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        # The consumer only ends on `stop`; if it ends otherwise it failed: stop the process.
+        await asyncio.wait([stopping, consuming], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
         log.info("stats stopping")
     finally:
-        # Stop reading first and apply the batch in hand, then stop serving.
-        await consumer.close(settings.shutdown_grace)
-        if runner is not None:
-            await runner.cleanup()
+        # Stop reading first and apply the batch in hand (within SHUTDOWN_GRACE), then stop
+        # serving; the pool goes last.
+        stop.set()
+        try:
+            await consuming
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await client.aclose()
 
 
 def main() -> None:

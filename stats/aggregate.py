@@ -14,31 +14,28 @@ tag). Either both happen or neither does:
   another consumer may have claimed its entries in the meantime.
 
 Malformed entries go to `events:dead` with the reason and are acknowledged in the same
-transaction. Upkeep: reclaim, trim `events` below the oldest entry still pending, prune old time
-buckets, forget topics idle for longer than STATS_RETENTION (their counters, series and index
-entry). A Redis outage only pauses the loops.
+transaction. The reading, the shutdown and the upkeep are `common.consumer.StreamConsumer`'s, the
+upkeep: reclaim, trim `events` below the oldest entry still pending, forget consumers long gone,
+prune old time buckets, forget topics idle for longer than STATS_RETENTION (their counters,
+series and index entry). A Redis outage only pauses the loops. At shutdown the batch in hand is
+applied within SHUTDOWN_GRACE.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import socket
 import time
 from collections import Counter
 from typing import Any
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
 
-from sesflow.common.connection import UNAVAILABLE, connect, ensure_group, wait_for_redis
+from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.consumer import FORGET_EVERY_S, StreamConsumer, Upkeep, consumer_client
 from sesflow.common.keys import STATS_GROUP, Keys, PartitionKeys
 from sesflow.common.logs import get_logger
 from sesflow.common.scripts import register
 from sesflow.common.settings import Settings
-from sesflow.common.streams import trim_acknowledged
 from sesflow.stats.counters import (
     HOURLY_RETENTION_S,
     MINUTELY_RETENTION_S,
@@ -53,17 +50,19 @@ log = get_logger(__name__)
 DEAD_LETTER_MAXLEN = 100_000
 PRUNE_INTERVAL_S = 600.0
 TRIM_INTERVAL_S = 30.0
-FORGET_CONSUMER_IDLE_MS = 3600 * 1000
-MAX_BLOCK_MS = 1000
 FORGET_BATCH = 500  # idle topics forgotten per script call
 
 
-def consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+def stats_client(settings: Settings) -> Any:
+    """No automatic retry: a retried EXEC whose first reply was lost would count twice. And
+    surrogateescape (`consumer_client`): an entry holding bytes that are not UTF-8 must not make
+    the whole XREADGROUP reply undecodable (the partition stopped being counted); it is
+    dead-lettered instead, written back byte for byte."""
+    return consumer_client(settings, retry=Retry(NoBackoff(), 0))
 
 
-class ConsumerStats:
-    """Counters of this process, exported on /metrics."""
+class AggregatorMetrics:
+    """What this process did, exported on /metrics."""
 
     def __init__(self) -> None:
         self.batches = 0
@@ -75,88 +74,64 @@ class ConsumerStats:
         self.trimmed = 0
 
 
-class StatsConsumer:
-    def __init__(self, settings: Settings, client: Any | None = None, name: str = "") -> None:
-        self.settings = settings
+class StatsAggregator(StreamConsumer):
+    """A `StreamConsumer` of every partition's `events`, with a reader of its own per partition
+    (batches, not one task per entry). Give it a `stats_client`."""
+
+    group = STATS_GROUP
+    role = "stats"
+
+    def __init__(self, client: Any, settings: Settings, *, consumer: str | None = None) -> None:
+        super().__init__(client, settings, consumer=consumer)
         self.keys = Keys(settings.redis_prefix, settings.send_partitions)
-        # No automatic retry: a retried EXEC whose first reply was lost would count twice.
-        # surrogateescape: an entry holding bytes that are not UTF-8 must not make the whole
-        # XREADGROUP reply undecodable (the partition stopped being counted); it is
-        # dead-lettered instead, written back byte for byte.
-        self.client = client or connect(
-            settings, retry=Retry(NoBackoff(), 0), encoding_errors="surrogateescape"
-        )
-        self._owns_client = client is None
+        self.partitions = {p.events: p for p in self.keys.partitions}
         self._forget = register(self.client, "forget_topics")
-        self.name = name or consumer_name()
         self.batch_size = max(1, settings.stats_batch_size)
         self.flush_interval = max(0.01, settings.stats_flush_interval)
         self.claim_idle = max(settings.reclaim_idle, 3 * self.flush_interval)
-        self.stop_event = asyncio.Event()
-        self.stats = ConsumerStats()
+        self.reclaim_idle_ms = int(self.claim_idle * 1000)
+        self.reclaim_every = min(max(self.claim_idle / 2, 0.05), 30.0)
+        self.trim_every = TRIM_INTERVAL_S
+        self.metrics = AggregatorMetrics()
         # Set when this consumer's own pending list must be read again (start, error, claim).
         self._backlog = {p.index: True for p in self.keys.partitions}
-        self._tasks: list[asyncio.Task[None]] = []
 
-    # --- lifecycle ----------------------------------------------------------------------------
+    def streams(self) -> list[str]:
+        return list(self.partitions)
 
-    async def start(self) -> None:
-        for p in self.keys.partitions:
-            self._tasks.append(asyncio.create_task(self._consume(p), name=f"stats-{p.index}"))
-        self._tasks.append(asyncio.create_task(self._upkeep(), name="stats-upkeep"))
+    def upkeep(self) -> list[Upkeep]:
+        """Reclaim, trim and forget consumers; prune buckets and forget idle topics. The first
+        rounds come soon after a start, so a process restarted often still prunes."""
+        soon = self.reclaim_every
+        return [
+            self.per_stream("reclaim", self.reclaim_every, self.reclaim),
+            self.per_stream("trim", self.trim_every, self.trim, first_after=soon),
+            self.per_stream("consumers", FORGET_EVERY_S, self.forget_idle_consumers, soon),
+            self.per_stream("prune", PRUNE_INTERVAL_S, self.prune_partition, first_after=soon),
+        ]
 
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    async def close(self, grace: float | None = None) -> None:
-        """Stop reading, apply the batches in hand (within the grace period), then close."""
-        self.stop()
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=grace or self.settings.shutdown_grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._tasks.clear()
-        if self._owns_client:
-            await self.client.aclose()
-
-    async def run(self) -> None:
-        """Run until `stop()`; convenient for tests and single-role processes."""
-        await self.start()
-        await self.stop_event.wait()
-        await self.close()
+    def interrupted(self, stream: str, exc: BaseException) -> None:
+        """The batch in hand is gone: read our pending list again before anything new."""
+        if isinstance(exc, UNAVAILABLE):
+            self.metrics.redis_reconnects += 1
+        self._backlog[self.partitions[stream].index] = True
 
     # --- consuming ----------------------------------------------------------------------------
 
-    async def _consume(self, p: PartitionKeys) -> None:
-        while not self.stop_event.is_set():
-            try:
-                await ensure_group(self.client, p.events, STATS_GROUP)
-                await self._consume_ready(p)
-            except asyncio.CancelledError:
-                raise
-            except UNAVAILABLE as exc:
-                self.stats.redis_reconnects += 1
-                log.warning("redis unavailable, stats paused", partition=p.index, error=str(exc))
-                self._backlog[p.index] = True
-                await wait_for_redis(self.client, self.stop_event, log)
-            except Exception:
-                log.exception("stats loop error; retrying", partition=p.index)
-                self._backlog[p.index] = True
-                await self._sleep(1.0)
-
-    async def _consume_ready(self, p: PartitionKeys) -> None:
-        """Read and apply batches until stopped; any error drops the batch in hand."""
+    async def consume(self, stream: str) -> None:
+        """Read and apply batches until stopped, then apply the batch in hand; any error drops
+        the batch in hand (its entries stay pending)."""
+        p = self.partitions[stream]
         batch = PartitionBatch()
         while True:
-            if self.stop_event.is_set():
+            if self.stop.is_set():
                 await self.apply(p, batch)
                 return
             if self._backlog[p.index]:
                 # Our pending list holds the entries of the batch in hand too: apply it first,
                 # then each read of the pending list is applied at once (so none is read twice).
                 if not batch:
-                    batch = await self._read(p, "0", self.batch_size, None)
+                    batch = await self.read_batch(p, "0", self.batch_size, None)
                     if not batch:
                         self._backlog[p.index] = False
                         continue
@@ -166,15 +141,15 @@ class StatsConsumer:
             wait_s = self.flush_interval
             if batch:
                 wait_s = batch.first_read + self.flush_interval - time.monotonic()
-            # Capped: a stop is noticed within a second and the read stays under socket timeouts.
-            block = max(1, min(MAX_BLOCK_MS, int(wait_s * 1000)))
-            batch = await self._read(p, ">", self.batch_size - len(batch), block, batch)
+            # Capped by `read` (a stop cuts it short; it stays under the socket timeout).
+            block = max(1, int(wait_s * 1000))
+            batch = await self.read_batch(p, ">", self.batch_size - len(batch), block, batch)
             full = len(batch) >= self.batch_size
             if full or (batch and time.monotonic() - batch.first_read >= self.flush_interval):
                 await self.apply(p, batch)
                 batch = PartitionBatch()
 
-    async def _read(
+    async def read_batch(
         self,
         p: PartitionKeys,
         start: str,
@@ -183,10 +158,7 @@ class StatsConsumer:
         batch: PartitionBatch | None = None,
     ) -> PartitionBatch:
         batch = PartitionBatch() if batch is None else batch
-        reply = await self.client.xreadgroup(
-            STATS_GROUP, self.name, {p.events: start}, count=count, block=block
-        )
-        for entry_id, fields in reply[0][1] if reply else []:
+        for entry_id, fields in await self.read(p.events, start, count, block):
             batch.add(entry_id, fields)
         return batch
 
@@ -196,7 +168,7 @@ class StatsConsumer:
             return True
         if time.monotonic() - batch.first_read > self.claim_idle / 2:
             # Another consumer may have claimed these entries; read our pending list again.
-            self.stats.dropped_batches += 1
+            self.metrics.dropped_batches += 1
             self._backlog[p.index] = True
             log.warning("stale stats batch dropped", partition=p.index, entries=len(batch))
             return False
@@ -205,9 +177,9 @@ class StatsConsumer:
         except BaseException:
             self._backlog[p.index] = True
             raise
-        self.stats.batches += 1
-        self.stats.events.update(batch.events)
-        self.stats.dead_lettered += len(batch.dead)
+        self.metrics.batches += 1
+        self.metrics.events.update(batch.events)
+        self.metrics.dead_lettered += len(batch.dead)
         for entry_id, _, reason in batch.dead:
             log.warning("event dead-lettered", partition=p.index, id=entry_id, reason=reason)
         return True
@@ -237,72 +209,31 @@ class StatsConsumer:
 
     # --- upkeep -------------------------------------------------------------------------------
 
-    async def _upkeep(self) -> None:
-        reclaim_every = min(max(self.claim_idle / 2, 0.05), 30.0)
-        last_trim = last_prune = 0.0
-        while not self.stop_event.is_set():
-            await self._sleep(reclaim_every)
-            if self.stop_event.is_set():
-                return
-            now = time.monotonic()
-            for p in self.keys.partitions:
-                try:
-                    await self.reclaim(p)
-                    if now - last_trim >= TRIM_INTERVAL_S:
-                        await self.trim(p)
-                    if now - last_prune >= PRUNE_INTERVAL_S:
-                        await self.prune(p)
-                        await self.forget_idle_topics(p)
-                except asyncio.CancelledError:
-                    raise
-                except (*UNAVAILABLE, RedisError) as exc:
-                    log.warning("stats upkeep failed", partition=p.index, error=str(exc))
-                except Exception:  # upkeep must outlive its own bugs: log and go on
-                    log.exception("stats upkeep error", partition=p.index)
-            if now - last_trim >= TRIM_INTERVAL_S:
-                last_trim = now
-            if now - last_prune >= PRUNE_INTERVAL_S:
-                last_prune = now
-
-    async def reclaim(self, p: PartitionKeys) -> int:
-        """Take over entries a dead consumer left pending; forget long-idle empty consumers."""
+    async def reclaim(self, stream: str, *, min_idle_ms: int | None = None) -> int:
+        """Take over entries a dead consumer left pending, page by page until the cursor wraps
+        (at most 100 pages a round); they are then read from our own pending list."""
         claimed = 0
-        start = "0-0"
-        for _ in range(100):  # bounded: a huge pending list is finished on the next rounds
-            try:
-                reply = await self.client.xautoclaim(
-                    p.events,
-                    STATS_GROUP,
-                    self.name,
-                    int(self.claim_idle * 1000),
-                    start_id=start,
-                    count=self.batch_size,
-                )
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    return 0
-                raise
-            # Not JUSTID: redis-py then drops the cursor needed to page through.
-            start = reply[0]
-            claimed += len(reply[1])
-            if start == "0-0":
+        for _ in range(100):
+            claimed += len(await self.claim(stream, self.batch_size, min_idle_ms))
+            if self.reclaim_cursor.get(stream, "0-0") == "0-0":
                 break
         if claimed:
-            self.stats.claimed += claimed
+            p = self.partitions[stream]
+            self.metrics.claimed += claimed
             self._backlog[p.index] = True
             log.info("claimed pending events", partition=p.index, count=claimed)
-        for consumer in await self.client.xinfo_consumers(p.events, STATS_GROUP):
-            idle = int(consumer.get("idle", 0))
-            forgettable = consumer["pending"] == 0 and idle > FORGET_CONSUMER_IDLE_MS
-            if consumer["name"] != self.name and forgettable:
-                await self.client.xgroup_delconsumer(p.events, STATS_GROUP, consumer["name"])
         return claimed
 
-    async def trim(self, p: PartitionKeys) -> int:
+    async def trim(self, stream: str) -> int:
         """Remove entries every group has read and acknowledged (never a pending one)."""
-        removed = await trim_acknowledged(self.client, p.events)
-        self.stats.trimmed += removed
+        removed = await super().trim(stream)
+        self.metrics.trimmed += removed
         return removed
+
+    async def prune_partition(self, stream: str) -> None:
+        p = self.partitions[stream]
+        await self.prune(p)
+        await self.forget_idle_topics(p)
 
     async def prune(self, p: PartitionKeys, now: float | None = None) -> int:
         """Drop hourly buckets older than ~35 days and minute buckets older than ~48 hours."""
@@ -350,7 +281,3 @@ class StatsConsumer:
         for start in range(0, len(old), 1000):
             removed += int(await self.client.hdel(key, *old[start : start + 1000]))
         return removed
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop_event.wait(), timeout=seconds)

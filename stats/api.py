@@ -32,7 +32,7 @@ from sesflow.common.http import (
 from sesflow.common.keys import Keys
 from sesflow.common.metrics import RoleMetrics
 from sesflow.common.settings import Settings
-from sesflow.stats.aggregate import ConsumerStats
+from sesflow.stats.aggregate import AggregatorMetrics
 from sesflow.stats.counters import METRICS
 from sesflow.stats.metrics import PipelineCollector, role_metrics
 from sesflow.stats.overview import MAX_TOPICS, overview
@@ -56,7 +56,7 @@ def create_app(
     *,
     client: Any = None,
     quota_fetcher: QuotaFetcher = fetch_quota,
-    consumer_stats: ConsumerStats | None = None,
+    aggregator_metrics: AggregatorMetrics | None = None,
 ) -> web.Application:
     """`client`: an existing Redis client (the app then does not close it)."""
     metrics = role_metrics()
@@ -74,7 +74,7 @@ def create_app(
     app[DASHBOARD] = (
         resources.files("sesflow.stats").joinpath("static", "dashboard.html").read_bytes()
     )
-    app.cleanup_ctx.append(_redis_ctx(client, consumer_stats))
+    app.cleanup_ctx.append(_redis_ctx(client, aggregator_metrics))
     app.cleanup_ctx.append(_quota_ctx)
     app.router.add_get("/", dashboard)
     add_health_routes(app, lambda app: app[CLIENT])
@@ -88,11 +88,11 @@ def create_app(
     return app
 
 
-def _redis_ctx(client: Any, consumer_stats: ConsumerStats | None) -> Any:
+def _redis_ctx(client: Any, aggregator_metrics: AggregatorMetrics | None) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         own = client is None
         app[CLIENT] = connect(app[SETTINGS]) if own else client
-        app[COLLECTOR] = PipelineCollector(app[CLIENT], app[KEYS], consumer_stats)
+        app[COLLECTOR] = PipelineCollector(app[CLIENT], app[KEYS], aggregator_metrics)
         app[ROLE_METRICS].register(app[COLLECTOR], app[COLLECTOR].refresh)
         try:
             yield

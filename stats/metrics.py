@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from sesflow.common.connection import UNAVAILABLE
 from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
 from sesflow.common.metrics import RoleMetrics
-from sesflow.stats.aggregate import ConsumerStats
+from sesflow.stats.aggregate import AggregatorMetrics
 from sesflow.stats.queries import find_group, lag_fallback
 
 SCRAPE_TIMEOUT_S = 2.0
@@ -38,7 +38,7 @@ class Snapshot:
 
 
 class PipelineCollector(Collector):
-    def __init__(self, client: Any, keys: Keys, consumer: ConsumerStats | None = None) -> None:
+    def __init__(self, client: Any, keys: Keys, consumer: AggregatorMetrics | None = None) -> None:
         self.client = client
         self.keys = keys
         self.consumer = consumer
@@ -125,10 +125,10 @@ class PipelineCollector(Collector):
         for name, n in sorted(snap.events.items()):
             counted.add_metric([name], n)
         yield counted
-        yield from _consumer_metrics(self.consumer or ConsumerStats())
+        yield from _consumer_metrics(self.consumer or AggregatorMetrics())
 
 
-def _consumer_metrics(c: ConsumerStats) -> Iterator[Metric]:
+def _consumer_metrics(c: AggregatorMetrics) -> Iterator[Metric]:
     for name, doc, value in (
         ("sesflow_stats_batches", "Batches applied by this process", c.batches),
         ("sesflow_stats_dead_lettered", "Malformed events dead-lettered", c.dead_lettered),

@@ -10,10 +10,11 @@ from aiohttp.test_utils import TestClient
 from apptest import AppTestServer
 
 from sesflow.common.connection import ensure_group
+from sesflow.common.consumer import consumer_client
 from sesflow.common.keys import DISPATCH_GROUP, Keys, PartitionKeys
 from sesflow.common.settings import Settings
 from sesflow.ingest.api import create_app
-from sesflow.ingest.dispatcher import Dispatcher, dispatcher_client
+from sesflow.ingest.dispatcher import Dispatcher
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ async def http(api_client: Callable[[Settings], Any], settings: Settings) -> Asy
 
 @pytest.fixture
 async def dispatcher(settings: Settings, keys: Keys) -> AsyncIterator[Dispatcher]:
-    client = dispatcher_client(settings)
+    client = consumer_client(settings)
     await ensure_group(client, keys.requests, DISPATCH_GROUP)
     yield Dispatcher(client, settings, keys, consumer="test")
     await client.aclose()

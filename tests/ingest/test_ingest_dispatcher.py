@@ -12,18 +12,19 @@ import redis as syncredis
 from ingestkit import queued, read_events, read_jobs
 
 from sesflow.common.connection import ensure_group
+from sesflow.common.consumer import consumer_client
 from sesflow.common.keys import DISPATCH_GROUP, Keys, PartitionKeys
 from sesflow.common.producer import enqueue, enqueue_sync
 from sesflow.common.schema import MessageRequest, encode
 from sesflow.common.settings import Settings
 from sesflow.common.suppression import SuppressionList, entry
 from sesflow.ingest import dispatcher as dispatcher_module
-from sesflow.ingest.dispatcher import Dispatcher, dispatcher_client
+from sesflow.ingest.dispatcher import Dispatcher
 
 
 @pytest.fixture
 async def dclient(settings: Settings) -> AsyncIterator[Any]:
-    client = dispatcher_client(settings)
+    client = consumer_client(settings)
     yield client
     await client.aclose()
 
@@ -108,7 +109,7 @@ async def test_a_crash_between_chunks_resumes_where_it_stopped(
     assert await pending(redis, keys) == 1  # not acknowledged
 
     other = Dispatcher(dispatcher.client, settings, keys, consumer="other")
-    assert await other.reclaim_once(min_idle_ms=0) == 1
+    assert await other.reclaim(keys.requests, min_idle_ms=0) == 1
     await other.drain()
     jobs = await read_jobs(redis, p)
     assert sorted(int(j["i"]) for j in jobs) == list(range(10))
@@ -225,7 +226,7 @@ async def test_trim_never_removes_entries_still_pending(
     reply = await redis.xreadgroup(DISPATCH_GROUP, "c", {keys.requests: ">"}, count=4)
     delivered = [entry_id for entry_id, _ in reply[0][1]]
     await redis.xack(keys.requests, DISPATCH_GROUP, delivered[0], delivered[2], delivered[3])
-    assert await dispatcher.trim_once() == 1  # ids[0]: ids[1] is still pending
+    assert await dispatcher.trim(keys.requests) == 1  # ids[0]: ids[1] is still pending
     remaining = [entry_id for entry_id, _ in await redis.xrange(keys.requests)]
     assert remaining == ids[1:]
 
@@ -233,9 +234,9 @@ async def test_trim_never_removes_entries_still_pending(
 async def test_trim_without_a_group_does_nothing(
     redis: Any, dclient: Any, keys: Keys, settings: Settings
 ) -> None:
-    assert await Dispatcher(dclient, settings, keys).trim_once() == 0
+    assert await Dispatcher(dclient, settings, keys).trim(keys.requests) == 0
     await enqueue(redis, keys, message(["a@x.io"]))
-    assert await Dispatcher(dclient, settings, keys).trim_once() == 0
+    assert await Dispatcher(dclient, settings, keys).trim(keys.requests) == 0
     assert await redis.xlen(keys.requests) == 1
 
 
@@ -243,7 +244,7 @@ async def test_the_loop_survives_redis_being_unreachable(make_settings: Any, key
     from sesflow.cli.embedded import free_port
 
     settings = make_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", SHUTDOWN_GRACE=1)
-    client = dispatcher_client(settings)
+    client = consumer_client(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(Dispatcher(client, settings, keys).run(stop))
     await asyncio.sleep(0.5)

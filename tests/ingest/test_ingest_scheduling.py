@@ -120,10 +120,10 @@ async def test_scheduler_moves_every_due_chunk_in_one_tick(redis: Any, keys: Key
 
 
 async def test_scheduler_survives_redis_being_unreachable(make_settings: Any) -> None:
-    from sesflow.ingest.dispatcher import dispatcher_client
+    from sesflow.common.consumer import consumer_client
 
     settings = make_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
-    client = dispatcher_client(settings)
+    client = consumer_client(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(Scheduler(client, Keys()).run(stop))
     await asyncio.sleep(0.5)

@@ -24,7 +24,7 @@ from sesflow.sender.compose import compose
 from sesflow.sender.metrics import create_app as sender_metrics_app
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
-from sesflow.stats.aggregate import StatsConsumer
+from sesflow.stats.aggregate import StatsAggregator, stats_client
 from sesflow.stats.api import create_app as stats_app
 from sesflow.tracker.app import create_app as tracker_app
 
@@ -135,24 +135,27 @@ async def test_tracker_metrics(settings: Settings, serve: Any) -> None:
 async def test_stats_metrics(
     redis: Any, make_settings: Callable[..., Settings], serve: Any
 ) -> None:
-    settings = make_settings(STATS_FLUSH_INTERVAL="0.02")
+    settings = make_settings(STATS_FLUSH_INTERVAL="0.02", SHUTDOWN_GRACE="2")
     events = Keys().partition(0).events
     now = int(time.time() * 1000)
     for kind in (EventType.ACCEPTED, EventType.SENT, EventType.SENT):
         event = Event(type=kind, ts=now, topic="m1", msg_id=f"{now}-0", n=1)
         await redis.xadd(events, event_fields(event))
-    consumer = StatsConsumer(settings)
-    await consumer.start()
+    consumer = StatsAggregator(stats_client(settings), settings)
+    stop = asyncio.Event()
+    consuming = asyncio.create_task(consumer.run(stop))
     try:
         for _ in range(250):  # up to 5 s
-            if consumer.stats.events["sent"] == 2:
+            if consumer.metrics.events["sent"] == 2:
                 break
             await asyncio.sleep(0.02)
-        client = await serve(stats_app(settings, consumer_stats=consumer.stats))
+        client = await serve(stats_app(settings, aggregator_metrics=consumer.metrics))
         assert (await client.get("/v1/topics/m1")).status == 200
         samples = await scrape(client)
     finally:
-        await consumer.close(2)
+        stop.set()
+        await consuming
+        await consumer.client.aclose()
     assert_served(samples, {**STATS, **EVERY_ROLE, **HTTP}, "stats")
     assert value(samples, "sesflow_events_total", type="sent") == 2
     assert value(samples, "sesflow_stream_length", stream="events", partition="0") == 3

@@ -14,10 +14,11 @@ from senderkit import SECRET, Running, states, wait_for
 from sesstub import SesStub
 
 from sesflow.common.connection import ensure_group
+from sesflow.common.consumer import consumer_client
 from sesflow.common.keys import DISPATCH_GROUP, Keys
 from sesflow.common.settings import Settings
 from sesflow.ingest.api import create_app
-from sesflow.ingest.dispatcher import Dispatcher, dispatcher_client
+from sesflow.ingest.dispatcher import Dispatcher
 from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
@@ -80,7 +81,7 @@ async def test_an_edited_template_leaves_accepted_mail_unchanged(
         edited = {"subject": "Changed {{other}}", "html": "<p>Changed</p>"}
         assert (await http.put("/v1/templates/welcome", json=edited)).status == 200
 
-    client = dispatcher_client(settings)
+    client = consumer_client(settings)
     try:
         await ensure_group(client, KEYS.requests, DISPATCH_GROUP)
         dispatcher = Dispatcher(client, settings, KEYS, consumer="test")

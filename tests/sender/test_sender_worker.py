@@ -8,6 +8,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from senderkit import FakeSes, Running, events, new_msg_id, pending_count, seed, states, wait_for
 
+from sesflow.common.consumer import consumer_client
 from sesflow.common.errors import (
     SesAmbiguous,
     SesEntryTransient,
@@ -19,7 +20,6 @@ from sesflow.common.errors import (
 )
 from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.suppression import SuppressionList, entry
-from sesflow.sender.__main__ import sender_client
 from sesflow.sender.worker import Sender
 
 KEYS = Keys("sesflow")
@@ -366,7 +366,7 @@ async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(
     poison = {b"m": b"\xff\xfe", b"i": b"0", b"e": b"\xc3\x28@example.org"}
     await raw.xadd(PART.sends, poison)
     msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
-    client = sender_client(settings)
+    client = consumer_client(settings)
     try:
         run = running(make_sender(settings, client=client))
         await wait_for(lambda: all_final(redis, msg_id, 2))

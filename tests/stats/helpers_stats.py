@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sesflow.common.keys import STATS_GROUP, Keys
 from sesflow.common.schema import Event, event_fields
+from sesflow.common.settings import Settings
+from sesflow.stats.aggregate import StatsAggregator, stats_client
 
 FAST = {"STATS_FLUSH_INTERVAL": "0.05", "RECLAIM_IDLE": "0.3", "SHUTDOWN_GRACE": "3"}
 
@@ -42,3 +46,24 @@ async def drained(redis: Any, keys: Keys, within: float = 5.0) -> None:
 
 async def counters(redis: Any, key: str) -> dict[str, int]:
     return {k: int(v) for k, v in (await redis.hgetall(key)).items()}
+
+
+def aggregator(settings: Settings, consumer: str | None = None) -> StatsAggregator:
+    """An aggregator with a client of its own, as `python -m sesflow.stats` makes it."""
+    return StatsAggregator(stats_client(settings), settings, consumer=consumer)
+
+
+@contextlib.asynccontextmanager
+async def running(consumer: StatsAggregator) -> AsyncIterator[StatsAggregator]:
+    """Run `consumer` for the block; then stop it (it drains within SHUTDOWN_GRACE) and close
+    its client."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        yield consumer
+    finally:
+        stop.set()
+        try:
+            await task
+        finally:
+            await consumer.client.aclose()

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from helpers_stats import FAST, add_events, counters, drained
+from helpers_stats import FAST, add_events, aggregator, counters, drained, running
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sesflow.common.keys import STATS_GROUP, Keys
 from sesflow.common.schema import Event, EventType
 from sesflow.common.settings import Settings
-from sesflow.stats.aggregate import StatsConsumer
+from sesflow.stats.aggregate import StatsAggregator
 from sesflow.stats.counters import hour_of
 
 NOW_MS = int(time.time() * 1000)
@@ -39,10 +39,8 @@ async def test_every_event_type_lands_in_its_counter(redis: Any, fast: Settings)
     keys = Keys()
     p = keys.partition(0)
     await add_events(redis, keys, *every_type("news"))
-    consumer = StatsConsumer(fast)
-    await consumer.start()
-    await drained(redis, keys)
-    await consumer.close()
+    async with running(aggregator(fast)) as consumer:
+        await drained(redis, keys)
     topic = await counters(redis, p.stats_topic("news"))
     expected = {t.value: 2 for t in EventType}
     expected.update(bounced=4, opened=3, clicked=3)
@@ -59,7 +57,7 @@ async def test_every_event_type_lands_in_its_counter(redis: Any, fast: Settings)
     assert series[f"sent:{NOW_MS // 60_000}"] == 2
     assert 0 < await redis.ttl(p.stats_series("news")) <= 49 * 3600
     assert await redis.zscore(p.stats_topics, "news") == NOW_MS
-    assert consumer.stats.batches >= 1
+    assert consumer.metrics.batches >= 1
 
 
 async def test_batches_respect_the_batch_size(
@@ -67,11 +65,9 @@ async def test_batches_respect_the_batch_size(
 ) -> None:
     keys = Keys()
     await add_events(redis, keys, *[Event(type="sent", topic="t") for _ in range(25)])
-    consumer = StatsConsumer(make_settings(STATS_BATCH_SIZE="10", **FAST))
-    await consumer.start()
-    await drained(redis, keys)
-    await consumer.close()
-    assert consumer.stats.batches == 3
+    async with running(aggregator(make_settings(STATS_BATCH_SIZE="10", **FAST))) as consumer:
+        await drained(redis, keys)
+    assert consumer.metrics.batches == 3
     assert (await counters(redis, keys.partition(0).stats_topic("t")))["sent"] == 25
 
 
@@ -83,19 +79,17 @@ async def test_read_but_not_applied_is_counted_once_by_another_consumer(
     keys = Keys()
     p = keys.partition(0)
     await add_events(redis, keys, *[Event(type="sent", topic="t") for _ in range(5)])
-    crashed = StatsConsumer(fast, client=redis, name="crashed")
+    crashed = StatsAggregator(redis, fast, consumer="crashed")
     await redis.xgroup_create(p.events, STATS_GROUP, id="0", mkstream=True)
-    batch = await crashed._read(p, ">", 100, None)
+    batch = await crashed.read_batch(p, ">", 100, None)
     assert len(batch) == 5  # read, never applied: the process "died" here
     assert (await redis.xpending(p.events, STATS_GROUP))["pending"] == 5
     assert await redis.hgetall(p.stats_topic("t")) == {}
 
-    survivor = StatsConsumer(fast, name="survivor")
-    await survivor.start()
-    await drained(redis, keys)
-    await survivor.close()
+    async with running(aggregator(fast, consumer="survivor")) as survivor:
+        await drained(redis, keys)
     assert (await counters(redis, p.stats_topic("t")))["sent"] == 5
-    assert survivor.stats.claimed == 5
+    assert survivor.metrics.claimed == 5
 
 
 async def test_restart_with_same_name_reads_its_own_pending_first(
@@ -105,12 +99,10 @@ async def test_restart_with_same_name_reads_its_own_pending_first(
     p = keys.partition(0)
     await add_events(redis, keys, *[Event(type="delivered", topic="t") for _ in range(3)])
     await redis.xgroup_create(p.events, STATS_GROUP, id="0", mkstream=True)
-    first = StatsConsumer(fast, client=redis, name="stats-a")
-    await first._read(p, ">", 2, None)  # 2 read and lost
-    again = StatsConsumer(fast, name="stats-a")
-    await again.start()
-    await drained(redis, keys)
-    await again.close()
+    first = StatsAggregator(redis, fast, consumer="stats-a")
+    await first.read_batch(p, ">", 2, None)  # 2 read and lost
+    async with running(aggregator(fast, consumer="stats-a")):
+        await drained(redis, keys)
     assert (await counters(redis, p.stats_topic("t")))["delivered"] == 3
 
 
@@ -120,7 +112,7 @@ async def test_applied_batch_is_never_applied_again(redis: Any, fast: Settings) 
     keys = Keys()
     p = keys.partition(0)
     await add_events(redis, keys, *[Event(type="sent", topic="t") for _ in range(4)])
-    consumer = StatsConsumer(fast)
+    consumer = aggregator(fast)
     real_pipeline = consumer.client.pipeline
     lost = {"replies": 0}
 
@@ -139,12 +131,11 @@ async def test_applied_batch_is_never_applied_again(redis: Any, fast: Settings) 
         return pipe
 
     consumer.client.pipeline = pipeline
-    await consumer.start()
-    await drained(redis, keys)
-    await add_events(redis, keys, Event(type="sent", topic="t"))
-    await drained(redis, keys)
-    await consumer.close()
-    assert lost["replies"] == 1 and consumer.stats.redis_reconnects == 1
+    async with running(consumer):
+        await drained(redis, keys)
+        await add_events(redis, keys, Event(type="sent", topic="t"))
+        await drained(redis, keys)
+    assert lost["replies"] == 1 and consumer.metrics.redis_reconnects == 1
     assert (await counters(redis, p.stats_topic("t")))["sent"] == 5
 
 
@@ -153,8 +144,8 @@ async def test_stale_batch_is_dropped_not_applied(redis: Any, fast: Settings) ->
     p = keys.partition(0)
     await add_events(redis, keys, Event(type="sent", topic="t"))
     await redis.xgroup_create(p.events, STATS_GROUP, id="0", mkstream=True)
-    consumer = StatsConsumer(fast, client=redis, name="slow")
-    batch = await consumer._read(p, ">", 10, None)
+    consumer = StatsAggregator(redis, fast, consumer="slow")
+    batch = await consumer.read_batch(p, ">", 10, None)
     batch.first_read -= consumer.claim_idle  # held too long: someone may have claimed it
     assert await consumer.apply(p, batch) is False
     assert await redis.hgetall(p.stats_topic("t")) == {}
@@ -171,10 +162,8 @@ async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(
     await redis.xadd(p.events, {"e": '{"type": "nonsense"}'})
     await redis.xadd(p.events, {"e": '{"type": "sent", "ts": 99999999999999999}'})
     await add_events(redis, keys, Event(type="sent", topic="t"))
-    consumer = StatsConsumer(fast)
-    await consumer.start()
-    await drained(redis, keys)
-    await consumer.close()
+    async with running(aggregator(fast)) as consumer:
+        await drained(redis, keys)
     dead = await redis.xrange(p.events_dead)
     assert [d[1]["reason"].split(":")[0] for d in dead] == [
         "undecodable event",
@@ -184,7 +173,7 @@ async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(
     ]
     assert dead[0][1]["e"] == "{broken" and dead[1][1]["other"] == "x"
     assert (await counters(redis, p.stats_topic("t")))["sent"] == 1
-    assert consumer.stats.dead_lettered == 4
+    assert consumer.metrics.dead_lettered == 4
 
 
 async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(
@@ -198,10 +187,8 @@ async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(
     poison = {b"e": b'{"type":"sent","topic":"\xff\xfe"}'}
     await raw.xadd(p.events, poison)
     await add_events(redis, keys, Event(type="sent", topic="t"))
-    consumer = StatsConsumer(fast)
-    await consumer.start()
-    await drained(redis, keys)
-    await consumer.close()
+    async with running(aggregator(fast)):
+        await drained(redis, keys)
     ((_, dead),) = await raw.xrange(p.events_dead)
     await raw.aclose()
     assert dead[b"e"] == poison[b"e"]
@@ -216,10 +203,8 @@ async def test_partitions_are_counted_separately_and_summed(
     keys = Keys(partitions=3)
     for n in range(3):
         await add_events(redis, keys, Event(type="sent", topic="t", n=n + 1), partition=n)
-    consumer = StatsConsumer(settings)
-    await consumer.start()
-    await drained(redis, keys)
-    await consumer.close()
+    async with running(aggregator(settings)):
+        await drained(redis, keys)
     assert [
         (await counters(redis, keys.partition(n).stats_topic("t")))["sent"] for n in range(3)
     ] == [1, 2, 3]
@@ -229,13 +214,15 @@ async def test_stop_flushes_the_batch_in_hand(
     redis: Any, make_settings: Callable[..., Settings]
 ) -> None:
     keys = Keys()
-    consumer = StatsConsumer(make_settings(STATS_FLUSH_INTERVAL="30", RECLAIM_IDLE="120"))
-    await consumer.start()
-    await asyncio.sleep(0.1)
-    await add_events(redis, keys, *[Event(type="sent", topic="t") for _ in range(3)])
-    await asyncio.sleep(0.3)  # read into the batch, far from its 30 s flush
-    assert await redis.hgetall(keys.partition(0).stats_topic("t")) == {}
-    await consumer.close(grace=40)
+    async with running(
+        aggregator(
+            make_settings(STATS_FLUSH_INTERVAL="30", RECLAIM_IDLE="120", SHUTDOWN_GRACE="40")
+        )
+    ):
+        await asyncio.sleep(0.1)
+        await add_events(redis, keys, *[Event(type="sent", topic="t") for _ in range(3)])
+        await asyncio.sleep(0.3)  # read into the batch, far from its 30 s flush
+        assert await redis.hgetall(keys.partition(0).stats_topic("t")) == {}
     assert (await counters(redis, keys.partition(0).stats_topic("t")))["sent"] == 3
 
 
@@ -244,11 +231,11 @@ async def test_trim_never_removes_pending_entries(redis: Any, fast: Settings) ->
     p = keys.partition(0)
     ids = await add_events(redis, keys, *[Event(type="sent") for _ in range(6)])
     await redis.xgroup_create(p.events, STATS_GROUP, id="0", mkstream=True)
-    consumer = StatsConsumer(fast, client=redis, name="c")
-    batch = await consumer._read(p, ">", 2, None)
+    consumer = StatsAggregator(redis, fast, consumer="c")
+    batch = await consumer.read_batch(p, ">", 2, None)
     await consumer.apply(p, batch)  # ids 0,1 acknowledged
-    await consumer._read(p, ">", 2, None)  # ids 2,3 pending
-    assert await consumer.trim(p) == 2
+    await consumer.read_batch(p, ">", 2, None)  # ids 2,3 pending
+    assert await consumer.trim(p.events) == 2
     assert [e[0] for e in await redis.xrange(p.events)] == ids[2:]
 
 
@@ -262,7 +249,7 @@ async def test_prune_drops_old_buckets_only(redis: Any, fast: Settings) -> None:
     await redis.hset(p.stats_minutely, mapping={f"sent:{old_min}": 1, f"sent:{new_min}": 2})
     await redis.hset(p.stats_series("t"), mapping={f"sent:{old_min}": 1, f"sent:{new_min}": 2})
     await redis.zadd(p.stats_topics, {"t": int(now * 1000)})
-    consumer = StatsConsumer(fast, client=redis)
+    consumer = StatsAggregator(redis, fast)
     assert await consumer.prune(p, now) == 3
     assert await redis.hkeys(p.stats_hourly) == [f"sent:{new_hour}"]
     assert await redis.hkeys(p.stats_minutely) == [f"sent:{new_min}"]
@@ -272,13 +259,11 @@ async def test_prune_drops_old_buckets_only(redis: Any, fast: Settings) -> None:
 async def test_survives_a_redis_outage(redis: Any, redis_process: Any, fast: Settings) -> None:
     """Events written while the consumer cannot reach Redis are counted once it is back."""
     keys = Keys()
-    consumer = StatsConsumer(fast)
-    await consumer.start()
-    await add_events(redis, keys, Event(type="sent", topic="t"))
-    await drained(redis, keys)
-    await redis.client_kill_filter(_type="normal", skipme=True)  # drop every other connection
-    await add_events(redis, keys, Event(type="sent", topic="t"))
-    await drained(redis, keys)
-    await consumer.close()
+    async with running(aggregator(fast)) as consumer:
+        await add_events(redis, keys, Event(type="sent", topic="t"))
+        await drained(redis, keys)
+        await redis.client_kill_filter(_type="normal", skipme=True)  # drop every other connection
+        await add_events(redis, keys, Event(type="sent", topic="t"))
+        await drained(redis, keys)
     assert (await counters(redis, keys.partition(0).stats_topic("t")))["sent"] == 2
-    assert consumer.stats.redis_reconnects >= 1
+    assert consumer.metrics.redis_reconnects >= 1

@@ -10,14 +10,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from apptest import AppTestServer
-from helpers_stats import FAST, add_events, drained
+from helpers_stats import FAST, add_events, aggregator, drained, running
 
 from sesflow.common.aws import Quota
 from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.schema import Event
 from sesflow.common.settings import Settings
 from sesflow.common.setup_pauses import SetupPause, encode_pause
-from sesflow.stats.aggregate import StatsConsumer
 from sesflow.stats.api import create_app
 
 QUOTA = Quota(max_send_rate=14.0, max_24h_send=50000.0, sent_last_24h=1234.0, source="test")
@@ -34,10 +33,8 @@ async def no_quota(_: Settings) -> None:
 async def apply(settings: Settings, redis: Any, *events: Event, partition: int = 0) -> None:
     keys = Keys(settings.redis_prefix, settings.send_partitions)
     await add_events(redis, keys, *events, partition=partition)
-    consumer = StatsConsumer(settings)
-    await consumer.start()
-    await drained(redis, keys)
-    await consumer.close()
+    async with running(aggregator(settings)):
+        await drained(redis, keys)
 
 
 async def serve(app: web.Application) -> TestClient[Any, Any]:

@@ -16,7 +16,7 @@ from sesflow.common.errors import ConfigError
 from sesflow.common.keys import STATS_GROUP, Keys
 from sesflow.common.schema import Event
 from sesflow.common.settings import Settings, settings_from_mapping
-from sesflow.stats.aggregate import StatsConsumer
+from sesflow.stats.aggregate import StatsAggregator
 
 DAY_MS = 86_400_000
 
@@ -27,7 +27,7 @@ async def test_topics_idle_longer_than_the_retention_are_forgotten(
     settings = make_settings(STATS_RETENTION="60")
     keys = Keys()
     p = keys.partition(0)
-    consumer = StatsConsumer(settings, client=redis)
+    consumer = StatsAggregator(redis, settings)
     now = time.time()
     now_ms = int(now * 1000)
     for topic, last in (("old", now_ms - 61_000), ("older", now_ms - 400 * DAY_MS)):
@@ -37,7 +37,7 @@ async def test_topics_idle_longer_than_the_retention_are_forgotten(
     # A topic counted through the consumer itself, just now: kept.
     await ensure_group(redis, p.events, STATS_GROUP)
     await add_events(redis, keys, Event(type="sent", topic="fresh", ts=now_ms))
-    batch = await consumer._read(p, ">", 10, None)
+    batch = await consumer.read_batch(p, ">", 10, None)
     assert await consumer.apply(p, batch)
 
     assert await consumer.forget_idle_topics(p, now) == 2
@@ -52,7 +52,7 @@ async def test_topics_idle_longer_than_the_retention_are_forgotten(
 async def test_many_idle_topics_go_in_batches(
     redis: Any, make_settings: Callable[..., Settings]
 ) -> None:
-    consumer = StatsConsumer(make_settings(STATS_RETENTION="60"), client=redis)
+    consumer = StatsAggregator(redis, make_settings(STATS_RETENTION="60"))
     p = Keys().partition(0)
     old = int(time.time() * 1000) - 120_000
     await redis.zadd(p.stats_topics, {f"t{n}": old for n in range(1234)})
