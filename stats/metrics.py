@@ -22,7 +22,7 @@ from sesflow.common.connection import UNAVAILABLE
 from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
 from sesflow.common.metrics import RoleMetrics
 from sesflow.stats.aggregate import AggregatorMetrics
-from sesflow.stats.queries import find_group, lag_fallback
+from sesflow.stats.queries import backlog_depth, find_group, lag_fallback
 
 SCRAPE_TIMEOUT_S = 2.0
 
@@ -34,6 +34,7 @@ class Snapshot:
         self.groups: list[tuple[str, str, str, int, int]] = []  # stream, group, part, pend, lag
         self.dead: list[tuple[str, str, int]] = []
         self.scheduled: list[tuple[str, int]] = []
+        self.backlogs: list[tuple[str, str, int]] = []  # lane, partition, jobs
         self.events: Counter[str] = Counter()
 
 
@@ -84,6 +85,8 @@ class PipelineCollector(Collector):
             snap.scheduled.append((str(p.index), _int(scheduled)))
             if isinstance(counts, dict):
                 snap.events.update({k: int(v) for k, v in counts.items()})
+        for p, depth in zip(self.keys.partitions, await backlog_depth(self.client, self.keys)):
+            snap.backlogs.extend((lane, str(p.index), n) for lane, n in depth.items())
         snap.up = 1
         return snap
 
@@ -110,6 +113,12 @@ class PipelineCollector(Collector):
             "Entries not yet read by the group",
             glabels,
             [([s, g, p], lag) for s, g, p, _, lag in snap.groups],
+        )
+        yield _gauge(
+            "sesflow_backlog",
+            "Jobs waiting for a sender's pump, by lane (paused: the backlogs of paused topics)",
+            ["lane", "partition"],
+            [([lane, p], n) for lane, p, n in snap.backlogs],
         )
         yield _gauge(
             "sesflow_schedule_size",

@@ -230,7 +230,7 @@ async def queue_depth(client: Any, keys: Keys) -> dict[str, Any]:
         pipe.zcard(p.schedule)
     replies = await pipe.execute(raise_on_error=False)
     backlogs = await backlog_depth(client, keys)
-    partitions = []
+    partitions: list[dict[str, Any]] = []
     for p in keys.partitions:
         length, groups, scheduled = replies[3 * p.index : 3 * p.index + 3]
         length = length if isinstance(length, int) else 0
@@ -250,7 +250,7 @@ async def queue_depth(client: Any, keys: Keys) -> dict[str, Any]:
                 "lanes": backlogs[p.index],
             }
         )
-    lanes = {lane: sum(x["lanes"][lane] for x in partitions) for lane in LANES}
+    lanes = {lane: sum(depth[lane] for depth in backlogs) for lane in LANES}
     return {
         "queued": sum(x["lag"] + x["pending"] for x in partitions) + sum(lanes.values()),
         "pending": sum(x["pending"] for x in partitions),

@@ -81,6 +81,7 @@ METRICS = {
     "sesflow_stream_length",
     "sesflow_stream_pending",
     "sesflow_stream_lag",
+    "sesflow_backlog",
     "sesflow_dead_letters",
     "sesflow_rate_tokens",
     "sesflow_rate_effective_per_second",
@@ -682,7 +683,7 @@ def test_k8s_configmap_ports_match_the_code() -> None:
         assert int(config["data"][setting]) == ROLE_PORTS[role]
 
 
-def test_k8s_sender_hpa_scales_on_stream_lag_served_by_the_adapter() -> None:
+def test_k8s_sender_hpa_scales_on_the_mail_waiting_for_senders() -> None:
     (hpa,) = k8s_kind("HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
@@ -692,12 +693,15 @@ def test_k8s_sender_hpa_scales_on_stream_lag_served_by_the_adapter() -> None:
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "External"
-    assert metric["external"]["metric"]["name"] == "sesflow_stream_lag"
-    assert metric["external"]["metric"]["selector"]["matchLabels"] == {"group": "senders"}
+    assert metric["external"]["metric"] == {"name": "sesflow_sender_backlog"}
     (adapter,) = [d for d in k8s_kind("ConfigMap") if d["metadata"]["name"] == "prometheus-adapter"]
     rules = yaml.safe_load(adapter["data"]["config.yaml"])["externalRules"]
-    assert [r["name"]["as"] for r in rules] == ["sesflow_stream_lag"]
-    assert "sesflow_stream_lag" in rules[0]["seriesQuery"]
+    assert [r["name"]["as"] for r in rules] == ["sesflow_sender_backlog"]
+    assert "sesflow_backlog" in rules[0]["seriesQuery"]
+    # The unpaused backlogs plus what is on `sends` and not yet read, both served by stats.
+    query = rules[0]["metricsQuery"]
+    assert 'lane!="paused"' in query
+    assert 'sesflow_stream_lag{stream="sends",group="senders"' in query
 
 
 def test_k8s_prometheus_scrape_names_jobs_like_compose() -> None:

@@ -33,6 +33,7 @@ STATS = {
     "sesflow_stream_length": {"stream"},
     "sesflow_stream_pending": {"stream", "group"},
     "sesflow_stream_lag": {"stream", "group"},
+    "sesflow_backlog": {"lane"},
     "sesflow_dead_letters": {"stream"},
     "sesflow_events_total": {"type"},
 }
