@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from benchkit import (
+from sesflow.common.settings import settings_from_mapping
+
+from bench.benchkit import (
     CREDENTIALS,
     cluster,
     cpu_seconds,
@@ -25,9 +27,7 @@ from benchkit import (
     start_role,
     stub_stats,
 )
-from measure_cpu import boto3_loop, ours
-
-from sesflow.common.settings import settings_from_mapping
+from sender_client.measure_cpu import boto3_loop, ours
 
 # The measurement window: from this share of the jobs sent to that share (skips start-up and the
 # tail where the queue runs dry).
@@ -85,7 +85,7 @@ def loop_run(stub_url: str, calls: int) -> tuple[float, float]:
 async def run_once(size: Size) -> dict[str, Any]:
     out: dict[str, float] = {}
     for latency in (0, 20):
-        with ses_stub("--latency-ms", str(latency)) as url:
+        with ses_stub(latency_ms=latency) as url:
             rate, cpu = await sender_run(url, size.jobs, "native")
             b_rate, b_cpu = await sender_run(url, size.jobs, "boto3")
             loop_calls = size.loop_calls if latency == 0 else max(20, size.loop_calls // 10)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from benchkit import (
+from bench.benchkit import (
     HTML,
     cluster,
     cpu_seconds,
@@ -20,9 +20,9 @@ from benchkit import (
     ses_stub,
     start_role,
     stub_stats,
-    wait_until,
 )
-from scenario_sender import loop_run
+from bench.scenario_sender import loop_run
+from support.until import until
 
 UNTHROTTLED = 1_000_000_000
 RATE = 500
@@ -86,7 +86,7 @@ async def sender_cpu(stub_url: str, mode: str, rate: float, recipients: int) -> 
             async def warm() -> bool:
                 return bool((await stub_stats(session, stub_url))["sent"] >= WARM_UP)
 
-            await wait_until(warm, "the warm-up campaign", 60)
+            await until(warm, what="the warm-up campaign", within=60)
             await asyncio.sleep(1.0)  # the first quota reading runs one second after start
             base = await stub_stats(session, stub_url)
             # unthrottled: as fast as one client posts; at a rate: a little ahead of it

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 import redis as syncredis
-from cli_helpers import REGION, SENDER, Sesflow
-from sesflow_procs import Cluster, moto_sent
 
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS
 from sesflow.common.keys import Keys
+
+from support.clikit import REGION, SENDER, Sesflow
+from support.procs import Cluster, moto_sent
 
 API_KEY = "cli-test-api-key"
 

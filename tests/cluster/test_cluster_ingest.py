@@ -10,7 +10,6 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis_cluster import RedisClusterProcess
 
 from sesflow.common.connection import ensure_group
 from sesflow.common.keys import DISPATCH_GROUP, Keys
@@ -21,6 +20,8 @@ from sesflow.ingest.api import requests_clock_ms
 from sesflow.ingest.dispatcher import Dispatcher
 from sesflow.ingest.scheduler import Scheduler
 from sesflow.ingest.templates import TemplateBody, TemplateStore
+
+from support.redis_cluster import RedisClusterProcess
 
 KEYS = Keys("sesflow", 3)
 

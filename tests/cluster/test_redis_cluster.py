@@ -12,8 +12,6 @@ from __future__ import annotations
 import datetime
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +20,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis_cluster import RedisClusterProcess
-from sesflow_procs import Cluster, poll
 
 from sesflow.common.keys import Keys
+
+from support.procs import Cluster, poll
+from support.redis_cluster import RedisClusterProcess
+from support.stubprocess import StubProcess
 
 pytestmark = pytest.mark.slow
 
@@ -39,42 +39,6 @@ MESSAGES = 40  # of 25 recipients: the odds that crc32 leaves a partition withou
 SENDER = "noreply@sesflow.test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDTESTING", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
 KEYS = Keys("sesflow", PARTITIONS)
-SESSTUB = Path(__file__).resolve().parents[1] / "sesstub.py"
-
-
-class StubProcess:
-    """tests/sesstub.py as its own process: its clock and event loop are not the test's, so a
-    busy test loop cannot bunch the calls it admits (which would show as 429s)."""
-
-    def __init__(self, *args: str) -> None:
-        self.args = args
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def start(self) -> StubProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(SESSTUB), "--port", "0", *self.args],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
-        assert self.url.startswith("http://127.0.0.1:"), self.url
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    async def get(self, path: str) -> Any:
-        async with aiohttp.ClientSession() as http, http.get(f"{self.url}{path}") as resp:
-            assert resp.status == 200
-            return await resp.json()
 
 
 def campaign(topic: str, start: int, count: int, per_message: int, **extra: Any) -> dict[str, Any]:
@@ -115,7 +79,7 @@ async def test_campaign_on_a_redis_cluster(
     redis_cluster: RedisClusterProcess, tmp_path: Path
 ) -> None:
     redis_cluster.flushall()
-    stub = StubProcess("--rate", str(RATE), "--burst", str(STUB_BURST), "--keep-messages", "5")
+    stub = StubProcess(rate=RATE, burst=STUB_BURST, keep_messages=5)
     roles = Cluster(
         redis_cluster.url,
         tmp_path / "logs",

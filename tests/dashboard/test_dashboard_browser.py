@@ -19,13 +19,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from chromium_cdp import Chromium, find_chromium
-from sesflow_procs import Cluster, poll
-from sesstub import SesStub
-from snssign import SnsSigner
 
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS
 from sesflow.common.keys import Keys
+
+from support.chromium_cdp import Chromium, find_chromium
+from support.procs import Cluster, poll
+from support.sesstub import SesStub
+from support.snssign import SnsSigner
 
 pytestmark = pytest.mark.slow
 

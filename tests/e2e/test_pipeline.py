@@ -11,8 +11,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sesflow_procs import Cluster, moto_sent, poll
-from snssign import SnsSigner
+
+from support.procs import Cluster, moto_sent, poll
+from support.snssign import SnsSigner
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from faultkit import (
+
+from support.faultkit import (
     KEYS,
     StubProcess,
     all_final,
@@ -23,7 +24,7 @@ from faultkit import (
     start_roles,
     until,
 )
-from sesflow_procs import Cluster
+from support.procs import Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -12,7 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from faultkit import (
+
+from sesflow.cli.embedded import RedisProcess
+
+from support.faultkit import (
     StubProcess,
     all_final,
     check_exactly_once,
@@ -26,10 +29,8 @@ from faultkit import (
     topic_stats,
     until,
 )
-from sesflow_procs import Cluster
-from snssign import SnsSigner
-
-from sesflow.cli.embedded import RedisProcess
+from support.procs import Cluster
+from support.snssign import SnsSigner
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from faultkit import (
+
+from support.faultkit import (
     StubProcess,
     all_final,
     check_exactly_once,
@@ -26,7 +27,7 @@ from faultkit import (
     until,
     wait_exit,
 )
-from sesflow_procs import Cluster
+from support.procs import Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

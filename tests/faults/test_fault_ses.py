@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from faultkit import (
+
+from support.faultkit import (
     StubProcess,
     all_final,
     check_exactly_once,
@@ -27,7 +28,7 @@ from faultkit import (
     states,
     until,
 )
-from sesflow_procs import Cluster
+from support.procs import Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from faultkit import (
+
+from support.faultkit import (
     StubProcess,
     all_final,
     check_exactly_once,
@@ -24,7 +25,7 @@ from faultkit import (
     until,
     wait_exit,
 )
-from sesflow_procs import Cluster
+from support.procs import Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -8,11 +8,12 @@ import time
 from typing import Any
 
 import jwt
-from ingestkit import read_events
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.keys import Keys, PartitionKeys
 from sesflow.common.schema import decode_request
+
+from support.ingestkit import read_events
 
 RUST_BODY = {
     "messages": [

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import redis as syncredis
-from ingestkit import read_events, read_jobs
 
 from sesflow.common.connection import ensure_group
 from sesflow.common.keys import DISPATCH_GROUP, Keys, PartitionKeys
@@ -19,6 +18,8 @@ from sesflow.common.settings import Settings
 from sesflow.common.suppression import SuppressionList, entry
 from sesflow.ingest import dispatcher as dispatcher_module
 from sesflow.ingest.dispatcher import Dispatcher, dispatcher_client
+
+from support.ingestkit import read_events, read_jobs
 
 
 @pytest.fixture

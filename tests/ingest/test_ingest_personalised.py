@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-from ingestkit import dispatch_all, read_events, read_jobs
 
 from sesflow.common.keys import Keys, PartitionKeys
 from sesflow.common.producer import enqueue
@@ -19,6 +18,8 @@ from sesflow.common.schema import Job, MessageContent, MessageRequest, Recipient
 from sesflow.common.settings import Settings
 from sesflow.ingest.dispatcher import Dispatcher
 from sesflow.ingest.scheduler import Scheduler
+
+from support.ingestkit import dispatch_all, read_events, read_jobs
 
 PDF = base64.b64encode(b"%PDF-1.4 " + bytes(range(256))).decode()
 CAMPAIGN = {

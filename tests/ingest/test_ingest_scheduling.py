@@ -10,13 +10,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from ingestkit import read_events
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.keys import Keys, PartitionKeys
 from sesflow.common.settings import Settings
 from sesflow.ingest.__main__ import run
 from sesflow.ingest.scheduler import Scheduler
+
+from support.ingestkit import read_events
 
 
 async def until(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:

@@ -12,7 +12,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
-from sesstub import SesStub
 
 from sesflow.common.keys import Keys
 from sesflow.common.schema import Event, EventType, Job, MessageContent, event_fields
@@ -27,6 +26,8 @@ from sesflow.sender.worker import Sender
 from sesflow.stats.aggregate import StatsConsumer
 from sesflow.stats.api import create_app as stats_app
 from sesflow.tracker.app import create_app as tracker_app
+
+from support.sesstub import SesStub
 
 # name of a sample -> the labels the brief gives it (a `partition` label may come on top).
 STATS = {

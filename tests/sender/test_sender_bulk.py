@@ -12,8 +12,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from senderkit import SECRET, Running, new_msg_id, states, wait_for
-from sesstub import SesStub
 
 from sesflow.common.keys import Keys
 from sesflow.common.schema import Job, MessageContent
@@ -22,6 +20,9 @@ from sesflow.common.tracking import Token, verify, verify_click
 from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
+
+from support.senderkit import SECRET, Running, new_msg_id, states, wait_for
+from support.sesstub import SesStub
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)

@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from senderkit import SECRET, Running, states, wait_for
-from sesstub import SesStub
 
 from sesflow.common.connection import ensure_group
 from sesflow.common.keys import DISPATCH_GROUP, Keys
@@ -21,6 +19,9 @@ from sesflow.ingest.dispatcher import Dispatcher, dispatcher_client
 from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
+
+from support.senderkit import SECRET, Running, states, wait_for
+from support.sesstub import SesStub
 
 KEYS = Keys("sesflow")
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDTESTING", "AWS_SECRET_ACCESS_KEY": "testing-secret"}

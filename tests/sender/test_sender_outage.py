@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from senderkit import SECRET, FakeSes, Running, seed, states, wait_for
 
 from sesflow.cli.embedded import RedisProcess
 from sesflow.common.connection import connect
@@ -16,6 +15,8 @@ from sesflow.common.keys import Keys
 from sesflow.common.settings import settings_from_mapping
 from sesflow.sender.compose import compose
 from sesflow.sender.worker import Sender
+
+from support.senderkit import SECRET, FakeSes, Running, seed, states, wait_for
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)

@@ -10,8 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from senderkit import SECRET, FakeSes, Running, events, new_msg_id, seed, states, wait_for
-from sesstub import SesStub
 from structlog.testing import capture_logs
 
 from sesflow.common.errors import SesSetupFault
@@ -22,6 +20,9 @@ from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sesflow.sender.worker import Sender
+
+from support.senderkit import SECRET, FakeSes, Running, events, new_msg_id, seed, states, wait_for
+from support.sesstub import SesStub
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)

@@ -11,15 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from senderkit import SECRET, Running, seed, states, wait_for
-from sesstub import SesStub
-
 from sesflow.cli.embedded import free_port
 from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.settings import Settings
 from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
+
+from support.senderkit import SECRET, Running, seed, states, wait_for
+from support.sesstub import SesStub
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)

@@ -9,7 +9,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from senderkit import FakeSes, Running, pending_count, seed, states, wait_for
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.aws import Quota
@@ -21,6 +20,8 @@ from sesflow.sender import upkeep
 from sesflow.sender.metrics import create_app
 from sesflow.sender.rate_limit import HEADROOM
 from sesflow.sender.worker import Sender
+
+from support.senderkit import FakeSes, Running, pending_count, seed, states, wait_for
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from senderkit import FakeSes, Running, events, new_msg_id, pending_count, seed, states, wait_for
 
 from sesflow.common.errors import (
     SesAmbiguous,
@@ -21,6 +20,17 @@ from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.suppression import SuppressionList, entry
 from sesflow.sender.__main__ import sender_client
 from sesflow.sender.worker import Sender
+
+from support.senderkit import (
+    FakeSes,
+    Running,
+    events,
+    new_msg_id,
+    pending_count,
+    seed,
+    states,
+    wait_for,
+)
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)

@@ -23,7 +23,6 @@ from botocore.exceptions import (
     ParamValidationError,
 )
 from multidict import CIMultiDict
-from sesstub import SesStub
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.errors import (
@@ -48,6 +47,8 @@ from sesflow.sender.ses_client import (
     parse_error,
     setup_reason,
 )
+
+from support.sesstub import SesStub
 
 MakeEmail = Callable[..., OutgoingEmail]
 

@@ -10,18 +10,17 @@ import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from botocore.exceptions import ClientError
-from sesstub import SesStub
 
 from sesflow.common.aws import boto_client, fetch_quota_sync
 from sesflow.common.settings import Settings
 
-STUB = Path(__file__).resolve().parent.parent / "sesstub.py"
+from support import TESTS
+from support.sesstub import SesStub
 
 
 def send_body(*to: str, sender: str = "sender@example.com") -> dict[str, Any]:
@@ -230,8 +229,19 @@ async def test_daily_quota(stub: SesStub, http: aiohttp.ClientSession) -> None:
 
 async def test_runs_as_a_process_and_prints_its_url(http: aiohttp.ClientSession) -> None:
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, str(STUB), "--port", "0", "--rate", "7", "--latency-ms", "1"],
+        *[
+            sys.executable,
+            "-m",
+            "support.sesstub",
+            "--port",
+            "0",
+            "--rate",
+            "7",
+            "--latency-ms",
+            "1",
+        ],
         stdout=asyncio.subprocess.PIPE,
+        cwd=TESTS,
     )
     try:
         assert proc.stdout is not None

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from helpers_stats import FAST, add_events, counters, drained
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sesflow.common.keys import STATS_GROUP, Keys
@@ -15,6 +14,8 @@ from sesflow.common.schema import Event, EventType
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import StatsConsumer
 from sesflow.stats.counters import hour_of
+
+from support.statskit import FAST, add_events, counters, drained
 
 NOW_MS = int(time.time() * 1000)
 

@@ -9,8 +9,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from apptest import AppTestServer
-from helpers_stats import FAST, add_events, drained
 
 from sesflow.common.aws import Quota
 from sesflow.common.keys import SENDERS_GROUP, Keys
@@ -19,6 +17,9 @@ from sesflow.common.settings import Settings
 from sesflow.common.setup_pauses import SetupPause, encode_pause
 from sesflow.stats.aggregate import StatsConsumer
 from sesflow.stats.api import create_app
+
+from support.apptest import AppTestServer
+from support.statskit import FAST, add_events, drained
 
 QUOTA = Quota(max_send_rate=14.0, max_24h_send=50000.0, sent_last_24h=1234.0, source="test")
 

@@ -13,11 +13,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers_stats import add_events, counters
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.keys import Keys
 from sesflow.common.schema import Event
+
+from support.statskit import add_events, counters
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 import pytest
 from aiohttp.test_utils import TestClient
-from apptest import AppTestServer
 
 from sesflow.common.settings import Settings
 from sesflow.ingest.api import create_app
+
+from support.apptest import AppTestServer
 
 JWT = "a-jwt-secret-of-at-least-32-bytes!"
 

@@ -9,85 +9,27 @@ into a timeout in a sender and show up as an `unknown` the fault did not cause.
 from __future__ import annotations
 
 import asyncio
-import select
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sesflow_procs import ROOT, Cluster, RoleProcess
 
 from sesflow.cli.embedded import port_open
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS
 from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
 
+from support.procs import Cluster, RoleProcess
+from support.stubprocess import StubProcess
+
 SENDER = "noreply@sesflow.test"
 REGION = "us-east-1"
 KEYS = Keys("sesflow")
 FINAL_PREFIXES = ("s:", "f:", "x", "p", "u")
-
-
-class StubProcess:
-    """`tests/sesstub.py` as a process: knobs through POST /stub/control, counts through
-    GET /stub/stats (per recipient with `recipients=True`)."""
-
-    def __init__(self, log_dir: Path, **options: float | int | str) -> None:
-        self.options = options
-        self.log_path = log_dir / "sesstub.log"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def start(self, timeout: float = 15.0) -> StubProcess:
-        args = [sys.executable, str(ROOT / "tests" / "sesstub.py"), "--port", "0"]
-        for name, value in self.options.items():
-            args += [f"--{name.replace('_', '-')}", str(value)]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, cwd=ROOT)
-        assert self.proc.stdout is not None
-        # the stub prints its URL on one line when it is ready
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline().decode().strip() if ready else ""
-        if not line.startswith("http://"):
-            self.stop()
-            raise RuntimeError(f"SES stub did not start: {line!r}\n{self.log_path.read_text()}")
-        self.url = line
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    async def control(self, **changes: Any) -> dict[str, Any]:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(f"{self.url}/stub/control", json=changes) as resp,
-        ):
-            assert resp.status == 200, await resp.text()
-            data: dict[str, Any] = await resp.json()
-            return data
-
-    async def stats(self, recipients: bool = False) -> dict[str, Any]:
-        query = "?recipients=1" if recipients else ""
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"{self.url}/stub/stats{query}") as resp,
-        ):
-            data: dict[str, Any] = await resp.json()
-            return data
 
 
 def cluster_env(stub: StubProcess, **env: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Shared helpers for the stats tests (imported by path-unique module name)."""
+"""What the stats tests share: adding events, waiting until stats has read them, counters."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sesflow.cli.embedded import free_port, port_open
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT
 
 
 class RoleProcess:
