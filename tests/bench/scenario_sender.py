@@ -28,6 +28,7 @@ from bench.benchkit import (
     stub_stats,
 )
 from sender_client.measure_cpu import boto3_loop, ours
+from support.until import until
 
 # The measurement window: from this share of the jobs sent to that share (skips start-up and the
 # tail where the queue runs dry).
@@ -58,16 +59,21 @@ async def sender_run(stub_url: str, jobs: int, ses_client: str) -> tuple[float, 
             pid = sender.proc.pid
             low, high = (base + int(jobs * share) for share in WINDOW)
             samples: list[tuple[float, float, int]] = []
-            deadline = time.monotonic() + 600
+
+            async def sent() -> int:
+                if not sender.running:
+                    raise RuntimeError(f"the sender exited:\n{sender.logs()[-3000:]}")
+                return int((await stub_stats(session, stub_url))["sent"])
+
             for mark in (low, high):
-                while True:
-                    sent = (await stub_stats(session, stub_url))["sent"]
-                    if sent >= mark:
-                        samples.append((time.perf_counter(), cpu_seconds(pid), sent))
-                        break
-                    if not sender.running or time.monotonic() > deadline:
-                        raise RuntimeError(f"sender stalled at {sent - base}/{jobs}")
-                    await asyncio.sleep(0.02)
+                reached = await until(
+                    sent,
+                    lambda n, mark=mark: n >= mark,
+                    what=f"{mark - base} sends",
+                    within=600,
+                    every=0.02,
+                )
+                samples.append((time.perf_counter(), cpu_seconds(pid), reached))
     (t0, cpu0, n0), (t1, cpu1, n1) = samples
     calls = n1 - n0
     return calls / (t1 - t0), (cpu1 - cpu0) / calls

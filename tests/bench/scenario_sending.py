@@ -95,23 +95,25 @@ async def sender_cpu(stub_url: str, mode: str, rate: float, recipients: int) -> 
                 post_campaigns(session, c.url("ingest"), recipients, pace, f"{mode}{rate}")
             )
             samples: list[tuple[float, float, int, int]] = []
-            deadline = time.monotonic() + 300
+
+            async def stats() -> dict[str, Any]:
+                if poster.done() and poster.exception():
+                    raise RuntimeError("posting failed") from poster.exception()
+                if not sender.running:
+                    raise RuntimeError(f"the sender exited:\n{sender.logs()[-3000:]}")
+                return await stub_stats(session, stub_url)
+
             try:
                 for share in WINDOW:
                     mark = base["sent"] + int(recipients * share)
-                    while True:
-                        stats = await stub_stats(session, stub_url)
-                        if stats["sent"] >= mark:
-                            cpu = cpu_seconds(sender.proc.pid)
-                            samples.append(
-                                (time.perf_counter(), cpu, stats["sent"], stats["calls"])
-                            )
-                            break
-                        if poster.done() and poster.exception():
-                            raise RuntimeError("posting failed") from poster.exception()
-                        if not sender.running or time.monotonic() > deadline:
-                            raise RuntimeError(f"sender stalled at {stats['sent']}/{recipients}")
-                        await asyncio.sleep(0.05)
+                    seen = await until(
+                        stats,
+                        lambda s, mark=mark: s["sent"] >= mark,
+                        what=f"{mark} sends",
+                        within=300,
+                    )
+                    cpu = cpu_seconds(sender.proc.pid)
+                    samples.append((time.perf_counter(), cpu, seen["sent"], seen["calls"]))
             finally:
                 poster.cancel()
                 await asyncio.gather(poster, return_exceptions=True)

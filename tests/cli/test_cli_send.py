@@ -16,6 +16,7 @@ from sesflow.common.keys import Keys
 
 from support.clikit import REGION, SENDER, Sesflow
 from support.procs import Cluster, moto_sent
+from support.until import until_sync
 
 API_KEY = "cli-test-api-key"
 
@@ -253,12 +254,13 @@ def test_replayed_dead_letter_is_sent_and_recounted(
 
     res = sesflow("dlq", "replay", "--all", "--stream", "sends")
     assert res.code == 0, res.out + res.err
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        counts = client.hgetall(p.stats_topic("retry"))
-        if counts.get("sent") == "1" and counts.get("failed") == "0":
-            break
-        time.sleep(0.2)
+    counts = until_sync(
+        lambda: client.hgetall(p.stats_topic("retry")),
+        lambda counts: counts.get("sent") == "1" and counts.get("failed") == "0",
+        what="the replayed job counted as sent",
+        within=20,
+        context=cluster.all_logs,
+    )
     client.close()
     assert counts["sent"] == "1" and counts["failed"] == "0" and counts["requeued"] == "1", (
         counts,

@@ -23,9 +23,10 @@ from redis.crc import key_slot
 
 from sesflow.common.keys import Keys
 
-from support.procs import Cluster, poll
+from support.procs import Cluster
 from support.redis_cluster import RedisClusterProcess
 from support.stubprocess import StubProcess
+from support.until import until
 
 pytestmark = pytest.mark.slow
 
@@ -133,16 +134,18 @@ async def run_campaign(roles: Cluster, client: RedisCluster, stub: StubProcess) 
         # A producer's malformed entry: dead-lettered, acknowledged, the loop goes on.
         await client.xadd(KEYS.requests, {"message": "{not json"})
 
-        done = await poll(
+        done = await until(
             lambda: get_json(http, f"{stats}/v1/topics/big"),
             lambda t: t.get("sent", 0) >= RECIPIENTS,
-            seconds=RECIPIENTS / RATE + 25,
+            within=RECIPIENTS / RATE + 25,
+            context=roles.all_logs,
         )
         assert done.get("sent") == RECIPIENTS, (done, roles.all_logs())
 
-        scheduled = await poll(
+        scheduled = await until(
             lambda: get_json(http, f"{stats}/v1/topics/later"),
             lambda t: t.get("total") == 30,
+            within=20,
         )
         assert scheduled["total"] == 30, scheduled
         async with http.delete(f"{ingest}/v1/topics/later") as resp:
@@ -178,9 +181,10 @@ async def run_campaign(roles: Cluster, client: RedisCluster, stub: StubProcess) 
         # Two replicas share one limiter: together they average no more than EMAIL_RATE.
         assert RECIPIENTS / (max(per_second) - min(per_second) + 1) <= RATE, per_second
 
-        topic = await poll(
+        topic = await until(
             lambda: get_json(http, f"{stats}/v1/topics/big"),
             lambda t: t.get("opened") == 1,
+            within=20,
         )
         assert topic["total"] == RECIPIENTS and topic["sent"] == RECIPIENTS, topic
         assert topic["created"] == 0 and topic["failed"] == 0 and topic["opened"] == 1, topic
@@ -188,13 +192,14 @@ async def run_campaign(roles: Cluster, client: RedisCluster, stub: StubProcess) 
         assert count == {
             "total": RECIPIENTS, "created": 0, "sent": RECIPIENTS, "failed": 0, "stopped": 0,
         }  # fmt: skip
-        stopped = await poll(
+        stopped = await until(
             lambda: get_json(http, f"{stats}/v1/results/count/later"),
             lambda c: c.get("stopped") == 30,
+            within=20,
         )
         assert stopped == {"total": 30, "created": 0, "sent": 0, "failed": 0, "stopped": 30}
 
-        dead = await poll(lambda: client.xrange(KEYS.requests_dead), bool, seconds=5)
+        dead = await until(lambda: client.xrange(KEYS.requests_dead), bool, within=5)
         assert [fields["message"] for _, fields in dead] == ["{not json"], dead
 
         # The reads that walk every partition (metrics scrape, dashboard overview).

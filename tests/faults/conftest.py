@@ -11,8 +11,9 @@ import pytest
 
 from sesflow.cli.embedded import RedisProcess
 
-from support.faultkit import StubProcess, cluster_env
+from support.faultkit import cluster_env
 from support.procs import Cluster
+from support.stubprocess import StubProcess
 
 
 @pytest.fixture

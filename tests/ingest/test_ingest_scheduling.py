@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,13 +18,7 @@ from sesflow.ingest.__main__ import run
 from sesflow.ingest.scheduler import Scheduler
 
 from support.ingestkit import read_events
-
-
-async def until(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+from support.until import until
 
 
 @pytest.fixture

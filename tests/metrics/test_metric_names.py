@@ -28,6 +28,7 @@ from sesflow.stats.api import create_app as stats_app
 from sesflow.tracker.app import create_app as tracker_app
 
 from support.sesstub import SesStub
+from support.until import until
 
 # name of a sample -> the labels the brief gives it (a `partition` label may come on top).
 STATS = {
@@ -143,10 +144,11 @@ async def test_stats_metrics(
     consumer = StatsConsumer(settings)
     await consumer.start()
     try:
-        for _ in range(250):  # up to 5 s
-            if consumer.stats.events["sent"] == 2:
-                break
-            await asyncio.sleep(0.02)
+
+        async def sent_seen() -> int:
+            return consumer.stats.events["sent"]
+
+        await until(sent_seen, lambda n: n == 2, what="stats to read both sent events")
         client = await serve(stats_app(settings, consumer_stats=consumer.stats))
         assert (await client.get("/v1/topics/m1")).status == 200
         samples = await scrape(client)
@@ -184,12 +186,11 @@ async def test_sender_metrics(
         stop = asyncio.Event()
         task = asyncio.create_task(sender.run(stop))
         try:
-            deadline = time.monotonic() + 8
-            while await redis.hlen(part.state(msg_id)) < 2 or any(
-                v.startswith("i:") for v in await redis.hvals(part.state(msg_id))
-            ):
-                assert time.monotonic() < deadline, "the sender did not finish both jobs"
-                await asyncio.sleep(0.02)
+            await until(
+                lambda: redis.hvals(part.state(msg_id)),
+                lambda states: len(states) == 2 and not any(v.startswith("i:") for v in states),
+                what="the sender to finish both jobs",
+            )
             await upkeep.update_gauges(sender)
             client = await serve(sender_metrics_app(settings, sender.health, client=redis))
             samples = await scrape(client)

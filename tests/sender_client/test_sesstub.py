@@ -21,6 +21,7 @@ from sesflow.common.settings import Settings
 
 from support import TESTS
 from support.sesstub import SesStub
+from support.until import until_sync
 
 
 def send_body(*to: str, sender: str = "sender@example.com") -> dict[str, Any]:
@@ -137,10 +138,7 @@ def stub_in_thread() -> Iterator[str]:
 
     thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 5
-    while not ready and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert ready
+    until_sync(lambda: ready, what="the stub thread to listen", within=5, every=0.01)
     url, loop, stop = ready[0]
     yield url
     loop.call_soon_threadsafe(stop.set)

@@ -16,6 +16,7 @@ from sesflow.stats.aggregate import StatsConsumer
 from sesflow.stats.counters import hour_of
 
 from support.statskit import FAST, add_events, counters, drained
+from support.until import until
 
 NOW_MS = int(time.time() * 1000)
 
@@ -234,7 +235,11 @@ async def test_stop_flushes_the_batch_in_hand(
     await consumer.start()
     await asyncio.sleep(0.1)
     await add_events(redis, keys, *[Event(type="sent", topic="t") for _ in range(3)])
-    await asyncio.sleep(0.3)  # read into the batch, far from its 30 s flush
+    await until(  # read into the batch, far from its 30 s flush
+        lambda: redis.xpending(keys.partition(0).events, STATS_GROUP),
+        lambda pending: pending["pending"] == 3,
+        what="stats to read the three events",
+    )
     assert await redis.hgetall(keys.partition(0).stats_topic("t")) == {}
     await consumer.close(grace=40)
     assert (await counters(redis, keys.partition(0).stats_topic("t")))["sent"] == 3

@@ -9,9 +9,7 @@ into a timeout in a sender and show up as an `unknown` the fault did not cause.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +17,13 @@ import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from sesflow.cli.embedded import port_open
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS
-from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
+from sesflow.common.keys import Keys
 
+from support.backlog import leftovers
 from support.procs import Cluster, RoleProcess
 from support.stubprocess import StubProcess
+from support.until import until
 
 SENDER = "noreply@sesflow.test"
 REGION = "us-east-1"
@@ -66,30 +65,8 @@ async def post_campaign(
     return str(answer["messages"][0]["id"])
 
 
-async def until(
-    fetch: Callable[[], Awaitable[Any]],
-    done: Callable[[Any], bool],
-    seconds: float,
-    what: str,
-    cluster: Cluster | None = None,
-) -> Any:
-    """Poll `fetch()` until `done(result)`; fail with `what` (and the roles' logs) after
-    `seconds`. Redis being briefly unreachable counts as not done yet."""
-    deadline = time.monotonic() + seconds
-    result: Any = None
-    while True:
-        try:
-            result = await fetch()
-            if done(result):
-                return result
-        except (RedisConnectionError, aiohttp.ClientError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            logs = cluster.all_logs() if cluster is not None else ""
-            raise AssertionError(
-                f"timed out after {seconds}s waiting for {what}: {result!r}\n{logs}"
-            )
-        await asyncio.sleep(0.1)
+# While a fault is on, Redis or a role may be unreachable: that is "not yet", not a failure.
+UNREACHABLE = (RedisConnectionError, aiohttp.ClientError, OSError)
 
 
 async def states(client: aioredis.Redis, msg_id: str) -> dict[int, str]:
@@ -168,29 +145,16 @@ async def check_exactly_once(
     )
 
 
-async def leftovers(client: aioredis.Redis) -> dict[str, int]:
-    """What is still unacknowledged by each group, and jobs that were dead-lettered."""
-    found = {"requests": int((await client.xpending(KEYS.requests, DISPATCH_GROUP))["pending"])}
-    for part in KEYS.partitions:
-        found[f"sends/{part.index}"] = int(
-            (await client.xpending(part.sends, SENDERS_GROUP))["pending"]
-        )
-        found[f"events/{part.index}"] = int(
-            (await client.xpending(part.events, STATS_GROUP))["pending"]
-        )
-        found[f"sends_dead/{part.index}"] = int(await client.xlen(part.sends_dead))
-    return found
-
-
 async def check_nothing_pending(client: aioredis.Redis, cluster: Cluster) -> None:
     """Every group on every stream acknowledges everything it was given, and no job of `sends`
     ends up dead-lettered."""
     await until(
         lambda: leftovers(client),
         lambda found: not any(found.values()),
-        15,
-        "nothing pending",
-        cluster,
+        what="nothing pending",
+        within=15,
+        ignore=UNREACHABLE,
+        context=cluster.all_logs,
     )
 
 
@@ -216,7 +180,12 @@ async def check_stats_agree(
         )
 
     view = await until(
-        lambda: topic_stats(http, cluster, topic), agrees, 20, "stats to agree", cluster
+        lambda: topic_stats(http, cluster, topic),
+        agrees,
+        what="stats to agree",
+        within=20,
+        ignore=UNREACHABLE,
+        context=cluster.all_logs,
     )
     assert view["failed"] == 0 and view["stopped"] == 0 and view["created"] == 0, view
     return dict(view)
@@ -236,10 +205,5 @@ def start_roles(
     for role in roles:
         cluster.start(role)
     started = [cluster.start("sender", name=f"sender-{n}", **sender_env) for n in range(senders)]
-    deadline = time.monotonic() + 30
-    while not all(port_open("127.0.0.1", cluster.ports[role]) for role in roles):
-        dead = [p.name for p in cluster.procs if not p.running]
-        if dead or time.monotonic() > deadline:
-            raise RuntimeError(f"roles not listening (dead: {dead})\n{cluster.all_logs()}")
-        time.sleep(0.05)
+    cluster.wait_listening(roles)
     return started

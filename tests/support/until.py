@@ -7,12 +7,14 @@ wrong reason; these raise `TimeoutError` naming what was awaited and the last va
     until_sync(lambda: port_open(host, port), what="the port to open")
 
 `ignore` lists exceptions that mean "not yet" (Redis restarting, a server not listening yet);
-anything else propagates at once. `context` adds text to the failure (process logs).
+anything else propagates at once. `context` adds text to the failure (process logs). Without
+`what`, the failure names the awaited function (a lambda by its source line).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -24,6 +26,16 @@ EVERY = 0.05
 
 def _truthy(value: object) -> bool:
     return bool(value)
+
+
+def _describe(fetch: Callable[..., object]) -> str:
+    name = getattr(fetch, "__qualname__", repr(fetch))
+    if name.endswith("<lambda>"):
+        try:
+            return inspect.getsource(fetch).strip()
+        except (OSError, TypeError):
+            pass
+    return str(name)
 
 
 def _failure(
@@ -45,7 +57,7 @@ async def until(
     fetch: Callable[[], Awaitable[T]],
     done: Callable[[T], bool] = _truthy,
     *,
-    what: str,
+    what: str = "",
     within: float = 10.0,
     every: float = EVERY,
     ignore: tuple[type[BaseException], ...] = (),
@@ -67,7 +79,7 @@ async def until(
                 return result
             value, error = result, None
         if last_try:
-            raise _failure(what, within, value, error, context)
+            raise _failure(what or _describe(fetch), within, value, error, context)
         await asyncio.sleep(every)
 
 
@@ -75,7 +87,7 @@ def until_sync(
     fetch: Callable[[], T],
     done: Callable[[T], bool] = _truthy,
     *,
-    what: str,
+    what: str = "",
     within: float = 10.0,
     every: float = EVERY,
     ignore: tuple[type[BaseException], ...] = (),
@@ -96,5 +108,5 @@ def until_sync(
                 return result
             value, error = result, None
         if last_try:
-            raise _failure(what, within, value, error, context)
+            raise _failure(what or _describe(fetch), within, value, error, context)
         time.sleep(every)
