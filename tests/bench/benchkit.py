@@ -108,7 +108,7 @@ def redis_server() -> Iterator[RedisProcess]:
 @contextlib.contextmanager
 def ses_stub(**options: Option) -> Iterator[str]:
     """The bench stub as its own process (its CPU is not the sender's); yields its URL."""
-    with StubProcess(module="bench.bench_stub", **options) as stub:
+    with StubProcess(None, module="bench.bench_stub", **options) as stub:
         yield stub.url
 
 

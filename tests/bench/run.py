@@ -289,7 +289,7 @@ async def run_scenario(name: str, sizes: Sizes, repeat: int) -> ScenarioResult:
         size = getattr(sizes, name)
 
         async def once() -> dict[str, Any]:
-            figures: dict[str, Any] = await module.run_once(size)  # type: ignore[attr-defined]
+            figures: dict[str, Any] = await module.run_once(size)
             return figures
 
     try:

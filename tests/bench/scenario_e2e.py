@@ -65,9 +65,9 @@ async def run_once(size: Size) -> dict[str, float]:
                 await asyncio.sleep(1 / POSTS_PER_SECOND)
             await asyncio.gather(*tasks)
 
-            async def all_seen() -> dict[str, float] | None:
-                rids = (await stub_times(session, url))["rids"]
-                return rids if all(rid in rids for rid in posted) else None
+            async def all_seen() -> dict[str, float]:
+                rids: dict[str, float] = (await stub_times(session, url))["rids"]
+                return rids if all(rid in rids for rid in posted) else {}
 
             seen = await until(all_seen, what="every message at the stub", within=60, every=0.2)
     latencies = [(seen[rid] - at) * 1000 for rid, at in posted.items() if rid.endswith("_0")]

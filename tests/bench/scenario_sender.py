@@ -9,8 +9,10 @@ against the stub at 0 ms and 20 ms, and its CPU per call; side by side in the sa
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sesflow.common.settings import settings_from_mapping
@@ -68,7 +70,7 @@ async def sender_run(stub_url: str, jobs: int, ses_client: str) -> tuple[float, 
             for mark in (low, high):
                 reached = await until(
                     sent,
-                    lambda n, mark=mark: n >= mark,
+                    partial(operator.le, mark),
                     what=f"{mark - base} sends",
                     within=600,
                     every=0.02,

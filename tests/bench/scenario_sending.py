@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from bench.benchkit import (
@@ -32,6 +33,10 @@ PER_MESSAGE = 1000
 # Sent before the measurement: a long-running sender has loaded its caches and made its first
 # SES quota reading (a boto3 client: ~0.2 s of CPU once) before a campaign comes.
 WARM_UP = 200
+
+
+def sent_at_least(mark: int, stats: dict[str, Any]) -> bool:
+    return int(stats["sent"]) >= mark
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ async def sender_cpu(stub_url: str, mode: str, rate: float, recipients: int) -> 
                     mark = base["sent"] + int(recipients * share)
                     seen = await until(
                         stats,
-                        lambda s, mark=mark: s["sent"] >= mark,
+                        partial(sent_at_least, mark),
                         what=f"{mark} sends",
                         within=300,
                     )

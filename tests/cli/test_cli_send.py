@@ -44,7 +44,8 @@ def test_direct_enqueue_without_following(sesflow: Sesflow, files: Path, redis_u
     assert "1 duplicate address(es)" in res.out
     assert "enqueued 5 recipient(s) in 3 message(s) as 'direct'" in res.out
     assert "scheduled for 2030-01-01T09:00:00.000Z" in res.out
-    client = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    # decoded replies, which redis-py's types cannot tell
+    client: Any = syncredis.Redis.from_url(redis_url, decode_responses=True)
     entries = client.xrange(Keys().requests)
     client.close()
     messages = [json.loads(fields["message"]) for _, fields in entries]
@@ -103,7 +104,8 @@ def test_personalised_options_reach_the_message(
     (files / "run.exe").write_bytes(b"MZ")
     res = sesflow(*base, "--subject", "S", "--html", "hi.html", "--attach", "run.exe")
     assert res.code == 2 and ".exe" in res.err
-    client = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    # decoded replies, which redis-py's types cannot tell
+    client: Any = syncredis.Redis.from_url(redis_url, decode_responses=True)
     assert client.xlen(Keys().requests) == 0
 
     (files / "people.csv").write_text(
@@ -240,7 +242,8 @@ def test_replayed_dead_letter_is_sent_and_recounted(
     from sesflow.sender.state import dead_entry
 
     p = Keys().partition(0)
-    client = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    # decoded replies, which redis-py's types cannot tell
+    client: Any = syncredis.Redis.from_url(redis_url, decode_responses=True)
     msg_id = f"{int(time.time() * 1000)}-0"
     content = {"topic": "retry", "subject": "Again", "html": "<p>again</p>", "total": "1"}
     client.hset(p.message(msg_id), mapping={**content, "accepted_ms": msg_id[:-2]})

@@ -113,7 +113,8 @@ def stop_once(roles: Cluster) -> dict[str, int | None]:
     }
 
 
-async def run_campaign(roles: Cluster, client: RedisCluster, stub: StubProcess) -> None:
+async def run_campaign(roles: Cluster, client: Any, stub: StubProcess) -> None:
+    """`client` is a RedisCluster with decoded replies (which redis-py's types cannot tell)."""
     ingest, tracker, stats = roles.url("ingest"), roles.url("tracker"), roles.url("stats")
     body = campaign("big", 0, RECIPIENTS, RECIPIENTS // MESSAGES)
     async with aiohttp.ClientSession() as http:

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from sesflow.common import sentry
 from sesflow.common.errors import SesSetupFault
 from sesflow.common.keys import Keys
 from sesflow.common.settings import Settings
-from sesflow.sender import metrics, worker
+from sesflow.sender import metrics
 from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
@@ -61,9 +62,7 @@ async def test_a_setup_fault_pauses_fails_nothing_alerts_and_a_probe_resumes(
 ) -> None:
     broken = True
     reported: list[dict[str, Any]] = []
-    monkeypatch.setattr(
-        worker.sentry, "report", lambda exc=None, message="", **kw: reported.append(kw)
-    )
+    monkeypatch.setattr(sentry, "report", lambda exc=None, message="", **kw: reported.append(kw))
 
     async def misspelled_configuration_set(email: Any) -> None:
         if broken:

@@ -372,7 +372,7 @@ async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(
     """Bytes that are not UTF-8 once made the whole XREADGROUP reply fail, and the reader task
     ended for good; with the role's own client the entry is a dead letter like any other."""
     settings = sender_settings()
-    raw = aioredis.Redis.from_url(settings.redis_url)
+    raw: Any = aioredis.Redis.from_url(settings.redis_url)  # bytes in, bytes out
     poison = {b"m": b"\xff\xfe", b"i": b"0", b"e": b"\xc3\x28@example.org"}
     await raw.xadd(PART.sends, poison)
     msg_id, _ = await seed(redis, KEYS, EMAILS[:2])

@@ -196,7 +196,7 @@ async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(
     nothing more was counted there; now the entry is a dead letter like any other."""
     keys = Keys()
     p = keys.partition(0)
-    raw = aioredis.Redis.from_url(fast.redis_url)
+    raw: Any = aioredis.Redis.from_url(fast.redis_url)  # bytes in, bytes out
     poison = {b"e": b'{"type":"sent","topic":"\xff\xfe"}'}
     await raw.xadd(p.events, poison)
     await add_events(redis, keys, Event(type="sent", topic="t"))

@@ -157,7 +157,7 @@ async def test_counts_sent_with_the_ses_quota(
     api: TestClient[Any, Any], redis: Any, fast: Settings
 ) -> None:
     await apply(fast, redis, *[Event(type="sent", topic="t") for _ in range(3)])
-    await asyncio.wait_for(api.app[_quota_key()].refreshed.wait(), 2)  # type: ignore[union-attr]
+    await asyncio.wait_for(api.app[_quota_key()].refreshed.wait(), 2)
     body = await (await api.get("/v1/events/counts/sent")).json()
     assert body["count"] == 3 and body["hours"] == 24
     assert body["max_send_rate"] == 14.0 and body["MaxSendRate"] == 14.0
@@ -192,7 +192,7 @@ async def test_counts_sent_never_waits_for_ses(fast: Settings) -> None:
 async def test_counts_sent_when_ses_does_not_answer(fast: Settings) -> None:
     client = await serve(create_app(fast, quota_fetcher=no_quota))
     try:
-        await asyncio.wait_for(client.app[_quota_key()].refreshed.wait(), 2)  # type: ignore[union-attr]
+        await asyncio.wait_for(client.app[_quota_key()].refreshed.wait(), 2)
         body = await (await client.get("/v1/events/counts/sent?hours=2")).json()
         assert body["hours"] == 2 and body["Max24HourSend"] is None
         assert body["remaining_24h"] is None

@@ -141,7 +141,7 @@ class Cluster:
 
 def moto_sent(region: str = "us-east-1") -> list[Any]:
     """Every message moto's SES (running in this process) accepted."""
-    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.models import DEFAULT_ACCOUNT_ID
     from moto.ses.models import ses_backends
 
     return list(ses_backends[DEFAULT_ACCOUNT_ID][region].sent_messages)

@@ -531,8 +531,8 @@ class SesStub:
         if self.recent.maxlen:
             self.recent.append(_raw_decoder.decode(body))
         if self.config.accepted_error_status:
-            status = self.config.accepted_error_status
-            return web.Response(status=status, text="<html>Bad gateway</html>")
+            code = self.config.accepted_error_status
+            return web.Response(status=code, text="<html>Bad gateway</html>")
         return self._json({"MessageId": message_id})
 
     def _entry_status(self, recipients: list[str]) -> str:
@@ -613,8 +613,8 @@ class SesStub:
         if self.recent.maxlen:
             self.recent.append(_raw_decoder.decode(body))
         if self.config.accepted_error_status:
-            status = self.config.accepted_error_status
-            return web.Response(status=status, text="<html>Bad gateway</html>")
+            code = self.config.accepted_error_status
+            return web.Response(status=code, text="<html>Bad gateway</html>")
         return self._json({"BulkEmailEntryResults": results})
 
     async def get_account(self, request: web.Request) -> web.StreamResponse:

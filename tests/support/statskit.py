@@ -14,7 +14,7 @@ FAST = {"STATS_FLUSH_INTERVAL": "0.05", "RECLAIM_IDLE": "0.3", "SHUTDOWN_GRACE":
 
 async def add_events(redis: Any, keys: Keys, *events: Event, partition: int = 0) -> list[str]:
     p = keys.partition(partition)
-    return [await redis.xadd(p.events, event_fields(e)) for e in events]  # type: ignore[arg-type]
+    return [await redis.xadd(p.events, event_fields(e)) for e in events]
 
 
 async def undrained(redis: Any, keys: Keys) -> list[str]:
