@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
+from sesflow.common.connection import Redis
 from sesflow.common.http import add_health_routes
 from sesflow.common.metrics import RedisReconnects, metrics_response
 from sesflow.common.settings import Settings
@@ -59,7 +60,7 @@ async def metrics(_: web.Request) -> web.Response:
     return metrics_response(REGISTRY)
 
 
-def create_app(settings: Settings, health_info: HealthInfo, *, client: Any) -> web.Application:
+def create_app(settings: Settings, health_info: HealthInfo, *, client: Redis) -> web.Application:
     """`/metrics` (Prometheus), `/health` (PING of `client`, the sender's Redis, with what
     `health_info` says about the sender) and `/livez`."""
     app = web.Application(client_max_size=settings.max_request_bytes)

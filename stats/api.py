@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sesflow.common.aws import fetch_quota
-from sesflow.common.connection import connect
+from sesflow.common.connection import Redis, connect
 from sesflow.common.errors import InputError
 from sesflow.common.http import (
     HEALTH_PATHS,
@@ -54,7 +54,7 @@ DASHBOARD = web.AppKey("dashboard", bytes)
 def create_app(
     settings: Settings,
     *,
-    client: Any = None,
+    client: Redis | None = None,
     quota_fetcher: QuotaFetcher = fetch_quota,
     consumer_stats: ConsumerStats | None = None,
 ) -> web.Application:
@@ -88,7 +88,7 @@ def create_app(
     return app
 
 
-def _redis_ctx(client: Any, consumer_stats: ConsumerStats | None) -> Any:
+def _redis_ctx(client: Redis | None, consumer_stats: ConsumerStats | None) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         own = client is None
         app[CLIENT] = connect(app[SETTINGS]) if own else client

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.connection import UNAVAILABLE, Redis
 from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
 from sesflow.stats.aggregate import ConsumerStats
 from sesflow.stats.queries import find_group, lag_fallback
@@ -36,7 +36,7 @@ class Snapshot:
 
 
 class PipelineCollector(Collector):
-    def __init__(self, client: Any, keys: Keys, consumer: ConsumerStats | None = None) -> None:
+    def __init__(self, client: Redis, keys: Keys, consumer: ConsumerStats | None = None) -> None:
         self.client = client
         self.keys = keys
         self.consumer = consumer
