@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.connection import UNAVAILABLE, Redis
 from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
 from sesflow.common.metrics import RoleMetrics
 from sesflow.stats.aggregate import AggregatorMetrics
@@ -38,7 +38,9 @@ class Snapshot:
 
 
 class PipelineCollector(Collector):
-    def __init__(self, client: Any, keys: Keys, consumer: AggregatorMetrics | None = None) -> None:
+    def __init__(
+        self, client: Redis, keys: Keys, consumer: AggregatorMetrics | None = None
+    ) -> None:
         self.client = client
         self.keys = keys
         self.consumer = consumer
