@@ -24,7 +24,7 @@ from sesflow.cli.output import (
 )
 from sesflow.cli.stats_report import dead_letter_counts
 from sesflow.common.aws import Quota, boto_client, fetch_quota
-from sesflow.common.connection import UNAVAILABLE, connect
+from sesflow.common.connection import UNAVAILABLE, Redis, connect
 from sesflow.common.keys import Keys
 from sesflow.common.settings import Settings
 
@@ -146,7 +146,7 @@ async def check_redis(settings: Settings) -> list[Finding]:
         await client.aclose()
 
 
-async def redis_findings(client: Any, settings: Settings) -> list[Finding]:
+async def redis_findings(client: Redis, settings: Settings) -> list[Finding]:
     where = redact(settings.redis_url)
     try:
         await client.ping()
@@ -202,7 +202,7 @@ async def redis_findings(client: Any, settings: Settings) -> list[Finding]:
     return findings
 
 
-async def eviction_finding(client: Any) -> Finding:
+async def eviction_finding(client: Redis) -> Finding:
     try:
         reply = await client.config_get("maxmemory-policy")
     except ResponseError as exc:

@@ -38,7 +38,7 @@ from sesflow.cli.output import (
     run,
     when,
 )
-from sesflow.common.connection import connect
+from sesflow.common.connection import Redis, connect
 from sesflow.common.errors import InputError
 from sesflow.common.keys import Keys
 from sesflow.common.settings import Settings
@@ -292,7 +292,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     return run(main)
 
 
-async def job_state(client: Any, settings: Settings, letter: DeadLetter) -> str | None:
+async def job_state(client: Redis, settings: Settings, letter: DeadLetter) -> str | None:
     """The current delivery state of a sends dead letter's recipient; None for other streams."""
     f = letter.fields
     if letter.stream.partition is None or letter.stream.kind != "sends" or "m" not in f:

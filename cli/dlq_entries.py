@@ -20,11 +20,12 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import msgspec
 from redis.exceptions import WatchError
 
+from sesflow.common.connection import Entries, Redis, as_fields
 from sesflow.common.errors import InputError
 from sesflow.common.keys import Keys
 from sesflow.common.schema import REQUEST_FIELD, Event, EventType, Job, decode_request, event_fields
@@ -124,39 +125,39 @@ def dead_streams(keys: Keys, kinds: Iterable[str] = STREAMS) -> list[DeadStream]
     return streams
 
 
-async def lengths(client: Any, streams: list[DeadStream]) -> dict[str, int]:
+async def lengths(client: Redis, streams: list[DeadStream]) -> dict[str, int]:
     pipe = client.pipeline(transaction=False)
     for s in streams:
         pipe.xlen(s.key)
     return {s.label: int(n) for s, n in zip(streams, await pipe.execute(), strict=True)}
 
 
-async def newest(client: Any, streams: list[DeadStream], limit: int) -> list[DeadLetter]:
+async def newest(client: Redis, streams: list[DeadStream], limit: int) -> list[DeadLetter]:
     """The `limit` most recent dead letters over all the streams, newest first."""
     letters: list[DeadLetter] = []
     for s in streams:
-        for entry_id, fields in await client.xrevrange(s.key, count=limit):
+        for entry_id, fields in cast(Entries, await client.xrevrange(s.key, count=limit)):
             letters.append(DeadLetter(s, entry_id, dict(fields or {})))
     letters.sort(key=lambda d: id_key(d.id), reverse=True)
     return letters[:limit]
 
 
-async def find(client: Any, streams: list[DeadStream], entry_id: str) -> list[DeadLetter]:
+async def find(client: Redis, streams: list[DeadStream], entry_id: str) -> list[DeadLetter]:
     """The dead letters with this id (one per stream at most)."""
     id_key(entry_id)  # raises InputError for something that is not an id
     found = []
     for s in streams:
-        for got_id, fields in await client.xrange(s.key, entry_id, entry_id):
+        for got_id, fields in cast(Entries, await client.xrange(s.key, entry_id, entry_id)):
             found.append(DeadLetter(s, got_id, dict(fields or {})))
     return found
 
 
-async def every(client: Any, stream: DeadStream, before: str = "+") -> AsyncIterator[DeadLetter]:
+async def every(client: Redis, stream: DeadStream, before: str = "+") -> AsyncIterator[DeadLetter]:
     """Every entry (older than `before` when given), oldest first, a page at a time. Safe while
     entries are being deleted: each page starts after the last id seen."""
     start = "-"
     while True:
-        page = await client.xrange(stream.key, start, before, count=PAGE)
+        page = cast(Entries, await client.xrange(stream.key, start, before, count=PAGE))
         for entry_id, fields in page:
             yield DeadLetter(stream, entry_id, dict(fields or {}))
         if len(page) < PAGE:
@@ -177,7 +178,7 @@ def id_key(entry_id: str) -> tuple[int, int]:
 
 
 class Replayer:
-    def __init__(self, client: Any, settings: Settings, keys: Keys, force: bool = False) -> None:
+    def __init__(self, client: Redis, settings: Settings, keys: Keys, force: bool = False) -> None:
         self.client = client
         self.keys = keys
         self.limits = Limits.from_settings(settings)
@@ -202,7 +203,7 @@ class Replayer:
     async def move(self, letter: DeadLetter, original: dict[str, str]) -> Outcome:
         """XADD the original to its stream and XDEL the dead letter, both or neither."""
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(letter.stream.origin, original)
+            pipe.xadd(letter.stream.origin, as_fields(original))
             pipe.xdel(letter.stream.key, letter.id)
             new_id, deleted = await pipe.execute()
         if not int(deleted):
@@ -267,11 +268,13 @@ class Replayer:
                     "its delivery state has expired, so the failure may still be counted "
                     "(--force requeues it without correcting the counts)",
                 )
-            pipe.multi()
+            pipe.multi()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             if reset:
                 pipe.hdel(state_key, str(job.index))
-                pipe.xadd(p.events, event_fields(requeued_event(job, str(topic), str(state))))
-            pipe.xadd(p.sends, job.fields())
+                pipe.xadd(
+                    p.events, as_fields(event_fields(requeued_event(job, str(topic), str(state))))
+                )
+            pipe.xadd(p.sends, as_fields(job.fields()))
             pipe.xdel(letter.stream.key, letter.id)
             replies = await pipe.execute()
         new_id = replies[2] if reset else replies[0]
@@ -301,13 +304,13 @@ def event_problem(letter: DeadLetter) -> str:
 # --- purge ----------------------------------------------------------------------------------------
 
 
-async def count_before(client: Any, stream: DeadStream, before: str | None) -> int:
+async def count_before(client: Redis, stream: DeadStream, before: str | None) -> int:
     if before is None:
         return int(await client.xlen(stream.key))
     return sum([1 async for _ in every(client, stream, "(" + before)])
 
 
-async def purge(client: Any, stream: DeadStream, before: str | None) -> int:
+async def purge(client: Redis, stream: DeadStream, before: str | None) -> int:
     """Delete every entry (or those with an id below `before`); the number removed."""
     if before is None:
         length = int(await client.xlen(stream.key))

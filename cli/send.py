@@ -39,6 +39,7 @@ from sesflow.cli.output import (
 )
 from sesflow.cli.recipients import Recipients, RecipientsError, parse, read_bytes
 from sesflow.cli.stats_report import read_topic, topic_table
+from sesflow.common.connection import Redis
 from sesflow.common.errors import InputError
 from sesflow.common.keys import Keys
 from sesflow.common.producer import enqueue
@@ -402,7 +403,7 @@ async def enqueue_http(
 
 
 async def enqueue_direct(
-    client: Any, keys: Keys, batches: list[Batch], progress: Progress
+    client: Redis, keys: Keys, batches: list[Batch], progress: Progress
 ) -> Enqueued:
     done = Enqueued()
     task = progress.add_task("enqueueing", total=sum(b.message.recipient_count for b in batches))
@@ -419,7 +420,7 @@ async def enqueue_direct(
 TopicReader = Callable[[], Awaitable[dict[str, Any] | None]]
 
 
-def redis_reader(client: Any, keys: Keys, topic: str) -> TopicReader:
+def redis_reader(client: Redis, keys: Keys, topic: str) -> TopicReader:
     return lambda: read_topic(client, keys, topic)
 
 
@@ -550,6 +551,7 @@ async def send(
         before = await read() if not args.no_follow else None
         with progress_bar(out) as progress:
             if args.direct:
+                assert client is not None  # --direct always opens Redis
                 done = await enqueue_direct(client, keys, batches, progress)
             else:
                 ingest_url = args.ingest_url or local_url(settings, settings.ingest_port)

@@ -24,6 +24,7 @@ from sesflow.cli.output import (
     print_json,
     run,
 )
+from sesflow.common.connection import Redis
 from sesflow.common.keys import Keys
 from sesflow.stats.overview import overview, topic_rows
 
@@ -170,7 +171,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return run(main)
 
 
-async def read_topic(client: Any, keys: Keys, topic: str) -> dict[str, Any] | None:
+async def read_topic(client: Redis, keys: Keys, topic: str) -> dict[str, Any] | None:
     """The dashboard's row for one topic (counters, progress, rate, ETA); None when unknown."""
     (row,) = await topic_rows(client, keys, [(topic, 0)], time.time())
     row.pop("last_activity_ms", None)
@@ -179,7 +180,7 @@ async def read_topic(client: Any, keys: Keys, topic: str) -> dict[str, Any] | No
     return row
 
 
-async def dead_letter_counts(client: Any, keys: Keys) -> dict[str, int]:
+async def dead_letter_counts(client: Redis, keys: Keys) -> dict[str, int]:
     pipe = client.pipeline(transaction=False)
     pipe.xlen(keys.requests_dead)
     for p in keys.partitions:

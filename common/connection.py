@@ -1,15 +1,20 @@
 """Redis connections: one client per process, built from settings, with reconnect and backoff.
 
 Callers get `redis.asyncio.Redis` (or `RedisCluster` when REDIS_CLUSTER=1) with
-`decode_responses=True`. Connection errors surface as `RedisUnavailable` through `redis_errors()`.
+`decode_responses=True`; `Redis` names either. Connection errors surface as `RedisUnavailable`
+through `redis_errors()`.
+
+redis-py's annotations cannot follow `decode_responses`: they type a reply `bytes | str`. Code
+that reads a reply of such a client says what it is with `typing.cast` (`cast(str, ...)`,
+`cast(dict[str, str], ...)`, `cast(Entries, ...)`); `as_fields` hands XADD a field mapping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, TypeAlias, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -18,12 +23,21 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from sesflow.common.errors import ConfigError, RedisUnavailable
 from sesflow.common.metrics import watch_reconnects
 from sesflow.common.settings import Settings
 
-Redis = aioredis.Redis | RedisCluster
+Redis: TypeAlias = aioredis.Redis | RedisCluster
+Fields: TypeAlias = dict[FieldT, EncodableT]
+Entries: TypeAlias = list[tuple[str, dict[str, str]]]  # XRANGE / XREVRANGE, decoded
+
+
+def as_fields(fields: Mapping[str, str] | Mapping[str, bytes]) -> Fields:
+    """`fields` as XADD is annotated to take them (the same object: dict is invariant)."""
+    return cast(Fields, fields)
+
 
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError, OSError)
 
@@ -86,7 +100,7 @@ def redis_errors() -> Iterator[None]:
         raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
 
 
-async def wait_for_redis(client: Any, stop: asyncio.Event | None = None, log: Any = None) -> bool:
+async def wait_for_redis(client: Redis, stop: asyncio.Event | None = None, log: Any = None) -> bool:
     """Block until Redis answers PING (True) or `stop` is set (False)."""
     delay = 0.1
     warned = False
@@ -103,7 +117,7 @@ async def wait_for_redis(client: Any, stop: asyncio.Event | None = None, log: An
     return False
 
 
-async def ensure_group(client: Any, stream: str, group: str) -> None:
+async def ensure_group(client: Redis, stream: str, group: str) -> None:
     """Create a consumer group (and its stream) reading from the start; idempotent."""
     try:
         await client.xgroup_create(stream, group, id="0", mkstream=True)
@@ -113,7 +127,7 @@ async def ensure_group(client: Any, stream: str, group: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def redis_client(settings: Settings) -> AsyncIterator[Any]:
+async def redis_client(settings: Settings) -> AsyncIterator[Redis]:
     client = connect(settings)
     try:
         yield client

@@ -42,7 +42,7 @@ from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from redis.exceptions import RedisError
 
-from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.connection import UNAVAILABLE, Redis
 from sesflow.common.errors import InputError, RedisUnavailable
 from sesflow.common.logs import get_logger
 from sesflow.common.settings import Settings
@@ -254,7 +254,7 @@ async def live(_: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-async def redis_reachable(client: Any) -> str:
+async def redis_reachable(client: Redis) -> str:
     """Empty when Redis answers PING within HEALTH_PING_TIMEOUT, else why not."""
     try:
         async with asyncio.timeout(HEALTH_PING_TIMEOUT):

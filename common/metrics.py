@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import (
@@ -34,6 +34,12 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.asyncio.cluster import RedisCluster
+
+if TYPE_CHECKING:  # connection.py imports this module
+    from sesflow.common.connection import Redis
+
+R = TypeVar("R", bound="Redis")
 
 ConnectFunc = Callable[[Any], Any]
 
@@ -63,13 +69,14 @@ class ReconnectCounter:
 
         return on_connect
 
-    def watch(self, client: Any) -> Any:
+    def watch(self, client: R) -> R:
         """Hook `client` (Redis or RedisCluster) before its first command; returns it."""
         pool = getattr(client, "connection_pool", None)
         if pool is not None:
             kwargs = pool.connection_kwargs
             kwargs["redis_connect_func"] = self.hook(kwargs.get("redis_connect_func"))
             return client
+        assert isinstance(client, RedisCluster)
         nodes = client.nodes_manager
         # Nodes found later are built from the manager's kwargs; the startup nodes were built
         # already, each with a copy of them. Each dict is hooked once (no double counting).
@@ -89,7 +96,7 @@ class ReconnectCounter:
 RECONNECTS = ReconnectCounter()
 
 
-def watch_reconnects(client: Any) -> Any:
+def watch_reconnects(client: R) -> R:
     return RECONNECTS.watch(client)
 
 

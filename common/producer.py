@@ -29,23 +29,24 @@ when the dispatcher takes the entry.
 
 from __future__ import annotations
 
-from typing import Any
+import redis as syncredis
 
+from sesflow.common.connection import Fields, Redis
 from sesflow.common.keys import Keys
 from sesflow.common.schema import REQUEST_FIELD, MessageRequest, encode
 
 
-def entry_fields(message: MessageRequest) -> dict[str, bytes]:
+def entry_fields(message: MessageRequest) -> Fields:
     return {REQUEST_FIELD: encode(message)}
 
 
-async def enqueue(client: Any, keys: Keys, message: MessageRequest) -> str:
+async def enqueue(client: Redis, keys: Keys, message: MessageRequest) -> str:
     """XADD one message (redis.asyncio client); returns its msg_id."""
     msg_id = await client.xadd(keys.requests, entry_fields(message))
     return msg_id.decode() if isinstance(msg_id, bytes) else str(msg_id)
 
 
-def enqueue_sync(client: Any, keys: Keys, message: MessageRequest) -> str:
+def enqueue_sync(client: syncredis.Redis, keys: Keys, message: MessageRequest) -> str:
     """The same with a synchronous `redis.Redis` client."""
     msg_id = client.xadd(keys.requests, entry_fields(message))
     return msg_id.decode() if isinstance(msg_id, bytes) else str(msg_id)

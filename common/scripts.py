@@ -7,6 +7,8 @@ import functools
 from importlib import resources
 from typing import Any
 
+from sesflow.common.connection import Redis
+
 
 @functools.cache
 def source(name: str) -> str:
@@ -15,6 +17,6 @@ def source(name: str) -> str:
     )
 
 
-def register(client: Any, name: str) -> Any:
+def register(client: Redis, name: str) -> Any:
     """`client.register_script` for `common/lua/<name>.lua` (EVALSHA, reloaded on NOSCRIPT)."""
     return client.register_script(source(name))

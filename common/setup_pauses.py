@@ -3,10 +3,11 @@ senders (`sender.setup_faults`), read by them and by stats for the dashboard's a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
+from sesflow.common.connection import Redis
 from sesflow.common.keys import Keys
 
 MESSAGE_BYTES = 500
@@ -38,12 +39,12 @@ def decode_pause(scope: str, raw: str) -> SetupPause:
         return SetupPause(scope=scope, reason="unknown", code="", message=raw[:MESSAGE_BYTES])
 
 
-async def read_pauses(client: Any, keys: Keys) -> dict[str, SetupPause]:
-    raw: dict[str, str] = await client.hgetall(keys.setup_paused)
+async def read_pauses(client: Redis, keys: Keys) -> dict[str, SetupPause]:
+    raw = cast(dict[str, str], await client.hgetall(keys.setup_paused))
     return {scope: decode_pause(scope, value) for scope, value in raw.items()}
 
 
-async def pauses_view(client: Any, keys: Keys) -> list[dict[str, Any]]:
+async def pauses_view(client: Redis, keys: Keys) -> list[dict[str, Any]]:
     """The paused setups as JSON-ready dicts, oldest first (the stats overview)."""
     pauses = sorted((await read_pauses(client, keys)).values(), key=lambda p: p.since_ms)
     return [msgspec.to_builtins(p) for p in pauses]

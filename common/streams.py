@@ -3,9 +3,9 @@ never an entry still pending for one of them."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from redis.exceptions import ResponseError
+
+from sesflow.common.connection import Redis
 
 # Dead letters kept for inspection per dead-letter stream (an approximate cap: a flood of bad
 # entries must not fill Redis).
@@ -18,7 +18,7 @@ def parse_id(entry_id: str) -> tuple[int, int]:
     return int(ms or 0), int(seq or 0)
 
 
-async def needed_floor(client: Any, stream: str) -> str | None:
+async def needed_floor(client: Redis, stream: str) -> str | None:
     """The lowest entry ID some consumer group still needs: its oldest pending entry, or the
     entry just after its last-delivered one when nothing is pending. None when there is no
     stream, no group, or a group that has read nothing (then nothing may go)."""
@@ -40,7 +40,7 @@ async def needed_floor(client: Any, stream: str) -> str | None:
     return f"{floor[0]}-{floor[1]}"
 
 
-async def trim_acknowledged(client: Any, stream: str) -> int:
+async def trim_acknowledged(client: Redis, stream: str) -> int:
     """XTRIM MINID at `needed_floor`; returns how many entries went."""
     floor = await needed_floor(client, stream)
     if floor is None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
+from sesflow.common.connection import Redis
 from sesflow.common.keys import Keys
 
 
@@ -52,7 +53,7 @@ def decode(email: str, raw: str | bytes | None) -> Suppression | None:
 
 
 class SuppressionList:
-    def __init__(self, client: Any, keys: Keys) -> None:
+    def __init__(self, client: Redis, keys: Keys) -> None:
         self.client = client
         self.key = keys.suppressed
 
@@ -80,7 +81,8 @@ class SuppressionList:
 
     async def page(self, cursor: int = 0, count: int = 100) -> tuple[int, list[Suppression]]:
         """One page of the list (HSCAN): returns the next cursor (0 at the end) and entries."""
-        next_cursor, items = await self.client.hscan(self.key, cursor=cursor, count=count)
+        next_cursor, found = await self.client.hscan(self.key, cursor=cursor, count=count)
+        items = cast(dict[str, str], found)
         return int(next_cursor), [
             s for email, raw in items.items() if (s := decode(email, raw)) is not None
         ]

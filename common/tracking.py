@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from sesflow.common.connection import Redis
 from sesflow.common.keys import Keys, split_request_id
 from sesflow.common.settings import Settings
 
@@ -108,7 +109,7 @@ def verify_click(secret: bytes, text: str) -> Token | None:
     return Token(k="c", r=who.r, t=who.t, u=where.u)
 
 
-async def tracking_secret(settings: Settings, client: Any) -> bytes:
+async def tracking_secret(settings: Settings, client: Redis) -> bytes:
     """TRACKING_SECRET, or the deployment's generated secret stored in Redis."""
     if settings.tracking_secret:
         return settings.tracking_secret.encode()

@@ -33,7 +33,7 @@ from redis.backoff import NoBackoff
 
 from sesflow.common import scripts
 from sesflow.common.addresses import is_valid_address
-from sesflow.common.connection import connect
+from sesflow.common.connection import Redis, connect
 from sesflow.common.errors import InputError
 from sesflow.common.http import (
     HEALTH_PATHS,
@@ -171,7 +171,7 @@ async def release_quietly(store: IdempotencyStore, claim: Claim) -> None:
         await store.release(claim)
 
 
-async def requests_clock_ms(client: Any, keys: Keys) -> int:
+async def requests_clock_ms(client: Redis, keys: Keys) -> int:
     """Redis TIME where `requests` lives: its clock stamps the message ids a stop time is
     compared with. On a cluster TIME would go to any node, whose clock may differ."""
     if isinstance(client, RedisCluster):

@@ -28,10 +28,11 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
+from sesflow.common.connection import Redis
 from sesflow.common.errors import InputError
 from sesflow.common.scripts import register
 
@@ -100,7 +101,7 @@ CLAIM_TRIES = 3
 
 
 class IdempotencyStore:
-    def __init__(self, client: Any, ttl: int) -> None:
+    def __init__(self, client: Redis, ttl: int) -> None:
         self.client = client
         self.ttl = ttl
         self._enqueue_once = register(client, "enqueue_once")
@@ -112,7 +113,7 @@ class IdempotencyStore:
         for _ in range(CLAIM_TRIES):
             if await self.client.set(record_key, placeholder, nx=True, ex=PENDING_TTL):
                 return Claim(record_key, digest, placeholder)
-            raw = await self.client.get(record_key)
+            raw = cast(str | None, await self.client.get(record_key))
             if raw is not None:
                 return self._replay(raw, digest)
             # Released or expired between SET NX and GET: the key is free again; claim it
@@ -162,7 +163,7 @@ class IdempotencyStore:
         )
         if reply[0] == "ok":
             return [str(entry_id) for entry_id in reply[1:]]
-        raw = await self.client.get(claim.record_key)
+        raw = cast(str | None, await self.client.get(claim.record_key))
         if raw is None:
             raise in_progress()
         return self._replay(raw, claim.digest)

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 from sesflow.common import scripts
-from sesflow.common.connection import UNAVAILABLE, wait_for_redis
+from sesflow.common.connection import UNAVAILABLE, Redis, wait_for_redis
 from sesflow.common.errors import RedisUnavailable
 from sesflow.common.keys import Keys, PartitionKeys
 from sesflow.common.logs import get_logger
@@ -23,7 +22,7 @@ BATCH = 20  # chunks per call: <= 10,000 jobs, a few milliseconds of Redis time
 
 
 class Scheduler:
-    def __init__(self, client: Any, keys: Keys) -> None:
+    def __init__(self, client: Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
         self.script = scripts.register(client, "promote")

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from sesflow.common import scripts
+from sesflow.common.connection import Redis
 from sesflow.common.errors import InputError
 from sesflow.common.http import decode_json
 from sesflow.common.keys import Keys
@@ -96,7 +97,7 @@ def parse_body(body: bytes, limits: Limits) -> TemplateBody:
 
 
 class TemplateStore:
-    def __init__(self, client: Any, keys: Keys) -> None:
+    def __init__(self, client: Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
         self.put_script = scripts.register(client, "template_put")

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from sesflow.common.aws import fetch_quota
-from sesflow.common.connection import UNAVAILABLE, wait_for_redis
+from sesflow.common.connection import UNAVAILABLE, Redis, wait_for_redis
 from sesflow.common.consumer import consumer_client
 from sesflow.common.errors import RedisUnavailable
 from sesflow.common.logs import get_logger
@@ -23,7 +23,7 @@ from sesflow.sender.worker import Sender
 log = get_logger(__name__)
 
 
-async def load_secret(settings: Settings, client: Any, stop: asyncio.Event) -> bytes | None:
+async def load_secret(settings: Settings, client: Redis, stop: asyncio.Event) -> bytes | None:
     while not stop.is_set():
         try:
             return await tracking_secret(settings, client)

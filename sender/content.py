@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from typing import Any
+from typing import cast
 
+from sesflow.common.connection import Redis
 from sesflow.common.keys import PartitionKeys
 from sesflow.common.schema import MessageContent
 
@@ -15,7 +16,7 @@ DEFAULT_SIZE = 256
 
 
 class ContentCache:
-    def __init__(self, client: Any, size: int = DEFAULT_SIZE) -> None:
+    def __init__(self, client: Redis, size: int = DEFAULT_SIZE) -> None:
         self.client = client
         self.size = size
         self._entries: OrderedDict[str, asyncio.Task[MessageContent | None]] = OrderedDict()
@@ -45,7 +46,7 @@ class ContentCache:
             del self._entries[msg_id]
 
     async def _load(self, part: PartitionKeys, msg_id: str) -> MessageContent | None:
-        data = await self.client.hgetall(part.message(msg_id))
+        data = cast(dict[str, str], await self.client.hgetall(part.message(msg_id)))
         try:
             return MessageContent.from_hash(msg_id, data)
         except ValueError:

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
+from sesflow.common.connection import Redis
 from sesflow.common.http import add_health_routes
 from sesflow.common.metrics import RoleMetrics
 from sesflow.common.settings import Settings
@@ -87,7 +88,7 @@ HealthInfo = Callable[[], dict[str, Any]]
 REDIS: web.AppKey[Any] = web.AppKey("redis")
 
 
-def create_app(settings: Settings, health_info: HealthInfo, *, client: Any) -> web.Application:
+def create_app(settings: Settings, health_info: HealthInfo, *, client: Redis) -> web.Application:
     """`/metrics` (Prometheus), `/health` (PING of `client`, the sender's Redis, with what
     `health_info` says about the sender) and `/livez`."""
     metrics = role_metrics()

@@ -26,8 +26,8 @@ with that setup pauses instead, and nothing fails:
 from __future__ import annotations
 
 import time
-from typing import Any
 
+from sesflow.common.connection import Redis
 from sesflow.common.errors import SesSetupFault
 from sesflow.common.keys import Keys
 from sesflow.common.logs import get_logger
@@ -73,7 +73,7 @@ def now_ms() -> int:
 class SetupFaults:
     """One replica's view of the paused setups, and the operations on the shared state."""
 
-    def __init__(self, client: Any, keys: Keys, probe_interval: float, owner: str) -> None:
+    def __init__(self, client: Redis, keys: Keys, probe_interval: float, owner: str) -> None:
         self.client = client
         self.keys = keys
         self.probe_ms = max(1, int(probe_interval * 1000))

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from sesflow.common.aws import fetch_quota
-from sesflow.common.connection import connect
+from sesflow.common.connection import Redis, connect
 from sesflow.common.errors import InputError
 from sesflow.common.http import (
     HEALTH_PATHS,
@@ -54,7 +54,7 @@ DASHBOARD = web.AppKey("dashboard", bytes)
 def create_app(
     settings: Settings,
     *,
-    client: Any = None,
+    client: Redis | None = None,
     quota_fetcher: QuotaFetcher = fetch_quota,
     aggregator_metrics: AggregatorMetrics | None = None,
 ) -> web.Application:
@@ -88,7 +88,7 @@ def create_app(
     return app
 
 
-def _redis_ctx(client: Any, aggregator_metrics: AggregatorMetrics | None) -> Any:
+def _redis_ctx(client: Redis | None, aggregator_metrics: AggregatorMetrics | None) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         own = client is None
         app[CLIENT] = connect(app[SETTINGS]) if own else client

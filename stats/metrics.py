@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.connection import UNAVAILABLE, Redis
 from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
 from sesflow.common.metrics import RoleMetrics
 from sesflow.stats.aggregate import AggregatorMetrics
@@ -39,7 +39,9 @@ class Snapshot:
 
 
 class PipelineCollector(Collector):
-    def __init__(self, client: Any, keys: Keys, consumer: AggregatorMetrics | None = None) -> None:
+    def __init__(
+        self, client: Redis, keys: Keys, consumer: AggregatorMetrics | None = None
+    ) -> None:
         self.client = client
         self.keys = keys
         self.consumer = consumer
@@ -85,8 +87,8 @@ class PipelineCollector(Collector):
             snap.scheduled.append((str(p.index), _int(scheduled)))
             if isinstance(counts, dict):
                 snap.events.update({k: int(v) for k, v in counts.items()})
-        for p, depth in zip(self.keys.partitions, await backlog_depth(self.client, self.keys)):
-            snap.backlogs.extend((lane, str(p.index), n) for lane, n in depth.items())
+        for index, depth in enumerate(await backlog_depth(self.client, self.keys)):
+            snap.backlogs.extend((lane, str(index), n) for lane, n in depth.items())
         snap.up = 1
         return snap
 

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from sesflow.common import scripts
+from sesflow.common.connection import Redis
 from sesflow.common.keys import Keys
 from sesflow.common.settings import Settings
 from sesflow.common.setup_pauses import pauses_view
@@ -40,7 +41,7 @@ def topic_row(topic: str, counts: Counter[str], rate: float, last_ms: int) -> di
 
 
 async def topic_rows(
-    client: Any, keys: Keys, topics: list[tuple[str, int]], now: float
+    client: Redis, keys: Keys, topics: list[tuple[str, int]], now: float
 ) -> list[dict[str, Any]]:
     """Every topic's counters and the `sent` minute buckets of the rate window."""
     minute = int(now // 60)
@@ -69,7 +70,7 @@ async def topic_rows(
 
 
 async def overview(
-    client: Any, keys: Keys, settings: Settings, quota: dict[str, Any], now: float, limit: int
+    client: Redis, keys: Keys, settings: Settings, quota: dict[str, Any], now: float, limit: int
 ) -> dict[str, Any]:
     async def recent_rows() -> list[dict[str, Any]]:
         return await topic_rows(client, keys, await recent_topics(client, keys, limit), now)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sesflow.common import scripts
+from sesflow.common.connection import Redis
 from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from sesflow.stats.counters import (
     HOURLY_RETENTION_S,
@@ -45,7 +46,7 @@ MAX_POINTS = 1440
 RATE_WINDOW_S = 60
 
 
-def _pipe(client: Any) -> Any:
+def _pipe(client: Redis) -> Any:
     return client.pipeline(transaction=False)
 
 
@@ -54,7 +55,7 @@ def _ints(values: Iterable[Any]) -> list[int]:
 
 
 async def read_counts(
-    client: Any, keys: Keys, key_of: Callable[[PartitionKeys], str]
+    client: Redis, keys: Keys, key_of: Callable[[PartitionKeys], str]
 ) -> Counter[str] | None:
     """The sum over partitions of one counter hash; None when no partition has it."""
     pipe = _pipe(client)
@@ -79,7 +80,7 @@ def summary(counts: Counter[str]) -> dict[str, int]:
 
 
 async def sum_fields(
-    client: Any, keys: Keys, key_of: Callable[[PartitionKeys], str], fields: list[str]
+    client: Redis, keys: Keys, key_of: Callable[[PartitionKeys], str], fields: list[str]
 ) -> list[int]:
     """HMGET the same fields from every partition's hash and add them up, field by field."""
     if not fields:
@@ -94,7 +95,7 @@ async def sum_fields(
     return totals
 
 
-async def count_since(client: Any, keys: Keys, metric: str, seconds: float, now: float) -> int:
+async def count_since(client: Redis, keys: Keys, metric: str, seconds: float, now: float) -> int:
     """How many `metric` events in the last `seconds`: whole hours from the hourly buckets, the
     partial hour at the start from the minute buckets (while they are kept)."""
     start = now - seconds
@@ -154,7 +155,7 @@ def plan_series(
     return SeriesQuery(metric, topic, first, int(end), step)
 
 
-async def series(client: Any, keys: Keys, q: SeriesQuery, now: float) -> list[tuple[int, int]]:
+async def series(client: Redis, keys: Keys, q: SeriesQuery, now: float) -> list[tuple[int, int]]:
     """(point time in epoch seconds, value) for each point of the query.
 
     A point at t sums the buckets in [t, t + step), clipped to the retention and to `end`, so the
@@ -185,7 +186,7 @@ async def series(client: Any, keys: Keys, q: SeriesQuery, now: float) -> list[tu
 
 
 async def recent_rate(
-    client: Any, keys: Keys, key_of: Callable[[PartitionKeys], str], metric: str, now: float
+    client: Redis, keys: Keys, key_of: Callable[[PartitionKeys], str], metric: str, now: float
 ) -> float:
     """Events per second over the previous whole minute and the current one so far."""
     minute = int(now // 60)
@@ -194,7 +195,7 @@ async def recent_rate(
     return sum(await sum_fields(client, keys, key_of, fields)) / window
 
 
-async def recent_topics(client: Any, keys: Keys, limit: int) -> list[tuple[str, int]]:
+async def recent_topics(client: Redis, keys: Keys, limit: int) -> list[tuple[str, int]]:
     """The `limit` most recently active topics, newest first, with their last activity (ms)."""
     pipe = _pipe(client)
     for p in keys.partitions:
@@ -209,7 +210,7 @@ async def recent_topics(client: Any, keys: Keys, limit: int) -> list[tuple[str, 
 LANES = ("transactional", "bulk", "paused")
 
 
-async def backlog_depth(client: Any, keys: Keys) -> list[dict[str, int]]:
+async def backlog_depth(client: Redis, keys: Keys) -> list[dict[str, int]]:
     """Per partition, the jobs waiting for the pump by lane: `transactional`, `bulk` and the
     bulk of `paused` topics."""
     script = scripts.register(client, "backlog_depth")
@@ -220,7 +221,7 @@ async def backlog_depth(client: Any, keys: Keys) -> list[dict[str, int]]:
     return depths
 
 
-async def queue_depth(client: Any, keys: Keys) -> dict[str, Any]:
+async def queue_depth(client: Redis, keys: Keys) -> dict[str, Any]:
     """Jobs not sent yet: waiting for the pump in a backlog (by lane), on `sends` (not yet read,
     or read but unacknowledged), and scheduled chunks. `queued` is all but the scheduled."""
     pipe = _pipe(client)
@@ -265,7 +266,7 @@ async def queue_depth(client: Any, keys: Keys) -> dict[str, Any]:
 LAG_FALLBACK_CAP = 10_000
 
 
-async def lag_fallback(client: Any, stream: str, last_delivered: str) -> int:
+async def lag_fallback(client: Redis, stream: str, last_delivered: str) -> int:
     """Redis < 7 has no group lag: count undelivered entries in Redis, up to a cap."""
     script = scripts.register(client, "stream_lag")
     return int(await script(keys=[stream], args=[last_delivered, LAG_FALLBACK_CAP]))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from sesflow.common.connection import Redis
 from sesflow.common.keys import Keys
 from sesflow.common.logs import get_logger
 from sesflow.common.settings import Settings
@@ -26,7 +26,7 @@ class SecretSource:
     """The tracking secret, read once. With TRACKING_SECRET unset it lives in Redis: if Redis is
     down at startup, the tracker still starts and tries again on the next request that needs it."""
 
-    def __init__(self, settings: Settings, client: Any) -> None:
+    def __init__(self, settings: Settings, client: Redis) -> None:
         self._settings = settings
         self._client = client
         self._secret: bytes | None = settings.tracking_secret.encode() or None
@@ -44,7 +44,7 @@ class SecretSource:
 class Tracker:
     settings: Settings
     keys: Keys
-    client: Any
+    client: Redis
     http: aiohttp.ClientSession
     verifier: SnsVerifier
     correlator: Correlator

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import msgspec
 
-from sesflow.common.connection import redis_errors
+from sesflow.common.connection import Redis, redis_errors
 from sesflow.common.keys import Keys, split_request_id
 from sesflow.tracker.ses_events import Draft, Feedback
 
@@ -29,7 +29,7 @@ class Correlation:
 class Correlator:
     """Finds the request behind an SES message. Topics are cached: they never change."""
 
-    def __init__(self, client: Any, keys: Keys, cache_size: int = 4096) -> None:
+    def __init__(self, client: Redis, keys: Keys, cache_size: int = 4096) -> None:
         self._client = client
         self._keys = keys
         self._topics: OrderedDict[str, str] = OrderedDict()
@@ -38,7 +38,7 @@ class Correlator:
     async def correlate(self, ses_id: str, rid: str = "", topic_hint: str = "") -> Correlation:
         if not rid and ses_id:
             with redis_errors():
-                rid = await self._client.get(self._keys.ses_message(ses_id)) or ""
+                rid = cast(str | None, await self._client.get(self._keys.ses_message(ses_id))) or ""
         parsed = split_request_id(rid) if rid else None
         if parsed is None:
             return Correlation(topic=topic_hint)
@@ -54,7 +54,7 @@ class Correlator:
             return cached
         key = self._keys.for_message(msg_id).message(msg_id)
         with redis_errors():
-            topic = await self._client.hget(key, "topic")
+            topic = cast(str | None, await self._client.hget(key, "topic"))
         if topic is None:
             return ""
         self._topics[msg_id] = topic

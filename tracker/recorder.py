@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
 from sesflow.common import schema
-from sesflow.common.connection import redis_errors
+from sesflow.common.connection import Redis, redis_errors
 from sesflow.common.keys import PartitionKeys
 from sesflow.common.scripts import register
 
@@ -56,7 +55,7 @@ class Pending:
 
 
 class EventRecorder:
-    def __init__(self, client: Any, first_touch_ttl: int) -> None:
+    def __init__(self, client: Redis, first_touch_ttl: int) -> None:
         self._script = register(client, SCRIPT)
         self._first_touch_ttl = max(first_touch_ttl, MIN_FIRST_TOUCH_TTL)
 

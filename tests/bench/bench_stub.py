@@ -1,14 +1,14 @@
-"""The SES stub as the benchmarks run it: `tests/sesstub.py` plus what the scenarios measure.
+"""The SES stub as the benchmarks run it: `support.sesstub` plus what the scenarios measure.
 
-- GetAccount reports `--max-send-rate` (the plain stub reports 14/s when it enforces no rate,
-  which the sender's quota upkeep would adopt as its ceiling);
+- GetAccount reports `--max-send-rate` (default here 1,000,000/s: the plain stub reports 14/s
+  when it enforces no rate, which the sender's quota upkeep would adopt as its ceiling);
 - the receive time of every accepted recipient (`time.time()` when the request arrived, before
   any latency), for sliding 1-second windows;
 - with `--record-rids`, the X-Request-ID of every accepted recipient (SendEmail headers, or a
   SendBulkEmail entry's ReplacementHeaders) with its receive time, for end-to-end latency.
 It keeps no rendered mail (`keep_mail` off): the benchmarks count, they do not read mail.
 
-    python tests/bench/bench_stub.py --port 0 [--rate 200] [--latency-ms 20] [--record-rids]
+    cd tests && python -m bench.bench_stub --port 0 [--rate 200] [--latency-ms 20] [--record-rids]
 
 prints its URL when ready. `GET /bench/times` answers {"times": [...], "rids": {rid: time}}.
 """
@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import array
 import asyncio
-import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sesstub import SesStub, parse_args
+from support.sesstub import SesStub, build_parser, config_from_args, serve
 
 
 class _Header(msgspec.Struct):
@@ -75,8 +71,9 @@ def request_ids(body: bytes) -> list[str]:
 
 
 class BenchStub(SesStub):
-    def __init__(self, *args: Any, max_send_rate: float, record_rids: bool, **config: Any) -> None:
-        self.max_send_rate = max_send_rate
+    """The stub, recording when each accepted recipient's request arrived (and its request id)."""
+
+    def __init__(self, *args: Any, record_rids: bool = False, **config: Any) -> None:
         self.record_rids = record_rids
         self.times = array.array("d")
         self.rids: dict[str, float] = {}
@@ -98,22 +95,6 @@ class BenchStub(SesStub):
     async def send_bulk_email(self, request: web.Request) -> web.StreamResponse:
         return await self._timed(request, super().send_bulk_email)
 
-    async def get_account(self, request: web.Request) -> web.StreamResponse:
-        config = self.config
-        return self._json(
-            {
-                "DedicatedIpAutoWarmupEnabled": False,
-                "EnforcementStatus": "HEALTHY",
-                "ProductionAccessEnabled": True,
-                "SendQuota": {
-                    "Max24HourSend": config.max_24h,
-                    "MaxSendRate": config.rate or self.max_send_rate,
-                    "SentLast24Hours": float(self.sent),
-                },
-                "SendingEnabled": True,
-            }
-        )
-
     async def times_handler(self, request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=_encoder.encode({"times": self.times.tolist(), "rids": self.rids}),
@@ -126,34 +107,16 @@ class BenchStub(SesStub):
         return app
 
 
-async def serve(argv: list[str]) -> None:
-    extra = [a for a in argv if a == "--record-rids"]
-    rest = [a for a in argv if a != "--record-rids"]
-    max_rate = 1_000_000.0
-    if "--max-send-rate" in rest:
-        at = rest.index("--max-send-rate")
-        max_rate = float(rest[at + 1])
-        del rest[at : at + 2]
-    args = parse_args(rest)
-    stub = BenchStub(
-        args.host,
-        args.port,
-        max_send_rate=max_rate,
-        record_rids=bool(extra),
-        latency_ms=args.latency_ms,
-        rate=args.rate,
-        burst=args.burst,
-        keep_messages=0,
-        keep_mail=False,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with stub:
-        print(stub.url, flush=True)
-        await stop.wait()
+def main(argv: list[str]) -> None:
+    parser = build_parser()
+    parser.add_argument("--record-rids", action="store_true")
+    # The benchmarks count, they do not read mail; an unthrottled stub reports a rate no sender
+    # reaches, so the sender's quota upkeep does not make 14/s its ceiling.
+    parser.set_defaults(keep_messages=0, keep_mail=False, max_send_rate=1_000_000.0)
+    args = parser.parse_args(argv)
+    stub = BenchStub(args.host, args.port, record_rids=args.record_rids, **config_from_args(args))
+    asyncio.run(serve(stub, args))
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1:]))
+    main(sys.argv[1:])

@@ -3,11 +3,9 @@ queueing jobs, process CPU, percentiles and the shape of a result."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,21 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-for path in (ROOT, ROOT / "tests", ROOT / "tests" / "sender_client"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+import aiohttp
+import redis.asyncio as aioredis
 
-import aiohttp  # noqa: E402
-import redis.asyncio as aioredis  # noqa: E402
-from sesflow_procs import Cluster, RoleProcess  # noqa: E402
+from sesflow.cli.embedded import RedisProcess, free_port, port_open
+from sesflow.common.keys import Keys
+from sesflow.common.producer import enqueue
+from sesflow.common.schema import MessageRequest
 
-from sesflow.cli.embedded import RedisProcess, port_open  # noqa: E402
-from sesflow.common.keys import Keys  # noqa: E402
-from sesflow.common.producer import enqueue  # noqa: E402
-from sesflow.common.schema import MessageRequest  # noqa: E402
+from support.procs import Cluster, RoleProcess
+from support.stubprocess import Option, StubProcess
+from support.until import until
 
-STUB = Path(__file__).resolve().parent / "bench_stub.py"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
 SENDER = "bench@example.com"
 # A typical newsletter body: ~4 KB of HTML with a few links.
@@ -111,24 +106,10 @@ def redis_server() -> Iterator[RedisProcess]:
 
 
 @contextlib.contextmanager
-def ses_stub(*args: str) -> Iterator[str]:
+def ses_stub(**options: Option) -> Iterator[str]:
     """The bench stub as its own process (its CPU is not the sender's); yields its URL."""
-    proc = subprocess.Popen(
-        [sys.executable, str(STUB), "--port", "0", *args], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http"):
-            raise RuntimeError(f"SES stub did not start (exit {proc.poll()})")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with StubProcess(None, module="bench.bench_stub", **options) as stub:
+        yield stub.url
 
 
 @contextlib.contextmanager
@@ -154,20 +135,17 @@ def cluster(redis_url: str, **env: str) -> Iterator[Cluster]:
 
 
 async def wait_port(port: int, proc: RoleProcess | None = None, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not port_open("127.0.0.1", port):
+    async def listening() -> bool:
         if proc is not None and not proc.running:
             raise RuntimeError(f"{proc.name} exited:\n{proc.logs()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"nothing listening on {port} after {seconds}s")
-        await asyncio.sleep(0.05)
+        return port_open("127.0.0.1", port)
+
+    await until(listening, what=f"a listener on port {port}", within=seconds)
 
 
 async def start_role(c: Cluster, role: str, name: str = "", **env: str) -> RoleProcess:
     """Start a role and wait until it listens (a sender: its metrics port)."""
     if role == "sender":
-        from sesflow.cli.embedded import free_port
-
         env.setdefault("SENDER_METRICS_PORT", str(free_port()))
         proc = c.start(role, name=name, **env)
         await wait_port(int(env["SENDER_METRICS_PORT"]), proc)
@@ -211,19 +189,6 @@ def message(n: int, recipients: int, topic: str = "bench") -> MessageRequest:
     )
 
 
-async def wait_until(
-    check: Callable[[], Any], what: str, seconds: float, every: float = 0.05
-) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {seconds}s waiting for {what}")
-        await asyncio.sleep(every)
-
-
 async def sends_length(client: Any) -> int:
     return int(await client.xlen(Keys().partition(0).sends))
 
@@ -241,7 +206,7 @@ async def queue_jobs(c: Cluster, client: Any, messages: int, per_message: int) -
     async def queued() -> bool:
         return await sends_length(client) >= total
 
-    await wait_until(queued, "jobs on sends", 120)
+    await until(queued, what="jobs on sends", within=120)
     ingest.stop()
 
 

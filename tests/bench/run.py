@@ -25,20 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import scenario_e2e
-import scenario_ingest
-import scenario_memory
-import scenario_rate
-import scenario_sender
-import scenario_sending
-import scenario_stats
-import scenario_tracker
-from benchkit import Metric, ScenarioResult, median
-from snssign import SnsSigner
+# Run as a script: `tests/` on the path makes `bench.*` and `support.*` importable, as under pytest.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sesflow.cli.embedded import redis_server_binary
+
+from bench import (
+    scenario_e2e,
+    scenario_ingest,
+    scenario_memory,
+    scenario_rate,
+    scenario_sender,
+    scenario_sending,
+    scenario_stats,
+    scenario_tracker,
+)
+from bench.benchkit import Metric, ScenarioResult, median
+from support.snssign import SnsSigner
 
 
 def at_least(bound: float) -> Callable[[float], bool]:
@@ -286,7 +289,7 @@ async def run_scenario(name: str, sizes: Sizes, repeat: int) -> ScenarioResult:
         size = getattr(sizes, name)
 
         async def once() -> dict[str, Any]:
-            figures: dict[str, Any] = await module.run_once(size)  # type: ignore[attr-defined]
+            figures: dict[str, Any] = await module.run_once(size)
             return figures
 
     try:

@@ -7,7 +7,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from benchkit import (
+from bench.benchkit import (
     HTML,
     cluster,
     http_session,
@@ -16,8 +16,8 @@ from benchkit import (
     ses_stub,
     start_role,
     stub_times,
-    wait_until,
 )
+from support.until import until
 
 RATE = 200  # EMAIL_RATE
 POSTS_PER_SECOND = 50
@@ -30,7 +30,7 @@ class Size:
 
 async def run_once(size: Size) -> dict[str, float]:
     with (
-        ses_stub("--record-rids") as url,
+        ses_stub(record_rids=True) as url,
         redis_server() as server,
         cluster(server.url, SES_ENDPOINT_URL=url, EMAIL_RATE=str(RATE)) as c,
     ):
@@ -65,11 +65,11 @@ async def run_once(size: Size) -> dict[str, float]:
                 await asyncio.sleep(1 / POSTS_PER_SECOND)
             await asyncio.gather(*tasks)
 
-            async def all_seen() -> dict[str, float] | None:
-                rids = (await stub_times(session, url))["rids"]
-                return rids if all(rid in rids for rid in posted) else None
+            async def all_seen() -> dict[str, float]:
+                rids: dict[str, float] = (await stub_times(session, url))["rids"]
+                return rids if all(rid in rids for rid in posted) else {}
 
-            seen = await wait_until(all_seen, "every message at the stub", 60, 0.2)
+            seen = await until(all_seen, what="every message at the stub", within=60, every=0.2)
     latencies = [(seen[rid] - at) * 1000 for rid, at in posted.items() if rid.endswith("_0")]
     warm = latencies[1:] if len(latencies) > 1 else latencies
     return {"e2e_p50_ms": percentile(warm, 50), "e2e_p99_ms": percentile(warm, 99)}

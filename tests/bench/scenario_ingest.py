@@ -9,7 +9,11 @@ import time
 from dataclasses import dataclass
 
 import msgspec
-from benchkit import (
+
+from sesflow.common.keys import Keys
+from sesflow.common.producer import enqueue
+
+from bench.benchkit import (
     HTML,
     cluster,
     emails,
@@ -19,11 +23,8 @@ from benchkit import (
     redis_server,
     sends_length,
     start_role,
-    wait_until,
 )
-
-from sesflow.common.keys import Keys
-from sesflow.common.producer import enqueue
+from support.until import until
 
 PER_MESSAGE = 1000
 CLIENTS = 8  # concurrent HTTP posters
@@ -73,12 +74,15 @@ async def over_http(size: Size) -> dict[str, float]:
 
             # warm up the connections and the process (not counted: a fresh server each run)
             await poster_once(session, url, bodies(1)[0])
-            await wait_until(lambda: at_least(client, PER_MESSAGE), "warm-up dispatch", 30)
+            await until(lambda: at_least(client, PER_MESSAGE), what="warm-up dispatch", within=30)
             start = time.perf_counter()
             await asyncio.gather(*(poster() for _ in range(CLIENTS)))
             accepted = time.perf_counter()
-            await wait_until(
-                lambda: at_least(client, total + PER_MESSAGE), "jobs on sends", 300, 0.01
+            await until(
+                lambda: at_least(client, total + PER_MESSAGE),
+                what="jobs on sends",
+                within=300,
+                every=0.01,
             )
             queued = time.perf_counter()
     return {
@@ -110,7 +114,9 @@ async def by_producer(size: Size) -> dict[str, float]:
             for request in requests:
                 await enqueue(client, keys, request)
             added = time.perf_counter()
-            await wait_until(lambda: at_least(client, total), "jobs on sends", 300, 0.01)
+            await until(
+                lambda: at_least(client, total), what="jobs on sends", within=300, every=0.01
+            )
             queued = time.perf_counter()
     return {
         "producer_xadd_rps": total / (added - start),

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchkit import (
+from sesflow.common.keys import Keys
+from sesflow.common.producer import enqueue
+
+from bench.benchkit import (
     cluster,
     message,
     redis_client,
     redis_server,
     sends_length,
     start_role,
-    wait_until,
 )
-
-from sesflow.common.keys import Keys
-from sesflow.common.producer import enqueue
+from support.until import until
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ async def run_once(size: Size) -> dict[str, float]:
     with redis_server() as server, cluster(server.url) as c:
         await start_role(c, "ingest")
         async with redis_client(server.url) as client:
-            await wait_until(lambda: client.exists(keys.requests), "the dispatch group", 30)
+            await until(lambda: client.exists(keys.requests), what="the dispatch group", within=30)
             before = await used_memory(client)
             for n in range(size.messages):
                 await enqueue(client, keys, message(n, size.per_message))
@@ -46,7 +46,7 @@ async def run_once(size: Size) -> dict[str, float]:
             async def queued() -> bool:
                 return await sends_length(client) >= total
 
-            await wait_until(queued, "jobs on sends", 600, 0.1)
+            await until(queued, what="jobs on sends", within=600, every=0.1)
             after = await used_memory(client)
             requests = int(await client.memory_usage(keys.requests, samples=0) or 0)
             sends = int(await client.memory_usage(part.sends, samples=0) or 0)

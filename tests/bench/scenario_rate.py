@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from benchkit import (
+from bench.benchkit import (
     cluster,
     http_session,
     max_in_window,
@@ -32,7 +32,7 @@ class Size:
 async def run_once(size: Size) -> dict[str, float]:
     jobs = int(RATE * (size.seconds + 5))
     with (
-        ses_stub("--rate", str(RATE)) as url,
+        ses_stub(rate=RATE) as url,
         redis_server() as server,
         cluster(server.url, SES_ENDPOINT_URL=url) as c,
     ):

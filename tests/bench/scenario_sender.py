@@ -9,11 +9,15 @@ against the stub at 0 ms and 20 ms, and its CPU per call; side by side in the sa
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from benchkit import (
+from sesflow.common.settings import settings_from_mapping
+
+from bench.benchkit import (
     CREDENTIALS,
     cluster,
     cpu_seconds,
@@ -25,9 +29,8 @@ from benchkit import (
     start_role,
     stub_stats,
 )
-from measure_cpu import boto3_loop, ours
-
-from sesflow.common.settings import settings_from_mapping
+from sender_client.measure_cpu import boto3_loop, ours
+from support.until import until
 
 # The measurement window: from this share of the jobs sent to that share (skips start-up and the
 # tail where the queue runs dry).
@@ -58,16 +61,21 @@ async def sender_run(stub_url: str, jobs: int, ses_client: str) -> tuple[float, 
             pid = sender.proc.pid
             low, high = (base + int(jobs * share) for share in WINDOW)
             samples: list[tuple[float, float, int]] = []
-            deadline = time.monotonic() + 600
+
+            async def sent() -> int:
+                if not sender.running:
+                    raise RuntimeError(f"the sender exited:\n{sender.logs()[-3000:]}")
+                return int((await stub_stats(session, stub_url))["sent"])
+
             for mark in (low, high):
-                while True:
-                    sent = (await stub_stats(session, stub_url))["sent"]
-                    if sent >= mark:
-                        samples.append((time.perf_counter(), cpu_seconds(pid), sent))
-                        break
-                    if not sender.running or time.monotonic() > deadline:
-                        raise RuntimeError(f"sender stalled at {sent - base}/{jobs}")
-                    await asyncio.sleep(0.02)
+                reached = await until(
+                    sent,
+                    partial(operator.le, mark),
+                    what=f"{mark - base} sends",
+                    within=600,
+                    every=0.02,
+                )
+                samples.append((time.perf_counter(), cpu_seconds(pid), reached))
     (t0, cpu0, n0), (t1, cpu1, n1) = samples
     calls = n1 - n0
     return calls / (t1 - t0), (cpu1 - cpu0) / calls
@@ -85,7 +93,7 @@ def loop_run(stub_url: str, calls: int) -> tuple[float, float]:
 async def run_once(size: Size) -> dict[str, Any]:
     out: dict[str, float] = {}
     for latency in (0, 20):
-        with ses_stub("--latency-ms", str(latency)) as url:
+        with ses_stub(latency_ms=latency) as url:
             rate, cpu = await sender_run(url, size.jobs, "native")
             b_rate, b_cpu = await sender_run(url, size.jobs, "boto3")
             loop_calls = size.loop_calls if latency == 0 else max(20, size.loop_calls // 10)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from benchkit import (
+from bench.benchkit import (
     HTML,
     cluster,
     cpu_seconds,
@@ -20,9 +21,9 @@ from benchkit import (
     ses_stub,
     start_role,
     stub_stats,
-    wait_until,
 )
-from scenario_sender import loop_run
+from bench.scenario_sender import loop_run
+from support.until import until
 
 UNTHROTTLED = 1_000_000_000
 RATE = 500
@@ -32,6 +33,10 @@ PER_MESSAGE = 1000
 # Sent before the measurement: a long-running sender has loaded its caches and made its first
 # SES quota reading (a boto3 client: ~0.2 s of CPU once) before a campaign comes.
 WARM_UP = 200
+
+
+def sent_at_least(mark: int, stats: dict[str, Any]) -> bool:
+    return int(stats["sent"]) >= mark
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ async def sender_cpu(stub_url: str, mode: str, rate: float, recipients: int) -> 
             async def warm() -> bool:
                 return bool((await stub_stats(session, stub_url))["sent"] >= WARM_UP)
 
-            await wait_until(warm, "the warm-up campaign", 60)
+            await until(warm, what="the warm-up campaign", within=60)
             await asyncio.sleep(1.0)  # the first quota reading runs one second after start
             base = await stub_stats(session, stub_url)
             # unthrottled: as fast as one client posts; at a rate: a little ahead of it
@@ -95,23 +100,25 @@ async def sender_cpu(stub_url: str, mode: str, rate: float, recipients: int) -> 
                 post_campaigns(session, c.url("ingest"), recipients, pace, f"{mode}{rate}")
             )
             samples: list[tuple[float, float, int, int]] = []
-            deadline = time.monotonic() + 300
+
+            async def stats() -> dict[str, Any]:
+                if poster.done() and poster.exception():
+                    raise RuntimeError("posting failed") from poster.exception()
+                if not sender.running:
+                    raise RuntimeError(f"the sender exited:\n{sender.logs()[-3000:]}")
+                return await stub_stats(session, stub_url)
+
             try:
                 for share in WINDOW:
                     mark = base["sent"] + int(recipients * share)
-                    while True:
-                        stats = await stub_stats(session, stub_url)
-                        if stats["sent"] >= mark:
-                            cpu = cpu_seconds(sender.proc.pid)
-                            samples.append(
-                                (time.perf_counter(), cpu, stats["sent"], stats["calls"])
-                            )
-                            break
-                        if poster.done() and poster.exception():
-                            raise RuntimeError("posting failed") from poster.exception()
-                        if not sender.running or time.monotonic() > deadline:
-                            raise RuntimeError(f"sender stalled at {stats['sent']}/{recipients}")
-                        await asyncio.sleep(0.05)
+                    seen = await until(
+                        stats,
+                        partial(sent_at_least, mark),
+                        what=f"{mark} sends",
+                        within=300,
+                    )
+                    cpu = cpu_seconds(sender.proc.pid)
+                    samples.append((time.perf_counter(), cpu, seen["sent"], seen["calls"]))
             finally:
                 poster.cancel()
                 await asyncio.gather(poster, return_exceptions=True)

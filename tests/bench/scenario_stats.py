@@ -14,9 +14,13 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from benchkit import (
+from sesflow.common.keys import STATS_GROUP, Keys
+from sesflow.common.schema import Event, event_fields
+
+from bench.benchkit import (
     cluster,
     http_session,
     median,
@@ -24,11 +28,8 @@ from benchkit import (
     redis_client,
     redis_server,
     start_role,
-    wait_until,
 )
-
-from sesflow.common.keys import STATS_GROUP, Keys
-from sesflow.common.schema import Event, event_fields
+from support.until import until
 
 KINDS = (
     ("accepted", 30),
@@ -130,7 +131,7 @@ async def run_once(size: Size) -> dict[str, Any]:
             for label, events in (("1M", 1_000_000), ("10M", 9_000_000)):
                 start = time.perf_counter()
                 last = await add_events(client, size, events, seed=total)
-                await wait_until(lambda last=last: consumed(client, last), "stats", 600, 0.1)
+                await until(partial(consumed, client, last), what="stats", within=600, every=0.1)
                 total += events
                 out[f"stats_load_s_{label}"] = time.perf_counter() - start
                 global_key = Keys().partition(0).stats_global

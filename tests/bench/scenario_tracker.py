@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchkit import cluster, http_session, redis_client, redis_server, start_role
-from snssign import SnsSigner
-
 from sesflow.common.keys import Keys
+
+from bench.benchkit import cluster, http_session, redis_client, redis_server, start_role
+from support.snssign import SnsSigner
 
 PAYLOAD = Path(__file__).resolve().parents[1] / "tracker" / "payloads" / "event_delivery.json"
 MSG_ID = "1732461234567-0"

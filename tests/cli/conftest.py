@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import REGION, SENDER, Result, Sesflow
 
 from sesflow.cli.main import main
+
+from support.clikit import REGION, SENDER, Result, Sesflow
 
 
 @pytest.fixture

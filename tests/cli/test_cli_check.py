@@ -5,9 +5,10 @@ from typing import Any
 
 import pytest
 import redis as syncredis
-from cli_helpers import REGION, SENDER, Sesflow
 
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS
+
+from support.clikit import REGION, SENDER, Sesflow
 
 
 @pytest.fixture

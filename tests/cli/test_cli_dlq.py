@@ -7,7 +7,6 @@ from typing import Any
 import msgspec
 import pytest
 import redis as syncredis
-from cli_helpers import Sesflow
 
 from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, Keys
 from sesflow.common.schema import (
@@ -21,6 +20,8 @@ from sesflow.common.schema import (
 )
 from sesflow.sender.state import dead_entry
 from sesflow.stats.counters import PartitionBatch
+
+from support.clikit import Sesflow
 
 KEYS = Keys()
 P = KEYS.partition(0)

@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 import redis as syncredis
-from cli_helpers import REGION, SENDER, Sesflow
-from sesflow_procs import Cluster, moto_sent
 
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS
 from sesflow.common.keys import Keys
+
+from support.clikit import REGION, SENDER, Sesflow
+from support.procs import Cluster, moto_sent
+from support.until import until_sync
 
 API_KEY = "cli-test-api-key"
 
@@ -42,7 +44,8 @@ def test_direct_enqueue_without_following(sesflow: Sesflow, files: Path, redis_u
     assert "1 duplicate address(es)" in res.out
     assert "enqueued 5 recipient(s) in 3 message(s) as 'direct'" in res.out
     assert "scheduled for 2030-01-01T09:00:00.000Z" in res.out
-    client = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    # decoded replies, which redis-py's types cannot tell
+    client: Any = syncredis.Redis.from_url(redis_url, decode_responses=True)
     entries = client.xrange(Keys().requests)
     client.close()
     messages = [json.loads(fields["message"]) for _, fields in entries]
@@ -101,7 +104,8 @@ def test_personalised_options_reach_the_message(
     (files / "run.exe").write_bytes(b"MZ")
     res = sesflow(*base, "--subject", "S", "--html", "hi.html", "--attach", "run.exe")
     assert res.code == 2 and ".exe" in res.err
-    client = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    # decoded replies, which redis-py's types cannot tell
+    client: Any = syncredis.Redis.from_url(redis_url, decode_responses=True)
     assert client.xlen(Keys().requests) == 0
 
     (files / "people.csv").write_text(
@@ -238,7 +242,8 @@ def test_replayed_dead_letter_is_sent_and_recounted(
     from sesflow.sender.state import dead_entry
 
     p = Keys().partition(0)
-    client = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    # decoded replies, which redis-py's types cannot tell
+    client: Any = syncredis.Redis.from_url(redis_url, decode_responses=True)
     msg_id = f"{int(time.time() * 1000)}-0"
     content = {"topic": "retry", "subject": "Again", "html": "<p>again</p>", "total": "1"}
     client.hset(p.message(msg_id), mapping={**content, "accepted_ms": msg_id[:-2]})
@@ -252,12 +257,13 @@ def test_replayed_dead_letter_is_sent_and_recounted(
 
     res = sesflow("dlq", "replay", "--all", "--stream", "sends")
     assert res.code == 0, res.out + res.err
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        counts = client.hgetall(p.stats_topic("retry"))
-        if counts.get("sent") == "1" and counts.get("failed") == "0":
-            break
-        time.sleep(0.2)
+    counts = until_sync(
+        lambda: client.hgetall(p.stats_topic("retry")),
+        lambda counts: counts.get("sent") == "1" and counts.get("failed") == "0",
+        what="the replayed job counted as sent",
+        within=20,
+        context=cluster.all_logs,
+    )
     client.close()
     assert counts["sent"] == "1" and counts["failed"] == "0" and counts["requeued"] == "1", (
         counts,

@@ -5,12 +5,13 @@ import time
 
 import pytest
 import redis as syncredis
-from cli_helpers import Sesflow
 
 from sesflow.cli import main as cli_main
 from sesflow.cli.local_env import up_env_file
 from sesflow.common.keys import Keys
 from sesflow.common.settings import load_settings
+
+from support.clikit import Sesflow
 
 NOW_MS = int(time.time() * 1000)
 

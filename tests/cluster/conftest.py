@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
-from redis_cluster import RedisClusterProcess
+
+from support.redis_cluster import RedisClusterProcess
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis_cluster import RedisClusterProcess
 
 from sesflow.common.connection import ensure_group
 from sesflow.common.keys import DISPATCH_GROUP, Keys
@@ -22,6 +21,8 @@ from sesflow.ingest.dispatcher import Dispatcher
 from sesflow.ingest.scheduler import Scheduler
 from sesflow.ingest.templates import TemplateBody, TemplateStore
 from sesflow.sender.pump import Pump
+
+from support.redis_cluster import RedisClusterProcess
 
 KEYS = Keys("sesflow", 3)
 
@@ -66,7 +67,10 @@ async def test_templates_and_personalised_jobs_on_a_cluster(cluster_client: Redi
         scheduled_at=due,
     )
     msg_id = await enqueue(cluster_client, KEYS, message)
-    reply = await cluster_client.xreadgroup(DISPATCH_GROUP, "test", {KEYS.requests: ">"}, count=1)
+    # decoded replies: redis-py's types cannot tell
+    reply: Any = await cluster_client.xreadgroup(
+        DISPATCH_GROUP, "test", {KEYS.requests: ">"}, count=1
+    )
     [(entry_id, fields)] = reply[0][1]
     await dispatcher.handle(entry_id, fields)
     assert await store.delete("welcome") and not await store.delete("welcome")
@@ -76,7 +80,9 @@ async def test_templates_and_personalised_jobs_on_a_cluster(cluster_client: Redi
     # Promoted into the topic's bulk backlog; the pump (a script building the backlog's key as
     # it runs, on the partition's slot) moves it to `sends`.
     assert await Pump(Settings(), cluster_client, KEYS).once() == 2
-    jobs = [Job.from_fields(f) for _, f in await cluster_client.xrange(p.sends)]
+    entries: Any = await cluster_client.xrange(p.sends)
+    jobs = [Job.from_fields(f) for _, f in entries]
     assert [(j.email, j.data) for j in jobs] == [("a@x.io", '{"name":"Ada"}'), ("b@x.io", "")]
-    content = MessageContent.from_hash(msg_id, await cluster_client.hgetall(p.message(msg_id)))
+    stored: Any = await cluster_client.hgetall(p.message(msg_id))
+    content = MessageContent.from_hash(msg_id, stored)
     assert content.subject == "Hi {{name}}" and json.loads(content.data) == {"name": "you"}

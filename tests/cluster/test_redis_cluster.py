@@ -12,8 +12,6 @@ from __future__ import annotations
 import datetime
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +20,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis_cluster import RedisClusterProcess
-from sesflow_procs import Cluster, poll
 
 from sesflow.common.keys import Keys
+
+from support.procs import Cluster
+from support.redis_cluster import RedisClusterProcess
+from support.stubprocess import StubProcess
+from support.until import until
 
 pytestmark = pytest.mark.slow
 
@@ -39,42 +40,6 @@ MESSAGES = 40  # of 25 recipients: the odds that crc32 leaves a partition withou
 SENDER = "noreply@sesflow.test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDTESTING", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
 KEYS = Keys("sesflow", PARTITIONS)
-SESSTUB = Path(__file__).resolve().parents[1] / "sesstub.py"
-
-
-class StubProcess:
-    """tests/sesstub.py as its own process: its clock and event loop are not the test's, so a
-    busy test loop cannot bunch the calls it admits (which would show as 429s)."""
-
-    def __init__(self, *args: str) -> None:
-        self.args = args
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def start(self) -> StubProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(SESSTUB), "--port", "0", *self.args],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
-        assert self.url.startswith("http://127.0.0.1:"), self.url
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    async def get(self, path: str) -> Any:
-        async with aiohttp.ClientSession() as http, http.get(f"{self.url}{path}") as resp:
-            assert resp.status == 200
-            return await resp.json()
 
 
 def campaign(topic: str, start: int, count: int, per_message: int, **extra: Any) -> dict[str, Any]:
@@ -115,7 +80,7 @@ async def test_campaign_on_a_redis_cluster(
     redis_cluster: RedisClusterProcess, tmp_path: Path
 ) -> None:
     redis_cluster.flushall()
-    stub = StubProcess("--rate", str(RATE), "--burst", str(STUB_BURST), "--keep-messages", "5")
+    stub = StubProcess(rate=RATE, burst=STUB_BURST, keep_messages=5)
     roles = Cluster(
         redis_cluster.url,
         tmp_path / "logs",
@@ -148,7 +113,8 @@ def stop_once(roles: Cluster) -> dict[str, int | None]:
     }
 
 
-async def run_campaign(roles: Cluster, client: RedisCluster, stub: StubProcess) -> None:
+async def run_campaign(roles: Cluster, client: Any, stub: StubProcess) -> None:
+    """`client` is a RedisCluster with decoded replies (which redis-py's types cannot tell)."""
     ingest, tracker, stats = roles.url("ingest"), roles.url("tracker"), roles.url("stats")
     body = campaign("big", 0, RECIPIENTS, RECIPIENTS // MESSAGES)
     async with aiohttp.ClientSession() as http:
@@ -169,16 +135,18 @@ async def run_campaign(roles: Cluster, client: RedisCluster, stub: StubProcess) 
         # A producer's malformed entry: dead-lettered, acknowledged, the loop goes on.
         await client.xadd(KEYS.requests, {"message": "{not json"})
 
-        done = await poll(
+        done = await until(
             lambda: get_json(http, f"{stats}/v1/topics/big"),
             lambda t: t.get("sent", 0) >= RECIPIENTS,
-            seconds=RECIPIENTS / RATE + 25,
+            within=RECIPIENTS / RATE + 25,
+            context=roles.all_logs,
         )
         assert done.get("sent") == RECIPIENTS, (done, roles.all_logs())
 
-        scheduled = await poll(
+        scheduled = await until(
             lambda: get_json(http, f"{stats}/v1/topics/later"),
             lambda t: t.get("total") == 30,
+            within=20,
         )
         assert scheduled["total"] == 30, scheduled
         async with http.delete(f"{ingest}/v1/topics/later") as resp:
@@ -214,9 +182,10 @@ async def run_campaign(roles: Cluster, client: RedisCluster, stub: StubProcess) 
         # Two replicas share one limiter: together they average no more than EMAIL_RATE.
         assert RECIPIENTS / (max(per_second) - min(per_second) + 1) <= RATE, per_second
 
-        topic = await poll(
+        topic = await until(
             lambda: get_json(http, f"{stats}/v1/topics/big"),
             lambda t: t.get("opened") == 1,
+            within=20,
         )
         assert topic["total"] == RECIPIENTS and topic["sent"] == RECIPIENTS, topic
         assert topic["created"] == 0 and topic["failed"] == 0 and topic["opened"] == 1, topic
@@ -224,13 +193,14 @@ async def run_campaign(roles: Cluster, client: RedisCluster, stub: StubProcess) 
         assert count == {
             "total": RECIPIENTS, "created": 0, "sent": RECIPIENTS, "failed": 0, "stopped": 0,
         }  # fmt: skip
-        stopped = await poll(
+        stopped = await until(
             lambda: get_json(http, f"{stats}/v1/results/count/later"),
             lambda c: c.get("stopped") == 30,
+            within=20,
         )
         assert stopped == {"total": 30, "created": 0, "sent": 0, "failed": 0, "stopped": 30}
 
-        dead = await poll(lambda: client.xrange(KEYS.requests_dead), bool, seconds=5)
+        dead = await until(lambda: client.xrange(KEYS.requests_dead), bool, within=5)
         assert [fields["message"] for _, fields in dead] == ["{not json"], dead
 
         # The reads that walk every partition (metrics scrape, dashboard overview).

@@ -19,13 +19,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from chromium_cdp import Chromium, find_chromium
-from sesflow_procs import Cluster, poll
-from sesstub import SesStub
-from snssign import SnsSigner
 
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS
 from sesflow.common.keys import Keys
+
+from support.chromium_cdp import Chromium, find_chromium
+from support.procs import Cluster
+from support.sesstub import SesStub
+from support.snssign import SnsSigner
+from support.until import until
 
 pytestmark = pytest.mark.slow
 
@@ -206,9 +208,10 @@ async def run_campaign_and_check_page(
 
     # 1. A topic that finishes: 19 sent, 1 refused by SES.
     msg_id = await enqueue(http, ingest, FINISHED, FINISHED_EMAILS)
-    done = await poll(
+    done = await until(
         lambda: topic_so_far(http, f"{stats}/v1/topics/{FINISHED}"),
         lambda t: t["sent"] + t["failed"] == len(FINISHED_EMAILS),
+        within=20,
     )
     assert (done["sent"], done["failed"]) == (19, 1), done
 
@@ -224,8 +227,12 @@ async def run_campaign_and_check_page(
     # 3. A topic that stays unfinished: SES's daily quota runs out after 12 of its 30.
     stub.configure(max_24h=stub.sent + UNFINISHED_SENT)
     await enqueue(http, ingest, UNFINISHED, UNFINISHED_EMAILS)
-    await poll(lambda: asyncio.sleep(0, stub.quota_answers), bool)
-    overview = await poll(
+
+    async def quota_refusals() -> int:
+        return stub.quota_answers
+
+    await until(quota_refusals, what="SES to refuse a send over the daily quota", within=20)
+    overview = await until(
         lambda: get_json(http, f"{stats}/v1/stats/overview"),
         lambda o: (
             o["totals"]["sent"] == 19 + UNFINISHED_SENT
@@ -233,6 +240,7 @@ async def run_campaign_and_check_page(
             == (12, 1, 1)
             and (o["totals"]["opened"], o["totals"]["clicked"]) == (7, 3)
         ),
+        within=20,
     )
     assert overview["totals"]["sent"] == 19 + UNFINISHED_SENT, overview["totals"]
 

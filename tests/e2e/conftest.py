@@ -4,9 +4,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sesflow_procs import Cluster
 
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS, LocalSes
+
+from support.procs import Cluster
 
 SENDER = "noreply@sesflow.test"
 REGION = "us-east-1"

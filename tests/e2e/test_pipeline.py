@@ -3,7 +3,6 @@ redis-server and moto's SES, driven only through the public HTTP APIs."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections import Counter
@@ -11,8 +10,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sesflow_procs import Cluster, moto_sent, poll
-from snssign import SnsSigner
+import redis.asyncio as aioredis
+
+from support.backlog import settled
+from support.procs import Cluster, moto_sent
+from support.snssign import SnsSigner
+from support.until import until
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +46,9 @@ async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
         return await resp.json()
 
 
-async def test_both_older_service_shapes_end_to_end(cluster: Cluster) -> None:
+async def test_both_older_service_shapes_end_to_end(
+    cluster: Cluster, redis: aioredis.Redis
+) -> None:
     before = len(moto_sent())
     cluster.start_all(senders=1)
     ingest, tracker, stats = cluster.url("ingest"), cluster.url("tracker"), cluster.url("stats")
@@ -57,8 +62,10 @@ async def test_both_older_service_shapes_end_to_end(cluster: Cluster) -> None:
         async def sent() -> list[Any]:
             return moto_sent()[before:]
 
-        messages = await poll(sent, lambda m: len(m) >= 6)
-        await asyncio.sleep(0.5)  # a duplicate would show up now
+        await until(sent, lambda m: len(m) >= 6, within=20)
+        # Once every group has acknowledged what it read, no send is still on its way: a
+        # duplicate would be there now.
+        await settled(redis)
         messages = moto_sent()[before:]
         recipients = Counter(addr for m in messages for addr in m.destinations["ToAddresses"])
         assert recipients == Counter({f"{p}{n}@example.com": 1 for p in "ab" for n in (1, 2, 3)}), (
@@ -69,20 +76,24 @@ async def test_both_older_service_shapes_end_to_end(cluster: Cluster) -> None:
         rust_mail = next(m for m in messages if m.destinations["ToAddresses"] == ["a1@example.com"])
         pixel = re.search(r'src="([^"]*/v1/events/open\?t=[^"]+)"', rust_mail.body)
         assert pixel, rust_mail.body
+        # Tracking links point at the tracker (SERVER_URL), which counts the open.
+        assert pixel.group(1).startswith(f"{tracker}/v1/events/open?"), pixel.group(1)
         async with http.get(pixel.group(1).replace("&amp;", "&")) as resp:
             assert resp.status == 200
             assert resp.content_type == "image/gif"
 
-        topic = await poll(
+        topic = await until(
             lambda: get_json(http, f"{stats}/v1/topics/rust-topic"),
             lambda t: t.get("sent") == 3 and t.get("opened") == 1,
+            within=20,
         )
         assert topic["total"] == 3 and topic["sent"] == 3 and topic["opened"] == 1, topic
         assert topic["created"] == 0 and topic["failed"] == 0
 
-        go = await poll(
+        go = await until(
             lambda: get_json(http, f"{stats}/v1/results/count/go-topic"),
             lambda c: c.get("sent") == 3,
+            within=20,
         )
         assert go == {"total": 3, "created": 0, "sent": 3, "failed": 0, "stopped": 0}
         # The older services served everything on one port: their clients keep one base URL.
@@ -92,7 +103,6 @@ async def test_both_older_service_shapes_end_to_end(cluster: Cluster) -> None:
         assert hourly == {"count": 6}
         counts = await get_json(http, f"{stats}/v1/events/counts/sent")
         assert counts["count"] == 6
-        assert tracker  # SNS feedback: see test_feedback_end_to_end
 
 
 def ses_notification(kind: str, ses_id: str, email: str) -> dict[str, Any]:
@@ -123,7 +133,7 @@ def ses_notification(kind: str, ses_id: str, email: str) -> dict[str, Any]:
     }
 
 
-async def test_feedback_end_to_end(cluster: Cluster) -> None:
+async def test_feedback_end_to_end(cluster: Cluster, redis: aioredis.Redis) -> None:
     """Signed SNS Delivery and Bounce notifications count once each (a retried delivery too);
     the hard bounce suppresses the address, so a later message skips it."""
     signer = SnsSigner()
@@ -141,7 +151,7 @@ async def test_feedback_end_to_end(cluster: Cluster) -> None:
             async def sent() -> list[Any]:
                 return moto_sent()[before:]
 
-            messages = await poll(sent, lambda m: len(m) >= 3)
+            messages = await until(sent, lambda m: len(m) >= 3, within=20)
             ses_ids = {m.destinations["ToAddresses"][0]: m.id for m in messages}
             delivery = signer.notification(
                 ses_notification("Delivery", ses_ids["c1@example.com"], "c1@example.com")
@@ -158,9 +168,10 @@ async def test_feedback_end_to_end(cluster: Cluster) -> None:
                 ) as resp:
                     assert resp.status == 200, await resp.text()
 
-            topic = await poll(
+            topic = await until(
                 lambda: get_json(http, f"{stats}/v1/topics/feedback"),
                 lambda t: t.get("delivered") == 1 and t.get("bounced") == 1,
+                within=20,
             )
             assert topic["sent"] == 3 and topic["delivered"] == 1, topic
             assert topic["bounced"] == 1 and topic["bounced_hard"] == 1, topic
@@ -172,12 +183,13 @@ async def test_feedback_end_to_end(cluster: Cluster) -> None:
             again = {**message, "topic_id": "feedback-2"}
             async with http.post(f"{ingest}/v1/messages", json={"messages": [again]}) as resp:
                 assert resp.status == 202
-            second = await poll(
+            second = await until(
                 lambda: get_json(http, f"{stats}/v1/topics/feedback-2"),
                 lambda t: t.get("sent", 0) + t.get("suppressed", 0) == 3,
+                within=20,
             )
             assert second["sent"] == 2 and second["suppressed"] == 1, second
-            await asyncio.sleep(0.5)
+            await settled(redis)
             assert all(
                 m.destinations["ToAddresses"] != ["c2@example.com"]
                 for m in moto_sent()[before + 3 :]

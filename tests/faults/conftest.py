@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultkit import StubProcess, cluster_env
-from sesflow_procs import Cluster
 
 from sesflow.cli.embedded import RedisProcess
+
+from support.faultkit import cluster_env
+from support.procs import Cluster
+from support.stubprocess import StubProcess
 
 
 @pytest.fixture

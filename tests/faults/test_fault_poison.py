@@ -11,19 +11,21 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from faultkit import (
+
+from support.backlog import leftovers
+from support.faultkit import (
     KEYS,
-    StubProcess,
+    UNREACHABLE,
     all_final,
     check_exactly_once,
     check_stats_agree,
     emails_for,
-    leftovers,
     post_campaign,
     start_roles,
-    until,
 )
-from sesflow_procs import Cluster
+from support.procs import Cluster
+from support.stubprocess import StubProcess
+from support.until import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -78,9 +80,10 @@ async def test_poison_entries_are_dead_lettered_and_the_loops_go_on(
             found = await until(
                 lambda: dead_letters(raw),
                 lambda d: all(len(d[s]) == len(POISON[s]) for s in POISON),
-                20,
-                "every poison entry dead-lettered",
-                cluster,
+                what="every poison entry dead-lettered",
+                within=20,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
             )
             for stream, letters in found.items():
                 for letter in letters:
@@ -89,7 +92,13 @@ async def test_poison_entries_are_dead_lettered_and_the_loops_go_on(
             topic = "after-poison"
             emails = emails_for(topic, 3)
             msg_id = await post_campaign(http, cluster, topic, emails)
-            await until(lambda: all_final(client, msg_id, 3), lambda d: d, 20, "sends", cluster)
+            await until(
+                lambda: all_final(client, msg_id, 3),
+                what="sends",
+                within=20,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
+            )
             verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
             assert verdict.sent == 3
             await check_stats_agree(http, cluster, topic, verdict)
@@ -98,9 +107,10 @@ async def test_poison_entries_are_dead_lettered_and_the_loops_go_on(
             rest = await until(
                 lambda: leftovers(client),
                 lambda f: not any(v for k, v in f.items() if not k.startswith("sends_dead")),
-                15,
-                "nothing pending",
-                cluster,
+                what="nothing pending",
+                within=15,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
             )
             assert rest["sends_dead/0"] == len(POISON[PART.sends]), rest
             assert all(p.running for p in cluster.procs), cluster.all_logs()

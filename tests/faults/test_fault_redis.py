@@ -12,8 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from faultkit import (
-    StubProcess,
+
+from sesflow.cli.embedded import RedisProcess
+
+from support.faultkit import (
+    UNREACHABLE,
     all_final,
     check_exactly_once,
     check_nothing_pending,
@@ -24,12 +27,11 @@ from faultkit import (
     start_roles,
     states,
     topic_stats,
-    until,
 )
-from sesflow_procs import Cluster
-from snssign import SnsSigner
-
-from sesflow.cli.embedded import RedisProcess
+from support.procs import Cluster
+from support.snssign import SnsSigner
+from support.stubprocess import StubProcess
+from support.until import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -65,7 +67,14 @@ async def test_redis_restart_mid_campaign(
     async with aiohttp.ClientSession() as http:
         try:
             msg_id = await post_campaign(http, cluster, topic, emails)
-            await until(lambda: sent_count(stub), lambda n: n >= 400, 30, "400 sends", cluster)
+            await until(
+                lambda: sent_count(stub),
+                lambda n: n >= 400,
+                what="400 sends",
+                within=30,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
+            )
             await asyncio.to_thread(aof_redis.stop)
             during = await sent_count(stub)
             await asyncio.sleep(OUTAGE_S)
@@ -77,10 +86,10 @@ async def test_redis_restart_mid_campaign(
 
             await until(
                 lambda: all_final(client, msg_id, recipients),
-                lambda done: done,
-                60,
-                "every recipient to be final",
-                cluster,
+                what="every recipient to be final",
+                within=60,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
             )
             verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
             assert verdict.sent == recipients
@@ -124,11 +133,21 @@ async def test_ingest_during_redis_outage(
             await asyncio.to_thread(aof_redis.start)
 
             status, answer, _ = await until(
-                lambda: post(http, ingest, body), lambda r: r[0] != 503, 15, "ingest back"
+                lambda: post(http, ingest, body),
+                lambda r: r[0] != 503,
+                what="ingest back",
+                within=15,
+                ignore=UNREACHABLE,
             )
             assert status == 202, answer
             msg_id = answer["messages"][0]["id"]
-            await until(lambda: all_final(client, msg_id, 3), lambda d: d, 20, "delivery", cluster)
+            await until(
+                lambda: all_final(client, msg_id, 3),
+                what="delivery",
+                within=20,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
+            )
             verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
             await check_stats_agree(http, cluster, "ingest-outage", verdict)
             # the refused request left nothing behind: one message only
@@ -177,7 +196,12 @@ async def test_tracker_during_redis_outage(
         async with aiohttp.ClientSession() as http:
             try:
                 msg_id = await post_campaign(http, cluster, topic, emails)
-                await until(lambda: all_final(client, msg_id, 1), lambda d: d, 20, "the send")
+                await until(
+                    lambda: all_final(client, msg_id, 1),
+                    what="the send",
+                    within=20,
+                    ignore=UNREACHABLE,
+                )
                 state = (await states(client, msg_id))[0]
                 assert state.startswith("s:"), state
                 body = signer.notification(delivery_notification(state[2:], emails[0]))
@@ -198,7 +222,12 @@ async def test_tracker_during_redis_outage(
                 await asyncio.to_thread(aof_redis.start)
 
                 status, answer = await until(
-                    deliver, lambda r: r[0] < 500, 15, "the tracker back", cluster
+                    deliver,
+                    lambda r: r[0] < 500,
+                    what="the tracker back",
+                    within=15,
+                    ignore=UNREACHABLE,
+                    context=cluster.all_logs,
                 )
                 assert (status, answer["status"]) == (200, "processed"), answer
                 status, answer = await deliver()  # SNS may deliver it yet again
@@ -207,9 +236,10 @@ async def test_tracker_during_redis_outage(
                 view = await until(
                     lambda: topic_stats(http, cluster, topic),
                     lambda v: v.get("delivered", 0) >= 1,
-                    20,
-                    "the delivery counted",
-                    cluster,
+                    what="the delivery counted",
+                    within=20,
+                    ignore=UNREACHABLE,
+                    context=cluster.all_logs,
                 )
                 await asyncio.sleep(1.0)  # a second count would have been applied by now
                 view = await topic_stats(http, cluster, topic)

@@ -11,8 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from faultkit import (
-    StubProcess,
+
+from support.faultkit import (
+    UNREACHABLE,
     all_final,
     check_exactly_once,
     check_nothing_pending,
@@ -23,10 +24,11 @@ from faultkit import (
     sent_count,
     start_roles,
     states,
-    until,
     wait_exit,
 )
-from sesflow_procs import Cluster
+from support.procs import Cluster
+from support.stubprocess import StubProcess
+from support.until import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -61,7 +63,14 @@ async def crash_campaign(
         try:
             msg_id = await post_campaign(http, cluster, topic, emails)
 
-            await until(lambda: sent_count(stub), lambda n: n >= 500, 30, "500 sends", cluster)
+            await until(
+                lambda: sent_count(stub),
+                lambda n: n >= 500,
+                what="500 sends",
+                within=30,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
+            )
             assert killed.proc is not None
             killed.proc.kill()
             assert await wait_exit(killed, 10) == -signal.SIGKILL
@@ -71,7 +80,14 @@ async def crash_campaign(
             ambiguous = inflight_of(at_kill, killed.proc.pid)
             assert len(at_kill) < RECIPIENTS, "the kill came after the campaign"
 
-            await until(lambda: sent_count(stub), lambda n: n >= 900, 30, "900 sends", cluster)
+            await until(
+                lambda: sent_count(stub),
+                lambda n: n >= 900,
+                what="900 sends",
+                within=30,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
+            )
             assert stopped.proc is not None
             stopped.signal(signal.SIGTERM)
             assert await wait_exit(stopped, 20) == 0, stopped.logs()[-3000:]
@@ -80,10 +96,10 @@ async def crash_campaign(
 
             await until(
                 lambda: all_final(client, msg_id, RECIPIENTS),
-                lambda done: done,
-                60,
-                "every recipient to be final",
-                cluster,
+                what="every recipient to be final",
+                within=60,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
             )
             verdict = await check_exactly_once(
                 client,

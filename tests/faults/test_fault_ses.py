@@ -13,8 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from faultkit import (
-    StubProcess,
+
+from support.faultkit import (
+    UNREACHABLE,
     all_final,
     check_exactly_once,
     check_nothing_pending,
@@ -25,9 +26,10 @@ from faultkit import (
     sent_count,
     start_roles,
     states,
-    until,
 )
-from sesflow_procs import Cluster
+from support.procs import Cluster
+from support.stubprocess import StubProcess
+from support.until import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -54,7 +56,11 @@ async def test_throttling_slows_down_and_fails_nothing(
         try:
             msg_id = await post_campaign(http, cluster, topic, emails)
             await until(
-                lambda: all_final(client, msg_id, recipients), lambda d: d, 60, "sends", cluster
+                lambda: all_final(client, msg_id, recipients),
+                what="sends",
+                within=60,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
             )
             verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
             assert verdict.sent == recipients
@@ -84,14 +90,25 @@ async def test_account_paused_stops_every_sender_then_resumes(
     async with aiohttp.ClientSession() as http:
         try:
             msg_id = await post_campaign(http, cluster, topic, emails)
-            await until(lambda: sent_count(stub), lambda n: n >= 300, 30, "300 sends", cluster)
+            await until(
+                lambda: sent_count(stub),
+                lambda n: n >= 300,
+                what="300 sends",
+                within=30,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
+            )
             before = time.time()
             await stub.control(pause_seconds=5)
             after = time.time()
             assert await sent_count(stub) < recipients, "the pause came after the campaign"
 
             await until(
-                lambda: all_final(client, msg_id, recipients), lambda d: d, 60, "sends", cluster
+                lambda: all_final(client, msg_id, recipients),
+                what="sends",
+                within=60,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
             )
             verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
             assert verdict.sent == recipients
@@ -139,7 +156,12 @@ async def test_a_misspelt_configuration_set_pauses_every_sender_and_fails_nothin
         try:
             msg_id = await post_campaign(http, cluster, topic, emails)
             shown = await until(
-                lambda: overview(http, cluster), lambda o: o["setup_faults"], 30, "alert", cluster
+                lambda: overview(http, cluster),
+                lambda o: o["setup_faults"],
+                what="alert",
+                within=30,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
             )
             (fault,) = shown["setup_faults"]
             assert fault["scope"] == "configuration-set:tpyo", fault
@@ -153,7 +175,11 @@ async def test_a_misspelt_configuration_set_pauses_every_sender_and_fails_nothin
 
             await stub.control(error_rate=0.0)  # the configuration set is created
             await until(
-                lambda: all_final(client, msg_id, recipients), lambda d: d, 60, "sends", cluster
+                lambda: all_final(client, msg_id, recipients),
+                what="sends",
+                within=60,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
             )
             verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
             assert verdict.sent == recipients

@@ -10,8 +10,9 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from faultkit import (
-    StubProcess,
+
+from support.faultkit import (
+    UNREACHABLE,
     all_final,
     check_exactly_once,
     check_nothing_pending,
@@ -21,10 +22,11 @@ from faultkit import (
     sent_count,
     start_roles,
     states,
-    until,
     wait_exit,
 )
-from sesflow_procs import Cluster
+from support.procs import Cluster
+from support.stubprocess import StubProcess
+from support.until import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -46,7 +48,14 @@ async def test_sigterm_finishes_calls_in_flight_and_exits_0(
     async with aiohttp.ClientSession() as http:
         try:
             msg_id = await post_campaign(http, cluster, topic, emails)
-            await until(lambda: sent_count(stub), lambda n: n >= 100, 30, "100 sends", cluster)
+            await until(
+                lambda: sent_count(stub),
+                lambda n: n >= 100,
+                what="100 sends",
+                within=30,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
+            )
             first.signal(signal.SIGTERM)
             assert await wait_exit(first, 15) == 0, first.logs()[-3000:]
             assert "finishing in-flight jobs" in first.logs()
@@ -59,7 +68,11 @@ async def test_sigterm_finishes_calls_in_flight_and_exits_0(
 
             cluster.start("sender", name="sender-after")
             await until(
-                lambda: all_final(client, msg_id, recipients), lambda d: d, 60, "sends", cluster
+                lambda: all_final(client, msg_id, recipients),
+                what="sends",
+                within=60,
+                ignore=UNREACHABLE,
+                context=cluster.all_logs,
             )
             verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
             assert verdict.sent == recipients

@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from apptest import AppTestServer
-from fuzzkit import API_KEY, JWT_SECRET, Roles
-from snssign import SnsSigner
 
 from sesflow.common.settings import Settings
 from sesflow.ingest.api import create_app as create_ingest
 from sesflow.stats.api import create_app as create_stats
 from sesflow.tracker.app import create_app as create_tracker
+
+from support.apptest import AppTestServer
+from support.fuzzkit import API_KEY, JWT_SECRET, Roles
+from support.snssign import SnsSigner
 
 
 async def no_quota(_: Settings) -> None:

@@ -16,12 +16,13 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp.test_utils import TestClient
-from fuzzkit import Fuzzed, Roles, mutated, raw_header_lines, requests, routes_of
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
 from sesflow.common.tracking import Token, sign
+
+from support.fuzzkit import Fuzzed, Roles, mutated, raw_header_lines, requests, routes_of
 
 # No shrinking: the assertion message shows the request, and shrinking a failure can take
 # minutes, past the per-test timeout that would then hide it.

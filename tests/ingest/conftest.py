@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from apptest import AppTestServer
 
 from sesflow.common.connection import ensure_group
 from sesflow.common.consumer import consumer_client
@@ -15,6 +14,8 @@ from sesflow.common.keys import DISPATCH_GROUP, Keys, PartitionKeys
 from sesflow.common.settings import Settings
 from sesflow.ingest.api import create_app
 from sesflow.ingest.dispatcher import Dispatcher
+
+from support.apptest import AppTestServer
 
 
 @pytest.fixture

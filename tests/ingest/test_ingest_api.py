@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import jwt
-from ingestkit import read_events
 
 from sesflow.cli.embedded import free_port
+from sesflow.common.connection import Redis
 from sesflow.common.keys import Keys, PartitionKeys
 from sesflow.common.schema import decode_request
+
+from support.ingestkit import read_events
 
 RUST_BODY = {
     "messages": [
@@ -358,6 +360,7 @@ async def test_an_idempotency_key_freed_mid_claim_is_claimed_not_assumed(
         def register_script(self, source: str) -> None:
             return None
 
-    racing = Racing()
-    assert isinstance(await IdempotencyStore(racing, 60).begin("k", "digest"), Claim)
+    racing = Racing()  # the three commands the store uses, not a whole client
+    store = IdempotencyStore(cast(Redis, racing), 60)
+    assert isinstance(await store.begin("k", "digest"), Claim)
     assert racing.sets == 2

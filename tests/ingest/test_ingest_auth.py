@@ -49,14 +49,15 @@ async def test_audience_and_issuer_are_required_when_set(
     exp = int(time.time()) + 600
     settings = make_settings(JWT_SECRET=SECRET, JWT_AUDIENCE="sesflow", JWT_ISSUER="billing")
     async with api_client(settings) as http:
-        for claims, status in [
+        cases: list[tuple[dict[str, Any], int]] = [
             ({"aud": "sesflow", "iss": "billing"}, 200),
             ({"aud": ["other", "sesflow"], "iss": "billing"}, 200),
             ({"iss": "billing"}, 401),
             ({"aud": "sesflow"}, 401),
             ({"aud": "other", "iss": "billing"}, 401),
             ({"aud": "sesflow", "iss": "someone-else"}, 401),
-        ]:
+        ]
+        for claims, status in cases:
             resp = await http.get("/v1/suppressions", headers=bearer(mint(exp=exp, **claims)))
             assert resp.status == status, claims
     # Unset, neither claim is looked at (a token naming an audience still works).

@@ -94,9 +94,10 @@ async def test_sns_bytes_that_are_not_utf8_through_the_forward(
 ) -> None:
     """The older services' single base URL forwards the SNS webhook to a real tracker."""
     from aiohttp.test_utils import TestClient
-    from apptest import AppTestServer
 
     from sesflow.tracker.app import create_app as create_tracker
+
+    from support.apptest import AppTestServer
 
     tracker = TestClient(AppTestServer(create_tracker(make_settings()), host="127.0.0.1"))
     await tracker.start_server()

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import redis as syncredis
-from ingestkit import queued, read_events, read_jobs
 
 from sesflow.common.connection import ensure_group
 from sesflow.common.consumer import consumer_client
@@ -20,6 +19,9 @@ from sesflow.common.settings import Settings
 from sesflow.common.suppression import SuppressionList, entry
 from sesflow.ingest import dispatcher as dispatcher_module
 from sesflow.ingest.dispatcher import Dispatcher
+
+from support.ingestkit import queued, read_events, read_jobs
+from support.until import until
 
 
 @pytest.fixture
@@ -175,7 +177,7 @@ POISON: list[dict[str, Any]] = [
 async def test_poison_entries_are_dead_lettered_and_the_loop_goes_on(
     dispatcher: Dispatcher, redis: Any, keys: Keys, p: PartitionKeys, settings: Settings
 ) -> None:
-    raw = syncredis.Redis.from_url(settings.redis_url)  # writes bytes as they are
+    raw: Any = syncredis.Redis.from_url(settings.redis_url)  # bytes in, bytes out
     try:
         poison_ids = [raw.xadd(keys.requests, fields).decode() for fields in POISON]
         good = enqueue_sync(raw, keys, message(["a@x.io", "b@x.io"]))
@@ -184,10 +186,11 @@ async def test_poison_entries_are_dead_lettered_and_the_loop_goes_on(
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))
     try:
-        for _ in range(100):
-            if await queued(redis, p) == 2 and await redis.xlen(keys.requests_dead) == 8:
-                break
-            await asyncio.sleep(0.05)
+
+        async def handled() -> tuple[int, int]:
+            return await queued(redis, p), await redis.xlen(keys.requests_dead)
+
+        await until(handled, lambda lengths: lengths == (2, 8), what="2 jobs and 8 dead letters")
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)

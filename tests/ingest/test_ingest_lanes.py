@@ -10,13 +10,14 @@ from typing import Any
 
 import msgspec
 import pytest
-from ingestkit import read_jobs
 from test_ingest_lua import TOPIC, dispatch, promote
 
 from sesflow.common.errors import InputError
 from sesflow.common.keys import PartitionKeys
 from sesflow.common.schema import MessageContent, MessageRequest, decode_request, encode
 from sesflow.ingest.validation import Limits, validate_body, validate_message
+
+from support.ingestkit import read_jobs
 
 LIMITS = Limits(max_recipients=1000, max_subject_bytes=998, max_content_bytes=100_000)
 

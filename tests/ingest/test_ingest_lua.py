@@ -7,11 +7,12 @@ import time
 from typing import Any
 
 import msgspec
-from ingestkit import queued, read_events, read_jobs
 
 from sesflow.common import scripts
 from sesflow.common.keys import Keys, PartitionKeys
 from sesflow.common.schema import MessageContent
+
+from support.ingestkit import queued, read_events, read_jobs
 
 TOPIC = "news"
 TTL_MS = 3_600_000

@@ -27,7 +27,7 @@ PDF = base64.b64encode(b"%PDF-1.4 hello").decode()
 
 
 def body(**fields: Any) -> bytes:
-    message = {"topic_id": "spring", "subject": "Hi", "content": "<p>Hello</p>"}
+    message: dict[str, Any] = {"topic_id": "spring", "subject": "Hi", "content": "<p>Hello</p>"}
     message.update(fields)
     if "emails" not in message and "recipients" not in message:
         message["emails"] = ["a@example.com"]

@@ -4,14 +4,12 @@ job (field `d`), through the schedule too; producers' entries are validated and 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
 from typing import Any
 
 import pytest
-from ingestkit import dispatch_all, queued, read_events, read_jobs
 
 from sesflow.common.keys import Keys, PartitionKeys
 from sesflow.common.producer import enqueue
@@ -19,6 +17,9 @@ from sesflow.common.schema import Job, MessageContent, MessageRequest, Recipient
 from sesflow.common.settings import Settings
 from sesflow.ingest.dispatcher import Dispatcher
 from sesflow.ingest.scheduler import Scheduler
+
+from support.ingestkit import dispatch_all, queued, read_events, read_jobs
+from support.until import until
 
 PDF = base64.b64encode(b"%PDF-1.4 " + bytes(range(256))).decode()
 CAMPAIGN = {
@@ -251,11 +252,12 @@ async def test_a_scheduled_personalised_message_is_promoted_with_its_data_intact
     assert await redis.zcard(p.schedule) == 2  # 701 recipients, 500 per chunk
 
     scheduler = Scheduler(redis, keys)
-    deadline = time.monotonic() + 5
-    while await queued(redis, p) < 701:
-        assert time.monotonic() < deadline, "not promoted in time"
+
+    async def promoted() -> int:
         await scheduler.tick()
-        await asyncio.sleep(0.05)
+        return await queued(redis, p)
+
+    await until(promoted, lambda n: n >= 701, what="both chunks promoted", within=5)
     jobs = [Job.from_fields(f) for f in await read_jobs(redis, p)]
     assert [j.index for j in jobs] == list(range(701))
     assert [json.loads(j.data) for j in jobs[:3]] == [{"n": 0}, {"n": 1}, {"n": 2}]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
-from ingestkit import queued, read_events
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.keys import Keys, PartitionKeys
@@ -18,12 +17,8 @@ from sesflow.common.settings import Settings
 from sesflow.ingest.__main__ import run
 from sesflow.ingest.scheduler import Scheduler
 
-
-async def until(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+from support.ingestkit import queued, read_events
+from support.until import until
 
 
 @pytest.fixture

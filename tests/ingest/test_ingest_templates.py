@@ -8,12 +8,13 @@ from typing import Any
 
 import msgspec
 import pytest
-from ingestkit import dispatch_all, read_jobs
 
 from sesflow.common.keys import DISPATCH_GROUP, Keys, PartitionKeys
 from sesflow.common.producer import enqueue
 from sesflow.common.schema import Job, MessageContent, MessageRequest, decode_request
 from sesflow.ingest.dispatcher import Dispatcher
+
+from support.ingestkit import dispatch_all, read_jobs
 
 TEMPLATE_API_KEY = "templates-test-key-7f3a9c2e5b"
 WELCOME = {

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from sesflow.common.addresses import is_valid_address
 from sesflow.common.errors import InputError
 from sesflow.common.schema import MessageRequest
 from sesflow.ingest.validation import (
     Limits,
-    is_valid_address,
     parse_api_body,
     parse_schedule,
     validate_body,

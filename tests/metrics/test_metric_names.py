@@ -12,7 +12,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
-from sesstub import SesStub
 
 from sesflow.common.keys import Keys
 from sesflow.common.schema import Event, EventType, Job, MessageContent, event_fields
@@ -27,6 +26,9 @@ from sesflow.sender.worker import Sender
 from sesflow.stats.aggregate import StatsAggregator, stats_client
 from sesflow.stats.api import create_app as stats_app
 from sesflow.tracker.app import create_app as tracker_app
+
+from support.sesstub import SesStub
+from support.until import until
 
 # name of a sample -> the labels the brief gives it (a `partition` label may come on top).
 STATS = {
@@ -129,8 +131,8 @@ async def test_tracker_metrics(settings: Settings, serve: Any) -> None:
     assert_served(samples, {**TRACKER, **EVERY_ROLE, **HTTP}, "tracker")
     opened = value(samples, "sesflow_events_total", type="opened")
     assert opened - value(before, "sesflow_events_total", type="opened") == 1
-    opened = {"role": "tracker", "route": "/v1/events/open", "status": "200"}
-    assert value(samples, "sesflow_http_requests_total", **opened) == 1
+    route = {"role": "tracker", "route": "/v1/events/open", "status": "200"}
+    assert value(samples, "sesflow_http_requests_total", **route) == 1
 
 
 async def test_stats_metrics(
@@ -146,10 +148,11 @@ async def test_stats_metrics(
     stop = asyncio.Event()
     consuming = asyncio.create_task(consumer.run(stop))
     try:
-        for _ in range(250):  # up to 5 s
-            if consumer.metrics.events["sent"] == 2:
-                break
-            await asyncio.sleep(0.02)
+
+        async def sent_seen() -> int:
+            return consumer.metrics.events["sent"]
+
+        await until(sent_seen, lambda n: n == 2, what="stats to read both sent events")
         client = await serve(stats_app(settings, aggregator_metrics=consumer.metrics))
         assert (await client.get("/v1/topics/m1")).status == 200
         samples = await scrape(client)
@@ -189,12 +192,11 @@ async def test_sender_metrics(
         stop = asyncio.Event()
         task = asyncio.create_task(sender.run(stop))
         try:
-            deadline = time.monotonic() + 8
-            while await redis.hlen(part.state(msg_id)) < 2 or any(
-                v.startswith("i:") for v in await redis.hvals(part.state(msg_id))
-            ):
-                assert time.monotonic() < deadline, "the sender did not finish both jobs"
-                await asyncio.sleep(0.02)
+            await until(
+                lambda: redis.hvals(part.state(msg_id)),
+                lambda states: len(states) == 2 and not any(v.startswith("i:") for v in states),
+                what="the sender to finish both jobs",
+            )
             await upkeep.update_gauges(sender)
             client = await serve(sender_metrics_app(settings, sender.health, client=redis))
             samples = await scrape(client)

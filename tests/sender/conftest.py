@@ -6,15 +6,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from senderkit import (
-    SECRET,
-    FakeSes,
-    Running,
-)
 
 from sesflow.common.settings import Settings
 from sesflow.sender.compose import compose
 from sesflow.sender.worker import Sender
+
+from support.senderkit import (
+    SECRET,
+    FakeSes,
+    Running,
+)
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from senderkit import SECRET, Running, new_msg_id, states, wait_for
-from sesstub import SesStub
 
 from sesflow.common.keys import Keys
 from sesflow.common.schema import Job, MessageContent
@@ -22,6 +20,10 @@ from sesflow.common.tracking import Token, verify, verify_click
 from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
+
+from support.senderkit import SECRET, Running, new_msg_id, states
+from support.sesstub import SesStub
+from support.until import until
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)
@@ -134,7 +136,7 @@ async def test_a_personalised_campaign_of_500_goes_out_50_per_call(
     ]
     msg_id = await queue_message(redis, content, recipients)
     run = start_sender(bulk_settings())
-    await wait_for(lambda: all_final(redis, msg_id, count), within=30)
+    await until(lambda: all_final(redis, msg_id, count), within=30)
     await run.stop()
 
     assert stub.bulk_calls >= 1
@@ -180,7 +182,7 @@ async def test_values_appear_literally_in_every_part(
     recipients = [(f"e{n}@example.org", {"name": evil, "dir": "tmp"}) for n in range(3)]
     msg_id = await queue_message(redis, content, recipients)
     run = start_sender(bulk_settings())
-    await wait_for(lambda: all_final(redis, msg_id, 3))
+    await until(lambda: all_final(redis, msg_id, 3))
     await run.stop()
     escaped = (
         "&lt;b&gt;Ada&lt;/b&gt; &amp; &quot;Bob&quot; &#x27;x&#x27; &#x60;y&#x60; &#x3D; {{name}}"
@@ -205,7 +207,7 @@ async def test_one_rejected_one_throttled_the_rest_sent(
     )
     msg_id = await queue_message(redis, message(), [(e, {"first_name": e}) for e in emails])
     run = start_sender(bulk_settings())
-    await wait_for(lambda: all_final(redis, msg_id, 6))
+    await until(lambda: all_final(redis, msg_id, 6))
     found = await states(redis, PART, msg_id)
     await run.stop()
     assert found[1] == "f:rejected:MessageRejected"
@@ -223,7 +225,7 @@ async def test_an_ambiguous_bulk_call_leaves_every_entry_unknown(
     emails = [f"a{n}@example.org" for n in range(4)]
     msg_id = await queue_message(redis, message(), [(e, {"first_name": "A"}) for e in emails])
     run = start_sender(bulk_settings())
-    await wait_for(lambda: all_final(redis, msg_id, 4))
+    await until(lambda: all_final(redis, msg_id, 4))
     await run.stop()
     assert set((await states(redis, PART, msg_id)).values()) == {"u"}
     assert stub.bulk_calls == 1 and stub.disconnects == 1
@@ -250,7 +252,7 @@ async def test_attachments_arrive_intact_with_the_same_mail(
     emails = ["x1@example.org", "x2@example.org"]
     msg_id = await queue_message(redis, content, [(e, {"first_name": e[:2]}) for e in emails])
     run = start_sender(bulk_settings())
-    await wait_for(lambda: all_final(redis, msg_id, 2))
+    await until(lambda: all_final(redis, msg_id, 2))
     await run.stop()
     assert stub.bulk_calls == 0  # SendEmail, Simple content with Attachments
     for email in emails:
@@ -278,7 +280,7 @@ async def test_single_mode_sends_the_same_mail_one_call_each(
     recipients = [(f"s{n}@example.org", {"first_name": f"<N{n}>"}) for n in range(4)]
     bulk_id = await queue_message(redis, content, recipients)
     run = start_sender(bulk_settings())
-    await wait_for(lambda: all_final(redis, bulk_id, 4))
+    await until(lambda: all_final(redis, bulk_id, 4))
     await run.stop()
     bulk_mail = {e: stub.mail.pop(e)[0] for e, _ in recipients}
     calls = stub.calls
@@ -287,7 +289,7 @@ async def test_single_mode_sends_the_same_mail_one_call_each(
     await redis.delete(PART.state(bulk_id))
     await queue_message(redis, content, recipients)
     run = start_sender(bulk_settings(SEND_MODE="single"))
-    await wait_for(lambda: all_final(redis, bulk_id, 4))
+    await until(lambda: all_final(redis, bulk_id, 4))
     await run.stop()
     assert stub.bulk_calls == 1 and stub.calls - calls == 4
     for email, _ in recipients:
@@ -308,7 +310,7 @@ async def test_a_message_beyond_the_inline_template_limit_goes_one_call_each(
     content = message(html=big, track_opens=False)
     msg_id = await queue_message(redis, content, [(e, {"first_name": e[:4]}) for e in emails])
     run = start_sender(bulk_settings())
-    await wait_for(lambda: all_final(redis, msg_id, 2))
+    await until(lambda: all_final(redis, msg_id, 2))
     await run.stop()
     assert stub.bulk_calls == 0 and stub.calls == 2
     assert all(stub.mail[e][0].html.startswith(f"<p>{e[:4]}</p>") for e in emails)
@@ -323,7 +325,7 @@ async def test_a_setup_fault_inside_a_bulk_call_pauses_and_fails_nothing(
     stub.configure(entry_statuses={emails[0]: ["MAIL_FROM_DOMAIN_NOT_VERIFIED"]})
     msg_id = await queue_message(redis, message(), [(e, {"first_name": "M"}) for e in emails])
     run = start_sender(bulk_settings(SETUP_PROBE_INTERVAL="0.3"))
-    await wait_for(lambda: all_final(redis, msg_id, 4))
+    await until(lambda: all_final(redis, msg_id, 4))
     await run.stop()
     found = await states(redis, PART, msg_id)
     assert all(v.startswith("s:") for v in found.values()), found
@@ -339,7 +341,7 @@ async def test_a_transient_entry_fails_that_recipient_and_pauses_nothing(
     stub.configure(entry_statuses={emails[1]: ["TRANSIENT_FAILURE"]})
     msg_id = await queue_message(redis, message(), [(e, {"first_name": "T"}) for e in emails])
     run = start_sender(bulk_settings(MAX_ATTEMPTS="1", SETUP_PROBE_INTERVAL="0.2"))
-    await wait_for(lambda: all_final(redis, msg_id, 4))
+    await until(lambda: all_final(redis, msg_id, 4))
     await run.stop()
     found = await states(redis, PART, msg_id)
     assert found[1] == "f:transient:TRANSIENT_FAILURE", found
@@ -360,7 +362,7 @@ async def test_a_bulk_call_refused_for_one_entry_fails_only_that_recipient(
     stub.configure(bad_address_pattern=r"^b2@")
     msg_id = await queue_message(redis, message(), [(e, {"first_name": e[:2]}) for e in emails])
     run = start_sender(bulk_settings())
-    await wait_for(lambda: all_final(redis, msg_id, 4))
+    await until(lambda: all_final(redis, msg_id, 4))
     await run.stop()
     found = await states(redis, PART, msg_id)
     assert found[2] == "f:rejected:BadRequestException", found

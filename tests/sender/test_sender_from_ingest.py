@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from senderkit import SECRET, Running, states, wait_for
-from sesstub import SesStub
 
 from sesflow.common.connection import ensure_group
 from sesflow.common.consumer import consumer_client
@@ -22,6 +20,10 @@ from sesflow.ingest.dispatcher import Dispatcher
 from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
+
+from support.senderkit import SECRET, Running, states
+from support.sesstub import SesStub
+from support.until import until
 
 KEYS = Keys("sesflow")
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDTESTING", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
@@ -99,7 +101,7 @@ async def test_an_edited_template_leaves_accepted_mail_unchanged(
             found = await states(redis, KEYS.for_message(msg_id), msg_id)
             return len(found) == 2 and all(v.startswith("s:") for v in found.values())
 
-        await wait_for(both_sent, within=20)
+        await until(both_sent, within=20)
     finally:
         await run.stop()
         await ses.close()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from senderkit import SECRET, FakeSes, Running, seed, states, wait_for
 
 from sesflow.cli.embedded import RedisProcess
 from sesflow.common.connection import connect
@@ -16,6 +15,9 @@ from sesflow.common.keys import Keys
 from sesflow.common.settings import settings_from_mapping
 from sesflow.sender.compose import compose
 from sesflow.sender.worker import Sender
+
+from support.senderkit import SECRET, FakeSes, Running, seed, states
+from support.until import until
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)
@@ -61,7 +63,7 @@ async def test_a_redis_outage_mid_campaign_loses_and_duplicates_nothing(tmp_path
                 return False
             return len(found) == len(emails) and all(v.startswith("s:") for v in found.values())
 
-        await wait_for(done, within=20)
+        await until(done, within=20)
         await run.stop()
         assert len(restarted) == 2
         assert ses.sent == {e: 1 for e in emails}

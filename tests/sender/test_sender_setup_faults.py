@@ -10,18 +10,21 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from senderkit import SECRET, FakeSes, Running, events, new_msg_id, seed, states, wait_for
-from sesstub import SesStub
 from structlog.testing import capture_logs
 
+from sesflow.common import sentry
 from sesflow.common.errors import SesSetupFault
 from sesflow.common.keys import Keys
 from sesflow.common.settings import Settings
-from sesflow.sender import metrics, worker
+from sesflow.sender import metrics
 from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sesflow.sender.worker import Sender
+
+from support.senderkit import SECRET, FakeSes, Running, events, new_msg_id, seed, states
+from support.sesstub import SesStub
+from support.until import until
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)
@@ -59,9 +62,7 @@ async def test_a_setup_fault_pauses_fails_nothing_alerts_and_a_probe_resumes(
 ) -> None:
     broken = True
     reported: list[dict[str, Any]] = []
-    monkeypatch.setattr(
-        worker.sentry, "report", lambda exc=None, message="", **kw: reported.append(kw)
-    )
+    monkeypatch.setattr(sentry, "report", lambda exc=None, message="", **kw: reported.append(kw))
 
     async def misspelled_configuration_set(email: Any) -> None:
         if broken:
@@ -76,7 +77,7 @@ async def test_a_setup_fault_pauses_fails_nothing_alerts_and_a_probe_resumes(
     )
     with capture_logs() as logs:
         run = running(make_sender(settings))
-        await wait_for(lambda: has_pause(redis, "configuration-set:typo"))
+        await until(lambda: has_pause(redis, "configuration-set:typo"))
         await asyncio.sleep(1.5)  # several probe intervals, more than MAX_ATTEMPTS faults per job
     # the alarm goes off once per pause, not once per job that met the fault
     alarms = [e for e in logs if e["log_level"] == "error" and "setup fault" in e["event"]]
@@ -94,7 +95,7 @@ async def test_a_setup_fault_pauses_fails_nothing_alerts_and_a_probe_resumes(
     assert metrics.SETUP_FAULTS.labels("configuration_set")._value.get() > faults_before
     assert metrics.SETUP_PAUSED._value.get() == 1
     broken = False  # the configuration set is created
-    await wait_for(lambda: all_sent(redis, msg_id, len(emails)), within=10)
+    await until(lambda: all_sent(redis, msg_id, len(emails)), within=10)
     await run.stop()
     assert fake_ses.sent == {e: 1 for e in emails}
     assert await paused_scopes(redis) == {}
@@ -118,7 +119,7 @@ async def test_a_pause_outlives_a_restart_and_is_shared_by_every_replica(
     run = running(make_sender(settings))
     await asyncio.sleep(0.3)
     assert sum(fake_ses.calls.values()) == 0  # the probe comes an interval after the fault
-    await wait_for(lambda: all_sent(redis, msg_id, 10))
+    await until(lambda: all_sent(redis, msg_id, 10))
     await run.stop()
     assert await paused_scopes(redis) == {}
 
@@ -152,8 +153,8 @@ async def test_an_unverified_sender_pauses_its_messages_a_rejected_message_still
         )
         ses, run = await campaign_sender(settings, redis)
         try:
-            await wait_for(lambda: has_pause(redis, "from:promo@unverified.net"))
-            await wait_for(lambda: final_count(redis, good_id, 3))
+            await until(lambda: has_pause(redis, "from:promo@unverified.net"))
+            await until(lambda: final_count(redis, good_id, 3))
             assert await counts(redis, good_id) == {"s": 2, "f": 1}
             assert (await states(redis, PART, good_id))[1] == "f:rejected:MessageRejected"
             await asyncio.sleep(0.8)
@@ -162,7 +163,7 @@ async def test_an_unverified_sender_pauses_its_messages_a_rejected_message_still
             pause = (await paused_scopes(redis))["from:promo@unverified.net"]
             assert pause["reason"] == "identity" and "promo@unverified.net" in pause["message"]
             stub.configure(verified_identities=["example.com", "unverified.net"])
-            await wait_for(lambda: all_sent(redis, waiting_id, len(waiting)))
+            await until(lambda: all_sent(redis, waiting_id, len(waiting)))
         finally:
             await run.stop()
             await ses.close()
@@ -197,7 +198,7 @@ async def test_a_thousand_recipients_survive_a_misspelled_configuration_set(
         msg_id, _ = await seed(redis, KEYS, emails)
         replicas = [await campaign_sender(settings, redis) for _ in range(2)]
         try:
-            await wait_for(lambda: has_pause(redis, "configuration-set:typo"))
+            await until(lambda: has_pause(redis, "configuration-set:typo"))
             await asyncio.sleep(2.0)
             refused = stub.injected_errors
             # the first wave of both replicas, then about one probe per interval cluster-wide
@@ -205,7 +206,7 @@ async def test_a_thousand_recipients_survive_a_misspelled_configuration_set(
             # not one failed, every one still queued (a probe may be in its SES call right now)
             assert set(await counts(redis, msg_id)) <= {"inflight"}
             stub.configure(error_rate=0.0)
-            await wait_for(lambda: all_sent(redis, msg_id, len(emails)), within=30)
+            await until(lambda: all_sent(redis, msg_id, len(emails)), within=30)
         finally:
             for ses, run in replicas:
                 await run.stop()
@@ -231,7 +232,7 @@ async def test_jobs_that_waited_for_a_rate_slot_do_not_send_into_a_fresh_pause(
         SES_CONFIGURATION_SET="typo", EMAIL_RATE="20", EMAIL_BURST="1", SETUP_PROBE_INTERVAL="30"
     )
     run = running(make_sender(settings))
-    await wait_for(lambda: has_pause(redis, "configuration-set:typo"))
+    await until(lambda: has_pause(redis, "configuration-set:typo"))
     await asyncio.sleep(0.8)
     await run.stop()
     assert sum(fake_ses.calls.values()) == 1, fake_ses.calls

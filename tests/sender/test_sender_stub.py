@@ -11,15 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from senderkit import SECRET, Running, seed, states, wait_for
-from sesstub import SesStub
-
 from sesflow.cli.embedded import free_port
 from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.settings import Settings
 from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
+
+from support.senderkit import SECRET, Running, seed, states
+from support.sesstub import SesStub
+from support.until import until
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)
@@ -41,7 +42,7 @@ async def campaign(
     sender.ses_pause_s = pause_s
     run = Running(sender)
     try:
-        await wait_for(lambda: all_sent(redis, msg_id, count), within=15)
+        await until(lambda: all_sent(redis, msg_id, count), within=15)
     finally:
         await run.stop()
         await ses.close()
@@ -96,7 +97,7 @@ async def test_sigterm_finishes_in_flight_calls_and_exits_0(
                 sys.executable, "-m", "sesflow.sender", env=env, stderr=log_file
             )
             try:
-                await wait_for(lambda: sent_some(stub, 10), within=20)
+                await until(lambda: sent_some(stub, 10), within=20)
                 proc.send_signal(signal.SIGTERM)
                 code = await asyncio.wait_for(proc.wait(), 15)
             finally:
@@ -135,7 +136,7 @@ async def test_a_502_after_ses_accepted_the_mail_is_unknown_and_never_sent_again
         ses = SesClient(settings)
         run = Running(Sender(settings, redis, ses, compose, SECRET))
         try:
-            await wait_for(lambda: final(redis, msg_id, len(emails)), within=15)
+            await until(lambda: final(redis, msg_id, len(emails)), within=15)
         finally:
             await run.stop()
             await ses.close()

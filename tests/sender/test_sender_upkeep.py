@@ -9,7 +9,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from senderkit import FakeSes, Running, pending_count, seed, states, wait_for
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.aws import Quota
@@ -21,6 +20,9 @@ from sesflow.sender import upkeep
 from sesflow.sender.metrics import create_app
 from sesflow.sender.rate_limit import HEADROOM
 from sesflow.sender.worker import Sender
+
+from support.senderkit import FakeSes, Running, pending_count, seed, states
+from support.until import until
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)
@@ -44,8 +46,8 @@ async def test_jobs_of_a_vanished_consumer_are_reclaimed_and_sent(
     msg_id, _ = await seed(redis, KEYS, EMAILS)
     await ghost_reads(redis, 2)
     run = running(make_sender(sender_settings(RECLAIM_IDLE="0.5")))
-    await wait_for(lambda: final_count(redis, msg_id, 4))
-    await wait_for(lambda: no_pending(redis))
+    await until(lambda: final_count(redis, msg_id, 4))
+    await until(lambda: no_pending(redis))
     await run.stop()
     assert fake_ses.sent == {e: 1 for e in EMAILS}
 
@@ -65,7 +67,7 @@ async def test_after_max_attempts_deliveries_a_job_is_dead_lettered_as_failed(
     msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
     await ghost_reads(redis, 1, times=3)  # delivered 3 times; the reclaim is the 4th
     run = running(make_sender(sender_settings(RECLAIM_IDLE="0.3", MAX_ATTEMPTS="3")))
-    await wait_for(lambda: final_count(redis, msg_id, 1))
+    await until(lambda: final_count(redis, msg_id, 1))
     await run.stop()
     assert (await states(redis, PART, msg_id))[0] == "f:max_attempts"
     assert not fake_ses.calls
@@ -100,12 +102,16 @@ async def test_a_job_waiting_on_a_long_pause_is_not_stolen(
     await a.limiter.pause(2.0)
     msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
     run_a = running(a)
-    await wait_for(lambda: held(a))
+    await until(lambda: held(a))
     run_b = running(make_sender(settings, ses=ses_b, consumer="b"))
-    await wait_for(lambda: final_count(redis, msg_id, 1))
+    await until(lambda: final_count(redis, msg_id, 1))
     await run_a.stop()
     await run_b.stop()
     assert ses_a.sent == {EMAILS[0]: 1} and not ses_b.calls
+
+
+async def blocked_clients(redis: Any) -> int:
+    return int((await redis.info("clients"))["blocked_clients"])
 
 
 async def held(sender: Sender) -> bool:
@@ -132,11 +138,17 @@ async def test_after_a_redis_outage_no_reclaim_before_live_replicas_refresh(
     await b.wait_for_redis(None)  # B sees Redis back
     back = time.monotonic()
     running(b)
-    await asyncio.sleep(0.25)
-    assert (await states(redis, PART, msg_id))[0] == claim, "B took A's job at once"
+    # B's reader decides on a reclaim pass, then blocks in XREADGROUP: once it blocks, a
+    # reclaim "at once" has happened or not.
+    await until(lambda: blocked_clients(redis), what="B's reader waiting for new jobs")
+    owners = [
+        r["consumer"] for r in await redis.xpending_range(PART.sends, SENDERS_GROUP, "-", "+", 10)
+    ]
+    assert owners == ["a"], "B took A's job at once"
+    assert (await states(redis, PART, msg_id))[0] == claim
     await redis.xclaim(PART.sends, SENDERS_GROUP, "a", 0, [entry_id], justid=True)  # A's keep-alive
 
-    await wait_for(lambda: final_count(redis, msg_id, 1), within=10)  # A never refreshes again
+    await until(lambda: final_count(redis, msg_id, 1), within=10)  # A never refreshes again
     assert time.monotonic() - back >= 1.0
     assert (await states(redis, PART, msg_id))[0] == "u" and not fake_ses.calls
 
@@ -193,7 +205,7 @@ async def test_metrics_and_health_are_served(
     sender = make_sender(settings)
     msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
     run = running(sender)
-    await wait_for(lambda: final_count(redis, msg_id, 2))
+    await until(lambda: final_count(redis, msg_id, 2))
     await upkeep.update_gauges(sender)
     runner = await start_site(
         create_app(settings, sender.health, client=redis), "127.0.0.1", settings.sender_metrics_port

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from senderkit import FakeSes, Running, events, new_msg_id, pending_count, seed, states, wait_for
 
 from sesflow.common.consumer import consumer_client
 from sesflow.common.errors import (
@@ -21,6 +20,17 @@ from sesflow.common.errors import (
 from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.suppression import SuppressionList, entry
 from sesflow.sender.worker import Sender
+
+from support.senderkit import (
+    FakeSes,
+    Running,
+    events,
+    new_msg_id,
+    pending_count,
+    seed,
+    states,
+)
+from support.until import until
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)
@@ -39,7 +49,7 @@ async def test_sends_every_recipient_once_and_records_it(
 ) -> None:
     msg_id, _ = await seed(redis, KEYS, EMAILS)
     run = running(make_sender(sender_settings()))
-    await wait_for(lambda: all_final(redis, msg_id, 5))
+    await until(lambda: all_final(redis, msg_id, 5))
     await run.stop()
     found = await states(redis, PART, msg_id)
     assert all(v.startswith("s:ses-") for v in found.values())
@@ -63,8 +73,8 @@ async def test_redelivered_final_job_is_only_acked(
     await redis.hset(PART.state(msg_id), mapping={"0": "s:earlier", "1": "f:rejected:x"})
     await seed(redis, KEYS, EMAILS[:3], msg_id=msg_id)
     run = running(make_sender(sender_settings()))
-    await wait_for(lambda: all_final(redis, msg_id, 3))
-    await wait_for(lambda: pending_count_is(redis, 0))
+    await until(lambda: all_final(redis, msg_id, 3))
+    await until(lambda: pending_count_is(redis, 0))
     await run.stop()
     assert fake_ses.calls == {EMAILS[2]: 1}
     assert (await states(redis, PART, msg_id))[0] == "s:earlier"
@@ -82,7 +92,7 @@ async def test_inflight_from_a_dead_sender_is_unknown_with_skip(
     await redis.hset(PART.state(msg_id), "0", "i:1000:dead-consumer")
     await seed(redis, KEYS, EMAILS[:2], msg_id=msg_id)
     run = running(make_sender(sender_settings()))
-    await wait_for(lambda: all_final(redis, msg_id, 2))
+    await until(lambda: all_final(redis, msg_id, 2))
     await run.stop()
     assert (await states(redis, PART, msg_id))[0] == "u"
     assert EMAILS[0] not in fake_ses.calls
@@ -97,7 +107,7 @@ async def test_inflight_from_a_dead_sender_is_resent_with_resend(
     await redis.hset(PART.state(msg_id), "0", "i:1000:dead-consumer")
     await seed(redis, KEYS, EMAILS[:1], msg_id=msg_id)
     run = running(make_sender(sender_settings(ON_AMBIGUOUS="resend")))
-    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
     assert (await states(redis, PART, msg_id))[0].startswith("s:")
     assert fake_ses.sent[EMAILS[0]] == 1
@@ -112,8 +122,8 @@ async def test_a_fresh_claim_of_a_live_sender_is_left_alone(
     await redis.hset(PART.state(msg_id), "0", claim)
     await seed(redis, KEYS, EMAILS[:2], msg_id=msg_id)
     run = running(make_sender(sender_settings(RECLAIM_IDLE="60")))
-    await wait_for(lambda: fake_ses_called(fake_ses, EMAILS[1]))
-    await wait_for(lambda: pending_count_is(redis, 1))
+    await until(lambda: fake_ses_called(fake_ses, EMAILS[1]))
+    await until(lambda: pending_count_is(redis, 1))
     await run.stop()
     assert (await states(redis, PART, msg_id))[0] == claim
     assert EMAILS[0] not in fake_ses.calls
@@ -130,7 +140,7 @@ async def test_stopped_topic_is_not_sent_and_spends_no_token(
     await redis.set(PART.stop("t1"), int(msg_id.split("-")[0]) + 1)
     await seed(redis, KEYS, EMAILS[:3], msg_id=msg_id)
     run = running(make_sender(sender_settings()))
-    await wait_for(lambda: all_final(redis, msg_id, 3))
+    await until(lambda: all_final(redis, msg_id, 3))
     await run.stop()
     assert set((await states(redis, PART, msg_id)).values()) == {"x"}
     assert not fake_ses.calls
@@ -146,7 +156,7 @@ async def test_suppressed_addresses_including_one_suppressed_after_queueing(
     msg_id, _ = await seed(redis, KEYS, EMAILS[:3])
     await suppression.add(entry(EMAILS[1], "unsubscribe"))  # its job is already queued
     run = running(make_sender(sender_settings()))
-    await wait_for(lambda: all_final(redis, msg_id, 3))
+    await until(lambda: all_final(redis, msg_id, 3))
     await run.stop()
     found = await states(redis, PART, msg_id)
     assert (found[0], found[1]) == ("p", "p")
@@ -164,7 +174,7 @@ async def test_throttling_retries_slows_the_bucket_and_fails_nothing(
     msg_id, _ = await seed(redis, KEYS, EMAILS[:3])
     sender = make_sender(sender_settings())
     run = running(sender)
-    await wait_for(lambda: all_final(redis, msg_id, 3))
+    await until(lambda: all_final(redis, msg_id, 3))
     await run.stop()
     assert all(v.startswith("s:") for v in (await states(redis, PART, msg_id)).values())
     assert fake_ses.calls[EMAILS[0]] == 3 and fake_ses.sent[EMAILS[0]] == 1
@@ -180,9 +190,9 @@ async def test_paused_account_pauses_every_sender_and_fails_nothing(
     msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
     sender = make_sender(sender_settings(SENDER_CONCURRENCY="1"))
     run = running(sender)
-    await wait_for(lambda: fake_ses_was_called(fake_ses, EMAILS[0]))
-    await wait_for(lambda: paused(sender))
-    await wait_for(lambda: all_final(redis, msg_id, 2))
+    await until(lambda: fake_ses_was_called(fake_ses, EMAILS[0]))
+    await until(lambda: paused(sender))
+    await until(lambda: all_final(redis, msg_id, 2))
     await run.stop()
     assert all(v.startswith("s:") for v in (await states(redis, PART, msg_id)).values())
     assert {e.type for e in await events(redis, PART)} == {"sent"}
@@ -202,7 +212,7 @@ async def test_rejected_fails_once_without_retry(
     fake_ses.script[EMAILS[0]] = [SesRejected("MessageRejected", "Email address is not verified")]
     msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
     run = running(make_sender(sender_settings()))
-    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
     assert (await states(redis, PART, msg_id))[0] == "f:rejected:MessageRejected"
     assert fake_ses.calls[EMAILS[0]] == 1
@@ -220,8 +230,8 @@ async def test_transient_errors_retry_then_pause_sending_and_never_fail_the_reci
     msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
     settings = sender_settings(MAX_ATTEMPTS="3", SETUP_PROBE_INTERVAL="0.3")
     run = running(make_sender(settings))
-    await wait_for(lambda: paused_all(redis))
-    await wait_for(lambda: all_final(redis, msg_id, 2), within=15)
+    await until(lambda: paused_all(redis))
+    await until(lambda: all_final(redis, msg_id, 2), within=15)
     await run.stop()
     found = await states(redis, PART, msg_id)
     assert found[0].startswith("s:") and found[1].startswith("s:")
@@ -254,7 +264,7 @@ async def test_a_transient_bulk_entry_fails_after_max_attempts_without_pausing_a
     sender = make_sender(sender_settings(MAX_ATTEMPTS="3", SETUP_PROBE_INTERVAL="0.2"))
     faults = setup_faults_of(sender)
     run = running(sender)
-    await wait_for(lambda: all_final(redis, msg_id, 4), within=15)
+    await until(lambda: all_final(redis, msg_id, 4), within=15)
     await run.stop()
     found = await states(redis, PART, msg_id)
     assert found[1] == "f:transient:TRANSIENT_FAILURE"
@@ -279,7 +289,7 @@ async def test_a_job_that_paused_sending_does_not_pause_it_again_on_each_retry(
     sender = make_sender(sender_settings(MAX_ATTEMPTS="2", SETUP_PROBE_INTERVAL="0.2"))
     faults = setup_faults_of(sender)
     run = running(sender)
-    await wait_for(lambda: all_final(redis, msg_id, 1), within=15)
+    await until(lambda: all_final(redis, msg_id, 1), within=15)
     await run.stop()
     assert (await states(redis, PART, msg_id))[0].startswith("s:")
     assert fake_ses.calls[EMAILS[0]] == 4
@@ -296,7 +306,7 @@ async def test_ambiguous_is_unknown_with_skip(
     fake_ses.script[EMAILS[0]] = [SesAmbiguous("Timeout", "read timed out")]
     msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
     run = running(make_sender(sender_settings()))
-    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
     assert (await states(redis, PART, msg_id))[0] == "u"
     assert [e.type for e in await events(redis, PART)] == ["unknown"]
@@ -308,7 +318,7 @@ async def test_ambiguous_is_retried_with_resend(
     fake_ses.script[EMAILS[0]] = [SesAmbiguous("Timeout", "read timed out")]
     msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
     run = running(make_sender(sender_settings(ON_AMBIGUOUS="resend")))
-    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
     assert (await states(redis, PART, msg_id))[0].startswith("s:")
     assert fake_ses.calls[EMAILS[0]] == 2
@@ -321,7 +331,7 @@ async def test_resend_gives_up_as_unknown_after_max_attempts_ambiguous_answers(
     fake_ses.script[EMAILS[0]] = [SesAmbiguous("HTTP502", "Bad gateway", 502)] * 10
     msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
     run = running(make_sender(sender_settings(ON_AMBIGUOUS="resend", MAX_ATTEMPTS="3")))
-    await wait_for(lambda: all_final(redis, msg_id, 1), within=15)
+    await until(lambda: all_final(redis, msg_id, 1), within=15)
     await run.stop()
     assert (await states(redis, PART, msg_id))[0] == "u"
     assert fake_ses.calls[EMAILS[0]] == 3
@@ -334,7 +344,7 @@ async def test_a_5xx_is_unknown_with_skip_and_slows_the_shared_rate(
     msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
     sender = make_sender(sender_settings())
     run = running(sender)
-    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
     assert (await states(redis, PART, msg_id))[0] == "u"
     assert fake_ses.calls[EMAILS[0]] == 1
@@ -348,8 +358,8 @@ async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(
     await redis.xadd(PART.sends, {"garbage": "yes"})
     msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
     run = running(make_sender(sender_settings()))
-    await wait_for(lambda: all_final(redis, msg_id, 2))
-    await wait_for(lambda: pending_count_is(redis, 0))
+    await until(lambda: all_final(redis, msg_id, 2))
+    await until(lambda: pending_count_is(redis, 0))
     await run.stop()
     dead = await redis.xrange(PART.sends_dead)
     assert len(dead) == 2 and all("malformed" in f["reason"] for _, f in dead)
@@ -362,15 +372,15 @@ async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(
     """Bytes that are not UTF-8 once made the whole XREADGROUP reply fail, and the reader task
     ended for good; with the role's own client the entry is a dead letter like any other."""
     settings = sender_settings()
-    raw = aioredis.Redis.from_url(settings.redis_url)
+    raw: Any = aioredis.Redis.from_url(settings.redis_url)  # bytes in, bytes out
     poison = {b"m": b"\xff\xfe", b"i": b"0", b"e": b"\xc3\x28@example.org"}
     await raw.xadd(PART.sends, poison)
     msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
     client = consumer_client(settings)
     try:
         run = running(make_sender(settings, client=client))
-        await wait_for(lambda: all_final(redis, msg_id, 2))
-        await wait_for(lambda: pending_count_is(redis, 0))
+        await until(lambda: all_final(redis, msg_id, 2))
+        await until(lambda: pending_count_is(redis, 0))
         await run.stop()
     finally:
         await client.aclose()
@@ -386,7 +396,7 @@ async def test_missing_content_fails_permanently(
 ) -> None:
     msg_id, _ = await seed(redis, KEYS, EMAILS[:1], store_content=False)
     run = running(make_sender(sender_settings()))
-    await wait_for(lambda: all_final(redis, msg_id, 1))
+    await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
     assert (await states(redis, PART, msg_id))[0] == "f:no_content"
     assert not fake_ses.calls
@@ -401,7 +411,7 @@ async def test_several_partitions_are_all_read(
     ]
     assert len({keys.for_message(m).index for m, _ in messages}) > 1
     run = running(make_sender(sender_settings(SEND_PARTITIONS="3")))
-    await wait_for(lambda: fake_ses_count(fake_ses, 6))
+    await until(lambda: fake_ses_count(fake_ses, 6))
     await run.stop()
     for msg_id, _ in messages:
         part = keys.for_message(msg_id)
@@ -420,7 +430,7 @@ async def test_graceful_stop_finishes_in_flight_calls_and_leaves_nothing_infligh
     msg_id, _ = await seed(redis, KEYS, emails)
     sender = make_sender(sender_settings(EMAIL_RATE="20", EMAIL_BURST="4"), ses=ses)
     run = running(sender)
-    await wait_for(lambda: fake_ses_calls(ses, 4))
+    await until(lambda: fake_ses_calls(ses, 4))
     await run.stop()
     found = await states(redis, PART, msg_id)
     assert not any(v.startswith("i:") for v in found.values())

@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from sesstub import SesStub
 
 from sesflow.common.settings import Settings
 from sesflow.sender.ses_client import OutgoingEmail, SesClient
+
+from support.sesstub import SesStub
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDTESTING", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+# Run as a script: `tests/` on the path makes `support.*` importable, as under pytest.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from sesflow.common.aws import boto_client
 from sesflow.common.settings import Settings, settings_from_mapping
 from sesflow.sender.ses_client import OutgoingEmail, SesClient
 
-STUB = Path(__file__).resolve().parent.parent / "sesstub.py"
+from support.stubprocess import StubProcess
 
 EMAIL = OutgoingEmail(
     from_email="sender@example.com",
@@ -31,16 +33,6 @@ EMAIL = OutgoingEmail(
     headers=(("X-Request-ID", "1732461234567-0_42"),),
     tags=(("sesflow-rid", "1732461234567-0_42"), ("sesflow-topic", "bench")),
 )
-
-
-def start_stub() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(STUB), "--port", "0", "--keep-messages", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
 
 
 async def ours(settings: Settings, calls: int, concurrency: int) -> float:
@@ -88,20 +80,16 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args()
-    proc, url = start_stub()
-    try:
+    with StubProcess(keep_messages=0) as stub:
         settings = settings_from_mapping(
             {
-                "SES_ENDPOINT_URL": url,
+                "SES_ENDPOINT_URL": stub.url,
                 "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing",
             }
         )
         ours_s = asyncio.run(ours(settings, args.calls, args.concurrency))
         boto_s = boto3_loop(settings, args.calls)
-    finally:
-        proc.terminate()
-        proc.wait()
     print(
         json.dumps(
             {

@@ -12,7 +12,6 @@ import msgspec
 import pytest
 from aiohttp import web
 from botocore.validate import ParamValidator
-from sesstub import SesStub
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.errors import (
@@ -37,6 +36,8 @@ from sesflow.sender.ses_client import (
     encode_request,
     entry_outcome,
 )
+
+from support.sesstub import SesStub
 
 MODEL = botocore.session.get_session().get_service_model("sesv2")
 

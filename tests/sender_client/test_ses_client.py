@@ -23,7 +23,6 @@ from botocore.exceptions import (
     ParamValidationError,
 )
 from multidict import CIMultiDict
-from sesstub import SesStub
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.errors import (
@@ -48,6 +47,8 @@ from sesflow.sender.ses_client import (
     parse_error,
     setup_reason,
 )
+
+from support.sesstub import SesStub
 
 MakeEmail = Callable[..., OutgoingEmail]
 
@@ -571,7 +572,7 @@ def test_boto3_failures_before_the_request_are_never_ambiguous() -> None:
         "Error": {"Code": "InternalFailure", "Message": "internal"},
         "ResponseMetadata": {"HTTPStatusCode": 500},
     }
-    assert type(error_from_boto(ClientError(answer, "SendEmail"))) is SesAmbiguous  # type: ignore[arg-type]
+    assert type(error_from_boto(ClientError(answer, "SendEmail"))) is SesAmbiguous
 
 
 def test_exceptions_before_any_byte_are_transient_after_are_ambiguous() -> None:

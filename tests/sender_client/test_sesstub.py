@@ -10,18 +10,18 @@ import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from botocore.exceptions import ClientError
-from sesstub import SesStub
 
 from sesflow.common.aws import boto_client, fetch_quota_sync
 from sesflow.common.settings import Settings
 
-STUB = Path(__file__).resolve().parent.parent / "sesstub.py"
+from support import TESTS
+from support.sesstub import SesStub
+from support.until import until_sync
 
 
 def send_body(*to: str, sender: str = "sender@example.com") -> dict[str, Any]:
@@ -138,10 +138,7 @@ def stub_in_thread() -> Iterator[str]:
 
     thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 5
-    while not ready and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert ready
+    until_sync(lambda: ready, what="the stub thread to listen", within=5, every=0.01)
     url, loop, stop = ready[0]
     yield url
     loop.call_soon_threadsafe(stop.set)
@@ -230,8 +227,19 @@ async def test_daily_quota(stub: SesStub, http: aiohttp.ClientSession) -> None:
 
 async def test_runs_as_a_process_and_prints_its_url(http: aiohttp.ClientSession) -> None:
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, str(STUB), "--port", "0", "--rate", "7", "--latency-ms", "1"],
+        *[
+            sys.executable,
+            "-m",
+            "support.sesstub",
+            "--port",
+            "0",
+            "--rate",
+            "7",
+            "--latency-ms",
+            "1",
+        ],
         stdout=asyncio.subprocess.PIPE,
+        cwd=TESTS,
     )
     try:
         assert proc.stdout is not None

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from helpers_stats import FAST, add_events, aggregator, counters, drained, running
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sesflow.common.keys import STATS_GROUP, Keys
@@ -15,6 +14,9 @@ from sesflow.common.schema import Event, EventType
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import StatsAggregator
 from sesflow.stats.counters import hour_of
+
+from support.statskit import FAST, add_events, aggregator, counters, drained, running
+from support.until import until
 
 NOW_MS = int(time.time() * 1000)
 
@@ -183,7 +185,7 @@ async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(
     nothing more was counted there; now the entry is a dead letter like any other."""
     keys = Keys()
     p = keys.partition(0)
-    raw = aioredis.Redis.from_url(fast.redis_url)
+    raw: Any = aioredis.Redis.from_url(fast.redis_url)  # bytes in, bytes out
     poison = {b"e": b'{"type":"sent","topic":"\xff\xfe"}'}
     await raw.xadd(p.events, poison)
     await add_events(redis, keys, Event(type="sent", topic="t"))
@@ -221,7 +223,11 @@ async def test_stop_flushes_the_batch_in_hand(
     ):
         await asyncio.sleep(0.1)
         await add_events(redis, keys, *[Event(type="sent", topic="t") for _ in range(3)])
-        await asyncio.sleep(0.3)  # read into the batch, far from its 30 s flush
+        await until(  # read into the batch, far from its 30 s flush
+            lambda: redis.xpending(keys.partition(0).events, STATS_GROUP),
+            lambda pending: pending["pending"] == 3,
+            what="stats to read the three events",
+        )
         assert await redis.hgetall(keys.partition(0).stats_topic("t")) == {}
     assert (await counters(redis, keys.partition(0).stats_topic("t")))["sent"] == 3
 

@@ -9,8 +9,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from apptest import AppTestServer
-from helpers_stats import FAST, add_events, aggregator, drained, running
 
 from sesflow.common.aws import Quota
 from sesflow.common.keys import SENDERS_GROUP, Keys
@@ -18,6 +16,9 @@ from sesflow.common.schema import Event
 from sesflow.common.settings import Settings
 from sesflow.common.setup_pauses import SetupPause, encode_pause
 from sesflow.stats.api import create_app
+
+from support.apptest import AppTestServer
+from support.statskit import FAST, add_events, aggregator, drained, running
 
 QUOTA = Quota(max_send_rate=14.0, max_24h_send=50000.0, sent_last_24h=1234.0, source="test")
 
@@ -153,7 +154,7 @@ async def test_counts_sent_with_the_ses_quota(
     api: TestClient[Any, Any], redis: Any, fast: Settings
 ) -> None:
     await apply(fast, redis, *[Event(type="sent", topic="t") for _ in range(3)])
-    await asyncio.wait_for(api.app[_quota_key()].refreshed.wait(), 2)  # type: ignore[union-attr]
+    await asyncio.wait_for(api.app[_quota_key()].refreshed.wait(), 2)
     body = await (await api.get("/v1/events/counts/sent")).json()
     assert body["count"] == 3 and body["hours"] == 24
     assert body["max_send_rate"] == 14.0 and body["MaxSendRate"] == 14.0
@@ -188,7 +189,7 @@ async def test_counts_sent_never_waits_for_ses(fast: Settings) -> None:
 async def test_counts_sent_when_ses_does_not_answer(fast: Settings) -> None:
     client = await serve(create_app(fast, quota_fetcher=no_quota))
     try:
-        await asyncio.wait_for(client.app[_quota_key()].refreshed.wait(), 2)  # type: ignore[union-attr]
+        await asyncio.wait_for(client.app[_quota_key()].refreshed.wait(), 2)
         body = await (await client.get("/v1/events/counts/sent?hours=2")).json()
         assert body["hours"] == 2 and body["Max24HourSend"] is None
         assert body["remaining_24h"] is None

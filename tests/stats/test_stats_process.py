@@ -7,34 +7,39 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from helpers_stats import add_events, counters
+from redis.exceptions import ResponseError
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.keys import Keys
 from sesflow.common.schema import Event
 
+from support.statskit import add_events, counters
+from support.until import until
+
 pytestmark = pytest.mark.slow
 
 
 async def wait_healthy(url: str, proc: asyncio.subprocess.Process, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
     async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
+
+        async def health() -> int:
             assert proc.returncode is None, "stats exited early"
-            try:
-                async with session.get(url + "/health") as res:
-                    if res.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("stats did not become healthy")
+            async with session.get(url + "/health") as res:
+                return res.status
+
+        await until(
+            health,
+            lambda status: status == 200,
+            what="stats healthy",
+            within=within,
+            every=0.1,
+            ignore=(aiohttp.ClientError,),
+        )
 
 
 async def test_process_serves_and_flushes_on_sigterm(
@@ -62,12 +67,12 @@ async def test_process_serves_and_flushes_on_sigterm(
         await wait_healthy(url, proc)
         keys = Keys()
         await add_events(redis, keys, *[Event(type="sent", topic="proc") for _ in range(4)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # read into the batch, not yet applied
-            pending = await redis.xpending(keys.partition(0).events, "stats")
-            if pending["pending"] == 4:
-                break
-            await asyncio.sleep(0.05)
+        await until(  # read into the batch, not yet applied
+            lambda: redis.xpending(keys.partition(0).events, "stats"),
+            lambda pending: pending["pending"] == 4,
+            what="stats to read the four events",
+            ignore=(ResponseError,),  # NOGROUP until stats creates its group
+        )
         assert await redis.hgetall(keys.partition(0).stats_topic("proc")) == {}
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), timeout=20)

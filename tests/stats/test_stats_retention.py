@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers_stats import add_events
 
 from sesflow.common import scripts
 from sesflow.common.connection import ensure_group
@@ -17,6 +16,8 @@ from sesflow.common.keys import STATS_GROUP, Keys
 from sesflow.common.schema import Event
 from sesflow.common.settings import Settings, settings_from_mapping
 from sesflow.stats.aggregate import StatsAggregator
+
+from support.statskit import add_events
 
 DAY_MS = 86_400_000
 

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from apptest import AppTestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
-from snssign import SnsSigner, make_key_and_cert
 
 from sesflow.common.settings import Settings
 from sesflow.tracker.app import create_app
+
+from support.apptest import AppTestServer
+from support.snssign import SnsSigner, make_key_and_cert
 
 
 @pytest.fixture(scope="session")

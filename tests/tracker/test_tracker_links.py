@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from promtext import metric
-from trackerkit import stream_events
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.keys import Keys
@@ -19,6 +17,9 @@ from sesflow.common.settings import Settings
 from sesflow.common.suppression import SuppressionList
 from sesflow.common.tracking import Token, link_token, sign
 from sesflow.tracker.pages import PIXEL
+
+from support.promtext import metric
+from support.trackerkit import stream_events
 
 SECRET = b"test-tracking-secret"  # the TRACKING_SECRET of the test settings
 KEYS = Keys()

@@ -8,13 +8,14 @@ from typing import Any, NamedTuple
 
 import pytest
 from aiohttp.test_utils import TestClient
-from snssign import SnsSigner, sign, sns_timestamp
-from trackerkit import PAYLOADS, load_payload, post_sns, stream_events
 
 from sesflow.common.keys import Keys
 from sesflow.common.settings import Settings
 from sesflow.common.suppression import SuppressionList
 from sesflow.tracker import ses_events
+
+from support.snssign import SnsSigner, sign, sns_timestamp
+from support.trackerkit import PAYLOADS, load_payload, post_sns, stream_events
 
 MSG = "1732461234567-0"
 TOPIC = "newsletter/2024-11"  # the sender tags it as "newsletter_2024-11"

@@ -14,11 +14,12 @@ import pytest
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from snssign import SnsSigner, make_key_and_cert, string_to_sign
 
 from sesflow.common.errors import ConfigError
 from sesflow.common.settings import settings_from_mapping
 from sesflow.tracker import sns
+
+from support.snssign import SnsSigner, make_key_and_cert, string_to_sign
 
 
 def verifier(**env: str) -> sns.SnsVerifier:

@@ -12,15 +12,16 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import rsa
-from promtext import metric
-from snssign import SnsSigner, make_key_and_cert, sign, sns_timestamp
 from structlog.testing import capture_logs
-from trackerkit import load_payload, post_sns, stream_events
 
 from sesflow.cli.embedded import free_port
 from sesflow.common.keys import Keys
 from sesflow.common.settings import Settings
 from sesflow.common.suppression import SuppressionList
+
+from support.promtext import metric
+from support.snssign import SnsSigner, make_key_and_cert, sign, sns_timestamp
+from support.trackerkit import load_payload, post_sns, stream_events
 
 KEYS = Keys()
 P0 = KEYS.partition(0)

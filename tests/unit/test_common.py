@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,7 +100,7 @@ def test_tracking_token_round_trip_and_forgery() -> None:
     assert verify(secret, "") is None
 
 
-async def test_real_redis_is_ours(redis) -> None:  # type: ignore[no-untyped-def]
+async def test_real_redis_is_ours(redis: Any) -> None:
     info = await redis.info("server")
     assert info["tcp_port"] != 6379
     assert await redis.ping()

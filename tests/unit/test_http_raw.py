@@ -7,11 +7,13 @@ import json
 from collections.abc import Callable
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
-from apptest import AppTestServer
 
 from sesflow.common.settings import Settings
 from sesflow.ingest.api import create_app
+
+from support.apptest import AppTestServer
 
 JWT = "a-jwt-secret-of-at-least-32-bytes!"
 
@@ -43,7 +45,7 @@ async def test_a_header_that_is_not_utf8_is_a_400(
     make_settings: Callable[..., Settings], redis: object, header: bytes
 ) -> None:
     settings = make_settings(API_KEY="the-key-0123456789abcdef", JWT_SECRET=JWT)
-    client: TestClient[object, object] = TestClient(
+    client: TestClient[web.Request, web.Application] = TestClient(
         AppTestServer(create_app(settings), host="127.0.0.1")
     )
     await client.start_server()

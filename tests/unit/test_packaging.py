@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+PIP = [sys.executable, "-m", "pip"]
 PACKAGES = ("cli", "common", "ingest", "sender", "stats", "tracker")
 
 
@@ -30,9 +31,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ignore=shutil.ignore_patterns("__pycache__"),
         )
     out = tmp_path_factory.mktemp("wheel")
-    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     subprocess.run(
-        [*pip_wheel, "-w", str(out), str(source)],
+        [*PIP, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         check=True,
         capture_output=True,
     )
@@ -55,9 +55,8 @@ def test_the_wheel_holds_only_the_sesflow_namespace(wheel: Path) -> None:
 
 def test_installed_it_imports_as_sesflow_and_never_as_common(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
-    pip_install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q"]
     subprocess.run(
-        [*pip_install, "--target", str(target), str(wheel)],
+        [*PIP, "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
         check=True,
         capture_output=True,
     )

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from sesflow.cli.embedded import free_port, port_open
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT
+from support.until import until_sync
 
 
 class RoleProcess:
@@ -116,13 +115,20 @@ class Cluster:
             self.start("sender", name=f"sender-{n}")
         self.wait_listening()
 
-    def wait_listening(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not all(port_open("127.0.0.1", port) for port in self.ports.values()):
+    def wait_listening(self, roles: Iterable[str] = (), timeout: float = 30.0) -> None:
+        """Until every HTTP role (or those named) accepts connections; fails at once, with the
+        logs, when a role has exited."""
+        ports = [self.ports[role] for role in roles] or list(self.ports.values())
+
+        def listening() -> bool:
             dead = [p.name for p in self.procs if not p.running]
-            if dead or time.monotonic() > deadline:
-                raise RuntimeError(f"roles not listening (dead: {dead})\n{self.all_logs()}")
-            time.sleep(0.05)
+            if dead:
+                raise RuntimeError(f"roles exited: {dead}\n{self.all_logs()}")
+            return all(port_open("127.0.0.1", port) for port in ports)
+
+        until_sync(
+            listening, what=f"roles listening on {ports}", within=timeout, context=self.all_logs
+        )
 
     def stop_all(self) -> dict[str, int | None]:
         for proc in self.procs:
@@ -135,19 +141,7 @@ class Cluster:
 
 def moto_sent(region: str = "us-east-1") -> list[Any]:
     """Every message moto's SES (running in this process) accepted."""
-    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.models import DEFAULT_ACCOUNT_ID
     from moto.ses.models import ses_backends
 
     return list(ses_backends[DEFAULT_ACCOUNT_ID][region].sent_messages)
-
-
-async def poll(
-    fetch: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], seconds: float = 20.0
-) -> Any:
-    """Call `fetch()` until `done(result)` or `seconds` pass; return the last result."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = await fetch()
-        if done(result) or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.2)

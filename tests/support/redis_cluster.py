@@ -15,13 +15,14 @@ import contextlib
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import redis as syncredis
 
 from sesflow.cli.embedded import RedisProcess, redis_server_binary
+
+from support.until import until_sync
 
 SLOTS = 16384
 BUS_OFFSET = 10000  # redis-server 6.2 puts the cluster bus on port + 10000 (no cluster-port)
@@ -125,14 +126,13 @@ class RedisClusterProcess:
 
     def wait_ok(self, timeout: float) -> None:
         """Until every node says cluster_state:ok and knows every master."""
-        deadline = time.monotonic() + timeout
-        while True:
-            states = [self._ready(node.port) for node in self.nodes]
-            if all(states):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis cluster not ready after {timeout}s: {states}")
-            time.sleep(0.1)
+        until_sync(
+            lambda: [self._ready(node.port) for node in self.nodes],
+            all,
+            what="every node of the cluster ready",
+            within=timeout,
+            every=0.1,
+        )
 
     def _ready(self, port: int) -> bool:
         fields = _command(port, "CLUSTER INFO")

@@ -1,4 +1,4 @@
-"""Types shared by the CLI tests (a module of its own: test folders have no __init__.py)."""
+"""What the CLI tests share: the sender address, the region, and how a run is reported."""
 
 from __future__ import annotations
 

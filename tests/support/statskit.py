@@ -1,10 +1,9 @@
-"""Shared helpers for the stats tests (imported by path-unique module name)."""
+"""What the stats tests share: adding events, waiting until stats has read them, counters."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,35 +12,38 @@ from sesflow.common.schema import Event, event_fields
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import StatsAggregator, stats_client
 
+from support.until import until
+
 FAST = {"STATS_FLUSH_INTERVAL": "0.05", "RECLAIM_IDLE": "0.3", "SHUTDOWN_GRACE": "3"}
 
 
 async def add_events(redis: Any, keys: Keys, *events: Event, partition: int = 0) -> list[str]:
     p = keys.partition(partition)
-    return [await redis.xadd(p.events, event_fields(e)) for e in events]  # type: ignore[arg-type]
+    return [await redis.xadd(p.events, event_fields(e)) for e in events]
+
+
+async def undrained(redis: Any, keys: Keys) -> list[str]:
+    """The events streams `stats` has not read and acknowledged to their last entry."""
+    behind = []
+    for p in keys.partitions:
+        last = await redis.xrevrange(p.events, count=1)
+        if not last:
+            continue
+        groups = await redis.xinfo_groups(p.events)
+        group = next((g for g in groups if g["name"] == STATS_GROUP), None)
+        if group is None or group["pending"] or group["last-delivered-id"] != last[0][0]:
+            behind.append(p.events)
+    return behind
 
 
 async def drained(redis: Any, keys: Keys, within: float = 5.0) -> None:
     """Wait until every entry of every events stream is read and acknowledged by `stats`."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        done = True
-        for p in keys.partitions:
-            last = await redis.xrevrange(p.events, count=1)
-            if not last:
-                continue
-            try:
-                groups = await redis.xinfo_groups(p.events)
-            except Exception:
-                done = False
-                break
-            group = next((g for g in groups if g["name"] == STATS_GROUP), None)
-            if group is None or group["pending"] or group["last-delivered-id"] != last[0][0]:
-                done = False
-        if done:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("events were not drained in time")
+    await until(
+        lambda: undrained(redis, keys),
+        lambda behind: not behind,
+        what="stats to drain every events stream",
+        within=within,
+    )
 
 
 async def counters(redis: Any, key: str) -> dict[str, int]:

@@ -19,7 +19,8 @@ reply-to, tags, attachments), so tests assert on what each recipient would get.
 `ACCOUNT_THROTTLED`...) answered for that address's next entries, one per entry.
 
 In process:  `async with SesStub(latency_ms=20, rate=200) as stub: ... stub.url ...`
-As a process: `python tests/sesstub.py --port 0 --rate 200` prints its URL on one line when ready.
+As a process: `python -m support.sesstub --port 0 --rate 200` (from `tests/`, or through
+`support.stubprocess.StubProcess`) prints its URL on one line when ready.
 
 Quotas count recipients, as SES does. `rate` is enforced with a token bucket of `burst` tokens
 (default a tenth of a second of tokens, at least 1): a call that finds too few tokens for all its
@@ -83,6 +84,8 @@ class StubConfig(msgspec.Struct, kw_only=True):
     rate: float = 0.0  # enforced recipients per second; 0 = unlimited
     burst: float = 0.0  # token bucket size; 0 = max(1, rate / 10)
     max_24h: float = -1.0  # daily quota in recipients, -1 = unlimited (GetAccount too)
+    # GetAccount's MaxSendRate when no `rate` is enforced (a sender adopts it as its ceiling)
+    max_send_rate: float = 14.0
     reject_pattern: str = ""  # regex; matching recipients get MessageRejected
     # regex; a call naming a matching recipient is refused as a whole, 400 BadRequestException
     # (SendBulkEmail too: one bad entry refuses every entry of its call)
@@ -112,6 +115,7 @@ class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rate: float | None = None
     burst: float | None = None
     max_24h: float | None = None
+    max_send_rate: float | None = None
     reject_pattern: str | None = None
     bad_address_pattern: str | None = None
     pause_seconds: float | None = None  # pause the account for N seconds (0 = resume)
@@ -527,8 +531,8 @@ class SesStub:
         if self.recent.maxlen:
             self.recent.append(_raw_decoder.decode(body))
         if self.config.accepted_error_status:
-            status = self.config.accepted_error_status
-            return web.Response(status=status, text="<html>Bad gateway</html>")
+            code = self.config.accepted_error_status
+            return web.Response(status=code, text="<html>Bad gateway</html>")
         return self._json({"MessageId": message_id})
 
     def _entry_status(self, recipients: list[str]) -> str:
@@ -609,8 +613,8 @@ class SesStub:
         if self.recent.maxlen:
             self.recent.append(_raw_decoder.decode(body))
         if self.config.accepted_error_status:
-            status = self.config.accepted_error_status
-            return web.Response(status=status, text="<html>Bad gateway</html>")
+            code = self.config.accepted_error_status
+            return web.Response(status=code, text="<html>Bad gateway</html>")
         return self._json({"BulkEmailEntryResults": results})
 
     async def get_account(self, request: web.Request) -> web.StreamResponse:
@@ -623,7 +627,7 @@ class SesStub:
                 "ProductionAccessEnabled": True,
                 "SendQuota": {
                     "Max24HourSend": config.max_24h,
-                    "MaxSendRate": config.rate or 14.0,
+                    "MaxSendRate": config.rate or config.max_send_rate,
                     "SentLast24Hours": float(self.sent),
                 },
                 "SendingEnabled": not paused,
@@ -719,7 +723,12 @@ class SesStub:
         await self.stop()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def _flag(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; a stub that extends this one adds its own arguments to it."""
     parser = argparse.ArgumentParser(description="Local SESv2 stub (no signature checks).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -730,26 +739,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=0.0, help="enforced recipients/s, 0 = none")
     parser.add_argument("--burst", type=float, default=0.0)
     parser.add_argument("--max-24h", type=float, default=-1.0)
+    parser.add_argument("--max-send-rate", type=float, default=14.0)
     parser.add_argument("--reject-pattern", default="")
     parser.add_argument("--pause-seconds", type=float, default=0.0)
     parser.add_argument("--keep-messages", type=int, default=1000)
-    return parser.parse_args(argv)
+    parser.add_argument("--keep-mail", type=_flag, default=True)
+    return parser
 
 
-async def serve(args: argparse.Namespace) -> None:
-    stub = SesStub(
-        args.host,
-        args.port,
-        latency_ms=args.latency_ms,
-        error_rate=args.error_rate,
-        error_status=args.error_status,
-        disconnect_rate=args.disconnect_rate,
-        rate=args.rate,
-        burst=args.burst,
-        max_24h=args.max_24h,
-        reject_pattern=args.reject_pattern,
-        keep_messages=args.keep_messages,
-    )
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The `StubConfig` knobs the command line sets."""
+    return {
+        "latency_ms": args.latency_ms,
+        "error_rate": args.error_rate,
+        "error_status": args.error_status,
+        "disconnect_rate": args.disconnect_rate,
+        "rate": args.rate,
+        "burst": args.burst,
+        "max_24h": args.max_24h,
+        "max_send_rate": args.max_send_rate,
+        "reject_pattern": args.reject_pattern,
+        "keep_messages": args.keep_messages,
+        "keep_mail": args.keep_mail,
+    }
+
+
+async def serve(stub: SesStub, args: argparse.Namespace) -> None:
+    """Run `stub` until SIGTERM or SIGINT, printing its URL on one line once it listens."""
     if args.pause_seconds > 0:
         stub.configure(pause_seconds=args.pause_seconds)
     stop = asyncio.Event()
@@ -762,7 +782,8 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    asyncio.run(serve(parse_args(argv)))
+    args = parse_args(argv)
+    asyncio.run(serve(SesStub(args.host, args.port, **config_from_args(args)), args))
 
 
 if __name__ == "__main__":

@@ -9,85 +9,26 @@ into a timeout in a sender and show up as an `unknown` the fault did not cause.
 from __future__ import annotations
 
 import asyncio
-import select
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sesflow_procs import ROOT, Cluster, RoleProcess
 
-from sesflow.cli.embedded import port_open
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS
-from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
+from sesflow.common.keys import Keys
+
+from support.backlog import leftovers
+from support.procs import Cluster, RoleProcess
+from support.stubprocess import StubProcess
+from support.until import until
 
 SENDER = "noreply@sesflow.test"
 REGION = "us-east-1"
 KEYS = Keys("sesflow")
 FINAL_PREFIXES = ("s:", "f:", "x", "p", "u")
-
-
-class StubProcess:
-    """`tests/sesstub.py` as a process: knobs through POST /stub/control, counts through
-    GET /stub/stats (per recipient with `recipients=True`)."""
-
-    def __init__(self, log_dir: Path, **options: float | int | str) -> None:
-        self.options = options
-        self.log_path = log_dir / "sesstub.log"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def start(self, timeout: float = 15.0) -> StubProcess:
-        args = [sys.executable, str(ROOT / "tests" / "sesstub.py"), "--port", "0"]
-        for name, value in self.options.items():
-            args += [f"--{name.replace('_', '-')}", str(value)]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, cwd=ROOT)
-        assert self.proc.stdout is not None
-        # the stub prints its URL on one line when it is ready
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline().decode().strip() if ready else ""
-        if not line.startswith("http://"):
-            self.stop()
-            raise RuntimeError(f"SES stub did not start: {line!r}\n{self.log_path.read_text()}")
-        self.url = line
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    async def control(self, **changes: Any) -> dict[str, Any]:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(f"{self.url}/stub/control", json=changes) as resp,
-        ):
-            assert resp.status == 200, await resp.text()
-            data: dict[str, Any] = await resp.json()
-            return data
-
-    async def stats(self, recipients: bool = False) -> dict[str, Any]:
-        query = "?recipients=1" if recipients else ""
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"{self.url}/stub/stats{query}") as resp,
-        ):
-            data: dict[str, Any] = await resp.json()
-            return data
 
 
 def cluster_env(stub: StubProcess, **env: str) -> dict[str, str]:
@@ -124,30 +65,8 @@ async def post_campaign(
     return str(answer["messages"][0]["id"])
 
 
-async def until(
-    fetch: Callable[[], Awaitable[Any]],
-    done: Callable[[Any], bool],
-    seconds: float,
-    what: str,
-    cluster: Cluster | None = None,
-) -> Any:
-    """Poll `fetch()` until `done(result)`; fail with `what` (and the roles' logs) after
-    `seconds`. Redis being briefly unreachable counts as not done yet."""
-    deadline = time.monotonic() + seconds
-    result: Any = None
-    while True:
-        try:
-            result = await fetch()
-            if done(result):
-                return result
-        except (RedisConnectionError, aiohttp.ClientError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            logs = cluster.all_logs() if cluster is not None else ""
-            raise AssertionError(
-                f"timed out after {seconds}s waiting for {what}: {result!r}\n{logs}"
-            )
-        await asyncio.sleep(0.1)
+# While a fault is on, Redis or a role may be unreachable: that is "not yet", not a failure.
+UNREACHABLE = (RedisConnectionError, aiohttp.ClientError, OSError)
 
 
 async def states(client: aioredis.Redis, msg_id: str) -> dict[int, str]:
@@ -226,29 +145,16 @@ async def check_exactly_once(
     )
 
 
-async def leftovers(client: aioredis.Redis) -> dict[str, int]:
-    """What is still unacknowledged by each group, and jobs that were dead-lettered."""
-    found = {"requests": int((await client.xpending(KEYS.requests, DISPATCH_GROUP))["pending"])}
-    for part in KEYS.partitions:
-        found[f"sends/{part.index}"] = int(
-            (await client.xpending(part.sends, SENDERS_GROUP))["pending"]
-        )
-        found[f"events/{part.index}"] = int(
-            (await client.xpending(part.events, STATS_GROUP))["pending"]
-        )
-        found[f"sends_dead/{part.index}"] = int(await client.xlen(part.sends_dead))
-    return found
-
-
 async def check_nothing_pending(client: aioredis.Redis, cluster: Cluster) -> None:
     """Every group on every stream acknowledges everything it was given, and no job of `sends`
     ends up dead-lettered."""
     await until(
         lambda: leftovers(client),
         lambda found: not any(found.values()),
-        15,
-        "nothing pending",
-        cluster,
+        what="nothing pending",
+        within=15,
+        ignore=UNREACHABLE,
+        context=cluster.all_logs,
     )
 
 
@@ -274,7 +180,12 @@ async def check_stats_agree(
         )
 
     view = await until(
-        lambda: topic_stats(http, cluster, topic), agrees, 20, "stats to agree", cluster
+        lambda: topic_stats(http, cluster, topic),
+        agrees,
+        what="stats to agree",
+        within=20,
+        ignore=UNREACHABLE,
+        context=cluster.all_logs,
     )
     assert view["failed"] == 0 and view["stopped"] == 0 and view["created"] == 0, view
     return dict(view)
@@ -294,10 +205,5 @@ def start_roles(
     for role in roles:
         cluster.start(role)
     started = [cluster.start("sender", name=f"sender-{n}", **sender_env) for n in range(senders)]
-    deadline = time.monotonic() + 30
-    while not all(port_open("127.0.0.1", cluster.ports[role]) for role in roles):
-        dead = [p.name for p in cluster.procs if not p.running]
-        if dead or time.monotonic() > deadline:
-            raise RuntimeError(f"roles not listening (dead: {dead})\n{cluster.all_logs()}")
-        time.sleep(0.05)
+    cluster.wait_listening(roles)
     return started

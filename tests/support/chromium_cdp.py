@@ -26,6 +26,8 @@ from typing import Any
 
 import aiohttp
 
+from support.until import until
+
 # Required to run as root in a container; the rest keep Chromium off the network.
 FLAGS = (
     "--headless",
@@ -110,14 +112,18 @@ class Chromium:
 
     async def _devtools_port(self, within: float = 20.0) -> int:
         marker = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
+
+        async def port() -> int:
             if self.proc.returncode is not None:
                 raise CdpError(f"chromium exited with {self.proc.returncode}")
-            with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
-                return int(marker.read_text().split()[0])
-            await asyncio.sleep(0.05)
-        raise CdpError("chromium did not open its DevTools port")
+            return int(marker.read_text().split()[0])
+
+        return await until(
+            port,
+            what="chromium's DevTools port",
+            within=within,
+            ignore=(FileNotFoundError, ValueError, IndexError),
+        )
 
     async def _read(self) -> None:
         assert self.ws is not None
@@ -172,14 +178,9 @@ class Chromium:
 
     async def wait_for(self, expression: str, within: float = 10.0) -> Any:
         """Evaluate until truthy; returns that value."""
-        deadline = time.monotonic() + within
-        while True:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not true within {within} s: {expression}")
-            await asyncio.sleep(0.1)
+        return await until(
+            lambda: self.evaluate(expression), what=expression, within=within, every=0.1
+        )
 
     async def screenshot(self, path: Path) -> Path:
         """A PNG of the whole page (not only the viewport)."""

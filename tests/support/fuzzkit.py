@@ -12,9 +12,10 @@ from urllib.parse import quote
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from hypothesis import strategies as st
-from snssign import SnsSigner
 
 from sesflow.common.settings import Settings
+
+from support.snssign import SnsSigner
 
 API_KEY = "fuzz-api-key-0123456789"
 JWT_SECRET = "a-fuzz-jwt-secret-of-at-least-32-bytes"

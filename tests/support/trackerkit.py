@@ -1,17 +1,17 @@
-"""Helpers shared by the tracker's tests (a uniquely named module: `conftest` is not importable
-across test directories)."""
+"""What the tracker's tests share: its payload files, an SNS-style POST, the events it wrote."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from sesflow.common.schema import Event, decode_event
 
-PAYLOADS = Path(__file__).parent / "payloads"
+from support import TESTS
+
+PAYLOADS = TESTS / "tracker" / "payloads"
 
 
 def load_payload(name: str) -> dict[str, Any]:
