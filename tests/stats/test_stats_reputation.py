@@ -9,17 +9,23 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sentry_sdk
 from helpers_stats import FAST, add_events, counters, drained
+from sentry_sdk.envelope import Envelope
+from sentry_sdk.transport import Transport
 from structlog.testing import capture_logs
 
 from sesflow.common.connection import ensure_group
 from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from sesflow.common.pauses import ALL_BULK, Pauses
 from sesflow.common.schema import Event, EventType, decode_event
+from sesflow.common.sentry import init_sentry
 from sesflow.common.settings import Settings
 from sesflow.sender.pump import Pump
 from sesflow.stats.aggregate import StatsConsumer
+from sesflow.stats.guard import Trip
 from sesflow.stats.metrics import GUARD_TRIPS
+from sesflow.stats.reputation import ReputationGuard
 
 NOW_MS = int(time.time() * 1000)
 
@@ -257,3 +263,39 @@ async def test_the_account_window_counts_the_last_day_only(redis: Any, fast: Set
     events += hard_bounces("today", 1)
     await apply(fast, redis, events)
     assert await Pauses(redis, keys).get(ALL_BULK) is None
+
+
+class Captured(Transport):
+    """Keeps every Sentry envelope in memory instead of sending it."""
+
+    envelopes: list[Envelope] = []
+
+    def capture_envelope(self, envelope: Envelope) -> None:
+        Captured.envelopes.append(envelope)
+
+
+async def test_a_trip_sends_a_sentry_warning_with_the_figures(
+    redis: Any, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(SENTRY_DSN="https://public0123456789@o1.ingest.sentry.example/42")
+    Captured.envelopes = []
+    init_sentry(settings, "stats", transport=Captured)
+    try:
+        guard = ReputationGuard(settings, redis, Keys())
+        figures = {"sent": 200.0, "bounced_hard": 12.0, "complained": 0.0, "rate": 0.06}
+        trip = Trip("bounce_rate", {**figures, "threshold": 0.05, "min_sent": 100.0})
+        assert await guard.trip(Keys().partition(0), "news", trip)
+        assert not await guard.trip(Keys().partition(0), "news", trip)  # paused already
+        sentry_sdk.flush(timeout=5)
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.get_global_scope().set_client(None)
+    [envelope] = Captured.envelopes
+    [item] = envelope.items
+    event = item.get_event()
+    assert event is not None and event["level"] == "warning"
+    assert event["message"] == (
+        "Reputation guard paused topic 'news': "
+        "bounce_rate: 12 hard bounces of 200 sent (6.00%, limit 5.00%)"
+    )
+    assert event["extra"]["topic"] == "news" and event["extra"]["figures"]["bounced_hard"] == 12
