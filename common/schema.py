@@ -211,6 +211,8 @@ class EventType(StrEnum):
     FAILED = "failed"  # will not be sent (detail says why)
     UNKNOWN = "unknown"  # sender died mid-call: may or may not have been sent
     REQUEUED = "requeued"  # a failed recipient put back on `sends` (dlq replay): failed -= n
+    # the reputation guard paused a topic (or, topic "", all bulk sending); detail = reason
+    GUARD_TRIPPED = "guard_tripped"
     # SES feedback
     DELIVERED = "delivered"
     BOUNCED = "bounced"  # bounce_type Permanent | Transient | Undetermined

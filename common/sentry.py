@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from sesflow.common.settings import SECRET_FIELDS, Settings, redact_url
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 REDACTED = "[redacted]"
+Level = Literal["fatal", "critical", "error", "warning", "info", "debug"]
 # Shorter values would redact common words, and no secret setting may be that short anyway.
 MIN_SECRET_CHARS = 6
 
@@ -106,8 +107,11 @@ def init_sentry(settings: Settings, role: str, **extra: Any) -> None:
     sentry_sdk.set_tag("role", role)
 
 
-def report(exc: BaseException | None = None, message: str = "", **context: Any) -> None:
-    """Send an error to Sentry when it is configured (a no-op otherwise)."""
+def report(
+    exc: BaseException | None = None, message: str = "", level: Level = "error", **context: Any
+) -> None:
+    """Send an error (or, with `message`, a message at `level`) to Sentry when it is configured
+    (a no-op otherwise)."""
     import sentry_sdk
 
     if not sentry_sdk.is_initialized():
@@ -118,4 +122,4 @@ def report(exc: BaseException | None = None, message: str = "", **context: Any) 
         if exc is not None:
             sentry_sdk.capture_exception(exc)
         else:
-            sentry_sdk.capture_message(message, level="error")
+            sentry_sdk.capture_message(message, level=level)

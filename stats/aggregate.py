@@ -13,6 +13,9 @@ tag). Either both happen or neither does:
 - a batch held longer than half the claim idle time is dropped instead of applied, because
   another consumer may have claimed its entries in the meantime.
 
+The reputation guard (`stats.reputation`) reads what it judges at the end of that same
+transaction, and pauses a topic after the batch is applied.
+
 Malformed entries go to `events:dead` with the reason and are acknowledged in the same
 transaction. The reading, the shutdown and the upkeep are `common.consumer.StreamConsumer`'s, the
 upkeep: reclaim, trim `events` below the oldest entry still pending, forget consumers long gone,
@@ -44,6 +47,7 @@ from sesflow.stats.counters import (
     hour_of,
     split_bucket_field,
 )
+from sesflow.stats.reputation import ReputationGuard
 
 log = get_logger(__name__)
 
@@ -86,6 +90,7 @@ class StatsAggregator(StreamConsumer):
         self.keys = Keys(settings.redis_prefix, settings.send_partitions)
         self.partitions = {p.events: p for p in self.keys.partitions}
         self._forget = register(self.client, "forget_topics")
+        self.guard = ReputationGuard(settings, self.client, self.keys)
         self.batch_size = max(1, settings.stats_batch_size)
         self.flush_interval = max(0.01, settings.stats_flush_interval)
         self.claim_idle = max(settings.reclaim_idle, 3 * self.flush_interval)
@@ -173,7 +178,9 @@ class StatsAggregator(StreamConsumer):
             log.warning("stale stats batch dropped", partition=p.index, entries=len(batch))
             return False
         try:
-            await self._transaction(p, batch).execute()
+            tx = self._transaction(p, batch)
+            guard_reads = self.guard.read_in(tx, p, batch)
+            replies = await tx.execute()
         except BaseException:
             self._backlog[p.index] = True
             raise
@@ -182,6 +189,7 @@ class StatsAggregator(StreamConsumer):
         self.metrics.dead_lettered += len(batch.dead)
         for entry_id, _, reason in batch.dead:
             log.warning("event dead-lettered", partition=p.index, id=entry_id, reason=reason)
+        await self.guard.check(p, guard_reads, replies)
         return True
 
     def _transaction(self, p: PartitionKeys, batch: PartitionBatch) -> Any:

@@ -31,6 +31,7 @@ from sesflow.common.http import (
 )
 from sesflow.common.keys import Keys
 from sesflow.common.metrics import RoleMetrics
+from sesflow.common.pauses import NOT_PAUSED, Pauses
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import AggregatorMetrics
 from sesflow.stats.counters import METRICS
@@ -45,6 +46,7 @@ PUBLIC_PATHS = ("/", *HEALTH_PATHS, "/metrics")
 SETTINGS = web.AppKey("settings", Settings)
 KEYS = web.AppKey("keys", Keys)
 CLIENT: web.AppKey[Any] = web.AppKey("client")
+PAUSES = web.AppKey("pauses", Pauses)
 QUOTA = web.AppKey("quota", QuotaCache)
 COLLECTOR = web.AppKey("collector", PipelineCollector)
 ROLE_METRICS = web.AppKey("role_metrics", RoleMetrics)
@@ -92,6 +94,7 @@ def _redis_ctx(client: Redis | None, aggregator_metrics: AggregatorMetrics | Non
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         own = client is None
         app[CLIENT] = connect(app[SETTINGS]) if own else client
+        app[PAUSES] = Pauses(app[CLIENT], app[KEYS])
         app[COLLECTOR] = PipelineCollector(app[CLIENT], app[KEYS], aggregator_metrics)
         app[ROLE_METRICS].register(app[COLLECTOR], app[COLLECTOR].refresh)
         try:
@@ -156,7 +159,10 @@ async def topic(request: web.Request) -> web.Response:
     counts = await read_counts(request.app[CLIENT], keys, lambda p: p.stats_topic(topic_id))
     if counts is None:
         raise InputError("not_found", f"no statistics for topic {topic_id!r}", status=404)
-    return json_response(topic_view(topic_id, counts))
+    # The topic's own pause (manual or the reputation guard's); all bulk: /v1/stats/overview.
+    pause = await request.app[PAUSES].get(topic_id)
+    paused = pause.view() if pause is not None else NOT_PAUSED
+    return json_response({**topic_view(topic_id, counts), **paused})
 
 
 async def results_count(request: web.Request) -> web.Response:

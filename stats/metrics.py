@@ -6,6 +6,9 @@ scrape) first takes a snapshot with the async client (bounded by a short timeout
 collector renders it. A scrape during a Redis outage still answers,
 with `sesflow_redis_up 0`. The stream metrics carry a `partition` label besides the documented
 ones (`stream`, `group`); `sesflow_events_total{type}` is what this process applied.
+
+`sesflow_guard_trips_total{reason}` counts the reputation guard's trips made by this process
+(`stats.reputation`): a module-level counter, as in every role's metrics module.
 """
 
 from __future__ import annotations
@@ -13,18 +16,31 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter as CounterMetric
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sesflow.common.connection import UNAVAILABLE, Redis
 from sesflow.common.keys import DISPATCH_GROUP, SENDERS_GROUP, STATS_GROUP, Keys
 from sesflow.common.metrics import RoleMetrics
-from sesflow.stats.aggregate import AggregatorMetrics
 from sesflow.stats.queries import backlog_depth, find_group, lag_fallback
 
+if TYPE_CHECKING:  # aggregate imports the guard, which counts into GUARD_TRIPS below
+    from sesflow.stats.aggregate import AggregatorMetrics
+
 SCRAPE_TIMEOUT_S = 2.0
+
+# registry=None: not in prometheus-client's default registry; `role_metrics()` serves it.
+GUARD_TRIPS = CounterMetric(
+    "sesflow_guard_trips",
+    "Reputation guard trips (a topic or all bulk sending paused), by reason",
+    ["reason"],
+    registry=None,
+)
+for _reason in ("bounce_rate", "complaint_rate"):  # served at 0 before the first trip
+    GUARD_TRIPS.labels(_reason)
 
 
 class Snapshot:
@@ -136,25 +152,26 @@ class PipelineCollector(Collector):
         for name, n in sorted(snap.events.items()):
             counted.add_metric([name], n)
         yield counted
-        yield from _consumer_metrics(self.consumer or AggregatorMetrics())
+        yield from _consumer_metrics(self.consumer)
 
 
-def _consumer_metrics(c: AggregatorMetrics) -> Iterator[Metric]:
-    for name, doc, value in (
-        ("sesflow_stats_batches", "Batches applied by this process", c.batches),
-        ("sesflow_stats_dead_lettered", "Malformed events dead-lettered", c.dead_lettered),
-        ("sesflow_stats_dropped_batches", "Batches dropped to be re-read", c.dropped_batches),
-        ("sesflow_stats_claimed", "Pending events claimed from dead consumers", c.claimed),
-        ("sesflow_stats_trimmed", "Events trimmed from the events streams", c.trimmed),
-        ("sesflow_stats_redis_waits", "Times the consumer waited for Redis", c.redis_reconnects),
+def _consumer_metrics(c: AggregatorMetrics | None) -> Iterator[Metric]:
+    """The consumer's counters; zeros when this app runs beside no consumer."""
+    for name, doc, attribute in (
+        ("sesflow_stats_batches", "Batches applied by this process", "batches"),
+        ("sesflow_stats_dead_lettered", "Malformed events dead-lettered", "dead_lettered"),
+        ("sesflow_stats_dropped_batches", "Batches dropped to be re-read", "dropped_batches"),
+        ("sesflow_stats_claimed", "Pending events claimed from dead consumers", "claimed"),
+        ("sesflow_stats_trimmed", "Events trimmed from the events streams", "trimmed"),
+        ("sesflow_stats_redis_waits", "Times the consumer waited for Redis", "redis_reconnects"),
     ):
         counter = CounterMetricFamily(name, doc)
-        counter.add_metric([], value)
+        counter.add_metric([], getattr(c, attribute) if c is not None else 0)
         yield counter
     applied = CounterMetricFamily(
         "sesflow_events", "Events applied to the counters by this process, by type", labels=["type"]
     )
-    for name, n in sorted(c.events.items()):
+    for name, n in sorted(c.events.items() if c is not None else []):
         applied.add_metric([name], n)
     yield applied
 
@@ -177,4 +194,4 @@ def _int(value: Any) -> int:
 def role_metrics() -> RoleMetrics:
     """The pipeline collector needs the app's Redis client: the app registers it once it has
     one (`RoleMetrics.register(collector, collector.refresh)`)."""
-    return RoleMetrics("stats")
+    return RoleMetrics("stats", collectors=(GUARD_TRIPS,))

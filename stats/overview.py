@@ -1,4 +1,5 @@
-"""The dashboard's one request: every recent topic with progress and ETA, live rates, queue."""
+"""The dashboard's one request: every recent topic with progress and ETA, live rates, queue, and
+the pauses in force (all bulk sending, paused topics: manual or the reputation guard's)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from sesflow.common import scripts
 from sesflow.common.connection import Redis
 from sesflow.common.keys import Keys
+from sesflow.common.pauses import ALL_BULK, NOT_PAUSED, Pause, Pauses
 from sesflow.common.settings import Settings
 from sesflow.common.setup_pauses import pauses_view
 from sesflow.stats.counters import bucket_field
@@ -76,13 +78,16 @@ async def overview(
         return await topic_rows(client, keys, await recent_topics(client, keys, limit), now)
 
     # Independent reads, concurrently on the pool: the page waits for the slowest, not the sum.
-    global_counts, topics, send_rate, queue, setup_faults = await asyncio.gather(
+    global_counts, topics, send_rate, queue, setup_faults, pauses = await asyncio.gather(
         read_counts(client, keys, lambda p: p.stats_global),
         recent_rows(),
         recent_rate(client, keys, lambda p: p.stats_minutely, "sent", now),
         queue_depth(client, keys),
         pauses_view(client, keys),
+        Pauses(client, keys).all(),
     )
+    for row in topics:
+        row.update(paused_view(pauses.get(row["topic_id"])))
     totals = summary(global_counts or Counter())
     sent = totals["sent"]
     return {
@@ -102,5 +107,17 @@ async def overview(
         "quota": quota,
         # Setups the senders paused after a setup fault (sender.setup_faults): the page's alert.
         "setup_faults": setup_faults,
+        # All bulk sending paused (by hand or by the account-wide reputation guard), and every
+        # paused topic, oldest pause first: the page's red alert, with the figures of a trip.
+        "bulk_pause": paused_view(pauses.get(ALL_BULK)),
+        "paused_topics": [
+            {"topic_id": topic, **pause.view()}
+            for topic, pause in sorted(pauses.items(), key=lambda kv: kv[1].at)
+            if topic != ALL_BULK
+        ][:MAX_TOPICS],
         "topics": topics,
     }
+
+
+def paused_view(pause: Pause | None) -> dict[str, Any]:
+    return pause.view() if pause is not None else dict(NOT_PAUSED)

@@ -38,6 +38,7 @@ STATS = {
     "sesflow_backlog": {"lane"},
     "sesflow_dead_letters": {"stream"},
     "sesflow_events_total": {"type"},
+    "sesflow_guard_trips_total": {"reason"},
 }
 SENDER = {
     "sesflow_rate_tokens": set(),
@@ -162,6 +163,10 @@ async def test_stats_metrics(
         await consumer.client.aclose()
     assert_served(samples, {**STATS, **EVERY_ROLE, **HTTP}, "stats")
     assert value(samples, "sesflow_events_total", type="sent") == 2
+    assert {labels["reason"] for labels, _ in samples["sesflow_guard_trips_total"]} == {
+        "bounce_rate",
+        "complaint_rate",
+    }
     assert value(samples, "sesflow_stream_length", stream="events", partition="0") == 3
     lag = {"stream": "events", "group": "stats", "partition": "0"}
     assert value(samples, "sesflow_stream_lag", **lag) == 0

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from sesflow.common.aws import Quota
 from sesflow.common.keys import SENDERS_GROUP, Keys
+from sesflow.common.pauses import ALL_BULK, Pauses
 from sesflow.common.schema import Event
 from sesflow.common.settings import Settings
 from sesflow.common.setup_pauses import SetupPause, encode_pause
@@ -337,6 +338,60 @@ async def test_overview_and_page_show_a_paused_ses_setup(
     assert unreadable["scope"] == "from:x@example.net" and unreadable["reason"] == "unknown"
     html = await (await api.get("/")).text()
     assert 'data-testid="setup-alert"' in html and "d.setup_faults" in html
+
+
+async def test_a_topic_says_whether_it_is_paused_why_and_since_when(
+    api: TestClient[Any, Any], redis: Any, fast: Settings
+) -> None:
+    await apply(fast, redis, *campaign("news", int(time.time() * 1000)))
+    body = await (await api.get("/v1/topics/news")).json()
+    assert (body["paused"], body["paused_reason"], body["paused_at"]) == (False, None, None)
+    assert "paused_figures" not in body and body["sent"] == 6
+
+    pauses = Pauses(redis, Keys())
+    manual, _ = await pauses.pause("news", "manual")
+    body = await (await api.get("/v1/topics/news")).json()
+    assert (body["paused"], body["paused_reason"], body["paused_at"]) == (True, "manual", manual.at)
+    assert "paused_figures" not in body
+
+    await pauses.resume("news")
+    figures = {"sent": 100.0, "bounced_hard": 5.0, "rate": 0.05, "threshold": 0.05}
+    tripped, _ = await pauses.pause("news", "bounce_rate", figures)
+    body = await (await api.get("/v1/topics/news")).json()
+    assert body["paused"] and body["paused_reason"] == "bounce_rate"
+    assert body["paused_at"] == tripped.at and body["paused_figures"] == figures
+    assert body["topic_id"] == "news" and body["sent"] == 6  # the counters as before
+
+
+async def test_overview_and_page_show_the_pauses(
+    api: TestClient[Any, Any], redis: Any, fast: Settings
+) -> None:
+    now_ms = int(time.time() * 1000)
+    await apply(fast, redis, *campaign("news", now_ms), *campaign("other", now_ms))
+    body = await (await api.get("/v1/stats/overview")).json()
+    assert body["bulk_pause"] == {"paused": False, "paused_reason": None, "paused_at": None}
+    assert body["paused_topics"] == []
+    assert all(not t["paused"] for t in body["topics"])
+
+    pauses = Pauses(redis, Keys())
+    account = {"sent": 1000.0, "bounced_hard": 80.0, "rate": 0.08, "threshold": 0.08}
+    topic, _ = await pauses.pause("news", "manual")
+    bulk, _ = await pauses.pause(ALL_BULK, "bounce_rate", account)
+    body = await (await api.get("/v1/stats/overview")).json()
+    assert body["bulk_pause"] == {
+        "paused": True,
+        "paused_reason": "bounce_rate",
+        "paused_at": bulk.at,
+        "paused_figures": account,
+    }
+    assert body["paused_topics"] == [
+        {"topic_id": "news", "paused": True, "paused_reason": "manual", "paused_at": topic.at}
+    ]
+    rows = {t["topic_id"]: t for t in body["topics"]}
+    assert rows["news"]["paused"] and rows["news"]["paused_reason"] == "manual"
+    assert not rows["other"]["paused"]
+    html = await (await api.get("/")).text()
+    assert 'data-testid="pause-alert"' in html and "d.bulk_pause" in html
 
 
 async def test_metrics_answer_from_redis(
