@@ -94,7 +94,7 @@ class ClaimValues:
 
 
 @dataclass(frozen=True, slots=True)
-class _Claim:
+class ClaimItem:
     part: PartitionKeys
     job: Job
     topic: str
@@ -104,7 +104,7 @@ class _Claim:
 
 
 @dataclass(frozen=True, slots=True)
-class _Record:
+class RecordItem:
     part: PartitionKeys
     entry_id: str
     job: Job | None
@@ -141,8 +141,10 @@ class DeliveryStore:
         self._prechecks: Batcher[tuple[PartitionKeys, Job, str | None], Precheck] = Batcher(
             self._precheck_many, skip_cancelled=True
         )
-        self._claims: Batcher[_Claim, Outcome] = Batcher(self._claim_many, skip_cancelled=True)
-        self._records: Batcher[_Record, Outcome] = Batcher(self._record_many, skip_cancelled=False)
+        self._claims: Batcher[ClaimItem, Outcome] = Batcher(self._claim_many, skip_cancelled=True)
+        self._records: Batcher[RecordItem, Outcome] = Batcher(
+            self._record_many, skip_cancelled=False
+        )
 
     async def precheck(self, part: PartitionKeys, job: Job, topic: str | None) -> Precheck:
         """State, the topic's stop time and suppression, in one pipelined round trip with the
@@ -182,13 +184,27 @@ class DeliveryStore:
             out.append(Precheck(state=state or "", stop_ms=stop_ms, suppressed=listed is not None))
         return out
 
+    async def precheck_many(
+        self, items: list[tuple[PartitionKeys, Job, str | None]]
+    ) -> list[Precheck]:
+        """`precheck` for several jobs (a read batch): one answer each, one round trip."""
+        return await self._prechecks.submit_many(None, items)
+
+    async def claim_many(self, part: PartitionKeys, items: list[ClaimItem]) -> list[Outcome]:
+        """`claim` for several jobs of `part`: one answer each, in one script call."""
+        return await self._claims.submit_many(part.index, items)
+
+    async def record_many(self, part: PartitionKeys, items: list[RecordItem]) -> list[Outcome]:
+        """`record` for several jobs of `part`: one answer each, in one script call."""
+        return await self._records.submit_many(part.index, items)
+
     async def claim(
         self, part: PartitionKeys, job: Job, topic: str, value: str, accepted: int, takeover: str
     ) -> Outcome:
-        item = _Claim(part, job, topic, value, accepted, takeover)
+        item = ClaimItem(part, job, topic, value, accepted, takeover)
         return await self._claims.submit(part.index, item)
 
-    async def _claim_many(self, _: Hashable, items: list[_Claim]) -> list[Outcome]:
+    async def _claim_many(self, _: Hashable, items: list[ClaimItem]) -> list[Outcome]:
         keys: list[str] = []
         args: list[Any] = []
         for c in items:
@@ -216,10 +232,10 @@ class DeliveryStore:
         with the other results of this partition that are ready at the same moment. `ses_link`
         (ses id, request id) is written in the same round trip but outside the script: that key
         has no hash tag (it is found by SES id alone), and it is only a correlation aid."""
-        item = _Record(part, entry_id, job, expected, final, event, dead, ses_link)
+        item = RecordItem(part, entry_id, job, expected, final, event, dead, ses_link)
         return await self._records.submit(part.index, item)
 
-    async def _record_many(self, _: Hashable, items: list[_Record]) -> list[Outcome]:
+    async def _record_many(self, _: Hashable, items: list[RecordItem]) -> list[Outcome]:
         part = items[0].part
         keys = [part.events, part.sends, part.sends_dead]
         args: list[Any] = [SENDERS_GROUP, self.state_ttl, self.dead_maxlen]
