@@ -19,6 +19,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
@@ -28,6 +29,9 @@ from common.scripts import register
 from common.streams import DEAD_LETTER_MAXLEN
 from common.suppression import normalise
 from sender.batching import Batcher
+
+# One JSON argument per script call carries every job's values (see claim.lua, record.lua).
+_json = msgspec.json.Encoder()
 
 SENT = "s:"
 FAILED = "f:"
@@ -205,12 +209,13 @@ class DeliveryStore:
         return await self._claims.submit(part.index, item)
 
     async def _claim_many(self, _: Hashable, items: list[ClaimItem]) -> list[Outcome]:
-        keys: list[str] = []
-        args: list[Any] = []
+        keys: dict[str, int] = {}  # each key once, with its 1-based index in KEYS
+        jobs = []
         for c in items:
-            keys += [c.part.state(c.job.msg_id), c.part.stop(c.topic)]
-            args += [c.job.index, c.value, c.accepted, c.takeover]
-        return _pairs(await self._claim(keys=keys, args=args))
+            state = keys.setdefault(c.part.state(c.job.msg_id), len(keys) + 1)
+            stop = keys.setdefault(c.part.stop(c.topic), len(keys) + 1)
+            jobs.append((state, stop, str(c.job.index), c.value, c.accepted, c.takeover))
+        return _pairs(await self._claim(keys=list(keys), args=[_json.encode(jobs)]))
 
     async def release(self, part: PartitionKeys, job: Job, value: str) -> bool:
         reply = await self._release(keys=[part.state(job.msg_id)], args=[job.index, value])
@@ -237,23 +242,32 @@ class DeliveryStore:
 
     async def _record_many(self, _: Hashable, items: list[RecordItem]) -> list[Outcome]:
         part = items[0].part
-        keys = [part.events, part.sends, part.sends_dead]
-        args: list[Any] = [SENDERS_GROUP, self.state_ttl, self.dead_maxlen]
+        state_keys: dict[str, int] = {}  # each key once, with its 1-based index in KEYS
+        jobs = []
+        dead_values: list[str] = []
         links = []
         for r in items:
-            keys.append(part.state(r.job.msg_id) if r.job else part.state(""))
+            index = (
+                state_keys.setdefault(part.state(r.job.msg_id), len(state_keys) + 4) if r.job else 1
+            )
             dead = [str(x) for pair in (r.dead or {}).items() for x in pair]
-            args += [
-                str(r.job.index) if r.job else "",
-                r.expected,
-                r.final,
-                encode(r.event) if r.event else "",
-                r.entry_id,
-                len(dead),
-                *dead,
-            ]
+            dead_values += dead
+            jobs.append(
+                (
+                    index,
+                    str(r.job.index) if r.job else "",
+                    r.expected,
+                    r.final,
+                    encode(r.event).decode() if r.event else "",
+                    r.entry_id,
+                    len(dead),
+                )
+            )
             if r.ses_link is not None:
                 links.append(r.ses_link)
+        keys = [part.events, part.sends, part.sends_dead, *state_keys]
+        args: list[Any] = [SENDERS_GROUP, self.state_ttl, self.dead_maxlen, _json.encode(jobs)]
+        args += dead_values
         if not links:
             return _pairs(await self._record(keys=keys, args=args))
         ttl = self.state_ttl

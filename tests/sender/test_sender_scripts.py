@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from collections import Counter
@@ -31,9 +32,8 @@ async def entry(redis: Any) -> str:
 
 async def claim(redis: Any, value: str, accepted: int = 1700000000000, takeover: str = "") -> Any:
     script = register(redis, "claim")
-    return await script(
-        keys=[PART.state(JOB.msg_id), PART.stop("t1")], args=[JOB.index, value, accepted, takeover]
-    )
+    job = [1, 2, str(JOB.index), value, accepted, takeover]
+    return await script(keys=[PART.state(JOB.msg_id), PART.stop("t1")], args=[json.dumps([job])])
 
 
 async def test_claim_queued_retry_busy_final_and_takeover(redis: Any) -> None:
@@ -105,11 +105,13 @@ async def test_claim_several_jobs_in_one_call(redis: Any) -> None:
     await redis.hset(PART.state(other.msg_id), "0", "s:x")
     await redis.set(PART.stop("t2"), 1700000000000)
     script = register(redis, "claim")
-    keys = [PART.state(JOB.msg_id), PART.stop("t1"), PART.state(other.msg_id), PART.stop("t1")]
-    keys += [PART.state(JOB.msg_id), PART.stop("t2")]
-    args = [JOB.index, "i:1:c1", 1700000000000, "", 0, "i:1:c1", 1700000000000, ""]
-    args += [9, "i:2:c1", 1700000000000, ""]
-    reply = await script(keys=keys, args=args)
+    keys = [PART.state(JOB.msg_id), PART.stop("t1"), PART.state(other.msg_id), PART.stop("t2")]
+    jobs = [
+        [1, 2, str(JOB.index), "i:1:c1", 1700000000000, ""],
+        [3, 2, "0", "i:1:c1", 1700000000000, ""],
+        [1, 4, "9", "i:2:c1", 1700000000000, ""],
+    ]
+    reply = await script(keys=keys, args=[json.dumps(jobs)])
     assert reply == ["ok", "i:1:c1", "final", "s:x", "stopped", "1700000000000"]
     assert await redis.hget(PART.state(JOB.msg_id), "9") is None
 
