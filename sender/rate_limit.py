@@ -265,7 +265,10 @@ class RateLimiter:
                     # The jobs of one grid point are woken by one timer, at their slot: one
                     # wake-up per job (or per read batch), not a grant now and a sleep until the
                     # slot.
-                    now: dict[Want, list[Grant]] = {}
+                    # Slots free at once are handed out by a timer too (at `asked`, already
+                    # past): at a dense rate the slots just after them are on grid points only
+                    # nanoseconds later, and every timer that is due wakes in the same loop turn,
+                    # so a read batch's jobs stay one group (one bulk call), not the first alone.
                     due: dict[float, dict[Want, list[Grant]]] = {}
                     while slot < count and self._waiters:
                         waiter = self._waiters[0]
@@ -276,16 +279,14 @@ class RateLimiter:
                         ahead = first + slot * interval
                         if ahead > 0:
                             at = self._gathered(asked + ahead, step)
-                            bucket = due.setdefault(at, {})
-                            bucket.setdefault(waiter, []).append(Grant(at, tolerance))
+                            grant = Grant(at, tolerance)
                         else:
-                            now.setdefault(waiter, []).append(Grant(asked, IMMEDIATE_LATE_S))
+                            at, grant = asked, Grant(asked, IMMEDIATE_LATE_S)
+                        due.setdefault(at, {}).setdefault(waiter, []).append(grant)
                         waiter.left -= 1
                         if waiter.left <= 0:
                             self._waiters.popleft()
                         slot += 1
-                    if now:
-                        _hand_out(list(now.items()))
                     loop = asyncio.get_running_loop()
                     for at, grants in due.items():
                         loop.call_at(at, _hand_out, list(grants.items()))
