@@ -260,7 +260,7 @@ class RateLimiter:
                 if count > 0:
                     first, interval = float(reply[1]) / 1000, float(reply[2]) / 1000
                     step = min(GATHER_S, GATHER_SLOTS * interval)
-                    tolerance = LATE_S if interval >= DENSE_INTERVAL_S else IMMEDIATE_LATE_S
+                    reserved = LATE_S if interval >= DENSE_INTERVAL_S else IMMEDIATE_LATE_S
                     slot = 0
                     # The jobs of one grid point are woken by one timer, at their slot: one
                     # wake-up per job (or per read batch), not a grant now and a sleep until the
@@ -270,6 +270,7 @@ class RateLimiter:
                     # nanoseconds later, and every timer that is due wakes in the same loop turn,
                     # so a read batch's jobs stay one group (one bulk call), not the first alone.
                     due: dict[float, dict[Want, list[Grant]]] = {}
+                    grants_at: dict[float, Grant] = {}
                     while slot < count and self._waiters:
                         waiter = self._waiters[0]
                         if waiter.done():
@@ -278,11 +279,13 @@ class RateLimiter:
                         # timed from when we asked: never later than Redis's own `now`
                         ahead = first + slot * interval
                         if ahead > 0:
-                            at = self._gathered(asked + ahead, step)
-                            grant = Grant(at, tolerance)
+                            at, tolerance = self._gathered(asked + ahead, step), reserved
                         else:
-                            at, grant = asked, Grant(asked, IMMEDIATE_LATE_S)
-                        due.setdefault(at, {}).setdefault(waiter, []).append(grant)
+                            at, tolerance = asked, IMMEDIATE_LATE_S
+                        if at not in due:
+                            due[at] = {}
+                            grants_at[at] = Grant(at, tolerance)  # one per grid point, shared
+                        due[at].setdefault(waiter, []).append(grants_at[at])
                         waiter.left -= 1
                         if waiter.left <= 0:
                             self._waiters.popleft()

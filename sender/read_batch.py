@@ -48,6 +48,7 @@ class _Item:
     content: MessageContent
     email: Any  # sender.compose.Email
     scopes: tuple[str, ...]
+    accepted: int  # the message's accepted time (ms)
     claim: str = ""
 
 
@@ -111,13 +112,16 @@ class ReadBatch:
         first_try = sender.settings.max_attempts >= 1
         scopes: dict[tuple[str, str], tuple[str, ...]] = {}
         items: list[_Item] = []
+        accepted: dict[str, int] = {}
         for (entry_id, fields, job), pre in zip(jobs, prechecks, strict=True):
             content = contents[job.msg_id]
+            if job.msg_id not in accepted:
+                accepted[job.msg_id] = accepted_ms(job.msg_id)
             if (
                 content is None
                 or pre.state
                 or pre.suppressed
-                or pre.stopped(accepted_ms(job.msg_id))
+                or pre.stopped(accepted[job.msg_id])
                 or not first_try
             ):
                 self.alone(entry_id, fields)
@@ -133,7 +137,11 @@ class ReadBatch:
             if sender.setup.blocking(scopes[setup]):
                 self.alone(entry_id, fields)  # waits for the setup's probe there
                 continue
-            items.append(_Item(self, entry_id, fields, job, content, email, scopes[setup]))
+            items.append(
+                _Item(
+                    self, entry_id, fields, job, content, email, scopes[setup], accepted[job.msg_id]
+                )
+            )
         return items
 
     @staticmethod
@@ -234,9 +242,7 @@ class GridPoints:
         """One claim script call for the jobs of `part`; the jobs claimed in time."""
         sender = self.sender
         claims = [
-            ClaimItem(
-                part, item.job, item.content.topic, item.claim, accepted_ms(item.job.msg_id), ""
-            )
+            ClaimItem(part, item.job, item.content.topic, item.claim, item.accepted, "")
             for item, _ in ready
         ]
         answers = await sender.until_done(lambda: sender.store.claim_many(part, claims))
