@@ -37,29 +37,49 @@ class Batcher(Generic[I, R]):
         self._run = run
         self._skip_cancelled = skip_cancelled
         self._max = max_batch
-        self._queues: dict[Hashable, list[tuple[I, asyncio.Future[R]]]] = {}
+        # one future per caller, who may bring several items (a read batch's jobs)
+        self._queues: dict[Hashable, list[tuple[list[I], asyncio.Future[list[R]]]]] = {}
         self._drainers: dict[Hashable, asyncio.Task[None]] = {}
 
     async def submit(self, key: Hashable, item: I) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(key, []).append((item, future))
+        return (await self.submit_many(key, [item]))[0]
+
+    async def submit_many(self, key: Hashable, items: list[I]) -> list[R]:
+        """One result per item, in order; the items go in one call (with others' if any)."""
+        future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(key, []).append((items, future))
         if key not in self._drainers:
             # runs on the next loop turn: the jobs woken in this one join the batch
             self._drainers[key] = asyncio.create_task(self._drain(key))
         return await future
 
+    def _take(
+        self, queue: list[tuple[list[I], asyncio.Future[list[R]]]]
+    ) -> list[tuple[list[I], asyncio.Future[list[R]]]]:
+        """The callers of the next call: whole callers, up to max_batch items (at least one)."""
+        size = 0
+        end = 0
+        while end < len(queue) and (end == 0 or size + len(queue[end][0]) <= self._max):
+            size += len(queue[end][0])
+            end += 1
+        batch = queue[:end]
+        del queue[:end]
+        return batch
+
     async def _drain(self, key: Hashable) -> None:
         queue = self._queues[key]
         try:
             while queue:
-                batch = queue[: self._max]
-                del queue[: self._max]
+                batch = self._take(queue)
                 if self._skip_cancelled:
-                    batch = [(item, fut) for item, fut in batch if not fut.done()]
+                    batch = [(items, fut) for items, fut in batch if not fut.done()]
                     if not batch:
                         continue
                 try:
-                    results = await self._run(key, [item for item, _ in batch])
+                    if len(batch) == 1:
+                        results = await self._run(key, batch[0][0])
+                    else:
+                        results = await self._run(key, [i for items, _ in batch for i in items])
                 except Exception as exc:
                     for _, fut in batch:
                         if not fut.done():
@@ -70,8 +90,11 @@ class Batcher(Generic[I, R]):
                         fut.cancel()
                     queue.clear()
                     raise
-                for (_, fut), result in zip(batch, results, strict=True):
+                start = 0
+                for items, fut in batch:
+                    end = start + len(items)
                     if not fut.done():
-                        fut.set_result(result)
+                        fut.set_result(results[start:end])
+                    start = end
         finally:
             del self._drainers[key]

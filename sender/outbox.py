@@ -64,14 +64,7 @@ class Outbox:
 
     async def _call(self, items: list[tuple[Email, asyncio.Future[str]]]) -> None:
         try:
-            if len(items) == 1:
-                outcomes: list[str | BaseException] = [
-                    str(await self.ses.send_email(items[0][0].rendered()))
-                ]
-            else:
-                outcomes = await self._bulk(items)
-        except Exception as exc:
-            outcomes = [exc] * len(items)
+            outcomes = await self.deliver([email for email, _ in items])
         except BaseException:
             for _, future in items:
                 future.cancel()
@@ -84,12 +77,45 @@ class Outbox:
             else:
                 future.set_result(outcome)
 
-    async def _bulk(self, items: list[tuple[Email, asyncio.Future[str]]]) -> list[Any]:
-        """One outcome per item: its MessageId or its error (an exception)."""
+    def calls(self, emails: list[Email]) -> list[list[int]]:
+        """How `emails` go out, as lists of their positions: one list per SES call (the emails
+        of one message in bulk calls of up to 50 entries, every other email alone)."""
+        if not self.bulk:
+            return [[n] for n in range(len(emails))]
+        alone: list[list[int]] = []
+        by_message: dict[str, list[int]] = {}
+        for n, email in enumerate(emails):
+            if email.template.bulk_ok:
+                by_message.setdefault(email.msg_id, []).append(n)
+            else:
+                alone.append([n])
+        for group in by_message.values():
+            alone += [
+                group[start : start + MAX_BULK_ENTRIES]
+                for start in range(0, len(group), MAX_BULK_ENTRIES)
+            ]
+        return alone
+
+    async def deliver(self, emails: list[Email]) -> list[str | Exception]:
+        """One SES call for `emails` (one message's, at most 50, or a single email): each
+        email's MessageId or error."""
         try:
-            return list(await self.ses.send_bulk_email(bulk_request([e for e, _ in items])))
+            if len(emails) == 1:
+                return [str(await self.ses.send_email(emails[0].rendered()))]
+            return await self._bulk(emails)
+        except Exception as exc:
+            return [exc] * len(emails)
+
+    async def _bulk(self, emails: list[Email]) -> list[str | Exception]:
+        """One outcome per email: its MessageId or its error (an exception)."""
+        try:
+            return list(await self.ses.send_bulk_email(bulk_request(emails)))
         except SesRejected:
             # The whole call was refused, so nothing was sent; SES refuses a call for one bad
             # entry (an invalid or sandboxed address): each goes alone, only that one fails.
-            singles = (self.ses.send_email(email.rendered()) for email, _ in items)
-            return list(await asyncio.gather(*singles, return_exceptions=True))
+            singles = (self.ses.send_email(email.rendered()) for email in emails)
+            outcomes = await asyncio.gather(*singles, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancelled
+        return [o if isinstance(o, Exception) else str(o) for o in outcomes]

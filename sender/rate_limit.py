@@ -35,6 +35,7 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,10 +85,94 @@ class Grant:
         return time.monotonic() - self.at > self.tolerance
 
 
-def _hand_out(grants: list[tuple[asyncio.Future[Grant | None], Grant]]) -> None:
-    for waiter, grant in grants:
-        if not waiter.done():  # its job was cancelled meanwhile
-            waiter.set_result(grant)
+class Want:
+    """Slots one caller waits for: one job (`acquire`) or a whole read batch (`SlotBatch`).
+    The poller hands each grid point's grants to `hand` at that point."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def done(self) -> bool:
+        raise NotImplementedError
+
+    def hand(self, grants: list[Grant]) -> None:
+        raise NotImplementedError
+
+    def end(self, exc: BaseException | None) -> None:
+        """No more grants: None = stop was set; else the error that ended the poller."""
+        raise NotImplementedError
+
+
+class _OneSlot(Want):
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[Grant | None]) -> None:
+        super().__init__(1)
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()  # its job was cancelled meanwhile
+
+    def hand(self, grants: list[Grant]) -> None:
+        self.future.set_result(grants[0])
+
+    def end(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self.future.set_result(None)
+        elif isinstance(exc, Exception):
+            self.future.set_exception(exc)
+        else:
+            self.future.cancel()
+
+
+class SlotBatch(Want):
+    """Slots for the jobs of one read batch: each grid point's grants go to `hand` at that
+    point, in one call for all of the batch's jobs due then (so a batch wakes once per point,
+    not once per job). `finished()` waits until every slot was handed: True, or False when stop
+    came first; it raises the error that ended the poller."""
+
+    __slots__ = ("_finished", "_hand", "_unhanded", "closed")
+
+    def __init__(self, count: int, hand: Callable[[list[Grant]], None]) -> None:
+        super().__init__(count)
+        self._hand = hand
+        self._unhanded = count
+        self._finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.closed = False
+
+    def done(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        """The batch no longer wants slots (it ended or was cancelled)."""
+        self.closed = True
+
+    def hand(self, grants: list[Grant]) -> None:
+        self._unhanded -= len(grants)
+        self._hand(grants)
+        if self._unhanded <= 0 and not self._finished.done():
+            self._finished.set_result(True)
+
+    def end(self, exc: BaseException | None) -> None:
+        if self._finished.done():
+            return
+        if exc is None:
+            self._finished.set_result(False)
+        elif isinstance(exc, Exception):
+            self._finished.set_exception(exc)
+        else:
+            self._finished.cancel()
+
+    async def finished(self) -> bool:
+        return await self._finished
+
+
+def _hand_out(grants: list[tuple[Want, list[Grant]]]) -> None:
+    for want, given in grants:
+        if not want.done():
+            want.hand(given)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +189,7 @@ class RateLimiter:
         self.rate = settings.email_rate * HEADROOM
         self.burst = max(1.0, settings.email_burst)
         self._script = register(client, "rate_limiter")
-        self._waiters: deque[asyncio.Future[Grant | None]] = deque()
+        self._waiters: deque[Want] = deque()
         # Each process has its own phase on the gather grid: replicas on one host would
         # otherwise all wake at the same instants and stall each other (then drop their slots).
         self._phase = random.uniform(0.0, GATHER_S)
@@ -139,9 +224,7 @@ class RateLimiter:
         slot this job wakes up too late for is dropped and another one booked (module doc)."""
         while True:
             waiter: asyncio.Future[Grant | None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            if self._poller is None:
-                self._poller = asyncio.create_task(self._poll(stop), name="rate-poller")
+            self.want(_OneSlot(waiter), stop)
             grant = await waiter
             if grant is None:
                 return None
@@ -151,6 +234,12 @@ class RateLimiter:
             if not grant.late():
                 return grant
             metrics.JOBS.labels("late_slot").inc()
+
+    def want(self, want: Want, stop: asyncio.Event | None = None) -> None:
+        """Queue `want` for slots; the poller books them for every waiting caller at once."""
+        self._waiters.append(want)
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll(stop), name="rate-poller")
 
     async def _poll(self, stop: asyncio.Event | None) -> None:
         try:
@@ -163,35 +252,47 @@ class RateLimiter:
                     while self._waiters:
                         waiter = self._waiters.popleft()
                         if not waiter.done():
-                            waiter.set_result(None)
+                            waiter.end(None)
                     return
                 asked = time.monotonic()
-                reply = await self.grant(len(self._waiters))
+                reply = await self.grant(sum(w.left for w in self._waiters))
                 count = int(reply[0])
                 if count > 0:
                     first, interval = float(reply[1]) / 1000, float(reply[2]) / 1000
                     step = min(GATHER_S, GATHER_SLOTS * interval)
+                    reserved = LATE_S if interval >= DENSE_INTERVAL_S else IMMEDIATE_LATE_S
                     slot = 0
                     # The jobs of one grid point are woken by one timer, at their slot: one
-                    # wake-up per job, not a grant now and a sleep of its own until the slot.
-                    due: dict[float, list[tuple[asyncio.Future[Grant | None], Grant]]] = {}
+                    # wake-up per job (or per read batch), not a grant now and a sleep until the
+                    # slot.
+                    # Slots free at once are handed out by a timer too (at `asked`, already
+                    # past): at a dense rate the slots just after them are on grid points only
+                    # nanoseconds later, and every timer that is due wakes in the same loop turn,
+                    # so a read batch's jobs stay one group (one bulk call), not the first alone.
+                    due: dict[float, dict[Want, list[Grant]]] = {}
+                    grants_at: dict[float, Grant] = {}
                     while slot < count and self._waiters:
-                        waiter = self._waiters.popleft()
-                        if not waiter.done():
-                            # timed from when we asked: never later than Redis's own `now`
-                            ahead = first + slot * interval
-                            if ahead > 0:
-                                at = self._gathered(asked + ahead, step)
-                                tolerance = (
-                                    LATE_S if interval >= DENSE_INTERVAL_S else IMMEDIATE_LATE_S
-                                )
-                                due.setdefault(at, []).append((waiter, Grant(at, tolerance)))
-                            else:
-                                waiter.set_result(Grant(asked, IMMEDIATE_LATE_S))
-                            slot += 1
+                        waiter = self._waiters[0]
+                        if waiter.done():
+                            self._waiters.popleft()
+                            continue
+                        # timed from when we asked: never later than Redis's own `now`
+                        ahead = first + slot * interval
+                        if ahead > 0:
+                            at, tolerance = self._gathered(asked + ahead, step), reserved
+                        else:
+                            at, tolerance = asked, IMMEDIATE_LATE_S
+                        if at not in due:
+                            due[at] = {}
+                            grants_at[at] = Grant(at, tolerance)  # one per grid point, shared
+                        due[at].setdefault(waiter, []).append(grants_at[at])
+                        waiter.left -= 1
+                        if waiter.left <= 0:
+                            self._waiters.popleft()
+                        slot += 1
                     loop = asyncio.get_running_loop()
                     for at, grants in due.items():
-                        loop.call_at(at, _hand_out, grants)
+                        loop.call_at(at, _hand_out, list(grants.items()))
                     continue
                 delay = min(int(reply[1]) / 1000, MAX_POLL_S) * random.uniform(0.8, 1.2)
                 if stop is None:
@@ -214,14 +315,11 @@ class RateLimiter:
         return math.ceil((slot - phase) / step) * step + phase
 
     def _fail_waiters(self, exc: Exception | None) -> None:
+        """The waiting callers see the failure (or, None: a cancellation) themselves."""
         while self._waiters:
             waiter = self._waiters.popleft()
-            if waiter.done():
-                continue
-            if exc is None:
-                waiter.cancel()
-            else:
-                waiter.set_exception(exc)
+            if not waiter.done():
+                waiter.end(asyncio.CancelledError() if exc is None else exc)
 
     async def throttled(self, *, now_ms: float | None = None) -> float:
         """Report SES throttling; returns the AIMD factor now in force."""

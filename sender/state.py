@@ -19,6 +19,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
@@ -28,6 +29,9 @@ from sesflow.common.scripts import register
 from sesflow.common.streams import DEAD_LETTER_MAXLEN
 from sesflow.common.suppression import normalise
 from sesflow.sender.batching import Batcher
+
+# One JSON argument per script call carries every job's values (see claim.lua, record.lua).
+_json = msgspec.json.Encoder()
 
 SENT = "s:"
 FAILED = "f:"
@@ -94,7 +98,7 @@ class ClaimValues:
 
 
 @dataclass(frozen=True, slots=True)
-class _Claim:
+class ClaimItem:
     part: PartitionKeys
     job: Job
     topic: str
@@ -104,7 +108,7 @@ class _Claim:
 
 
 @dataclass(frozen=True, slots=True)
-class _Record:
+class RecordItem:
     part: PartitionKeys
     entry_id: str
     job: Job | None
@@ -141,8 +145,10 @@ class DeliveryStore:
         self._prechecks: Batcher[tuple[PartitionKeys, Job, str | None], Precheck] = Batcher(
             self._precheck_many, skip_cancelled=True
         )
-        self._claims: Batcher[_Claim, Outcome] = Batcher(self._claim_many, skip_cancelled=True)
-        self._records: Batcher[_Record, Outcome] = Batcher(self._record_many, skip_cancelled=False)
+        self._claims: Batcher[ClaimItem, Outcome] = Batcher(self._claim_many, skip_cancelled=True)
+        self._records: Batcher[RecordItem, Outcome] = Batcher(
+            self._record_many, skip_cancelled=False
+        )
 
     async def precheck(self, part: PartitionKeys, job: Job, topic: str | None) -> Precheck:
         """State, the topic's stop time and suppression, in one pipelined round trip with the
@@ -182,19 +188,34 @@ class DeliveryStore:
             out.append(Precheck(state=state or "", stop_ms=stop_ms, suppressed=listed is not None))
         return out
 
+    async def precheck_many(
+        self, items: list[tuple[PartitionKeys, Job, str | None]]
+    ) -> list[Precheck]:
+        """`precheck` for several jobs (a read batch): one answer each, one round trip."""
+        return await self._prechecks.submit_many(None, items)
+
+    async def claim_many(self, part: PartitionKeys, items: list[ClaimItem]) -> list[Outcome]:
+        """`claim` for several jobs of `part`: one answer each, in one script call."""
+        return await self._claims.submit_many(part.index, items)
+
+    async def record_many(self, part: PartitionKeys, items: list[RecordItem]) -> list[Outcome]:
+        """`record` for several jobs of `part`: one answer each, in one script call."""
+        return await self._records.submit_many(part.index, items)
+
     async def claim(
         self, part: PartitionKeys, job: Job, topic: str, value: str, accepted: int, takeover: str
     ) -> Outcome:
-        item = _Claim(part, job, topic, value, accepted, takeover)
+        item = ClaimItem(part, job, topic, value, accepted, takeover)
         return await self._claims.submit(part.index, item)
 
-    async def _claim_many(self, _: Hashable, items: list[_Claim]) -> list[Outcome]:
-        keys: list[str] = []
-        args: list[Any] = []
+    async def _claim_many(self, _: Hashable, items: list[ClaimItem]) -> list[Outcome]:
+        keys: dict[str, int] = {}  # each key once, with its 1-based index in KEYS
+        jobs = []
         for c in items:
-            keys += [c.part.state(c.job.msg_id), c.part.stop(c.topic)]
-            args += [c.job.index, c.value, c.accepted, c.takeover]
-        return _pairs(await self._claim(keys=keys, args=args))
+            state = keys.setdefault(c.part.state(c.job.msg_id), len(keys) + 1)
+            stop = keys.setdefault(c.part.stop(c.topic), len(keys) + 1)
+            jobs.append((state, stop, str(c.job.index), c.value, c.accepted, c.takeover))
+        return _pairs(await self._claim(keys=list(keys), args=[_json.encode(jobs)]))
 
     async def release(self, part: PartitionKeys, job: Job, value: str) -> bool:
         reply = await self._release(keys=[part.state(job.msg_id)], args=[job.index, value])
@@ -216,28 +237,37 @@ class DeliveryStore:
         with the other results of this partition that are ready at the same moment. `ses_link`
         (ses id, request id) is written in the same round trip but outside the script: that key
         has no hash tag (it is found by SES id alone), and it is only a correlation aid."""
-        item = _Record(part, entry_id, job, expected, final, event, dead, ses_link)
+        item = RecordItem(part, entry_id, job, expected, final, event, dead, ses_link)
         return await self._records.submit(part.index, item)
 
-    async def _record_many(self, _: Hashable, items: list[_Record]) -> list[Outcome]:
+    async def _record_many(self, _: Hashable, items: list[RecordItem]) -> list[Outcome]:
         part = items[0].part
-        keys = [part.events, part.sends, part.sends_dead]
-        args: list[Any] = [SENDERS_GROUP, self.state_ttl, self.dead_maxlen]
+        state_keys: dict[str, int] = {}  # each key once, with its 1-based index in KEYS
+        jobs = []
+        dead_values: list[str] = []
         links = []
         for r in items:
-            keys.append(part.state(r.job.msg_id) if r.job else part.state(""))
+            index = (
+                state_keys.setdefault(part.state(r.job.msg_id), len(state_keys) + 4) if r.job else 1
+            )
             dead = [str(x) for pair in (r.dead or {}).items() for x in pair]
-            args += [
-                str(r.job.index) if r.job else "",
-                r.expected,
-                r.final,
-                encode(r.event) if r.event else "",
-                r.entry_id,
-                len(dead),
-                *dead,
-            ]
+            dead_values += dead
+            jobs.append(
+                (
+                    index,
+                    str(r.job.index) if r.job else "",
+                    r.expected,
+                    r.final,
+                    encode(r.event).decode() if r.event else "",
+                    r.entry_id,
+                    len(dead),
+                )
+            )
             if r.ses_link is not None:
                 links.append(r.ses_link)
+        keys = [part.events, part.sends, part.sends_dead, *state_keys]
+        args: list[Any] = [SENDERS_GROUP, self.state_ttl, self.dead_maxlen, _json.encode(jobs)]
+        args += dead_values
         if not links:
             return _pairs(await self._record(keys=keys, args=args))
         ttl = self.state_ttl

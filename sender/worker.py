@@ -17,13 +17,28 @@ One job = one recipient. Its life, in order:
 6. `record.lua`: final state + event + XACK at once; the SES id -> request id link rides in the
    same round trip.
 
-Steps 2, 3, 4 and 6 are batched per replica (`sender.batching`): the jobs that reach a step at
-the same moment share one round trip (one pipeline, one limiter call, one claim or record
-script call per partition), each job still decided on its own and atomically.
+Two paths run these steps, with the same rules:
+
+- **A read batch** (`sender.read_batch`), the hot path: the new entries of one XREADGROUP go
+  through steps 1-3 together (one task, one pre-check round trip, one booking of rate slots);
+  at each grid point of the rate schedule the jobs of every batch due then go on together: one
+  claim call per partition, one SES call per message (per job in SEND_MODE=single), one record
+  call per SES call. No task or future per job. It takes only the plain case: first delivery,
+  nothing stored yet, not stopped, not suppressed, setup not paused, slot not late, claim `ok`,
+  SES answer a MessageId or a rejection.
+- **The per-job path** (`Sender.handle`, `Sender.send_loop`): everything else. An entry a read
+  batch cannot take before its claim is decided here from the start; a job whose SES call ended
+  in any other error (throttled, transient, paused, setup fault, ambiguous) continues here from
+  that outcome (`Handed`), its claim still held. Reclaimed entries always go this way. Its
+  steps 2, 4 and 6 are batched per replica too (`sender.batching`): the jobs that reach a step at
+  the same moment share one round trip (one pipeline, one limiter call, one claim or record
+  script call per partition), each job still decided on its own and atomically.
 
 **The ambiguous window** is exactly steps 4-6: from the claim being stored to the record being
 stored. Nothing is awaited inside it except the SES call and the two Redis scripts (a record
-may wait for the one record call of its partition already in flight, i.e. one round trip). A job is
+may wait for the one record call of its partition already in flight, i.e. one round trip); a
+read batch records each SES call's jobs as soon as that call answers, and hands a job over to
+the per-job path without awaiting anything. A job is
 left `inflight` only when this process dies (SIGKILL, power loss, cancellation after
 SHUTDOWN_GRACE) inside it, or when Redis loses the record; such a job is later marked `unknown`
 (skip) or sent again (resend). A Redis outage inside the window does not open it further for
@@ -53,9 +68,9 @@ import functools
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from redis.exceptions import ResponseError
 
@@ -94,12 +109,16 @@ from sesflow.sender.state import (
     ClaimValues,
     DeliveryStore,
     Outcome,
+    RecordItem,
     dead_entry,
     is_final,
     is_inflight,
     now_ms,
 )
 from sesflow.sender.upkeep import reclaim, run_upkeep
+
+if TYPE_CHECKING:  # read_batch imports this module
+    from sesflow.sender.read_batch import GridPoints
 
 log = get_logger(__name__)
 
@@ -132,6 +151,15 @@ QuotaSource = Callable[[Settings], Awaitable[Quota | None]]
 class LeavePending(Exception):
     """Stop handling a job without acknowledging it: shutdown came before its SES call, or
     another sender holds a fresh claim on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """A job a read batch claimed and sent, whose SES outcome needs the per-job loop."""
+
+    claim: str
+    started: float  # time.monotonic() when its SES call began
+    outcome: Exception
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +267,7 @@ class Sender:
         # (XCLAIM JUSTID), so no other replica reclaims a job that is merely waiting.
         self.held: dict[int, set[str]] = {p.index: set() for p in self.keys.partitions}
         self.tasks: set[asyncio.Task[None]] = set()
+        self._grid_points: GridPoints | None = None
         self.reclaim_cursor: dict[int, str] = {p.index: "0-0" for p in self.keys.partitions}
         self.fair_share = max(1, math.ceil(settings.sender_concurrency / len(self.keys.partitions)))
         # A claim younger than this may belong to a live sender (a duplicate entry of the same
@@ -347,9 +376,60 @@ class Sender:
     def spawn(self, part: PartitionKeys, entry_id: str, fields: Any, deliveries: int) -> None:
         """Run one job; its slot was taken by the caller and is given back when it ends."""
         self.held[part.index].add(entry_id)
-        task = asyncio.create_task(self.handle(part, entry_id, fields, deliveries))
+        self.track(self.handle(part, entry_id, fields, deliveries))
+
+    def spawn_batch(self, part: PartitionKeys, entries: list[tuple[str, Any]]) -> None:
+        """Run the new entries of one read together (`sender.read_batch`); one slot each."""
+        from sesflow.sender.read_batch import ReadBatch
+
+        self.held[part.index].update(entry_id for entry_id, _ in entries)
+        self.track(ReadBatch(self, part, entries).run())
+
+    def grid_points(self) -> GridPoints:
+        """Where the read batches' jobs meet at their grid point (`sender.read_batch`)."""
+        if self._grid_points is None:
+            from sesflow.sender.read_batch import GridPoints
+
+            self._grid_points = GridPoints(self)
+        return self._grid_points
+
+    def track(self, work: Coroutine[Any, Any, None]) -> None:
+        """A task the drain waits for at shutdown."""
+        task = asyncio.create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def let_go(self, part: PartitionKeys, entry_id: str) -> None:
+        """This process no longer handles the entry: its slot is free, its keep-alive stops."""
+        self.held[part.index].discard(entry_id)
+        self.slots.give()
+
+    @contextlib.contextmanager
+    def owning(self, part: PartitionKeys, entry_id: str) -> Iterator[None]:
+        """Handling one job: an unexpected error leaves it pending (reclaimed after
+        RECLAIM_IDLE, dead-lettered after MAX_ATTEMPTS), and its slot is given back."""
+        try:
+            yield
+        except LeavePending:
+            pass  # not acknowledged: handed over at shutdown, or reclaimed when idle
+        except Exception as exc:
+            log.exception("job failed unexpectedly", entry=entry_id)
+            sentry.report(exc, entry=entry_id)
+        finally:
+            self.let_go(part, entry_id)
+
+    async def resume(
+        self,
+        part: PartitionKeys,
+        entry_id: str,
+        job: Job,
+        content: MessageContent,
+        email: Any,
+        handed: Handed,
+    ) -> None:
+        """The per-job loop from a read batch's SES outcome on (the claim is still held)."""
+        with self.owning(part, entry_id):
+            await self.send_loop(part, entry_id, job, content, email, "", handed)
 
     async def read_loop(self, part: PartitionKeys) -> None:
         """Take free slots, fill them: first with entries of dead consumers when a reclaim pass
@@ -404,15 +484,15 @@ class Sender:
                 continue
             entries = reply[0][1] if reply else []
             self.slots.give(count - len(entries))
-            for entry_id, fields in entries:
-                self.spawn(part, entry_id, fields, deliveries=1)
+            if entries:
+                self.spawn_batch(part, entries)
 
     # --- one job --------------------------------------------------------------------------
 
     async def handle(
         self, part: PartitionKeys, entry_id: str, fields: Any, deliveries: int
     ) -> None:
-        try:
+        with self.owning(part, entry_id):
             try:
                 job = Job.from_fields(utf8_fields(fields or {}))
             except ValueError as exc:
@@ -424,63 +504,79 @@ class Sender:
                 log.warning("malformed job dead-lettered", entry=entry_id, reason=reason)
                 return
             await self.process(part, entry_id, job, deliveries)
-        except LeavePending:
-            pass  # not acknowledged: handed over at shutdown, or reclaimed when idle
-        except Exception as exc:
-            # left pending: reclaimed after RECLAIM_IDLE, dead-lettered after MAX_ATTEMPTS
-            log.exception("job failed unexpectedly", entry=entry_id)
-            sentry.report(exc, entry=entry_id)
-        finally:
-            self.held[part.index].discard(entry_id)
-            self.slots.give()
 
     async def process(self, part: PartitionKeys, entry_id: str, job: Job, deliveries: int) -> None:
         ready = await self.before_claim(lambda: self.prepare(part, entry_id, job, deliveries))
         if ready is None:
             return
-        content, takeover = ready.content, ready.takeover
-        email = self.compose(self.settings, self.secret, content, job)
+        email = self.compose(self.settings, self.secret, ready.content, job)
+        await self.send_loop(part, entry_id, job, ready.content, email, ready.takeover)
+
+    async def send_loop(
+        self,
+        part: PartitionKeys,
+        entry_id: str,
+        job: Job,
+        content: MessageContent,
+        email: Any,
+        takeover: str,
+        handed: Handed | None = None,
+    ) -> None:
+        """Slot, claim, SES call and record, retried as the SES outcome says. `handed`: a read
+        batch (`sender.read_batch`) already claimed and sent this job and leaves the outcome it
+        got (an error) to this loop, which goes on exactly as after its own SES call."""
         scopes = scopes_of(email.from_email, email.configuration_set)
         accepted = accepted_ms(job.msg_id)
         transient = throttled = 0
         while True:
-            probing = await self.wait_for_setup(scopes)
-            grant = await self.before_claim(lambda: self.limiter.acquire(self.stop))
-            if grant is None:
-                raise LeavePending()
-            if self.stop.is_set():
-                raise LeavePending()
-            if not probing and self.setup.blocking(scopes):
-                continue  # paused while this job waited for its slot: the slot is let go
-            claim = self.claims.next()
-            got = await self.until_done(
-                functools.partial(
-                    self.store.claim, part, job, content.topic, claim, accepted, takeover
+            outcome: str | Exception
+            if handed is not None:
+                claim, started, outcome = handed.claim, handed.started, handed.outcome
+                handed = None
+            else:
+                probing = await self.wait_for_setup(scopes)
+                grant = await self.before_claim(lambda: self.limiter.acquire(self.stop))
+                if grant is None:
+                    raise LeavePending()
+                if self.stop.is_set():
+                    raise LeavePending()
+                if not probing and self.setup.blocking(scopes):
+                    continue  # paused while this job waited for its slot: the slot is let go
+                claim = self.claims.next()
+                got = await self.until_done(
+                    functools.partial(
+                        self.store.claim, part, job, content.topic, claim, accepted, takeover
+                    )
                 )
-            )
-            if got.status == "final":
-                await self.until_done(lambda: self.store.ack(part, entry_id))
-                metrics.JOBS.labels("duplicate").inc()
-                return
-            if got.status == "busy":
-                raise LeavePending()
-            if got.status == "stopped":
-                # with a takeover the old claim may have reached SES: that is unknown, not stopped
-                final, kind = (
-                    (UNKNOWN, EventType.UNKNOWN) if takeover else (STOPPED, EventType.STOPPED)
-                )
-                await self.finish(part, entry_id, job, content, takeover, final, kind)
-                return
-            if grant.late():
-                # the claim took too long: sending now could bunch with later slots
-                metrics.JOBS.labels("late_slot").inc()
-                await self.release(part, job, claim)
-                takeover = ""
-                continue
-            # --- the ambiguous window: claim stored; only the SES call until the record ---
-            started = time.monotonic()
+                if got.status == "final":
+                    await self.until_done(lambda: self.store.ack(part, entry_id))
+                    metrics.JOBS.labels("duplicate").inc()
+                    return
+                if got.status == "busy":
+                    raise LeavePending()
+                if got.status == "stopped":
+                    # with a takeover the old claim may have reached SES: unknown, not stopped
+                    final, kind = (
+                        (UNKNOWN, EventType.UNKNOWN) if takeover else (STOPPED, EventType.STOPPED)
+                    )
+                    await self.finish(part, entry_id, job, content, takeover, final, kind)
+                    return
+                if grant.late():
+                    # the claim took too long: sending now could bunch with later slots
+                    metrics.JOBS.labels("late_slot").inc()
+                    await self.release(part, job, claim)
+                    takeover = ""
+                    continue
+                # --- the ambiguous window: claim stored; only the SES call until the record ---
+                started = time.monotonic()
+                try:
+                    outcome = await self.outbox.send(email)
+                except Exception as exc:
+                    outcome = exc
             try:
-                ses_id = await self.outbox.send(email)
+                if isinstance(outcome, Exception):
+                    raise outcome
+                ses_id = outcome
             except SesThrottled as exc:
                 self.count_error(exc, started)
                 metrics.JOBS.labels("throttled").inc()
@@ -683,6 +779,37 @@ class Sender:
         dead: dict[str, str] | None = None,
     ) -> Outcome:
         """Record a final state with its event and XACK, retrying through Redis outages."""
+        item = self.record_of(
+            part,
+            entry_id,
+            job,
+            content,
+            expected,
+            final,
+            kind,
+            detail=detail,
+            ses_id=ses_id,
+            dead=dead,
+        )
+        [outcome] = await self.until_done(lambda: self.store.record_many(part, [item]))
+        self.count_record(item, outcome)
+        return outcome
+
+    def record_of(
+        self,
+        part: PartitionKeys,
+        entry_id: str,
+        job: Job,
+        content: MessageContent | None,
+        expected: str,
+        final: str,
+        kind: EventType,
+        *,
+        detail: str = "",
+        ses_id: str = "",
+        dead: dict[str, str] | None = None,
+    ) -> RecordItem:
+        """What `record.lua` stores for one job: its final state and event (+ dead letter)."""
         event = Event(
             type=kind,
             ts=now_ms(),
@@ -694,25 +821,18 @@ class Sender:
             detail=detail,
         )
         link = (ses_id, job.request_id) if ses_id else None
-        outcome = await self.until_done(
-            lambda: self.store.record(
-                part,
-                entry_id,
-                job,
-                expected=expected,
-                final=final,
-                event=event,
-                dead=dead,
-                ses_link=link,
-            )
-        )
+        return RecordItem(part, entry_id, job, expected, final, event, dead, link)
+
+    def count_record(self, item: RecordItem, outcome: Outcome) -> None:
+        job = item.job
+        assert job is not None and item.event is not None
         if outcome.ok:
-            metrics.JOBS.labels(str(kind)).inc()
-            if dead:
+            metrics.JOBS.labels(str(item.event.type)).inc()
+            if item.dead:
                 metrics.JOBS.labels("dead_letter").inc()
         elif outcome.status == "final":
             metrics.JOBS.labels("duplicate").inc()
-            if ses_id:
+            if item.ses_link:
                 # only when another replica judged our claim dead while we were still sending
                 log.error(
                     "sent, but the job was already final", rid=job.request_id, state=outcome.value
@@ -721,7 +841,6 @@ class Sender:
             log.warning(
                 "job claimed elsewhere; left pending", rid=job.request_id, state=outcome.value
             )
-        return outcome
 
     async def release(self, part: PartitionKeys, job: Job, claim: str) -> None:
         await self.until_done(lambda: self.store.release(part, job, claim))

@@ -7,20 +7,22 @@
 -- KEYS[1]    events stream                   ({p}:events)
 -- KEYS[2]    sends stream                    ({p}:sends)
 -- KEYS[3]    sends dead-letter stream        ({p}:sends:dead)
--- KEYS[3+j]  state hash of job j's message   ({p}:state:<msg_id>; for an entry without a job
---            any key of the partition, it is not touched)
+-- KEYS[4..]  the state hashes of the jobs' messages ({p}:state:<msg_id>), each once
 -- ARGV[1]    consumer group of `sends`
 -- ARGV[2]    TTL of the state hashes in seconds (0 = leave as is)
 -- ARGV[3]    approximate length cap of the dead-letter stream (MAXLEN ~; 0 = no cap)
--- then per job j, in order, 6 values and its dead letter:
---   recipient index (hash field); "" for an entry that has no job (malformed): then only the
---     dead letter and the XACK are written
---   state expected now: "" = queued, or the exact inflight value ("i:<ms>:<consumer>"); a
---     queued (absent) state is always accepted
---   final state to write: s:<ses id> | f:<reason> | x | p | u
---   event JSON for `events` field "e" ("" = no event)
---   entry id on `sends`
---   d = number of dead-letter values that follow (field/value pairs; 0 = no dead letter)
+-- ARGV[4]    JSON array, one array per job, in order (one argument for the batch: packing 6 or
+--            more arguments per job cost the sender more CPU than the rest of the record):
+--   [1] index in KEYS of its state hash (for an entry without a job: any, it is not touched)
+--   [2] recipient index (hash field, a string); "" for an entry that has no job (malformed):
+--       then only the dead letter and the XACK are written
+--   [3] state expected now: "" = queued, or the exact inflight value ("i:<ms>:<consumer>"); a
+--       queued (absent) state is always accepted
+--   [4] final state to write: s:<ses id> | f:<reason> | x | p | u
+--   [5] event JSON for `events` field "e" ("" = no event)
+--   [6] entry id on `sends`
+--   [7] d = number of dead-letter values (field/value pairs; 0 = no dead letter); they are
+--       the next d of ARGV[5..], in job order (separate arguments: they may hold any bytes)
 --
 -- Returns, flat, one pair per job: "ok", state when written; "final", state when the job was
 -- already final (nothing written, entry acknowledged: a redelivery); "busy", state when someone
@@ -28,16 +30,16 @@
 local group = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local dead_maxlen = tonumber(ARGV[3])
+local jobs = cjson.decode(ARGV[4])
 local out = {}
-local a = 4
-local j = 0
-while a <= #ARGV do
-    j = j + 1
-    local state_key = KEYS[3 + j]
-    local field, expected, final, event, entry = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-    local ndead = tonumber(ARGV[a + 5])
-    local first_dead = a + 6
-    a = first_dead + ndead
+local next_dead = 5
+for j = 1, #jobs do
+    local job = jobs[j]
+    local state_key = KEYS[job[1]]
+    local field, expected, final, event, entry = job[2], job[3], job[4], job[5], job[6]
+    local ndead = job[7]
+    local first_dead = next_dead
+    next_dead = next_dead + ndead
     local status, answer = "ok", final
     if field ~= "" then
         local current = redis.call("HGET", state_key, field)

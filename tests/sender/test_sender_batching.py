@@ -73,3 +73,18 @@ async def test_a_cancelled_caller_is_dropped_only_when_asked(skip: bool) -> None
     rec.gate.set()
     assert (await busy, await kept) == (10, 30)
     assert rec.calls[1] == ("p", [3] if skip else [2, 3])
+
+
+async def test_a_caller_with_several_items_gets_one_result_each_in_one_call() -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    batcher: Batcher[int, int] = Batcher(rec.run, skip_cancelled=True, max_batch=4)
+    busy = asyncio.ensure_future(batcher.submit("p", 1))
+    await asyncio.sleep(0.01)
+    many = asyncio.ensure_future(batcher.submit_many("p", [2, 3, 4]))
+    more = asyncio.ensure_future(batcher.submit_many("p", [5, 6]))
+    await asyncio.sleep(0)
+    rec.gate.set()
+    assert (await busy, await many, await more) == (10, [20, 30, 40], [50, 60])
+    # a caller's items are never split between calls; the next caller waits for the next call
+    assert rec.calls == [("p", [1]), ("p", [2, 3, 4]), ("p", [5, 6])]

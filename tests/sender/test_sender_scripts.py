@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from collections import Counter
@@ -31,9 +32,8 @@ async def entry(redis: Any) -> str:
 
 async def claim(redis: Any, value: str, accepted: int = 1700000000000, takeover: str = "") -> Any:
     script = register(redis, "claim")
-    return await script(
-        keys=[PART.state(JOB.msg_id), PART.stop("t1")], args=[JOB.index, value, accepted, takeover]
-    )
+    job = [1, 2, str(JOB.index), value, accepted, takeover]
+    return await script(keys=[PART.state(JOB.msg_id), PART.stop("t1")], args=[json.dumps([job])])
 
 
 async def test_claim_queued_retry_busy_final_and_takeover(redis: Any) -> None:
@@ -105,11 +105,13 @@ async def test_claim_several_jobs_in_one_call(redis: Any) -> None:
     await redis.hset(PART.state(other.msg_id), "0", "s:x")
     await redis.set(PART.stop("t2"), 1700000000000)
     script = register(redis, "claim")
-    keys = [PART.state(JOB.msg_id), PART.stop("t1"), PART.state(other.msg_id), PART.stop("t1")]
-    keys += [PART.state(JOB.msg_id), PART.stop("t2")]
-    args = [JOB.index, "i:1:c1", 1700000000000, "", 0, "i:1:c1", 1700000000000, ""]
-    args += [9, "i:2:c1", 1700000000000, ""]
-    reply = await script(keys=keys, args=args)
+    keys = [PART.state(JOB.msg_id), PART.stop("t1"), PART.state(other.msg_id), PART.stop("t2")]
+    jobs = [
+        [1, 2, str(JOB.index), "i:1:c1", 1700000000000, ""],
+        [3, 2, "0", "i:1:c1", 1700000000000, ""],
+        [1, 4, "9", "i:2:c1", 1700000000000, ""],
+    ]
+    reply = await script(keys=keys, args=[json.dumps(jobs)])
     assert reply == ["ok", "i:1:c1", "final", "s:x", "stopped", "1700000000000"]
     assert await redis.hget(PART.state(JOB.msg_id), "9") is None
 
@@ -429,3 +431,41 @@ async def test_a_grid_step_at_500_per_second_fills_a_bulk_call_within_the_bound(
     steps = Counter(g.at for g in grants if g.tolerance == LATE_S)
     assert max(steps.values()) >= 14
     assert max(steps.values()) <= math.ceil(500 * GATHER_S) + 1
+
+
+async def test_a_read_batch_gets_its_slots_once_per_grid_point(
+    redis: Any, make_settings: Any
+) -> None:
+    """A SlotBatch (the jobs of one read) waits for all its slots in one want: each grid point's
+    grants reach it in one hand-out, all with that point's time, and finished() says when every
+    slot was handed (sender.read_batch then claims each point's jobs together)."""
+    import asyncio
+
+    from sesflow.sender.rate_limit import SlotBatch
+
+    rl = limiter(redis, make_settings, EMAIL_RATE="500", EMAIL_BURST="1")
+    handed: list[list[Any]] = []
+    slots = SlotBatch(40, handed.append)
+    rl.want(slots)
+    assert await asyncio.wait_for(slots.finished(), 10) is True
+    assert sum(len(grants) for grants in handed) == 40
+    assert all(len({g.at for g in grants}) == 1 for grants in handed)  # one point per hand-out
+    points = [grants[0].at for grants in handed]
+    assert points == sorted(set(points))  # each point once, in order
+    assert len(handed) < 40  # jobs of a point go together, not one wake-up each
+
+
+async def test_a_closed_slot_batch_is_handed_nothing_more(redis: Any, make_settings: Any) -> None:
+    """A read batch that ended (stop, cancellation) closes its want: the poller skips it."""
+    import asyncio
+
+    from sesflow.sender.rate_limit import SlotBatch
+
+    rl = limiter(redis, make_settings, EMAIL_RATE="20", EMAIL_BURST="1")
+    handed: list[list[Any]] = []
+    slots = SlotBatch(5, handed.append)
+    slots.close()
+    rl.want(slots)
+    assert await rl.acquire() is not None  # the poller ran and served the next caller
+    await asyncio.sleep(0.3)
+    assert handed == []

@@ -262,12 +262,22 @@ async def test_prune_drops_old_buckets_only(redis: Any, fast: Settings) -> None:
     assert await redis.hkeys(p.stats_series("t")) == [f"sent:{new_min}"]
 
 
-async def test_survives_a_redis_outage(redis: Any, redis_process: Any, fast: Settings) -> None:
+async def test_survives_a_redis_outage(
+    redis: Any, redis_process: Any, make_settings: Callable[..., Settings]
+) -> None:
     """Events written while the consumer cannot reach Redis are counted once it is back."""
     keys = Keys()
-    async with running(aggregator(fast)) as consumer:
+    # Reads block up to a second, so the connections are dropped while one is blocked: an idle
+    # pooled connection would be replaced without an error, and no outage would be seen.
+    settings = make_settings(**{**FAST, "STATS_FLUSH_INTERVAL": "1"})
+    async with running(aggregator(settings)) as consumer:
         await add_events(redis, keys, Event(type="sent", topic="t"))
         await drained(redis, keys)
+        await until(
+            lambda: redis.client_list(),
+            lambda clients: any(c["cmd"] == "xreadgroup" for c in clients),
+            what="the consumer blocked in XREADGROUP",
+        )
         await redis.client_kill_filter(_type="normal", skipme=True)  # drop every other connection
         await add_events(redis, keys, Event(type="sent", topic="t"))
         await drained(redis, keys)

@@ -1,0 +1,332 @@
+"""The sender's hot path: the new entries of one XREADGROUP reply go through pre-check, rate
+slots, claim, SES and record as one batch, with one task and one call per step for all of them
+(from the claim on, one task per grid point of the rate schedule), instead of one task per job
+that meets the others in a batcher at every step. Each job is still decided on its own, and
+every step keeps its atomicity: the claim is stored before the SES call, the record (final state
++ event + XACK) in one script after it.
+
+Only the common case goes this way: a job delivered for the first time, its content found, no
+state stored for it yet, its topic not stopped, its address not suppressed, its SES setup not
+paused. Every other job goes to the per-job path (`Sender.handle`), which decides it from the
+start exactly as before, and so does a job whose rate slot came too late or whose claim was not
+granted (its claim released first when it was). A job whose SES call ended in an error other
+than a rejection continues on the per-job loop from that outcome (`Handed`), its claim still
+held: the ambiguous window is the same as on the per-job path, only the SES call and the
+record's round trip between claim and record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from sesflow.common import sentry
+from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.errors import RedisUnavailable, SesRejected
+from sesflow.common.keys import PartitionKeys, accepted_ms
+from sesflow.common.logs import get_logger
+from sesflow.common.schema import EventType, Job, MessageContent
+from sesflow.sender import metrics
+from sesflow.sender.rate_limit import Grant, SlotBatch
+from sesflow.sender.setup_faults import scopes_of
+from sesflow.sender.state import FAILED, SENT, ClaimItem, Outcome, RecordItem
+from sesflow.sender.worker import Handed, LeavePending, Sender, utf8_fields
+
+log = get_logger(__name__)
+
+
+@dataclass(slots=True)
+class _Item:
+    batch: ReadBatch
+    entry_id: str
+    fields: Any  # as read, for the per-job path
+    job: Job
+    content: MessageContent
+    email: Any  # sender.compose.Email
+    scopes: tuple[str, ...]
+    accepted: int  # the message's accepted time (ms)
+    claim: str = ""
+
+
+class ReadBatch:
+    def __init__(self, sender: Sender, part: PartitionKeys, entries: list[tuple[str, Any]]):
+        self.sender = sender
+        self.part = part
+        self.entries = entries
+        # entries this batch still handles (each holds one slot), and those a group task took
+        self.owned = {entry_id for entry_id, _ in entries}
+        self.grouped: set[str] = set()
+
+    async def run(self) -> None:
+        """Prepare every job, then hand each grid point's slots to a group task."""
+        try:
+            items = await self.prepare()
+            if items:
+                await self.book(items)
+        except LeavePending:
+            pass  # stop before any claim: the entries stay pending for the hand-over
+        except Exception as exc:
+            log.exception("read batch failed unexpectedly", partition=self.part.index)
+            sentry.report(exc, partition=self.part.index)
+        finally:
+            for entry_id in self.owned - self.grouped:
+                self.leave(entry_id)
+
+    # --- ownership of the batch's entries -------------------------------------------------
+
+    def leave(self, entry_id: str) -> None:
+        """Done with the entry here (recorded, or left pending)."""
+        if entry_id in self.owned:
+            self.owned.discard(entry_id)
+            self.sender.let_go(self.part, entry_id)
+
+    def alone(self, entry_id: str, fields: Any) -> None:
+        """The per-job path decides the entry from the start (nothing claimed here)."""
+        self.owned.discard(entry_id)
+        self.sender.spawn(self.part, entry_id, fields, deliveries=1)
+
+    # --- before any claim -------------------------------------------------------------------
+
+    async def prepare(self) -> list[_Item]:
+        """Parse, content, one pre-check for all, compose: the jobs that can go together."""
+        sender, part = self.sender, self.part
+        jobs: list[tuple[str, Any, Job]] = []
+        for entry_id, fields in self.entries:
+            try:
+                jobs.append((entry_id, fields, Job.from_fields(utf8_fields(fields or {}))))
+            except ValueError:
+                self.alone(entry_id, fields)  # dead-lettered there
+        if not jobs:
+            return []
+        contents: dict[str, MessageContent | None] = {}
+        for _, _, job in jobs:
+            if job.msg_id not in contents:
+                load = functools.partial(sender.contents.get, part, job.msg_id)
+                contents[job.msg_id] = await sender.before_claim(load)
+        asks = [(part, job, self.topic_of(contents[job.msg_id])) for _, _, job in jobs]
+        prechecks = await sender.before_claim(lambda: sender.store.precheck_many(asks))
+        first_try = sender.settings.max_attempts >= 1
+        scopes: dict[tuple[str, str], tuple[str, ...]] = {}
+        items: list[_Item] = []
+        accepted: dict[str, int] = {}
+        for (entry_id, fields, job), pre in zip(jobs, prechecks, strict=True):
+            content = contents[job.msg_id]
+            if job.msg_id not in accepted:
+                accepted[job.msg_id] = accepted_ms(job.msg_id)
+            if (
+                content is None
+                or pre.state
+                or pre.suppressed
+                or pre.stopped(accepted[job.msg_id])
+                or not first_try
+            ):
+                self.alone(entry_id, fields)
+                continue
+            try:
+                email = sender.compose(sender.settings, sender.secret, content, job)
+            except Exception:
+                self.alone(entry_id, fields)  # fails there, with its log line
+                continue
+            setup = (email.from_email, email.configuration_set)
+            if setup not in scopes:
+                scopes[setup] = scopes_of(*setup)
+            if sender.setup.blocking(scopes[setup]):
+                self.alone(entry_id, fields)  # waits for the setup's probe there
+                continue
+            items.append(
+                _Item(
+                    self, entry_id, fields, job, content, email, scopes[setup], accepted[job.msg_id]
+                )
+            )
+        return items
+
+    @staticmethod
+    def topic_of(content: MessageContent | None) -> str | None:
+        return content.topic if content else None
+
+    async def book(self, items: list[_Item]) -> None:
+        """Rate slots for every job; each grid point's jobs join those of the other batches due
+        at that point (`GridPoints`), and this task ends once every job has its slot."""
+        sender = self.sender
+        waiting = items
+
+        def hand(grants: list[Grant]) -> None:
+            nonlocal waiting
+            group, waiting = waiting[: len(grants)], waiting[len(grants) :]
+            self.grouped.update(item.entry_id for item in group)
+            sender.grid_points().add(group, grants)
+
+        slots = SlotBatch(len(items), hand)
+        sender.limiter.want(slots, sender.stop)
+        try:
+            await slots.finished()  # False: stop, nothing claimed, the rest stays pending
+        except (*UNAVAILABLE, RedisUnavailable):
+            for item in waiting:  # each waits for Redis on its own, as a lone job does
+                self.alone(item.entry_id, item.fields)
+        finally:
+            slots.close()
+
+
+class GridPoints:
+    """The jobs whose slots fall on one grid point, from every read batch, go on together: one
+    claim per partition, one SES call per message (up to 50), one record per call."""
+
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+        self._due: list[tuple[_Item, Grant]] = []
+
+    def add(self, items: list[_Item], grants: list[Grant]) -> None:
+        if not self._due:
+            # after the other batches handed this point's slots in the same loop turn
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._due += zip(items, grants, strict=True)
+
+    def _flush(self) -> None:
+        due, self._due = self._due, []
+        if due:
+            self.sender.track(self.send_group(due))
+
+    # --- claim, SES, record -----------------------------------------------------------------
+
+    async def send_group(self, due: list[tuple[_Item, Grant]]) -> None:
+        sender = self.sender
+        try:
+            delay = due[0][1].at - time.monotonic()
+            if delay > 0:  # handed out a little early (timer resolution): wait for the slot
+                await asyncio.sleep(delay)
+            if sender.stop.is_set():
+                return
+            ready: dict[PartitionKeys, list[tuple[_Item, Grant]]] = {}
+            for item, grant in due:
+                if grant.late():
+                    metrics.JOBS.labels("late_slot").inc()
+                    item.batch.alone(item.entry_id, item.fields)  # books a new slot there
+                elif sender.setup.blocking(item.scopes):
+                    item.batch.alone(item.entry_id, item.fields)  # paused meanwhile
+                else:
+                    item.claim = sender.claims.next()
+                    ready.setdefault(item.batch.part, []).append((item, grant))
+            if len(ready) == 1:
+                [(part, claiming)] = ready.items()
+                claimed = await self.claim(part, claiming)
+            else:
+                parts = await asyncio.gather(*(self.claim(p, c) for p, c in ready.items()))
+                claimed = [item for part_claimed in parts for item in part_claimed]
+            if not claimed:
+                return
+            calls = sender.outbox.calls([item.email for item in claimed])
+            if len(calls) == 1:
+                await self.call(claimed)
+                return
+            results = await asyncio.gather(
+                *(self.call([claimed[n] for n in call]) for call in calls),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        except LeavePending:
+            pass
+        except Exception as exc:
+            log.exception("sending a grid point's jobs failed unexpectedly")
+            sentry.report(exc)
+        finally:
+            for item, _ in due:
+                item.batch.leave(item.entry_id)
+
+    async def claim(self, part: PartitionKeys, ready: list[tuple[_Item, Grant]]) -> list[_Item]:
+        """One claim script call for the jobs of `part`; the jobs claimed in time."""
+        sender = self.sender
+        claims = [
+            ClaimItem(part, item.job, item.content.topic, item.claim, item.accepted, "")
+            for item, _ in ready
+        ]
+        answers = await sender.until_done(lambda: sender.store.claim_many(part, claims))
+        claimed: list[_Item] = []
+        for (item, grant), got in zip(ready, answers, strict=True):
+            if got.ok and grant.late():
+                # the claim took too long: sending now could bunch with later slots
+                metrics.JOBS.labels("late_slot").inc()
+                await sender.release(part, item.job, item.claim)
+                item.batch.alone(item.entry_id, item.fields)
+            elif got.ok:
+                claimed.append(item)
+            elif got.status == "busy":
+                item.batch.leave(item.entry_id)  # another sender holds a fresh claim on it
+            else:
+                # final (a duplicate entry) or stopped: decided there, nothing sent
+                item.batch.alone(item.entry_id, item.fields)
+        return claimed
+
+    async def call(self, items: list[_Item]) -> None:
+        """One SES call, then one record of its results; an error other than a rejection
+        continues on the per-job loop from that outcome."""
+        sender = self.sender
+        part = items[0].batch.part  # one message's jobs: one partition
+        # --- the ambiguous window: claims stored; only the SES call until the record ---
+        started = time.monotonic()
+        outcomes = await sender.outbox.deliver([item.email for item in items])
+        records: list[RecordItem] = []
+        sent: list[_Item] = []
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, str):
+                records.append(
+                    sender.record_of(
+                        part,
+                        item.entry_id,
+                        item.job,
+                        item.content,
+                        item.claim,
+                        f"{SENT}{outcome}",
+                        EventType.SENT,
+                        ses_id=outcome,
+                    )
+                )
+                sent.append(item)
+            elif isinstance(outcome, SesRejected):
+                sender.count_error(outcome, started)
+                records.append(
+                    sender.record_of(
+                        part,
+                        item.entry_id,
+                        item.job,
+                        item.content,
+                        item.claim,
+                        f"{FAILED}rejected:{outcome.code}",
+                        EventType.FAILED,
+                        detail=str(outcome)[:500],
+                    )
+                )
+            else:
+                handed = Handed(claim=item.claim, started=started, outcome=outcome)
+                item.batch.owned.discard(item.entry_id)
+                sender.track(
+                    sender.resume(part, item.entry_id, item.job, item.content, item.email, handed)
+                )
+        if sent:
+            elapsed = time.monotonic() - started
+            for _ in sent:
+                metrics.SES_SECONDS.observe(elapsed)
+        if not records:
+            return
+        answers = await sender.until_done(lambda: sender.store.record_many(part, records))
+        self.count(records, answers)
+        # a probe (or a send that beat the pause) went through: after the record, so the
+        # ambiguous window holds nothing more
+        for scopes in {item.scopes for item in sent}:
+            if paused := sender.setup.blocking(scopes):
+                await sender.best_effort(sender.setup_resumed(paused))
+
+    def count(self, records: list[RecordItem], answers: list[Outcome]) -> None:
+        kinds: Counter[str] = Counter()
+        for record, answer in zip(records, answers, strict=True):
+            if answer.ok and record.event is not None and not record.dead:
+                kinds[str(record.event.type)] += 1
+            else:
+                self.sender.count_record(record, answer)
+        for kind, n in kinds.items():
+            metrics.JOBS.labels(kind).inc(n)
