@@ -7,18 +7,12 @@ import argparse
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-
+from sesflow.cli.ingest_call import Refused, call_ingest, ingest_base
 from sesflow.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
     Formatter,
-    Unreachable,
-    auth_headers,
     console,
-    fail,
-    http_error,
-    local_url,
     open_redis,
     operator_settings,
     print_json,
@@ -68,25 +62,14 @@ def register(sub: Any) -> None:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     settings = operator_settings()
-    base = (args.ingest_url or local_url(settings, settings.ingest_port)).rstrip("/")
-    url = f"{base}/v1/topics/{quote(args.topic, safe='')}"
+    base = ingest_base(settings, args.ingest_url)
+    path = f"/v1/topics/{quote(args.topic, safe='')}"
 
     async def main() -> int:
-        timeout = aiohttp.ClientTimeout(total=60, sock_connect=5)
         try:
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as http,
-                http.delete(url, headers=auth_headers(settings)) as resp,
-            ):
-                if resp.status != 200:
-                    fail(f"ingest refused to cancel {args.topic!r}: {await http_error(resp)}")
-                    return EXIT_FAILED
-                answer: dict[str, Any] = await resp.json()
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise Unreachable(
-                f"cannot reach the ingest API at {base}: {exc or type(exc).__name__} "
-                "(is `sesflow up` or the ingest role running? --ingest-url names another)"
-            ) from exc
+            answer = await call_ingest(settings, base, "DELETE", path, f"cancel {args.topic!r}")
+        except Refused:
+            return EXIT_FAILED
         if args.json:
             print_json(answer)
             return EXIT_OK

@@ -43,7 +43,7 @@ from sesflow.common.connection import Redis
 from sesflow.common.errors import InputError
 from sesflow.common.keys import Keys
 from sesflow.common.producer import enqueue
-from sesflow.common.schema import Attachment, MessageRequest, Recipient
+from sesflow.common.schema import BULK, LANES, Attachment, MessageRequest, Recipient
 from sesflow.common.settings import Settings
 from sesflow.ingest.templates import stand_in
 from sesflow.ingest.validation import Limits, format_schedule, parse_schedule, validate_message
@@ -64,6 +64,10 @@ recipient cannot fill is refused before anything is sent; --data gives defaults 
 recipient). --template NAME uses a stored
 template (PUT /v1/templates/NAME) instead of --subject / --html / --text. --text gives the
 plain-text part (generated from the HTML otherwise), --reply-to and --attach may be repeated.
+
+Sharing the rate: --lane transactional takes the next rate token before any bulk mail (for
+receipts and resets, not campaigns); bulk topics sending at the same time share what is left,
+in proportion to --weight (default 1).
 
 The recipients are enqueued through the ingest API (POST /v1/messages), one message per
 --batch recipients, with API_KEY (x-api-key) or a JWT_SECRET token when those are set. Every
@@ -120,6 +124,19 @@ def register(sub: Any) -> None:
         "--template",
         metavar="NAME",
         help="a stored template (PUT /v1/templates/NAME) instead of --subject/--html/--text",
+    )
+    p.add_argument(
+        "--lane",
+        choices=LANES,
+        default=BULK,
+        help="bulk (default): shares the rate fairly with other topics; transactional: first",
+    )
+    p.add_argument(
+        "--weight",
+        type=float,
+        metavar="W",
+        help="this topic's share of the bulk rate against other topics sending meanwhile "
+        "(default 1)",
     )
     p.add_argument(
         "--reply-to",
@@ -300,8 +317,11 @@ def plan(
             from_email=args.from_email,
             reply_to=list(getattr(args, "reply_to", None) or []),
             attachments=list(content.attachments),
+            lane=getattr(args, "lane", BULK),
             data=content.data,
             **listed,
+            # Only when given: the body then reads as the older clients wrote it.
+            **({"weight": args.weight} if getattr(args, "weight", None) is not None else {}),
         )
         batches.append(Batch(n, message, f"sesflow-send-{run_id}-{n}"))
     return batches

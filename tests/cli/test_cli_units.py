@@ -222,3 +222,23 @@ def test_personalised_batches_and_their_post_body() -> None:
     body = message_body(templated[0].message)["messages"][0]
     assert body["template"] == "welcome"
     assert not {"subject", "content", "text"} & set(body)
+
+
+def test_lane_and_weight_reach_the_message() -> None:
+    from sesflow.cli.main import build_parser
+    from sesflow.cli.send import Content, message_body
+
+    args = build_parser().parse_args(
+        ["send", "l.csv", "--topic", "t", "--subject", "S", "--html", "b.html"]
+        + ["--lane", "transactional", "--weight", "2.5"]
+    )
+    data = b"a@example.com\n"
+    [batch] = plan(args, data, parse("l.csv", data), Content(html="<p>x</p>"))
+    [body] = message_body(batch.message)["messages"]
+    assert (body["lane"], body["weight"]) == ("transactional", 2.5)
+    args = build_parser().parse_args(["send", "l.csv", "--topic", "t", "--subject", "S"])
+    [batch] = plan(args, data, parse("l.csv", data), Content(html="<p>x</p>"))
+    [body] = message_body(batch.message)["messages"]
+    assert "lane" not in body and "weight" not in body  # bulk and 1: as older clients wrote it
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["send", "l.csv", "--topic", "t", "--lane", "express"])
