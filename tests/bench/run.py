@@ -63,13 +63,13 @@ METRICS: dict[str, list[Metric]] = {
         ),
         Metric(
             "http_queued_rps",
-            "HTTP until all jobs on sends, recipients/s",
+            "HTTP until all jobs queued, recipients/s",
             "/s",
             "≥ 50,000",
             at_least(50_000),
         ),
         Metric("producer_xadd_rps", "producer XADD, recipients/s", "/s"),
-        Metric("producer_queued_rps", "producer until all jobs on sends, recipients/s", "/s"),
+        Metric("producer_queued_rps", "producer until all jobs queued, recipients/s", "/s"),
     ],
     "sender": [
         Metric("sender_0ms_cps", "sender, stub 0 ms: calls/s", "/s"),
@@ -184,7 +184,7 @@ METRICS: dict[str, list[Metric]] = {
             "bytes_per_recipient", "Redis bytes per queued recipient", "B", "≤ 300", at_most(300)
         ),
         Metric("bytes_per_recipient_trimmed", "… without the untrimmed requests stream", "B"),
-        Metric("sends_bytes_per_recipient", "… of which the sends stream", "B"),
+        Metric("sends_bytes_per_recipient", "… of which the queued jobs (backlogs, sends)", "B"),
     ],
     "sending": [
         Metric("loop_cpu_us", "plain boto3 send_email loop: CPU per email", "µs"),
