@@ -152,7 +152,7 @@ def cpu(proc: RoleProcess) -> float:
 
 async def pump_call_cost(calls: int) -> tuple[float, float]:
     """(client CPU, Redis CPU) in µs of one pump call that moves what one call moves at RATE (a
-    reader takes that much off `sends` between calls). Redis CPU: the EVALSHA time of INFO
+    reader takes and acknowledges that much between calls). Redis CPU: the EVALSHA time of INFO
     commandstats (the reader's XREADGROUPs are counted apart)."""
     keys = Keys()
     part = keys.partition(0)
@@ -171,7 +171,11 @@ async def pump_call_cost(calls: int) -> tuple[float, float]:
             client_cpu = 0.0
             redis_before = await evalsha_usec(client)
             for _ in range(calls):
-                await client.xreadgroup(SENDERS_GROUP, "r", {part.sends: ">"}, count=per_call)
+                reply = await client.xreadgroup(
+                    SENDERS_GROUP, "r", {part.sends: ">"}, count=per_call
+                )
+                # the sender is done with them: acknowledged, as after their record
+                await client.xack(part.sends, SENDERS_GROUP, *(i for i, _ in reply[0][1]))
                 started = time.process_time()
                 if await pump.once() != per_call:
                     raise RuntimeError("the pump did not move what the reader took")
