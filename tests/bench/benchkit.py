@@ -18,9 +18,10 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from sesflow.cli.embedded import RedisProcess, free_port, port_open
-from sesflow.common.keys import Keys
+from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.producer import enqueue
 from sesflow.common.schema import MessageRequest
+from sesflow.common.scripts import register
 
 from support.procs import Cluster, RoleProcess
 from support.stubprocess import Option, StubProcess
@@ -189,25 +190,56 @@ def message(n: int, recipients: int, topic: str = "bench") -> MessageRequest:
     )
 
 
-async def sends_length(client: Any) -> int:
-    return int(await client.xlen(Keys().partition(0).sends))
+async def queued_jobs(client: Any) -> int:
+    """Jobs queued for the senders: on `sends`, or waiting for the pump in a backlog (a topic's
+    bulk list, or the transactional list)."""
+    part = Keys().partition(0)
+    topics = await client.zrange(part.backlog_topics, 0, -1)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.xlen(part.sends)
+        pipe.llen(part.transactional)
+        for topic in topics:
+            pipe.llen(part.backlog(topic))
+        counts = await pipe.execute()
+    return sum(int(n) for n in counts)
 
 
-async def queue_jobs(c: Cluster, client: Any, messages: int, per_message: int) -> None:
-    """`messages` x `per_message` jobs on `sends`, through the producer and ingest's dispatcher
-    (the ingest process is stopped afterwards so it costs nothing during the measurement)."""
+async def pump_all(client: Any) -> int:
+    """Move every backlog to `sends` at once, as the pump would a little at a time (the old
+    path: jobs straight on `sends`); how many moved."""
+    part = Keys().partition(0)
+    pump = register(client, "pump")
+    moved = 0
+    while True:
+        reply = await pump(
+            keys=part.pump_keys(),
+            args=[SENDERS_GROUP, 1_000_000, 1000, f"{part.prefix}backlog:", 1],
+        )
+        if not int(reply[0]):
+            return moved
+        moved += int(reply[0])
+
+
+async def queue_jobs(
+    c: Cluster, client: Any, messages: int, per_message: int, *, on_sends: bool = False
+) -> None:
+    """`messages` x `per_message` jobs queued, through the producer and ingest's dispatcher (the
+    ingest process is stopped afterwards so it costs nothing during the measurement). They wait
+    in the topic's backlog for the senders' pump, or with `on_sends` all on `sends` already."""
     ingest = await start_role(c, "ingest", name=f"ingest-queue-{time.monotonic_ns()}")
-    before = await sends_length(client)
+    before = await queued_jobs(client)
     keys = Keys()
     for n in range(messages):
         await enqueue(client, keys, message(n + before, per_message))
     total = before + messages * per_message
 
     async def queued() -> bool:
-        return await sends_length(client) >= total
+        return await queued_jobs(client) >= total
 
-    await until(queued, what="jobs on sends", within=120)
+    await until(queued, what="jobs queued", within=120)
     ingest.stop()
+    if on_sends:
+        await pump_all(client)
 
 
 async def stub_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:

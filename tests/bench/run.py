@@ -37,6 +37,7 @@ from bench import (
     scenario_rate,
     scenario_sender,
     scenario_sending,
+    scenario_sharing,
     scenario_stats,
     scenario_tracker,
 )
@@ -66,13 +67,13 @@ METRICS: dict[str, list[Metric]] = {
         ),
         Metric(
             "http_queued_rps",
-            "HTTP until all jobs on sends, recipients/s",
+            "HTTP until all jobs queued, recipients/s",
             "/s",
             "≥ 50,000",
             at_least(50_000),
         ),
         Metric("producer_xadd_rps", "producer XADD, recipients/s", "/s"),
-        Metric("producer_queued_rps", "producer until all jobs on sends, recipients/s", "/s"),
+        Metric("producer_queued_rps", "producer until all jobs queued, recipients/s", "/s"),
     ],
     "sender": [
         Metric("sender_0ms_cps", "sender, stub 0 ms: calls/s", "/s"),
@@ -187,7 +188,7 @@ METRICS: dict[str, list[Metric]] = {
             "bytes_per_recipient", "Redis bytes per queued recipient", "B", "≤ 300", at_most(300)
         ),
         Metric("bytes_per_recipient_trimmed", "… without the untrimmed requests stream", "B"),
-        Metric("sends_bytes_per_recipient", "… of which the sends stream", "B"),
+        Metric("sends_bytes_per_recipient", "… of which the queued jobs (backlogs, sends)", "B"),
     ],
     "sending": [
         Metric("loop_cpu_us", "plain boto3 send_email loop: CPU per email", "µs"),
@@ -225,6 +226,38 @@ METRICS: dict[str, list[Metric]] = {
         ),
         Metric("e2e_p99_ms", "POST → SES call, p99", "ms", digits=1),
     ],
+    "sharing": [
+        *(
+            metric
+            for n in (1, 4)
+            for metric in (
+                Metric(
+                    f"r{n}_fair_ratio",
+                    f"{n} sender{'s' * (n > 1)}: 100-recipient topic after the campaign, "
+                    "finish / fair-share time",
+                    "x",
+                    "≤ 2",
+                    at_most(2),
+                    digits=2,
+                ),
+                Metric(
+                    f"r{n}_tx_p50_ms",
+                    "… transactional POST → SES call under the campaign, p50",
+                    "ms",
+                    "≤ 100",
+                    at_most(100),
+                ),
+                Metric(f"r{n}_tx_p99_ms", "… p99", "ms", "≤ 1,000", at_most(1000)),
+                Metric(f"r{n}_tx_max_ms", "… max", "ms"),
+                Metric(f"r{n}_sender_cpu_us", "… senders' CPU per recipient", "µs"),
+            )
+        ),
+        Metric("r1_pump_calls_per_recipient", "pump calls per recipient (1 sender)", "", digits=2),
+        Metric("pump_call_client_us", "one pump call moving 4 jobs: client CPU", "µs", digits=1),
+        Metric("pump_call_redis_us", "… Redis CPU (EVALSHA time)", "µs", digits=1),
+        Metric("pump_client_us_per_recipient", "pump: sender CPU per recipient", "µs", digits=1),
+        Metric("pump_redis_us_per_recipient", "pump: Redis CPU per recipient", "µs", digits=1),
+    ],
 }
 
 
@@ -238,6 +271,7 @@ class Sizes:
     memory: scenario_memory.Size
     e2e: scenario_e2e.Size
     sending: scenario_sending.Size
+    sharing: scenario_sharing.Size
 
 
 FULL = Sizes(
@@ -249,6 +283,7 @@ FULL = Sizes(
     memory=scenario_memory.Size(messages=100, per_message=10_000),
     e2e=scenario_e2e.Size(messages=500),
     sending=scenario_sending.Size(unthrottled=20_000, rate_seconds=16, loop_calls=2000),
+    sharing=scenario_sharing.Size(campaign=100_000, tx_seconds=30, pump_calls=2000),
 )
 SMOKE = Sizes(
     ingest=scenario_ingest.Size(messages=5),
@@ -259,6 +294,7 @@ SMOKE = Sizes(
     memory=scenario_memory.Size(messages=10, per_message=1000),
     e2e=scenario_e2e.Size(messages=20),
     sending=scenario_sending.Size(unthrottled=1000, rate_seconds=2, loop_calls=100),
+    sharing=scenario_sharing.Size(campaign=3000, tx_seconds=3, pump_calls=200),
 )
 
 
@@ -285,6 +321,7 @@ async def run_scenario(name: str, sizes: Sizes, repeat: int) -> ScenarioResult:
             "memory": scenario_memory,
             "e2e": scenario_e2e,
             "sending": scenario_sending,
+            "sharing": scenario_sharing,
         }[name]
         size = getattr(sizes, name)
 

@@ -1,6 +1,6 @@
 """1. Ingest: recipients per second accepted by one ingest process over HTTP (bulk messages of
 1,000 recipients), and by a Python producer XADDing directly; each also until the dispatcher has
-put every job on `sends`."""
+queued every job (in the topic's backlog, where the senders' pump takes them from)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from bench.benchkit import (
     emails,
     http_session,
     message,
+    queued_jobs,
     redis_client,
     redis_server,
-    sends_length,
     start_role,
 )
 from support.until import until
@@ -80,7 +80,7 @@ async def over_http(size: Size) -> dict[str, float]:
             accepted = time.perf_counter()
             await until(
                 lambda: at_least(client, total + PER_MESSAGE),
-                what="jobs on sends",
+                what="jobs queued",
                 within=300,
                 every=0.01,
             )
@@ -100,7 +100,7 @@ async def poster_once(session: object, url: str, body: bytes) -> None:
 
 
 async def at_least(client: object, count: int) -> bool:
-    return await sends_length(client) >= count
+    return await queued_jobs(client) >= count
 
 
 async def by_producer(size: Size) -> dict[str, float]:
@@ -114,9 +114,7 @@ async def by_producer(size: Size) -> dict[str, float]:
             for request in requests:
                 await enqueue(client, keys, request)
             added = time.perf_counter()
-            await until(
-                lambda: at_least(client, total), what="jobs on sends", within=300, every=0.01
-            )
+            await until(lambda: at_least(client, total), what="jobs queued", within=300, every=0.01)
             queued = time.perf_counter()
     return {
         "producer_xadd_rps": total / (added - start),

@@ -228,10 +228,8 @@ def test_lane_and_weight_reach_the_message() -> None:
     from sesflow.cli.main import build_parser
     from sesflow.cli.send import Content, message_body
 
-    args = build_parser().parse_args(
-        ["send", "l.csv", "--topic", "t", "--subject", "S", "--html", "b.html"]
-        + ["--lane", "transactional", "--weight", "2.5"]
-    )
+    send = ["send", "l.csv", "--topic", "t", "--subject", "S", "--html", "b.html"]
+    args = build_parser().parse_args([*send, "--lane", "transactional", "--weight", "2.5"])
     data = b"a@example.com\n"
     [batch] = plan(args, data, parse("l.csv", data), Content(html="<p>x</p>"))
     [body] = message_body(batch.message)["messages"]

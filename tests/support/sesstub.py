@@ -6,7 +6,8 @@ pause or reject. It does not check signatures.
     SendBulkEmail   POST /v2/email/outbound-bulk-emails
     GetAccount      GET  /v2/email/account
     control         POST /stub/control   JSON of any `StubConfig` field, plus "reset": true
-    stats           GET  /stub/stats     (?recipients=1 adds the per-address counts)
+    stats           GET  /stub/stats     (?recipients=1 adds the per-address counts and the
+                                          time each address was first accepted)
     recent calls    GET  /stub/messages  the last `keep_messages` accepted requests
     mail            GET  /stub/mail      per recipient, the mails they would have received
 
@@ -305,6 +306,8 @@ class SesStub:
         self.setup_faults = 0  # calls refused by verified_identities / configuration_sets
         self.mail: collections.defaultdict[str, list[Mail]] = collections.defaultdict(list)
         self.recipients: collections.Counter[str] = collections.Counter()
+        # epoch seconds each recipient was first accepted (when its call arrived)
+        self.received_at: dict[str, float] = {}
         self.per_second: collections.Counter[int] = collections.Counter()
         self.recent: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=max(0, self.config.keep_messages)
@@ -366,6 +369,7 @@ class SesStub:
         }
         if with_recipients:
             data["recipients"] = dict(self.recipients)
+            data["received_at"] = self.received_at
         return data
 
     # --- SES behaviour -------------------------------------------------------------------------
@@ -435,9 +439,12 @@ class SesStub:
         return f"0100{int(time.time() * 1000):012x}-{uuid.uuid4()}-{next(self._ids):06d}"
 
     def _record(self, recipients: list[str]) -> None:
+        now = time.time()
         self.sent += len(recipients)
-        self.per_second[int(time.time())] += len(recipients)
+        self.per_second[int(now)] += len(recipients)
         self.recipients.update(recipients)
+        for address in recipients:
+            self.received_at.setdefault(address, now)
 
     async def _delay(self) -> None:
         if self.config.latency_ms > 0:
