@@ -37,6 +37,7 @@ partitions, partition N's tag lies in the N-th equal slice of the 16384 cluster 
     {sesflow:N}:backlog:topics        zset: topics with a bulk backlog, not paused -> virtual time
     {sesflow:N}:backlog:weights       hash: topic -> its weight in the fair share (when not 1)
     {sesflow:N}:paused                hash: paused topic (or "": all bulk) -> JSON reason and time
+    {sesflow:N}:pump                  hash: the pump's own state (its transactional credit)
     {sesflow:N}:events                every event (group `stats`)
     {sesflow:N}:events:dead           events stats could not decode
     {sesflow:N}:stats:topic:<t>       counters of one topic
@@ -155,6 +156,10 @@ class PartitionKeys:
     def paused(self) -> str:
         return f"{self.tag}:paused"
 
+    @property
+    def pump(self) -> str:
+        return f"{self.tag}:pump"
+
     # --- the KEYS of each script that takes a partition's keys, in the order of its header ---
 
     def dispatch_keys(self, msg_id: str, topic: str) -> list[str]:
@@ -203,6 +208,7 @@ class PartitionKeys:
             self.paused,
             self.backlog_weights,
             self.transactional,
+            self.pump,
         ]
 
     def backlog_depth_keys(self) -> list[str]:

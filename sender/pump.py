@@ -1,11 +1,13 @@
-"""The pump: keeps each partition's `sends` stream a fraction of a second deep, from the bulk
+"""The pump: hands each partition's senders a fraction of a second of mail at a time, from the
 backlogs (`pump.lua`, which holds the fair share and the transactional cap).
 
 Every sender replica runs one; each call is one atomic script that adds only what is missing,
-so any number of pumps keep the same depth. The depth is AHEAD_S of the rate a partition gets
-(at least MIN_DEPTH, at most MAX_DEPTH jobs): deep enough that readers never wait on the pump,
-shallow enough that a transactional job queued behind it waits a tenth of a second, and that a
-pause or a new topic takes effect within that much mail.
+so any number of pumps keep the same depth. The depth counts what is on `sends` and not yet
+read plus what the live senders hold, so the replicas together never hold more than the target:
+the rate's worth of AHEAD_S, plus the SES calls in flight (the rate times the mean SES call
+time this replica measures). Deep enough that a sender never waits on the pump, shallow enough
+that a transactional job waits about AHEAD_S behind bulk mail, and that a pause or a new topic
+takes effect within that much mail.
 """
 
 from __future__ import annotations
@@ -13,45 +15,85 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from typing import Any
+import time
 
 from sesflow.common import scripts
-from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.connection import UNAVAILABLE, Redis
 from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.logs import get_logger
 from sesflow.common.settings import Settings
+from sesflow.sender.metrics import SES_SECONDS
 
 log = get_logger(__name__)
 
-AHEAD_S = 0.1
+AHEAD_S = 0.05
 MIN_DEPTH = 16
-MAX_DEPTH = 1000
-QUANTUM = 10  # jobs taken from one topic per turn: topics interleave finely
-BUSY_INTERVAL_S = 0.02  # while a backlog moves: a quarter of AHEAD_S
-IDLE_INTERVAL_S = 0.1  # nothing to move: how soon a new bulk message starts
+MAX_DEPTH = 2000
+QUANTUM = 10  # bulk jobs taken from one topic per turn: topics interleave finely
+LIVE_MS = 5000  # a consumer silent this long is no live sender: its jobs wait for reclaim
+BUSY_INTERVAL_S = 0.02  # while a backlog moves
+IDLE_INTERVAL_S = 0.05  # nothing to move: how soon new mail starts
 OUTAGE_INTERVAL_S = 1.0
+LATENCY_INTERVAL_S = 1.0  # how often the SES call time is read again
+DEFAULT_LATENCY_S = 0.1  # until this replica has timed its own calls
 
 
-def target_depth(settings: Settings) -> int:
+def target_depth(settings: Settings, latency_s: float = DEFAULT_LATENCY_S) -> int:
+    """Jobs handed to a partition's senders at a time: AHEAD_S of its rate waiting for a slot,
+    plus the calls in flight for `latency_s` each."""
     per_partition = settings.email_rate / max(1, settings.send_partitions)
-    return max(MIN_DEPTH, min(MAX_DEPTH, math.ceil(per_partition * AHEAD_S)))
+    return max(MIN_DEPTH, min(MAX_DEPTH, math.ceil(per_partition * (AHEAD_S + latency_s))))
+
+
+class SesLatency:
+    """The mean SES call time of this process over the last few seconds, from the histogram
+    the sender already keeps (a smoothed ratio of the growth of its sum and count)."""
+
+    def __init__(self) -> None:
+        self.value = DEFAULT_LATENCY_S
+        self.last = (0.0, 0.0)
+        self.read_at = 0.0
+
+    def read(self) -> float:
+        now = time.monotonic()
+        if now - self.read_at >= LATENCY_INTERVAL_S:
+            self.read_at = now
+            total, count = _sum_and_count()
+            spent, calls = total - self.last[0], count - self.last[1]
+            if calls > 0:
+                self.value = 0.5 * self.value + 0.5 * spent / calls
+            self.last = (total, count)
+        return self.value
+
+
+def _sum_and_count() -> tuple[float, float]:
+    total = count = 0.0
+    for metric in SES_SECONDS.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_sum"):
+                total = sample.value
+            elif sample.name.endswith("_count"):
+                count = sample.value
+    return total, count
 
 
 class Pump:
-    def __init__(self, settings: Settings, client: Any, keys: Keys) -> None:
+    def __init__(self, settings: Settings, client: Redis, keys: Keys) -> None:
+        self.settings = settings
         self.client = client
         self.keys = keys
-        self.target = target_depth(settings)
         self.share = settings.transactional_max_share
+        self.latency = SesLatency()
         self.script = scripts.register(client, "pump")
 
     async def once(self) -> int:
         """Top up every partition once; returns the jobs moved."""
+        target = target_depth(self.settings, self.latency.read())
         moved = 0
         for p in self.keys.partitions:
             reply = await self.script(
                 keys=p.pump_keys(),
-                args=[SENDERS_GROUP, self.target, QUANTUM, f"{p.prefix}backlog:", self.share],
+                args=[SENDERS_GROUP, target, QUANTUM, f"{p.prefix}backlog:", self.share, LIVE_MS],
             )
             moved += int(reply[0])
         return moved

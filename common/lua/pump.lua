@@ -1,14 +1,19 @@
 -- pump.lua: top up one partition's `sends` stream from its backlogs, fairly, atomically.
 --
 -- Jobs wait in backlogs instead of on `sends`: transactional ones in one list per partition
--- (KEYS[5]), bulk ones in one list per topic ({p}:backlog:<topic>). `sends` then only holds a
--- fraction of a second of the rate, so a transactional job waits behind that much mail at most,
--- a paused topic keeps its place, and topics sending at the same time share the rate.
+-- (KEYS[5]), bulk ones in one list per topic ({p}:backlog:<topic>). Only a fraction of a second
+-- of the rate is handed to the senders at a time, so a transactional job waits behind that much
+-- mail at most, a paused topic keeps its place, and topics sending at the same time share the
+-- rate.
 --
--- Each call adds what `sends` lacks: ARGV[2] minus the entries not yet delivered to any sender
--- (after the consumer group's last-delivered ID; at most ARGV[2] + 1 counted). Transactional
--- jobs go first. While bulk is waiting they may fill at most ARGV[5] of those ARGV[2] entries
--- (transactional entries carry `l`), so a transactional flood never starves bulk mail.
+-- Depth: the entries not yet delivered to any sender (after the consumer group's last-delivered
+-- ID, at most ARGV[2] + 1 counted) plus those the live senders hold (read, not acknowledged:
+-- the pending counts of the consumers that spoke to Redis within ARGV[6] ms; a dead sender's
+-- jobs wait for reclaim and do not hold the pump back). Each call adds ARGV[2] minus that.
+--
+-- Transactional jobs go first. While bulk waits they get at most ARGV[5] of each call's room:
+-- a credit (KEYS[6], field `tx_credit`) carries the fraction over, so a room of one job a call
+-- still shares fairly and a transactional flood never starves bulk mail.
 --
 -- Fair share: start-time fair queueing over the topics with a bulk backlog. Each topic has a
 -- virtual time (its score in KEYS[2]); the pump serves the lowest, up to ARGV[3] jobs, and
@@ -22,16 +27,18 @@
 -- KEYS[3]  paused topics, hash                  ({p}:paused), topic or "" (all bulk) -> JSON
 -- KEYS[4]  topic weights, hash                  ({p}:backlog:weights), topic -> weight (not 1)
 -- KEYS[5]  transactional backlog, list          ({p}:transactional)
+-- KEYS[6]  the pump's own state, hash           ({p}:pump): tx_credit
 -- ARGV[1]  consumer group of `sends`
--- ARGV[2]  target: undelivered entries wanted on `sends`
+-- ARGV[2]  target: jobs handed to the senders at a time
 -- ARGV[3]  quantum: bulk jobs taken from one topic per turn
 -- ARGV[4]  bulk backlog key prefix              ("{p}:backlog:"; + topic = the topic's list)
--- ARGV[5]  transactional share of the target at most while bulk waits, 0 < share <= 1
+-- ARGV[5]  transactional share of the room at most while bulk waits, 0 < share <= 1
+-- ARGV[6]  a consumer idle for this long (ms) is not a live sender
 --
 -- A backlog line is "<msg_id>\t<index>\t<address>" or "<msg_id>\t<index>\t<address>\t<data>"
 -- (data = compact JSON: never a tab): the job dispatch.lua would have XADDed.
 --
--- Returns {jobs moved, undelivered before}.
+-- Returns {jobs moved, jobs handed out before (undelivered + held)}.
 local target = tonumber(ARGV[2])
 local quantum = tonumber(ARGV[3])
 local share = tonumber(ARGV[5])
@@ -53,15 +60,33 @@ if ok then
         end
     end
 end
-local window
+local undelivered
 if last then
-    window = redis.call("XRANGE", KEYS[1], "(" .. last, "+", "COUNT", target + 1)
+    undelivered = #redis.call("XRANGE", KEYS[1], "(" .. last, "+", "COUNT", target + 1)
 else
-    window = redis.call("XRANGE", KEYS[1], "-", "+", "COUNT", target + 1)
+    undelivered = #redis.call("XRANGE", KEYS[1], "-", "+", "COUNT", target + 1)
 end
-local room = target - #window
+local held = 0
+if last then
+    local live = tonumber(ARGV[6])
+    for _, consumer in ipairs(redis.call("XINFO", "CONSUMERS", KEYS[1], ARGV[1])) do
+        local pending, idle = 0, 0
+        for i = 1, #consumer, 2 do
+            if consumer[i] == "pending" then
+                pending = consumer[i + 1]
+            elseif consumer[i] == "idle" then
+                idle = consumer[i + 1]
+            end
+        end
+        if idle < live then
+            held = held + pending
+        end
+    end
+end
+local out = undelivered + held
+local room = target - out
 if room <= 0 then
-    return {0, #window}
+    return {0, out}
 end
 
 local function add(line, lane)
@@ -85,17 +110,10 @@ end
 local bulk_paused = redis.call("HEXISTS", KEYS[3], "") == 1
 local bulk_waiting = not bulk_paused and redis.call("ZCARD", KEYS[2]) > 0
 local tx_room = room
+local credit = 0
 if bulk_waiting and share < 1 then
-    local tx_queued = 0
-    for _, entry in ipairs(window) do
-        local fields = entry[2]
-        for i = 1, #fields, 2 do
-            if fields[i] == "l" then
-                tx_queued = tx_queued + 1
-            end
-        end
-    end
-    tx_room = math.min(room, math.max(0, math.floor(share * target) - tx_queued))
+    credit = share * room + (tonumber(redis.call("HGET", KEYS[6], "tx_credit")) or 0)
+    tx_room = math.min(room, math.floor(credit))
 end
 
 local moved = 0
@@ -109,8 +127,13 @@ if tx_room > 0 then
         room = room - #lines
     end
 end
+if bulk_waiting and share < 1 then
+    -- What was allowed and not taken carries over, up to one job: no burst later.
+    credit = math.max(0, math.min(1, credit - moved))
+    redis.call("HSET", KEYS[6], "tx_credit", string.format("%.6f", credit))
+end
 if bulk_paused then
-    return {moved, #window}
+    return {moved, out}
 end
 
 local turns = 0
@@ -144,4 +167,4 @@ while room > 0 and turns < 64 do
         end
     end
 end
-return {moved, #window}
+return {moved, out}

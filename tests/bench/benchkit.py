@@ -18,11 +18,11 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from sesflow.cli.embedded import RedisProcess, free_port, port_open
-from sesflow.common.keys import SENDERS_GROUP, Keys
+from sesflow.common.keys import Keys
 from sesflow.common.producer import enqueue
 from sesflow.common.schema import MessageRequest
-from sesflow.common.scripts import register
 
+from support.ingestkit import pump_backlogs
 from support.procs import Cluster, RoleProcess
 from support.stubprocess import Option, StubProcess
 from support.until import until
@@ -207,17 +207,7 @@ async def queued_jobs(client: Any) -> int:
 async def pump_all(client: Any) -> int:
     """Move every backlog to `sends` at once, as the pump would a little at a time (the old
     path: jobs straight on `sends`); how many moved."""
-    part = Keys().partition(0)
-    pump = register(client, "pump")
-    moved = 0
-    while True:
-        reply = await pump(
-            keys=part.pump_keys(),
-            args=[SENDERS_GROUP, 1_000_000, 1000, f"{part.prefix}backlog:", 1],
-        )
-        if not int(reply[0]):
-            return moved
-        moved += int(reply[0])
+    return await pump_backlogs(client, Keys().partition(0))
 
 
 async def queue_jobs(

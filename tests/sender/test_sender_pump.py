@@ -4,6 +4,7 @@ mail beyond its share."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -17,6 +18,7 @@ from sesflow.common.pauses import ALL_BULK, Pauses
 KEYS = Keys()
 P = KEYS.partition(0)
 TARGET = 20
+LIVE_MS = 5000
 
 
 @pytest.fixture
@@ -37,15 +39,20 @@ async def backlog(redis: Any, topic: str, count: int, msg_id: str = "1-0", first
 async def pump(redis: Any, p: PartitionKeys = P, target: int = TARGET, share: float = 0.8) -> int:
     script = scripts.register(redis, "pump")
     moved, _ = await script(
-        keys=p.pump_keys(), args=[SENDERS_GROUP, target, 10, f"{p.prefix}backlog:", share]
+        keys=p.pump_keys(),
+        args=[SENDERS_GROUP, target, 10, f"{p.prefix}backlog:", share, LIVE_MS],
     )
     return int(moved)
 
 
-async def deliver(redis: Any, count: int = 1000) -> list[dict[str, str]]:
-    """What senders read now (advances the group's last-delivered ID)."""
+async def deliver(redis: Any, count: int = 1000, ack: bool = True) -> list[dict[str, str]]:
+    """What a sender reads now (advances the group's last-delivered ID) and, with `ack`, has
+    sent (acknowledged) by the next pump."""
     reply = await redis.xreadgroup(SENDERS_GROUP, "c", {P.sends: ">"}, count=count)
-    return [fields for _stream, entries in reply or [] for _id, fields in entries]
+    entries = [entry for _stream, batch in reply or [] for entry in batch]
+    if ack and entries:
+        await redis.xack(P.sends, SENDERS_GROUP, *(entry_id for entry_id, _ in entries))
+    return [fields for _id, fields in entries]
 
 
 def topic_of(job: dict[str, str]) -> str:
@@ -69,6 +76,24 @@ async def test_the_pump_keeps_sends_only_target_deep(redis: Any, group: None) ->
     assert await pump(redis) == 5
     assert await redis.xlen(P.sends) == TARGET + 5
     assert await redis.llen(P.backlog("big")) == 100 - TARGET - 5
+
+
+async def test_jobs_the_live_senders_hold_count_and_a_dead_senders_do_not(
+    redis: Any, group: None
+) -> None:
+    await backlog(redis, "big", 100)
+    assert await pump(redis) == TARGET
+    assert len(await deliver(redis, count=15, ack=False)) == 15  # held, not sent yet
+    assert await pump(redis) == 0  # 5 undelivered + 15 held = the target
+    await deliver(redis, ack=True)  # the other 5, sent
+    assert await pump(redis) == 5
+    # The holder goes silent (a dead sender): its 15 wait for reclaim, not the pump.
+    await asyncio.sleep(0.25)
+    script = scripts.register(redis, "pump")
+    moved, out = await script(
+        keys=P.pump_keys(), args=[SENDERS_GROUP, TARGET, 10, f"{P.prefix}backlog:", 0.8, 200]
+    )
+    assert (moved, out) == (15, 5)
 
 
 async def test_jobs_come_out_exactly_as_dispatch_would_queue_them(redis: Any, group: None) -> None:

@@ -19,7 +19,8 @@ async def pump_backlogs(client: Any, p: PartitionKeys) -> int:
     moved = 0
     while True:
         reply = await pump(
-            keys=p.pump_keys(), args=[SENDERS_GROUP, 1_000_000, 1000, f"{p.prefix}backlog:", 1]
+            keys=p.pump_keys(),
+            args=[SENDERS_GROUP, 1_000_000, 1000, f"{p.prefix}backlog:", 1, 5000],
         )
         if not int(reply[0]):
             return moved
