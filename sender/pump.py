@@ -4,8 +4,8 @@ backlogs (`pump.lua`, which holds the fair share and the transactional cap).
 Every sender replica runs one; each call is one atomic script that adds only what is missing,
 so any number of pumps keep the same depth. The depth counts what is on `sends` and not yet
 read plus what the live senders hold, so the replicas together never hold more than the target:
-the rate's worth of AHEAD_S, plus the SES calls in flight (the rate times the mean SES call
-time this replica measures). Deep enough that a sender never waits on the pump, shallow enough
+the rate's worth of AHEAD_S, plus the jobs on their way around (CYCLE_S) and in SES calls (the
+rate times the mean SES call time this replica measures). Deep enough that a sender never waits on the pump, shallow enough
 that a transactional job waits about AHEAD_S behind bulk mail, and that a pause or a new topic
 takes effect within that much mail.
 """
@@ -27,6 +27,9 @@ from sesflow.sender.metrics import SES_SECONDS
 log = get_logger(__name__)
 
 AHEAD_S = 0.05
+# A job's way around besides the SES call: the pump's own interval, a reader's linger for a
+# fuller read, a grid step, the record and its acknowledgement.
+CYCLE_S = 0.1
 MIN_DEPTH = 16
 MAX_DEPTH = 2000
 QUANTUM = 10  # bulk jobs taken from one topic per turn: topics interleave finely
@@ -40,9 +43,11 @@ DEFAULT_LATENCY_S = 0.1  # until this replica has timed its own calls
 
 def target_depth(settings: Settings, latency_s: float = DEFAULT_LATENCY_S) -> int:
     """Jobs handed to a partition's senders at a time: AHEAD_S of its rate waiting for a slot,
-    plus the calls in flight for `latency_s` each."""
+    plus a job's way around (CYCLE_S) and its SES call (`latency_s`)."""
     per_partition = settings.email_rate / max(1, settings.send_partitions)
-    return max(MIN_DEPTH, min(MAX_DEPTH, math.ceil(per_partition * (AHEAD_S + latency_s))))
+    return max(
+        MIN_DEPTH, min(MAX_DEPTH, math.ceil(per_partition * (AHEAD_S + CYCLE_S + latency_s)))
+    )
 
 
 class SesLatency:
