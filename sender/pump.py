@@ -5,9 +5,9 @@ Every sender replica runs one; each call is one atomic script that adds only wha
 so any number of pumps keep the same depth. The depth counts what is on `sends` and not yet
 read plus what the live senders hold, so the replicas together never hold more than the target:
 the rate's worth of AHEAD_S, plus the jobs on their way around (CYCLE_S) and in SES calls (the
-rate times the mean SES call time this replica measures). Deep enough that a sender never waits on the pump, shallow enough
-that a transactional job waits about AHEAD_S behind bulk mail, and that a pause or a new topic
-takes effect within that much mail.
+rate times the mean SES call time this replica measures). Deep enough that a sender never waits
+on the pump, shallow enough that a transactional job waits about AHEAD_S behind bulk mail, and
+that a pause or a new topic takes effect within that much mail.
 """
 
 from __future__ import annotations
