@@ -1,4 +1,8 @@
-"""The dashboard's one request: every recent topic with progress and ETA, live rates, queue."""
+"""The dashboard's main request: every recent topic with progress and ETA, live rates, queue.
+
+The send rate is `sent` per second over the last RATE_WINDOW_S whole seconds that stats has
+surely applied; a topic's rate is its share of that same window, and its ETA is what it still
+has to send divided by that share."""
 
 from __future__ import annotations
 
@@ -10,17 +14,19 @@ from sesflow.common import scripts
 from sesflow.common.keys import Keys
 from sesflow.common.settings import Settings
 from sesflow.common.setup_pauses import pauses_view
-from sesflow.stats.counters import bucket_field
 from sesflow.stats.queries import (
     RATE_WINDOW_S,
     queue_depth,
+    rate_seconds,
     read_counts,
-    recent_rate,
     recent_topics,
+    send_rate,
+    settle_s,
     summary,
 )
 
 MAX_TOPICS = 200
+DEFAULT_SETTLE_S = 2  # settle_s() of the default STATS_FLUSH_INTERVAL, 1 s
 
 
 def ratio(part: int, whole: int) -> float | None:
@@ -40,45 +46,52 @@ def topic_row(topic: str, counts: Counter[str], rate: float, last_ms: int) -> di
 
 
 async def topic_rows(
-    client: Any, keys: Keys, topics: list[tuple[str, int]], now: float
+    client: Any,
+    keys: Keys,
+    topics: list[tuple[str, int]],
+    now: float,
+    settle: int = DEFAULT_SETTLE_S,
 ) -> list[dict[str, Any]]:
-    """Every topic's counters and the `sent` minute buckets of the rate window."""
-    minute = int(now // 60)
-    fields = [bucket_field("sent", minute - 1), bucket_field("sent", minute)]
-    window = RATE_WINDOW_S + (now - minute * 60)
+    """Every topic's counters and its `sent` per second over the rate window: its share of the
+    live send rate, from which its ETA follows."""
+    seconds = rate_seconds(now, settle)
+    minutes = sorted({second // 60 for second in seconds})
     names = [topic for topic, _ in topics]
     counts = {topic: Counter[str]() for topic in names}
     sent_recently = dict.fromkeys(names, 0)
     if names:
         read = scripts.register(client, "stats_read")
-        # One script call per partition, not two commands per topic (see stats_read.lua).
+        # One script call per partition, not several commands per topic (see stats_read.lua).
         for p in keys.partitions:
+            recent = [p.stats_seconds(minute, t) for t in names for minute in minutes]
             replies = await read(
-                keys=[*(p.stats_topic(t) for t in names), *(p.stats_series(t) for t in names)],
-                args=[len(names), *fields],
+                keys=[*(p.stats_topic(t) for t in names), *recent],
+                args=[len(names), *(str(second) for second in seconds)],
             )
             for topic, flat in zip(names, replies[: len(names)], strict=True):
                 counts[topic].update({flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)})
-            for topic, values in zip(names, replies[len(names) :], strict=True):
-                sent_recently[topic] += sum(int(v) for v in values if v)
-    rows = [
-        topic_row(topic, counts[topic], sent_recently[topic] / window, last_ms)
+            for k, values in enumerate(replies[len(names) :]):
+                sent_recently[names[k // len(minutes)]] += sum(int(v) for v in values if v)
+    return [
+        topic_row(topic, counts[topic], sent_recently[topic] / len(seconds), last_ms)
         for topic, last_ms in topics
     ]
-    return rows
 
 
 async def overview(
     client: Any, keys: Keys, settings: Settings, quota: dict[str, Any], now: float, limit: int
 ) -> dict[str, Any]:
+    settle = settle_s(settings.stats_flush_interval)
+
     async def recent_rows() -> list[dict[str, Any]]:
-        return await topic_rows(client, keys, await recent_topics(client, keys, limit), now)
+        topics = await recent_topics(client, keys, limit)
+        return await topic_rows(client, keys, topics, now, settle)
 
     # Independent reads, concurrently on the pool: the page waits for the slowest, not the sum.
-    global_counts, topics, send_rate, queue, setup_faults = await asyncio.gather(
+    global_counts, topics, rate, queue, setup_faults = await asyncio.gather(
         read_counts(client, keys, lambda p: p.stats_global),
         recent_rows(),
-        recent_rate(client, keys, lambda p: p.stats_minutely, "sent", now),
+        send_rate(client, keys, now, settle),
         queue_depth(client, keys),
         pauses_view(client, keys),
     )
@@ -87,7 +100,8 @@ async def overview(
     return {
         "generated_at": int(now * 1000),
         "configured_rate": settings.email_rate,
-        "send_rate": round(send_rate, 3),
+        "send_rate": round(rate, 3),
+        "rate_window_s": RATE_WINDOW_S,
         "totals": totals,
         "rates": {
             "delivery": ratio(totals["delivered"], sent),

@@ -42,7 +42,10 @@ COUNT_FIELDS = (
     "rendering_failed",
 )
 MAX_POINTS = 1440
-RATE_WINDOW_S = 60
+# The send rate shown is that of the last few seconds: long enough to smooth the token bucket's
+# steps, short enough that idle time before a campaign does not dilute it.
+RATE_WINDOW_S = 10
+DEFAULT_LANE = "default"
 
 
 def _pipe(client: Any) -> Any:
@@ -184,14 +187,45 @@ async def series(client: Any, keys: Keys, q: SeriesQuery, now: float) -> list[tu
     return list(zip(points, sums, strict=True))
 
 
-async def recent_rate(
-    client: Any, keys: Keys, key_of: Callable[[PartitionKeys], str], metric: str, now: float
-) -> float:
-    """Events per second over the previous whole minute and the current one so far."""
-    minute = int(now // 60)
-    fields = [bucket_field(metric, minute - 1), bucket_field(metric, minute)]
-    window = RATE_WINDOW_S + (now - minute * 60)
-    return sum(await sum_fields(client, keys, key_of, fields)) / window
+def settle_s(flush_interval: float) -> int:
+    """Seconds to leave out at the end of a live window: stats applies what it read within
+    STATS_FLUSH_INTERVAL, so a second younger than this may still be filling."""
+    return math.ceil(max(0.0, flush_interval)) + 1
+
+
+def rate_seconds(now: float, settle: int) -> list[int]:
+    """The RATE_WINDOW_S whole seconds of the live send rate, ending `settle` seconds ago."""
+    end = int(now) - settle
+    return list(range(end - RATE_WINDOW_S, end))
+
+
+async def sent_per_second(
+    client: Any, keys: Keys, seconds: list[int], topic: str = ""
+) -> list[int]:
+    """`sent` in each of `seconds` (of every topic, or of `topic`), summed over the partitions:
+    one HMGET per minute spanned per partition, so the cost follows the number of seconds."""
+    if not seconds:
+        return []
+    minutes: dict[int, list[int]] = {}
+    for second in seconds:
+        minutes.setdefault(second // 60, []).append(second)
+    pipe = _pipe(client)
+    for p in keys.partitions:
+        for minute, group in minutes.items():
+            pipe.hmget(p.stats_seconds(minute, topic), [str(s) for s in group])
+    replies = iter(await pipe.execute())
+    totals = dict.fromkeys(seconds, 0)
+    for _ in keys.partitions:
+        for group in minutes.values():
+            for second, value in zip(group, _ints(next(replies)), strict=True):
+                totals[second] += value
+    return [totals[second] for second in seconds]
+
+
+async def send_rate(client: Any, keys: Keys, now: float, settle: int) -> float:
+    """Recipients sent per second over the rate window (by the time SES accepted them)."""
+    seconds = rate_seconds(now, settle)
+    return sum(await sent_per_second(client, keys, seconds)) / len(seconds)
 
 
 async def recent_topics(client: Any, keys: Keys, limit: int) -> list[tuple[str, int]]:
@@ -233,13 +267,17 @@ async def queue_depth(client: Any, keys: Keys) -> dict[str, Any]:
                 "scheduled": scheduled,
             }
         )
+    queued = sum(x["lag"] + x["pending"] for x in partitions)
+    scheduled = sum(x["scheduled"] for x in partitions)
     return {
-        "queued": sum(x["lag"] + x["pending"] for x in partitions),
+        "queued": queued,
         "pending": sum(x["pending"] for x in partitions),
         "lag": sum(x["lag"] for x in partitions),
-        "scheduled": sum(x["scheduled"] for x in partitions),
+        "scheduled": scheduled,
         "length": sum(x["length"] for x in partitions),
         "partitions": partitions,
+        # One lane today: every job waits on the same streams. A lane split adds rows here.
+        "lanes": [{"lane": DEFAULT_LANE, "queued": queued, "scheduled": scheduled}],
     }
 
 
