@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -17,8 +19,10 @@ from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.schema import Event
 from sesflow.common.settings import Settings
 from sesflow.common.setup_pauses import SetupPause, encode_pause
+from sesflow.stats import quota as quota_module
 from sesflow.stats.aggregate import StatsConsumer
 from sesflow.stats.api import create_app
+from sesflow.stats.quota import QuotaCache
 
 QUOTA = Quota(max_send_rate=14.0, max_24h_send=50000.0, sent_last_24h=1234.0, source="test")
 
@@ -325,6 +329,38 @@ async def test_bad_charts_params_are_400(api: TestClient[Any, Any], query: str) 
     res = await api.get(f"/v1/stats/charts?{query}")
     assert res.status == 400, await res.text()
     assert (await res.json())["error"] == "invalid_parameter"
+
+
+async def test_quota_is_read_again_while_someone_looks(
+    fast: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quota card once showed the figure from before a campaign for a minute: asked for,
+    the quota is read again when older than FRESH_S, and SES is never asked more often."""
+    monkeypatch.setattr(quota_module, "FRESH_S", 0.3)
+    calls: list[float] = []
+
+    async def fetch(_: Settings) -> Quota:
+        calls.append(time.monotonic())
+        return Quota(max_send_rate=14, max_24h_send=50000, sent_last_24h=len(calls), source="t")
+
+    cache = QuotaCache(fast, fetch)
+    task = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.refreshed.wait(), 2)
+        assert cache.view()["sent_last_24h"] == 1
+        deadline = time.monotonic() + 5
+        while cache.view()["sent_last_24h"] < 3:  # read again while asked for
+            assert time.monotonic() < deadline, calls
+            await asyncio.sleep(0.01)
+        gaps = [b - a for a, b in itertools.pairwise(calls)]
+        assert min(gaps) >= 0.3  # however often it is asked for
+        asked = len(calls)
+        await asyncio.sleep(0.8)  # nobody asks: no new question to SES within REFRESH_S
+        assert len(calls) == asked
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_overview_for_the_dashboard(
