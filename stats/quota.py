@@ -54,11 +54,12 @@ class QuotaCache:
     async def run(self) -> None:
         while True:
             self._wanted.clear()
-            quota = await self.refresh()
+            if await self.refresh() is None:
+                await asyncio.sleep(RETRY_S)  # SES did not answer: asking sooner would not help
+                continue
             await asyncio.sleep(FRESH_S)  # the least time between two questions to SES
             with contextlib.suppress(TimeoutError):
-                wait = (REFRESH_S if quota is not None else RETRY_S) - FRESH_S
-                await asyncio.wait_for(self._wanted.wait(), max(0.0, wait))
+                await asyncio.wait_for(self._wanted.wait(), REFRESH_S - FRESH_S)
 
     def want_fresh(self) -> None:
         """Ask the reader for a new answer when the one in hand is older than FRESH_S."""
