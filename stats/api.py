@@ -232,7 +232,20 @@ async def stats_overview(request: web.Request) -> web.Response:
     data = await overview(
         app[CLIENT], app[KEYS], app[SETTINGS], app[QUOTA].view(), time.time(), limit
     )
+    data["ingest_url"] = ingest_url(request)
     return json_response(data)
+
+
+def ingest_url(request: web.Request) -> str:
+    """Where the page's pause buttons call ingest: INGEST_URL, else the host the page was loaded
+    from at INGEST_PORT (ingest lets that origin in: `ingest.dashboard_cors`)."""
+    settings = request.app[SETTINGS]
+    if settings.ingest_url:
+        return settings.ingest_url.rstrip("/")
+    host = request.url.host or "127.0.0.1"
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    return f"{request.scheme}://{host}:{settings.ingest_port}"
 
 
 async def stats_charts(request: web.Request) -> web.Response:

@@ -420,10 +420,24 @@ async def test_overview_for_the_dashboard(
     assert topics["done"]["send_rate"] == 0.1
     assert topics["done"]["done"] and topics["done"]["eta_seconds"] is None
     assert "max_send_rate" in body["quota"]
+    # Where the page's pause buttons call ingest: this host, as the page named it, at INGEST_PORT.
+    assert body["ingest_url"] == f"http://127.0.0.1:{fast.ingest_port}"
 
     res = await api.get("/v1/stats/overview?limit=1")
     assert [t["topic_id"] for t in (await res.json())["topics"]] == ["news"]
     assert (await api.get("/v1/stats/overview?limit=0")).status == 400
+
+
+async def test_ingest_url_names_where_the_pause_buttons_call(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(INGEST_URL="https://ingest.example.com/")
+    client = await serve(create_app(settings, quota_fetcher=no_quota))
+    try:
+        body = await (await client.get("/v1/stats/overview")).json()
+        assert body["ingest_url"] == "https://ingest.example.com"
+    finally:
+        await client.close()
 
 
 async def test_overview_and_page_show_a_paused_ses_setup(
