@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sesflow.cli.embedded import free_port
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS
 from sesflow.common.keys import Keys
 
@@ -210,7 +211,9 @@ async def test_dashboard_shows_live_numbers_that_match_the_api(
             async with Chromium.launch(chromium) as browser, aiohttp.ClientSession() as http:
                 await starting
                 try:
-                    await run_campaign_and_check_page(cluster, stub, signer, redis, browser, http)
+                    await run_campaign_and_check_page(
+                        cluster, stub, signer, redis, browser, http, artifacts_dir
+                    )
                 finally:  # also when a check fails: the picture shows what the page showed
                     await browser.screenshot(artifacts_dir / "dashboard.png")
         finally:
@@ -224,6 +227,7 @@ async def run_campaign_and_check_page(
     redis: Any,
     browser: Chromium,
     http: aiohttp.ClientSession,
+    artifacts_dir: Path,
 ) -> None:
     ingest, tracker, stats = (cluster.url(role) for role in ("ingest", "tracker", "stats"))
 
@@ -320,6 +324,89 @@ async def run_campaign_and_check_page(
     await browser.wait_for(
         "document.querySelector('[data-testid=opens-unique]').dataset.value === '7'", within=8
     )
+
+    # 6. The pause buttons call ingest and the page shows what they did.
+    await check_pause_buttons(browser, http, ingest, stats, artifacts_dir)
+
+
+def row_state(topic: str) -> str:
+    """JS: the topic row's pause state as the page shows it (badge and button)."""
+    return f"""(() => {{
+  const tr = document.querySelector('[data-testid=topic-row][data-topic="{topic}"]');
+  if (!tr) return null;
+  const badge = tr.querySelector('[data-badge=paused]');
+  const button = tr.querySelector('button[data-action]');
+  return (badge ? 'paused' : 'sending') + ':' + button.dataset.action;
+}})()"""
+
+
+async def check_pause_buttons(
+    browser: Chromium, http: aiohttp.ClientSession, ingest: str, stats: str, artifacts_dir: Path
+) -> None:
+    async def paused(topic: str) -> bool:
+        body = await get_json(http, f"{stats}/v1/topics/{topic}")
+        return bool(body["paused"])
+
+    async def bulk_paused() -> bool:
+        return bool((await get_json(http, f"{stats}/v1/stats/overview"))["bulk_pause"]["paused"])
+
+    # A topic's Pause button pauses it (cross-origin, to ingest); the row and the alert say so.
+    assert await browser.evaluate(row_state(UNFINISHED)) == "sending:pause"
+    await browser.evaluate(
+        f'document.querySelector(\'[data-testid=topic-row][data-topic="{UNFINISHED}"] '
+        "button[data-action=pause]').click()"
+    )
+    await until(lambda: paused(UNFINISHED), what="the topic paused through the page")
+    assert await browser.wait_for(f"{row_state(UNFINISHED)} === 'paused:resume'")
+    await browser.wait_for(
+        "[...document.querySelectorAll('[data-testid=pause]')].some("
+        f"(li) => li.dataset.topic === '{UNFINISHED}' && li.dataset.reason === 'manual')"
+    )
+    assert not await paused(FINISHED)  # the other topic is left alone
+    await browser.screenshot(artifacts_dir / "dashboard-paused.png")
+    # ...and its Resume button resumes it.
+    await browser.evaluate(
+        f'document.querySelector(\'[data-testid=topic-row][data-topic="{UNFINISHED}"] '
+        "button[data-action=resume]').click()"
+    )
+    await until(lambda: paused(UNFINISHED), lambda p: not p, what="the topic resumed")
+    await browser.wait_for(f"{row_state(UNFINISHED)} === 'sending:pause'")
+
+    # The global button pauses all bulk sending, then resumes it.
+    toggle = "document.querySelector('[data-testid=bulk-toggle]')"
+    assert await browser.evaluate(f"{toggle}.dataset.action") == "pause"
+    await browser.evaluate(f"{toggle}.click()")
+    await until(bulk_paused, what="all bulk paused through the page")
+    await browser.wait_for(f"{toggle}.dataset.action === 'resume'")
+    await browser.wait_for(
+        "[...document.querySelectorAll('[data-testid=pause]')]"
+        ".some((li) => li.dataset.topic === '')"
+    )
+    await browser.evaluate(f"{toggle}.click()")
+    await until(bulk_paused, lambda p: not p, what="all bulk resumed through the page")
+    await browser.wait_for(f"{toggle}.dataset.action === 'pause'")
+    await browser.wait_for("document.querySelector('[data-testid=pause-alert]').hidden")
+
+    # Errors are shown: ingest refusing the call (its JSON detail), and ingest unreachable.
+    error = "document.querySelector('[data-testid=action-error]')"
+    long_topic = "x" * 201
+    await browser.evaluate(
+        f"pauseAction('{long_topic}', 'pause', document.createElement('button'))"
+    )
+    text = await browser.evaluate(f"{error}.hidden ? null : {error}.textContent")
+    assert text is not None and "failed" in text and "longer than 200" in text, text
+    assert "(HTTP 400)" in text, text
+    closed = free_port()  # nothing listens there
+    await browser.evaluate(
+        f"(ingestUrl = 'http://127.0.0.1:{closed}', "
+        f"pauseAction(null, 'pause', document.createElement('button')))"
+    )
+    text = await browser.evaluate(f"{error}.hidden ? null : {error}.textContent")
+    assert text is not None and "unreachable" in text and str(closed) in text, text
+    assert not await bulk_paused()
+    # The overview tells the page where ingest is: this host at INGEST_PORT.
+    overview = await get_json(http, f"{stats}/v1/stats/overview")
+    assert overview["ingest_url"] == ingest.rstrip("/")
 
 
 def check_cards(cards: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
