@@ -271,3 +271,7 @@ def render_all(out: Console, data: dict[str, Any]) -> None:
         f"scheduled chunks {queue['scheduled']:,}  ·  dead letters "
         + ", ".join(f"{k} {v:,}" for k, v in dead.items())
     )
+    # The jobs waiting for the pump, by lane (`queued` counts them too, with those on `sends`).
+    out.print(
+        "waiting by lane: " + "  ·  ".join(f"{x['lane']} {x['queued']:,}" for x in queue["lanes"])
+    )

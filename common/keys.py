@@ -46,6 +46,9 @@ partitions, partition N's tag lies in the N-th equal slice of the 16384 cluster 
     {sesflow:N}:stats:minutely        hash: "<type>:<epoch minute>" -> count (time series)
     {sesflow:N}:stats:series:<t>      hash: "<type>:<epoch minute>" -> count, one topic
     {sesflow:N}:stats:topics          zset: topic -> last activity (ms)
+    {sesflow:N}:stats:seconds:<m>     hash: "<epoch second>" -> `sent` count, the seconds of epoch
+                                      minute m; expires 15 minutes after m (the live send rate)
+    {sesflow:N}:stats:seconds:<m>:<t> the same for one topic (its share of the rate, its ETA)
 
 A message id is the ID of its entry on `requests`; a request id (one recipient) is
 `<msg_id>_<index>` (only characters SES allows in a message tag value). The partition of a
@@ -251,6 +254,12 @@ class PartitionKeys:
     @property
     def stats_topics(self) -> str:
         return f"{self.tag}:stats:topics"
+
+    def stats_seconds(self, minute: int, topic: str = "") -> str:
+        """Per-second `sent` counts of one epoch minute: of every topic, or of `topic`. The
+        minute comes before the topic, so no topic name can make two keys collide."""
+        key = f"{self.tag}:stats:seconds:{minute}"
+        return f"{key}:{topic}" if topic else key
 
 
 class Keys:

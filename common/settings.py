@@ -102,6 +102,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     server_url: str = ""
     tracker_url: str = ""
     stats_url: str = ""
+    # Where the dashboard (served by stats) reaches the ingest API for its pause buttons.
+    ingest_url: str = ""
     api_key: str = ""
     jwt_secret: str = ""
     # A token's `exp` may be at most this far ahead (seconds; 0: no limit). Optional claims that,

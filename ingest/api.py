@@ -53,6 +53,7 @@ from sesflow.common.settings import Settings
 from sesflow.common.suppression import SuppressionList, entry, normalise
 from sesflow.ingest import metrics
 from sesflow.ingest.compat import PUBLIC_PATHS, add_compat_routes
+from sesflow.ingest.dashboard_cors import dashboard_cors
 from sesflow.ingest.idempotency import Claim, IdempotencyStore, Prior, body_hash, check_key
 from sesflow.ingest.pauses_api import PAUSES, add_pause_routes
 from sesflow.ingest.templates import TemplateStore
@@ -275,6 +276,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[
             role_metrics.middleware,
+            dashboard_cors(settings),
             errors_middleware,
             auth_middleware(settings, public=(*HEALTH_PATHS, "/metrics", *PUBLIC_PATHS)),
         ],

@@ -13,8 +13,10 @@ tag). Either both happen or neither does:
 - a batch held longer than half the claim idle time is dropped instead of applied, because
   another consumer may have claimed its entries in the meantime.
 
-The reputation guard (`stats.reputation`) reads what it judges at the end of that same
-transaction, and pauses a topic after the batch is applied.
+The per-second `sent` hashes behind the live send rate are written in the same transaction; each
+expires on its own (see `counters.py`), so nothing has to prune them. The reputation guard
+(`stats.reputation`) reads what it judges at the end of that same transaction, and pauses a topic
+after the batch is applied.
 
 Malformed entries go to `events:dead` with the reason and are acknowledged in the same
 transaction. The reading, the shutdown and the upkeep are `common.consumer.StreamConsumer`'s, the
@@ -207,6 +209,10 @@ class StatsAggregator(StreamConsumer):
             for name, n in counts.items():
                 tx.hincrby(p.stats_series(topic), name, n)
             tx.expire(p.stats_series(topic), SERIES_TTL_S)
+        for key, seconds, expire_at in batch.second_writes(p, time.time()):
+            for second, n in seconds.items():
+                tx.hincrby(key, second, n)
+            tx.expireat(key, expire_at)
         if batch.last_seen:
             tx.zadd(p.stats_topics, batch.last_seen, gt=True)
         for entry_id, fields, reason in batch.dead:

@@ -1,5 +1,5 @@
 """The stats HTTP API on STATS_PORT: the older Go and Rust services' statistics endpoints, a time
-series for Grafana, the dashboard's overview, /metrics and the live dashboard page.
+series for Grafana, the dashboard's overview and charts, /metrics and the live dashboard page.
 
 Public (no API_KEY / JWT needed): `/` (the dashboard page: it holds no data, it asks the API with
 the key the user enters), `/health` and `/metrics` (Prometheus scrapes without credentials).
@@ -34,6 +34,7 @@ from sesflow.common.metrics import RoleMetrics
 from sesflow.common.pauses import NOT_PAUSED, Pauses
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import AggregatorMetrics
+from sesflow.stats.charts import MAX_HOURS, MAX_MINUTES, charts
 from sesflow.stats.counters import METRICS
 from sesflow.stats.metrics import PipelineCollector, role_metrics
 from sesflow.stats.overview import MAX_TOPICS, overview
@@ -87,6 +88,7 @@ def create_app(
     app.router.add_get("/v1/events/counts/sent", counts_sent)
     app.router.add_get("/v1/stats/timeseries", timeseries)
     app.router.add_get("/v1/stats/overview", stats_overview)
+    app.router.add_get("/v1/stats/charts", stats_charts)
     return app
 
 
@@ -230,4 +232,27 @@ async def stats_overview(request: web.Request) -> web.Response:
     data = await overview(
         app[CLIENT], app[KEYS], app[SETTINGS], app[QUOTA].view(), time.time(), limit
     )
+    data["ingest_url"] = ingest_url(request)
+    return json_response(data)
+
+
+def ingest_url(request: web.Request) -> str:
+    """Where the page's pause buttons call ingest: INGEST_URL, else the host the page was loaded
+    from at INGEST_PORT (ingest lets that origin in: `ingest.dashboard_cors`)."""
+    settings = request.app[SETTINGS]
+    if settings.ingest_url:
+        return settings.ingest_url.rstrip("/")
+    host = request.url.host or "127.0.0.1"
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    return f"{request.scheme}://{host}:{settings.ingest_port}"
+
+
+async def stats_charts(request: web.Request) -> web.Response:
+    """The dashboard's charts: `minutes` of sends per second, `hours` of feedback per minute."""
+    q = request.query
+    minutes = int_param(q.get("minutes"), "minutes", MAX_MINUTES, 1, MAX_MINUTES)
+    hours = int_param(q.get("hours"), "hours", 3, 1, MAX_HOURS)
+    app = request.app
+    data = await charts(app[CLIENT], app[KEYS], app[SETTINGS], time.time(), minutes, hours)
     return json_response(data)

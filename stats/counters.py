@@ -7,6 +7,11 @@ Every event adds `n` to the field named after its type, plus derived fields:
 `opened_unique` and `clicked_unique` (the first open / click of a recipient). `requeued` (a
 failed recipient replayed from the dead letters) also takes `n` off `failed`, in the totals only:
 the time buckets keep the failure where it happened.
+
+`sent` is also counted per second of its event time (when SES accepted it, not when stats read
+it: a batch applied late fills the seconds it belongs to instead of making a spike), for every
+topic and per topic, in one hash per minute that expires RECENT_S after that minute: the live
+send rate and each topic's share of it come from these.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from sesflow.common.keys import PartitionKeys
 from sesflow.common.schema import EVENT_FIELD, Event, EventType, decode_event
 
 DERIVED_FIELDS = ("bounced_hard", "bounced_soft", "opened_unique", "clicked_unique")
@@ -29,6 +35,8 @@ HOURLY_RETENTION_S = 35 * 24 * 3600
 MINUTELY_RETENTION_S = 48 * 3600
 # Per-topic minute series expire a little after their retention once the topic goes quiet.
 SERIES_TTL_S = MINUTELY_RETENTION_S + 3600
+# Per-second `sent` counts are kept this long (the send-rate chart's span).
+RECENT_S = 15 * 60
 
 
 class MalformedEvent(ValueError):
@@ -88,6 +96,12 @@ def split_bucket_field(name: str) -> tuple[str, str]:
     return metric, bucket
 
 
+def seconds_expire_at(minute: int) -> int:
+    """When the per-second hash of epoch `minute` may go: RECENT_S after its last second, plus
+    a minute so that a read of the whole span never finds a hash half gone."""
+    return (minute + 1) * 60 + RECENT_S + 60
+
+
 def entry_ms(entry_id: str) -> int:
     head = entry_id.split("-", 1)[0]
     return int(head) if head.isdigit() else int(time.time() * 1000)
@@ -104,6 +118,8 @@ class PartitionBatch:
     minutely: Counter[str] = field(default_factory=Counter)
     series: dict[str, Counter[str]] = field(default_factory=dict)
     last_seen: dict[str, int] = field(default_factory=dict)  # topic -> latest event ms
+    # topic ("" = every topic) -> epoch second -> recipients sent
+    seconds: dict[str, Counter[int]] = field(default_factory=dict)
     dead: list[tuple[str, dict[str, str], str]] = field(default_factory=list)
     events: Counter[str] = field(default_factory=Counter)  # events counted, by type
     first_read: float = 0.0  # monotonic time the oldest entry was read
@@ -130,9 +146,28 @@ class PartitionBatch:
         for name, n in bucketed.items():
             self.hourly[bucket_field(name, hour)] += n
             self.minutely[bucket_field(name, minute)] += n
+        if event.type == EventType.SENT and event.n > 0:
+            second = ts_ms // 1000
+            for scope in ("", event.topic) if event.topic else ("",):
+                self.seconds.setdefault(scope, Counter())[second] += event.n
         if event.topic:
             self.topics.setdefault(event.topic, Counter()).update(adds)
             series = self.series.setdefault(event.topic, Counter())
             for name, n in bucketed.items():
                 series[bucket_field(name, minute)] += n
             self.last_seen[event.topic] = max(self.last_seen.get(event.topic, 0), ts_ms)
+
+    def second_writes(self, p: PartitionKeys, now: float) -> list[tuple[str, dict[str, int], int]]:
+        """(key, "<second>" -> sent, expire-at epoch seconds) for the per-second hashes this
+        batch adds to. Seconds already past RECENT_S are left out: their hash is gone or going."""
+        oldest = int(now) - RECENT_S
+        writes: dict[str, tuple[dict[str, int], int]] = {}
+        for topic, counts in self.seconds.items():
+            for second, n in counts.items():
+                if second < oldest:
+                    continue
+                minute = second // 60
+                key = p.stats_seconds(minute, topic)
+                fields, _ = writes.setdefault(key, ({}, seconds_expire_at(minute)))
+                fields[str(second)] = n
+        return [(key, fields, expire_at) for key, (fields, expire_at) in writes.items()]

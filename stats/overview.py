@@ -1,5 +1,10 @@
-"""The dashboard's one request: every recent topic with progress and ETA, live rates, queue, and
-the pauses in force (all bulk sending, paused topics: manual or the reputation guard's)."""
+"""The dashboard's main request: every recent topic with progress, ETA, lane and pause, live
+rates, the queue by lane, and the pauses in force (all bulk sending, paused topics: manual or the
+reputation guard's).
+
+The send rate is `sent` per second over the last RATE_WINDOW_S whole seconds that stats has
+surely applied; a topic's rate is its share of that same window, and its ETA is what it still
+has to send divided by that share."""
 
 from __future__ import annotations
 
@@ -13,17 +18,21 @@ from sesflow.common.keys import Keys
 from sesflow.common.pauses import ALL_BULK, NOT_PAUSED, Pause, Pauses
 from sesflow.common.settings import Settings
 from sesflow.common.setup_pauses import pauses_view
-from sesflow.stats.counters import bucket_field
 from sesflow.stats.queries import (
     RATE_WINDOW_S,
     queue_depth,
+    rate_seconds,
     read_counts,
-    recent_rate,
     recent_topics,
+    send_rate,
+    settle_s,
     summary,
 )
 
 MAX_TOPICS = 200
+# Pause reasons of the reputation guard (`stats.reputation`): such a topic is "guarded".
+GUARD_REASONS = ("bounce_rate", "complaint_rate")
+DEFAULT_SETTLE_S = 2  # settle_s() of the default STATS_FLUSH_INTERVAL, 1 s
 
 
 def ratio(part: int, whole: int) -> float | None:
@@ -43,57 +52,76 @@ def topic_row(topic: str, counts: Counter[str], rate: float, last_ms: int) -> di
 
 
 async def topic_rows(
-    client: Redis, keys: Keys, topics: list[tuple[str, int]], now: float
+    client: Any,
+    keys: Keys,
+    topics: list[tuple[str, int]],
+    now: float,
+    settle: int = DEFAULT_SETTLE_S,
 ) -> list[dict[str, Any]]:
-    """Every topic's counters and the `sent` minute buckets of the rate window."""
-    minute = int(now // 60)
-    fields = [bucket_field("sent", minute - 1), bucket_field("sent", minute)]
-    window = RATE_WINDOW_S + (now - minute * 60)
+    """Every topic's counters and its `sent` per second over the rate window: its share of the
+    live send rate, from which its ETA follows."""
+    seconds = rate_seconds(now, settle)
+    minutes = sorted({second // 60 for second in seconds})
     names = [topic for topic, _ in topics]
     counts = {topic: Counter[str]() for topic in names}
     sent_recently = dict.fromkeys(names, 0)
     if names:
         read = scripts.register(client, "stats_read")
-        # One script call per partition, not two commands per topic (see stats_read.lua).
+        # One script call per partition, not several commands per topic (see stats_read.lua).
         for p in keys.partitions:
+            recent = [p.stats_seconds(minute, t) for t in names for minute in minutes]
             replies = await read(
-                keys=[*(p.stats_topic(t) for t in names), *(p.stats_series(t) for t in names)],
-                args=[len(names), *fields],
+                keys=[*(p.stats_topic(t) for t in names), *recent],
+                args=[len(names), *(str(second) for second in seconds)],
             )
             for topic, flat in zip(names, replies[: len(names)], strict=True):
                 counts[topic].update({flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)})
-            for topic, values in zip(names, replies[len(names) :], strict=True):
-                sent_recently[topic] += sum(int(v) for v in values if v)
-    rows = [
-        topic_row(topic, counts[topic], sent_recently[topic] / window, last_ms)
+            for k, values in enumerate(replies[len(names) :]):
+                sent_recently[names[k // len(minutes)]] += sum(int(v) for v in values if v)
+    return [
+        topic_row(topic, counts[topic], sent_recently[topic] / len(seconds), last_ms)
         for topic, last_ms in topics
     ]
-    return rows
 
 
 async def overview(
     client: Redis, keys: Keys, settings: Settings, quota: dict[str, Any], now: float, limit: int
 ) -> dict[str, Any]:
+    settle = settle_s(settings.stats_flush_interval)
+
     async def recent_rows() -> list[dict[str, Any]]:
-        return await topic_rows(client, keys, await recent_topics(client, keys, limit), now)
+        topics = await recent_topics(client, keys, limit)
+        rows: list[dict[str, Any]]
+        rows, waiting = await asyncio.gather(
+            topic_rows(client, keys, topics, now, settle),
+            bulk_backlogs(client, keys, [topic for topic, _ in topics]),
+        )
+        for row in rows:
+            # Only bulk mail waits in a topic's own backlog; transactional mail of every topic
+            # shares one list, so a topic with nothing waiting has no lane to show.
+            row["backlog"] = waiting[row["topic_id"]]
+            row["lane"] = "bulk" if row["backlog"] else None
+        return rows
 
     # Independent reads, concurrently on the pool: the page waits for the slowest, not the sum.
-    global_counts, topics, send_rate, queue, setup_faults, pauses = await asyncio.gather(
+    global_counts, topics, rate, queue, setup_faults, pauses = await asyncio.gather(
         read_counts(client, keys, lambda p: p.stats_global),
         recent_rows(),
-        recent_rate(client, keys, lambda p: p.stats_minutely, "sent", now),
+        send_rate(client, keys, now, settle),
         queue_depth(client, keys),
         pauses_view(client, keys),
         Pauses(client, keys).all(),
     )
     for row in topics:
         row.update(paused_view(pauses.get(row["topic_id"])))
+        row["guarded"] = row["paused_reason"] in GUARD_REASONS
     totals = summary(global_counts or Counter())
     sent = totals["sent"]
     return {
         "generated_at": int(now * 1000),
         "configured_rate": settings.email_rate,
-        "send_rate": round(send_rate, 3),
+        "send_rate": round(rate, 3),
+        "rate_window_s": RATE_WINDOW_S,
         "totals": totals,
         "rates": {
             "delivery": ratio(totals["delivered"], sent),
@@ -117,6 +145,21 @@ async def overview(
         ][:MAX_TOPICS],
         "topics": topics,
     }
+
+
+async def bulk_backlogs(client: Redis, keys: Keys, topics: list[str]) -> dict[str, int]:
+    """Each topic's bulk jobs waiting for the pump (paused or not), over the partitions."""
+    waiting = dict.fromkeys(topics, 0)
+    if not topics:
+        return waiting
+    pipe = client.pipeline(transaction=False)
+    for p in keys.partitions:
+        for topic in topics:
+            pipe.llen(p.backlog(topic))
+    lengths = await pipe.execute()
+    for k, n in enumerate(lengths):
+        waiting[topics[k % len(topics)]] += int(n)
+    return waiting
 
 
 def paused_view(pause: Pause | None) -> dict[str, Any]:

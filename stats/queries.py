@@ -43,7 +43,9 @@ COUNT_FIELDS = (
     "rendering_failed",
 )
 MAX_POINTS = 1440
-RATE_WINDOW_S = 60
+# The send rate shown is that of the last few seconds: long enough to smooth the token bucket's
+# steps, short enough that idle time before a campaign does not dilute it.
+RATE_WINDOW_S = 10
 
 
 def _pipe(client: Redis) -> Any:
@@ -185,14 +187,45 @@ async def series(client: Redis, keys: Keys, q: SeriesQuery, now: float) -> list[
     return list(zip(points, sums, strict=True))
 
 
-async def recent_rate(
-    client: Redis, keys: Keys, key_of: Callable[[PartitionKeys], str], metric: str, now: float
-) -> float:
-    """Events per second over the previous whole minute and the current one so far."""
-    minute = int(now // 60)
-    fields = [bucket_field(metric, minute - 1), bucket_field(metric, minute)]
-    window = RATE_WINDOW_S + (now - minute * 60)
-    return sum(await sum_fields(client, keys, key_of, fields)) / window
+def settle_s(flush_interval: float) -> int:
+    """Seconds to leave out at the end of a live window: stats applies what it read within
+    STATS_FLUSH_INTERVAL, so a second younger than this may still be filling."""
+    return math.ceil(max(0.0, flush_interval)) + 1
+
+
+def rate_seconds(now: float, settle: int) -> list[int]:
+    """The RATE_WINDOW_S whole seconds of the live send rate, ending `settle` seconds ago."""
+    end = int(now) - settle
+    return list(range(end - RATE_WINDOW_S, end))
+
+
+async def sent_per_second(
+    client: Redis, keys: Keys, seconds: list[int], topic: str = ""
+) -> list[int]:
+    """`sent` in each of `seconds` (of every topic, or of `topic`), summed over the partitions:
+    one HMGET per minute spanned per partition, so the cost follows the number of seconds."""
+    if not seconds:
+        return []
+    minutes: dict[int, list[int]] = {}
+    for second in seconds:
+        minutes.setdefault(second // 60, []).append(second)
+    pipe = _pipe(client)
+    for p in keys.partitions:
+        for minute, group in minutes.items():
+            pipe.hmget(p.stats_seconds(minute, topic), [str(s) for s in group])
+    replies = iter(await pipe.execute())
+    totals = dict.fromkeys(seconds, 0)
+    for _ in keys.partitions:
+        for group in minutes.values():
+            for second, value in zip(group, _ints(next(replies)), strict=True):
+                totals[second] += value
+    return [totals[second] for second in seconds]
+
+
+async def send_rate(client: Redis, keys: Keys, now: float, settle: int) -> float:
+    """Recipients sent per second over the rate window (by the time SES accepted them)."""
+    seconds = rate_seconds(now, settle)
+    return sum(await sent_per_second(client, keys, seconds)) / len(seconds)
 
 
 async def recent_topics(client: Redis, keys: Keys, limit: int) -> list[tuple[str, int]]:
@@ -221,9 +254,16 @@ async def backlog_depth(client: Redis, keys: Keys) -> list[dict[str, int]]:
     return depths
 
 
+def lane_rows(depth: dict[str, int]) -> list[dict[str, Any]]:
+    """`queue.lanes`: one row per lane, in LANES order, `{"lane", "queued"}`."""
+    return [{"lane": lane, "queued": depth[lane]} for lane in LANES]
+
+
 async def queue_depth(client: Redis, keys: Keys) -> dict[str, Any]:
-    """Jobs not sent yet: waiting for the pump in a backlog (by lane), on `sends` (not yet read,
-    or read but unacknowledged), and scheduled chunks. `queued` is all but the scheduled."""
+    """Jobs not sent yet: waiting for the pump in a backlog (`lanes`, by lane), on `sends` (`lag`:
+    not yet read, `pending`: read but unacknowledged; already pumped, of any lane), and
+    `scheduled` chunks (not split by lane: a chunk joins its lane's backlog when due). `queued`
+    is all but the scheduled: the lanes plus lag and pending."""
     pipe = _pipe(client)
     for p in keys.partitions:
         pipe.xlen(p.sends)
@@ -248,7 +288,7 @@ async def queue_depth(client: Redis, keys: Keys) -> dict[str, Any]:
                 "pending": pending,
                 "lag": int(lag or 0),
                 "scheduled": scheduled,
-                "lanes": backlogs[p.index],
+                "lanes": lane_rows(backlogs[p.index]),
             }
         )
     lanes = {lane: sum(depth[lane] for depth in backlogs) for lane in LANES}
@@ -258,7 +298,7 @@ async def queue_depth(client: Redis, keys: Keys) -> dict[str, Any]:
         "lag": sum(x["lag"] for x in partitions),
         "scheduled": sum(x["scheduled"] for x in partitions),
         "length": sum(x["length"] for x in partitions),
-        "lanes": lanes,
+        "lanes": lane_rows(lanes),
         "partitions": partitions,
     }
 

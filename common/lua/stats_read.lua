@@ -1,9 +1,9 @@
 -- stats_read.lua: read many counter hashes of one partition in one call. The dashboard reads
--- two hashes per topic for dozens of topics; as separate commands, parsing their replies one by
--- one cost more than Redis's work.
+-- several hashes per topic for dozens of topics; as separate commands, parsing their replies one
+-- by one cost more than Redis's work.
 --
 -- KEYS[1..n]    hashes read whole (HGETALL)                ({p}:stats:topic:<t> ...)
--- KEYS[n+1..]   hashes read for the fields ARGV[2..] (HMGET) ({p}:stats:series:<t> ...)
+-- KEYS[n+1..]   hashes read for the fields ARGV[2..] (HMGET) ({p}:stats:seconds:<m>:<t> ...)
 -- ARGV[1]       n
 -- ARGV[2..]     the fields of the HMGET reads
 --

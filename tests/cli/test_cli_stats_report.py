@@ -28,6 +28,10 @@ def store_counters(redis_url: str) -> None:
     client.hset(p.stats_global, mapping={"accepted": 13, "sent": 9, "failed": 1, "stopped": 1})
     client.zadd(p.stats_topics, {"may": NOW_MS - 86_400_000, "june": NOW_MS})
     client.xadd(p.sends_dead, {"m": "1-0", "i": "0", "e": "a@example.com", "reason": "x"})
+    # Waiting for the pump: 1 transactional job, 2 of june's bulk ones.
+    client.rpush(p.transactional, "2-0\t0\tt@example.com")
+    client.rpush(p.backlog("june"), "3-0\t0\ta@example.com", "3-0\t1\tb@example.com")
+    client.zadd(p.backlog_topics, {"june": 0})
     client.close()
 
 
@@ -52,10 +56,17 @@ def test_all_topics_recent_first_with_totals(sesflow: Sesflow, redis_url: str) -
     assert res.code == 0, res.err
     assert res.out.index("june") < res.out.index("may")
     assert "all topics" in res.out and "dead letters requests 0, sends 1, events 0" in res.out
+    assert "waiting by lane: transactional 1  ·  bulk 2  ·  paused 0" in res.out
     data = json.loads(sesflow("stats", "--table", "--json").out)
     assert [t["topic_id"] for t in data["topics"]] == ["june", "may"]
     assert data["totals"]["sent"] == 9
     assert data["dead_letters"] == {"requests": 0, "sends": 1, "events": 0}
+    assert data["queue"]["queued"] == 3
+    assert data["queue"]["lanes"] == [
+        {"lane": "transactional", "queued": 1},
+        {"lane": "bulk", "queued": 2},
+        {"lane": "paused", "queued": 0},
+    ]
 
 
 def test_unknown_topic_and_bad_combinations(sesflow: Sesflow) -> None:

@@ -2,9 +2,10 @@
 
 A campaign runs through the pipeline (ingest -> sender -> the SES stub; signed SNS feedback, opens
 and clicks through the tracker; stats counts it all). One topic finishes, with a rejected address;
-a second one stops half-way on SES's daily quota, so it stays unfinished with a recent send rate
-and an ETA. The page must show live numbers that match the API, keep refreshing by itself, and
-leave a screenshot in the test artifacts.
+a second one stops half-way on SES's daily quota, so it stays unfinished and, once its sends are
+out of the rate window, has no rate and no ETA ("waiting"). The page must show live numbers and
+charts that match the API, the SES quota as SES reports it after the campaign, keep refreshing by
+itself, and leave a screenshot in the test artifacts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+from datetime import UTC, datetime
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sesflow.cli.embedded import free_port
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS
 from sesflow.common.keys import Keys
 
@@ -51,7 +54,25 @@ READ_PAGE = """(() => {
     }
     topics[tr.dataset.topic] = row;
   }
-  return {state: document.querySelector("[data-testid=status]").dataset.state, cards, topics};
+  const charts = {};
+  for (const svg of document.querySelectorAll("svg[data-testid]")) {
+    const totals = {};
+    for (const path of svg.querySelectorAll("path[data-series]")) {
+      totals[path.dataset.series] = Number(svg.getAttribute("data-total-" + path.dataset.series));
+    }
+    charts[svg.dataset.testid] = {points: Number(svg.dataset.points), rate: svg.dataset.rate,
+                                  start: Number(svg.dataset.start), totals};
+  }
+  const lanes = [...document.querySelectorAll("[data-testid=lanes] [data-lane]")].map(
+    (el) => ({lane: el.dataset.lane, queued: Number(el.dataset.queued)}));
+  const parts = {};
+  for (const el of document.querySelectorAll("[data-testid=lanes] [data-part]")) {
+    parts[el.dataset.part] = Number(el.dataset.queued ?? el.dataset.scheduled);
+  }
+  const legend = [...document.querySelectorAll("[data-testid=bar-legend] li")].map(
+    (li) => li.textContent.trim());
+  return {state: document.querySelector("[data-testid=status]").dataset.state, cards, topics,
+          charts, lanes, parts, legend};
 })()"""
 
 
@@ -68,8 +89,9 @@ def require_chromium() -> str:
 
 def ses_notification(kind: str, ses_id: str, email: str) -> dict[str, Any]:
     """An SES identity notification (the `Message` SNS carries) about one recipient."""
-    mail = {"timestamp": "2026-01-01T00:00:00.000Z", "messageId": ses_id, "destination": [email]}
-    at = "2026-01-01T00:00:01.000Z"
+    # Now: the feedback chart shows the last hours, by the time SES reports.
+    at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    mail = {"timestamp": at, "messageId": ses_id, "destination": [email]}
     details: dict[str, Any] = {
         "Delivery": {"delivery": {"timestamp": at, "recipients": [email]}},
         "Bounce": {
@@ -189,7 +211,9 @@ async def test_dashboard_shows_live_numbers_that_match_the_api(
             async with Chromium.launch(chromium) as browser, aiohttp.ClientSession() as http:
                 await starting
                 try:
-                    await run_campaign_and_check_page(cluster, stub, signer, redis, browser, http)
+                    await run_campaign_and_check_page(
+                        cluster, stub, signer, redis, browser, http, artifacts_dir
+                    )
                 finally:  # also when a check fails: the picture shows what the page showed
                     await browser.screenshot(artifacts_dir / "dashboard.png")
         finally:
@@ -203,6 +227,7 @@ async def run_campaign_and_check_page(
     redis: Any,
     browser: Chromium,
     http: aiohttp.ClientSession,
+    artifacts_dir: Path,
 ) -> None:
     ingest, tracker, stats = (cluster.url(role) for role in ("ingest", "tracker", "stats"))
 
@@ -243,6 +268,22 @@ async def run_campaign_and_check_page(
         within=20,
     )
     assert overview["totals"]["sent"] == 19 + UNFINISHED_SENT, overview["totals"]
+    # Every send settled into the per-second chart (the last seconds may still be filling)...
+    charts = await until(
+        lambda: get_json(http, f"{stats}/v1/stats/charts"),
+        lambda c: sum(c["sent_per_second"]["values"]) == 19 + UNFINISHED_SENT,
+        what="every send in the per-second chart",
+        within=20,
+    )
+    assert sum(charts["sent_per_second"]["values"]) == 19 + UNFINISHED_SENT, charts
+    # ...and, stalled on the quota, once its sends leave the rate window it has no rate, no ETA.
+    stalled = await until(
+        lambda: get_json(http, f"{stats}/v1/stats/overview"),
+        lambda o: o["send_rate"] == 0,
+        what="the send rate to fall to 0",
+        within=overview["rate_window_s"] + 15,
+    )
+    assert stalled["send_rate"] == 0, stalled
 
     # 4. The page: wait for live numbers, read them between two API readings.
     await browser.navigate(f"{stats}/?refresh=0.3")
@@ -259,16 +300,113 @@ async def run_campaign_and_check_page(
     )
     page = await browser.evaluate(READ_PAGE)
     after = await get_json(http, f"{stats}/v1/stats/overview")
+    charts = await get_json(http, f"{stats}/v1/stats/charts")
     topics = {t: await get_json(http, f"{stats}/v1/topics/{t}") for t in (FINISHED, UNFINISHED)}
     assert page["state"] == "live"
     check_cards(page["cards"], before, after)
     check_topics(page["topics"], topics, before, after)
+    check_charts(page, charts, after)
+    # The ETA's wording, for a topic that has one (none has here).
+    assert await browser.evaluate("[eta(42), eta(75), eta(3 * 3600 + 125)]") == [
+        "42s",
+        "1m 15s",
+        "3h 2m",
+    ]
+
+    # The SES quota card follows SES: re-read while the page is open, it shows what went out.
+    await browser.wait_for(
+        f"document.querySelector('[data-testid=quota-sent]').dataset.value === '{stub.sent}'",
+        within=30,
+    )
 
     # 5. It refreshes by itself: a new open shows up without reloading the page.
     await visit(http, links[FINISHED_EMAILS[10]][0])
     await browser.wait_for(
         "document.querySelector('[data-testid=opens-unique]').dataset.value === '7'", within=8
     )
+
+    # 6. The pause buttons call ingest and the page shows what they did.
+    await check_pause_buttons(browser, http, ingest, stats, artifacts_dir)
+
+
+def row_state(topic: str) -> str:
+    """JS: the topic row's pause state as the page shows it (badge and button)."""
+    return f"""(() => {{
+  const tr = document.querySelector('[data-testid=topic-row][data-topic="{topic}"]');
+  if (!tr) return null;
+  const badge = tr.querySelector('[data-badge=paused]');
+  const button = tr.querySelector('button[data-action]');
+  return (badge ? 'paused' : 'sending') + ':' + button.dataset.action;
+}})()"""
+
+
+async def check_pause_buttons(
+    browser: Chromium, http: aiohttp.ClientSession, ingest: str, stats: str, artifacts_dir: Path
+) -> None:
+    async def paused(topic: str) -> bool:
+        body = await get_json(http, f"{stats}/v1/topics/{topic}")
+        return bool(body["paused"])
+
+    async def bulk_paused() -> bool:
+        return bool((await get_json(http, f"{stats}/v1/stats/overview"))["bulk_pause"]["paused"])
+
+    # A topic's Pause button pauses it (cross-origin, to ingest); the row and the alert say so.
+    assert await browser.evaluate(row_state(UNFINISHED)) == "sending:pause"
+    await browser.evaluate(
+        f'document.querySelector(\'[data-testid=topic-row][data-topic="{UNFINISHED}"] '
+        "button[data-action=pause]').click()"
+    )
+    await until(lambda: paused(UNFINISHED), what="the topic paused through the page")
+    assert await browser.wait_for(f"{row_state(UNFINISHED)} === 'paused:resume'")
+    await browser.wait_for(
+        "[...document.querySelectorAll('[data-testid=pause]')].some("
+        f"(li) => li.dataset.topic === '{UNFINISHED}' && li.dataset.reason === 'manual')"
+    )
+    assert not await paused(FINISHED)  # the other topic is left alone
+    await browser.screenshot(artifacts_dir / "dashboard-paused.png")
+    # ...and its Resume button resumes it.
+    await browser.evaluate(
+        f'document.querySelector(\'[data-testid=topic-row][data-topic="{UNFINISHED}"] '
+        "button[data-action=resume]').click()"
+    )
+    await until(lambda: paused(UNFINISHED), lambda p: not p, what="the topic resumed")
+    await browser.wait_for(f"{row_state(UNFINISHED)} === 'sending:pause'")
+
+    # The global button pauses all bulk sending, then resumes it.
+    toggle = "document.querySelector('[data-testid=bulk-toggle]')"
+    assert await browser.evaluate(f"{toggle}.dataset.action") == "pause"
+    await browser.evaluate(f"{toggle}.click()")
+    await until(bulk_paused, what="all bulk paused through the page")
+    await browser.wait_for(f"{toggle}.dataset.action === 'resume'")
+    await browser.wait_for(
+        "[...document.querySelectorAll('[data-testid=pause]')]"
+        ".some((li) => li.dataset.topic === '')"
+    )
+    await browser.evaluate(f"{toggle}.click()")
+    await until(bulk_paused, lambda p: not p, what="all bulk resumed through the page")
+    await browser.wait_for(f"{toggle}.dataset.action === 'pause'")
+    await browser.wait_for("document.querySelector('[data-testid=pause-alert]').hidden")
+
+    # Errors are shown: ingest refusing the call (its JSON detail), and ingest unreachable.
+    error = "document.querySelector('[data-testid=action-error]')"
+    long_topic = "x" * 201
+    await browser.evaluate(
+        f"pauseAction('{long_topic}', 'pause', document.createElement('button'))"
+    )
+    text = await browser.evaluate(f"{error}.hidden ? null : {error}.textContent")
+    assert text is not None and "failed" in text and "longer than 200" in text, text
+    assert "(HTTP 400)" in text, text
+    closed = free_port()  # nothing listens there
+    await browser.evaluate(
+        f"(ingestUrl = 'http://127.0.0.1:{closed}', "
+        f"pauseAction(null, 'pause', document.createElement('button')))"
+    )
+    text = await browser.evaluate(f"{error}.hidden ? null : {error}.textContent")
+    assert text is not None and "unreachable" in text and str(closed) in text, text
+    assert not await bulk_paused()
+    # The overview tells the page where ingest is: this host at INGEST_PORT.
+    overview = await get_json(http, f"{stats}/v1/stats/overview")
+    assert overview["ingest_url"] == ingest.rstrip("/")
 
 
 def check_cards(cards: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -297,8 +435,9 @@ def check_cards(cards: dict[str, Any], before: dict[str, Any], after: dict[str, 
     assert after["queue"]["queued"] == len(UNFINISHED_EMAILS) - UNFINISHED_SENT
     assert cards["delivery-rate"]["text"] == f"{12 / 31 * 100:.2f}%"
     assert cards["total-sent"]["text"] == "31"
-    send_rate = number("send-rate")
-    assert send_rate > 0 and within(send_rate, before["send_rate"], after["send_rate"])
+    # Nothing was sent in the rate window: the page says 0/s, as the API does.
+    assert number("send-rate") == before["send_rate"] == after["send_rate"] == 0
+    assert cards["send-rate"]["text"] == "0.0"
     assert number("configured-rate") == 100
 
 
@@ -323,7 +462,36 @@ def check_topics(
         rate = float(row["send_rate"]["value"])
         assert within(rate, then["send_rate"], now["send_rate"]), (name, rate, then, now)
     assert rows[FINISHED]["eta"]["text"] == "done"
-    eta = float(rows[UNFINISHED]["eta"]["value"])
     then, now = drifting[UNFINISHED]
-    assert eta > 0 and within(eta, then["eta_seconds"], now["eta_seconds"])
-    assert re.fullmatch(r"(\d+h )?(\d+m )?\d+s", rows[UNFINISHED]["eta"]["text"])
+    assert then["eta_seconds"] is None and now["eta_seconds"] is None  # stalled: no ETA
+    assert rows[UNFINISHED]["eta"] == {"value": "", "text": "waiting"}
+
+
+def check_charts(page: dict[str, Any], charts: dict[str, Any], after: dict[str, Any]) -> None:
+    """Both charts are drawn with every point, and their totals are the API's."""
+    sends, feedback = page["charts"]["chart-sends"], page["charts"]["chart-feedback"]
+    assert sends["points"] == len(charts["sent_per_second"]["values"]) == 15 * 60
+    assert sends["totals"] == {"sent": sum(charts["sent_per_second"]["values"])}
+    assert sends["totals"]["sent"] == after["totals"]["sent"]  # every send of the campaign
+    assert sends["rate"] == "100"
+    series = charts["feedback_per_minute"]["series"]
+    assert feedback["points"] == 3 * 60
+    assert feedback["totals"] == {name: sum(values) for name, values in series.items()}
+    assert feedback["totals"] == {
+        "delivered": 12,
+        "bounced": 1,
+        "complained": 1,
+        "opened": 7,
+        "clicked": 3,
+    }
+    queue = after["queue"]
+    # A block per lane, as the API counts them, then what is on `sends` and the scheduled chunks.
+    assert [lane["lane"] for lane in queue["lanes"]] == ["transactional", "bulk", "paused"]
+    assert page["lanes"] == queue["lanes"]
+    assert page["parts"] == {
+        "sends": queue["lag"] + queue["pending"],
+        "scheduled": queue["scheduled"],
+    }
+    on_sends = queue["lag"] + queue["pending"]
+    assert on_sends + sum(lane["queued"] for lane in queue["lanes"]) == queue["queued"]
+    assert page["legend"] == ["sent", "failed, stopped or suppressed", "still to send"]

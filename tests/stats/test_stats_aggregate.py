@@ -13,7 +13,7 @@ from sesflow.common.keys import STATS_GROUP, Keys
 from sesflow.common.schema import Event, EventType
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import StatsAggregator
-from sesflow.stats.counters import hour_of
+from sesflow.stats.counters import RECENT_S, hour_of
 
 from support.statskit import FAST, add_events, aggregator, counters, drained, running
 from support.until import until
@@ -59,6 +59,11 @@ async def test_every_event_type_lands_in_its_counter(redis: Any, fast: Settings)
     assert series[f"sent:{NOW_MS // 60_000}"] == 2
     assert 0 < await redis.ttl(p.stats_series("news")) <= 49 * 3600
     assert await redis.zscore(p.stats_topics, "news") == NOW_MS
+    # `sent` per second of its event time, for the live rate (all topics, and per topic)
+    second = NOW_MS // 1000
+    for key in (p.stats_seconds(second // 60), p.stats_seconds(second // 60, "news")):
+        assert await counters(redis, key) == {str(second): 2}
+        assert 0 < await redis.ttl(key) <= RECENT_S + 120
     assert consumer.metrics.batches >= 1
 
 
@@ -139,6 +144,10 @@ async def test_applied_batch_is_never_applied_again(redis: Any, fast: Settings) 
         await drained(redis, keys)
     assert lost["replies"] == 1 and consumer.metrics.redis_reconnects == 1
     assert (await counters(redis, p.stats_topic("t")))["sent"] == 5
+    per_second = 0
+    for minute in {int(time.time()) // 60 - 1, int(time.time()) // 60}:
+        per_second += sum((await counters(redis, p.stats_seconds(minute, "t"))).values())
+    assert per_second == 5  # the per-second counts too: once each
 
 
 async def test_stale_batch_is_dropped_not_applied(redis: Any, fast: Settings) -> None:

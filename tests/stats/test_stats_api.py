@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -16,10 +18,13 @@ from sesflow.common.pauses import ALL_BULK, Pauses
 from sesflow.common.schema import Event
 from sesflow.common.settings import Settings
 from sesflow.common.setup_pauses import SetupPause, encode_pause
+from sesflow.stats import quota as quota_module
 from sesflow.stats.api import create_app
+from sesflow.stats.quota import QuotaCache
 
 from support.apptest import AppTestServer
 from support.statskit import FAST, add_events, aggregator, drained, running
+from support.until import until
 
 QUOTA = Quota(max_send_rate=14.0, max_24h_send=50000.0, sent_last_24h=1234.0, source="test")
 
@@ -271,44 +276,168 @@ async def test_bad_timeseries_params_are_400(api: TestClient[Any, Any], query: s
     assert (await res.json())["error"] == "invalid_parameter"
 
 
+async def test_charts_sends_per_second_and_feedback_per_minute(
+    api: TestClient[Any, Any], redis: Any, fast: Settings
+) -> None:
+    now = int(time.time())
+    events = [Event(type="sent", topic="a", ts=(now - 30) * 1000 + k) for k in range(3)]
+    events += [Event(type="sent", topic="b", ts=(now - 300) * 1000)]
+    minute = now // 60
+    events += [
+        Event(type="delivered", topic="a", ts=(minute - 2) * 60_000, n=4),
+        Event(type="bounced", topic="a", ts=(minute - 2) * 60_000, bounce_type="Permanent"),
+        Event(type="complained", topic="a", ts=(minute - 1) * 60_000),
+        Event(type="opened", topic="a", ts=minute * 60_000, n=2),
+        Event(type="clicked", topic="a", ts=minute * 60_000),
+    ]
+    await apply(fast, redis, *events)
+    res = await api.get("/v1/stats/charts?hours=2")
+    assert res.status == 200, await res.text()
+    body = await res.json()
+    assert body["configured_rate"] == 14.0 and body["rate_window_s"] == 10
+    sends = body["sent_per_second"]
+    assert sends["step_s"] == 1 and len(sends["values"]) == 15 * 60
+    first = sends["start_ms"] // 1000
+    # It ends where the live rate's window ends: the last seconds may still be filling.
+    assert now - 2 - 900 <= first <= int(time.time()) - 2 - 900
+    assert sends["values"][now - 30 - first] == 3
+    assert sends["values"][now - 300 - first] == 1
+    assert sum(sends["values"]) == 4
+    feedback = body["feedback_per_minute"]
+    assert feedback["step_s"] == 60
+    start_minute = feedback["start_ms"] // 60_000
+    series = feedback["series"]
+    assert set(series) == {"delivered", "bounced", "complained", "opened", "clicked"}
+    assert all(len(values) == 120 for values in series.values())
+    assert start_minute + 119 >= minute  # up to the current minute, so far
+    assert series["delivered"][minute - 2 - start_minute] == 4
+    assert series["bounced"][minute - 2 - start_minute] == 1
+    assert series["complained"][minute - 1 - start_minute] == 1
+    assert (series["opened"][-1], series["clicked"][-1]) in ((2, 1), (0, 0))  # minute turned
+    assert sum(series["opened"]) == 2 and sum(series["clicked"]) == 1
+
+    res = await api.get("/v1/stats/charts?minutes=1&hours=1")
+    body = await res.json()
+    assert len(body["sent_per_second"]["values"]) == 60
+    assert all(len(v) == 60 for v in body["feedback_per_minute"]["series"].values())
+
+
+@pytest.mark.parametrize(
+    "query", ["minutes=0", "minutes=16", "minutes=abc", "hours=0", "hours=25", "hours=1.5"]
+)
+async def test_bad_charts_params_are_400(api: TestClient[Any, Any], query: str) -> None:
+    res = await api.get(f"/v1/stats/charts?{query}")
+    assert res.status == 400, await res.text()
+    assert (await res.json())["error"] == "invalid_parameter"
+
+
+async def test_quota_is_read_again_while_someone_looks(
+    fast: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quota card once showed the figure from before a campaign for a minute: asked for,
+    the quota is read again when older than FRESH_INTERVAL_S, and SES is never asked more
+    often."""
+    monkeypatch.setattr(quota_module, "FRESH_INTERVAL_S", 0.3)
+    calls: list[float] = []
+
+    async def fetch(_: Settings) -> Quota:
+        calls.append(time.monotonic())
+        return Quota(max_send_rate=14, max_24h_send=50000, sent_last_24h=len(calls), source="t")
+
+    cache = QuotaCache(fast, fetch)
+    task = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.refreshed.wait(), 2)
+        assert cache.view()["sent_last_24h"] == 1
+
+        async def viewed() -> int:
+            return int(cache.view()["sent_last_24h"])
+
+        # read again while asked for
+        await until(viewed, lambda n: n >= 3, what="two more quota reads", within=5, every=0.01)
+        gaps = [b - a for a, b in itertools.pairwise(calls)]
+        assert min(gaps) >= 0.3  # however often it is asked for
+        asked = len(calls)
+        await asyncio.sleep(0.8)  # nobody asks: no new question to SES within REFRESH_INTERVAL_S
+        assert len(calls) == asked
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_overview_for_the_dashboard(
     api: TestClient[Any, Any], redis: Any, fast: Settings
 ) -> None:
     keys = Keys()
     p = keys.partition(0)
     now_ms = int(time.time() * 1000)
-    await apply(fast, redis, *campaign("news", now_ms))
-    await apply(fast, redis, Event(type="accepted", topic="done", n=1, ts=now_ms - 1000))
-    await apply(fast, redis, Event(type="sent", topic="done", ts=now_ms - 1000, index=0))
+    # Inside the rate window: the last 10 whole seconds that stats has surely applied.
+    await apply(fast, redis, *campaign("news", now_ms - 5000))
+    await apply(fast, redis, Event(type="accepted", topic="done", n=1, ts=now_ms - 6000))
+    await apply(fast, redis, Event(type="sent", topic="done", ts=now_ms - 6000, index=0))
     for i in range(4):
         await redis.xadd(p.sends, {"m": "1-0", "i": str(i), "e": f"u{i}@example.com"})
     await redis.xgroup_create(p.sends, SENDERS_GROUP, id="0")
     await redis.xreadgroup(SENDERS_GROUP, "s1", {p.sends: ">"}, count=1)
     await redis.zadd(p.schedule, {"1-0:0": now_ms + 60_000})
+    # Waiting for the pump: 2 transactional, 3 of news's bulk, 1 of a paused topic's.
+    await redis.rpush(p.transactional, *(f"2-0\t{i}\tt{i}@example.com" for i in range(2)))
+    await redis.rpush(p.backlog("news"), *(f"3-0\t{i}\tn{i}@example.com" for i in range(3)))
+    await redis.zadd(p.backlog_topics, {"news": 0})
+    await redis.rpush(p.backlog("held"), "4-0\t0\th@example.com")
+    await Pauses(redis, keys).pause("held", "manual")
 
     res = await api.get("/v1/stats/overview")
     body = await res.json()
     assert res.status == 200
     assert body["configured_rate"] == 14.0
-    assert body["send_rate"] > 0
+    assert body["rate_window_s"] == 10
+    assert body["send_rate"] == 0.7  # 7 sent in the 10 s window
     assert body["totals"]["sent"] == 7 and body["totals"]["total"] == 11
     assert body["rates"]["delivery"] == round(2 / 7, 6)
     assert body["rates"]["bounce"] == round(1 / 7, 6)
     assert body["rates"]["complaint"] == round(1 / 7, 6)
     assert body["queue"]["pending"] == 1 and body["queue"]["lag"] == 3
-    assert body["queue"]["queued"] == 4 and body["queue"]["scheduled"] == 1
+    # queued: the 4 jobs on `sends` and the 6 waiting in a backlog; scheduled chunks apart.
+    assert body["queue"]["queued"] == 10 and body["queue"]["scheduled"] == 1
+    lanes = [
+        {"lane": "transactional", "queued": 2},
+        {"lane": "bulk", "queued": 3},
+        {"lane": "paused", "queued": 1},
+    ]
+    assert body["queue"]["lanes"] == lanes
+    assert body["queue"]["partitions"][0]["lanes"] == lanes
     topics = {t["topic_id"]: t for t in body["topics"]}
     assert list(topics) == ["news", "done"]  # most recent first
     news = topics["news"]
     assert news["total"] == 10 and news["sent"] == 6 and news["created"] == 2
     assert news["progress"] == 0.8 and not news["done"]
-    assert news["send_rate"] > 0 and news["eta_seconds"] > 0
+    assert news["send_rate"] == 0.6  # its share of the rate
+    assert news["eta_seconds"] == round(2 / 0.6, 1)  # 2 still to send at that share
+    assert (news["lane"], news["backlog"]) == ("bulk", 3)  # waiting in its bulk backlog
+    assert (topics["done"]["lane"], topics["done"]["backlog"]) == (None, 0)  # not known
+    assert topics["done"]["send_rate"] == 0.1
     assert topics["done"]["done"] and topics["done"]["eta_seconds"] is None
     assert "max_send_rate" in body["quota"]
+    # Where the page's pause buttons call ingest: this host, as the page named it, at INGEST_PORT.
+    assert body["ingest_url"] == f"http://127.0.0.1:{fast.ingest_port}"
 
     res = await api.get("/v1/stats/overview?limit=1")
     assert [t["topic_id"] for t in (await res.json())["topics"]] == ["news"]
     assert (await api.get("/v1/stats/overview?limit=0")).status == 400
+
+
+async def test_ingest_url_names_where_the_pause_buttons_call(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(INGEST_URL="https://ingest.example.com/")
+    client = await serve(create_app(settings, quota_fetcher=no_quota))
+    try:
+        body = await (await client.get("/v1/stats/overview")).json()
+        assert body["ingest_url"] == "https://ingest.example.com"
+    finally:
+        await client.close()
 
 
 async def test_overview_and_page_show_a_paused_ses_setup(
@@ -371,7 +500,7 @@ async def test_overview_and_page_show_the_pauses(
     body = await (await api.get("/v1/stats/overview")).json()
     assert body["bulk_pause"] == {"paused": False, "paused_reason": None, "paused_at": None}
     assert body["paused_topics"] == []
-    assert all(not t["paused"] for t in body["topics"])
+    assert all(not t["paused"] and not t["guarded"] for t in body["topics"])
 
     pauses = Pauses(redis, Keys())
     account = {"sent": 1000.0, "bounced_hard": 80.0, "rate": 0.08, "threshold": 0.08}
@@ -389,7 +518,13 @@ async def test_overview_and_page_show_the_pauses(
     ]
     rows = {t["topic_id"]: t for t in body["topics"]}
     assert rows["news"]["paused"] and rows["news"]["paused_reason"] == "manual"
+    assert not rows["news"]["guarded"]  # paused by hand, not by the reputation guard
     assert not rows["other"]["paused"]
+    await pauses.pause("other", "complaint_rate", account)
+    rows = {
+        t["topic_id"]: t for t in (await (await api.get("/v1/stats/overview")).json())["topics"]
+    }
+    assert rows["other"]["paused"] and rows["other"]["guarded"]
     html = await (await api.get("/")).text()
     assert 'data-testid="pause-alert"' in html and "d.bulk_pause" in html
 
@@ -420,6 +555,7 @@ async def test_auth_protects_the_api_but_not_the_page_health_or_metrics(
     try:
         assert (await client.get("/v1/topics/x")).status == 401
         assert (await client.get("/v1/stats/overview")).status == 401
+        assert (await client.get("/v1/stats/charts")).status == 401
         res = await client.get("/v1/results/count/x", headers={"x-api-key": "stats-test-api-key"})
         assert res.status == 200
         for path in ("/", "/health", "/metrics"):

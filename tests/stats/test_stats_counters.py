@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from sesflow.common.keys import Keys
 from sesflow.common.schema import Event, EventType, encode
 from sesflow.stats.counters import (
     METRICS,
+    RECENT_S,
     MalformedEvent,
     PartitionBatch,
     hour_of,
@@ -75,3 +77,40 @@ def test_batch_sums_per_key_and_bucket() -> None:
         f"sent:{minute + 1}": 1,
     }
     assert batch.last_seen == {"t": TS + 60_000, "u": TS}
+
+
+def test_sent_is_counted_per_second_of_its_event_time_for_all_and_per_topic() -> None:
+    batch = PartitionBatch()
+    minute = TS // 60_000
+    second = minute * 60 + 58  # two seconds before the next minute
+    batch.add("1-0", fields(type="sent", topic="news", ts=second * 1000 + 400))
+    batch.add("2-0", fields(type="sent", topic="news", ts=second * 1000 + 999))
+    batch.add("3-0", fields(type="sent", topic="digest", ts=(second + 2) * 1000, n=3))
+    batch.add("4-0", fields(type="sent", ts=second * 1000))  # no topic: in the total only
+    batch.add("5-0", fields(type="delivered", topic="news", ts=second * 1000))  # not a send
+    p = Keys().partition(0)
+    writes = {key: (fields_, at) for key, fields_, at in batch.second_writes(p, TS / 1000)}
+    expire_first = (minute + 1) * 60 + RECENT_S + 60
+    assert writes == {
+        p.stats_seconds(minute): ({str(second): 3}, expire_first),
+        p.stats_seconds(minute + 1): ({str(second + 2): 3}, expire_first + 60),
+        p.stats_seconds(minute, "news"): ({str(second): 2}, expire_first),
+        p.stats_seconds(minute + 1, "digest"): ({str(second + 2): 3}, expire_first + 60),
+    }
+
+
+def test_seconds_older_than_the_recent_span_are_not_written() -> None:
+    batch = PartitionBatch()
+    now_s = TS // 1000
+    batch.add("1-0", fields(type="sent", topic="t", ts=(now_s - RECENT_S - 1) * 1000))
+    batch.add("2-0", fields(type="sent", topic="t", ts=(now_s - RECENT_S) * 1000))
+    p = Keys().partition(0)
+    written = {key: f for key, f, _ in batch.second_writes(p, now_s + 0.5)}
+    assert written[p.stats_seconds((now_s - RECENT_S) // 60)] == {str(now_s - RECENT_S): 1}
+    assert all(str(now_s - RECENT_S - 1) not in f for f in written.values())
+
+
+def test_a_topic_name_cannot_collide_with_another_minute() -> None:
+    p = Keys().partition(0)
+    assert p.stats_seconds(5, "1") != p.stats_seconds(51)
+    assert p.stats_seconds(5, "1:x") != p.stats_seconds(51, "x")

@@ -74,7 +74,7 @@ PARAM_TEXTS = [
     "99999999999999999999999",
 ]
 QUERY_NAMES = ["hours", "limit", "cursor", "metric", "from", "to", "step", "topic", "topic_id"]
-QUERY_NAMES += ["t", "requestId", "request_id", "x"]
+QUERY_NAMES += ["t", "requestId", "request_id", "x", "minutes"]
 QUERY_VALUES = ["", "1", "0", "-1", "24", "721", "1e9", "abc", "%FF", "%00", "1" * 400, "sent"]
 QUERY_VALUES += ["2024-01-01T00:00:00Z", "nan", "inf", "a.b", "%C3%A9", "9" * 5000, "%C2%B2"]
 QUERY_VALUES += ["1795535162423-0_0", "1-0_%C2%B2", "1-0_" + "9" * 5000, "%C2%B2-0_1"]
