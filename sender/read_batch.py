@@ -33,7 +33,7 @@ from sesflow.common.schema import EventType, Job, MessageContent
 from sesflow.sender import metrics
 from sesflow.sender.rate_limit import Grant, SlotBatch
 from sesflow.sender.setup_faults import scopes_of
-from sesflow.sender.state import FAILED, SENT, ClaimItem, Outcome, RecordItem
+from sesflow.sender.state import QUEUED, ClaimItem, DeliveryState, Outcome, RecordItem
 from sesflow.sender.worker import Handed, LeavePending, Sender, utf8_fields
 
 log = get_logger(__name__)
@@ -49,7 +49,7 @@ class _Item:
     email: Any  # sender.compose.Email
     scopes: tuple[str, ...]
     accepted: int  # the message's accepted time (ms)
-    claim: str = ""
+    claim: DeliveryState = QUEUED
 
 
 class ReadBatch:
@@ -119,7 +119,7 @@ class ReadBatch:
                 accepted[job.msg_id] = accepted_ms(job.msg_id)
             if (
                 content is None
-                or pre.state
+                or not pre.state.queued
                 or pre.suppressed
                 or pre.stopped(accepted[job.msg_id])
                 or not first_try
@@ -242,7 +242,7 @@ class GridPoints:
         """One claim script call for the jobs of `part`; the jobs claimed in time."""
         sender = self.sender
         claims = [
-            ClaimItem(part, item.job, item.content.topic, item.claim, item.accepted, "")
+            ClaimItem(part, item.job, item.content.topic, item.claim, item.accepted, QUEUED)
             for item, _ in ready
         ]
         answers = await sender.until_done(lambda: sender.store.claim_many(part, claims))
@@ -281,7 +281,7 @@ class GridPoints:
                         item.job,
                         item.content,
                         item.claim,
-                        f"{SENT}{outcome}",
+                        DeliveryState.sent(outcome),
                         EventType.SENT,
                         ses_id=outcome,
                     )
@@ -296,7 +296,7 @@ class GridPoints:
                         item.job,
                         item.content,
                         item.claim,
-                        f"{FAILED}rejected:{outcome.code}",
+                        DeliveryState.failed(f"rejected:{outcome.code}"),
                         EventType.FAILED,
                         detail=str(outcome)[:500],
                     )

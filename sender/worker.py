@@ -100,18 +100,16 @@ from sesflow.sender.outbox import Outbox
 from sesflow.sender.rate_limit import RateLimiter
 from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sesflow.sender.state import (
-    FAILED,
-    SENT,
+    QUEUED,
     STOPPED,
     SUPPRESSED,
     UNKNOWN,
     ClaimValues,
+    DeliveryState,
     DeliveryStore,
     Outcome,
     RecordItem,
     dead_entry,
-    is_final,
-    is_inflight,
     now_ms,
 )
 from sesflow.sender.upkeep import reclaim, run_upkeep
@@ -156,7 +154,7 @@ class LeavePending(Exception):
 class Handed:
     """A job a read batch claimed and sent, whose SES outcome needs the per-job loop."""
 
-    claim: str
+    claim: DeliveryState
     started: float  # time.monotonic() when its SES call began
     outcome: Exception
 
@@ -164,7 +162,7 @@ class Handed:
 @dataclass(frozen=True, slots=True)
 class Ready:
     content: MessageContent
-    takeover: str  # inflight claim of a dead sender we may replace (ON_AMBIGUOUS=resend)
+    takeover: DeliveryState  # inflight claim of a dead sender we may replace (ON_AMBIGUOUS=resend)
 
 
 def unreachable(exc: SesTransient) -> SesSetupFault:
@@ -424,7 +422,7 @@ class Sender:
     ) -> None:
         """The per-job loop from a read batch's SES outcome on (the claim is still held)."""
         with self.owning(part, entry_id):
-            await self.send_loop(part, entry_id, job, content, email, "", handed)
+            await self.send_loop(part, entry_id, job, content, email, QUEUED, handed)
 
     async def read_loop(self, part: PartitionKeys) -> None:
         """Take free slots, fill them: first with entries of dead consumers when a reclaim pass
@@ -514,7 +512,7 @@ class Sender:
         job: Job,
         content: MessageContent,
         email: Any,
-        takeover: str,
+        takeover: DeliveryState,
         handed: Handed | None = None,
     ) -> None:
         """Slot, claim, SES call and record, retried as the SES outcome says. `handed`: a read
@@ -551,16 +549,14 @@ class Sender:
                     raise LeavePending()
                 if got.status == "stopped":
                     # with a takeover the old claim may have reached SES: unknown, not stopped
-                    final, kind = (
-                        (UNKNOWN, EventType.UNKNOWN) if takeover else (STOPPED, EventType.STOPPED)
-                    )
-                    await self.finish(part, entry_id, job, content, takeover, final, kind)
+                    final = STOPPED if takeover.queued else UNKNOWN
+                    await self.finish(part, entry_id, job, content, takeover, final, final.event)
                     return
                 if grant.late():
                     # the claim took too long: sending now could bunch with later slots
                     metrics.JOBS.labels("late_slot").inc()
                     await self.release(part, job, claim)
-                    takeover = ""
+                    takeover = QUEUED
                     continue
                 # --- the ambiguous window: claim stored; only the SES call until the record ---
                 started = time.monotonic()
@@ -577,7 +573,7 @@ class Sender:
                 metrics.JOBS.labels("throttled").inc()
                 await self.release(part, job, claim)
                 throttled += 1
-                takeover = ""
+                takeover = QUEUED
                 await self.best_effort(self.limiter.throttled())
                 await self.pause_job(backoff(min(throttled, 5)))
                 continue
@@ -585,7 +581,7 @@ class Sender:
                 self.count_error(exc, started)
                 metrics.JOBS.labels("retried").inc()
                 await self.release(part, job, claim)
-                takeover = ""
+                takeover = QUEUED
                 await self.account_paused(exc)
                 continue
             except SesSetupFault as exc:
@@ -593,7 +589,7 @@ class Sender:
                 self.count_error(exc, started)
                 metrics.JOBS.labels("setup_paused").inc()
                 await self.release(part, job, claim)
-                takeover = ""
+                takeover = QUEUED
                 await self.setup_fault(exc, email)
                 continue
             except SesRejected as exc:
@@ -604,7 +600,7 @@ class Sender:
                     job,
                     content,
                     claim,
-                    f"{FAILED}rejected:{exc.code}",
+                    DeliveryState.failed(f"rejected:{exc.code}"),
                     EventType.FAILED,
                     detail=str(exc)[:500],
                 )
@@ -625,7 +621,7 @@ class Sender:
                         job,
                         content,
                         claim,
-                        f"{FAILED}{reason}",
+                        DeliveryState.failed(reason),
                         EventType.FAILED,
                         detail=str(exc)[:500],
                         dead=dead_entry(entry_id, job.fields(), reason),
@@ -633,7 +629,7 @@ class Sender:
                     return
                 metrics.JOBS.labels("retried").inc()
                 await self.release(part, job, claim)
-                takeover = ""
+                takeover = QUEUED
                 if transient >= self.settings.max_attempts:
                     transient = 0  # a failed probe waits for the next; it does not pause again
                     await self.setup_fault(unreachable(exc), email)
@@ -649,7 +645,7 @@ class Sender:
                 if resend and transient < self.settings.max_attempts:
                     metrics.JOBS.labels("retried").inc()
                     await self.release(part, job, claim)
-                    takeover = ""
+                    takeover = QUEUED
                     await self.slow_down_on_server_error(exc)
                     await self.pause_job(backoff(transient))
                     continue
@@ -672,7 +668,7 @@ class Sender:
                 job,
                 content,
                 claim,
-                f"{SENT}{ses_id}",
+                DeliveryState.sent(ses_id),
                 EventType.SENT,
                 ses_id=ses_id,
             )
@@ -688,13 +684,13 @@ class Sender:
         """Everything decided without SES; None when the job is finished here."""
         content = await self.contents.get(part, job.msg_id)
         pre = await self.store.precheck(part, job, content.topic if content else None)
-        if is_final(pre.state):
+        if pre.state.final:
             await self.store.ack(part, entry_id)
             metrics.JOBS.labels("duplicate").inc()
             return None
-        takeover = ""
+        takeover = QUEUED
         stopped = pre.stopped(accepted_ms(job.msg_id))
-        if is_inflight(pre.state):
+        if pre.state.is_inflight:
             if not self.claim_is_dead(pre.state):
                 raise LeavePending()  # its sender may be in the middle of it
             exhausted = deliveries > self.settings.max_attempts
@@ -718,7 +714,7 @@ class Sender:
                 job,
                 None,
                 takeover,
-                f"{FAILED}no_content",
+                DeliveryState.failed("no_content"),
                 EventType.FAILED,
                 detail="message content is missing (expired?)",
             )
@@ -746,7 +742,7 @@ class Sender:
                 job,
                 content,
                 takeover,
-                f"{FAILED}{reason}",
+                DeliveryState.failed(reason),
                 EventType.FAILED,
                 detail=f"delivered {deliveries} times without a result",
                 dead=dead_entry(entry_id, job.fields(), reason),
@@ -754,10 +750,8 @@ class Sender:
             return None
         return Ready(content=content, takeover=takeover)
 
-    def claim_is_dead(self, state: str) -> bool:
-        parts = state.split(":", 2)
-        claimed = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        return now_ms() - claimed >= self.dead_claim_ms
+    def claim_is_dead(self, state: DeliveryState) -> bool:
+        return state.claim_age_ms(now_ms()) >= self.dead_claim_ms
 
     async def finish(
         self,
@@ -765,8 +759,8 @@ class Sender:
         entry_id: str,
         job: Job,
         content: MessageContent | None,
-        expected: str,
-        final: str,
+        expected: DeliveryState,
+        final: DeliveryState,
         kind: EventType,
         *,
         detail: str = "",
@@ -796,8 +790,8 @@ class Sender:
         entry_id: str,
         job: Job,
         content: MessageContent | None,
-        expected: str,
-        final: str,
+        expected: DeliveryState,
+        final: DeliveryState,
         kind: EventType,
         *,
         detail: str = "",
@@ -837,7 +831,7 @@ class Sender:
                 "job claimed elsewhere; left pending", rid=job.request_id, state=outcome.value
             )
 
-    async def release(self, part: PartitionKeys, job: Job, claim: str) -> None:
+    async def release(self, part: PartitionKeys, job: Job, claim: DeliveryState) -> None:
         await self.until_done(lambda: self.store.release(part, job, claim))
 
     async def account_paused(self, exc: SesError) -> None:
