@@ -10,8 +10,8 @@ state stored for it yet, its topic not stopped, its address not suppressed, its 
 paused. Every other job goes to the per-job path (`Sender.handle`), which decides it from the
 start exactly as before, and so does a job whose rate slot came too late or whose claim was not
 granted (its claim released first when it was). A job whose SES call ended in an error other
-than a rejection continues on the per-job loop from that outcome (`Handed`), its claim still
-held: the ambiguous window is the same as on the per-job path, only the SES call and the
+than a rejection continues on the per-job loop from that outcome (`Sender.resume`), its claim
+still held: the ambiguous window is the same as on the per-job path, only the SES call and the
 record's round trip between claim and record.
 """
 
@@ -29,12 +29,13 @@ from sesflow.common.connection import UNAVAILABLE
 from sesflow.common.errors import RedisUnavailable, SesRejected
 from sesflow.common.keys import PartitionKeys, accepted_ms
 from sesflow.common.logs import get_logger
-from sesflow.common.schema import EventType, Job, MessageContent
+from sesflow.common.schema import Job, MessageContent
 from sesflow.sender import metrics
+from sesflow.sender.attempt import Attempt
 from sesflow.sender.rate_limit import Grant, SlotBatch
 from sesflow.sender.setup_faults import scopes_of
 from sesflow.sender.state import QUEUED, ClaimItem, DeliveryState, Outcome, RecordItem
-from sesflow.sender.worker import Handed, LeavePending, Sender, utf8_fields
+from sesflow.sender.worker import LeavePending, Sender, utf8_fields
 
 log = get_logger(__name__)
 
@@ -42,14 +43,13 @@ log = get_logger(__name__)
 @dataclass(slots=True)
 class _Item:
     batch: ReadBatch
-    entry_id: str
     fields: Any  # as read, for the per-job path
-    job: Job
-    content: MessageContent
-    email: Any  # sender.compose.Email
-    scopes: tuple[str, ...]
-    accepted: int  # the message's accepted time (ms)
-    claim: DeliveryState = QUEUED
+    attempt: Attempt  # content, email and scopes set
+    claim: DeliveryState = QUEUED  # the claim asked for (`attempt.held` once granted)
+
+    @property
+    def entry_id(self) -> str:
+        return self.attempt.entry_id
 
 
 class ReadBatch:
@@ -137,11 +137,9 @@ class ReadBatch:
             if sender.setup.blocking(scopes[setup]):
                 self.alone(entry_id, fields)  # waits for the setup's probe there
                 continue
-            items.append(
-                _Item(
-                    self, entry_id, fields, job, content, email, scopes[setup], accepted[job.msg_id]
-                )
-            )
+            attempt = Attempt(part, entry_id, job, 1, accepted[job.msg_id], content, email)
+            attempt.scopes = scopes[setup]
+            items.append(_Item(self, fields, attempt))
         return items
 
     @staticmethod
@@ -205,7 +203,7 @@ class GridPoints:
                 if grant.late():
                     metrics.JOBS.labels("late_slot").inc()
                     item.batch.alone(item.entry_id, item.fields)  # books a new slot there
-                elif sender.setup.blocking(item.scopes):
+                elif sender.setup.blocking(item.attempt.scopes):
                     item.batch.alone(item.entry_id, item.fields)  # paused meanwhile
                 else:
                     item.claim = sender.claims.next()
@@ -218,7 +216,7 @@ class GridPoints:
                 claimed = [item for part_claimed in parts for item in part_claimed]
             if not claimed:
                 return
-            calls = sender.outbox.calls([item.email for item in claimed])
+            calls = sender.outbox.calls([item.attempt.email for item in claimed])
             if len(calls) == 1:
                 await self.call(claimed)
                 return
@@ -241,17 +239,19 @@ class GridPoints:
     async def claim(self, part: PartitionKeys, ready: list[tuple[_Item, Grant]]) -> list[_Item]:
         """One claim script call for the jobs of `part`; the jobs claimed in time."""
         sender = self.sender
-        claims = [
-            ClaimItem(part, item.job, item.content.topic, item.claim, item.accepted, QUEUED)
-            for item, _ in ready
-        ]
+        claims = []
+        for item, _ in ready:
+            job, topic, accepted = item.attempt.job, item.attempt.topic, item.attempt.accepted
+            claims.append(ClaimItem(part, job, topic, item.claim, accepted, QUEUED))
         answers = await sender.until_done(lambda: sender.store.claim_many(part, claims))
         claimed: list[_Item] = []
         for (item, grant), got in zip(ready, answers, strict=True):
+            if got.ok:
+                item.attempt.held = item.claim
             if got.ok and grant.late():
                 # the claim took too long: sending now could bunch with later slots
                 metrics.JOBS.labels("late_slot").inc()
-                await sender.release(part, item.job, item.claim)
+                await sender.release(item.attempt)
                 item.batch.alone(item.entry_id, item.fields)
             elif got.ok:
                 claimed.append(item)
@@ -269,44 +269,22 @@ class GridPoints:
         part = items[0].batch.part  # one message's jobs: one partition
         # --- the ambiguous window: claims stored; only the SES call until the record ---
         started = time.monotonic()
-        outcomes = await sender.outbox.deliver([item.email for item in items])
+        outcomes = await sender.outbox.deliver([item.attempt.email for item in items])
         records: list[RecordItem] = []
         sent: list[_Item] = []
         for item, outcome in zip(items, outcomes, strict=True):
+            attempt = item.attempt
+            attempt.started = started
             if isinstance(outcome, str):
-                records.append(
-                    sender.record_of(
-                        part,
-                        item.entry_id,
-                        item.job,
-                        item.content,
-                        item.claim,
-                        DeliveryState.sent(outcome),
-                        EventType.SENT,
-                        ses_id=outcome,
-                    )
-                )
+                records.append(sender.record_of(attempt, DeliveryState.sent(outcome)))
                 sent.append(item)
             elif isinstance(outcome, SesRejected):
                 sender.count_error(outcome, started)
-                records.append(
-                    sender.record_of(
-                        part,
-                        item.entry_id,
-                        item.job,
-                        item.content,
-                        item.claim,
-                        DeliveryState.failed(f"rejected:{outcome.code}"),
-                        EventType.FAILED,
-                        detail=str(outcome)[:500],
-                    )
-                )
+                rejected = DeliveryState.failed(f"rejected:{outcome.code}")
+                records.append(sender.record_of(attempt, rejected, detail=str(outcome)[:500]))
             else:
-                handed = Handed(claim=item.claim, started=started, outcome=outcome)
                 item.batch.owned.discard(item.entry_id)
-                sender.track(
-                    sender.resume(part, item.entry_id, item.job, item.content, item.email, handed)
-                )
+                sender.track(sender.resume(attempt, outcome))
         if sent:
             elapsed = time.monotonic() - started
             for _ in sent:
@@ -317,7 +295,7 @@ class GridPoints:
         self.count(records, answers)
         # a probe (or a send that beat the pause) went through: after the record, so the
         # ambiguous window holds nothing more
-        for scopes in {item.scopes for item in sent}:
+        for scopes in {item.attempt.scopes for item in sent}:
             if paused := sender.setup.blocking(scopes):
                 await sender.best_effort(sender.setup_resumed(paused))
 
