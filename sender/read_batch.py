@@ -7,7 +7,7 @@ every step keeps its atomicity: the claim is stored before the SES call, the rec
 
 Only the common case goes this way: a job delivered for the first time, its content found, no
 state stored for it yet, its topic not stopped, its address not suppressed, its SES setup not
-paused. Every other job goes to the per-job path (`Sender.handle`), which decides it from the
+paused. Every other job goes to the per-job path (`Sender.process`), which decides it from the
 start exactly as before, and so does a job whose rate slot came too late or whose claim was not
 granted (its claim released first when it was). A job whose SES call ended in an error other
 than a rejection continues on the per-job loop from that outcome (`Sender.resume`), its claim
@@ -87,7 +87,7 @@ class ReadBatch:
     def alone(self, entry_id: str, fields: Any) -> None:
         """The per-job path decides the entry from the start (nothing claimed here)."""
         self.owned.discard(entry_id)
-        self.sender.spawn(self.part, entry_id, fields, deliveries=1)
+        self.sender.spawn_job(self.part, entry_id, fields, deliveries=1)
 
     # --- before any claim -------------------------------------------------------------------
 

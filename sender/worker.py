@@ -58,7 +58,9 @@ after sending) -> like a crash in the window (resend: `unknown` after MAX_ATTEMP
 slows the shared rate as a throttle does.
 
 Concurrency: SENDER_CONCURRENCY slots shared by one reader per partition; a reader asks for at
-most its fair share of the free slots (COUNT), so no partition starves the others.
+most its fair share of the free slots (COUNT), so no partition starves the others. The lifecycle
+(readers, drain within SHUTDOWN_GRACE, hand-over, upkeep cancelled last) is the one every
+consumer shares (`common.consumer.StreamConsumer`).
 """
 
 from __future__ import annotations
@@ -72,12 +74,16 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from redis.exceptions import ResponseError
-
 from sesflow.common import sentry
 from sesflow.common.aws import Quota
-from sesflow.common.connection import UNAVAILABLE, ensure_group, wait_for_redis
-from sesflow.common.consumer import consumer_name, sleep_or_stop
+from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.consumer import (
+    READ_BLOCK_MS,
+    StreamConsumer,
+    Upkeep,
+    delivery_counts,
+    sleep_or_stop,
+)
 from sesflow.common.errors import (
     RedisUnavailable,
     SesAmbiguous,
@@ -115,7 +121,7 @@ from sesflow.sender.state import (
     dead_entry,
     now_ms,
 )
-from sesflow.sender.upkeep import reclaim, run_upkeep
+from sesflow.sender.upkeep import run_upkeep
 
 if TYPE_CHECKING:  # read_batch imports this module
     from sesflow.sender.read_batch import GridPoints
@@ -124,13 +130,11 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-BLOCK_MS = 1000  # XREADGROUP BLOCK: also how soon a reader notices shutdown
 # A reader with fewer than half its share of slots free waits up to this long for more
 # (Slots.take): the jobs it already holds keep the rate busy meanwhile, and reading, pre-checking
 # and booking rate slots for 32 jobs costs the round trips of one. At 500/s, 10 ms read ~10 jobs
 # at a time (one XREADGROUP, pre-check and limiter call per 10 recipients).
 READ_LINGER_S = 0.05
-READ_GUARD_S = 5.0  # a blocking read that outlives BLOCK_MS by this much is on a dead socket
 SES_PAUSE_S = 5.0  # SendingPaused / AccountSuspended: pause, then let the next call probe
 SETUP_POLL_S = 0.25  # a job waiting on a paused setup looks again this often (local state)
 QUOTA_PAUSE_S = 60.0  # daily quota exhausted: the upkeep's quota reading refines this
@@ -213,7 +217,7 @@ class Slots:
                     taken += self.try_take(most - taken)
                 return taken
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._available.wait(), BLOCK_MS / 1000)
+                await asyncio.wait_for(self._available.wait(), READ_BLOCK_MS / 1000)
         return 0
 
     def give(self, count: int = 1) -> None:
@@ -222,7 +226,13 @@ class Slots:
             self._available.set()
 
 
-class Sender:
+class Sender(StreamConsumer):
+    """A sender replica: the shared consumer lifecycle (`common.consumer`), one reader per
+    partition filling SENDER_CONCURRENCY slots, and the sender's upkeep beside it."""
+
+    group = SENDERS_GROUP
+    role = "sender"
+
     def __init__(
         self,
         settings: Settings,
@@ -234,14 +244,13 @@ class Sender:
         consumer: str | None = None,
         fetch_quota: QuotaSource | None = None,
     ) -> None:
-        self.settings = settings
-        self.client = client
+        super().__init__(client, settings, consumer=consumer)
         self.ses = ses
         self.compose = compose
         self.secret = secret
         self.fetch_quota = fetch_quota
         self.keys = Keys(settings.redis_prefix, settings.send_partitions)
-        self.consumer = consumer or consumer_name()
+        self.part_of = {part.sends: part for part in self.keys.partitions}
         self.store = DeliveryStore(client, self.keys, settings.content_ttl)
         self.limiter = RateLimiter(client, settings, self.keys)
         self.contents = ContentCache(client)
@@ -249,13 +258,12 @@ class Sender:
         self.claims = ClaimValues(self.consumer)
         self.setup = SetupFaults(client, self.keys, settings.setup_probe_interval, self.consumer)
         self.slots = Slots(settings.sender_concurrency)
-        self.stop = asyncio.Event()
         # Entries this process is handling, per partition: the upkeep keeps them from going idle
         # (XCLAIM JUSTID), so no other replica reclaims a job that is merely waiting.
         self.held: dict[int, set[str]] = {p.index: set() for p in self.keys.partitions}
-        self.tasks: set[asyncio.Task[None]] = set()
         self._grid_points: GridPoints | None = None
-        self.reclaim_cursor: dict[int, str] = {p.index: "0-0" for p in self.keys.partitions}
+        self.reclaim_every = min(max(settings.reclaim_idle / 4, 0.2), 5.0)
+        self.next_reclaim: dict[str, float] = {}  # per stream: when its reader reclaims again
         self.fair_share = max(1, math.ceil(settings.sender_concurrency / len(self.keys.partitions)))
         # A claim younger than this may belong to a live sender (a duplicate entry of the same
         # job being sent elsewhere): leave it. Older ones are from a sender that died: any entry
@@ -271,95 +279,100 @@ class Sender:
         # replica's keep-alive, which runs as soon as Redis answers, has refreshed its entries.
         self.reclaim_not_before = 0.0
 
-    # --- running --------------------------------------------------------------------------
+    # --- the consumer's hooks (`common.consumer.StreamConsumer`) -----------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Read and send until `stop`; then finish in-flight SES calls within SHUTDOWN_GRACE."""
-        self.stop = stop
-        if not await self.ensure_groups():
-            return
-        upkeep = asyncio.create_task(run_upkeep(self, stop), name="sender-upkeep")
-        readers = [
-            asyncio.create_task(self.read_loop(part), name=f"sender-read-{part.index}")
-            for part in self.keys.partitions
-        ]
-        log.info("sender started", consumer=self.consumer, partitions=len(readers))
-        try:
-            await stop.wait()
-            # Stop reading at once. An XREADGROUP cut short may have delivered entries that no
-            # task handles: the hand-over below covers them with everything else left pending.
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
-            await self.drain()
-            await self.hand_over()
-        finally:
-            for task in readers:
-                task.cancel()
-            upkeep.cancel()
-            await asyncio.gather(upkeep, *readers, return_exceptions=True)
-        log.info("sender stopped", consumer=self.consumer)
+    def streams(self) -> list[str]:
+        return list(self.part_of)
 
-    async def ensure_groups(self) -> bool:
+    def upkeep(self) -> list[Upkeep]:
+        return []  # the sender's own loops (`background`): its keep-alive outlives the drain
+
+    def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        return [run_upkeep(self, stop)]
+
+    async def prepare(self) -> None:
+        """A restart does not forget a paused setup."""
         while not self.stop.is_set():
             try:
-                for part in self.keys.partitions:
-                    await ensure_group(self.client, part.sends, SENDERS_GROUP)
-                await self.setup.refresh()  # a restart does not forget a paused setup
-                return True
-            except UNAVAILABLE:
+                await self.setup.refresh()
+                return
+            except (*UNAVAILABLE, RedisUnavailable):
                 await self.wait_for_redis(self.stop)
-        return False
 
-    async def wait_for_redis(self, stop: asyncio.Event | None) -> bool:
-        """Wait until Redis answers (False: `stop` came first); see `reclaim_not_before`."""
-        back = await wait_for_redis(self.client, stop, log)
+    def on_redis_back(self) -> None:
         self.reclaim_not_before = time.monotonic() + self.settings.reclaim_idle
-        return back
 
-    async def drain(self) -> None:
-        """Wait for running jobs up to SHUTDOWN_GRACE; cancel what is left."""
-        if not self.tasks:
-            return
-        log.info("finishing in-flight jobs", jobs=len(self.tasks))
-        _, late = await asyncio.wait(set(self.tasks), timeout=self.settings.shutdown_grace)
-        if late:
-            log.warning("shutdown grace expired; cancelling jobs", jobs=len(late))
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-
-    async def hand_over(self) -> None:
+    async def after_drain(self) -> None:
         """Whatever is still pending for this consumer after the drain was never sent (or was
-        cut off by the grace period): make it look idle for RECLAIM_IDLE, so another replica's
-        next XAUTOCLAIM takes it now instead of a RECLAIM_IDLE later. JUSTID: not a delivery."""
+        cut off by the grace period, or delivered by a read that `stop` cut short): make it
+        look idle for RECLAIM_IDLE, so another replica's next XAUTOCLAIM takes it now instead of
+        a RECLAIM_IDLE later. JUSTID: not a delivery."""
         idle_ms = int(self.settings.reclaim_idle * 1000) + 1
         for part in self.keys.partitions:
             try:
-                while True:
-                    rows = await self.client.xpending_range(
-                        part.sends, SENDERS_GROUP, "-", "+", 1000, consumername=self.consumer
-                    )
-                    fresh = [r["message_id"] for r in rows if r["time_since_delivered"] < idle_ms]
-                    if not fresh:
-                        break
-                    await self.client.xclaim(
-                        part.sends,
-                        SENDERS_GROUP,
-                        self.consumer,
-                        0,
-                        fresh,
-                        idle=idle_ms,
-                        justid=True,
-                    )
-                    log.info("handed over pending jobs", count=len(fresh), partition=part.index)
+                await self.hand_over(part, idle_ms)
             except (*UNAVAILABLE, RedisUnavailable):
                 log.warning("could not hand over pending jobs (redis unavailable)")
 
-    def spawn(self, part: PartitionKeys, entry_id: str, fields: Any, deliveries: int) -> None:
+    async def hand_over(self, part: PartitionKeys, idle_ms: int) -> None:
+        while True:
+            rows = await self.client.xpending_range(
+                part.sends, SENDERS_GROUP, "-", "+", 1000, consumername=self.consumer
+            )
+            fresh = [r["message_id"] for r in rows if r["time_since_delivered"] < idle_ms]
+            if not fresh:
+                return
+            await self.client.xclaim(
+                part.sends, SENDERS_GROUP, self.consumer, 0, fresh, idle=idle_ms, justid=True
+            )
+            log.info("handed over pending jobs", count=len(fresh), partition=part.index)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def consume(self, stream: str) -> None:
+        """Take free slots, fill them: first with entries of dead consumers when a reclaim pass
+        is due (the reader does it, so reclaim and reading never compete for slots), then with
+        new entries (XREADGROUP COUNT = slots held, BLOCK). An error gives the slots back."""
+        part = self.part_of[stream]
+        while True:
+            count = await self.slots.take(
+                self.fair_share, self.stop, least=self.fair_share // 2, linger=READ_LINGER_S
+            )
+            if not count:
+                return
+            try:
+                used = await self.reclaim_due(part, count)
+                entries = [] if used else await self.read(stream, ">", count, READ_BLOCK_MS)
+            except BaseException:
+                self.slots.give(count)
+                raise
+            self.slots.give(count - used - len(entries))
+            if entries:
+                self.spawn_batch(part, entries)
+
+    async def reclaim_due(self, part: PartitionKeys, count: int) -> int:
+        """When a pass is due (and not held back after an outage), take over up to `count`
+        entries idle for RECLAIM_IDLE (their consumer died), with their delivery counts (for
+        MAX_ATTEMPTS), in slots the reader holds; how many. After a full page, reclaim again
+        at once: there may be more."""
+        due = max(self.next_reclaim.get(part.sends, 0.0), self.reclaim_not_before)
+        if time.monotonic() < due:
+            return 0
+        self.next_reclaim[part.sends] = time.monotonic() + self.reclaim_every
+        entries = await self.claim(part.sends, count)
+        ids = [entry_id for entry_id, _ in entries]
+        deliveries = await delivery_counts(self.client, part.sends, SENDERS_GROUP, ids)
+        for entry_id, fields in entries:
+            log.info("reclaimed job", entry=entry_id, deliveries=deliveries.get(entry_id, 1))
+            self.spawn_job(part, entry_id, fields, deliveries.get(entry_id, 1))
+        if entries:
+            self.next_reclaim[part.sends] = 0.0
+        return len(entries)
+
+    def spawn_job(self, part: PartitionKeys, entry_id: str, fields: Any, deliveries: int) -> None:
         """Run one job; its slot was taken by the caller and is given back when it ends."""
         self.held[part.index].add(entry_id)
-        self.track(self.handle(part, entry_id, fields, deliveries))
+        self.track(self.process(part.sends, entry_id, fields, deliveries))
 
     def spawn_batch(self, part: PartitionKeys, entries: list[tuple[str, Any]]) -> None:
         """Run the new entries of one read together (`sender.read_batch`); one slot each."""
@@ -379,8 +392,8 @@ class Sender:
     def track(self, work: Coroutine[Any, Any, None]) -> None:
         """A task the drain waits for at shutdown."""
         task = asyncio.create_task(work)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
 
     def let_go(self, part: PartitionKeys, entry_id: str) -> None:
         """This process no longer handles the entry: its slot is free, its keep-alive stops."""
@@ -406,67 +419,11 @@ class Sender:
         with self.owning(attempt.part, attempt.entry_id):
             await self.send_loop(attempt, outcome)
 
-    async def read_loop(self, part: PartitionKeys) -> None:
-        """Take free slots, fill them: first with entries of dead consumers when a reclaim pass
-        is due (the reader does it, so reclaim and reading never compete for slots), then with
-        new entries (XREADGROUP COUNT = slots held, BLOCK)."""
-        reclaim_every = min(max(self.settings.reclaim_idle / 4, 0.2), 5.0)
-        next_reclaim = 0.0
-        while True:
-            count = await self.slots.take(
-                self.fair_share, self.stop, least=self.fair_share // 2, linger=READ_LINGER_S
-            )
-            if not count:
-                return
-            try:
-                if time.monotonic() >= max(next_reclaim, self.reclaim_not_before):
-                    next_reclaim = time.monotonic() + reclaim_every
-                    used = await reclaim(self, part, count)
-                    count -= used
-                    if used:
-                        next_reclaim = 0.0  # there may be more: reclaim again before reading
-                        self.slots.give(count)
-                        continue
-                reply = await asyncio.wait_for(
-                    self.client.xreadgroup(
-                        SENDERS_GROUP,
-                        self.consumer,
-                        {part.sends: ">"},
-                        count=count,
-                        block=BLOCK_MS,
-                    ),
-                    BLOCK_MS / 1000 + READ_GUARD_S,
-                )
-            except (*UNAVAILABLE, RedisUnavailable):
-                self.slots.give(count)
-                await self.wait_for_redis(self.stop)
-                continue
-            except ResponseError as exc:
-                self.slots.give(count)
-                if "NOGROUP" in str(exc):
-                    # the group vanished (Redis restarted without persistence): recreate, go on
-                    await self.ensure_groups()
-                else:
-                    log.error("reading sends failed", error=str(exc), partition=part.index)
-                    await asyncio.sleep(1.0)
-                continue
-            except Exception:
-                # Anything else would end this task silently, and the replica would never read
-                # the partition again while looking healthy: log it and read on.
-                self.slots.give(count)
-                log.exception("reading sends failed", partition=part.index)
-                await asyncio.sleep(1.0)
-                continue
-            entries = reply[0][1] if reply else []
-            self.slots.give(count - len(entries))
-            if entries:
-                self.spawn_batch(part, entries)
-
     # --- one job --------------------------------------------------------------------------
 
-    async def handle(
-        self, part: PartitionKeys, entry_id: str, fields: Any, deliveries: int
-    ) -> None:
+    async def process(self, stream: str, entry_id: str, fields: Any, deliveries: int = 1) -> None:
+        """One entry on the per-job path, in a slot its caller took."""
+        part = self.part_of[stream]
         with self.owning(part, entry_id):
             try:
                 job = Job.from_fields(utf8_fields(fields or {}))
@@ -474,7 +431,7 @@ class Sender:
                 await self.dead_letter(part, entry_id, fields or {}, str(exc)[:500])
                 return
             attempt = Attempt(part, entry_id, job, deliveries, accepted_ms(job.msg_id))
-            await self.process(attempt)
+            await self.run_attempt(attempt)
 
     async def dead_letter(
         self, part: PartitionKeys, entry_id: str, fields: dict[str, str], reason: str
@@ -486,15 +443,15 @@ class Sender:
         metrics.JOBS.labels("dead_letter").inc()
         log.warning("malformed job dead-lettered", entry=entry_id, reason=reason)
 
-    async def process(self, attempt: Attempt) -> None:
+    async def run_attempt(self, attempt: Attempt) -> None:
         """Decide what needs no SES; then send, retrying as each outcome says."""
-        content = await self.before_claim(lambda: self.prepare(attempt))
+        content = await self.before_claim(lambda: self.check_before_send(attempt))
         if content is None:
             return
         attempt.email = self.compose(self.settings, self.secret, content, attempt.job)
         await self.send_loop(attempt)
 
-    async def prepare(self, attempt: Attempt) -> MessageContent | None:
+    async def check_before_send(self, attempt: Attempt) -> MessageContent | None:
         """Content and pre-check: the content to send, or None when the job is finished here
         (no rate token spent)."""
         attempt.content = await self.contents.get(attempt.part, attempt.job.msg_id)
@@ -561,7 +518,7 @@ class Sender:
             raise LeavePending()
         if not probing and self.setup.blocking(attempt.scopes):
             return Step.RETRY  # paused while this job waited for its slot: the slot is let go
-        if not await self.claim(attempt):
+        if not await self.claim_job(attempt):
             return Step.DONE
         if grant.late():
             # the claim took too long: sending now could bunch with later slots
@@ -575,7 +532,7 @@ class Sender:
         except Exception as exc:
             return exc
 
-    async def claim(self, attempt: Attempt) -> bool:
+    async def claim_job(self, attempt: Attempt) -> bool:
         """Claim the job (taking over `held` when it is a dead sender's claim); False when the
         claim decided it instead: final already (acknowledged) or stopped (recorded)."""
         claim = self.claims.next()
