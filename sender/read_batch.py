@@ -34,7 +34,7 @@ from sesflow.sender import metrics
 from sesflow.sender.attempt import Attempt
 from sesflow.sender.rate_limit import Grant, SlotBatch
 from sesflow.sender.setup_faults import scopes_of
-from sesflow.sender.state import QUEUED, ClaimItem, DeliveryState, Outcome, RecordItem
+from sesflow.sender.state import QUEUED, ClaimItem, DeliveryState, Outcome, Precheck, RecordItem
 from sesflow.sender.worker import LeavePending, Sender, utf8_fields
 
 log = get_logger(__name__)
@@ -94,12 +94,7 @@ class ReadBatch:
     async def prepare(self) -> list[_Item]:
         """Parse, content, one pre-check for all, compose: the jobs that can go together."""
         sender, part = self.sender, self.part
-        jobs: list[tuple[str, Any, Job]] = []
-        for entry_id, fields in self.entries:
-            try:
-                jobs.append((entry_id, fields, Job.from_fields(utf8_fields(fields or {}))))
-            except ValueError:
-                self.alone(entry_id, fields)  # dead-lettered there
+        jobs = self.parse()
         if not jobs:
             return []
         contents: dict[str, MessageContent | None] = {}
@@ -109,38 +104,54 @@ class ReadBatch:
                 contents[job.msg_id] = await sender.before_claim(load)
         asks = [(part, job, self.topic_of(contents[job.msg_id])) for _, _, job in jobs]
         prechecks = await sender.before_claim(lambda: sender.store.precheck_many(asks))
-        first_try = sender.settings.max_attempts >= 1
         scopes: dict[tuple[str, str], tuple[str, ...]] = {}
         items: list[_Item] = []
         accepted: dict[str, int] = {}
         for (entry_id, fields, job), pre in zip(jobs, prechecks, strict=True):
-            content = contents[job.msg_id]
             if job.msg_id not in accepted:
                 accepted[job.msg_id] = accepted_ms(job.msg_id)
-            if (
-                content is None
-                or not pre.state.queued
-                or pre.suppressed
-                or pre.stopped(accepted[job.msg_id])
-                or not first_try
-            ):
+            attempt = Attempt(part, entry_id, job, 1, accepted[job.msg_id], contents[job.msg_id])
+            if self.plain(attempt, pre, scopes):
+                items.append(_Item(self, fields, attempt))
+            else:
                 self.alone(entry_id, fields)
-                continue
-            try:
-                email = sender.compose(sender.settings, sender.secret, content, job)
-            except Exception:
-                self.alone(entry_id, fields)  # fails there, with its log line
-                continue
-            setup = (email.from_email, email.configuration_set)
-            if setup not in scopes:
-                scopes[setup] = scopes_of(*setup)
-            if sender.setup.blocking(scopes[setup]):
-                self.alone(entry_id, fields)  # waits for the setup's probe there
-                continue
-            attempt = Attempt(part, entry_id, job, 1, accepted[job.msg_id], content, email)
-            attempt.scopes = scopes[setup]
-            items.append(_Item(self, fields, attempt))
         return items
+
+    def parse(self) -> list[tuple[str, Any, Job]]:
+        """The entries that are jobs; the others go to the per-job path (dead-lettered there)."""
+        jobs: list[tuple[str, Any, Job]] = []
+        for entry_id, fields in self.entries:
+            try:
+                jobs.append((entry_id, fields, Job.from_fields(utf8_fields(fields or {}))))
+            except ValueError:
+                self.alone(entry_id, fields)
+        return jobs
+
+    def plain(
+        self, attempt: Attempt, pre: Precheck, scopes: dict[tuple[str, str], tuple[str, ...]]
+    ) -> bool:
+        """Whether the job is the plain case this path takes (then composed, its setup's scopes
+        known, cached in `scopes`); any other goes to the per-job path."""
+        sender = self.sender
+        if (
+            attempt.content is None
+            or not pre.state.queued
+            or pre.suppressed
+            or pre.stopped(attempt.accepted)
+            or sender.settings.max_attempts < 1
+        ):
+            return False
+        try:
+            email = sender.compose(sender.settings, sender.secret, attempt.content, attempt.job)
+        except Exception:
+            return False  # fails on the per-job path, with its log line
+        setup = (email.from_email, email.configuration_set)
+        if setup not in scopes:
+            scopes[setup] = scopes_of(*setup)
+        if sender.setup.blocking(scopes[setup]):
+            return False  # waits for the setup's probe on the per-job path
+        attempt.email, attempt.scopes = email, scopes[setup]
+        return True
 
     @staticmethod
     def topic_of(content: MessageContent | None) -> str | None:
@@ -198,35 +209,9 @@ class GridPoints:
                 await asyncio.sleep(delay)
             if sender.stop.is_set():
                 return
-            ready: dict[PartitionKeys, list[tuple[_Item, Grant]]] = {}
-            for item, grant in due:
-                if grant.late():
-                    metrics.JOBS.labels("late_slot").inc()
-                    item.batch.alone(item.entry_id, item.fields)  # books a new slot there
-                elif sender.setup.blocking(item.attempt.scopes):
-                    item.batch.alone(item.entry_id, item.fields)  # paused meanwhile
-                else:
-                    item.claim = sender.claims.next()
-                    ready.setdefault(item.batch.part, []).append((item, grant))
-            if len(ready) == 1:
-                [(part, claiming)] = ready.items()
-                claimed = await self.claim(part, claiming)
-            else:
-                parts = await asyncio.gather(*(self.claim(p, c) for p, c in ready.items()))
-                claimed = [item for part_claimed in parts for item in part_claimed]
-            if not claimed:
-                return
-            calls = sender.outbox.calls([item.attempt.email for item in claimed])
-            if len(calls) == 1:
-                await self.call(claimed)
-                return
-            results = await asyncio.gather(
-                *(self.call([claimed[n] for n in call]) for call in calls),
-                return_exceptions=True,
-            )
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            claimed = await self.claim_all(self.still_due(due))
+            if claimed:
+                await self.call_all(claimed)
         except LeavePending:
             pass
         except Exception as exc:
@@ -235,6 +220,45 @@ class GridPoints:
         finally:
             for item, _ in due:
                 item.batch.leave(item.entry_id)
+
+    def still_due(
+        self, due: list[tuple[_Item, Grant]]
+    ) -> dict[PartitionKeys, list[tuple[_Item, Grant]]]:
+        """The jobs to claim now, per partition, each with its claim value; a late slot or a
+        setup paused meanwhile sends a job to the per-job path."""
+        sender = self.sender
+        ready: dict[PartitionKeys, list[tuple[_Item, Grant]]] = {}
+        for item, grant in due:
+            if grant.late():
+                metrics.JOBS.labels("late_slot").inc()
+                item.batch.alone(item.entry_id, item.fields)  # books a new slot there
+            elif sender.setup.blocking(item.attempt.scopes):
+                item.batch.alone(item.entry_id, item.fields)  # paused meanwhile
+            else:
+                item.claim = sender.claims.next()
+                ready.setdefault(item.batch.part, []).append((item, grant))
+        return ready
+
+    async def claim_all(self, ready: dict[PartitionKeys, list[tuple[_Item, Grant]]]) -> list[_Item]:
+        if len(ready) == 1:
+            [(part, claiming)] = ready.items()
+            return await self.claim(part, claiming)
+        parts = await asyncio.gather(*(self.claim(p, c) for p, c in ready.items()))
+        return [item for part_claimed in parts for item in part_claimed]
+
+    async def call_all(self, claimed: list[_Item]) -> None:
+        """One SES call per message (per job in SEND_MODE=single), at once."""
+        calls = self.sender.outbox.calls([item.attempt.email for item in claimed])
+        if len(calls) == 1:
+            await self.call(claimed)
+            return
+        results = await asyncio.gather(
+            *(self.call([claimed[n] for n in call]) for call in calls),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def claim(self, part: PartitionKeys, ready: list[tuple[_Item, Grant]]) -> list[_Item]:
         """One claim script call for the jobs of `part`; the jobs claimed in time."""

@@ -230,12 +230,12 @@ class ClaimItem:
 class RecordItem:
     part: PartitionKeys
     entry_id: str
-    job: Job | None
-    expected: DeliveryState  # QUEUED, or the exact claim stored now
-    final: DeliveryState
-    event: Event | None
-    dead: dict[str, str] | None
-    ses_link: tuple[str, str] | None
+    job: Job | None  # None: an entry that is not a job (only its dead letter and XACK)
+    expected: DeliveryState = QUEUED  # QUEUED, or the exact claim stored now
+    final: DeliveryState = QUEUED
+    event: Event | None = None
+    dead: dict[str, str] | None = None  # a dead letter written with it
+    ses_link: tuple[str, str] | None = None  # (SES id, request id)
 
 
 def _pairs(reply: Any) -> list[Outcome]:
@@ -352,24 +352,12 @@ class DeliveryStore:
         reply = await self._release(keys=[part.state(job.msg_id)], args=args)
         return bool(int(reply))
 
-    async def record(
-        self,
-        part: PartitionKeys,
-        entry_id: str,
-        job: Job | None,
-        *,
-        expected: DeliveryState = QUEUED,
-        final: DeliveryState = QUEUED,
-        event: Event | None = None,
-        dead: dict[str, str] | None = None,
-        ses_link: tuple[str, str] | None = None,
-    ) -> Outcome:
+    async def record(self, item: RecordItem) -> Outcome:
         """Write the final state + event (+ dead letter) and XACK, atomically, in one script call
         with the other results of this partition that are ready at the same moment. `ses_link`
         (ses id, request id) is written in the same round trip but outside the script: that key
         has no hash tag (it is found by SES id alone), and it is only a correlation aid."""
-        item = RecordItem(part, entry_id, job, expected, final, event, dead, ses_link)
-        return await self._records.submit(part.index, item)
+        return await self._records.submit(item.part.index, item)
 
     async def _record_many(self, _: Hashable, items: list[RecordItem]) -> list[Outcome]:
         part = items[0].part
@@ -431,7 +419,9 @@ class DeliveryStore:
         self, part: PartitionKeys, entry_id: str, fields: dict[str, str], reason: str
     ) -> None:
         """A `sends` entry that is not a job: keep it with the reason, XACK it."""
-        await self.record(part, entry_id, None, dead=dead_entry(entry_id, fields, reason))
+        await self.record(
+            RecordItem(part, entry_id, None, dead=dead_entry(entry_id, fields, reason))
+        )
 
     async def ack(self, part: PartitionKeys, entry_id: str) -> None:
         await self.client.xack(part.sends, SENDERS_GROUP, entry_id)

@@ -102,6 +102,7 @@ from sesflow.common.schema import Event, Job, MessageContent
 from sesflow.common.settings import Settings
 from sesflow.sender import metrics
 from sesflow.sender.attempt import Attempt, Step, Verdict
+from sesflow.sender.compose import compose
 from sesflow.sender.content import ContentCache
 from sesflow.sender.outbox import Outbox
 from sesflow.sender.rate_limit import RateLimiter
@@ -238,7 +239,6 @@ class Sender(StreamConsumer):
         settings: Settings,
         client: Any,
         ses: SesSender,
-        compose: Composer,
         secret: bytes,
         *,
         consumer: str | None = None,
@@ -246,7 +246,7 @@ class Sender(StreamConsumer):
     ) -> None:
         super().__init__(client, settings, consumer=consumer)
         self.ses = ses
-        self.compose = compose
+        self.compose: Composer = compose  # the tracking `secret` signs its links
         self.secret = secret
         self.fetch_quota = fetch_quota
         self.keys = Keys(settings.redis_prefix, settings.send_partitions)

@@ -14,7 +14,7 @@ from sesflow.common.schema import Event, Job, decode_event
 from sesflow.common.scripts import register
 from sesflow.common.settings import Settings
 from sesflow.sender.rate_limit import RateLimiter
-from sesflow.sender.state import DeliveryState, DeliveryStore
+from sesflow.sender.state import DeliveryState, DeliveryStore, RecordItem
 
 S = DeliveryState.parse  # a state by its stored text
 
@@ -49,10 +49,10 @@ async def test_claim_and_record_with_the_ses_link_on_every_partition(
         assert claim.ok
         ses_id = f"ses-{index}"
         event = Event(type="sent", msg_id=msg_id, index=2, ses_id=ses_id)
-        done = await store.record(
-            part, entry, job, expected=S("i:1:c1"), final=S(f"s:{ses_id}"), event=event,
-            ses_link=(ses_id, f"{msg_id}_2"),
-        )  # fmt: skip
+        item = RecordItem(
+            part, entry, job, S("i:1:c1"), S(f"s:{ses_id}"), event, ses_link=(ses_id, f"{msg_id}_2")
+        )
+        done = await store.record(item)
         assert done.ok, done
         assert await cluster_client.hget(part.state(msg_id), "2") == f"s:{ses_id}"
         assert await cluster_client.get(KEYS.ses_message(ses_id)) == f"{msg_id}_2"
