@@ -127,7 +127,7 @@ class ClaimedPage:
     entries: list[Entry]
 
 
-async def claim_page(
+async def claim_page(  # noqa: PLR0913 (XAUTOCLAIM's own arguments)
     client: Any,
     stream: str,
     group: str,
