@@ -100,8 +100,12 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-async def until_stopped(stop: asyncio.Event, aw: Awaitable[T]) -> T | None:
-    """`aw`'s result, or None as soon as `stop` is set (then `aw` is cancelled, not awaited)."""
+async def until_stopped(
+    stop: asyncio.Event, aw: Awaitable[T], within: float | None = None
+) -> T | None:
+    """`aw`'s result, or None as soon as `stop` is set (then `aw` is cancelled, not awaited);
+    TimeoutError when it takes longer than `within` seconds (then it is cancelled too). Kept
+    here rather than by `asyncio.wait_for`, which would cost a reader one more task per read."""
     if stop.is_set():
         if inspect.iscoroutine(aw):
             aw.close()  # never started: nothing was sent
@@ -109,13 +113,16 @@ async def until_stopped(stop: asyncio.Event, aw: Awaitable[T]) -> T | None:
     task = asyncio.ensure_future(aw)
     stopping = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, stopping}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
         if not task.done():
             task.cancel()
+    timed_out = not task.done() and not stop.is_set()
     if not task.done():
         await asyncio.wait({task})
+    if timed_out:
+        raise TimeoutError(f"no answer within {within}s")
     if task.cancelled() or (stop.is_set() and task.exception() is not None):
         return None
     return task.result()
@@ -370,7 +377,7 @@ class StreamConsumer:
             self.group, self.consumer, {stream: start}, count=count, block=block
         )
         guard = (block or 0) / 1000 + READ_GUARD_S
-        reply = await until_stopped(self.stop, asyncio.wait_for(call, guard))
+        reply = await until_stopped(self.stop, call, guard)
         return list(reply[0][1]) if reply else []
 
     def spawn(self, stream: str, entry_id: str, fields: dict[str, str] | None) -> None:
