@@ -26,7 +26,7 @@ Two paths run these steps, with the same rules:
   call per SES call. No task or future per job. It takes only the plain case: first delivery,
   nothing stored yet, not stopped, not suppressed, setup not paused, slot not late, claim `ok`,
   SES answer a MessageId or a rejection.
-- **The per-job path** (`Sender.handle`, `Sender.send_loop`): everything else, one `Attempt`
+- **The per-job path** (`Sender.process`, `Sender.send_loop`): everything else, one `Attempt`
   (`sender.attempt`) per job. An entry a read batch cannot take before its claim is decided here
   from the start; a job whose SES call ended in any other error (throttled, transient, paused,
   setup fault, ambiguous) continues here from that outcome (`Sender.resume`), its claim still
