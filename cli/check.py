@@ -282,6 +282,23 @@ def identity_status(settings: Settings, identities: list[str]) -> dict[str, str]
     for any it does not call verified. Raises the last API error when neither answers."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    status, error = sesv2_status(settings, identities)
+    missing = [i for i in identities if status.get(i) != "verified"]
+    if missing:
+        try:
+            status.update(ses_v1_status(settings, missing))
+        except (BotoCoreError, ClientError) as exc:
+            if not status:
+                raise exc from error
+    return {i: status.get(i, "absent") for i in identities}
+
+
+def sesv2_status(
+    settings: Settings, identities: list[str]
+) -> tuple[dict[str, str], Exception | None]:
+    """What SESv2 says of each identity it answers for, and the last error it gave."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     status: dict[str, str] = {}
     error: Exception | None = None
     v2 = boto_client(settings, "sesv2", attempts=2)
@@ -297,27 +314,29 @@ def identity_status(settings: Settings, identities: list[str]) -> dict[str, str]
         except BotoCoreError as exc:
             error = exc
             continue
-        if reply.get("VerifiedForSendingStatus"):
+        status[identity] = sesv2_verification(reply)
+    return status, error
+
+
+def sesv2_verification(reply: dict[str, Any]) -> str:
+    if reply.get("VerifiedForSendingStatus"):
+        return "verified"
+    state = str(reply.get("VerificationStatus") or "PENDING").lower()
+    return "failed" if state == "failed" else "pending"
+
+
+def ses_v1_status(settings: Settings, identities: list[str]) -> dict[str, str]:
+    """What SES v1 says of the identities it knows (API errors are raised)."""
+    v1 = boto_client(settings, "ses", attempts=2)
+    attributes = v1.get_identity_verification_attributes(Identities=identities)
+    status: dict[str, str] = {}
+    for identity, attrs in attributes.get("VerificationAttributes", {}).items():
+        state = str(attrs.get("VerificationStatus", "")).lower()
+        if state == "success":
             status[identity] = "verified"
-        else:
-            state = str(reply.get("VerificationStatus") or "PENDING").lower()
-            status[identity] = "failed" if state == "failed" else "pending"
-    missing = [i for i in identities if status.get(i) != "verified"]
-    if missing:
-        try:
-            v1 = boto_client(settings, "ses", attempts=2)
-            attributes = v1.get_identity_verification_attributes(Identities=missing)
-        except (BotoCoreError, ClientError) as exc:
-            if not status:
-                raise exc from error
-        else:
-            for identity, attrs in attributes.get("VerificationAttributes", {}).items():
-                state = str(attrs.get("VerificationStatus", "")).lower()
-                if state == "success":
-                    status[identity] = "verified"
-                elif state in {"pending", "failed"}:
-                    status[identity] = state
-    return {i: status.get(i, "absent") for i in identities}
+        elif state in {"pending", "failed"}:
+            status[identity] = state
+    return status
 
 
 def identity_finding(settings: Settings) -> Finding:

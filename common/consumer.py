@@ -7,7 +7,11 @@
   bounded by `concurrency` (XREADGROUP COUNT = free slots); or `consume(stream)` for a reader of
   its own (stats: batches applied with their XACK in one transaction);
 - `upkeep()`: periodic jobs; by default reclaim (one XAUTOCLAIM page into free slots), trim
-  (never below an entry some group still needs) and forgetting idle consumers.
+  (never below an entry some group still needs) and forgetting idle consumers;
+- `background(stop)`: long-running tasks of its own beside the readers (the sender's upkeep),
+  cancelled only after the drain and `after_drain`, so they serve the work in hand to the end;
+- `prepare()` before the first read, `on_redis_back()` after an outage, `after_drain()` once
+  the work in hand is finished or cancelled (the sender hands its leftovers over).
 
 One lifecycle, `await consumer.run(stop)`, with this shutdown contract:
 
@@ -16,6 +20,7 @@ One lifecycle, `await consumer.run(stop)`, with this shutdown contract:
   it may have delivered stays pending and is reclaimed), and upkeep ends;
 - the readers' last work (stats: the batch in hand) and the in-flight tasks then get
   SHUTDOWN_GRACE in all; whatever still runs is cancelled, and its entries stay pending;
+  `after_drain()` runs, then the `background` tasks are cancelled;
 - `run` never closes the client: whoever made it closes it, in `finally`; setting `stop` twice is
   harmless.
 
@@ -25,7 +30,7 @@ ends a loop: a reader waits for Redis and starts again (re-creating its group, w
 that lost its data no longer has); an upkeep job logs and runs again at its next time. BLOCK is
 capped at LONGEST_BLOCK_MS, which `connect` keeps below the socket timeout.
 
-The plain functions serve a consumer that keeps a loop of its own (the sender's readers).
+The plain functions also serve work outside a consumer's loops (the sender's upkeep).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -95,8 +100,12 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
-async def until_stopped(stop: asyncio.Event, aw: Awaitable[T]) -> T | None:
-    """`aw`'s result, or None as soon as `stop` is set (then `aw` is cancelled, not awaited)."""
+async def until_stopped(
+    stop: asyncio.Event, aw: Awaitable[T], within: float | None = None
+) -> T | None:
+    """`aw`'s result, or None as soon as `stop` is set (then `aw` is cancelled, not awaited);
+    TimeoutError when it takes longer than `within` seconds (then it is cancelled too). Kept
+    here rather than by `asyncio.wait_for`, which would cost a reader one more task per read."""
     if stop.is_set():
         if inspect.iscoroutine(aw):
             aw.close()  # never started: nothing was sent
@@ -104,13 +113,16 @@ async def until_stopped(stop: asyncio.Event, aw: Awaitable[T]) -> T | None:
     task = asyncio.ensure_future(aw)
     stopping = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, stopping}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
         if not task.done():
             task.cancel()
+    timed_out = not task.done() and not stop.is_set()
     if not task.done():
         await asyncio.wait({task})
+    if timed_out:
+        raise TimeoutError(f"no answer within {within}s")
     if task.cancelled() or (stop.is_set() and task.exception() is not None):
         return None
     return task.result()
@@ -122,7 +134,7 @@ class ClaimedPage:
     entries: list[Entry]
 
 
-async def claim_page(
+async def claim_page(  # noqa: PLR0913 (XAUTOCLAIM's own arguments)
     client: Any,
     stream: str,
     group: str,
@@ -245,6 +257,20 @@ class StreamConsumer:
             self.per_stream("consumers", FORGET_EVERY_S, self.forget_idle_consumers),
         ]
 
+    def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        """Tasks of this consumer's own, started beside the readers; they end on `stop` or are
+        cancelled after the drain (whatever must serve the work in hand runs until then)."""
+        return []
+
+    async def prepare(self) -> None:
+        """Before the first read (Redis may be down: retry until `self.stop`)."""
+
+    def on_redis_back(self) -> None:
+        """Redis answers again after this process saw it unreachable."""
+
+    async def after_drain(self) -> None:
+        """The work in hand is finished or cancelled; `background` tasks still run."""
+
     def interrupted(self, stream: str, exc: BaseException) -> None:
         """A reader of `stream` failed with `exc` and will start again (state to reset)."""
 
@@ -253,6 +279,13 @@ class StreamConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Read until `stop`, then finish the work in hand within SHUTDOWN_GRACE."""
         self.stop = stop
+        await self.prepare()
+        if stop.is_set():
+            return
+        background = [
+            asyncio.create_task(work, name=f"{self.role}-background")
+            for work in self.background(stop)
+        ]
         upkeep = [
             asyncio.create_task(periodic(job, stop), name=f"{self.role}-{job.name}")
             for job in self.upkeep()
@@ -271,13 +304,21 @@ class StreamConsumer:
             for task in upkeep:
                 task.cancel()
             await self.drain(readers)
-            await asyncio.gather(*upkeep, return_exceptions=True)
+            try:
+                await self.after_drain()
+            except Exception as exc:
+                log_failure(f"{self.role}: after the drain", exc)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*upkeep, *background, return_exceptions=True)
             log.info(f"{self.role} stopped", consumer=self.consumer)
 
     async def drain(self, readers: Sequence[asyncio.Task[None]] = ()) -> None:
         """Give the readers' last work and the in-flight tasks SHUTDOWN_GRACE in all; cancel
         what is left (its entries stay pending and are reclaimed)."""
         deadline = time.monotonic() + self.settings.shutdown_grace
+        if self.inflight:
+            log.info("finishing in-flight jobs", role=self.role, jobs=len(self.inflight))
         for tasks in (set(readers), self.inflight):
             running = {task for task in tasks if not task.done()}
             if running:
@@ -304,9 +345,15 @@ class StreamConsumer:
                     continue
                 log_failure(f"{self.role}: reading", exc, stream=stream)
                 if isinstance(exc, (*UNAVAILABLE, RedisUnavailable)):
-                    await wait_for_redis(self.client, self.stop, log)
+                    await self.wait_for_redis(self.stop)
                 else:
                     await sleep_or_stop(self.stop, RESTART_PAUSE_S)
+
+    async def wait_for_redis(self, stop: asyncio.Event | None) -> bool:
+        """Wait until Redis answers (False: `stop` came first); then `on_redis_back`."""
+        back = await wait_for_redis(self.client, stop, log)
+        self.on_redis_back()
+        return back
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -330,7 +377,7 @@ class StreamConsumer:
             self.group, self.consumer, {stream: start}, count=count, block=block
         )
         guard = (block or 0) / 1000 + READ_GUARD_S
-        reply = await until_stopped(self.stop, asyncio.wait_for(call, guard))
+        reply = await until_stopped(self.stop, call, guard)
         return list(reply[0][1]) if reply else []
 
     def spawn(self, stream: str, entry_id: str, fields: dict[str, str] | None) -> None:

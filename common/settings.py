@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -300,55 +300,100 @@ def invalid_setting(
 
 
 def check(settings: Settings) -> Settings:
-    if settings.email_rate <= 0:
-        raise ConfigError("EMAIL_RATE must be positive")
-    if not 0 < settings.transactional_max_share <= 1:
-        raise ConfigError("TRANSACTIONAL_MAX_SHARE must be above 0 and at most 1")
-    for name in (
-        "guard_bounce_rate",
-        "guard_complaint_rate",
-        "guard_account_bounce_rate",
-        "guard_account_complaint_rate",
-    ):
-        if not 0 < getattr(settings, name) <= 1:
-            raise ConfigError(f"{name.upper()} must be a fraction above 0 and at most 1")
-    if settings.send_partitions < 1:
-        raise ConfigError("SEND_PARTITIONS must be at least 1")
-    if settings.sender_concurrency < 1:
-        raise ConfigError("SENDER_CONCURRENCY must be at least 1")
-    for name in ("max_messages_per_request", "max_recipients_per_request", "max_recipients"):
-        if getattr(settings, name) < 1:
-            raise ConfigError(f"{name.upper()} must be at least 1")
-    if settings.max_attempts < 1:
-        raise ConfigError("MAX_ATTEMPTS must be at least 1")
-    if settings.jwt_max_age < 0:
-        raise ConfigError("JWT_MAX_AGE must be 0 (no limit) or a positive number of seconds")
-    for field in CHECKED_SECRETS:
-        reason = weakness(env_names(field)[0], getattr(settings, field))
+    """`settings` with the sender address normalised, or ConfigError naming the first rule
+    (`CHECKS`, in order) it breaks."""
+    for rule in CHECKS:
+        reason = rule(settings)
         if reason:
             raise ConfigError(reason)
-    for field in ("aws_access_key_id", "aws_secret_access_key"):
-        reason = aws_placeholder(env_names(field)[0], getattr(settings, field))
-        if reason:
-            raise ConfigError(reason)
-    reason = bad_sentry_dsn(settings.sentry_dsn)
-    if reason:
-        raise ConfigError(reason)
-    if not settings.setup_probe_interval > 0:
-        raise ConfigError("SETUP_PROBE_INTERVAL must be positive")
-    check_sns(settings)
-    if settings.stats_retention < 1:
-        raise ConfigError("STATS_RETENTION must be at least 1 (seconds)")
-    # A sender or stats process keeps one blocking read per partition: leave room beside them.
-    if settings.redis_max_connections < settings.send_partitions + 8:
-        raise ConfigError("REDIS_MAX_CONNECTIONS must be at least SEND_PARTITIONS + 8")
-    if settings.redis_connect_timeout <= 0:
-        raise ConfigError("REDIS_CONNECT_TIMEOUT must be positive")
     try:
         sender = normalise_mailbox(settings.email_sender)
     except InvalidMailbox as exc:
         raise ConfigError(f"EMAIL_SENDER {settings.email_sender[:100]!r} {exc}") from exc
     return msgspec.structs.replace(settings, email_sender=sender)
+
+
+# A rule: the reason a setting is refused, or None (or "") when it passes.
+Rule = Callable[[Settings], str | None]
+
+
+def refuse(bad: Callable[[Settings], bool], reason: str) -> Rule:
+    """A rule that gives `reason` when `bad` holds."""
+    return lambda settings: reason if bad(settings) else None
+
+
+def first_reason(reasons: Iterable[str | None]) -> str | None:
+    return next((reason for reason in reasons if reason), None)
+
+
+def weak_secret(settings: Settings) -> str | None:
+    return first_reason(
+        weakness(env_names(field)[0], getattr(settings, field)) for field in CHECKED_SECRETS
+    )
+
+
+def aws_placeholders(settings: Settings) -> str | None:
+    return first_reason(
+        aws_placeholder(env_names(field)[0], getattr(settings, field))
+        for field in ("aws_access_key_id", "aws_secret_access_key")
+    )
+
+
+def positive_request_limits(settings: Settings) -> str | None:
+    names = ("max_messages_per_request", "max_recipients_per_request", "max_recipients")
+    return first_reason(
+        f"{name.upper()} must be at least 1" for name in names if getattr(settings, name) < 1
+    )
+
+
+def guard_rates(settings: Settings) -> str | None:
+    names = (
+        "guard_bounce_rate",
+        "guard_complaint_rate",
+        "guard_account_bounce_rate",
+        "guard_account_complaint_rate",
+    )
+    return first_reason(
+        f"{name.upper()} must be a fraction above 0 and at most 1"
+        for name in names
+        if not 0 < getattr(settings, name) <= 1
+    )
+
+
+def sns_rules(settings: Settings) -> str | None:
+    check_sns(settings)  # raises ConfigError itself
+    return None
+
+
+# Every rule `check` applies, in the order they are reported. A new setting's rule is one row.
+CHECKS: tuple[Rule, ...] = (
+    refuse(lambda s: s.email_rate <= 0, "EMAIL_RATE must be positive"),
+    refuse(
+        lambda s: not 0 < s.transactional_max_share <= 1,
+        "TRANSACTIONAL_MAX_SHARE must be above 0 and at most 1",
+    ),
+    guard_rates,
+    refuse(lambda s: s.send_partitions < 1, "SEND_PARTITIONS must be at least 1"),
+    refuse(lambda s: s.sender_concurrency < 1, "SENDER_CONCURRENCY must be at least 1"),
+    positive_request_limits,
+    refuse(lambda s: s.max_attempts < 1, "MAX_ATTEMPTS must be at least 1"),
+    refuse(
+        lambda s: s.jwt_max_age < 0,
+        "JWT_MAX_AGE must be 0 (no limit) or a positive number of seconds",
+    ),
+    weak_secret,
+    aws_placeholders,
+    lambda s: bad_sentry_dsn(s.sentry_dsn),
+    refuse(lambda s: not s.setup_probe_interval > 0, "SETUP_PROBE_INTERVAL must be positive"),
+    sns_rules,
+    refuse(lambda s: s.stats_retention < 1, "STATS_RETENTION must be at least 1 (seconds)"),
+    # A sender or stats process keeps one blocking read per partition: leave room beside them.
+    refuse(
+        lambda s: s.redis_max_connections < s.send_partitions + 8,
+        "REDIS_MAX_CONNECTIONS must be at least SEND_PARTITIONS + 8",
+    ),
+    refuse(lambda s: s.redis_connect_timeout <= 0, "REDIS_CONNECT_TIMEOUT must be positive"),
+)
 
 
 def check_sns(settings: Settings) -> None:

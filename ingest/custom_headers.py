@@ -60,36 +60,45 @@ def check_headers(headers: Mapping[str, Any] | None) -> tuple[tuple[str, str], .
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
     for name, value in headers.items():
-        if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_CHARS:
-            raise InputError(
-                "invalid_header",
-                f"header name {str(name)[:80]!r}: 1..{MAX_NAME_CHARS} printable ASCII "
-                "characters, no colon or space",
-            )
-        if is_owned(name):
-            raise InputError(
-                "invalid_header",
-                f"header {name!r} is set by sesflow (use reply_to, from_email, subject)",
-            )
+        check_name(name)
         if name.lower() in seen:
             raise InputError("invalid_header", f"header {name!r} is given twice")
         seen.add(name.lower())
-        if not isinstance(value, str):
-            raise InputError("invalid_header", f"header {name!r}: the value must be a string")
-        value = value.strip()
-        if not _VALUE.fullmatch(value):
-            raise InputError(
-                "invalid_header",
-                f"header {name!r}: printable ASCII only (no line break, tab or control "
-                "character; encode other text as RFC 2047 words)",
-            )
-        if not value:
-            raise InputError("invalid_header", f"header {name!r} is empty")
-        if len(value) > MAX_VALUE_CHARS or len(name) + len(value) > MAX_NAME_AND_VALUE_CHARS:
-            raise InputError(
-                "invalid_header",
-                f"header {name!r}: at most {MAX_VALUE_CHARS} characters, "
-                f"{MAX_NAME_AND_VALUE_CHARS} with the name",
-            )
-        pairs.append((name, value))
+        pairs.append((name, checked_value(name, value)))
     return tuple(pairs)
+
+
+def check_name(name: object) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_CHARS:
+        raise InputError(
+            "invalid_header",
+            f"header name {str(name)[:80]!r}: 1..{MAX_NAME_CHARS} printable ASCII "
+            "characters, no colon or space",
+        )
+    if is_owned(name):
+        raise InputError(
+            "invalid_header",
+            f"header {name!r} is set by sesflow (use reply_to, from_email, subject)",
+        )
+
+
+def checked_value(name: str, value: object) -> str:
+    """The value, stripped; InputError when it is not one a header may carry."""
+    if not isinstance(value, str):
+        raise InputError("invalid_header", f"header {name!r}: the value must be a string")
+    value = value.strip()
+    if not _VALUE.fullmatch(value):
+        raise InputError(
+            "invalid_header",
+            f"header {name!r}: printable ASCII only (no line break, tab or control "
+            "character; encode other text as RFC 2047 words)",
+        )
+    if not value:
+        raise InputError("invalid_header", f"header {name!r} is empty")
+    if len(value) > MAX_VALUE_CHARS or len(name) + len(value) > MAX_NAME_AND_VALUE_CHARS:
+        raise InputError(
+            "invalid_header",
+            f"header {name!r}: at most {MAX_VALUE_CHARS} characters, "
+            f"{MAX_NAME_AND_VALUE_CHARS} with the name",
+        )
+    return value

@@ -35,6 +35,7 @@ in both modes: sending part of a personalised message, or an altered one, is nev
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -235,6 +236,39 @@ def all_recipients(message: MessageRequest) -> list[tuple[str, dict[str, Any] | 
     return listed_first + [(email, None) for email in message.emails]
 
 
+@dataclass(slots=True)
+class Addresses:
+    """A message's recipients sorted out: the valid ones (first of each, case folded), their
+    data as given and as checked JSON, the invalid ones, and how many repeated one before."""
+
+    kept: list[str] = field(default_factory=list)
+    kept_data: list[dict[str, Any] | None] = field(default_factory=list)
+    own_data: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def sort_addresses(
+    recipients: list[tuple[str, dict[str, Any] | None]], limits: Limits
+) -> Addresses:
+    out = Addresses()
+    seen: set[str] = set()
+    for n, (raw, data) in enumerate(recipients):
+        address = raw.strip()
+        if not is_valid_address(address):
+            out.invalid.append(raw)
+            continue
+        folded = address.lower()
+        if folded in seen:
+            out.duplicates += 1
+            continue
+        seen.add(folded)
+        out.kept.append(address)
+        out.own_data.append(check_data(data, f"recipients[{n}].data", limits.max_data_bytes))
+        out.kept_data.append(data or None)
+    return out
+
+
 def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -> ValidMessage:
     """Check one message; raises InputError when it cannot be sent at all (see module doc).
     A stored template must have been applied first (`ingest.templates.resolve`)."""
@@ -259,25 +293,9 @@ def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -
     attachments, attachments_json = check_attachments(message.attachments)
     defaults_json = check_data(message.data, "data", limits.max_data_bytes)
 
-    kept: list[str] = []
-    kept_data: list[dict[str, Any] | None] = []
-    own_data: list[str] = []
-    invalid: list[str] = []
-    seen: set[str] = set()
-    duplicates = 0
-    for n, (raw, data) in enumerate(recipients):
-        address = raw.strip()
-        if not is_valid_address(address):
-            invalid.append(raw)
-            continue
-        folded = address.lower()
-        if folded in seen:
-            duplicates += 1
-            continue
-        seen.add(folded)
-        kept.append(address)
-        own_data.append(check_data(data, f"recipients[{n}].data", limits.max_data_bytes))
-        kept_data.append(data or None)
+    sorted_out = sort_addresses(recipients, limits)
+    kept, kept_data, own_data = sorted_out.kept, sorted_out.kept_data, sorted_out.own_data
+    invalid, duplicates = sorted_out.invalid, sorted_out.duplicates
     if not kept:
         raise InputError("invalid_addresses", f"no valid address: {listed(invalid)}")
     if invalid and strict:
@@ -393,51 +411,81 @@ def parse_content(obj: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def parse_extras(obj: dict[str, Any], where: str) -> dict[str, Any]:
-    """The optional fields of the personalised message model."""
+    """The optional fields of the personalised message model (`_EXTRAS`)."""
+    extras = parse_addressees(obj, where)
+    for extra in _EXTRAS:
+        value = first_present(obj, extra.names)
+        if value is None:
+            continue
+        if not extra.fits(value):
+            raise wrong_type(where, extra.field, extra.expected)
+        extras[extra.field] = extra.convert(value, where)
+    return extras
+
+
+def parse_addressees(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    """`emails` (required unless `recipients` is given) and `recipients`."""
     extras: dict[str, Any] = {}
     emails = obj.get("emails")
     recipients = obj.get("recipients")
     if emails is not None or recipients is None:
-        if not isinstance(emails, list) or not all(isinstance(e, str) for e in emails):
+        if not is_list_of_str(emails):
             raise wrong_type(where, "emails", "a list of strings")
         extras["emails"] = emails
     if recipients is not None:
         if not isinstance(recipients, list):
             raise wrong_type(where, "recipients", 'a list of {"email", "data"} objects')
         extras["recipients"] = typed(recipients, list[Recipient], where, "recipients")
-    data = obj.get("data")
-    if data is not None:
-        if not isinstance(data, dict):
-            raise wrong_type(where, "data", "an object")
-        extras["data"] = data
-    reply_to = first_present(obj, _REPLY_TO_NAMES)
-    if isinstance(reply_to, str):
-        reply_to = [reply_to]
-    if reply_to is not None:
-        if not isinstance(reply_to, list) or not all(isinstance(a, str) for a in reply_to):
-            raise wrong_type(where, "reply_to", "a list of addresses")
-        extras["reply_to"] = reply_to
-    headers = obj.get("headers")
-    if headers is not None:
-        if not isinstance(headers, dict):
-            raise wrong_type(where, "headers", "an object of header names to values")
-        extras["headers"] = headers
-    attachments = obj.get("attachments")
-    if attachments is not None:
-        if not isinstance(attachments, list):
-            raise wrong_type(where, "attachments", "a list")
-        extras["attachments"] = typed(attachments, list[Attachment], where, "attachments")
-    lane = obj.get("lane")
-    if lane is not None:
-        if not isinstance(lane, str):
-            raise wrong_type(where, "lane", '"bulk" or "transactional"')
-        extras["lane"] = lane
-    weight = obj.get("weight")
-    if weight is not None:
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise wrong_type(where, "weight", "a number")
-        extras["weight"] = float(weight)
     return extras
+
+
+def is_list_of_str(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+@dataclass(frozen=True, slots=True)
+class Extra:
+    """One optional field: the names it may come under, the shape it must have (else 400
+    "`field` must be `expected`"), and what is kept of it."""
+
+    field: str
+    names: tuple[str, ...]
+    fits: Callable[[Any], bool]
+    expected: str
+    convert: Callable[[Any, str], Any] = lambda value, where: value
+
+
+_EXTRAS = (
+    Extra("data", ("data",), lambda v: isinstance(v, dict), "an object"),
+    Extra(
+        "reply_to",
+        _REPLY_TO_NAMES,
+        lambda v: isinstance(v, str) or is_list_of_str(v),
+        "a list of addresses",
+        lambda v, where: [v] if isinstance(v, str) else v,
+    ),
+    Extra(
+        "headers",
+        ("headers",),
+        lambda v: isinstance(v, dict),
+        "an object of header names to values",
+    ),
+    Extra(
+        "attachments",
+        ("attachments",),
+        lambda v: isinstance(v, list),
+        "a list",
+        lambda v, where: typed(v, list[Attachment], where, "attachments"),
+    ),
+    Extra("lane", ("lane",), lambda v: isinstance(v, str), '"bulk" or "transactional"'),
+    Extra(
+        "weight",
+        ("weight",),
+        lambda v: not isinstance(v, bool) and isinstance(v, int | float),
+        "a number",
+        lambda v, where: float(v),
+    ),
+)
 
 
 def parse_message(obj: Any, where: str, default_schedule: str | None) -> MessageRequest:

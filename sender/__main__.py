@@ -14,7 +14,6 @@ from sesflow.common.logs import get_logger
 from sesflow.common.runtime import run_role, start_site, stop_on_signals
 from sesflow.common.settings import Settings
 from sesflow.common.tracking import tracking_secret
-from sesflow.sender.compose import compose
 from sesflow.sender.metrics import create_app
 from sesflow.sender.ses_boto3 import Boto3SesClient
 from sesflow.sender.ses_client import SesClient
@@ -66,7 +65,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         secret = await load_secret(settings, client, stop)
         if secret is None:
             return
-        sender = Sender(settings, client, ses, compose, secret, fetch_quota=fetch_quota)
+        sender = Sender(settings, client, ses, secret, fetch_quota=fetch_quota)
         runner = await serve_metrics(settings, sender)
         await sender.run(stop)
     finally:

@@ -73,28 +73,37 @@ class Batcher(Generic[I, R]):
                 batch = self._take(queue)
                 if self._skip_cancelled:
                     batch = [(items, fut) for items, fut in batch if not fut.done()]
-                    if not batch:
-                        continue
-                try:
-                    if len(batch) == 1:
-                        results = await self._run(key, batch[0][0])
-                    else:
-                        results = await self._run(key, [i for items, _ in batch for i in items])
-                except Exception as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                except BaseException:
-                    for _, fut in batch + queue:
-                        fut.cancel()
-                    queue.clear()
-                    raise
-                start = 0
-                for items, fut in batch:
-                    end = start + len(items)
-                    if not fut.done():
-                        fut.set_result(results[start:end])
-                    start = end
+                if batch:
+                    await self._run_batch(key, batch, queue)
         finally:
             del self._drainers[key]
+
+    async def _run_batch(
+        self,
+        key: Hashable,
+        batch: list[tuple[list[I], asyncio.Future[list[R]]]],
+        queue: list[tuple[list[I], asyncio.Future[list[R]]]],
+    ) -> None:
+        """One call for `batch`; each caller gets its own slice of the results (or the error).
+        Cancelled: every caller still queued is cancelled too."""
+        try:
+            if len(batch) == 1:
+                results = await self._run(key, batch[0][0])
+            else:
+                results = await self._run(key, [i for items, _ in batch for i in items])
+        except Exception as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        except BaseException:
+            for _, fut in batch + queue:
+                fut.cancel()
+            queue.clear()
+            raise
+        start = 0
+        for items, fut in batch:
+            end = start + len(items)
+            if not fut.done():
+                fut.set_result(results[start:end])
+            start = end

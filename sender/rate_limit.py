@@ -243,56 +243,15 @@ class RateLimiter:
 
     async def _poll(self, stop: asyncio.Event | None) -> None:
         try:
-            while True:
-                while self._waiters and self._waiters[0].done():
-                    self._waiters.popleft()  # its job was cancelled
-                if not self._waiters:
-                    return
+            while self._has_waiters():
                 if stop is not None and stop.is_set():
-                    while self._waiters:
-                        waiter = self._waiters.popleft()
-                        if not waiter.done():
-                            waiter.end(None)
+                    self._end_waiters()
                     return
                 asked = time.monotonic()
                 reply = await self.grant(sum(w.left for w in self._waiters))
                 count = int(reply[0])
                 if count > 0:
-                    first, interval = float(reply[1]) / 1000, float(reply[2]) / 1000
-                    step = min(GATHER_S, GATHER_SLOTS * interval)
-                    reserved = LATE_S if interval >= DENSE_INTERVAL_S else IMMEDIATE_LATE_S
-                    slot = 0
-                    # The jobs of one grid point are woken by one timer, at their slot: one
-                    # wake-up per job (or per read batch), not a grant now and a sleep until the
-                    # slot.
-                    # Slots free at once are handed out by a timer too (at `asked`, already
-                    # past): at a dense rate the slots just after them are on grid points only
-                    # nanoseconds later, and every timer that is due wakes in the same loop turn,
-                    # so a read batch's jobs stay one group (one bulk call), not the first alone.
-                    due: dict[float, dict[Want, list[Grant]]] = {}
-                    grants_at: dict[float, Grant] = {}
-                    while slot < count and self._waiters:
-                        waiter = self._waiters[0]
-                        if waiter.done():
-                            self._waiters.popleft()
-                            continue
-                        # timed from when we asked: never later than Redis's own `now`
-                        ahead = first + slot * interval
-                        if ahead > 0:
-                            at, tolerance = self._gathered(asked + ahead, step), reserved
-                        else:
-                            at, tolerance = asked, IMMEDIATE_LATE_S
-                        if at not in due:
-                            due[at] = {}
-                            grants_at[at] = Grant(at, tolerance)  # one per grid point, shared
-                        due[at].setdefault(waiter, []).append(grants_at[at])
-                        waiter.left -= 1
-                        if waiter.left <= 0:
-                            self._waiters.popleft()
-                        slot += 1
-                    loop = asyncio.get_running_loop()
-                    for at, grants in due.items():
-                        loop.call_at(at, _hand_out, list(grants.items()))
+                    self._book(count, float(reply[1]) / 1000, float(reply[2]) / 1000, asked)
                     continue
                 delay = min(int(reply[1]) / 1000, MAX_POLL_S) * random.uniform(0.8, 1.2)
                 if stop is None:
@@ -308,6 +267,56 @@ class RateLimiter:
             raise
         finally:
             self._poller = None
+
+    def _has_waiters(self) -> bool:
+        while self._waiters and self._waiters[0].done():
+            self._waiters.popleft()  # its job was cancelled
+        return bool(self._waiters)
+
+    def _end_waiters(self) -> None:
+        """Stop: every waiting caller gets no slot (None)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.end(None)
+
+    def _book(self, count: int, first: float, interval: float, asked: float) -> None:
+        """Hand `count` slots, the first `first` seconds after `asked` and then one every
+        `interval`, to the waiting callers in order.
+
+        The jobs of one grid point are woken by one timer, at their slot: one wake-up per job
+        (or per read batch), not a grant now and a sleep until the slot. Slots free at once are
+        handed out by a timer too (at `asked`, already past): at a dense rate the slots just
+        after them are on grid points only nanoseconds later, and every timer that is due wakes
+        in the same loop turn, so a read batch's jobs stay one group (one bulk call), not the
+        first alone."""
+        step = min(GATHER_S, GATHER_SLOTS * interval)
+        reserved = LATE_S if interval >= DENSE_INTERVAL_S else IMMEDIATE_LATE_S
+        due: dict[float, dict[Want, list[Grant]]] = {}
+        grants_at: dict[float, Grant] = {}
+        slot = 0
+        while slot < count and self._waiters:
+            waiter = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            # timed from when we asked: never later than Redis's own `now`
+            ahead = first + slot * interval
+            if ahead > 0:
+                at, tolerance = self._gathered(asked + ahead, step), reserved
+            else:
+                at, tolerance = asked, IMMEDIATE_LATE_S
+            if at not in due:
+                due[at] = {}
+                grants_at[at] = Grant(at, tolerance)  # one per grid point, shared
+            due[at].setdefault(waiter, []).append(grants_at[at])
+            waiter.left -= 1
+            if waiter.left <= 0:
+                self._waiters.popleft()
+            slot += 1
+        loop = asyncio.get_running_loop()
+        for at, grants in due.items():
+            loop.call_at(at, _hand_out, list(grants.items()))
 
     def _gathered(self, slot: float, step: float) -> float:
         """The first point of this process's grid of `step` at or after `slot`."""

@@ -7,11 +7,11 @@ every step keeps its atomicity: the claim is stored before the SES call, the rec
 
 Only the common case goes this way: a job delivered for the first time, its content found, no
 state stored for it yet, its topic not stopped, its address not suppressed, its SES setup not
-paused. Every other job goes to the per-job path (`Sender.handle`), which decides it from the
+paused. Every other job goes to the per-job path (`Sender.process`), which decides it from the
 start exactly as before, and so does a job whose rate slot came too late or whose claim was not
 granted (its claim released first when it was). A job whose SES call ended in an error other
-than a rejection continues on the per-job loop from that outcome (`Handed`), its claim still
-held: the ambiguous window is the same as on the per-job path, only the SES call and the
+than a rejection continues on the per-job loop from that outcome (`Sender.resume`), its claim
+still held: the ambiguous window is the same as on the per-job path, only the SES call and the
 record's round trip between claim and record.
 """
 
@@ -29,12 +29,13 @@ from sesflow.common.connection import UNAVAILABLE
 from sesflow.common.errors import RedisUnavailable, SesRejected
 from sesflow.common.keys import PartitionKeys, accepted_ms
 from sesflow.common.logs import get_logger
-from sesflow.common.schema import EventType, Job, MessageContent
+from sesflow.common.schema import Job, MessageContent
 from sesflow.sender import metrics
+from sesflow.sender.attempt import Attempt
 from sesflow.sender.rate_limit import Grant, SlotBatch
 from sesflow.sender.setup_faults import scopes_of
-from sesflow.sender.state import FAILED, SENT, ClaimItem, Outcome, RecordItem
-from sesflow.sender.worker import Handed, LeavePending, Sender, utf8_fields
+from sesflow.sender.state import QUEUED, ClaimItem, DeliveryState, Outcome, Precheck, RecordItem
+from sesflow.sender.worker import LeavePending, Sender, utf8_fields
 
 log = get_logger(__name__)
 
@@ -42,14 +43,13 @@ log = get_logger(__name__)
 @dataclass(slots=True)
 class _Item:
     batch: ReadBatch
-    entry_id: str
     fields: Any  # as read, for the per-job path
-    job: Job
-    content: MessageContent
-    email: Any  # sender.compose.Email
-    scopes: tuple[str, ...]
-    accepted: int  # the message's accepted time (ms)
-    claim: str = ""
+    attempt: Attempt  # content, email and scopes set
+    claim: DeliveryState = QUEUED  # the claim asked for (`attempt.held` once granted)
+
+    @property
+    def entry_id(self) -> str:
+        return self.attempt.entry_id
 
 
 class ReadBatch:
@@ -87,19 +87,14 @@ class ReadBatch:
     def alone(self, entry_id: str, fields: Any) -> None:
         """The per-job path decides the entry from the start (nothing claimed here)."""
         self.owned.discard(entry_id)
-        self.sender.spawn(self.part, entry_id, fields, deliveries=1)
+        self.sender.spawn_job(self.part, entry_id, fields, deliveries=1)
 
     # --- before any claim -------------------------------------------------------------------
 
     async def prepare(self) -> list[_Item]:
         """Parse, content, one pre-check for all, compose: the jobs that can go together."""
         sender, part = self.sender, self.part
-        jobs: list[tuple[str, Any, Job]] = []
-        for entry_id, fields in self.entries:
-            try:
-                jobs.append((entry_id, fields, Job.from_fields(utf8_fields(fields or {}))))
-            except ValueError:
-                self.alone(entry_id, fields)  # dead-lettered there
+        jobs = self.parse()
         if not jobs:
             return []
         contents: dict[str, MessageContent | None] = {}
@@ -109,40 +104,54 @@ class ReadBatch:
                 contents[job.msg_id] = await sender.before_claim(load)
         asks = [(part, job, self.topic_of(contents[job.msg_id])) for _, _, job in jobs]
         prechecks = await sender.before_claim(lambda: sender.store.precheck_many(asks))
-        first_try = sender.settings.max_attempts >= 1
         scopes: dict[tuple[str, str], tuple[str, ...]] = {}
         items: list[_Item] = []
         accepted: dict[str, int] = {}
         for (entry_id, fields, job), pre in zip(jobs, prechecks, strict=True):
-            content = contents[job.msg_id]
             if job.msg_id not in accepted:
                 accepted[job.msg_id] = accepted_ms(job.msg_id)
-            if (
-                content is None
-                or pre.state
-                or pre.suppressed
-                or pre.stopped(accepted[job.msg_id])
-                or not first_try
-            ):
+            attempt = Attempt(part, entry_id, job, 1, accepted[job.msg_id], contents[job.msg_id])
+            if self.plain(attempt, pre, scopes):
+                items.append(_Item(self, fields, attempt))
+            else:
                 self.alone(entry_id, fields)
-                continue
-            try:
-                email = sender.compose(sender.settings, sender.secret, content, job)
-            except Exception:
-                self.alone(entry_id, fields)  # fails there, with its log line
-                continue
-            setup = (email.from_email, email.configuration_set)
-            if setup not in scopes:
-                scopes[setup] = scopes_of(*setup)
-            if sender.setup.blocking(scopes[setup]):
-                self.alone(entry_id, fields)  # waits for the setup's probe there
-                continue
-            items.append(
-                _Item(
-                    self, entry_id, fields, job, content, email, scopes[setup], accepted[job.msg_id]
-                )
-            )
         return items
+
+    def parse(self) -> list[tuple[str, Any, Job]]:
+        """The entries that are jobs; the others go to the per-job path (dead-lettered there)."""
+        jobs: list[tuple[str, Any, Job]] = []
+        for entry_id, fields in self.entries:
+            try:
+                jobs.append((entry_id, fields, Job.from_fields(utf8_fields(fields or {}))))
+            except ValueError:
+                self.alone(entry_id, fields)
+        return jobs
+
+    def plain(
+        self, attempt: Attempt, pre: Precheck, scopes: dict[tuple[str, str], tuple[str, ...]]
+    ) -> bool:
+        """Whether the job is the plain case this path takes (then composed, its setup's scopes
+        known, cached in `scopes`); any other goes to the per-job path."""
+        sender = self.sender
+        if (
+            attempt.content is None
+            or not pre.state.queued
+            or pre.suppressed
+            or pre.stopped(attempt.accepted)
+            or sender.settings.max_attempts < 1
+        ):
+            return False
+        try:
+            email = sender.compose(sender.settings, sender.secret, attempt.content, attempt.job)
+        except Exception:
+            return False  # fails on the per-job path, with its log line
+        setup = (email.from_email, email.configuration_set)
+        if setup not in scopes:
+            scopes[setup] = scopes_of(*setup)
+        if sender.setup.blocking(scopes[setup]):
+            return False  # waits for the setup's probe on the per-job path
+        attempt.email, attempt.scopes = email, scopes[setup]
+        return True
 
     @staticmethod
     def topic_of(content: MessageContent | None) -> str | None:
@@ -200,35 +209,9 @@ class GridPoints:
                 await asyncio.sleep(delay)
             if sender.stop.is_set():
                 return
-            ready: dict[PartitionKeys, list[tuple[_Item, Grant]]] = {}
-            for item, grant in due:
-                if grant.late():
-                    metrics.JOBS.labels("late_slot").inc()
-                    item.batch.alone(item.entry_id, item.fields)  # books a new slot there
-                elif sender.setup.blocking(item.scopes):
-                    item.batch.alone(item.entry_id, item.fields)  # paused meanwhile
-                else:
-                    item.claim = sender.claims.next()
-                    ready.setdefault(item.batch.part, []).append((item, grant))
-            if len(ready) == 1:
-                [(part, claiming)] = ready.items()
-                claimed = await self.claim(part, claiming)
-            else:
-                parts = await asyncio.gather(*(self.claim(p, c) for p, c in ready.items()))
-                claimed = [item for part_claimed in parts for item in part_claimed]
-            if not claimed:
-                return
-            calls = sender.outbox.calls([item.email for item in claimed])
-            if len(calls) == 1:
-                await self.call(claimed)
-                return
-            results = await asyncio.gather(
-                *(self.call([claimed[n] for n in call]) for call in calls),
-                return_exceptions=True,
-            )
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            claimed = await self.claim_all(self.still_due(due))
+            if claimed:
+                await self.call_all(claimed)
         except LeavePending:
             pass
         except Exception as exc:
@@ -238,20 +221,61 @@ class GridPoints:
             for item, _ in due:
                 item.batch.leave(item.entry_id)
 
+    def still_due(
+        self, due: list[tuple[_Item, Grant]]
+    ) -> dict[PartitionKeys, list[tuple[_Item, Grant]]]:
+        """The jobs to claim now, per partition, each with its claim value; a late slot or a
+        setup paused meanwhile sends a job to the per-job path."""
+        sender = self.sender
+        ready: dict[PartitionKeys, list[tuple[_Item, Grant]]] = {}
+        for item, grant in due:
+            if grant.late():
+                metrics.JOBS.labels("late_slot").inc()
+                item.batch.alone(item.entry_id, item.fields)  # books a new slot there
+            elif sender.setup.blocking(item.attempt.scopes):
+                item.batch.alone(item.entry_id, item.fields)  # paused meanwhile
+            else:
+                item.claim = sender.claims.next()
+                ready.setdefault(item.batch.part, []).append((item, grant))
+        return ready
+
+    async def claim_all(self, ready: dict[PartitionKeys, list[tuple[_Item, Grant]]]) -> list[_Item]:
+        if len(ready) == 1:
+            [(part, claiming)] = ready.items()
+            return await self.claim(part, claiming)
+        parts = await asyncio.gather(*(self.claim(p, c) for p, c in ready.items()))
+        return [item for part_claimed in parts for item in part_claimed]
+
+    async def call_all(self, claimed: list[_Item]) -> None:
+        """One SES call per message (per job in SEND_MODE=single), at once."""
+        calls = self.sender.outbox.calls([item.attempt.email for item in claimed])
+        if len(calls) == 1:
+            await self.call(claimed)
+            return
+        results = await asyncio.gather(
+            *(self.call([claimed[n] for n in call]) for call in calls),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
     async def claim(self, part: PartitionKeys, ready: list[tuple[_Item, Grant]]) -> list[_Item]:
         """One claim script call for the jobs of `part`; the jobs claimed in time."""
         sender = self.sender
-        claims = [
-            ClaimItem(part, item.job, item.content.topic, item.claim, item.accepted, "")
-            for item, _ in ready
-        ]
+        claims = []
+        for item, _ in ready:
+            job, topic, accepted = item.attempt.job, item.attempt.topic, item.attempt.accepted
+            claims.append(ClaimItem(part, job, topic, item.claim, accepted, QUEUED))
         answers = await sender.until_done(lambda: sender.store.claim_many(part, claims))
         claimed: list[_Item] = []
         for (item, grant), got in zip(ready, answers, strict=True):
+            if got.ok:
+                item.attempt.held = item.claim
             if got.ok and grant.late():
                 # the claim took too long: sending now could bunch with later slots
                 metrics.JOBS.labels("late_slot").inc()
-                await sender.release(part, item.job, item.claim)
+                await sender.release(item.attempt)
                 item.batch.alone(item.entry_id, item.fields)
             elif got.ok:
                 claimed.append(item)
@@ -269,44 +293,22 @@ class GridPoints:
         part = items[0].batch.part  # one message's jobs: one partition
         # --- the ambiguous window: claims stored; only the SES call until the record ---
         started = time.monotonic()
-        outcomes = await sender.outbox.deliver([item.email for item in items])
+        outcomes = await sender.outbox.deliver([item.attempt.email for item in items])
         records: list[RecordItem] = []
         sent: list[_Item] = []
         for item, outcome in zip(items, outcomes, strict=True):
+            attempt = item.attempt
+            attempt.started = started
             if isinstance(outcome, str):
-                records.append(
-                    sender.record_of(
-                        part,
-                        item.entry_id,
-                        item.job,
-                        item.content,
-                        item.claim,
-                        f"{SENT}{outcome}",
-                        EventType.SENT,
-                        ses_id=outcome,
-                    )
-                )
+                records.append(sender.record_of(attempt, DeliveryState.sent(outcome)))
                 sent.append(item)
             elif isinstance(outcome, SesRejected):
                 sender.count_error(outcome, started)
-                records.append(
-                    sender.record_of(
-                        part,
-                        item.entry_id,
-                        item.job,
-                        item.content,
-                        item.claim,
-                        f"{FAILED}rejected:{outcome.code}",
-                        EventType.FAILED,
-                        detail=str(outcome)[:500],
-                    )
-                )
+                rejected = DeliveryState.failed(f"rejected:{outcome.code}")
+                records.append(sender.record_of(attempt, rejected, detail=str(outcome)[:500]))
             else:
-                handed = Handed(claim=item.claim, started=started, outcome=outcome)
                 item.batch.owned.discard(item.entry_id)
-                sender.track(
-                    sender.resume(part, item.entry_id, item.job, item.content, item.email, handed)
-                )
+                sender.track(sender.resume(attempt, outcome))
         if sent:
             elapsed = time.monotonic() - started
             for _ in sent:
@@ -317,7 +319,7 @@ class GridPoints:
         self.count(records, answers)
         # a probe (or a send that beat the pause) went through: after the record, so the
         # ambiguous window holds nothing more
-        for scopes in {item.scopes for item in sent}:
+        for scopes in {item.attempt.scopes for item in sent}:
             if paused := sender.setup.blocking(scopes):
                 await sender.best_effort(sender.setup_resumed(paused))
 

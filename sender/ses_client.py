@@ -487,7 +487,13 @@ def classify(
 ) -> type[SesError]:
     """Which Ses* class an error answer is, by what sesflow must do about it (module table).
     `recipients` of the call tell a rejected recipient from an unverified sender identity."""
-    lowered = message.lower()
+    return account_outcome(status, code, message.lower()) or request_outcome(
+        status, code, message, recipients
+    )
+
+
+def account_outcome(status: int, code: str, lowered: str) -> type[SesError] | None:
+    """The answers about the account or SES itself, whatever the request: checked first."""
     if QUOTA_MESSAGE in lowered:
         return SesQuotaExceeded
     if status == 429 or code in THROTTLE_CODES or RATE_MESSAGE in lowered:
@@ -500,6 +506,13 @@ def classify(
         return SesAmbiguous
     if code in RETRY_CODES:
         return SesTransient
+    return None
+
+
+def request_outcome(
+    status: int, code: str, message: str, recipients: Collection[str]
+) -> type[SesError]:
+    """The answers about this request: our setup, the message, the credentials."""
     if setup_reason(status, code, message, recipients):
         return SesSetupFault
     if code in REJECT_CODES:

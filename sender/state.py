@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -24,7 +25,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
-from sesflow.common.schema import Event, Job, encode
+from sesflow.common.schema import Event, EventType, Job, encode
 from sesflow.common.scripts import register
 from sesflow.common.streams import DEAD_LETTER_MAXLEN
 from sesflow.common.suppression import normalise
@@ -33,27 +34,145 @@ from sesflow.sender.batching import Batcher
 # One JSON argument per script call carries every job's values (see claim.lua, record.lua).
 _json = msgspec.json.Encoder()
 
-SENT = "s:"
-FAILED = "f:"
-STOPPED = "x"
-SUPPRESSED = "p"
-UNKNOWN = "u"
-INFLIGHT = "i:"
+INFLIGHT = "i:"  # the one prefix claim.lua reads itself: any other stored value is final
 
 
-def is_final(state: str | None) -> bool:
-    return bool(state) and not str(state).startswith(INFLIGHT)
+class Kind(StrEnum):
+    QUEUED = "queued"
+    INFLIGHT = "inflight"
+    SENT = "sent"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    SUPPRESSED = "suppressed"
+    UNKNOWN = "unknown"
 
 
-def is_inflight(state: str | None) -> bool:
-    return bool(state) and str(state).startswith(INFLIGHT)
+# The stored codes of the states without a value, and of the prefixes of those with one.
+_LETTER = {Kind.STOPPED: "x", Kind.SUPPRESSED: "p", Kind.UNKNOWN: "u"}
+_PREFIX = {Kind.SENT: "s:", Kind.FAILED: "f:", Kind.INFLIGHT: INFLIGHT}
+_BY_LETTER = {code: kind for kind, code in _LETTER.items()}
+_BY_PREFIX = {code: kind for kind, code in _PREFIX.items()}
+# The event each final state is recorded with.
+_EVENT = {
+    Kind.SENT: EventType.SENT,
+    Kind.FAILED: EventType.FAILED,
+    Kind.STOPPED: EventType.STOPPED,
+    Kind.SUPPRESSED: EventType.SUPPRESSED,
+    Kind.UNKNOWN: EventType.UNKNOWN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """One recipient's delivery state, as `p.state(msg_id)` stores it (Lua scripts read and write
+    the same text, so `encode` is byte for byte what they expect):
+
+        queued     absent
+        inflight   i:<ms>:<consumer>   claimed at <ms> by <consumer>; the ambiguous window
+        sent       s:<ses id>
+        failed     f:<reason>
+        stopped    x
+        suppressed p
+        unknown    u                   its sender died (or SES did not answer) mid-call
+
+    `value` is the SES id, the failure reason or, for inflight, the consumer. A stored value of
+    no known form is final (as claim.lua and record.lua treat it) and kept as it is (`text`)."""
+
+    kind: Kind
+    value: str = ""
+    ms: int = 0  # inflight: when the claim was stored
+    text: str | None = None  # the stored value when it is of no canonical form
+
+    # --- the states -----------------------------------------------------------------------
+
+    @staticmethod
+    def inflight(ms: int, consumer: str) -> DeliveryState:
+        return DeliveryState(Kind.INFLIGHT, consumer, ms)
+
+    @staticmethod
+    def sent(ses_id: str) -> DeliveryState:
+        return DeliveryState(Kind.SENT, ses_id)
+
+    @staticmethod
+    def failed(reason: str) -> DeliveryState:
+        return DeliveryState(Kind.FAILED, reason)
+
+    # --- the stored text ------------------------------------------------------------------
+
+    def encode(self) -> str:
+        if self.text is not None:
+            return self.text
+        if self.kind is Kind.QUEUED:
+            return ""
+        if self.kind is Kind.INFLIGHT:
+            return f"{INFLIGHT}{self.ms}:{self.value}"
+        if self.kind in _PREFIX:
+            return _PREFIX[self.kind] + self.value
+        return _LETTER[self.kind]
+
+    @staticmethod
+    def parse(stored: str | None) -> DeliveryState:
+        """The state of a stored value (None or "" = queued); `parse(s).encode() == s`."""
+        if not stored:
+            return QUEUED
+        letter = _BY_LETTER.get(stored)
+        if letter is not None:
+            return _SIMPLE[letter]
+        kind = _BY_PREFIX.get(stored[:2])
+        if kind is Kind.INFLIGHT:
+            return _parse_claim(stored)
+        if kind is not None:
+            return DeliveryState(kind, stored[2:])
+        return _odd(stored)
+
+    # --- what it means --------------------------------------------------------------------
+
+    @property
+    def queued(self) -> bool:
+        return self.kind is Kind.QUEUED
+
+    @property
+    def is_inflight(self) -> bool:
+        return self.kind is Kind.INFLIGHT
+
+    @property
+    def final(self) -> bool:
+        return self.kind not in (Kind.QUEUED, Kind.INFLIGHT)
+
+    @property
+    def event(self) -> EventType:
+        """The event a final state is recorded with."""
+        return _EVENT[self.kind]
+
+    def claim_age_ms(self, now: int) -> int:
+        """How old an inflight claim is; one whose time cannot be read counts as ancient."""
+        return now - self.ms
+
+
+QUEUED = DeliveryState(Kind.QUEUED)
+STOPPED = DeliveryState(Kind.STOPPED)
+SUPPRESSED = DeliveryState(Kind.SUPPRESSED)
+UNKNOWN = DeliveryState(Kind.UNKNOWN)
+_SIMPLE = {Kind.STOPPED: STOPPED, Kind.SUPPRESSED: SUPPRESSED, Kind.UNKNOWN: UNKNOWN}
+
+
+def _parse_claim(stored: str) -> DeliveryState:
+    ms, sep, consumer = stored[len(INFLIGHT) :].partition(":")
+    if sep and ms.isdigit() and str(int(ms)) == ms:
+        return DeliveryState(Kind.INFLIGHT, consumer, int(ms))
+    return DeliveryState(Kind.INFLIGHT, stored[len(INFLIGHT) :], 0, text=stored)
+
+
+def _odd(stored: str) -> DeliveryState:
+    """A value written by nothing sesflow runs now: final, of no kind we can name."""
+    return DeliveryState(Kind.UNKNOWN, text=stored)
 
 
 @dataclass(frozen=True, slots=True)
 class Precheck:
     """What one pipelined round trip says about a job before spending a rate token."""
 
-    state: str  # "" = queued
+    state: DeliveryState
     stop_ms: int | None  # the topic's cancel time, if it was ever cancelled
     suppressed: bool
 
@@ -91,10 +210,10 @@ class ClaimValues:
         self.consumer = consumer
         self._last = 0
 
-    def next(self) -> str:
+    def next(self) -> DeliveryState:
         ms = max(now_ms(), self._last + 1)
         self._last = ms
-        return f"{INFLIGHT}{ms}:{self.consumer}"
+        return DeliveryState.inflight(ms, self.consumer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,21 +221,21 @@ class ClaimItem:
     part: PartitionKeys
     job: Job
     topic: str
-    value: str
+    value: DeliveryState  # our claim (inflight)
     accepted: int
-    takeover: str
+    takeover: DeliveryState  # the dead sender's claim it may replace, or QUEUED
 
 
 @dataclass(frozen=True, slots=True)
 class RecordItem:
     part: PartitionKeys
     entry_id: str
-    job: Job | None
-    expected: str
-    final: str
-    event: Event | None
-    dead: dict[str, str] | None
-    ses_link: tuple[str, str] | None
+    job: Job | None  # None: an entry that is not a job (only its dead letter and XACK)
+    expected: DeliveryState = QUEUED  # QUEUED, or the exact claim stored now
+    final: DeliveryState = QUEUED
+    event: Event | None = None
+    dead: dict[str, str] | None = None  # a dead letter written with it
+    ses_link: tuple[str, str] | None = None  # (SES id, request id)
 
 
 def _pairs(reply: Any) -> list[Outcome]:
@@ -185,7 +304,11 @@ class DeliveryStore:
             state = state_of[(part.state(job.msg_id), str(job.index))]
             stop = stop_of[part.stop(topic or "")]
             stop_ms = int(stop) if stop is not None and str(stop).isdigit() else None
-            out.append(Precheck(state=state or "", stop_ms=stop_ms, suppressed=listed is not None))
+            out.append(
+                Precheck(
+                    state=DeliveryState.parse(state), stop_ms=stop_ms, suppressed=listed is not None
+                )
+            )
         return out
 
     async def precheck_many(
@@ -203,7 +326,13 @@ class DeliveryStore:
         return await self._records.submit_many(part.index, items)
 
     async def claim(
-        self, part: PartitionKeys, job: Job, topic: str, value: str, accepted: int, takeover: str
+        self,
+        part: PartitionKeys,
+        job: Job,
+        topic: str,
+        value: DeliveryState,
+        accepted: int,
+        takeover: DeliveryState,
     ) -> Outcome:
         item = ClaimItem(part, job, topic, value, accepted, takeover)
         return await self._claims.submit(part.index, item)
@@ -214,31 +343,21 @@ class DeliveryStore:
         for c in items:
             state = keys.setdefault(c.part.state(c.job.msg_id), len(keys) + 1)
             stop = keys.setdefault(c.part.stop(c.topic), len(keys) + 1)
-            jobs.append((state, stop, str(c.job.index), c.value, c.accepted, c.takeover))
+            value, takeover = c.value.encode(), c.takeover.encode()
+            jobs.append((state, stop, str(c.job.index), value, c.accepted, takeover))
         return _pairs(await self._claim(keys=list(keys), args=[_json.encode(jobs)]))
 
-    async def release(self, part: PartitionKeys, job: Job, value: str) -> bool:
-        reply = await self._release(keys=[part.state(job.msg_id)], args=[job.index, value])
+    async def release(self, part: PartitionKeys, job: Job, claim: DeliveryState) -> bool:
+        args = [job.index, claim.encode()]
+        reply = await self._release(keys=[part.state(job.msg_id)], args=args)
         return bool(int(reply))
 
-    async def record(
-        self,
-        part: PartitionKeys,
-        entry_id: str,
-        job: Job | None,
-        *,
-        expected: str = "",
-        final: str = "",
-        event: Event | None = None,
-        dead: dict[str, str] | None = None,
-        ses_link: tuple[str, str] | None = None,
-    ) -> Outcome:
+    async def record(self, item: RecordItem) -> Outcome:
         """Write the final state + event (+ dead letter) and XACK, atomically, in one script call
         with the other results of this partition that are ready at the same moment. `ses_link`
         (ses id, request id) is written in the same round trip but outside the script: that key
         has no hash tag (it is found by SES id alone), and it is only a correlation aid."""
-        item = RecordItem(part, entry_id, job, expected, final, event, dead, ses_link)
-        return await self._records.submit(part.index, item)
+        return await self._records.submit(item.part.index, item)
 
     async def _record_many(self, _: Hashable, items: list[RecordItem]) -> list[Outcome]:
         part = items[0].part
@@ -256,8 +375,8 @@ class DeliveryStore:
                 (
                     index,
                     str(r.job.index) if r.job else "",
-                    r.expected,
-                    r.final,
+                    r.expected.encode(),
+                    r.final.encode(),
                     encode(r.event).decode() if r.event else "",
                     r.entry_id,
                     len(dead),
@@ -300,7 +419,9 @@ class DeliveryStore:
         self, part: PartitionKeys, entry_id: str, fields: dict[str, str], reason: str
     ) -> None:
         """A `sends` entry that is not a job: keep it with the reason, XACK it."""
-        await self.record(part, entry_id, None, dead=dead_entry(entry_id, fields, reason))
+        await self.record(
+            RecordItem(part, entry_id, None, dead=dead_entry(entry_id, fields, reason))
+        )
 
     async def ack(self, part: PartitionKeys, entry_id: str) -> None:
         await self.client.xack(part.sends, SENDERS_GROUP, entry_id)

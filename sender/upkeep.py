@@ -3,10 +3,7 @@
 - keep-alive: XCLAIM ... JUSTID our held entries every RECLAIM_IDLE/3, so a job waiting on the
   limiter, a pause or a backoff never looks idle and is never stolen (JUSTID does not count as a
   delivery);
-- reclaim (run by each partition's reader, in slots it holds): XAUTOCLAIM entries idle for
-  RECLAIM_IDLE (their consumer died), with their delivery count from XPENDING (MAX_ATTEMPTS is
-  judged on it); held back for RECLAIM_IDLE after a Redis outage, when live replicas' entries
-  look idle only because their keep-alive could not run (`Sender.reclaim_not_before`);
+- (reclaim is not here: each partition's reader does it, in slots it holds, `Sender.consume`);
 - trim: XTRIM MINID to the oldest entry still pending for `senders` (or just past the group's
   last-delivered id when nothing is pending), so no pending or undelivered entry is removed;
 - forget consumers that hold nothing and have been silent for a long time (checked again in the
@@ -27,12 +24,7 @@ from typing import Any, Protocol
 
 from sesflow.common.aws import Quota
 from sesflow.common.connection import UNAVAILABLE
-from sesflow.common.consumer import (
-    claim_page,
-    delivery_counts,
-    forget_idle_consumers,
-    sleep_or_stop,
-)
+from sesflow.common.consumer import forget_idle_consumers, sleep_or_stop
 from sesflow.common.errors import RedisUnavailable
 from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from sesflow.common.logs import get_logger
@@ -74,15 +66,8 @@ class Replica(Protocol):
     def held(self) -> dict[int, set[str]]:
         """Entries being handled, per partition: kept from going idle."""
 
-    @property
-    def reclaim_cursor(self) -> dict[int, str]:
-        """Where each partition's next XAUTOCLAIM page starts."""
-
     async def wait_for_redis(self, stop: asyncio.Event | None) -> bool:
         """Wait until Redis answers (False: `stop` came first); holds back reclaiming."""
-
-    def spawn(self, part: PartitionKeys, entry_id: str, fields: Any, deliveries: int) -> None:
-        """Start handling an entry in a slot the caller holds."""
 
 
 async def periodic(
@@ -129,30 +114,6 @@ async def refresh_claims(sender: Replica) -> None:
             await sender.client.xclaim(
                 part.sends, SENDERS_GROUP, sender.consumer, 0, ids, justid=True
             )
-
-
-async def reclaim(sender: Replica, part: PartitionKeys, count: int) -> int:
-    """Take over up to `count` entries idle for RECLAIM_IDLE (their consumer died) and start them
-    in slots the caller holds; returns how many slots were used. Called by the partition's
-    reader when a pass is due, so reclaiming never waits behind reading for a free slot."""
-    page = await claim_page(
-        sender.client,
-        part.sends,
-        SENDERS_GROUP,
-        sender.consumer,
-        min_idle_ms=int(sender.settings.reclaim_idle * 1000),
-        cursor=sender.reclaim_cursor[part.index],
-        count=count,
-    )
-    # the cursor walks the whole pending list across passes, past entries still in use
-    sender.reclaim_cursor[part.index] = page.cursor
-    entries = page.entries
-    ids = [entry_id for entry_id, _ in entries]
-    deliveries = await delivery_counts(sender.client, part.sends, SENDERS_GROUP, ids)
-    for entry_id, fields in entries:
-        log.info("reclaimed job", entry=entry_id, deliveries=deliveries.get(entry_id, 1))
-        sender.spawn(part, entry_id, fields, deliveries.get(entry_id, 1))
-    return len(entries)
 
 
 async def trim_all(sender: Replica) -> None:

@@ -26,10 +26,11 @@ Two paths run these steps, with the same rules:
   call per SES call. No task or future per job. It takes only the plain case: first delivery,
   nothing stored yet, not stopped, not suppressed, setup not paused, slot not late, claim `ok`,
   SES answer a MessageId or a rejection.
-- **The per-job path** (`Sender.handle`, `Sender.send_loop`): everything else. An entry a read
-  batch cannot take before its claim is decided here from the start; a job whose SES call ended
-  in any other error (throttled, transient, paused, setup fault, ambiguous) continues here from
-  that outcome (`Handed`), its claim still held. Reclaimed entries always go this way. Its
+- **The per-job path** (`Sender.process`, `Sender.send_loop`): everything else, one `Attempt`
+  (`sender.attempt`) per job. An entry a read batch cannot take before its claim is decided here
+  from the start; a job whose SES call ended in any other error (throttled, transient, paused,
+  setup fault, ambiguous) continues here from that outcome (`Sender.resume`), its claim still
+  held. Reclaimed entries always go this way. Its
   steps 2, 4 and 6 are batched per replica too (`sender.batching`): the jobs that reach a step at
   the same moment share one round trip (one pipeline, one limiter call, one claim or record
   script call per partition), each job still decided on its own and atomically.
@@ -44,20 +45,22 @@ SHUTDOWN_GRACE) inside it, or when Redis loses the record; such a job is later m
 (skip) or sent again (resend). A Redis outage inside the window does not open it further for
 data: the record is retried until Redis answers (until SHUTDOWN_GRACE on stop).
 
-SES outcomes: throttled -> release the claim, slow the shared bucket (AIMD), back off, retry
-(never failed); daily quota -> release, pause everyone; paused/suspended -> release, pause
-everyone, report; setup fault (a configuration set that does not exist, an unverified sender
-identity: `sender.setup_faults`) -> release, pause that setup for every replica, alert, wait for a
-probe to succeed; nothing fails and no attempt is counted; rejected -> `f:<code>`; transient
-(certainly not sent) -> release and retry, and after MAX_ATTEMPTS in a row the setup fault
-`unreachable` (all sending pauses, the job counts afresh) rather than failing the recipient; a
-bulk entry's TRANSIENT_FAILURE -> retry, `f:transient:<status>` + dead letter after
-MAX_ATTEMPTS; ambiguous (any
-5xx, a timeout or reset after sending) -> like a crash in the window (resend: `unknown` after
-MAX_ATTEMPTS), and a 5xx slows the shared rate as a throttle does.
+SES outcomes (the table `ON_ERROR` maps each error class to its action): throttled -> release
+the claim, slow the shared bucket (AIMD), back off, retry (never failed); daily quota -> release,
+pause everyone; paused/suspended -> release, pause everyone, report; setup fault (a configuration
+set that does not exist, an unverified sender identity: `sender.setup_faults`) -> release, pause
+that setup for every replica, alert, wait for a probe to succeed; nothing fails and no attempt is
+counted; rejected -> `f:<code>`; transient (certainly not sent) -> release and retry, and after
+MAX_ATTEMPTS in a row the setup fault `unreachable` (all sending pauses, the job counts afresh)
+rather than failing the recipient; a bulk entry's TRANSIENT_FAILURE -> retry,
+`f:transient:<status>` + dead letter after MAX_ATTEMPTS; ambiguous (any 5xx, a timeout or reset
+after sending) -> like a crash in the window (resend: `unknown` after MAX_ATTEMPTS), and a 5xx
+slows the shared rate as a throttle does.
 
 Concurrency: SENDER_CONCURRENCY slots shared by one reader per partition; a reader asks for at
-most its fair share of the free slots (COUNT), so no partition starves the others.
+most its fair share of the free slots (COUNT), so no partition starves the others. The lifecycle
+(readers, drain within SHUTDOWN_GRACE, hand-over, upkeep cancelled last) is the one every
+consumer shares (`common.consumer.StreamConsumer`).
 """
 
 from __future__ import annotations
@@ -69,15 +72,18 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-
-from redis.exceptions import ResponseError
 
 from sesflow.common import sentry
 from sesflow.common.aws import Quota
-from sesflow.common.connection import UNAVAILABLE, ensure_group, wait_for_redis
-from sesflow.common.consumer import consumer_name, sleep_or_stop
+from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.consumer import (
+    READ_BLOCK_MS,
+    StreamConsumer,
+    Upkeep,
+    delivery_counts,
+    sleep_or_stop,
+)
 from sesflow.common.errors import (
     RedisUnavailable,
     SesAmbiguous,
@@ -92,30 +98,32 @@ from sesflow.common.errors import (
 )
 from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys, accepted_ms
 from sesflow.common.logs import get_logger
-from sesflow.common.schema import Event, EventType, Job, MessageContent
+from sesflow.common.schema import Event, Job, MessageContent
 from sesflow.common.settings import Settings
 from sesflow.sender import metrics
+from sesflow.sender.attempt import Attempt, Step, Verdict
+from sesflow.sender.compose import compose
 from sesflow.sender.content import ContentCache
 from sesflow.sender.outbox import Outbox
 from sesflow.sender.pump import Pump
 from sesflow.sender.rate_limit import RateLimiter
 from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sesflow.sender.state import (
-    FAILED,
-    SENT,
+    QUEUED,
     STOPPED,
     SUPPRESSED,
     UNKNOWN,
     ClaimValues,
+    DeliveryState,
     DeliveryStore,
+    Kind,
     Outcome,
+    Precheck,
     RecordItem,
     dead_entry,
-    is_final,
-    is_inflight,
     now_ms,
 )
-from sesflow.sender.upkeep import reclaim, run_upkeep
+from sesflow.sender.upkeep import run_upkeep
 
 if TYPE_CHECKING:  # read_batch imports this module
     from sesflow.sender.read_batch import GridPoints
@@ -124,18 +132,18 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-BLOCK_MS = 1000  # XREADGROUP BLOCK: also how soon a reader notices shutdown
 # A reader with fewer than half its share of slots free waits up to this long for more
 # (Slots.take): the jobs it already holds keep the rate busy meanwhile, and reading, pre-checking
 # and booking rate slots for 32 jobs costs the round trips of one. At 500/s, 10 ms read ~10 jobs
 # at a time (one XREADGROUP, pre-check and limiter call per 10 recipients).
 READ_LINGER_S = 0.05
-READ_GUARD_S = 5.0  # a blocking read that outlives BLOCK_MS by this much is on a dead socket
 SES_PAUSE_S = 5.0  # SendingPaused / AccountSuspended: pause, then let the next call probe
 SETUP_POLL_S = 0.25  # a job waiting on a paused setup looks again this often (local state)
 QUOTA_PAUSE_S = 60.0  # daily quota exhausted: the upkeep's quota reading refines this
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
+FAILED_NO_CONTENT = DeliveryState.failed("no_content")
+FAILED_MAX_ATTEMPTS = DeliveryState.failed("max_attempts")
 
 
 class SesSender(Protocol):
@@ -151,21 +159,6 @@ QuotaSource = Callable[[Settings], Awaitable[Quota | None]]
 class LeavePending(Exception):
     """Stop handling a job without acknowledging it: shutdown came before its SES call, or
     another sender holds a fresh claim on it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Handed:
-    """A job a read batch claimed and sent, whose SES outcome needs the per-job loop."""
-
-    claim: str
-    started: float  # time.monotonic() when its SES call began
-    outcome: Exception
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    content: MessageContent
-    takeover: str  # inflight claim of a dead sender we may replace (ON_AMBIGUOUS=resend)
 
 
 def unreachable(exc: SesTransient) -> SesSetupFault:
@@ -226,7 +219,7 @@ class Slots:
                     taken += self.try_take(most - taken)
                 return taken
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._available.wait(), BLOCK_MS / 1000)
+                await asyncio.wait_for(self._available.wait(), READ_BLOCK_MS / 1000)
         return 0
 
     def give(self, count: int = 1) -> None:
@@ -235,26 +228,30 @@ class Slots:
             self._available.set()
 
 
-class Sender:
+class Sender(StreamConsumer):
+    """A sender replica: the shared consumer lifecycle (`common.consumer`), one reader per
+    partition filling SENDER_CONCURRENCY slots, and the sender's upkeep beside it."""
+
+    group = SENDERS_GROUP
+    role = "sender"
+
     def __init__(
         self,
         settings: Settings,
         client: Any,
         ses: SesSender,
-        compose: Composer,
         secret: bytes,
         *,
         consumer: str | None = None,
         fetch_quota: QuotaSource | None = None,
     ) -> None:
-        self.settings = settings
-        self.client = client
+        super().__init__(client, settings, consumer=consumer)
         self.ses = ses
-        self.compose = compose
+        self.compose: Composer = compose  # the tracking `secret` signs its links
         self.secret = secret
         self.fetch_quota = fetch_quota
         self.keys = Keys(settings.redis_prefix, settings.send_partitions)
-        self.consumer = consumer or consumer_name()
+        self.part_of = {part.sends: part for part in self.keys.partitions}
         self.store = DeliveryStore(client, self.keys, settings.content_ttl)
         self.limiter = RateLimiter(client, settings, self.keys)
         self.contents = ContentCache(client)
@@ -262,13 +259,12 @@ class Sender:
         self.claims = ClaimValues(self.consumer)
         self.setup = SetupFaults(client, self.keys, settings.setup_probe_interval, self.consumer)
         self.slots = Slots(settings.sender_concurrency)
-        self.stop = asyncio.Event()
         # Entries this process is handling, per partition: the upkeep keeps them from going idle
         # (XCLAIM JUSTID), so no other replica reclaims a job that is merely waiting.
         self.held: dict[int, set[str]] = {p.index: set() for p in self.keys.partitions}
-        self.tasks: set[asyncio.Task[None]] = set()
         self._grid_points: GridPoints | None = None
-        self.reclaim_cursor: dict[int, str] = {p.index: "0-0" for p in self.keys.partitions}
+        self.reclaim_every = min(max(settings.reclaim_idle / 4, 0.2), 5.0)
+        self.next_reclaim: dict[str, float] = {}  # per stream: when its reader reclaims again
         self.fair_share = max(1, math.ceil(settings.sender_concurrency / len(self.keys.partitions)))
         # A claim younger than this may belong to a live sender (a duplicate entry of the same
         # job being sent elsewhere): leave it. Older ones are from a sender that died: any entry
@@ -284,99 +280,100 @@ class Sender:
         # replica's keep-alive, which runs as soon as Redis answers, has refreshed its entries.
         self.reclaim_not_before = 0.0
 
-    # --- running --------------------------------------------------------------------------
+    # --- the consumer's hooks (`common.consumer.StreamConsumer`) -----------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Read and send until `stop`; then finish in-flight SES calls within SHUTDOWN_GRACE."""
-        self.stop = stop
-        if not await self.ensure_groups():
-            return
-        upkeep = asyncio.create_task(run_upkeep(self, stop), name="sender-upkeep")
-        pump = asyncio.create_task(
-            Pump(self.settings, self.client, self.keys).run(stop), name="sender-pump"
-        )
-        readers = [
-            asyncio.create_task(self.read_loop(part), name=f"sender-read-{part.index}")
-            for part in self.keys.partitions
-        ]
-        log.info("sender started", consumer=self.consumer, partitions=len(readers))
-        try:
-            await stop.wait()
-            # Stop reading at once. An XREADGROUP cut short may have delivered entries that no
-            # task handles: the hand-over below covers them with everything else left pending.
-            for task in readers:
-                task.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
-            await self.drain()
-            await self.hand_over()
-        finally:
-            for task in readers:
-                task.cancel()
-            upkeep.cancel()
-            pump.cancel()
-            await asyncio.gather(upkeep, pump, *readers, return_exceptions=True)
-        log.info("sender stopped", consumer=self.consumer)
+    def streams(self) -> list[str]:
+        return list(self.part_of)
 
-    async def ensure_groups(self) -> bool:
+    def upkeep(self) -> list[Upkeep]:
+        return []  # the sender's own loops (`background`): its keep-alive outlives the drain
+
+    def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        return [run_upkeep(self, stop), Pump(self.settings, self.client, self.keys).run(stop)]
+
+    async def prepare(self) -> None:
+        """A restart does not forget a paused setup."""
         while not self.stop.is_set():
             try:
-                for part in self.keys.partitions:
-                    await ensure_group(self.client, part.sends, SENDERS_GROUP)
-                await self.setup.refresh()  # a restart does not forget a paused setup
-                return True
-            except UNAVAILABLE:
+                await self.setup.refresh()
+                return
+            except (*UNAVAILABLE, RedisUnavailable):
                 await self.wait_for_redis(self.stop)
-        return False
 
-    async def wait_for_redis(self, stop: asyncio.Event | None) -> bool:
-        """Wait until Redis answers (False: `stop` came first); see `reclaim_not_before`."""
-        back = await wait_for_redis(self.client, stop, log)
+    def on_redis_back(self) -> None:
         self.reclaim_not_before = time.monotonic() + self.settings.reclaim_idle
-        return back
 
-    async def drain(self) -> None:
-        """Wait for running jobs up to SHUTDOWN_GRACE; cancel what is left."""
-        if not self.tasks:
-            return
-        log.info("finishing in-flight jobs", jobs=len(self.tasks))
-        _, late = await asyncio.wait(set(self.tasks), timeout=self.settings.shutdown_grace)
-        if late:
-            log.warning("shutdown grace expired; cancelling jobs", jobs=len(late))
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-
-    async def hand_over(self) -> None:
+    async def after_drain(self) -> None:
         """Whatever is still pending for this consumer after the drain was never sent (or was
-        cut off by the grace period): make it look idle for RECLAIM_IDLE, so another replica's
-        next XAUTOCLAIM takes it now instead of a RECLAIM_IDLE later. JUSTID: not a delivery."""
+        cut off by the grace period, or delivered by a read that `stop` cut short): make it
+        look idle for RECLAIM_IDLE, so another replica's next XAUTOCLAIM takes it now instead of
+        a RECLAIM_IDLE later. JUSTID: not a delivery."""
         idle_ms = int(self.settings.reclaim_idle * 1000) + 1
         for part in self.keys.partitions:
             try:
-                while True:
-                    rows = await self.client.xpending_range(
-                        part.sends, SENDERS_GROUP, "-", "+", 1000, consumername=self.consumer
-                    )
-                    fresh = [r["message_id"] for r in rows if r["time_since_delivered"] < idle_ms]
-                    if not fresh:
-                        break
-                    await self.client.xclaim(
-                        part.sends,
-                        SENDERS_GROUP,
-                        self.consumer,
-                        0,
-                        fresh,
-                        idle=idle_ms,
-                        justid=True,
-                    )
-                    log.info("handed over pending jobs", count=len(fresh), partition=part.index)
+                await self.hand_over(part, idle_ms)
             except (*UNAVAILABLE, RedisUnavailable):
                 log.warning("could not hand over pending jobs (redis unavailable)")
 
-    def spawn(self, part: PartitionKeys, entry_id: str, fields: Any, deliveries: int) -> None:
+    async def hand_over(self, part: PartitionKeys, idle_ms: int) -> None:
+        while True:
+            rows = await self.client.xpending_range(
+                part.sends, SENDERS_GROUP, "-", "+", 1000, consumername=self.consumer
+            )
+            fresh = [r["message_id"] for r in rows if r["time_since_delivered"] < idle_ms]
+            if not fresh:
+                return
+            await self.client.xclaim(
+                part.sends, SENDERS_GROUP, self.consumer, 0, fresh, idle=idle_ms, justid=True
+            )
+            log.info("handed over pending jobs", count=len(fresh), partition=part.index)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def consume(self, stream: str) -> None:
+        """Take free slots, fill them: first with entries of dead consumers when a reclaim pass
+        is due (the reader does it, so reclaim and reading never compete for slots), then with
+        new entries (XREADGROUP COUNT = slots held, BLOCK). An error gives the slots back."""
+        part = self.part_of[stream]
+        while True:
+            count = await self.slots.take(
+                self.fair_share, self.stop, least=self.fair_share // 2, linger=READ_LINGER_S
+            )
+            if not count:
+                return
+            try:
+                used = await self.reclaim_due(part, count)
+                entries = [] if used else await self.read(stream, ">", count, READ_BLOCK_MS)
+            except BaseException:
+                self.slots.give(count)
+                raise
+            self.slots.give(count - used - len(entries))
+            if entries:
+                self.spawn_batch(part, entries)
+
+    async def reclaim_due(self, part: PartitionKeys, count: int) -> int:
+        """When a pass is due (and not held back after an outage), take over up to `count`
+        entries idle for RECLAIM_IDLE (their consumer died), with their delivery counts (for
+        MAX_ATTEMPTS), in slots the reader holds; how many. After a full page, reclaim again
+        at once: there may be more."""
+        due = max(self.next_reclaim.get(part.sends, 0.0), self.reclaim_not_before)
+        if time.monotonic() < due:
+            return 0
+        self.next_reclaim[part.sends] = time.monotonic() + self.reclaim_every
+        entries = await self.claim(part.sends, count)
+        ids = [entry_id for entry_id, _ in entries]
+        deliveries = await delivery_counts(self.client, part.sends, SENDERS_GROUP, ids)
+        for entry_id, fields in entries:
+            log.info("reclaimed job", entry=entry_id, deliveries=deliveries.get(entry_id, 1))
+            self.spawn_job(part, entry_id, fields, deliveries.get(entry_id, 1))
+        if entries:
+            self.next_reclaim[part.sends] = 0.0
+        return len(entries)
+
+    def spawn_job(self, part: PartitionKeys, entry_id: str, fields: Any, deliveries: int) -> None:
         """Run one job; its slot was taken by the caller and is given back when it ends."""
         self.held[part.index].add(entry_id)
-        self.track(self.handle(part, entry_id, fields, deliveries))
+        self.track(self.process(part.sends, entry_id, fields, deliveries))
 
     def spawn_batch(self, part: PartitionKeys, entries: list[tuple[str, Any]]) -> None:
         """Run the new entries of one read together (`sender.read_batch`); one slot each."""
@@ -396,8 +393,8 @@ class Sender:
     def track(self, work: Coroutine[Any, Any, None]) -> None:
         """A task the drain waits for at shutdown."""
         task = asyncio.create_task(work)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
 
     def let_go(self, part: PartitionKeys, entry_id: str) -> None:
         """This process no longer handles the entry: its slot is free, its keep-alive stops."""
@@ -418,410 +415,268 @@ class Sender:
         finally:
             self.let_go(part, entry_id)
 
-    async def resume(
-        self,
-        part: PartitionKeys,
-        entry_id: str,
-        job: Job,
-        content: MessageContent,
-        email: Any,
-        handed: Handed,
-    ) -> None:
-        """The per-job loop from a read batch's SES outcome on (the claim is still held)."""
-        with self.owning(part, entry_id):
-            await self.send_loop(part, entry_id, job, content, email, "", handed)
-
-    async def read_loop(self, part: PartitionKeys) -> None:
-        """Take free slots, fill them: first with entries of dead consumers when a reclaim pass
-        is due (the reader does it, so reclaim and reading never compete for slots), then with
-        new entries (XREADGROUP COUNT = slots held, BLOCK)."""
-        reclaim_every = min(max(self.settings.reclaim_idle / 4, 0.2), 5.0)
-        next_reclaim = 0.0
-        while True:
-            count = await self.slots.take(
-                self.fair_share, self.stop, least=self.fair_share // 2, linger=READ_LINGER_S
-            )
-            if not count:
-                return
-            try:
-                if time.monotonic() >= max(next_reclaim, self.reclaim_not_before):
-                    next_reclaim = time.monotonic() + reclaim_every
-                    used = await reclaim(self, part, count)
-                    count -= used
-                    if used:
-                        next_reclaim = 0.0  # there may be more: reclaim again before reading
-                        self.slots.give(count)
-                        continue
-                reply = await asyncio.wait_for(
-                    self.client.xreadgroup(
-                        SENDERS_GROUP,
-                        self.consumer,
-                        {part.sends: ">"},
-                        count=count,
-                        block=BLOCK_MS,
-                    ),
-                    BLOCK_MS / 1000 + READ_GUARD_S,
-                )
-            except (*UNAVAILABLE, RedisUnavailable):
-                self.slots.give(count)
-                await self.wait_for_redis(self.stop)
-                continue
-            except ResponseError as exc:
-                self.slots.give(count)
-                if "NOGROUP" in str(exc):
-                    # the group vanished (Redis restarted without persistence): recreate, go on
-                    await self.ensure_groups()
-                else:
-                    log.error("reading sends failed", error=str(exc), partition=part.index)
-                    await asyncio.sleep(1.0)
-                continue
-            except Exception:
-                # Anything else would end this task silently, and the replica would never read
-                # the partition again while looking healthy: log it and read on.
-                self.slots.give(count)
-                log.exception("reading sends failed", partition=part.index)
-                await asyncio.sleep(1.0)
-                continue
-            entries = reply[0][1] if reply else []
-            self.slots.give(count - len(entries))
-            if entries:
-                self.spawn_batch(part, entries)
+    async def resume(self, attempt: Attempt, outcome: Exception) -> None:
+        """The per-job loop from a read batch's SES outcome on (its claim is still held)."""
+        with self.owning(attempt.part, attempt.entry_id):
+            await self.send_loop(attempt, outcome)
 
     # --- one job --------------------------------------------------------------------------
 
-    async def handle(
-        self, part: PartitionKeys, entry_id: str, fields: Any, deliveries: int
-    ) -> None:
+    async def process(self, stream: str, entry_id: str, fields: Any, deliveries: int = 1) -> None:
+        """One entry on the per-job path, in a slot its caller took."""
+        part = self.part_of[stream]
         with self.owning(part, entry_id):
             try:
                 job = Job.from_fields(utf8_fields(fields or {}))
             except ValueError as exc:
-                reason = str(exc)[:500]
-                await self.until_done(
-                    functools.partial(self.store.dead_letter, part, entry_id, fields or {}, reason)
-                )
-                metrics.JOBS.labels("dead_letter").inc()
-                log.warning("malformed job dead-lettered", entry=entry_id, reason=reason)
+                await self.dead_letter(part, entry_id, fields or {}, str(exc)[:500])
                 return
-            await self.process(part, entry_id, job, deliveries)
+            attempt = Attempt(part, entry_id, job, deliveries, accepted_ms(job.msg_id))
+            await self.run_attempt(attempt)
 
-    async def process(self, part: PartitionKeys, entry_id: str, job: Job, deliveries: int) -> None:
-        ready = await self.before_claim(lambda: self.prepare(part, entry_id, job, deliveries))
-        if ready is None:
-            return
-        email = self.compose(self.settings, self.secret, ready.content, job)
-        await self.send_loop(part, entry_id, job, ready.content, email, ready.takeover)
-
-    async def send_loop(
-        self,
-        part: PartitionKeys,
-        entry_id: str,
-        job: Job,
-        content: MessageContent,
-        email: Any,
-        takeover: str,
-        handed: Handed | None = None,
+    async def dead_letter(
+        self, part: PartitionKeys, entry_id: str, fields: dict[str, str], reason: str
     ) -> None:
-        """Slot, claim, SES call and record, retried as the SES outcome says. `handed`: a read
-        batch (`sender.read_batch`) already claimed and sent this job and leaves the outcome it
-        got (an error) to this loop, which goes on exactly as after its own SES call."""
-        scopes = scopes_of(email.from_email, email.configuration_set)
-        accepted = accepted_ms(job.msg_id)
-        transient = throttled = 0
-        while True:
-            outcome: str | Exception
-            if handed is not None:
-                claim, started, outcome = handed.claim, handed.started, handed.outcome
-                handed = None
-            else:
-                probing = await self.wait_for_setup(scopes)
-                grant = await self.before_claim(lambda: self.limiter.acquire(self.stop))
-                if grant is None:
-                    raise LeavePending()
-                if self.stop.is_set():
-                    raise LeavePending()
-                if not probing and self.setup.blocking(scopes):
-                    continue  # paused while this job waited for its slot: the slot is let go
-                claim = self.claims.next()
-                got = await self.until_done(
-                    functools.partial(
-                        self.store.claim, part, job, content.topic, claim, accepted, takeover
-                    )
-                )
-                if got.status == "final":
-                    await self.until_done(lambda: self.store.ack(part, entry_id))
-                    metrics.JOBS.labels("duplicate").inc()
-                    return
-                if got.status == "busy":
-                    raise LeavePending()
-                if got.status == "stopped":
-                    # with a takeover the old claim may have reached SES: unknown, not stopped
-                    final, kind = (
-                        (UNKNOWN, EventType.UNKNOWN) if takeover else (STOPPED, EventType.STOPPED)
-                    )
-                    await self.finish(part, entry_id, job, content, takeover, final, kind)
-                    return
-                if grant.late():
-                    # the claim took too long: sending now could bunch with later slots
-                    metrics.JOBS.labels("late_slot").inc()
-                    await self.release(part, job, claim)
-                    takeover = ""
-                    continue
-                # --- the ambiguous window: claim stored; only the SES call until the record ---
-                started = time.monotonic()
-                try:
-                    outcome = await self.outbox.send(email)
-                except Exception as exc:
-                    outcome = exc
-            try:
-                if isinstance(outcome, Exception):
-                    raise outcome
-                ses_id = outcome
-            except SesThrottled as exc:
-                self.count_error(exc, started)
-                metrics.JOBS.labels("throttled").inc()
-                await self.release(part, job, claim)
-                throttled += 1
-                takeover = ""
-                await self.best_effort(self.limiter.throttled())
-                await self.pause_job(backoff(min(throttled, 5)))
-                continue
-            except (SesQuotaExceeded, SesPaused) as exc:
-                self.count_error(exc, started)
-                metrics.JOBS.labels("retried").inc()
-                await self.release(part, job, claim)
-                takeover = ""
-                await self.account_paused(exc)
-                continue
-            except SesSetupFault as exc:
-                # our setup, not this recipient: nothing fails, sending with it pauses
-                self.count_error(exc, started)
-                metrics.JOBS.labels("setup_paused").inc()
-                await self.release(part, job, claim)
-                takeover = ""
-                await self.setup_fault(exc, email)
-                continue
-            except SesRejected as exc:
-                self.count_error(exc, started)
-                await self.finish(
-                    part,
-                    entry_id,
-                    job,
-                    content,
-                    claim,
-                    f"{FAILED}rejected:{exc.code}",
-                    EventType.FAILED,
-                    detail=str(exc)[:500],
-                )
-                return
-            except SesTransient as exc:
-                # certainly not sent: retry. A whole call that failed (no connection, a refused
-                # signature) is never about this recipient: MAX_ATTEMPTS in a row means SES is out
-                # of reach for us, a setup fault that pauses all sending until a probe gets
-                # through, not a failure. An entry SES answered TRANSIENT_FAILURE is about this
-                # job alone: it fails after MAX_ATTEMPTS, pausing nobody.
-                self.count_error(exc, started)
-                transient += 1
-                if isinstance(exc, SesEntryTransient) and transient >= self.settings.max_attempts:
-                    reason = f"transient:{exc.code}"
-                    await self.finish(
-                        part,
-                        entry_id,
-                        job,
-                        content,
-                        claim,
-                        f"{FAILED}{reason}",
-                        EventType.FAILED,
-                        detail=str(exc)[:500],
-                        dead=dead_entry(entry_id, job.fields(), reason),
-                    )
-                    return
-                metrics.JOBS.labels("retried").inc()
-                await self.release(part, job, claim)
-                takeover = ""
-                if transient >= self.settings.max_attempts:
-                    transient = 0  # a failed probe waits for the next; it does not pause again
-                    await self.setup_fault(unreachable(exc), email)
-                    continue
-                await self.pause_job(backoff(transient))
-                continue
-            except (SesAmbiguous, SesError, Exception) as exc:
-                # no answer we can trust: SES may have sent it (an unexpected client error too)
-                self.count_error(exc, started)
-                transient += 1
-                # resend: at least once, but not for ever (a 5xx that never ends would loop)
-                resend = self.settings.on_ambiguous == "resend"
-                if resend and transient < self.settings.max_attempts:
-                    metrics.JOBS.labels("retried").inc()
-                    await self.release(part, job, claim)
-                    takeover = ""
-                    await self.slow_down_on_server_error(exc)
-                    await self.pause_job(backoff(transient))
-                    continue
-                await self.finish(
-                    part,
-                    entry_id,
-                    job,
-                    content,
-                    claim,
-                    UNKNOWN,
-                    EventType.UNKNOWN,
-                    detail=f"SES call outcome unknown: {exc}"[:500],
-                )
-                await self.slow_down_on_server_error(exc)
-                return
-            metrics.SES_SECONDS.observe(time.monotonic() - started)
-            await self.finish(
-                part,
-                entry_id,
-                job,
-                content,
-                claim,
-                f"{SENT}{ses_id}",
-                EventType.SENT,
-                ses_id=ses_id,
-            )
-            # a probe (or a send that beat the pause) went through: after the record, so the
-            # ambiguous window holds nothing more
-            if paused := self.setup.blocking(scopes):
-                await self.best_effort(self.setup_resumed(paused))
-            return
+        """An entry that is not a job: kept with the reason, acknowledged."""
+        await self.until_done(
+            functools.partial(self.store.dead_letter, part, entry_id, fields, reason)
+        )
+        metrics.JOBS.labels("dead_letter").inc()
+        log.warning("malformed job dead-lettered", entry=entry_id, reason=reason)
 
-    async def prepare(
-        self, part: PartitionKeys, entry_id: str, job: Job, deliveries: int
-    ) -> Ready | None:
-        """Everything decided without SES; None when the job is finished here."""
-        content = await self.contents.get(part, job.msg_id)
-        pre = await self.store.precheck(part, job, content.topic if content else None)
-        if is_final(pre.state):
-            await self.store.ack(part, entry_id)
+    async def run_attempt(self, attempt: Attempt) -> None:
+        """Decide what needs no SES; then send, retrying as each outcome says."""
+        content = await self.before_claim(lambda: self.check_before_send(attempt))
+        if content is None:
+            return
+        attempt.email = self.compose(self.settings, self.secret, content, attempt.job)
+        await self.send_loop(attempt)
+
+    async def check_before_send(self, attempt: Attempt) -> MessageContent | None:
+        """Content and pre-check: the content to send, or None when the job is finished here
+        (no rate token spent)."""
+        attempt.content = await self.contents.get(attempt.part, attempt.job.msg_id)
+        pre = await self.store.precheck(attempt.part, attempt.job, attempt.topic)
+        if pre.state.final:  # a redelivery: never sent again
+            await self.store.ack(attempt.part, attempt.entry_id)
             metrics.JOBS.labels("duplicate").inc()
             return None
-        takeover = ""
-        stopped = pre.stopped(accepted_ms(job.msg_id))
-        if is_inflight(pre.state):
+        verdict = self.verdict(attempt, pre)
+        if verdict is None:
+            return attempt.content
+        await self.finish(attempt, verdict.final, detail=verdict.detail, dead=verdict.dead)
+        return None
+
+    def verdict(self, attempt: Attempt, pre: Precheck) -> Verdict | None:
+        """The final state a job gets without calling SES, or None: it is to be sent."""
+        stopped = pre.stopped(attempt.accepted)
+        exhausted = attempt.deliveries > self.settings.max_attempts
+        if pre.state.is_inflight:
             if not self.claim_is_dead(pre.state):
                 raise LeavePending()  # its sender may be in the middle of it
-            exhausted = deliveries > self.settings.max_attempts
+            attempt.held = pre.state  # a dead sender's claim: recorded over, or taken over
             if self.settings.on_ambiguous == "skip" or stopped or pre.suppressed or exhausted:
-                await self.finish(
-                    part,
-                    entry_id,
-                    job,
-                    content,
-                    pre.state,
-                    UNKNOWN,
-                    EventType.UNKNOWN,
-                    detail="its sender stopped during the SES call",
-                )
-                return None
-            takeover = pre.state
-        if content is None:
-            await self.finish(
-                part,
-                entry_id,
-                job,
-                None,
-                takeover,
-                f"{FAILED}no_content",
-                EventType.FAILED,
-                detail="message content is missing (expired?)",
-            )
-            return None
+                return Verdict(UNKNOWN, "its sender stopped during the SES call")
+        if attempt.content is None:
+            return Verdict(FAILED_NO_CONTENT, "message content is missing (expired?)")
         if stopped:
-            await self.finish(part, entry_id, job, content, takeover, STOPPED, EventType.STOPPED)
-            return None
+            return Verdict(STOPPED)
         if pre.suppressed:
-            await self.finish(
-                part,
-                entry_id,
-                job,
-                content,
-                takeover,
-                SUPPRESSED,
-                EventType.SUPPRESSED,
-                detail="address is on the suppression list",
-            )
-            return None
-        if deliveries > self.settings.max_attempts:
-            reason = "max_attempts"
-            await self.finish(
-                part,
-                entry_id,
-                job,
-                content,
-                takeover,
-                f"{FAILED}{reason}",
-                EventType.FAILED,
-                detail=f"delivered {deliveries} times without a result",
-                dead=dead_entry(entry_id, job.fields(), reason),
-            )
-            return None
-        return Ready(content=content, takeover=takeover)
+            return Verdict(SUPPRESSED, "address is on the suppression list")
+        if exhausted:
+            detail = f"delivered {attempt.deliveries} times without a result"
+            return Verdict(FAILED_MAX_ATTEMPTS, detail, dead="max_attempts")
+        return None
 
-    def claim_is_dead(self, state: str) -> bool:
-        parts = state.split(":", 2)
-        claimed = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        return now_ms() - claimed >= self.dead_claim_ms
+    def claim_is_dead(self, state: DeliveryState) -> bool:
+        return state.claim_age_ms(now_ms()) >= self.dead_claim_ms
+
+    async def send_loop(self, attempt: Attempt, handed: Exception | None = None) -> None:
+        """Slot, claim, SES call and record, retried as the SES outcome says. `handed`: a read
+        batch (`sender.read_batch`) already claimed and sent this job (`attempt.held` is its
+        claim) and leaves the outcome it got, an error, to this loop, which goes on exactly as
+        after its own SES call."""
+        attempt.scopes = scopes_of(attempt.email.from_email, attempt.email.configuration_set)
+        outcome: str | Exception | Step = Step.RETRY if handed is None else handed
+        while True:
+            if outcome is Step.RETRY:
+                outcome = await self.send_once(attempt)
+            elif outcome is Step.DONE:
+                return
+            elif isinstance(outcome, str):
+                await self.on_sent(attempt, outcome)
+                return
+            else:
+                self.count_error(outcome, attempt.started)
+                outcome = await action_for(outcome)(self, attempt, outcome)
+
+    async def send_once(self, attempt: Attempt) -> str | Exception | Step:
+        """One try: a rate slot, the claim, the SES call. Its answer (an SES id or the error),
+        or RETRY when the slot was let go, or DONE when the claim decided the job."""
+        probing = await self.wait_for_setup(attempt.scopes)
+        grant = await self.before_claim(lambda: self.limiter.acquire(self.stop))
+        if grant is None or self.stop.is_set():
+            raise LeavePending()
+        if not probing and self.setup.blocking(attempt.scopes):
+            return Step.RETRY  # paused while this job waited for its slot: the slot is let go
+        if not await self.claim_job(attempt):
+            return Step.DONE
+        if grant.late():
+            # the claim took too long: sending now could bunch with later slots
+            metrics.JOBS.labels("late_slot").inc()
+            await self.release(attempt)
+            return Step.RETRY
+        # --- the ambiguous window: claim stored; only the SES call until the record ---
+        attempt.started = time.monotonic()
+        try:
+            return await self.outbox.send(attempt.email)
+        except Exception as exc:
+            return exc
+
+    async def claim_job(self, attempt: Attempt) -> bool:
+        """Claim the job (taking over `held` when it is a dead sender's claim); False when the
+        claim decided it instead: final already (acknowledged) or stopped (recorded)."""
+        claim = self.claims.next()
+        got = await self.until_done(
+            functools.partial(
+                self.store.claim,
+                attempt.part,
+                attempt.job,
+                attempt.topic,
+                claim,
+                attempt.accepted,
+                attempt.held,
+            )
+        )
+        if got.status == "final":
+            await self.until_done(lambda: self.store.ack(attempt.part, attempt.entry_id))
+            metrics.JOBS.labels("duplicate").inc()
+            return False
+        if got.status == "busy":
+            raise LeavePending()
+        if got.status == "stopped":
+            # with a takeover the old claim may have reached SES: unknown, not stopped
+            await self.finish(attempt, STOPPED if attempt.held.queued else UNKNOWN)
+            return False
+        attempt.held = claim
+        return True
+
+    # --- SES outcomes (the table `ON_ERROR` maps each error class to its action) -------------
+
+    async def on_sent(self, attempt: Attempt, ses_id: str) -> None:
+        metrics.SES_SECONDS.observe(time.monotonic() - attempt.started)
+        await self.finish(attempt, DeliveryState.sent(ses_id))
+        # a probe (or a send that beat the pause) went through: after the record, so the
+        # ambiguous window holds nothing more
+        if paused := self.setup.blocking(attempt.scopes):
+            await self.best_effort(self.setup_resumed(paused))
+
+    async def on_throttled(self, attempt: Attempt, exc: SesThrottled) -> Step:
+        """Release, slow the shared bucket (AIMD), back off; never failed."""
+        metrics.JOBS.labels("throttled").inc()
+        await self.release(attempt)
+        attempt.throttled += 1
+        await self.best_effort(self.limiter.throttled())
+        await self.pause_job(backoff(min(attempt.throttled, 5)))
+        return Step.RETRY
+
+    async def on_account_paused(self, attempt: Attempt, exc: SesError) -> Step:
+        """Daily quota, or sending paused / account suspended: release, every replica waits."""
+        metrics.JOBS.labels("retried").inc()
+        await self.release(attempt)
+        await self.account_paused(exc)
+        return Step.RETRY
+
+    async def on_setup_fault(self, attempt: Attempt, exc: SesSetupFault) -> Step:
+        """Our setup, not this recipient: nothing fails, sending with that setup pauses."""
+        metrics.JOBS.labels("setup_paused").inc()
+        await self.release(attempt)
+        await self.setup_fault(exc, attempt.email)
+        return Step.RETRY
+
+    async def on_rejected(self, attempt: Attempt, exc: SesRejected) -> Step:
+        await self.finish(
+            attempt, DeliveryState.failed(f"rejected:{exc.code}"), detail=str(exc)[:500]
+        )
+        return Step.DONE
+
+    async def on_transient(self, attempt: Attempt, exc: SesTransient) -> Step:
+        """Certainly not sent: retry. A whole call that failed (no connection, a refused
+        signature) is never about this recipient: MAX_ATTEMPTS in a row means SES is out of
+        reach for us, a setup fault that pauses all sending until a probe gets through."""
+        attempt.transient += 1
+        metrics.JOBS.labels("retried").inc()
+        await self.release(attempt)
+        if attempt.transient >= self.settings.max_attempts:
+            attempt.transient = 0  # a failed probe waits for the next; it does not pause again
+            await self.setup_fault(unreachable(exc), attempt.email)
+            return Step.RETRY
+        await self.pause_job(backoff(attempt.transient))
+        return Step.RETRY
+
+    async def on_entry_transient(self, attempt: Attempt, exc: SesEntryTransient) -> Step:
+        """A bulk entry SES answered TRANSIENT_FAILURE is about this job alone: it fails after
+        MAX_ATTEMPTS (with a dead letter), pausing nobody."""
+        if attempt.transient + 1 < self.settings.max_attempts:
+            return await self.on_transient(attempt, exc)
+        reason = f"transient:{exc.code}"
+        await self.finish(attempt, DeliveryState.failed(reason), detail=str(exc)[:500], dead=reason)
+        return Step.DONE
+
+    async def on_ambiguous(self, attempt: Attempt, exc: Exception) -> Step:
+        """No answer we can trust: SES may have sent it (an unexpected client error too). Like
+        a crash in the window: `unknown`, or with ON_AMBIGUOUS=resend sent again, at least once
+        but not for ever (a 5xx that never ends would loop): `unknown` after MAX_ATTEMPTS."""
+        attempt.transient += 1
+        resend = self.settings.on_ambiguous == "resend"
+        if resend and attempt.transient < self.settings.max_attempts:
+            metrics.JOBS.labels("retried").inc()
+            await self.release(attempt)
+            await self.slow_down_on_server_error(exc)
+            await self.pause_job(backoff(attempt.transient))
+            return Step.RETRY
+        await self.finish(attempt, UNKNOWN, detail=f"SES call outcome unknown: {exc}"[:500])
+        await self.slow_down_on_server_error(exc)
+        return Step.DONE
+
+    # --- the record -------------------------------------------------------------------------
 
     async def finish(
         self,
-        part: PartitionKeys,
-        entry_id: str,
-        job: Job,
-        content: MessageContent | None,
-        expected: str,
-        final: str,
-        kind: EventType,
+        attempt: Attempt,
+        final: DeliveryState,
         *,
         detail: str = "",
-        ses_id: str = "",
-        dead: dict[str, str] | None = None,
+        dead: str | None = None,
     ) -> Outcome:
         """Record a final state with its event and XACK, retrying through Redis outages."""
-        item = self.record_of(
-            part,
-            entry_id,
-            job,
-            content,
-            expected,
-            final,
-            kind,
-            detail=detail,
-            ses_id=ses_id,
-            dead=dead,
-        )
-        [outcome] = await self.until_done(lambda: self.store.record_many(part, [item]))
+        item = self.record_of(attempt, final, detail=detail, dead=dead)
+        [outcome] = await self.until_done(lambda: self.store.record_many(attempt.part, [item]))
         self.count_record(item, outcome)
         return outcome
 
     def record_of(
-        self,
-        part: PartitionKeys,
-        entry_id: str,
-        job: Job,
-        content: MessageContent | None,
-        expected: str,
-        final: str,
-        kind: EventType,
-        *,
-        detail: str = "",
-        ses_id: str = "",
-        dead: dict[str, str] | None = None,
+        self, attempt: Attempt, final: DeliveryState, *, detail: str = "", dead: str | None = None
     ) -> RecordItem:
-        """What `record.lua` stores for one job: its final state and event (+ dead letter)."""
+        """What `record.lua` stores for one job: its final state and event (+ a dead letter
+        with reason `dead`), expecting `attempt.held`."""
+        job = attempt.job
+        ses_id = final.value if final.kind is Kind.SENT else ""
         event = Event(
-            type=kind,
+            type=final.event,
             ts=now_ms(),
-            topic=content.topic if content else "",
+            topic=attempt.topic,
             msg_id=job.msg_id,
             index=job.index,
             email=job.email,
             ses_id=ses_id,
             detail=detail,
         )
+        letter = dead_entry(attempt.entry_id, job.fields(), dead) if dead is not None else None
         link = (ses_id, job.request_id) if ses_id else None
-        return RecordItem(part, entry_id, job, expected, final, event, dead, link)
+        return RecordItem(
+            attempt.part, attempt.entry_id, job, attempt.held, final, event, letter, link
+        )
 
     def count_record(self, item: RecordItem, outcome: Outcome) -> None:
         job = item.job
@@ -842,8 +697,11 @@ class Sender:
                 "job claimed elsewhere; left pending", rid=job.request_id, state=outcome.value
             )
 
-    async def release(self, part: PartitionKeys, job: Job, claim: str) -> None:
-        await self.until_done(lambda: self.store.release(part, job, claim))
+    async def release(self, attempt: Attempt) -> None:
+        """Give the claim back (SES did not take the job): it is queued again."""
+        claim = attempt.held
+        await self.until_done(lambda: self.store.release(attempt.part, attempt.job, claim))
+        attempt.held = QUEUED
 
     async def account_paused(self, exc: SesError) -> None:
         """Every replica waits: the pause lives in the shared limiter."""
@@ -941,3 +799,25 @@ class Sender:
             "jobs": sum(len(h) for h in self.held.values()),
             "free_slots": self.slots.free,
         }
+
+
+# What the per-job loop does with each SES error class, after counting it. A class not listed
+# (an unexpected client error too) is looked up by its bases, and ambiguous when none is listed.
+Action = Callable[[Sender, Attempt, Any], Awaitable[Step]]
+ON_ERROR: dict[type[BaseException], Action] = {
+    SesThrottled: Sender.on_throttled,
+    SesQuotaExceeded: Sender.on_account_paused,
+    SesPaused: Sender.on_account_paused,
+    SesSetupFault: Sender.on_setup_fault,
+    SesRejected: Sender.on_rejected,
+    SesEntryTransient: Sender.on_entry_transient,
+    SesTransient: Sender.on_transient,
+    SesAmbiguous: Sender.on_ambiguous,
+}
+
+
+def action_for(exc: Exception) -> Action:
+    for cls in type(exc).__mro__:
+        if cls in ON_ERROR:
+            return ON_ERROR[cls]
+    return Sender.on_ambiguous

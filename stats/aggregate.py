@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from redis.asyncio.retry import Retry
@@ -65,6 +66,17 @@ def stats_client(settings: Settings) -> Any:
     the whole XREADGROUP reply undecodable (the partition stopped being counted); it is
     dead-lettered instead, written back byte for byte."""
     return consumer_client(settings, retry=Retry(NoBackoff(), 0))
+
+
+def counter_increments(p: PartitionKeys, batch: PartitionBatch) -> Iterator[tuple[str, str, int]]:
+    """Every counter a batch adds to: (hash key, field, n)."""
+    yield from ((p.stats_global, name, n) for name, n in batch.global_.items())
+    yield from ((p.stats_hourly, name, n) for name, n in batch.hourly.items())
+    yield from ((p.stats_minutely, name, n) for name, n in batch.minutely.items())
+    for topic, counts in batch.topics.items():
+        yield from ((p.stats_topic(topic), name, n) for name, n in counts.items())
+    for topic, counts in batch.series.items():
+        yield from ((p.stats_series(topic), name, n) for name, n in counts.items())
 
 
 class AggregatorMetrics:
@@ -196,18 +208,9 @@ class StatsAggregator(StreamConsumer):
 
     def _transaction(self, p: PartitionKeys, batch: PartitionBatch) -> Any:
         tx = self.client.pipeline(transaction=True)
-        for name, n in batch.global_.items():
-            tx.hincrby(p.stats_global, name, n)
-        for topic, counts in batch.topics.items():
-            for name, n in counts.items():
-                tx.hincrby(p.stats_topic(topic), name, n)
-        for name, n in batch.hourly.items():
-            tx.hincrby(p.stats_hourly, name, n)
-        for name, n in batch.minutely.items():
-            tx.hincrby(p.stats_minutely, name, n)
-        for topic, counts in batch.series.items():
-            for name, n in counts.items():
-                tx.hincrby(p.stats_series(topic), name, n)
+        for key, name, n in counter_increments(p, batch):
+            tx.hincrby(key, name, n)
+        for topic in batch.series:
             tx.expire(p.stats_series(topic), SERIES_TTL_S)
         for key, seconds, expire_at in batch.second_writes(p, time.time()):
             for second, n in seconds.items():

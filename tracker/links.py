@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -47,35 +48,39 @@ async def checked_token(tracker: Tracker, text: str, kind: str) -> Token | None:
     return token if token is not None and token.k == kind else None
 
 
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """What a recipient did through a link, as its event tells it (beside the request id)."""
+
+    kind: EventType
+    topic: str = ""
+    email: str = ""
+    url: str = ""
+    detail: str = ""
+
+
 async def record(
-    tracker: Tracker,
-    kind: EventType,
-    rid: str,
-    rule: Callable[[int], FirstTouch],
-    topic: str = "",
-    email: str = "",
-    url: str = "",
-    detail: str = "",
+    tracker: Tracker, rid: str, rule: Callable[[int], FirstTouch], touch: Touch
 ) -> None:
     """Append one event for request `rid`; unique when it is the recipient's first of its kind."""
     parsed = split_request_id(rid)
     msg_id, index = parsed if parsed is not None else ("", -1)
     part = tracker.keys.for_message(msg_id) if msg_id else tracker.keys.partition(0)
     event = Event(
-        type=kind,
+        type=touch.kind,
         ts=int(time.time() * 1000),
-        topic=topic,
+        topic=touch.topic,
         msg_id=msg_id,
         index=index,
-        email=email,
-        url=url,
-        detail=detail,
+        email=touch.email,
+        url=touch.url,
+        detail=touch.detail,
     )
     added = await tracker.recorder.record(
         part, msg_id, [Pending(event, rule(index) if msg_id else None)]
     )
     if added:
-        metrics.count_events([kind])
+        metrics.count_events([touch.kind])
 
 
 # --- open ---------------------------------------------------------------------------------------
@@ -114,7 +119,8 @@ async def open_pixel(request: web.Request) -> web.Response:
             metrics.LINKS_REFUSED.labels("open").inc()
         else:
             rid, topic, detail = target
-            await record(tracker, EventType.OPENED, rid, first_open, topic=topic, detail=detail)
+            opened = Touch(EventType.OPENED, topic=topic, detail=detail)
+            await record(tracker, rid, first_open, opened)
     except (RedisUnavailable, *UNAVAILABLE, RedisError) as exc:
         # The image is served whatever happens (an outage, or a refused write such as OOM under
         # noeviction); this open is lost, and counted as such.
@@ -144,7 +150,8 @@ async def click(request: web.Request) -> web.Response:
         metrics.LINKS_REFUSED.labels("click").inc()
         raise InputError("invalid_token", "this link is not valid")
     try:
-        await record(tracker, EventType.CLICKED, token.r, first_click, topic=token.t, url=token.u)
+        clicked = Touch(EventType.CLICKED, topic=token.t, url=token.u)
+        await record(tracker, token.r, first_click, clicked)
     except (RedisUnavailable, *UNAVAILABLE, RedisError) as exc:
         # The recipient still gets where the link goes; only the count is lost.
         metrics.RECORD_FAILURES.labels("click").inc()
@@ -177,9 +184,8 @@ async def unsubscribe(request: web.Request) -> web.StreamResponse:
     await read_body(request, MAX_UNSUBSCRIBE_BODY)
     with redis_errors():
         await tracker.suppressions.add(entry(token.e, "unsubscribe", topic=token.t))
-    await record(
-        tracker, EventType.UNSUBSCRIBED, token.r, first_unsubscribe, topic=token.t, email=token.e
-    )
+    left = Touch(EventType.UNSUBSCRIBED, topic=token.t, email=token.e)
+    await record(tracker, token.r, first_unsubscribe, left)
     log.info("unsubscribed", rid=token.r, topic=token.t)
     if wants_html(request):
         return pages.unsubscribed(token.e)

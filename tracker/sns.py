@@ -27,6 +27,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -150,6 +151,18 @@ class CertUnavailable(Exception):
 # --- certificates -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class CertLimits:
+    """How many signing certificates a `CertCache` keeps and fetches, for how long, how big."""
+
+    max_entries: int = 64
+    ttl: float = 6 * 3600.0
+    timeout: float = 5.0  # one fetch, in seconds
+    max_bytes: int = 64 * 1024
+    max_concurrent_fetches: int = 8
+    max_pending_fetches: int = 64
+
+
 class CertCache:
     """Signing keys by certificate URL: bounded (LRU), with a TTL, one fetch per URL at a time,
     and a bounded number of URLs waiting to be fetched.
@@ -158,23 +171,15 @@ class CertCache:
     cancelled request does not cancel the fetch the others wait for. Failures are not cached.
     """
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        max_entries: int = 64,
-        ttl: float = 6 * 3600.0,
-        timeout: float = 5.0,
-        max_bytes: int = 64 * 1024,
-        max_concurrent_fetches: int = 8,
-        max_pending_fetches: int = 64,
-    ) -> None:
+    def __init__(self, session: aiohttp.ClientSession, limits: CertLimits | None = None) -> None:
+        limits = limits or CertLimits()
         self._session = session
-        self._max_entries = max_entries
-        self._ttl = ttl
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._max_bytes = max_bytes
-        self._fetching = asyncio.Semaphore(max_concurrent_fetches)
-        self._max_pending = max_pending_fetches
+        self._max_entries = limits.max_entries
+        self._ttl = limits.ttl
+        self._timeout = aiohttp.ClientTimeout(total=limits.timeout)
+        self._max_bytes = limits.max_bytes
+        self._fetching = asyncio.Semaphore(limits.max_concurrent_fetches)
+        self._max_pending = limits.max_pending_fetches
         self._entries: OrderedDict[str, tuple[float, rsa.RSAPublicKey]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[rsa.RSAPublicKey]] = {}
         self.fetches = 0  # certificates actually downloaded (for tests and logs)

@@ -14,7 +14,9 @@ from sesflow.common.schema import Event, Job, decode_event
 from sesflow.common.scripts import register
 from sesflow.common.settings import Settings
 from sesflow.sender.rate_limit import RateLimiter
-from sesflow.sender.state import DeliveryStore
+from sesflow.sender.state import DeliveryState, DeliveryStore, RecordItem
+
+S = DeliveryState.parse  # a state by its stored text
 
 KEYS = Keys("sesflow", 3)
 
@@ -42,15 +44,15 @@ async def test_claim_and_record_with_the_ses_link_on_every_partition(
         job = Job(msg_id=msg_id, index=2, email=f"p{index}@example.org")
         entry = await queued(cluster_client, job)
         check = await store.precheck(part, job, "t1")  # state, stop and suppression: 2 slots
-        assert (check.state, check.stop_ms, check.suppressed) == ("", None, False)
-        claim = await store.claim(part, job, "t1", "i:1:c1", 1700000000000, "")
+        assert (check.state, check.stop_ms, check.suppressed) == (S(""), None, False)
+        claim = await store.claim(part, job, "t1", S("i:1:c1"), 1700000000000, S(""))
         assert claim.ok
         ses_id = f"ses-{index}"
         event = Event(type="sent", msg_id=msg_id, index=2, ses_id=ses_id)
-        done = await store.record(
-            part, entry, job, expected="i:1:c1", final=f"s:{ses_id}", event=event,
-            ses_link=(ses_id, f"{msg_id}_2"),
-        )  # fmt: skip
+        item = RecordItem(
+            part, entry, job, S("i:1:c1"), S(f"s:{ses_id}"), event, ses_link=(ses_id, f"{msg_id}_2")
+        )
+        done = await store.record(item)
         assert done.ok, done
         assert await cluster_client.hget(part.state(msg_id), "2") == f"s:{ses_id}"
         assert await cluster_client.get(KEYS.ses_message(ses_id)) == f"{msg_id}_2"

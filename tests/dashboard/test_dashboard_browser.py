@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import unescape
 from pathlib import Path
@@ -212,7 +213,7 @@ async def test_dashboard_shows_live_numbers_that_match_the_api(
                 await starting
                 try:
                     await run_campaign_and_check_page(
-                        cluster, stub, signer, redis, browser, http, artifacts_dir
+                        Deployment(cluster, stub, signer, redis), browser, http, artifacts_dir
                     )
                 finally:  # also when a check fails: the picture shows what the page showed
                     await browser.screenshot(artifacts_dir / "dashboard.png")
@@ -220,15 +221,28 @@ async def test_dashboard_shows_live_numbers_that_match_the_api(
             await asyncio.to_thread(cluster.stop_all)
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """What the page is looking at: the roles, the SES stub, the SNS signer and Redis."""
+
+    cluster: Cluster
+    stub: SesStub
+    signer: SnsSigner
+    redis: Any
+
+
 async def run_campaign_and_check_page(
-    cluster: Cluster,
-    stub: SesStub,
-    signer: SnsSigner,
-    redis: Any,
+    deployment: Deployment,
     browser: Chromium,
     http: aiohttp.ClientSession,
     artifacts_dir: Path,
 ) -> None:
+    cluster, stub, signer, redis = (
+        deployment.cluster,
+        deployment.stub,
+        deployment.signer,
+        deployment.redis,
+    )
     ingest, tracker, stats = (cluster.url(role) for role in ("ingest", "tracker", "stats"))
 
     # 1. A topic that finishes: 19 sent, 1 refused by SES.

@@ -16,6 +16,7 @@ from support.backlog import leftovers
 from support.faultkit import (
     KEYS,
     UNREACHABLE,
+    Expect,
     all_final,
     check_exactly_once,
     check_stats_agree,
@@ -99,7 +100,9 @@ async def test_poison_entries_are_dead_lettered_and_the_loops_go_on(
                 ignore=UNREACHABLE,
                 context=cluster.all_logs,
             )
-            verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
+            verdict = await check_exactly_once(
+                client, stub, msg_id, emails, Expect(ambiguous=set())
+            )
             assert verdict.sent == 3
             await check_stats_agree(http, cluster, topic, verdict)
 

@@ -17,6 +17,7 @@ from sesflow.cli.embedded import RedisProcess
 
 from support.faultkit import (
     UNREACHABLE,
+    Expect,
     all_final,
     check_exactly_once,
     check_nothing_pending,
@@ -91,7 +92,9 @@ async def test_redis_restart_mid_campaign(
                 ignore=UNREACHABLE,
                 context=cluster.all_logs,
             )
-            verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
+            verdict = await check_exactly_once(
+                client, stub, msg_id, emails, Expect(ambiguous=set())
+            )
             assert verdict.sent == recipients
             bulk_calls = (await stub.stats())["bulk_calls"]
             assert bulk_calls > 0 if send_mode == "bulk" else bulk_calls == 0
@@ -148,7 +151,9 @@ async def test_ingest_during_redis_outage(
                 ignore=UNREACHABLE,
                 context=cluster.all_logs,
             )
-            verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
+            verdict = await check_exactly_once(
+                client, stub, msg_id, emails, Expect(ambiguous=set())
+            )
             await check_stats_agree(http, cluster, "ingest-outage", verdict)
             # the refused request left nothing behind: one message only
             assert (await client.xlen("{sesflow:g}:requests")) <= 1

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from support.faultkit import (
     UNREACHABLE,
+    Expect,
     all_final,
     check_exactly_once,
     check_nothing_pending,
@@ -106,8 +107,7 @@ async def crash_campaign(
                 stub,
                 msg_id,
                 emails,
-                ambiguous=ambiguous,
-                resend=on_ambiguous == "resend",
+                Expect(ambiguous=ambiguous, resend=on_ambiguous == "resend"),
             )
             if on_ambiguous == "resend":
                 assert verdict.unknown == 0

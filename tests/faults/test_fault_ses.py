@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from support.faultkit import (
     UNREACHABLE,
+    Expect,
     all_final,
     check_exactly_once,
     check_nothing_pending,
@@ -62,7 +63,9 @@ async def test_throttling_slows_down_and_fails_nothing(
                 ignore=UNREACHABLE,
                 context=cluster.all_logs,
             )
-            verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
+            verdict = await check_exactly_once(
+                client, stub, msg_id, emails, Expect(ambiguous=set())
+            )
             assert verdict.sent == recipients
             stats = await stub.stats()
             assert stats["injected_errors"] >= 20, stats  # it really throttled (bulk: ~10 a call)
@@ -110,7 +113,9 @@ async def test_account_paused_stops_every_sender_then_resumes(
                 ignore=UNREACHABLE,
                 context=cluster.all_logs,
             )
-            verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
+            verdict = await check_exactly_once(
+                client, stub, msg_id, emails, Expect(ambiguous=set())
+            )
             assert verdict.sent == recipients
             stats = await stub.stats()
             # What was already on its way when SES paused meets the pause once; then every
@@ -181,7 +186,9 @@ async def test_a_misspelt_configuration_set_pauses_every_sender_and_fails_nothin
                 ignore=UNREACHABLE,
                 context=cluster.all_logs,
             )
-            verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
+            verdict = await check_exactly_once(
+                client, stub, msg_id, emails, Expect(ambiguous=set())
+            )
             assert verdict.sent == recipients
             await check_nothing_pending(client, cluster)
             view = await check_stats_agree(http, cluster, topic, verdict)

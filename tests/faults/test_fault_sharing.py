@@ -26,6 +26,7 @@ from sesflow.common.keys import Keys
 
 from support.faultkit import (
     UNREACHABLE,
+    Expect,
     Verdict,
     all_final,
     check_exactly_once,
@@ -172,8 +173,7 @@ async def test_sender_kill_and_redis_restart_with_lanes_and_a_paused_topic(
                 stub,
                 campaign_id,
                 campaign,
-                ambiguous=ambiguous[campaign_id],
-                queued=everyone,
+                Expect(ambiguous=ambiguous[campaign_id], queued=everyone),
             )
             tx_states: dict[int, str] = {}
             for msg_id, emails in transactional.messages.items():
@@ -182,8 +182,7 @@ async def test_sender_kill_and_redis_restart_with_lanes_and_a_paused_topic(
                     stub,
                     msg_id,
                     emails,
-                    ambiguous=ambiguous.get(msg_id, set()),
-                    queued=everyone,
+                    Expect(ambiguous=ambiguous.get(msg_id, set()), queued=everyone),
                 )
                 tx_states.update({len(tx_states) + i: s for i, s in tx.states.items()})
 
@@ -211,7 +210,7 @@ async def test_sender_kill_and_redis_restart_with_lanes_and_a_paused_topic(
                 context=cluster.all_logs,
             )
             resumed = await check_exactly_once(
-                client, stub, held_id, held, ambiguous=set(), queued=everyone
+                client, stub, held_id, held, Expect(ambiguous=set(), queued=everyone)
             )
             assert resumed.sent == HELD
 

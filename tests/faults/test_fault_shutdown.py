@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from support.faultkit import (
     UNREACHABLE,
+    Expect,
     all_final,
     check_exactly_once,
     check_nothing_pending,
@@ -74,7 +75,9 @@ async def test_sigterm_finishes_calls_in_flight_and_exits_0(
                 ignore=UNREACHABLE,
                 context=cluster.all_logs,
             )
-            verdict = await check_exactly_once(client, stub, msg_id, emails, ambiguous=set())
+            verdict = await check_exactly_once(
+                client, stub, msg_id, emails, Expect(ambiguous=set())
+            )
             assert verdict.sent == recipients
             await check_nothing_pending(client, cluster)
             await check_stats_agree(http, cluster, topic, verdict)

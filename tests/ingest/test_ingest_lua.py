@@ -22,7 +22,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def dispatch_args(
+def dispatch_args(  # noqa: PLR0913 (mirrors dispatch.lua's ARGV)
     msg_id: str,
     first: int,
     addresses: list[str],

@@ -19,7 +19,6 @@ from sesflow.common.settings import Settings
 from sesflow.common.tracking import Token, sign
 from sesflow.ingest.api import create_app as ingest_app
 from sesflow.sender import upkeep
-from sesflow.sender.compose import compose
 from sesflow.sender.metrics import create_app as sender_metrics_app
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
@@ -193,7 +192,7 @@ async def test_sender_metrics(
         for index, email in enumerate(emails):
             await redis.xadd(part.sends, Job(msg_id=msg_id, index=index, email=email).fields())
         ses = SesClient(settings)
-        sender = Sender(settings, redis, ses, compose, b"test-tracking-secret")
+        sender = Sender(settings, redis, ses, b"test-tracking-secret")
         stop = asyncio.Event()
         task = asyncio.create_task(sender.run(stop))
         try:

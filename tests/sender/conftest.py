@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from sesflow.common.settings import Settings
-from sesflow.sender.compose import compose
 from sesflow.sender.worker import Sender
 
 from support.senderkit import (
@@ -38,7 +37,7 @@ def sender_settings(make_settings: Callable[..., Settings]) -> Callable[..., Set
 @pytest.fixture
 def make_sender(redis: Any, fake_ses: FakeSes) -> Callable[..., Sender]:
     def make(settings: Settings, ses: Any = None, client: Any = None, **kw: Any) -> Sender:
-        sender = Sender(settings, client or redis, ses or fake_ses, compose, SECRET, **kw)
+        sender = Sender(settings, client or redis, ses or fake_ses, SECRET, **kw)
         sender.ses_pause_s = 0.3
         sender.quota_pause_s = 0.3
         return sender

@@ -17,7 +17,6 @@ from sesflow.common.keys import Keys
 from sesflow.common.schema import Job, MessageContent
 from sesflow.common.settings import Settings
 from sesflow.common.tracking import Token, verify, verify_click
-from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
 
@@ -65,7 +64,7 @@ async def start_sender(redis: Any, running: Start) -> AsyncIterator[Callable[[Se
     def start(settings: Settings) -> Running:
         ses = SesClient(settings)
         clients.append(ses)
-        sender = Sender(settings, redis, ses, compose, SECRET)
+        sender = Sender(settings, redis, ses, SECRET)
         sender.ses_pause_s = 0.3
         return running(sender)
 

@@ -17,7 +17,6 @@ from sesflow.common.keys import DISPATCH_GROUP, Keys
 from sesflow.common.settings import Settings
 from sesflow.ingest.api import create_app
 from sesflow.ingest.dispatcher import Dispatcher
-from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
 
@@ -94,7 +93,7 @@ async def test_an_edited_template_leaves_accepted_mail_unchanged(
         await client.aclose()
 
     ses = SesClient(settings)
-    run = running(Sender(settings, redis, ses, compose, SECRET))
+    run = running(Sender(settings, redis, ses, SECRET))
     try:
 
         async def both_sent() -> bool:

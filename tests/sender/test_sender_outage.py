@@ -13,7 +13,6 @@ from sesflow.cli.embedded import RedisProcess
 from sesflow.common.connection import connect
 from sesflow.common.keys import Keys
 from sesflow.common.settings import settings_from_mapping
-from sesflow.sender.compose import compose
 from sesflow.sender.worker import Sender
 
 from support.senderkit import SECRET, FakeSes, Running, seed, states
@@ -54,7 +53,7 @@ async def test_a_redis_outage_mid_campaign_loses_and_duplicates_nothing(tmp_path
     ses.hook = outage
     try:
         msg_id, _ = await seed(admin, KEYS, emails)
-        run = Running(Sender(settings, client, ses, compose, SECRET))
+        run = Running(Sender(settings, client, ses, SECRET))
 
         async def done() -> bool:
             try:

@@ -15,7 +15,9 @@ from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.schema import Event, Job, decode_event, encode
 from sesflow.common.scripts import register
 from sesflow.sender.rate_limit import GATHER_S, HEADROOM, LATE_S, MAX_RESERVE_MS, RateLimiter
-from sesflow.sender.state import DeliveryStore
+from sesflow.sender.state import DeliveryState, DeliveryStore, RecordItem
+
+S = DeliveryState.parse  # a state by its stored text
 
 KEYS = Keys("sesflow")
 PART = KEYS.partition(0)
@@ -56,8 +58,8 @@ async def test_claim_refuses_a_stopped_topic(redis: Any) -> None:
 async def test_release_only_our_claim(redis: Any) -> None:
     store = DeliveryStore(redis, KEYS, 60)
     await claim(redis, "i:1:c1")
-    assert not await store.release(PART, JOB, "i:9:other")
-    assert await store.release(PART, JOB, "i:1:c1")
+    assert not await store.release(PART, JOB, S("i:9:other"))
+    assert await store.release(PART, JOB, S("i:1:c1"))
     assert await redis.hget(PART.state(JOB.msg_id), JOB.index) is None
 
 
@@ -66,7 +68,15 @@ async def test_record_is_atomic_and_idempotent(redis: Any, entry: str) -> None:
     await claim(redis, "i:1:c1")
     event = Event(type="sent", msg_id=JOB.msg_id, index=JOB.index, ses_id="abc")
     done = await store.record(
-        PART, entry, JOB, expected="i:1:c1", final="s:abc", event=event, ses_link=("abc", "r")
+        RecordItem(
+            PART,
+            entry,
+            JOB,
+            expected=S("i:1:c1"),
+            final=S("s:abc"),
+            event=event,
+            ses_link=("abc", "r"),
+        )
     )
     assert done.ok
     assert await redis.hget(PART.state(JOB.msg_id), JOB.index) == "s:abc"
@@ -74,7 +84,9 @@ async def test_record_is_atomic_and_idempotent(redis: Any, entry: str) -> None:
     assert 0 < await redis.ttl(PART.state(JOB.msg_id)) <= 60
     assert (await redis.xpending(PART.sends, SENDERS_GROUP))["pending"] == 0
     # a redelivery records nothing new: one event, state kept
-    again = await store.record(PART, entry, JOB, expected="", final="u", event=event)
+    again = await store.record(
+        RecordItem(PART, entry, JOB, expected=S(""), final=S("u"), event=event)
+    )
     assert (again.status, again.value) == ("final", "s:abc")
     assert [decode_event(f["e"]).ses_id for _, f in await redis.xrange(PART.events)] == ["abc"]
 
@@ -82,7 +94,9 @@ async def test_record_is_atomic_and_idempotent(redis: Any, entry: str) -> None:
 async def test_record_leaves_someone_elses_claim(redis: Any, entry: str) -> None:
     store = DeliveryStore(redis, KEYS, 60)
     await claim(redis, "i:1:c1")
-    busy = await store.record(PART, entry, JOB, expected="", final="x", event=None)
+    busy = await store.record(
+        RecordItem(PART, entry, JOB, expected=S(""), final=S("x"), event=None)
+    )
     assert (busy.status, busy.value) == ("busy", "i:1:c1")
     assert (await redis.xpending(PART.sends, SENDERS_GROUP))["pending"] == 1
     assert await redis.xlen(PART.events) == 0
@@ -140,9 +154,11 @@ async def test_results_of_the_same_moment_share_one_record_call(redis: Any) -> N
     event = Event(type="sent", msg_id=jobs[0].msg_id, index=0, ses_id="ses0")
     sent, final, dead = await asyncio.gather(
         store.record(
-            PART, entries[0], jobs[0], final="s:ses0", event=event, ses_link=("ses0", "r0")
+            RecordItem(
+                PART, entries[0], jobs[0], final=S("s:ses0"), event=event, ses_link=("ses0", "r0")
+            )
         ),
-        store.record(PART, entries[1], jobs[1], final="s:ses1", event=event),
+        store.record(RecordItem(PART, entries[1], jobs[1], final=S("s:ses1"), event=event)),
         store.dead_letter(PART, entries[2], {"junk": "1"}, "malformed"),
     )
     assert calls == 1
@@ -171,9 +187,9 @@ async def test_jobs_prechecked_together_each_get_their_own_answer(redis: Any) ->
         store.precheck(PART, other, "t2"),
         store.precheck(PART, JOB, None),
     )
-    assert (first.state, first.stop_ms, first.suppressed) == ("", None, False)
-    assert (two.state, two.stop_ms, two.suppressed) == ("s:x", None, False)
-    assert (three.state, three.stop_ms, three.suppressed) == ("i:5:c9", 1700000000000, True)
+    assert (first.state, first.stop_ms, first.suppressed) == (S(""), None, False)
+    assert (two.state, two.stop_ms, two.suppressed) == (S("s:x"), None, False)
+    assert (three.state, three.stop_ms, three.suppressed) == (S("i:5:c9"), 1700000000000, True)
     assert four == first
 
 
@@ -191,18 +207,30 @@ async def test_a_sent_result_is_recorded_once_when_redis_forgot_the_scripts(
     """NOSCRIPT on one script of the pipeline (e.g. the links script not loaded yet, after a
     restart) runs that one again, and only that one: the job is recorded `ok`, not `final`."""
     store = DeliveryStore(redis, KEYS, 60)
-    await store.record(PART, "0-1", None)  # loads record.lua (an unknown entry: XACK only)
+    await store.record(
+        RecordItem(PART, "0-1", None)
+    )  # loads record.lua (an unknown entry: XACK only)
     await claim(redis, "i:1:c1")
     event = Event(type="sent", msg_id=JOB.msg_id, index=JOB.index, ses_id="abc")
     done = await store.record(
-        PART, entry, JOB, expected="i:1:c1", final="s:abc", event=event, ses_link=("abc", "r")
+        RecordItem(
+            PART,
+            entry,
+            JOB,
+            expected=S("i:1:c1"),
+            final=S("s:abc"),
+            event=event,
+            ses_link=("abc", "r"),
+        )
     )
     assert (done.status, done.value) == ("ok", "s:abc")
     assert await redis.get(KEYS.ses_message("abc")) == "r"
     assert await redis.xlen(PART.events) == 1
     await redis.script_flush()
     await redis.hdel(PART.state(JOB.msg_id), str(JOB.index))
-    again = await store.record(PART, entry, JOB, final="s:def", event=event, ses_link=("d", "r"))
+    again = await store.record(
+        RecordItem(PART, entry, JOB, final=S("s:def"), event=event, ses_link=("d", "r"))
+    )
     assert again.ok and await redis.get(KEYS.ses_message("d")) == "r"
 
 

@@ -17,7 +17,6 @@ from sesflow.common.errors import SesSetupFault
 from sesflow.common.keys import Keys
 from sesflow.common.settings import Settings
 from sesflow.sender import metrics
-from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sesflow.sender.worker import Sender
@@ -126,7 +125,7 @@ async def test_a_pause_outlives_a_restart_and_is_shared_by_every_replica(
 
 async def campaign_sender(settings: Settings, redis: Any) -> tuple[SesClient, Running]:
     ses = SesClient(settings)
-    return ses, Running(Sender(settings, redis, ses, compose, SECRET))
+    return ses, Running(Sender(settings, redis, ses, SECRET))
 
 
 async def test_an_unverified_sender_pauses_its_messages_a_rejected_message_still_fails(

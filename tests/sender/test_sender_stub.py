@@ -14,7 +14,6 @@ from typing import Any
 from sesflow.cli.embedded import free_port
 from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.settings import Settings
-from sesflow.sender.compose import compose
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
 
@@ -38,7 +37,7 @@ async def campaign(
     emails = [f"c{n}@example.org" for n in range(count)]
     msg_id, _ = await seed(redis, KEYS, emails)
     ses = SesClient(settings)
-    sender = Sender(settings, redis, ses, compose, SECRET)
+    sender = Sender(settings, redis, ses, SECRET)
     sender.ses_pause_s = pause_s
     run = Running(sender)
     try:
@@ -134,7 +133,7 @@ async def test_a_502_after_ses_accepted_the_mail_is_unknown_and_never_sent_again
         emails = [f"p{n}@example.org" for n in range(3)]
         msg_id, _ = await seed(redis, KEYS, emails)
         ses = SesClient(settings)
-        run = Running(Sender(settings, redis, ses, compose, SECRET))
+        run = Running(Sender(settings, redis, ses, SECRET))
         try:
             await until(lambda: final(redis, msg_id, len(emails)), within=15)
         finally:

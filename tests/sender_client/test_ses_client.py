@@ -398,7 +398,7 @@ RAW_ANSWERS: list[tuple[int, bytes, dict[str, str], type[SesError], str]] = [
     RAW_ANSWERS,
     ids=[f"{a[0]}-{a[4]}-{a[3].__name__}" for a in RAW_ANSWERS],
 )
-async def test_raw_answers_map_to_error_classes(
+async def test_raw_answers_map_to_error_classes(  # noqa: PLR0913 (pytest: fixtures + parametrize)
     ses_settings: Callable[..., Settings],
     make_email: MakeEmail,
     status: int,

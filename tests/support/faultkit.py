@@ -101,15 +101,23 @@ class Verdict:
     stub_counts: Counter[str]
 
 
+@dataclass(frozen=True)
+class Expect:
+    """What a fault case allows: `ambiguous` (when given) bounds where `u`, or with `resend` a
+    second copy, may happen; `queued` lists every address of the run when other messages than
+    the one checked were sent."""
+
+    ambiguous: set[int] | None = None
+    resend: bool = False
+    queued: Collection[str] = ()
+
+
 async def check_exactly_once(
     client: aioredis.Redis,
     stub: StubProcess,
     msg_id: str,
     emails: list[str],
-    *,
-    ambiguous: set[int] | None = None,
-    resend: bool = False,
-    queued: Collection[str] = (),
+    expect: Expect = Expect(),
 ) -> Verdict:
     """The promise, recipient by recipient:
 
@@ -121,6 +129,7 @@ async def check_exactly_once(
     - SES got no address that was never queued (`queued`: every address of the run, when
       other messages than this one were sent).
     """
+    ambiguous, resend, queued = expect.ambiguous, expect.resend, expect.queued
     found = await states(client, msg_id)
     stats = await stub.stats(recipients=True)
     counts: Counter[str] = Counter(stats["recipients"])

@@ -248,34 +248,44 @@ MUTATIONS = ["valid", "valid", "value", "value", "value", "flip", "truncate", "i
 MUTATIONS += ["nest", "random", "json"]
 
 
+def byte_mutation(draw: st.DrawFn, example: bytes, kind: str) -> bytes:
+    """A flipped byte, a cut, or a bad byte sequence inserted (`example` is not empty)."""
+    if kind == "flip":
+        at = draw(st.integers(0, len(example) - 1))
+        return example[:at] + bytes([example[at] ^ draw(st.integers(1, 255))]) + example[at + 1 :]
+    if kind == "truncate":
+        return example[: draw(st.integers(0, max(len(example) - 1, 0)))]
+    at = draw(st.integers(0, len(example)))
+    return example[:at] + draw(st.sampled_from(BAD_BYTES)) + example[at:]
+
+
+def json_mutation(draw: st.DrawFn, example: bytes, kind: str) -> bytes:
+    """One JSON value replaced by an odd one ("value"), or dropped ("drop")."""
+    try:
+        document = json.loads(example)
+    except ValueError:
+        return example
+    path = draw(st.sampled_from(_leaf_paths(document)))
+    if kind == "drop" and path:
+        copy = json.loads(example)
+        target = copy
+        for step in path[:-1]:
+            target = target[step]
+        del target[path[-1]]
+        return json.dumps(copy).encode()
+    return replace_at(document, path, draw(st.sampled_from(ODD_VALUES)))
+
+
 @st.composite
 def mutated(draw: st.DrawFn, example: bytes) -> bytes:
     """`example`, valid or broken in one of the ways a client breaks a body."""
     kind = draw(st.sampled_from(MUTATIONS))
     if kind == "valid" or (not example and kind in {"flip", "truncate", "value", "drop"}):
         return example
-    if kind == "flip":
-        at = draw(st.integers(0, len(example) - 1))
-        return example[:at] + bytes([example[at] ^ draw(st.integers(1, 255))]) + example[at + 1 :]
-    if kind == "truncate":
-        return example[: draw(st.integers(0, max(len(example) - 1, 0)))]
-    if kind == "insert":
-        at = draw(st.integers(0, len(example)))
-        return example[:at] + draw(st.sampled_from(BAD_BYTES)) + example[at:]
+    if kind in {"flip", "truncate", "insert"}:
+        return byte_mutation(draw, example, kind)
     if kind in {"value", "drop"}:
-        try:
-            document = json.loads(example)
-        except ValueError:
-            return example
-        path = draw(st.sampled_from(_leaf_paths(document)))
-        if kind == "drop" and path:
-            copy = json.loads(example)
-            target = copy
-            for step in path[:-1]:
-                target = target[step]
-            del target[path[-1]]
-            return json.dumps(copy).encode()
-        return replace_at(document, path, draw(st.sampled_from(ODD_VALUES)))
+        return json_mutation(draw, example, kind)
     if kind == "nest":
         return draw(st.sampled_from(NESTING))
     if kind == "random":

@@ -74,17 +74,17 @@ async def seed(
     emails: list[str],
     *,
     msg_id: str | None = None,
-    topic: str = "t1",
     store_content: bool = True,
     from_email: str = "",
 ) -> tuple[str, list[str]]:
-    """Store a message's content and queue one job per address; returns (msg_id, entry ids)."""
+    """Store a message's content (topic `t1`) and queue one job per address; returns (msg_id,
+    entry ids)."""
     msg_id = msg_id or new_msg_id()
     part = keys.for_message(msg_id)
     if store_content:
         content = MessageContent(
             msg_id=msg_id,
-            topic=topic,
+            topic="t1",
             subject="Hello",
             html="<p>Hi <a href='https://example.com/x'>x</a></p>",
             total=len(emails),

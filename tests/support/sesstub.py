@@ -551,23 +551,28 @@ class SesStub:
             return "MESSAGE_REJECTED"
         return "SUCCESS"
 
+    def _bulk_call(self, body: bytes) -> _SendBulkEmail:
+        """The SendBulkEmail request, or SesError (400) as SES answers a malformed one."""
+        try:
+            call = _bulk_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.bad_requests += 1
+            raise SesError(400, "BadRequestException", f"Invalid request: {exc}") from exc
+        if not call.FromEmailAddress or not call.BulkEmailEntries:
+            self.bad_requests += 1
+            raise SesError(400, "BadRequestException", "Missing FromEmailAddress or entries")
+        if len(call.BulkEmailEntries) > 50:
+            self.bad_requests += 1
+            raise SesError(400, "BadRequestException", "Too many entries (max 50).")
+        return call
+
     async def send_bulk_email(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
         self.bulk_calls += 1
         body = await request.read()
         await self._delay()
         try:
-            try:
-                call = _bulk_decoder.decode(body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self.bad_requests += 1
-                raise SesError(400, "BadRequestException", f"Invalid request: {exc}") from exc
-            if not call.FromEmailAddress or not call.BulkEmailEntries:
-                self.bad_requests += 1
-                raise SesError(400, "BadRequestException", "Missing FromEmailAddress or entries")
-            if len(call.BulkEmailEntries) > 50:
-                self.bad_requests += 1
-                raise SesError(400, "BadRequestException", "Too many entries (max 50).")
+            call = self._bulk_call(body)
             self._check_addresses([r for e in call.BulkEmailEntries for r in e.Destination.all()])
             self._check_setup(call.FromEmailAddress, call.ConfigurationSetName)
             template = call.DefaultContent.Template

@@ -186,7 +186,7 @@ class SnsSigner:
 
     # --- messages ---------------------------------------------------------------------------
 
-    def notification(
+    def notification(  # noqa: PLR0913 (the fields of an SNS Notification)
         self,
         message: Any,
         *,

@@ -17,7 +17,8 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import TypedDict, TypeVar, Unpack
 
 T = TypeVar("T")
 
@@ -38,75 +39,82 @@ def _describe(fetch: Callable[..., object]) -> str:
     return str(name)
 
 
-def _failure(
-    what: str,
-    within: float,
-    value: object,
-    error: BaseException | None,
-    context: Callable[[], str] | None,
-) -> TimeoutError:
-    message = f"timed out after {within:g}s waiting for {what}; last value: {value!r}"
-    if error is not None:
-        message += f"; last error: {error!r}"
-    if context is not None:
-        message += "\n" + context()
-    return TimeoutError(message)
+class Options(TypedDict, total=False):
+    """How `until` and `until_sync` wait (see the module docstring)."""
+
+    what: str  # what is awaited, for the failure (default: the awaited function)
+    within: float  # seconds (default 10)
+    every: float  # seconds between tries (default EVERY)
+    ignore: tuple[type[BaseException], ...]  # exceptions that mean "not yet"
+    context: Callable[[], str] | None  # more text for the failure (process logs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    what: str = ""
+    within: float = 10.0
+    every: float = EVERY
+    ignore: tuple[type[BaseException], ...] = ()
+    context: Callable[[], str] | None = None
+
+    def failure(
+        self, fetch: Callable[..., object], value: object, error: BaseException | None
+    ) -> TimeoutError:
+        what = self.what or _describe(fetch)
+        message = f"timed out after {self.within:g}s waiting for {what}; last value: {value!r}"
+        if error is not None:
+            message += f"; last error: {error!r}"
+        if self.context is not None:
+            message += "\n" + self.context()
+        return TimeoutError(message)
 
 
 async def until(
     fetch: Callable[[], Awaitable[T]],
     done: Callable[[T], bool] = _truthy,
-    *,
-    what: str = "",
-    within: float = 10.0,
-    every: float = EVERY,
-    ignore: tuple[type[BaseException], ...] = (),
-    context: Callable[[], str] | None = None,
+    **options: Unpack[Options],
 ) -> T:
     """Await `fetch()` until `done(value)`; return that value, or raise `TimeoutError` after
     `within` seconds. `fetch` is always called at least once, and once more after the deadline."""
-    deadline = time.monotonic() + within
+    wait = _Wait(**options)
+    deadline = time.monotonic() + wait.within
     value: object = None
     error: BaseException | None = None
     while True:
         last_try = time.monotonic() > deadline
         try:
             result = await fetch()
-        except ignore as exc:
+        except wait.ignore as exc:
             error = exc
         else:
             if done(result):
                 return result
             value, error = result, None
         if last_try:
-            raise _failure(what or _describe(fetch), within, value, error, context)
-        await asyncio.sleep(every)
+            raise wait.failure(fetch, value, error)
+        await asyncio.sleep(wait.every)
 
 
 def until_sync(
     fetch: Callable[[], T],
     done: Callable[[T], bool] = _truthy,
-    *,
-    what: str = "",
-    within: float = 10.0,
-    every: float = EVERY,
-    ignore: tuple[type[BaseException], ...] = (),
-    context: Callable[[], str] | None = None,
+    **options: Unpack[Options],
 ) -> T:
     """`until` for code without an event loop (fixtures, threads, process start-up)."""
-    deadline = time.monotonic() + within
+    wait = _Wait(**options)
+    deadline = time.monotonic() + wait.within
     value: object = None
     error: BaseException | None = None
     while True:
         last_try = time.monotonic() > deadline
         try:
             result = fetch()
-        except ignore as exc:
+        except wait.ignore as exc:
             error = exc
         else:
             if done(result):
                 return result
             value, error = result, None
         if last_try:
-            raise _failure(what or _describe(fetch), within, value, error, context)
-        time.sleep(every)
+            raise wait.failure(fetch, value, error)
+        time.sleep(wait.every)

@@ -165,7 +165,7 @@ async def cert_server(
 @contextlib.asynccontextmanager
 async def cache(**options: Any) -> AsyncIterator[sns.CertCache]:
     async with aiohttp.ClientSession() as session:
-        yield sns.CertCache(session, **options)
+        yield sns.CertCache(session, sns.CertLimits(**options))
 
 
 async def test_concurrent_requests_share_one_fetch(cert_server: CertServer) -> None:

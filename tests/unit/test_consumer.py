@@ -23,6 +23,7 @@ from sesflow.common.consumer import (
     consumer_name,
     forget_idle_consumers,
     periodic,
+    until_stopped,
 )
 from sesflow.common.settings import Settings
 
@@ -382,3 +383,26 @@ async def test_cancelling_run_without_a_stop_ends_the_readers_too(
     done, _ = await asyncio.wait({task}, timeout=10)
     await client.aclose()
     assert done and task.cancelled()
+
+
+async def test_until_stopped_gives_up_after_within_and_cancels() -> None:
+    cancelled = asyncio.Event()
+
+    async def hangs() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            cancelled.set()
+
+    with pytest.raises(TimeoutError):
+        await until_stopped(asyncio.Event(), hangs(), within=0.05)
+    assert cancelled.is_set()
+    assert await until_stopped(asyncio.Event(), asyncio.sleep(0, "answer"), within=5) == "answer"
+
+
+async def test_until_stopped_answers_none_at_stop() -> None:
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(until_stopped(stop, asyncio.sleep(60, "late"), within=30))
+    await asyncio.sleep(0.01)
+    stop.set()
+    assert await asyncio.wait_for(waiting, 5) is None

@@ -79,12 +79,10 @@ def test_a_socket_timeout_below_the_longest_block_is_refused(make_settings: Any)
 
 
 def test_every_blocking_read_stays_within_the_longest_block() -> None:
-    """The shared consumer caps every read (dispatcher, stats) at READ_BLOCK_MS; the sender
-    keeps a reader of its own."""
+    """The shared consumer caps every read (dispatcher, sender, stats) at READ_BLOCK_MS."""
     from sesflow.common.consumer import READ_BLOCK_MS
-    from sesflow.sender.worker import BLOCK_MS
 
-    assert max(READ_BLOCK_MS, BLOCK_MS) <= LONGEST_BLOCK_MS
+    assert READ_BLOCK_MS <= LONGEST_BLOCK_MS
 
 
 async def test_a_client_opens_at_most_redis_max_connections(
