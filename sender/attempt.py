@@ -19,6 +19,23 @@ from sesflow.common.schema import Job, MessageContent
 from sesflow.sender.state import QUEUED, DeliveryState
 
 
+class LeavePending(Exception):
+    """Stop handling a job without acknowledging it: shutdown came before its SES call, or
+    another sender holds a fresh claim on it."""
+
+
+def utf8_fields(fields: dict[str, str]) -> dict[str, str]:
+    """The fields as they are, or ValueError: the client decodes with surrogateescape, so bytes
+    that are not UTF-8 arrive as lone surrogates, and such an entry is not a job."""
+    for name, value in fields.items():
+        try:
+            name.encode()
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"entry is not UTF-8: {fields!r}") from exc
+    return fields
+
+
 class Step(Enum):
     """What the per-job loop does after an outcome."""
 

@@ -22,7 +22,7 @@ import functools
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sesflow.common import sentry
 from sesflow.common.connection import UNAVAILABLE
@@ -31,11 +31,13 @@ from sesflow.common.keys import PartitionKeys, accepted_ms
 from sesflow.common.logs import get_logger
 from sesflow.common.schema import Job, MessageContent
 from sesflow.sender import metrics
-from sesflow.sender.attempt import Attempt
+from sesflow.sender.attempt import Attempt, LeavePending, utf8_fields
 from sesflow.sender.rate_limit import Grant, SlotBatch
 from sesflow.sender.setup_faults import scopes_of
 from sesflow.sender.state import QUEUED, ClaimItem, DeliveryState, Outcome, Precheck, RecordItem
-from sesflow.sender.worker import LeavePending, Sender, utf8_fields
+
+if TYPE_CHECKING:  # the worker runs read batches: only its type is needed here
+    from sesflow.sender.worker import Sender
 
 log = get_logger(__name__)
 

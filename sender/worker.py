@@ -72,7 +72,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sesflow.common import sentry
 from sesflow.common.aws import Quota
@@ -101,12 +101,13 @@ from sesflow.common.logs import get_logger
 from sesflow.common.schema import Event, Job, MessageContent
 from sesflow.common.settings import Settings
 from sesflow.sender import metrics
-from sesflow.sender.attempt import Attempt, Step, Verdict
+from sesflow.sender.attempt import Attempt, LeavePending, Step, Verdict, utf8_fields
 from sesflow.sender.compose import compose
 from sesflow.sender.content import ContentCache
 from sesflow.sender.outbox import Outbox
 from sesflow.sender.pump import Pump
 from sesflow.sender.rate_limit import RateLimiter
+from sesflow.sender.read_batch import GridPoints, ReadBatch
 from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sesflow.sender.state import (
     QUEUED,
@@ -124,9 +125,6 @@ from sesflow.sender.state import (
     now_ms,
 )
 from sesflow.sender.upkeep import run_upkeep
-
-if TYPE_CHECKING:  # read_batch imports this module
-    from sesflow.sender.read_batch import GridPoints
 
 log = get_logger(__name__)
 
@@ -156,26 +154,9 @@ Composer = Callable[[Settings, bytes, MessageContent, Job], Any]
 QuotaSource = Callable[[Settings], Awaitable[Quota | None]]
 
 
-class LeavePending(Exception):
-    """Stop handling a job without acknowledging it: shutdown came before its SES call, or
-    another sender holds a fresh claim on it."""
-
-
 def unreachable(exc: SesTransient) -> SesSetupFault:
     """SES out of reach for MAX_ATTEMPTS tries of one job: a fault of the whole setup."""
     return SesSetupFault(exc.code, exc.message or str(exc), exc.status, reason="unreachable")
-
-
-def utf8_fields(fields: dict[str, str]) -> dict[str, str]:
-    """The fields as they are, or ValueError: the client decodes with surrogateescape, so bytes
-    that are not UTF-8 arrive as lone surrogates, and such an entry is not a job."""
-    for name, value in fields.items():
-        try:
-            name.encode()
-            value.encode()
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"entry is not UTF-8: {fields!r}") from exc
-    return fields
 
 
 def backoff(attempt: int) -> float:
@@ -377,16 +358,12 @@ class Sender(StreamConsumer):
 
     def spawn_batch(self, part: PartitionKeys, entries: list[tuple[str, Any]]) -> None:
         """Run the new entries of one read together (`sender.read_batch`); one slot each."""
-        from sesflow.sender.read_batch import ReadBatch
-
         self.held[part.index].update(entry_id for entry_id, _ in entries)
         self.track(ReadBatch(self, part, entries).run())
 
     def grid_points(self) -> GridPoints:
         """Where the read batches' jobs meet at their grid point (`sender.read_batch`)."""
         if self._grid_points is None:
-            from sesflow.sender.read_batch import GridPoints
-
             self._grid_points = GridPoints(self)
         return self._grid_points
 

@@ -15,7 +15,7 @@ from sesflow.common.keys import Keys
 from sesflow.common.settings import settings_from_mapping
 from sesflow.sender.worker import Sender
 
-from support.senderkit import SECRET, FakeSes, Running, seed, states
+from support.senderkit import SECRET, FakeSes, Running, queue_jobs, states
 from support.until import until
 
 KEYS = Keys("sesflow")
@@ -52,7 +52,7 @@ async def test_a_redis_outage_mid_campaign_loses_and_duplicates_nothing(tmp_path
 
     ses.hook = outage
     try:
-        msg_id, _ = await seed(admin, KEYS, emails)
+        msg_id, _ = await queue_jobs(admin, KEYS, emails)
         run = Running(Sender(settings, client, ses, SECRET))
 
         async def done() -> bool:

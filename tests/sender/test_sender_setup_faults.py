@@ -21,7 +21,7 @@ from sesflow.sender.ses_client import SesClient
 from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sesflow.sender.worker import Sender
 
-from support.senderkit import SECRET, FakeSes, Running, events, new_msg_id, seed, states
+from support.senderkit import SECRET, FakeSes, Running, events, new_msg_id, queue_jobs, states
 from support.sesstub import SesStub
 from support.until import until
 
@@ -70,7 +70,7 @@ async def test_a_setup_fault_pauses_fails_nothing_alerts_and_a_probe_resumes(
     fake_ses.hook = misspelled_configuration_set
     faults_before = metrics.SETUP_FAULTS.labels("configuration_set")._value.get()
     emails = [f"r{n}@example.org" for n in range(30)]
-    msg_id, _ = await seed(redis, KEYS, emails)
+    msg_id, _ = await queue_jobs(redis, KEYS, emails)
     settings = sender_settings(
         SES_CONFIGURATION_SET="typo", SETUP_PROBE_INTERVAL="0.4", MAX_ATTEMPTS="2"
     )
@@ -114,7 +114,7 @@ async def test_a_pause_outlives_a_restart_and_is_shared_by_every_replica(
     settings = sender_settings(SES_CONFIGURATION_SET="typo", SETUP_PROBE_INTERVAL="0.5")
     first = make_sender(settings)
     await first.setup.record("configuration-set:typo", NOT_FOUND)
-    msg_id, _ = await seed(redis, KEYS, [f"q{n}@example.org" for n in range(10)])
+    msg_id, _ = await queue_jobs(redis, KEYS, [f"q{n}@example.org" for n in range(10)])
     run = running(make_sender(settings))
     await asyncio.sleep(0.3)
     assert sum(fake_ses.calls.values()) == 0  # the probe comes an interval after the fault
@@ -145,9 +145,9 @@ async def test_an_unverified_sender_pauses_its_messages_a_rejected_message_still
             **CREDENTIALS,
         )
         good = ["a@example.org", "bad@example.org", "b@example.org"]
-        good_id, _ = await seed(redis, KEYS, good)
+        good_id, _ = await queue_jobs(redis, KEYS, good)
         waiting = [f"w{n}@example.org" for n in range(5)]
-        waiting_id, _ = await seed(
+        waiting_id, _ = await queue_jobs(
             redis, KEYS, waiting, msg_id=new_msg_id(1), from_email="Promo <promo@unverified.net>"
         )
         ses, run = await campaign_sender(settings, redis)
@@ -194,7 +194,7 @@ async def test_a_thousand_recipients_survive_a_misspelled_configuration_set(
             **CREDENTIALS,
         )
         emails = [f"k{n}@example.org" for n in range(1000)]
-        msg_id, _ = await seed(redis, KEYS, emails)
+        msg_id, _ = await queue_jobs(redis, KEYS, emails)
         replicas = [await campaign_sender(settings, redis) for _ in range(2)]
         try:
             await until(lambda: has_pause(redis, "configuration-set:typo"))
@@ -226,7 +226,7 @@ async def test_jobs_that_waited_for_a_rate_slot_do_not_send_into_a_fresh_pause(
         raise NOT_FOUND
 
     fake_ses.hook = misspelled_configuration_set
-    await seed(redis, KEYS, [f"slow{n}@example.org" for n in range(8)])
+    await queue_jobs(redis, KEYS, [f"slow{n}@example.org" for n in range(8)])
     settings = sender_settings(
         SES_CONFIGURATION_SET="typo", EMAIL_RATE="20", EMAIL_BURST="1", SETUP_PROBE_INTERVAL="30"
     )

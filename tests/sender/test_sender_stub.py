@@ -17,7 +17,7 @@ from sesflow.common.settings import Settings
 from sesflow.sender.ses_client import SesClient
 from sesflow.sender.worker import Sender
 
-from support.senderkit import SECRET, Running, seed, states
+from support.senderkit import SECRET, Running, queue_jobs, states
 from support.sesstub import SesStub
 from support.until import until
 
@@ -35,7 +35,7 @@ async def campaign(
     redis: Any, settings: Settings, stub: SesStub, count: int, pause_s: float = 5.0
 ) -> None:
     emails = [f"c{n}@example.org" for n in range(count)]
-    msg_id, _ = await seed(redis, KEYS, emails)
+    msg_id, _ = await queue_jobs(redis, KEYS, emails)
     ses = SesClient(settings)
     sender = Sender(settings, redis, ses, SECRET)
     sender.ses_pause_s = pause_s
@@ -78,7 +78,7 @@ async def test_sigterm_finishes_in_flight_calls_and_exits_0(
 ) -> None:
     async with SesStub(latency_ms=200) as stub:
         emails = [f"s{n}@example.org" for n in range(200)]
-        msg_id, _ = await seed(redis, KEYS, emails)
+        msg_id, _ = await queue_jobs(redis, KEYS, emails)
         env = {
             **os.environ,
             **CREDENTIALS,
@@ -131,7 +131,7 @@ async def test_a_502_after_ses_accepted_the_mail_is_unknown_and_never_sent_again
             SES_ENDPOINT_URL=stub.url, EMAIL_RATE="100", MAX_ATTEMPTS="3", **CREDENTIALS
         )
         emails = [f"p{n}@example.org" for n in range(3)]
-        msg_id, _ = await seed(redis, KEYS, emails)
+        msg_id, _ = await queue_jobs(redis, KEYS, emails)
         ses = SesClient(settings)
         run = Running(Sender(settings, redis, ses, SECRET))
         try:

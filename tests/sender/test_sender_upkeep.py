@@ -21,7 +21,7 @@ from sesflow.sender.metrics import create_app
 from sesflow.sender.rate_limit import HEADROOM
 from sesflow.sender.worker import Sender
 
-from support.senderkit import FakeSes, Running, pending_count, seed, states
+from support.senderkit import FakeSes, Running, pending_count, queue_jobs, states
 from support.until import until
 
 KEYS = Keys("sesflow")
@@ -43,7 +43,7 @@ async def ghost_reads(redis: Any, count: int, times: int = 1) -> None:
 async def test_jobs_of_a_vanished_consumer_are_reclaimed_and_sent(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
-    msg_id, _ = await seed(redis, KEYS, EMAILS)
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS)
     await ghost_reads(redis, 2)
     run = running(make_sender(sender_settings(RECLAIM_IDLE="0.5")))
     await until(lambda: final_count(redis, msg_id, 4))
@@ -64,7 +64,7 @@ async def no_pending(redis: Any) -> bool:
 async def test_after_max_attempts_deliveries_a_job_is_dead_lettered_as_failed(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:1])
     await ghost_reads(redis, 1, times=3)  # delivered 3 times; the reclaim is the 4th
     run = running(make_sender(sender_settings(RECLAIM_IDLE="0.3", MAX_ATTEMPTS="3")))
     await until(lambda: final_count(redis, msg_id, 1))
@@ -79,7 +79,7 @@ async def test_after_max_attempts_deliveries_a_job_is_dead_lettered_as_failed(
 async def test_keepalive_resets_idle_without_counting_a_delivery(
     redis: Any, sender_settings: Any, make_sender: Any
 ) -> None:
-    await seed(redis, KEYS, EMAILS[:1])
+    await queue_jobs(redis, KEYS, EMAILS[:1])
     sender = make_sender(sender_settings())
     await ensure_group(redis, PART.sends, SENDERS_GROUP)
     rows = await redis.xreadgroup(SENDERS_GROUP, sender.consumer, {PART.sends: ">"}, count=1)
@@ -100,7 +100,7 @@ async def test_a_job_waiting_on_a_long_pause_is_not_stolen(
     ses_a, ses_b = FakeSes(), FakeSes()
     a = make_sender(settings, ses=ses_a, consumer="a")
     await a.limiter.pause(2.0)
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:1])
     run_a = running(a)
     await until(lambda: held(a))
     run_b = running(make_sender(settings, ses=ses_b, consumer="b"))
@@ -126,7 +126,7 @@ async def test_after_a_redis_outage_no_reclaim_before_live_replicas_refresh(
     for RECLAIM_IDLE (A's keep-alive refreshes it meanwhile); only a job nobody refreshes is
     taken then, and marked unknown."""
     settings = sender_settings(RECLAIM_IDLE="1.0")
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:1])
     await ensure_group(redis, PART.sends, SENDERS_GROUP)
     rows = await redis.xreadgroup(SENDERS_GROUP, "a", {PART.sends: ">"}, count=1)
     entry_id = rows[0][1][0][0]
@@ -154,7 +154,7 @@ async def test_after_a_redis_outage_no_reclaim_before_live_replicas_refresh(
 
 
 async def test_trim_never_removes_a_pending_entry(redis: Any) -> None:
-    _, ids = await seed(redis, KEYS, [f"t{n}@example.org" for n in range(10)])
+    _, ids = await queue_jobs(redis, KEYS, [f"t{n}@example.org" for n in range(10)])
     await ensure_group(redis, PART.sends, SENDERS_GROUP)
     assert await upkeep.trim(redis, PART) == 0  # nothing delivered yet
     rows = await redis.xreadgroup(SENDERS_GROUP, "c", {PART.sends: ">"}, count=6)
@@ -188,7 +188,7 @@ async def test_quota_caps_the_rate_and_pauses_when_the_day_is_used_up(
 async def test_idle_consumers_holding_nothing_are_forgotten(
     redis: Any, sender_settings: Any, make_sender: Any, monkeypatch: Any
 ) -> None:
-    await seed(redis, KEYS, EMAILS[:1])
+    await queue_jobs(redis, KEYS, EMAILS[:1])
     await ghost_reads(redis, 1)
     await redis.xreadgroup(SENDERS_GROUP, "idle-empty", {PART.sends: ">"}, count=1)
     monkeypatch.setattr(upkeep, "FORGET_CONSUMER_AFTER_S", 0.0)
@@ -203,7 +203,7 @@ async def test_metrics_and_health_are_served(
 ) -> None:
     settings = sender_settings(SENDER_METRICS_PORT=str(free_port()))
     sender = make_sender(settings)
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:2])
     run = running(sender)
     await until(lambda: final_count(redis, msg_id, 2))
     await upkeep.update_gauges(sender)

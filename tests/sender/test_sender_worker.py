@@ -27,7 +27,7 @@ from support.senderkit import (
     events,
     new_msg_id,
     pending_count,
-    seed,
+    queue_jobs,
     states,
 )
 from support.until import until
@@ -47,7 +47,7 @@ async def all_final(redis: Any, msg_id: str, count: int) -> bool:
 async def test_sends_every_recipient_once_and_records_it(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
-    msg_id, _ = await seed(redis, KEYS, EMAILS)
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS)
     run = running(make_sender(sender_settings()))
     await until(lambda: all_final(redis, msg_id, 5))
     await run.stop()
@@ -71,7 +71,7 @@ async def test_redelivered_final_job_is_only_acked(
 ) -> None:
     msg_id = new_msg_id()
     await redis.hset(PART.state(msg_id), mapping={"0": "s:earlier", "1": "f:rejected:x"})
-    await seed(redis, KEYS, EMAILS[:3], msg_id=msg_id)
+    await queue_jobs(redis, KEYS, EMAILS[:3], msg_id=msg_id)
     run = running(make_sender(sender_settings()))
     await until(lambda: all_final(redis, msg_id, 3))
     await until(lambda: pending_count_is(redis, 0))
@@ -90,7 +90,7 @@ async def test_inflight_from_a_dead_sender_is_unknown_with_skip(
 ) -> None:
     msg_id = new_msg_id()
     await redis.hset(PART.state(msg_id), "0", "i:1000:dead-consumer")
-    await seed(redis, KEYS, EMAILS[:2], msg_id=msg_id)
+    await queue_jobs(redis, KEYS, EMAILS[:2], msg_id=msg_id)
     run = running(make_sender(sender_settings()))
     await until(lambda: all_final(redis, msg_id, 2))
     await run.stop()
@@ -105,7 +105,7 @@ async def test_inflight_from_a_dead_sender_is_resent_with_resend(
 ) -> None:
     msg_id = new_msg_id()
     await redis.hset(PART.state(msg_id), "0", "i:1000:dead-consumer")
-    await seed(redis, KEYS, EMAILS[:1], msg_id=msg_id)
+    await queue_jobs(redis, KEYS, EMAILS[:1], msg_id=msg_id)
     run = running(make_sender(sender_settings(ON_AMBIGUOUS="resend")))
     await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
@@ -120,7 +120,7 @@ async def test_a_fresh_claim_of_a_live_sender_is_left_alone(
     msg_id = new_msg_id()
     claim = f"i:{new_msg_id().split('-')[0]}:live-consumer"
     await redis.hset(PART.state(msg_id), "0", claim)
-    await seed(redis, KEYS, EMAILS[:2], msg_id=msg_id)
+    await queue_jobs(redis, KEYS, EMAILS[:2], msg_id=msg_id)
     run = running(make_sender(sender_settings(RECLAIM_IDLE="60")))
     await until(lambda: fake_ses_called(fake_ses, EMAILS[1]))
     await until(lambda: pending_count_is(redis, 1))
@@ -138,7 +138,7 @@ async def test_stopped_topic_is_not_sent_and_spends_no_token(
 ) -> None:
     msg_id = new_msg_id(-1000)
     await redis.set(PART.stop("t1"), int(msg_id.split("-")[0]) + 1)
-    await seed(redis, KEYS, EMAILS[:3], msg_id=msg_id)
+    await queue_jobs(redis, KEYS, EMAILS[:3], msg_id=msg_id)
     run = running(make_sender(sender_settings()))
     await until(lambda: all_final(redis, msg_id, 3))
     await run.stop()
@@ -153,7 +153,7 @@ async def test_suppressed_addresses_including_one_suppressed_after_queueing(
 ) -> None:
     suppression = SuppressionList(redis, KEYS)
     await suppression.add(entry(EMAILS[0].upper(), "bounce"))
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:3])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:3])
     await suppression.add(entry(EMAILS[1], "unsubscribe"))  # its job is already queued
     run = running(make_sender(sender_settings()))
     await until(lambda: all_final(redis, msg_id, 3))
@@ -171,7 +171,7 @@ async def test_throttling_retries_slows_the_bucket_and_fails_nothing(
 ) -> None:
     for email in EMAILS[:2]:
         fake_ses.script[email] = [SesThrottled("TooManyRequestsException")] * 2
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:3])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:3])
     sender = make_sender(sender_settings())
     run = running(sender)
     await until(lambda: all_final(redis, msg_id, 3))
@@ -187,7 +187,7 @@ async def test_paused_account_pauses_every_sender_and_fails_nothing(
 ) -> None:
     fake_ses.script[EMAILS[0]] = [SesPaused("SendingPausedException")]
     fake_ses.script[EMAILS[1]] = [SesQuotaExceeded("LimitExceededException")]
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:2])
     sender = make_sender(sender_settings(SENDER_CONCURRENCY="1"))
     run = running(sender)
     await until(lambda: fake_ses_was_called(fake_ses, EMAILS[0]))
@@ -210,7 +210,7 @@ async def test_rejected_fails_once_without_retry(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
     fake_ses.script[EMAILS[0]] = [SesRejected("MessageRejected", "Email address is not verified")]
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:1])
     run = running(make_sender(sender_settings()))
     await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
@@ -227,7 +227,7 @@ async def test_transient_errors_retry_then_pause_sending_and_never_fail_the_reci
     pauses (a setup fault, `all`) and the next probe that gets through sends it."""
     fake_ses.script[EMAILS[0]] = [SesTransient("ConnectError", "refused")]
     fake_ses.script[EMAILS[1]] = [SesTransient("ConnectError", "refused")] * 3
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:2])
     settings = sender_settings(MAX_ATTEMPTS="3", SETUP_PROBE_INTERVAL="0.3")
     run = running(make_sender(settings))
     await until(lambda: paused_all(redis))
@@ -260,7 +260,7 @@ async def test_a_transient_bulk_entry_fails_after_max_attempts_without_pausing_a
     with a dead letter, as a single send's transient error once did: no `unreachable` pause."""
     entry_error = SesEntryTransient("TRANSIENT_FAILURE", "try later", 200)
     fake_ses.script[EMAILS[1]] = [entry_error] * 3
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:4])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:4])
     sender = make_sender(sender_settings(MAX_ATTEMPTS="3", SETUP_PROBE_INTERVAL="0.2"))
     faults = setup_faults_of(sender)
     run = running(sender)
@@ -285,7 +285,7 @@ async def test_a_job_that_paused_sending_does_not_pause_it_again_on_each_retry(
     """After its `unreachable` fault a job counts its tries afresh: a failed probe waits for the
     next one instead of raising the setup fault again."""
     fake_ses.script[EMAILS[0]] = [SesTransient("ConnectError", "refused")] * 3
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:1])
     sender = make_sender(sender_settings(MAX_ATTEMPTS="2", SETUP_PROBE_INTERVAL="0.2"))
     faults = setup_faults_of(sender)
     run = running(sender)
@@ -304,7 +304,7 @@ async def test_ambiguous_is_unknown_with_skip(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
     fake_ses.script[EMAILS[0]] = [SesAmbiguous("Timeout", "read timed out")]
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:1])
     run = running(make_sender(sender_settings()))
     await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
@@ -316,7 +316,7 @@ async def test_ambiguous_is_retried_with_resend(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
     fake_ses.script[EMAILS[0]] = [SesAmbiguous("Timeout", "read timed out")]
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:1])
     run = running(make_sender(sender_settings(ON_AMBIGUOUS="resend")))
     await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
@@ -329,7 +329,7 @@ async def test_resend_gives_up_as_unknown_after_max_attempts_ambiguous_answers(
 ) -> None:
     """A 5xx that never ends must not resend (and maybe send) a job for ever."""
     fake_ses.script[EMAILS[0]] = [SesAmbiguous("HTTP502", "Bad gateway", 502)] * 10
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:1])
     run = running(make_sender(sender_settings(ON_AMBIGUOUS="resend", MAX_ATTEMPTS="3")))
     await until(lambda: all_final(redis, msg_id, 1), within=15)
     await run.stop()
@@ -341,7 +341,7 @@ async def test_a_5xx_is_unknown_with_skip_and_slows_the_shared_rate(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
     fake_ses.script[EMAILS[0]] = [SesAmbiguous("InternalFailure", "internal error", 500)]
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:1])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:1])
     sender = make_sender(sender_settings())
     run = running(sender)
     await until(lambda: all_final(redis, msg_id, 1))
@@ -356,7 +356,7 @@ async def test_malformed_entries_are_dead_lettered_and_the_loop_goes_on(
 ) -> None:
     await redis.xadd(PART.sends, {"m": "1-0", "i": "not-a-number", "e": "x@example.org"})
     await redis.xadd(PART.sends, {"garbage": "yes"})
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:2])
     run = running(make_sender(sender_settings()))
     await until(lambda: all_final(redis, msg_id, 2))
     await until(lambda: pending_count_is(redis, 0))
@@ -375,7 +375,7 @@ async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(
     raw: Any = aioredis.Redis.from_url(settings.redis_url)  # bytes in, bytes out
     poison = {b"m": b"\xff\xfe", b"i": b"0", b"e": b"\xc3\x28@example.org"}
     await raw.xadd(PART.sends, poison)
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:2])
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:2])
     client = consumer_client(settings)
     try:
         run = running(make_sender(settings, client=client))
@@ -394,7 +394,7 @@ async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(
 async def test_missing_content_fails_permanently(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start, fake_ses: FakeSes
 ) -> None:
-    msg_id, _ = await seed(redis, KEYS, EMAILS[:1], store_content=False)
+    msg_id, _ = await queue_jobs(redis, KEYS, EMAILS[:1], store_content=False)
     run = running(make_sender(sender_settings()))
     await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
@@ -407,7 +407,8 @@ async def test_several_partitions_are_all_read(
 ) -> None:
     keys = Keys("sesflow", 3)
     messages = [
-        await seed(redis, keys, [f"p{n}@example.org"], msg_id=f"{n + 1}000-0") for n in range(6)
+        await queue_jobs(redis, keys, [f"p{n}@example.org"], msg_id=f"{n + 1}000-0")
+        for n in range(6)
     ]
     assert len({keys.for_message(m).index for m, _ in messages}) > 1
     run = running(make_sender(sender_settings(SEND_PARTITIONS="3")))
@@ -427,7 +428,7 @@ async def test_graceful_stop_finishes_in_flight_calls_and_leaves_nothing_infligh
 ) -> None:
     ses = FakeSes(latency=0.3)
     emails = [f"g{n}@example.org" for n in range(40)]
-    msg_id, _ = await seed(redis, KEYS, emails)
+    msg_id, _ = await queue_jobs(redis, KEYS, emails)
     sender = make_sender(sender_settings(EMAIL_RATE="20", EMAIL_BURST="4"), ses=ses)
     run = running(sender)
     await until(lambda: fake_ses_calls(ses, 4))

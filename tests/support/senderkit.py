@@ -68,7 +68,7 @@ def new_msg_id(offset_ms: int = 0) -> str:
     return f"{int(time.time() * 1000) + offset_ms}-0"
 
 
-async def seed(
+async def queue_jobs(
     redis: Any,
     keys: Keys,
     emails: list[str],
