@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 from urllib.parse import quote
 
-from sesflow.cli.ingest_call import Refused, call_ingest, ingest_base
+from sesflow.cli.ingest_call import Refused, add_ingest_url, call_ingest, ingest_base
 from sesflow.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -51,11 +51,7 @@ def register(sub: Any) -> None:
         formatter_class=Formatter,
     )
     p.add_argument("topic", metavar="TOPIC", help="the topic to cancel")
-    p.add_argument(
-        "--ingest-url",
-        metavar="URL",
-        help="ingest API base URL (default http://127.0.0.1:INGEST_PORT)",
-    )
+    add_ingest_url(p)
     p.add_argument("--json", action="store_true", help="print the API's JSON answer")
     p.set_defaults(func=cmd_cancel)
 

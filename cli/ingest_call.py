@@ -3,6 +3,7 @@ settings hold, and a clear error when it refuses or cannot be reached."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,14 @@ from sesflow.common.settings import Settings
 
 class Refused(Exception):
     """Ingest answered, but not with 200 (already reported on stderr)."""
+
+
+def add_ingest_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ingest-url",
+        metavar="URL",
+        help="ingest API base URL (default http://127.0.0.1:INGEST_PORT)",
+    )
 
 
 def ingest_base(settings: Settings, url: str | None) -> str:

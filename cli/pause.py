@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 from urllib.parse import quote
 
-from sesflow.cli.ingest_call import Refused, call_ingest, ingest_base
+from sesflow.cli.ingest_call import Refused, add_ingest_url, call_ingest, ingest_base
 from sesflow.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -61,11 +61,7 @@ def register(sub: Any) -> None:
         which = p.add_mutually_exclusive_group(required=True)
         which.add_argument("topic", nargs="?", metavar="TOPIC", help=f"the topic to {verb}")
         which.add_argument("--all", action="store_true", help=f"{verb} all bulk mail")
-        p.add_argument(
-            "--ingest-url",
-            metavar="URL",
-            help="ingest API base URL (default http://127.0.0.1:INGEST_PORT)",
-        )
+        add_ingest_url(p)
         p.add_argument("--json", action="store_true", help="print the API's JSON answer")
         p.set_defaults(func=cmd_pause, verb=verb)
 

@@ -22,6 +22,7 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sesflow.cli.ingest_call import add_ingest_url
 from sesflow.cli.output import (
     EXIT_OK,
     EXIT_USAGE,
@@ -198,11 +199,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="XADD to the Redis `requests` stream instead of calling the ingest API",
     )
-    p.add_argument(
-        "--ingest-url",
-        metavar="URL",
-        help="ingest API base URL (default http://127.0.0.1:INGEST_PORT)",
-    )
+    add_ingest_url(p)
     p.add_argument(
         "--stats-url",
         metavar="URL",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from sesflow.sender.pump import target_depth
 
 from support.procs import Cluster
 from support.sesstub import SesStub
+from support.until import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -95,12 +97,12 @@ def sent_between(stub: SesStub, start: float, end: float) -> int:
 async def wait_for(
     check: Callable[[], bool], what: str, cluster: Cluster, seconds: float = 30.0
 ) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            logs = cluster.all_logs()
-            raise AssertionError(f"timed out after {seconds}s waiting for {what}\n{logs}")
-        await asyncio.sleep(0.02)
+    """`until` for a check on the in-process stub (no I/O of its own)."""
+
+    async def checked() -> bool:
+        return check()
+
+    await until(checked, what=what, within=seconds, every=0.02, context=cluster.all_logs)
 
 
 def assert_once(stub: SesStub, emails: list[str]) -> None:
@@ -206,11 +208,12 @@ async def test_pause_and_resume_a_topic_mid_campaign(
         def counted(view: dict[str, Any]) -> bool:
             return bool(view.get("sent") == after)
 
-        view = await get_json(http, f"{stats}/v1/topics/paused")
-        deadline = time.monotonic() + 10
-        while not counted(view) and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            view = await get_json(http, f"{stats}/v1/topics/paused")
+        view = await until(
+            lambda: get_json(http, f"{stats}/v1/topics/paused"),
+            counted,
+            what="stats to count the paused topic's sends",
+            every=0.2,
+        )
         assert view["total"] == count and view["sent"] == after, view
         assert view["created"] == count - after and view["failed"] == 0, view
 
@@ -224,11 +227,12 @@ async def test_pause_and_resume_a_topic_mid_campaign(
         assert len(stub.recipients) == len(everyone)
 
         for topic in ("paused", "other"):
-            view = await get_json(http, f"{stats}/v1/topics/{topic}")
-            deadline = time.monotonic() + 10
-            while view.get("sent") != count and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-                view = await get_json(http, f"{stats}/v1/topics/{topic}")
+            view = await until(
+                partial(get_json, http, f"{stats}/v1/topics/{topic}"),
+                lambda v: v.get("sent") == count,
+                what=f"stats to count every send of {topic}",
+                every=0.2,
+            )
             assert view["total"] == count and view["sent"] == count, view
             assert view["created"] == 0 and view["failed"] == 0 and view["stopped"] == 0, view
 

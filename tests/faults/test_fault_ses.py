@@ -16,9 +16,7 @@ import redis.asyncio as aioredis
 
 from support.faultkit import (
     UNREACHABLE,
-    Expect,
-    all_final,
-    check_exactly_once,
+    all_sent_once,
     check_nothing_pending,
     check_stats_agree,
     emails_for,
@@ -56,17 +54,7 @@ async def test_throttling_slows_down_and_fails_nothing(
     async with aiohttp.ClientSession() as http:
         try:
             msg_id = await post_campaign(http, cluster, topic, emails)
-            await until(
-                lambda: all_final(client, msg_id, recipients),
-                what="sends",
-                within=60,
-                ignore=UNREACHABLE,
-                context=cluster.all_logs,
-            )
-            verdict = await check_exactly_once(
-                client, stub, msg_id, emails, Expect(ambiguous=set())
-            )
-            assert verdict.sent == recipients
+            verdict = await all_sent_once(client, stub, cluster, msg_id, emails)
             stats = await stub.stats()
             assert stats["injected_errors"] >= 20, stats  # it really throttled (bulk: ~10 a call)
             per_second = stats["per_second"]
@@ -106,17 +94,7 @@ async def test_account_paused_stops_every_sender_then_resumes(
             after = time.time()
             assert await sent_count(stub) < recipients, "the pause came after the campaign"
 
-            await until(
-                lambda: all_final(client, msg_id, recipients),
-                what="sends",
-                within=60,
-                ignore=UNREACHABLE,
-                context=cluster.all_logs,
-            )
-            verdict = await check_exactly_once(
-                client, stub, msg_id, emails, Expect(ambiguous=set())
-            )
-            assert verdict.sent == recipients
+            verdict = await all_sent_once(client, stub, cluster, msg_id, emails)
             stats = await stub.stats()
             # What was already on its way when SES paused meets the pause once; then every
             # replica waits: far fewer refusals than the ~5 x RATE calls of a sender that
@@ -179,17 +157,7 @@ async def test_a_misspelt_configuration_set_pauses_every_sender_and_fails_nothin
             assert any("SES setup fault" in s.logs() for s in senders)
 
             await stub.control(error_rate=0.0)  # the configuration set is created
-            await until(
-                lambda: all_final(client, msg_id, recipients),
-                what="sends",
-                within=60,
-                ignore=UNREACHABLE,
-                context=cluster.all_logs,
-            )
-            verdict = await check_exactly_once(
-                client, stub, msg_id, emails, Expect(ambiguous=set())
-            )
-            assert verdict.sent == recipients
+            verdict = await all_sent_once(client, stub, cluster, msg_id, emails)
             await check_nothing_pending(client, cluster)
             view = await check_stats_agree(http, cluster, topic, verdict)
             assert view["failed"] == 0

@@ -13,9 +13,7 @@ import redis.asyncio as aioredis
 
 from support.faultkit import (
     UNREACHABLE,
-    Expect,
-    all_final,
-    check_exactly_once,
+    all_sent_once,
     check_nothing_pending,
     check_stats_agree,
     emails_for,
@@ -68,17 +66,7 @@ async def test_sigterm_finishes_calls_in_flight_and_exits_0(
             assert set(accepted) == {emails[i] for i in found}  # every call it made is recorded
 
             cluster.start("sender", name="sender-after")
-            await until(
-                lambda: all_final(client, msg_id, recipients),
-                what="sends",
-                within=60,
-                ignore=UNREACHABLE,
-                context=cluster.all_logs,
-            )
-            verdict = await check_exactly_once(
-                client, stub, msg_id, emails, Expect(ambiguous=set())
-            )
-            assert verdict.sent == recipients
+            verdict = await all_sent_once(client, stub, cluster, msg_id, emails)
             await check_nothing_pending(client, cluster)
             await check_stats_agree(http, cluster, topic, verdict)
             print(f"recorded before exiting: {len(found)} of {recipients}")

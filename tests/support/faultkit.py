@@ -158,6 +158,23 @@ async def check_exactly_once(
     )
 
 
+async def all_sent_once(
+    client: aioredis.Redis, stub: StubProcess, cluster: Cluster, msg_id: str, emails: list[str]
+) -> Verdict:
+    """Wait until every recipient of `msg_id` is final, then check that each was sent exactly
+    once (no ambiguity allowed) and that all were sent."""
+    await until(
+        lambda: all_final(client, msg_id, len(emails)),
+        what="every recipient to be final",
+        within=60,
+        ignore=UNREACHABLE,
+        context=cluster.all_logs,
+    )
+    verdict = await check_exactly_once(client, stub, msg_id, emails, Expect(ambiguous=set()))
+    assert verdict.sent == len(emails), verdict
+    return verdict
+
+
 async def check_nothing_pending(client: aioredis.Redis, cluster: Cluster) -> None:
     """Every group on every stream acknowledges everything it was given, and no job of `sends`
     ends up dead-lettered."""
