@@ -152,6 +152,14 @@ async def test_feedback_end_to_end(cluster: Cluster, redis: aioredis.Redis) -> N
                 return moto_sent()[before:]
 
             messages = await until(sent, lambda m: len(m) >= 3, within=20)
+            # SES has them; feedback can be placed once the sender has recorded each SES id
+            # (its record, counted as sent, writes the link): SES's own feedback comes later.
+            await until(
+                lambda: get_json(http, f"{stats}/v1/topics/feedback"),
+                lambda t: t.get("sent") == 3,
+                what="every send recorded",
+                within=20,
+            )
             ses_ids = {m.destinations["ToAddresses"][0]: m.id for m in messages}
             delivery = signer.notification(
                 ses_notification("Delivery", ses_ids["c1@example.com"], "c1@example.com")
