@@ -15,6 +15,9 @@ Layout (prefix `sesflow` by default):
     sesflow:setup:paused              hash: paused SES setup (scope) -> JSON of its first fault
     sesflow:setup:probe:<scope>       held by the one sender probing a paused setup (PX interval)
     sesflow:setup:seen:<scope>        renewed by each fault of a paused setup; gone = stale pause
+    {sesflow:wh}:endpoints            hash: webhook endpoint id -> JSON (url, events, secrets...)
+    {sesflow:wh}:failing              hash: webhook endpoint id -> first failure (ms) since its
+                                      last success (5 days of it disables the endpoint)
 
 and per send partition N (SEND_PARTITIONS, default 1), everything a Lua script or a MULTI touches
 together shares the hash tag `{sesflow:N}` so the same code runs on Redis Cluster. With several
@@ -38,7 +41,7 @@ partitions, partition N's tag lies in the N-th equal slice of the 16384 cluster 
     {sesflow:N}:backlog:weights       hash: topic -> its weight in the fair share (when not 1)
     {sesflow:N}:paused                hash: paused topic (or "": all bulk) -> JSON reason and time
     {sesflow:N}:pump                  hash: the pump's own state (its transactional credit)
-    {sesflow:N}:events                every event (group `stats`)
+    {sesflow:N}:events                every event (groups `stats`, `webhooks`)
     {sesflow:N}:events:dead           events stats could not decode
     {sesflow:N}:stats:topic:<t>       counters of one topic
     {sesflow:N}:stats:global          counters of everything
@@ -49,6 +52,15 @@ partitions, partition N's tag lies in the N-th equal slice of the 16384 cluster 
     {sesflow:N}:stats:seconds:<m>     hash: "<epoch second>" -> `sent` count, the seconds of epoch
                                       minute m; expires 15 minutes after m (the live send rate)
     {sesflow:N}:stats:seconds:<m>:<t> the same for one topic (its share of the rate, its ETA)
+    {sesflow:N}:wh:due                zset: webhook delivery id -> when it is next due (ms); a
+                                      claimed delivery's score is the end of its lease
+    {sesflow:N}:wh:deliveries         hash: webhook delivery id -> JSON (endpoint, body, tries)
+    {sesflow:N}:wh:backlog            hash: webhook endpoint id -> deliveries waiting
+    {sesflow:N}:wh:dead               stream: webhook deliveries that failed for WEBHOOK_RETRY_FOR
+
+The webhook queue of a partition shares its tag with `events`, so the fan-out enqueues a batch's
+deliveries and XACKs its entries in one MULTI/EXEC. A delivery id is
+`<zero-padded events entry id>.<endpoint id>`: ordered like the events, and naming its endpoint.
 
 A message id is the ID of its entry on `requests`; a request id (one recipient) is
 `<msg_id>_<index>` (only characters SES allows in a message tag value). The partition of a
@@ -66,6 +78,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 DISPATCH_GROUP = "dispatch"
 SENDERS_GROUP = "senders"
 STATS_GROUP = "stats"
+WEBHOOKS_GROUP = "webhooks"
 
 
 def partition_of(msg_id: str, partitions: int) -> int:
@@ -255,6 +268,26 @@ class PartitionKeys:
     def stats_topics(self) -> str:
         return f"{self.tag}:stats:topics"
 
+    @property
+    def webhook_due(self) -> str:
+        return f"{self.tag}:wh:due"
+
+    @property
+    def webhook_deliveries(self) -> str:
+        return f"{self.tag}:wh:deliveries"
+
+    @property
+    def webhook_backlog(self) -> str:
+        return f"{self.tag}:wh:backlog"
+
+    @property
+    def webhooks_dead(self) -> str:
+        return f"{self.tag}:wh:dead"
+
+    def webhook_queue_keys(self) -> list[str]:
+        """KEYS of the webhook queue scripts, in the order of their headers."""
+        return [self.webhook_due, self.webhook_deliveries, self.webhook_backlog, self.webhooks_dead]
+
     def stats_seconds(self, minute: int, topic: str = "") -> str:
         """Per-second `sent` counts of one epoch minute: of every topic, or of `topic`. The
         minute comes before the topic, so no topic name can make two keys collide."""
@@ -316,6 +349,14 @@ class Keys:
         """Setups (configuration set, sender identity, endpoint) paused by a setup fault; read
         by every sender and by stats for the dashboard's alert."""
         return f"{self.prefix}:setup:paused"
+
+    @property
+    def webhook_endpoints(self) -> str:
+        return f"{{{self.prefix}:wh}}:endpoints"
+
+    @property
+    def webhook_failing(self) -> str:
+        return f"{{{self.prefix}:wh}}:failing"
 
     def setup_probe(self, scope: str) -> str:
         return f"{self.prefix}:setup:probe:{scope}"

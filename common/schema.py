@@ -213,6 +213,8 @@ class EventType(StrEnum):
     REQUEUED = "requeued"  # a failed recipient put back on `sends` (dlq replay): failed -= n
     # the reputation guard paused a topic (or, topic "", all bulk sending); detail = reason
     GUARD_TRIPPED = "guard_tripped"
+    # a webhook endpoint failing for WEBHOOK_DISABLE_AFTER was disabled; detail = id and url
+    WEBHOOK_DISABLED = "webhook_disabled"
     # SES feedback
     DELIVERED = "delivered"
     BOUNCED = "bounced"  # bounce_type Permanent | Transient | Undetermined

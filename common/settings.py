@@ -184,6 +184,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds a topic's counters and series are kept after its last event (400 days).
     stats_retention: int = 400 * 24 * 3600
 
+    # Webhooks (stats): "off" reads no events for them (no `webhooks` group is created).
+    webhooks: OnOff = "on"
+    # Deliver to private, loopback, link-local... addresses (and over plain http): tests only.
+    webhook_allow_private: bool = False
+    # Seconds a delivery is retried before it is dead-lettered (24 h).
+    webhook_retry_for: float = 24 * 3600.0
+    # Seconds one call may take, and calls in flight to one endpoint at a time (1: in order).
+    webhook_timeout: float = 10.0
+    webhook_concurrency: int = 4
+    # Seconds of failures without a success before an endpoint is disabled (5 days).
+    webhook_disable_after: float = 5 * 24 * 3600.0
+    # Seconds the previous secret still signs after a rotation (24 h).
+    webhook_rotation_grace: float = 24 * 3600.0
+
     # Process
     log_level: LogLevel = "info"
     # "auto": JSON unless on a terminal.
@@ -393,6 +407,9 @@ CHECKS: tuple[Rule, ...] = (
         "REDIS_MAX_CONNECTIONS must be at least SEND_PARTITIONS + 8",
     ),
     refuse(lambda s: s.redis_connect_timeout <= 0, "REDIS_CONNECT_TIMEOUT must be positive"),
+    refuse(lambda s: s.webhook_timeout <= 0, "WEBHOOK_TIMEOUT must be positive"),
+    refuse(lambda s: s.webhook_concurrency < 1, "WEBHOOK_CONCURRENCY must be at least 1"),
+    refuse(lambda s: s.webhook_retry_for < 0, "WEBHOOK_RETRY_FOR must be 0 or more (seconds)"),
 )
 
 

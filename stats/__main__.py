@@ -10,6 +10,7 @@ from sesflow.common.runtime import run_role, start_site, stop_on_signals
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import StatsAggregator, stats_client
 from sesflow.stats.api import create_app
+from sesflow.stats.webhooks.fanout import WebhookFanout
 
 log = get_logger(__name__)
 
@@ -20,6 +21,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     client = stats_client(settings)
     aggregator = StatsAggregator(client, settings)
     consuming = asyncio.create_task(aggregator.run(stop), name="stats-consumer")
+    # Off: no `webhooks` group at all (a group that exists must be consumed, or events never trim).
+    webhooks = [
+        asyncio.create_task(WebhookFanout(client, settings).run(stop), name="webhooks")
+        for _ in range(settings.webhooks == "on")
+    ]
     runner = None
     try:
         app = create_app(settings, aggregator_metrics=aggregator.metrics)
@@ -27,7 +33,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         log.info("stats listening", host=settings.bind_host, port=settings.stats_port)
         stopping = asyncio.create_task(stop.wait())
         # The consumer only ends on `stop`; if it ends otherwise it failed: stop the process.
-        await asyncio.wait([stopping, consuming], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([stopping, consuming, *webhooks], return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         log.info("stats stopping")
     finally:
@@ -35,7 +41,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         # serving; the pool goes last.
         stop.set()
         try:
-            await consuming
+            await asyncio.gather(consuming, *webhooks)
         finally:
             if runner is not None:
                 await runner.cleanup()

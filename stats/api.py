@@ -41,6 +41,7 @@ from sesflow.stats.overview import MAX_TOPICS, overview
 from sesflow.stats.params import hours_param, step_param, time_param
 from sesflow.stats.queries import count_since, plan_series, read_counts, series, summary
 from sesflow.stats.quota import QuotaCache, QuotaFetcher
+from sesflow.stats.webhooks.api import add_webhook_routes
 
 PUBLIC_PATHS = ("/", *HEALTH_PATHS, "/metrics")
 
@@ -89,6 +90,7 @@ def create_app(
     app.router.add_get("/v1/stats/timeseries", timeseries)
     app.router.add_get("/v1/stats/overview", stats_overview)
     app.router.add_get("/v1/stats/charts", stats_charts)
+    add_webhook_routes(app, settings, lambda app: app[CLIENT], metrics)
     return app
 
 
