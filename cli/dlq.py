@@ -52,6 +52,8 @@ the reason, instead of blocking or dropping it:
   sends     recipient jobs that failed MAX_ATTEMPTS times or on repeated transient SES errors,
             and malformed jobs; counted as `failed`
   events    events stats could not count (undecodable, unknown type)
+  webhooks  webhook deliveries that failed for WEBHOOK_RETRY_FOR, or whose endpoint was
+            disabled (docs/webhooks.md)
 
 Entries are read from REDIS_URL (or the Redis of a running `sesflow up`)."""
 
@@ -73,6 +75,8 @@ Put dead letters back where they came from, then delete them from the dead-lette
             cleared and a `requeued` event moves the recipient from failed back to pending in
             the stats, so the sender sends it (once) and counts the new outcome
   events    the event goes back on its partition's `events`
+  webhooks  the delivery goes back on its partition's webhook queue, due now, with the same
+            `webhook-id` and a new WEBHOOK_RETRY_FOR (enable a disabled endpoint first)
 
 Entries that would only be dead-lettered again are skipped with the reason: a request or event
 that is still invalid, a sends entry that is not a job, a recipient already sent / stopped /
@@ -104,7 +108,7 @@ def add_stream_option(p: argparse.ArgumentParser) -> None:
         "--stream",
         choices=STREAMS,
         action="append",
-        help="only this dead-letter stream (repeatable; default: all three, every partition)",
+        help="only this dead-letter stream (repeatable; default: all of them, every partition)",
     )
 
 

@@ -4,13 +4,17 @@ from, purge them.
     requests  `keys.requests_dead`   original fields + reason, detail, id   (the dispatcher)
     sends     each `p.sends_dead`    job fields m, i, e + reason, source_id, ts   (the sender)
     events    each `p.events_dead`   original fields + id, reason   (stats)
+    webhooks  each `p.webhooks_dead` delivery fields + id, reason, attempts, failed_at_ms
+                                     (the webhook deliverer, after WEBHOOK_RETRY_FOR)
 
 Replaying a `sends` entry undoes a final failure: the sender wrote `f:<reason>` as the
 recipient's state and counted a `failed` event. In one transaction per entry (every key shares
 the partition's hash tag; WATCH guards against a concurrent change) replay removes that state,
 records a `requeued` event (stats takes it off `failed`, so the recipient is pending again),
 queues the job on `sends` and deletes the dead letter. Replays of the other streams put the
-original entry back and delete the dead letter, in one transaction too.
+original entry back and delete the dead letter, in one transaction too. A `webhooks` entry
+goes back on its partition's delivery queue, due now with a new retry window and the same
+`webhook-id` (one script: the queue and the dead letters share the partition's tag).
 
 Entries that would only be dead-lettered again are skipped with the reason, unless `force`.
 """
@@ -33,13 +37,15 @@ from sesflow.common.settings import Settings
 from sesflow.ingest.templates import stand_in
 from sesflow.ingest.validation import Limits, validate_message
 from sesflow.stats.counters import MalformedEvent, parse_entry
+from sesflow.stats.webhooks.queue import Queue
 
-STREAMS = ("requests", "sends", "events")
+STREAMS = ("requests", "sends", "events", "webhooks")
 # Fields each writer adds to the original entry.
 META_FIELDS = {
     "requests": ("reason", "detail", "id"),
     "sends": ("reason", "source_id", "ts"),
     "events": ("reason", "id"),
+    "webhooks": ("reason", "id", "attempts", "failed_at_ms"),
 }
 PAGE = 200
 WATCH_ATTEMPTS = 10
@@ -48,7 +54,7 @@ STATE_NAMES = {"s": "sent", "x": "stopped", "p": "suppressed", "u": "unknown", "
 
 @dataclass(frozen=True, slots=True)
 class DeadStream:
-    kind: str  # requests | sends | events
+    kind: str  # requests | sends | events | webhooks
     key: str
     partition: int | None  # None for requests (one global stream)
     origin: str  # the stream a replay writes to
@@ -87,6 +93,8 @@ class DeadLetter:
             if "m" in f and "i" in f:
                 return f"{f.get('e', '?')}  ({f['m']}_{f['i']})"
             return "not a job: " + ", ".join(sorted(self.original))[:80]
+        if self.stream.kind == "webhooks":
+            return f"{f.get('type', '?')} webhook {f.get('webhook_id', '?')} to {f.get('endpoint')}"
         if self.stream.kind == "requests":
             try:
                 message = msgspec.json.decode(f.get(REQUEST_FIELD, "").encode("utf-8", "replace"))
@@ -122,6 +130,9 @@ def dead_streams(keys: Keys, kinds: Iterable[str] = STREAMS) -> list[DeadStream]
     for p in keys.partitions:
         if "events" in chosen:
             streams.append(DeadStream("events", p.events_dead, p.index, p.events))
+    for p in keys.partitions:
+        if "webhooks" in chosen:
+            streams.append(DeadStream("webhooks", p.webhooks_dead, p.index, p.webhook_due))
     return streams
 
 
@@ -188,6 +199,8 @@ class Replayer:
         kind = letter.stream.kind
         if kind == "sends":
             return await self.replay_job(letter)
+        if kind == "webhooks":
+            return await self.replay_webhook(letter)
         problem = self.request_problem(letter) if kind == "requests" else event_problem(letter)
         if problem and not self.force:
             return Outcome(letter, False, f"{problem} (--force replays it anyway)")
@@ -212,6 +225,22 @@ class Replayer:
             # counted once more). Say so rather than hide it.
             return Outcome(letter, True, f"{new_id} (the dead letter was already gone)")
         return Outcome(letter, True, str(new_id))
+
+    async def replay_webhook(self, letter: DeadLetter) -> Outcome:
+        """Back on the delivery queue, due now; the endpoint must still exist."""
+        f = letter.fields
+        if not {"endpoint", "webhook_id", "body", "id"} <= set(f):
+            return Outcome(letter, False, "not a webhook delivery: nothing to replay")
+        if not await self.client.hexists(self.keys.webhook_endpoints, f["endpoint"]):
+            return Outcome(letter, False, f"endpoint {f['endpoint']} no longer exists")
+        assert letter.stream.partition is not None
+        p = self.keys.partition(letter.stream.partition)
+        done = await Queue(self.client).requeue(p, letter.id, f, int(time.time() * 1000))
+        if done == 0:
+            return Outcome(letter, False, "already replayed or purged")
+        if done < 0:
+            return Outcome(letter, False, "this delivery is queued already")
+        return Outcome(letter, True, f"delivery {f['id']} queued")
 
     def request_problem(self, letter: DeadLetter) -> str:
         raw = letter.fields.get(REQUEST_FIELD)

@@ -74,7 +74,8 @@ class Deliverer:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    def open(self) -> None:
+        """The HTTP session: every connection resolves through the SSRF guard."""
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(self.settings.webhook_allow_private), limit=MAX_INFLIGHT
         )
@@ -83,6 +84,9 @@ class Deliverer:
             timeout=aiohttp.ClientTimeout(total=self.settings.webhook_timeout),
             headers={"user-agent": "sesflow-webhooks"},
         )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.open()
         try:
             while not stop.is_set():
                 try:
@@ -239,10 +243,8 @@ class Deliverer:
     async def disable(self, endpoint: Endpoint, since_ms: int, error: str) -> None:
         now_ms = self.now_ms()
         reason = f"failing since {since_ms} with no success; last error: {error}"[:500]
-        changed = await self.registry.set_disabled(endpoint.id, now_ms, reason)
-        if changed is None or endpoint.disabled_ms:
-            return
-        self.endpoints[endpoint.id] = changed
+        if not await self.registry.disable(endpoint.id, now_ms, reason):
+            return  # gone, or disabled already (by a concurrent failure)
         event = Event(
             type=EventType.WEBHOOK_DISABLED,
             ts=now_ms,

@@ -128,6 +128,19 @@ class Registry:
 
         return await self.update(endpoint_id, change)
 
+    async def disable(self, endpoint_id: str, now_ms: int, reason: str) -> bool:
+        """True when this call disabled it (not when it was disabled already)."""
+        was: list[int] = []
+
+        def change(ep: Endpoint) -> Endpoint:
+            was[:] = [ep.disabled_ms]
+            if ep.disabled_ms:
+                return ep
+            return msgspec.structs.replace(ep, disabled_ms=now_ms, disabled_reason=reason)
+
+        changed = await self.update(endpoint_id, change)
+        return changed is not None and not was[0]
+
     async def set_disabled(self, endpoint_id: str, now_ms: int, reason: str) -> Endpoint | None:
         def change(ep: Endpoint) -> Endpoint:
             return msgspec.structs.replace(
