@@ -92,8 +92,11 @@ METRICS = {
     "sesflow_events_total",
     "sesflow_redis_reconnects_total",
     "sesflow_http_requests_total",
+    "sesflow_webhook_deliveries_total",
+    "sesflow_webhook_delivery_seconds",
+    "sesflow_webhook_backlog",
 }
-HISTOGRAMS = {"sesflow_ses_call_seconds"}
+HISTOGRAMS = {"sesflow_ses_call_seconds", "sesflow_webhook_delivery_seconds"}
 
 # (method, path, role serving it): every compatibility route (the older services' paths), plus
 # sesflow's own.

@@ -38,6 +38,10 @@ STATS = {
     "sesflow_dead_letters": {"stream"},
     "sesflow_events_total": {"type"},
     "sesflow_guard_trips_total": {"reason"},
+    "sesflow_webhook_deliveries_total": {"outcome"},
+    "sesflow_webhook_delivery_seconds_bucket": {"le"},
+    "sesflow_webhook_delivery_seconds_count": set(),
+    "sesflow_webhook_backlog": {"endpoint"},
 }
 SENDER = {
     "sesflow_rate_tokens": set(),
@@ -144,6 +148,7 @@ async def test_stats_metrics(
     for kind in (EventType.ACCEPTED, EventType.SENT, EventType.SENT):
         event = Event(type=kind, ts=now, topic="m1", msg_id=f"{now}-0", n=1)
         await redis.xadd(events, event_fields(event))
+    await redis.hset(Keys().partition(0).webhook_backlog, "ep_1", 3)
     consumer = StatsAggregator(stats_client(settings), settings)
     stop = asyncio.Event()
     consuming = asyncio.create_task(consumer.run(stop))
@@ -169,6 +174,8 @@ async def test_stats_metrics(
     assert value(samples, "sesflow_stream_length", stream="events", partition="0") == 3
     lag = {"stream": "events", "group": "stats", "partition": "0"}
     assert value(samples, "sesflow_stream_lag", **lag) == 0
+    assert value(samples, "sesflow_webhook_backlog", endpoint="ep_1") == 3
+    assert value(samples, "sesflow_webhook_deliveries_total", outcome="dead") >= 0
     route = {"role": "stats", "route": "/v1/topics/{topic_id}", "status": "200"}
     assert value(samples, "sesflow_http_requests_total", **route) == 1
 
