@@ -40,6 +40,7 @@ from bench import (
     scenario_sharing,
     scenario_stats,
     scenario_tracker,
+    scenario_webhooks,
 )
 from bench.benchkit import Metric, ScenarioResult, median
 from support.snssign import SnsSigner
@@ -154,6 +155,14 @@ METRICS: dict[str, list[Metric]] = {
             "≥ 3,000",
             at_least(3000),
         ),
+    ],
+    "webhooks": [
+        Metric(
+            "webhook_deliveries_per_s",
+            "signed deliveries to a local receiver, /s",
+            "/s",
+        ),
+        Metric("webhook_seconds", "time for every delivery", "s", digits=2),
     ],
     "stats": [
         Metric("stats_p50_ms_1M", "after 1M events: p50 (median over endpoints)", "ms", digits=2),
@@ -272,6 +281,7 @@ class Sizes:
     e2e: scenario_e2e.Size
     sending: scenario_sending.Size
     sharing: scenario_sharing.Size
+    webhooks: scenario_webhooks.Size
 
 
 FULL = Sizes(
@@ -284,6 +294,7 @@ FULL = Sizes(
     e2e=scenario_e2e.Size(messages=500),
     sending=scenario_sending.Size(unthrottled=20_000, rate_seconds=16, loop_calls=2000),
     sharing=scenario_sharing.Size(campaign=100_000, tx_seconds=30, pump_calls=2000),
+    webhooks=scenario_webhooks.Size(deliveries=20_000),
 )
 SMOKE = Sizes(
     ingest=scenario_ingest.Size(messages=5),
@@ -295,6 +306,7 @@ SMOKE = Sizes(
     e2e=scenario_e2e.Size(messages=20),
     sending=scenario_sending.Size(unthrottled=1000, rate_seconds=2, loop_calls=100),
     sharing=scenario_sharing.Size(campaign=3000, tx_seconds=3, pump_calls=200),
+    webhooks=scenario_webhooks.Size(deliveries=500),
 )
 
 
@@ -322,6 +334,7 @@ async def run_scenario(name: str, sizes: Sizes, repeat: int) -> ScenarioResult:
             "e2e": scenario_e2e,
             "sending": scenario_sending,
             "sharing": scenario_sharing,
+            "webhooks": scenario_webhooks,
         }[name]
         size = getattr(sizes, name)
 

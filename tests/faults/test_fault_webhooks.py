@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sesflow.cli.embedded import RedisProcess
+from sesflow.common.connection import as_fields
 from sesflow.common.keys import Keys
 from sesflow.common.schema import Event, EventType, event_fields
 
@@ -45,7 +46,8 @@ async def publish(client: aioredis.Redis, count: int, start: int = 0) -> set[str
     now = int(time.time() * 1000)
     for n in range(start, start + count):
         e = Event(type=EventType.DELIVERED, ts=now, topic="f", msg_id=f"{now}-0", index=n)
-        ids.add(f"msg_0_{await client.xadd(P.events, event_fields(e))}")
+        entry = await client.xadd(P.events, as_fields(event_fields(e)))
+        ids.add(f"msg_0_{entry!s}")
     return ids
 
 
