@@ -1,5 +1,6 @@
 """An async SESv2 `SendEmail` / `SendBulkEmail` client for the send path: botocore's credential
-chain, a lean SigV4 signer (`sender.sigv4`), one keep-alive aiohttp pool, msgspec JSON. boto3
+chain, a lean SigV4 signer (`sender.sigv4`), one lean keep-alive HTTP/1.1 pool (`sender.http1`),
+msgspec JSON. boto3
 costs ~4x the client CPU per call, so it stays on the control plane (`common.aws`).
 
 The client never retries. Every failure becomes one of the `common.errors.Ses*` classes, told
@@ -50,7 +51,6 @@ import re
 from collections.abc import Collection
 from typing import Any
 
-import aiohttp
 import msgspec
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
 from botocore.session import Session as BotocoreSession
@@ -69,6 +69,7 @@ from sesflow.common.errors import (
     SesTransient,
 )
 from sesflow.common.settings import Settings
+from sesflow.sender.http1 import Http1Pool, MaybeSent, NotSent
 from sesflow.sender.sigv4 import Signer, canonical_path
 
 SEND_PATH = "/v2/email/outbound-emails"
@@ -78,6 +79,9 @@ SIGNING_SERVICE = "ses"
 USER_AGENT = "sesflow"
 # Longest wait for a pooled or new connection; SES_TIMEOUT then bounds the answer.
 MAX_CONNECT_TIMEOUT = 5.0
+# Idle pooled connections are dropped after this (SES keeps them longer): reusing one the server
+# is closing at that moment is the one failure no client can tell from a lost answer.
+KEEPALIVE_S = 20.0
 
 
 class Attachment(msgspec.Struct, frozen=True, kw_only=True):
@@ -544,48 +548,6 @@ def error_from_response(
     return ses_error(status, code, message, recipients)
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
-
-
-def nothing_written(exc: BaseException) -> bool:
-    """True when aiohttp refused to write the request because the connection was already
-    closing: the headers and the small body go out in one write, so not one byte left."""
-    return any(
-        isinstance(e, aiohttp.ClientConnectionResetError)
-        and "Cannot write to closing transport" in str(e)
-        for e in _chain(exc)
-    )
-
-
-def error_from_exception(exc: BaseException) -> SesError:
-    """Translate an aiohttp / asyncio failure of one call.
-
-    Before the request was written (cannot connect, no pooled connection in time, connection
-    closing before the first byte) it is `SesTransient`: certainly not sent. Anything after
-    (read timeout, server disconnect, reset, truncated answer) is `SesAmbiguous`: SES may have
-    accepted the message. aiohttp never retries a POST by itself.
-
-    What aiohttp cannot tell: once bytes reached the kernel, a reset or a close (say, a pooled
-    connection the server dropped as we reused it) looks the same as a server that processed the
-    request and died before answering. Those stay ambiguous; the pool's keep-alive timeout is
-    kept short to make them rare.
-    """
-    name = type(exc).__name__
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return SesTransient("ConnectError", f"{name}: {exc}")
-    if nothing_written(exc):
-        return SesTransient("ConnectionClosed", f"{name}: {exc}")
-    if isinstance(exc, TimeoutError):
-        return SesAmbiguous("Timeout", f"{name}: {exc}".rstrip(": "))
-    return SesAmbiguous("ConnectionLost", f"{name}: {exc}")
-
-
 # --- credentials -------------------------------------------------------------------------------
 
 
@@ -640,33 +602,22 @@ class SesClient:
         self._bulk_path = canonical_path(self.bulk_url)
         self.credentials = resolve_credentials(settings)
         self.max_connections = max_connections
-        connect = min(settings.ses_timeout, MAX_CONNECT_TIMEOUT)
-        # The connect phase (pool wait included) ends with ConnectionTimeoutError before the
-        # total can expire, so a plain TimeoutError always means "after the request was sent".
-        self.timeout = aiohttp.ClientTimeout(
-            total=connect + settings.ses_timeout,
-            connect=connect,
-            sock_read=settings.ses_timeout,
-        )
-        self._session: aiohttp.ClientSession | None = None
+        self.connect_timeout = min(settings.ses_timeout, MAX_CONNECT_TIMEOUT)
+        self.read_timeout = settings.ses_timeout
+        self._pool: Http1Pool | None = None
         self._signer: Signer | None = None
         self._signer_for: ReadOnlyCredentials | None = None
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
+    def _http(self) -> Http1Pool:
+        if self._pool is None:
+            self._pool = Http1Pool(
+                self._url,
                 limit=self.max_connections,
-                limit_per_host=self.max_connections,
-                keepalive_timeout=20,
-                ttl_dns_cache=300,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                keepalive=KEEPALIVE_S,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self.timeout,
-                auto_decompress=False,
-                skip_auto_headers=("Accept-Encoding",),
-            )
-        return self._session
+        return self._pool
 
     async def _current_signer(self) -> Signer:
         credentials = self.credentials
@@ -693,16 +644,13 @@ class SesClient:
             # No credentials (a failed refresh from STS or instance metadata): nothing was sent,
             # and no send can be until they are back: pause, fail nothing, mark nothing unknown.
             raise SesPaused("CredentialsUnavailable", f"{type(exc).__name__}: {exc}") from exc
-        session = self._http()
         try:
-            async with session.post(
-                parsed, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                return response.status, await response.read(), response.headers
-        except aiohttp.ClientError as exc:
-            raise error_from_exception(exc) from exc
-        except TimeoutError as exc:
-            raise error_from_exception(exc) from exc
+            answer = await self._http().post(parsed.raw_path, headers, body)
+        except NotSent as exc:
+            raise SesTransient(exc.code, str(exc)) from exc
+        except MaybeSent as exc:
+            raise SesAmbiguous(exc.code, str(exc)) from exc
+        return answer.status, answer.body, answer
 
     async def send_bulk_email(self, bulk: BulkEmail) -> list[str | SesError]:
         """One SendBulkEmail call: per entry, SES's MessageId or that entry's error. An error of
@@ -741,6 +689,6 @@ class SesClient:
 
     async def close(self) -> None:
         """Close the pool; calling it twice is harmless."""
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+        self._pool = None

@@ -11,7 +11,6 @@ import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from botocore.credentials import RefreshableCredentials
@@ -43,7 +42,6 @@ from sesflow.sender.ses_client import (
     SesClient,
     classify,
     endpoint_of,
-    error_from_exception,
     parse_error,
     setup_reason,
 )
@@ -573,25 +571,6 @@ def test_boto3_failures_before_the_request_are_never_ambiguous() -> None:
         "ResponseMetadata": {"HTTPStatusCode": 500},
     }
     assert type(error_from_boto(ClientError(answer, "SendEmail"))) is SesAmbiguous
-
-
-def test_exceptions_before_any_byte_are_transient_after_are_ambiguous() -> None:
-    closing = aiohttp.ClientOSError(None, "Can not write request body")
-    closing.__cause__ = aiohttp.ClientConnectionResetError("Cannot write to closing transport")
-    lost = aiohttp.ClientOSError(None, "Can not write request body")
-    lost.__cause__ = aiohttp.ClientConnectionResetError("Connection lost")
-    key = aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None)
-    assert isinstance(error_from_exception(closing), SesTransient)
-    assert isinstance(
-        error_from_exception(aiohttp.ClientConnectorError(key, OSError(111, "refused"))),
-        SesTransient,
-    )
-    assert isinstance(error_from_exception(aiohttp.ConnectionTimeoutError()), SesTransient)
-    assert isinstance(error_from_exception(lost), SesAmbiguous)
-    assert isinstance(error_from_exception(aiohttp.ServerDisconnectedError()), SesAmbiguous)
-    assert isinstance(error_from_exception(aiohttp.SocketTimeoutError()), SesAmbiguous)
-    assert isinstance(error_from_exception(TimeoutError()), SesAmbiguous)
-    assert isinstance(error_from_exception(aiohttp.ClientPayloadError("cut")), SesAmbiguous)
 
 
 async def test_close_is_idempotent_and_the_client_reopens(
