@@ -11,6 +11,9 @@ Layout (prefix `sesflow` by default):
     {sesflow:rate}                    the one shared rate limiter (hash)
     {sesflow:sup}:suppressed          suppression list (hash email -> JSON reason)
     sesflow:sesid:<SES MessageId>     SES MessageId -> request id, for feedback correlation
+    sesflow:softbounce:<email>        zset: the address's recent soft bounces, SES MessageId ->
+                                      bounce time (ms); at most SOFT_BOUNCE_LIMIT members, expires
+                                      SOFT_BOUNCE_WINDOW after the last one
     sesflow:secret                    generated tracking secret when TRACKING_SECRET is unset
     sesflow:setup:paused              hash: paused SES setup (scope) -> JSON of its first fault
     sesflow:setup:probe:<scope>       held by the one sender probing a paused setup (PX interval)
@@ -339,6 +342,11 @@ class Keys:
 
     def ses_message(self, ses_message_id: str) -> str:
         return f"{self.prefix}:sesid:{ses_message_id}"
+
+    def soft_bounces(self, email: str) -> str:
+        """One address's recent soft bounces (`tracker.soft_bounces`): a key of its own, so the
+        addresses spread over a cluster's slots, and each expires on its own."""
+        return f"{self.prefix}:softbounce:{email}"
 
     @property
     def secret(self) -> str:

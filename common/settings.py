@@ -177,6 +177,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sns_cert_url_pattern: str = DEFAULT_CERT_URL_PATTERN
     sns_signature_versions: tuple[str, ...] = SIGNATURE_VERSIONS
     sns_max_age: float = 3600.0
+    # An address is suppressed (reason `soft_bounce`) at its SOFT_BOUNCE_LIMIT-th transient
+    # bounce within SOFT_BOUNCE_WINDOW seconds; 0 turns the rule off.
+    soft_bounce_limit: int = 3
+    soft_bounce_window: int = 7 * 24 * 3600
 
     # Stats
     stats_batch_size: int = 1000
@@ -401,6 +405,11 @@ CHECKS: tuple[Rule, ...] = (
     refuse(lambda s: not s.setup_probe_interval > 0, "SETUP_PROBE_INTERVAL must be positive"),
     sns_rules,
     refuse(lambda s: s.stats_retention < 1, "STATS_RETENTION must be at least 1 (seconds)"),
+    refuse(
+        lambda s: s.soft_bounce_limit < 0,
+        "SOFT_BOUNCE_LIMIT must be 0 (off) or a number of transient bounces",
+    ),
+    refuse(lambda s: s.soft_bounce_window < 1, "SOFT_BOUNCE_WINDOW must be at least 1 (seconds)"),
     # A sender or stats process keeps one blocking read per partition: leave room beside them.
     refuse(
         lambda s: s.redis_max_connections < s.send_partitions + 8,

@@ -4,9 +4,16 @@ Pure functions with no Redis in them, so the counting rules are easy to read and
 
 Every event adds `n` to the field named after its type, plus derived fields:
 `bounced_hard` (Permanent bounces), `bounced_soft` (Transient and Undetermined),
-`opened_unique` and `clicked_unique` (the first open / click of a recipient). `requeued` (a
-failed recipient replayed from the dead letters) also takes `n` off `failed`, in the totals only:
-the time buckets keep the failure where it happened.
+`opened_unique` and `clicked_unique` (the first open / click of a recipient),
+`delivery_delayed_<type>` (a delay of a known SES delay type). `requeued` (a failed recipient
+replayed from the dead letters) also takes `n` off `failed`, in the totals only: the time buckets
+keep the failure where it happened.
+
+Three kinds of SES feedback count only in a field of their own, never in the field of their type
+(`common.ses_feedback`): a bounce of subtype OnAccountSuppressionList (`bounced_suppressed`), a
+`not-spam` complaint (`complained_not_spam`) and a complaint of subtype OnAccountSuppressionList
+(`complained_suppressed`). So `bounced` = `bounced_hard` + `bounced_soft` and `complained` stay
+what the bounce and complaint rates (and the reputation guard) are made of.
 
 `sent` is also counted per second of its event time (when SES accepted it, not when stats read
 it: a batch applied late fills the seconds it belongs to instead of making a spike), for every
@@ -23,10 +30,17 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from sesflow.common import ses_feedback
 from sesflow.common.keys import PartitionKeys
 from sesflow.common.schema import EVENT_FIELD, Event, EventType, decode_event
 
-DERIVED_FIELDS = ("bounced_hard", "bounced_soft", "opened_unique", "clicked_unique")
+DERIVED_FIELDS = (
+    "bounced_hard",
+    "bounced_soft",
+    "opened_unique",
+    "clicked_unique",
+    *ses_feedback.FIELDS,
+)
 # Every counter field a hash or a time bucket may hold (also the valid time-series metrics).
 METRICS = frozenset({t.value for t in EventType} | set(DERIVED_FIELDS))
 
@@ -67,9 +81,14 @@ def parse_entry(fields: dict[str, str] | None) -> Event:
 
 def increments(event: Event) -> Counter[str]:
     """Counter fields this event adds to (type and derived splits) -> amount."""
-    out: Counter[str] = Counter({event.type: event.n})
     if event.type == EventType.BOUNCED:
-        out["bounced_hard" if event.bounce_type == "Permanent" else "bounced_soft"] += event.n
+        return Counter(dict.fromkeys(ses_feedback.bounce_counters(event), event.n))
+    if event.type == EventType.COMPLAINED:
+        return Counter({ses_feedback.complaint_kind(event.detail): event.n})
+    out: Counter[str] = Counter({event.type: event.n})
+    if event.type == EventType.DELIVERY_DELAYED:
+        if delay := ses_feedback.delay_type(event.detail):
+            out[ses_feedback.DELAY_FIELDS[delay]] += event.n
     elif event.type == EventType.OPENED and event.unique:
         out["opened_unique"] += event.n
     elif event.type == EventType.CLICKED and event.unique:

@@ -7,6 +7,9 @@ GUARD_COMPLAINT_MIN_SENT sent, its complaints reach GUARD_COMPLAINT_RATE. The ac
 the same rules over its last ACCOUNT_WINDOW_HOURS hourly buckets of every topic, at the higher
 GUARD_ACCOUNT_* rates. Bounces are checked first, so they name a trip that both rules would.
 A trip needs at least one bounce (or complaint): a zero minimum never pauses a clean topic.
+Neither field holds feedback that says nothing about the sender (`stats.counters`): refusals
+from SES's own suppression list are `bounced_suppressed`, `not-spam` reports
+`complained_not_spam`, and the guard never reads them.
 
 "Reach" is exact: the rates are compared as the decimal fractions they were written as, so 5
 hard bounces of 100 sent trip a 0.05 limit (no float rounding either way).

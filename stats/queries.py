@@ -12,6 +12,7 @@ from typing import Any
 from sesflow.common import scripts
 from sesflow.common.connection import Redis
 from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
+from sesflow.common.ses_feedback import DELAY_FIELDS
 from sesflow.stats.counters import (
     HOURLY_RETENTION_S,
     MINUTELY_RETENTION_S,
@@ -32,13 +33,17 @@ COUNT_FIELDS = (
     "bounced",
     "bounced_hard",
     "bounced_soft",
+    "bounced_suppressed",
     "complained",
+    "complained_not_spam",
+    "complained_suppressed",
     "opened",
     "opened_unique",
     "clicked",
     "clicked_unique",
     "unsubscribed",
     "delivery_delayed",
+    *DELAY_FIELDS.values(),
     "ses_rejected",
     "rendering_failed",
 )

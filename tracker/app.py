@@ -22,6 +22,7 @@ from sesflow.tracker.log_throttle import LogThrottle
 from sesflow.tracker.metrics import role_metrics
 from sesflow.tracker.recorder import EventRecorder
 from sesflow.tracker.sns import CertCache, SnsVerifier
+from sesflow.tracker.soft_bounces import SoftBounces
 
 log = get_logger(__name__)
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> web.Application:
             suppressions=SuppressionList(client, keys),
             secret=secret,
             refusal_logs=LogThrottle(),
+            soft_bounces=SoftBounces(client, keys, settings),
         )
         await secret.get()  # once at startup; retried on demand if Redis is not up yet
         if ANY_TOPIC in settings.sns_topic_arns:

@@ -18,6 +18,7 @@ from sesflow.tracker.correlation import Correlator
 from sesflow.tracker.log_throttle import LogThrottle
 from sesflow.tracker.recorder import EventRecorder
 from sesflow.tracker.sns import SnsVerifier
+from sesflow.tracker.soft_bounces import SoftBounces
 
 log = get_logger(__name__)
 
@@ -52,6 +53,7 @@ class Tracker:
     suppressions: SuppressionList
     secret: SecretSource
     refusal_logs: LogThrottle
+    soft_bounces: SoftBounces
 
 
 TRACKER = web.AppKey("tracker", Tracker)

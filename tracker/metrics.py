@@ -41,6 +41,14 @@ RECORD_FAILURES = Counter(
     ["kind"],
     registry=None,
 )
+SOFT_BOUNCES = Counter(
+    "sesflow_tracker_soft_bounces",
+    "Soft bounces counted by the soft-bounce rule; `suppressed`: those at SOFT_BOUNCE_LIMIT",
+    ["outcome"],
+    registry=None,
+)
+for _outcome in ("counted", "suppressed"):  # served at 0 before the first soft bounce
+    SOFT_BOUNCES.labels(_outcome)
 
 
 def count_events(types: list[str]) -> None:
@@ -51,5 +59,12 @@ def count_events(types: list[str]) -> None:
 def role_metrics() -> RoleMetrics:
     return RoleMetrics(
         "tracker",
-        collectors=(EVENTS, SNS_MESSAGES, SNS_REJECTED, LINKS_REFUSED, RECORD_FAILURES),
+        collectors=(
+            EVENTS,
+            SNS_MESSAGES,
+            SNS_REJECTED,
+            LINKS_REFUSED,
+            RECORD_FAILURES,
+            SOFT_BOUNCES,
+        ),
     )

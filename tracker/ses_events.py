@@ -4,8 +4,15 @@
 - Configuration-set event publishing: `eventType` Send, Reject, Bounce, Complaint, Delivery,
   DeliveryDelay, Open, Click, Rendering Failure, Subscription.
 
-One event per recipient the notification names. The Structs declare only the fields sesflow reads;
-every other field is ignored, and an event type sesflow does not know becomes `feedback_unknown`.
+One event per recipient the notification names. The Structs declare only the fields sesflow
+reads; every other field is ignored, and an event type sesflow does not know becomes
+`feedback_unknown`.
+
+What suppresses an address is `common.ses_feedback`'s rule: a Permanent bounce (unless of subtype
+OnAccountSuppressionList) and a complaint (unless `not-spam` or of subtype
+OnAccountSuppressionList). A complaint's `detail` is its feedback type (its subtype without one),
+a delay's starts with its delay type: stats counts them by these. Repeated soft bounces are
+`tracker.soft_bounces`'s business.
 
 Each event type has one small parser in `PARSERS`; a missing detail object (the Go service's
 minimal shape) still names the event type, and a notification naming no recipient gives one event
@@ -25,6 +32,7 @@ from typing import Any
 import msgspec
 
 from sesflow.common.schema import RID_TAG, TOPIC_TAG, Event, EventType
+from sesflow.common.ses_feedback import bounce_suppresses, complaint_suppresses
 from sesflow.tracker.sns import parse_timestamp
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -236,7 +244,7 @@ def _bounce(note: SesNotification, base: Event) -> list[Draft]:
         event,
         lambda r: r.diagnostic_code or r.status or "",
         note.mail.destination,
-        suppress="bounce" if b.bounce_type == "Permanent" else "",
+        suppress="bounce" if bounce_suppresses(b.bounce_type, b.bounce_sub_type) else "",
     )
 
 
@@ -249,7 +257,8 @@ def _complaint(note: SesNotification, base: Event) -> list[Draft]:
         detail=_clip(c.complaint_feedback_type or c.complaint_sub_type),
     )
     named = [r.email_address for r in c.complained_recipients]
-    return _each(named or note.mail.destination, event, suppress="complaint")
+    suppress = "complaint" if complaint_suppresses(event.detail) else ""
+    return _each(named or note.mail.destination, event, suppress=suppress)
 
 
 def _delivery(note: SesNotification, base: Event) -> list[Draft]:

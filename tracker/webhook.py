@@ -15,9 +15,11 @@ without its events (a lost event) or the events without the mark (a double count
 
 Suppression writes come first, outside the script: they are idempotent (HSETNX keeps the first
 reason), so a retry after a failure between them and the script repeats them harmlessly, while the
-reverse order could record a hard bounce whose address is never suppressed. A cheap EXISTS on the
-mark skips them for the common duplicate. One notification's events all belong to one mail, hence
-to one partition (or partition 0 when sesflow cannot place the mail).
+reverse order could record a hard bounce whose address is never suppressed. The soft-bounce count
+(`tracker.soft_bounces`) comes before them for the same reason, and is idempotent too (a member
+per bounced mail, not an increment). A cheap EXISTS on the mark skips them for the common
+duplicate. One notification's events all belong to one mail, hence to one partition (or
+partition 0 when sesflow cannot place the mail).
 """
 
 from __future__ import annotations
@@ -123,14 +125,18 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
     keys = tracker.keys
     part = keys.for_message(where.msg_id) if where.msg_id else keys.partition(0)
 
-    # The EXISTS only spares a duplicate its suppression writes, so it is asked only when there
-    # are some: for the common feedback (deliveries, opens) record_events alone tells a
-    # duplicate, and one Redis round trip fewer is ~20% of the tracker's CPU per notification.
-    if any(d.suppress and d.event.email for d in drafts):
+    # The EXISTS only spares a duplicate its suppression writes and soft-bounce count, so it is
+    # asked only when there are some: for the common feedback (deliveries, opens) record_events
+    # alone tells a duplicate, and one Redis round trip fewer is ~20% of the tracker's CPU per
+    # notification.
+    soft = tracker.soft_bounces
+    if any((d.suppress and d.event.email) or soft.counts(d) for d in drafts):
         with redis_errors():
             if await tracker.client.exists(part.sns_seen(msg.message_id)):
                 metrics.SNS_MESSAGES.labels("Notification", "duplicate").inc()
                 return json_response({"status": "duplicate"})
+        drafts = await soft.apply(drafts, feedback.ses_id or msg.message_id)
+        with redis_errors():
             await suppress(tracker, drafts)
     items = [Pending(d.event, touch(d, where.index)) for d in drafts]
     added = await tracker.recorder.record(

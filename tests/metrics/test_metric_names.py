@@ -54,7 +54,10 @@ SENDER = {
     "sesflow_ses_errors_total": {"error_class"},
     "sesflow_setup_paused": set(),
 }
-TRACKER = {"sesflow_events_total": {"type"}}
+TRACKER = {
+    "sesflow_events_total": {"type"},
+    "sesflow_tracker_soft_bounces_total": {"outcome"},
+}
 EVERY_ROLE = {"sesflow_redis_reconnects_total": {"role"}}
 HTTP = {"sesflow_http_requests_total": {"role", "route", "status"}}
 

@@ -114,3 +114,47 @@ def test_a_topic_name_cannot_collide_with_another_minute() -> None:
     p = Keys().partition(0)
     assert p.stats_seconds(5, "1") != p.stats_seconds(51)
     assert p.stats_seconds(5, "1:x") != p.stats_seconds(51, "x")
+
+
+def test_feedback_that_says_nothing_about_reputation_counts_apart() -> None:
+    """SES's own list refusing a mail, and a not-spam report, are not bounces or complaints."""
+    refused = Event(
+        type="bounced", bounce_type="Permanent", bounce_subtype="OnAccountSuppressionList"
+    )
+    assert increments(refused) == {"bounced_suppressed": 1}
+    assert increments(Event(type="complained", detail="not-spam", n=2)) == {
+        "complained_not_spam": 2
+    }
+    listed = Event(type="complained", detail="OnAccountSuppressionList")
+    assert increments(listed) == {"complained_suppressed": 1}
+    assert increments(Event(type="complained", detail="abuse")) == {"complained": 1}
+    for name in ("bounced_suppressed", "complained_not_spam", "complained_suppressed"):
+        assert name in METRICS  # a time-series metric too
+        assert "unknown event type" in _refusal(fields(type=name))
+
+
+def test_delays_count_by_their_type_when_it_is_known() -> None:
+    assert increments(Event(type="delivery_delayed", detail="MailboxFull smtp; 452")) == {
+        "delivery_delayed": 1,
+        "delivery_delayed_mailbox_full": 1,
+    }
+    assert (
+        increments(Event(type="delivery_delayed", detail="IPFailure"))[
+            "delivery_delayed_ip_failure"
+        ]
+        == 1
+    )
+    byoip = Event(type="delivery_delayed", detail="BYOIPHostNameLookupUnavailable")
+    assert "delivery_delayed_byoip_host_name_lookup_unavailable" in increments(byoip)
+    # An unknown type never makes a field of its own: field names do not come from the input.
+    for detail in ("SomethingNew x", "", "smtp; 421"):
+        assert increments(Event(type="delivery_delayed", detail=detail)) == {"delivery_delayed": 1}
+    assert "delivery_delayed_sending_deferral" in METRICS
+
+
+def _refusal(entry: dict[str, str]) -> str:
+    try:
+        parse_entry(entry)
+    except MalformedEvent as exc:
+        return str(exc)
+    raise AssertionError(f"{entry!r} was accepted")

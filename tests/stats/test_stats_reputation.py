@@ -170,6 +170,33 @@ async def test_complaints_pause_after_their_own_minimum(redis: Any, fast: Settin
     assert pause.figures["complained"] == 1 and pause.figures["rate"] == 0.001
 
 
+async def test_ses_own_list_and_not_spam_leave_the_guard_alone(redis: Any, fast: Settings) -> None:
+    """Refusals from SES's own suppression list and not-spam reports, far over both limits:
+    counted apart, no pause, and the guard's fields do not move."""
+    keys = Keys()
+    await apply(fast, redis, sent("listed", 1000))
+    refused = [
+        Event(
+            type="bounced",
+            topic="listed",
+            ts=NOW_MS,
+            index=i,
+            bounce_type="Permanent",
+            bounce_subtype="OnAccountSuppressionList",
+        )
+        for i in range(200)
+    ]
+    fans = [
+        Event(type="complained", topic="listed", ts=NOW_MS, index=i, detail="not-spam")
+        for i in range(50)
+    ]
+    await apply(fast, redis, [*refused, *fans])
+    assert await Pauses(redis, keys).get("listed") is None
+    assert await Pauses(redis, keys).get(ALL_BULK) is None
+    topic = await counters(redis, keys.partition(0).stats_topic("listed"))
+    assert topic == {"sent": 1000, "bounced_suppressed": 200, "complained_not_spam": 50}
+
+
 async def test_a_topic_is_judged_on_every_partition_together(
     redis: Any, make_settings: Callable[..., Settings]
 ) -> None:

@@ -121,14 +121,16 @@ def test_complaint_suppresses_its_recipients_with_the_feedback_type() -> None:
         "complainedRecipients": [{"emailAddress": "c@x.io"}],
         "complaintSubType": "OnAccountSuppressionList",
     }
+    # SES's own list refused it: the subtype is the detail, and sesflow's list is left alone.
     [draft] = parse("Complaint", complaint=complaint).drafts
     assert (draft.event.email, draft.event.detail, draft.suppress) == (
         "c@x.io",
         "OnAccountSuppressionList",
-        "complaint",
+        "",
     )
     typed = {**complaint, "complaintFeedbackType": "abuse"}
-    assert parse("Complaint", complaint=typed).drafts[0].event.detail == "abuse"
+    [draft] = parse("Complaint", complaint=typed).drafts
+    assert (draft.event.detail, draft.suppress) == ("abuse", "complaint")
 
 
 def test_delivery_delay_joins_its_type_and_each_diagnostic() -> None:
