@@ -1,30 +1,37 @@
-"""`sesflow check`: is this machine ready to send? Redis, SES credentials, the sender identity
-and the SES quota, each with a clear message and a hint when something is wrong."""
+"""`sesflow check`: is this machine ready to send? Redis, SES credentials, the sender identity,
+the SES quota, and what mailbox providers and SES require of a sender
+(`cli.check_deliverability`), each with a clear message and the fix when something is wrong."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from email.utils import parseaddr
 from typing import Any
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
-from rich.table import Table
+from rich.markup import escape
 
+from sesflow.cli.check_deliverability import DnsOptions, deliverability_findings
+from sesflow.cli.dmarc import DEFAULT_TIMEOUT, DnsServer
+from sesflow.cli.findings import Finding
 from sesflow.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     Formatter,
     console,
+    fail,
     operator_settings,
     print_json,
 )
 from sesflow.cli.stats_report import dead_letter_counts
 from sesflow.common.aws import Quota, boto_client, fetch_quota
 from sesflow.common.connection import UNAVAILABLE, Redis, connect
+from sesflow.common.errors import InputError
 from sesflow.common.keys import Keys
 from sesflow.common.settings import Settings
 
@@ -43,6 +50,20 @@ Check that sesflow can run here, and say what to fix when it cannot:
   quota      SES answers GetAccount / GetSendQuota; EMAIL_RATE within MaxSendRate; room left in
              the 24-hour quota; sandbox accounts
 
+What Gmail's and Yahoo's bulk-sender rules require, and what SES needs, for the domain of
+EMAIL_SENDER:
+  DKIM       the domain identity signs with DKIM, status SUCCESS
+  MAIL FROM  a custom MAIL FROM domain in SUCCESS (SPF aligned with the From domain)
+  DMARC      a DMARC record on _dmarc.<domain> (or a parent domain), and its policy, read from
+             this machine's DNS or --dns-server
+  account    GetAccount: production access (out of the sandbox), SendingEnabled,
+             EnforcementStatus HEALTHY
+  feedback   SES_CONFIGURATION_SET publishes BOUNCE and COMPLAINT (and DELIVERY, REJECT,
+             DELIVERY_DELAY) to an SNS topic listed in SNS_TOPIC_ARNS
+  SERVER_URL https and not localhost: one-click unsubscribe (RFC 8058) needs https
+Against the local SES endpoint of `sesflow up` (a local run) nothing is delivered: the domain,
+account and feedback checks are skipped and SERVER_URL may be http://localhost.
+
 SES_ENDPOINT_URL, when set, is used for the SES checks (a local endpoint or a stub)."""
 
 EPILOG = """\
@@ -53,19 +74,12 @@ examples:
   sesflow check
   sesflow check --allow-imds           on EC2/ECS/EKS with an instance or task role
   sesflow check --skip-ses --json      only Redis, machine-readable
+  sesflow check --dns-server 1.1.1.1   read DMARC through another resolver
   sesflow check --strict && sesflow up
 
 exit status: 0 when nothing failed (with --strict: nothing failed or warned), 1 otherwise."""
 
 MIN_REDIS = (6, 2)
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    check: str
-    status: str  # ok | warn | fail | skip
-    detail: str
-    hint: str = ""
 
 
 def register(sub: Any) -> None:
@@ -86,13 +100,44 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--skip-ses", action="store_true", help="do not check credentials, identity or quota"
     )
+    p.add_argument(
+        "--dns-server",
+        action="append",
+        default=[],
+        metavar="IP[:PORT]",
+        help="ask this DNS server for DMARC records instead of the system's resolver "
+        "(repeatable; all on the first one's port)",
+    )
+    p.add_argument(
+        "--dns-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long DNS may take to answer (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument("--skip-dns", action="store_true", help="do not read DMARC from DNS")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.set_defaults(func=cmd_check)
 
 
+def dns_options(args: argparse.Namespace) -> DnsOptions:
+    try:
+        servers = [DnsServer.parse(text) for text in args.dns_server]
+    except ValueError as exc:
+        raise InputError("invalid_dns_server", f"--dns-server {exc}") from exc
+    if args.dns_timeout <= 0:
+        raise InputError("invalid_dns_timeout", "--dns-timeout must be positive")
+    return DnsOptions(servers, args.dns_timeout, skip=args.skip_dns)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     settings = operator_settings()
+    try:
+        dns = dns_options(args)
+    except InputError as exc:
+        fail(exc.detail)
+        return EXIT_USAGE
     findings: list[Finding] = []
     if args.skip_redis:
         findings.append(Finding("redis", "skip", "--skip-redis"))
@@ -101,7 +146,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.skip_ses:
         findings.append(Finding("SES", "skip", "--skip-ses"))
     else:
-        findings += check_ses(settings, allow_imds=args.allow_imds)
+        findings += check_ses(settings, allow_imds=args.allow_imds, dns=dns)
     if args.json:
         print_json([asdict(f) for f in findings])
     else:
@@ -252,7 +297,7 @@ def find_credentials(settings: Settings, allow_imds: bool) -> tuple[Any, str]:
     return credentials, str(getattr(credentials, "method", "") or "botocore")
 
 
-def check_ses(settings: Settings, allow_imds: bool) -> list[Finding]:
+def check_ses(settings: Settings, allow_imds: bool, dns: DnsOptions) -> list[Finding]:
     where = settings.ses_endpoint_url or f"AWS {settings.aws_region}"
     credentials, source = find_credentials(settings, allow_imds)
     if credentials is None:
@@ -269,11 +314,13 @@ def check_ses(settings: Settings, allow_imds: bool) -> list[Finding]:
             Finding("identity", "skip", "needs credentials"),
             Finding("configuration set", "skip", "needs credentials"),
             Finding("quota", "skip", "needs credentials"),
+            Finding("deliverability", "skip", "needs credentials"),
         ]
     findings = [Finding("credentials", "ok", f"from {source}, SES at {where}")]
     findings.append(identity_finding(settings))
     findings.append(configuration_set_finding(settings))
     findings += quota_findings(settings, asyncio.run(fetch_quota(settings)))
+    findings += deliverability_findings(settings, dns)
     return findings
 
 
@@ -281,13 +328,15 @@ def identity_status(settings: Settings, identities: list[str]) -> dict[str, str]
     """identity -> "verified" | "pending" | "failed" | "absent", asking SESv2 and then SES v1
     for any it does not call verified. Raises the last API error when neither answers."""
     from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.parsers import ResponseParserError
 
     status, error = sesv2_status(settings, identities)
     missing = [i for i in identities if status.get(i) != "verified"]
     if missing:
         try:
             status.update(ses_v1_status(settings, missing))
-        except (BotoCoreError, ClientError) as exc:
+        # an endpoint that speaks only SESv2 (a stub, a proxy) answers v1 with something else
+        except (BotoCoreError, ClientError, ResponseParserError) as exc:
             if not status:
                 raise exc from error
     return {i: status.get(i, "absent") for i in identities}
@@ -457,7 +506,9 @@ def quota_findings(settings: Settings, quota: Quota | None) -> list[Finding]:
                 "large campaigns will pause until the rolling window allows more",
             )
         )
-    if 0 <= quota.max_24h_send <= 200 and quota.max_send_rate <= 1:
+    # GetAccount says so itself (ProductionAccessEnabled, see `production access`)
+    sandboxed = 0 <= quota.max_24h_send <= 200 and quota.max_send_rate <= 1
+    if sandboxed and quota.source != "sesv2:GetAccount":
         findings.append(
             Finding(
                 "sandbox",
@@ -473,21 +524,22 @@ def quota_findings(settings: Settings, quota: Quota | None) -> list[Finding]:
 # --- output ---------------------------------------------------------------------------------------
 
 STYLES = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+CHECK_WIDTH = 18
 
 
 def render(findings: list[Finding]) -> None:
+    """One line per finding (status, check, detail), the fix on the line under a problem.
+    Lines are never wrapped: a pipe or a log keeps each finding whole."""
     out = console()
-    table = Table(title="sesflow check", title_justify="left")
-    table.add_column("status")
-    table.add_column("check")
-    table.add_column("detail")
+    out.print("[bold]sesflow check[/]")
     for f in findings:
         style = STYLES.get(f.status, "")
-        table.add_row(f"[{style}]{f.status}[/]", f.check, f.detail)
-    out.print(table)
-    problems = [f for f in findings if f.status in {"fail", "warn"} and f.hint]
-    for f in problems:
-        out.print(f"[{STYLES[f.status]}]{f.status}[/] {f.check}: {f.detail}\n  hint: {f.hint}")
+        out.print(
+            f"[{style}]{f.status:<4}[/] {f.check:<{CHECK_WIDTH}} {escape(f.detail)}",
+            soft_wrap=True,
+        )
+        if f.hint and f.status in {"fail", "warn"}:
+            out.print(f"     {'':<{CHECK_WIDTH}} fix: {escape(f.hint)}", soft_wrap=True)
     failed = sum(f.status == "fail" for f in findings)
     warned = sum(f.status == "warn" for f in findings)
     out.print(

@@ -7,6 +7,10 @@ recipient's merge data, named by its header (`{{first_name}}`); an empty cell is
 the message's default applies (or the API lists the recipient as missing it).
 JSON: a list of address strings, or of objects with an `email` key; an object's `data` object,
 else its other keys, are the recipient's merge data.
+
+Addresses follow the API's rule (`common.addresses.ascii_address`): a non-ASCII domain is
+converted to punycode (and reported, so the operator sees what will be sent), a non-ASCII local
+part is left out with the reason.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sesflow.common.addresses import is_valid_address
+from sesflow.common.addresses import InvalidAddress, ascii_address
 
 
 class RecipientsError(ValueError):
@@ -31,6 +35,10 @@ class Recipients:
 
     emails: list[str] = field(default_factory=list)
     invalid: list[tuple[int, str]] = field(default_factory=list)  # (line or position, value)
+    # why an invalid value was left out, when more than its syntax is wrong
+    why: dict[int, str] = field(default_factory=dict)
+    # (line or position, as given, as sent): internationalised domains converted to punycode
+    converted: list[tuple[int, str, str]] = field(default_factory=list)
     duplicates: int = 0
     # Each address's own merge data, in the order of `emails` ({} when none).
     data: list[dict[str, Any]] = field(default_factory=list)
@@ -127,15 +135,20 @@ def parse(path: str, data: bytes) -> Recipients:
     out = Recipients()
     seen: set[str] = set()
     for where, raw, own in values:
-        address = raw.strip()
-        if not is_valid_address(address):
+        try:
+            address = ascii_address(raw)
+        except InvalidAddress as exc:
             out.invalid.append((where, raw))
+            if exc.specific:
+                out.why[where] = str(exc)
             continue
         folded = address.lower()
         if folded in seen:
             out.duplicates += 1
             continue
         seen.add(folded)
+        if address != raw.strip():
+            out.converted.append((where, raw.strip(), address))
         out.emails.append(address)
         out.data.append(own)
     return out

@@ -330,9 +330,19 @@ def report_recipients(out: Console, recipients: Recipients) -> None:
             f"[yellow]{len(recipients.invalid)} invalid address(es) left out[/] (line/item: value):"
         )
         for where, value in recipients.invalid[:20]:
-            out.print(f"  {where}: {value!r}")
+            why = recipients.why.get(where)
+            out.print(f"  {where}: {value!r}" + (f" {why}" if why else ""), markup=False)
         if len(recipients.invalid) > 20:
             out.print(f"  … and {len(recipients.invalid) - 20} more")
+    if recipients.converted:
+        out.print(
+            f"{len(recipients.converted)} internationalised domain(s) converted to punycode "
+            "(SES takes ASCII only):"
+        )
+        for where, given, sent in recipients.converted[:20]:
+            out.print(f"  {where}: {given} -> {sent}", markup=False)
+        if len(recipients.converted) > 20:
+            out.print(f"  … and {len(recipients.converted) - 20} more")
     if recipients.duplicates:
         out.print(f"{recipients.duplicates} duplicate address(es) will be sent once")
 

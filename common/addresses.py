@@ -9,13 +9,23 @@ nested or extra angle brackets, an `@` in the display name, control characters a
 formatting characters (bidi overrides and isolates, zero-width characters) that can make a
 name read differently from what it is. The result is rebuilt with `email.utils.formataddr`, so
 a non-ASCII display name is RFC 2047 encoded, as SES requires.
+
+Internationalised addresses: SES has no SMTPUTF8, so an address travels in ASCII. A domain with
+non-ASCII characters is converted to IDNA 2008 A-labels (punycode, `bücher.example` ->
+`xn--bcher-kva.example`, with UTS 46 mapping so `Bücher.Example` works too) before anything else
+sees it: the API, the dispatcher, `sesflow send` and the suppression list all hold the converted
+form, so `ü.example` and `xn--tda.example` are one address. A non-ASCII local part cannot be
+converted and is refused, with the reason (`InvalidAddress`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
 from email.utils import formataddr
+
+import idna
 
 MAX_ADDRESS_CHARS = 254  # RFC 5321 path limit (256) minus the angle brackets
 MAX_LOCAL_CHARS = 64
@@ -40,6 +50,23 @@ class InvalidMailbox(ValueError):
     """The text is not exactly one acceptable mailbox; the message says why."""
 
 
+class InvalidAddress(ValueError):
+    """An address SES cannot take. The message says why, without the address, so that it reads
+    after it: `'jörg@x.io' has a non-ASCII local part...`. `specific` is False for a plain
+    syntax error (the address alone says enough), True for a reason worth showing."""
+
+    def __init__(self, reason: str, specific: bool = True) -> None:
+        super().__init__(reason)
+        self.specific = specific
+
+
+NOT_AN_ADDRESS = "is not a valid address"
+NON_ASCII_LOCAL = (
+    "has a non-ASCII local part (before the @): SES has no SMTPUTF8, so only the domain may be "
+    "internationalised"
+)
+
+
 def is_valid_address(address: str) -> bool:
     """Pragmatic RFC 5321 syntax check with its length limits; no DNS lookup, ASCII only
     (SES wants internationalised domains in punycode)."""
@@ -54,6 +81,47 @@ def is_valid_address(address: str) -> bool:
     if len(labels) < 2 or not _TLD.fullmatch(labels[-1]):
         return False
     return all(len(label) <= MAX_LABEL_CHARS and _LABEL.fullmatch(label) for label in labels)
+
+
+def ascii_domain(domain: str) -> str:
+    """`domain` in ASCII: unchanged when it is ASCII already, else IDNA 2008 A-labels (UTS 46
+    mapping: case folded, full-width dots read as dots). Raises InvalidAddress."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise InvalidAddress(
+            f"has a domain that is not a valid internationalised (IDNA 2008) name: {exc}"
+        ) from exc
+
+
+def ascii_address(text: str) -> str:
+    """The address as SES takes it: trimmed, its domain in punycode when it is not ASCII.
+    Raises InvalidAddress (a non-ASCII local part, a domain IDNA refuses, bad syntax)."""
+    address = text.strip()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise InvalidAddress(NOT_AN_ADDRESS, specific=False)
+    if not local.isascii():
+        raise InvalidAddress(NON_ASCII_LOCAL)
+    if hidden_character(domain) is None:  # a control character is a syntax error, below
+        address = f"{local}@{ascii_domain(domain)}"
+    if not is_valid_address(address):
+        raise InvalidAddress(NOT_AN_ADDRESS, specific=False)
+    return address
+
+
+def address_key(email: str) -> str:
+    """The one spelling of an address that lookups share (the suppression list): trimmed,
+    lower-cased, a non-ASCII domain in punycode. Text that is no valid address is only
+    trimmed and lower-cased, so any input has a key."""
+    address = email.strip()
+    local, at, domain = address.rpartition("@")
+    if at and not domain.isascii():
+        with contextlib.suppress(InvalidAddress):
+            address = f"{local}@{ascii_domain(domain)}"
+    return address.lower()
 
 
 def hidden_character(text: str) -> str | None:
@@ -73,16 +141,22 @@ def parse_mailbox(text: str) -> tuple[str, str]:
     if text.count("<") != text.count(">") or text.count("<") > 1:
         raise InvalidMailbox("must hold one address, at most once in angle brackets")
     if "<" not in text:
-        if not is_valid_address(text):
-            raise InvalidMailbox("is not one valid address")
-        return "", text
+        return "", mailbox_address(text)
     head, _, rest = text.partition("<")
     address, _, tail = rest.partition(">")
     if tail.strip():
         raise InvalidMailbox("has text after the address")
-    if not is_valid_address(address):
+    return display_name(head.strip()), mailbox_address(address)
+
+
+def mailbox_address(text: str) -> str:
+    """The address of a mailbox, as SES takes it (see `ascii_address`); raises InvalidMailbox."""
+    if text != text.strip():
         raise InvalidMailbox("is not one valid address")
-    return display_name(head.strip()), address
+    try:
+        return ascii_address(text)
+    except InvalidAddress as exc:
+        raise InvalidMailbox(str(exc) if exc.specific else "is not one valid address") from exc
 
 
 def display_name(raw: str) -> str:

@@ -1,5 +1,7 @@
 """The suppression list: addresses that must never get mail again (hard bounce, complaint,
-unsubscribe, or added by hand). One Redis hash, address (lower-cased) -> JSON entry."""
+unsubscribe, or added by hand). One Redis hash, address -> JSON entry, keyed by
+`common.addresses.address_key` (lower-cased, a non-ASCII domain in punycode: `a@ü.example` and
+`a@xn--tda.example` are one entry)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any, cast
 
 import msgspec
 
+from sesflow.common.addresses import address_key
 from sesflow.common.connection import Redis
 from sesflow.common.keys import Keys
 
@@ -26,7 +29,7 @@ _dec = msgspec.json.Decoder(Suppression)
 
 
 def normalise(email: str) -> str:
-    return email.strip().lower()
+    return address_key(email)
 
 
 def entry(email: str, reason: str, detail: str = "", topic: str = "") -> Suppression:

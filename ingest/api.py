@@ -32,7 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from sesflow.common import scripts
-from sesflow.common.addresses import is_valid_address
+from sesflow.common.addresses import InvalidAddress, ascii_address
 from sesflow.common.connection import Redis, connect
 from sesflow.common.errors import InputError
 from sesflow.common.http import (
@@ -212,10 +212,12 @@ async def delete_topic(request: web.Request) -> web.Response:
 
 
 def path_email(request: web.Request) -> str:
-    email = normalise(request.match_info["email"])
-    if not is_valid_address(email):
-        raise InputError("invalid_address", f"{email[:254]!r} is not a valid address")
-    return email
+    raw = request.match_info["email"]
+    try:
+        ascii_address(raw)
+    except InvalidAddress as exc:
+        raise InputError("invalid_address", f"{raw.strip()[:254]!r} {exc}") from exc
+    return normalise(raw)
 
 
 async def list_suppressions(request: web.Request) -> web.Response:

@@ -45,7 +45,7 @@ from sesflow.common.settings import Settings
 from sesflow.common.suppression import SuppressionList
 from sesflow.ingest import metrics
 from sesflow.ingest.templates import TemplateStore
-from sesflow.ingest.validation import Limits, ValidMessage, listed, validate_message
+from sesflow.ingest.validation import Limits, ValidMessage, validate_message
 
 log = get_logger(__name__)
 
@@ -188,7 +188,7 @@ class Dispatcher(StreamConsumer):
         p = self.keys.for_message(msg_id)
         script_keys = p.dispatch_keys(msg_id, request.topic_id)
         emails, own_data = valid.emails, valid.own_data
-        rejected_detail = f"invalid addresses: {listed(valid.invalid)}" if valid.invalid else ""
+        rejected_detail = f"invalid addresses: {valid.invalid_detail}" if valid.invalid else ""
         content = [part for pair in content_of(msg_id, valid).to_hash().items() for part in pair]
         head = [
             msg_id,

@@ -18,6 +18,10 @@ and attachments (`ingest.attachments`), fills in the text part (`ingest.text_par
 the message normalised (addresses trimmed, duplicates dropped keeping the first, schedule
 rewritten as RFC 3339 UTC, every recipient listed in `recipients` when any came that way).
 
+Addresses go to SES in ASCII (`common.addresses.ascii_address`): a non-ASCII domain is converted
+to punycode, and that converted spelling is what the message keeps (and what duplicates are
+compared on); a non-ASCII local part is invalid, and the error says so.
+
 Policy for invalid addresses:
 
 * a message whose every address is invalid (or that has none) is rejected as a whole;
@@ -42,7 +46,12 @@ from typing import Any
 
 import msgspec
 
-from sesflow.common.addresses import InvalidMailbox, is_valid_address, normalise_mailbox
+from sesflow.common.addresses import (
+    InvalidAddress,
+    InvalidMailbox,
+    ascii_address,
+    normalise_mailbox,
+)
 from sesflow.common.errors import InputError
 from sesflow.common.http import decode_json
 from sesflow.common.schema import LANES, Attachment, MessageRequest, Recipient
@@ -105,6 +114,7 @@ class ValidMessage:
     request: MessageRequest
     due_ms: int | None
     invalid: list[str] = field(default_factory=list)
+    invalid_detail: str = ""  # `invalid` listed for an event's detail, with why (see Addresses)
     duplicates: int = 0
     emails: list[str] = field(default_factory=list)
     own_data: list[str] = field(default_factory=list)
@@ -238,14 +248,23 @@ def all_recipients(message: MessageRequest) -> list[tuple[str, dict[str, Any] | 
 
 @dataclass(slots=True)
 class Addresses:
-    """A message's recipients sorted out: the valid ones (first of each, case folded), their
-    data as given and as checked JSON, the invalid ones, and how many repeated one before."""
+    """A message's recipients sorted out: the valid ones (first of each, case folded, a
+    non-ASCII domain in punycode), their data as given and as checked JSON, the invalid ones
+    (as given, each with why when more than its syntax is wrong), and how many repeated one
+    before."""
 
     kept: list[str] = field(default_factory=list)
     kept_data: list[dict[str, Any] | None] = field(default_factory=list)
     own_data: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
+    why: dict[str, str] = field(default_factory=dict)
     duplicates: int = 0
+
+    def invalid_listed(self) -> str:
+        """The invalid addresses for an error's detail: `bad, 'jörg@x.io' (has a non-ASCII...)`."""
+        return listed(
+            [f"{raw!r} ({self.why[raw]})" if raw in self.why else raw for raw in self.invalid]
+        )
 
 
 def sort_addresses(
@@ -254,9 +273,12 @@ def sort_addresses(
     out = Addresses()
     seen: set[str] = set()
     for n, (raw, data) in enumerate(recipients):
-        address = raw.strip()
-        if not is_valid_address(address):
+        try:
+            address = ascii_address(raw)
+        except InvalidAddress as exc:
             out.invalid.append(raw)
+            if exc.specific:
+                out.why[raw] = str(exc)
             continue
         folded = address.lower()
         if folded in seen:
@@ -297,9 +319,9 @@ def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -
     kept, kept_data, own_data = sorted_out.kept, sorted_out.kept_data, sorted_out.own_data
     invalid, duplicates = sorted_out.invalid, sorted_out.duplicates
     if not kept:
-        raise InputError("invalid_addresses", f"no valid address: {listed(invalid)}")
+        raise InputError("invalid_addresses", f"no valid address: {sorted_out.invalid_listed()}")
     if invalid and strict:
-        raise InputError("invalid_addresses", f"invalid addresses: {listed(invalid)}")
+        raise InputError("invalid_addresses", f"invalid addresses: {sorted_out.invalid_listed()}")
 
     text = check_text(message.text, message.content, limits)
     names = check_placeholder_names(message.subject, message.content, text)
@@ -339,6 +361,7 @@ def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -
         request=normalised,
         due_ms=due_ms,
         invalid=invalid,
+        invalid_detail=sorted_out.invalid_listed() if invalid else "",
         duplicates=duplicates,
         emails=kept,
         own_data=own_data,

@@ -5,6 +5,7 @@ pause or reject. It does not check signatures.
     SendEmail       POST /v2/email/outbound-emails
     SendBulkEmail   POST /v2/email/outbound-bulk-emails
     GetAccount      GET  /v2/email/account
+    setup reads     GetEmailIdentity, GetConfigurationSet[EventDestinations]: `sesstub_setup`
     control         POST /stub/control   JSON of any `StubConfig` field, plus "reset": true
     stats           GET  /stub/stats     (?recipients=1 adds the per-address counts and the
                                           time each address was first accepted)
@@ -47,6 +48,8 @@ import msgspec
 from aiohttp import web
 
 from sesflow.common.handlebars import render
+
+from support.sesstub_setup import SetupState
 
 ACCOUNT_PATH = "/v2/email/account"
 SEND_PATH = "/v2/email/outbound-emails"
@@ -285,6 +288,7 @@ class SesStub:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._reject: re.Pattern[str] | None = None
+        self.setup = SetupState()  # identities, configuration sets, the account's standing
         self.reset()
         self._apply_pattern()
 
@@ -632,17 +636,17 @@ class SesStub:
     async def get_account(self, request: web.Request) -> web.StreamResponse:
         config = self.config
         paused = bool(config.paused_until and time.time() < config.paused_until)
+        standing = self.setup.account_fields()
         return self._json(
             {
                 "DedicatedIpAutoWarmupEnabled": False,
-                "EnforcementStatus": "HEALTHY",
-                "ProductionAccessEnabled": True,
+                **standing,
                 "SendQuota": {
                     "Max24HourSend": config.max_24h,
                     "MaxSendRate": config.rate or config.max_send_rate,
                     "SentLast24Hours": float(self.sent),
                 },
-                "SendingEnabled": not paused,
+                "SendingEnabled": standing["SendingEnabled"] and not paused,
             }
         )
 
@@ -706,6 +710,7 @@ class SesStub:
         app.router.add_get("/stub/stats", self.stats_handler)
         app.router.add_get("/stub/messages", self.messages_handler)
         app.router.add_get("/stub/mail", self.mail_handler)
+        self.setup.add_routes(app)
         return app
 
     async def start(self) -> SesStub:
