@@ -227,7 +227,7 @@ def render_timeline(email: str, items: list[dict[str, Any]], more: bool) -> None
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    for label in ("at", "event", "topic", "message #recipient", "detail"):
+    for label in ("at", "event", "topic", "message #index", "detail"):
         table.add_column(label, no_wrap=label != "detail", overflow="fold")
     for e in items:
         index = e["index"]
