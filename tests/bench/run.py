@@ -33,6 +33,7 @@ from sesflow.cli.embedded import redis_server_binary
 from bench import (
     scenario_e2e,
     scenario_ingest,
+    scenario_lookups,
     scenario_memory,
     scenario_rate,
     scenario_sender,
@@ -261,6 +262,37 @@ METRICS: dict[str, list[Metric]] = {
 }
 
 
+def lookup_metrics() -> list[Metric]:
+    """Per backend: the worst route's p99 (the target), then each route's p50 and p99."""
+    out = []
+    for backend in scenario_lookups.BACKENDS:
+        out.append(
+            Metric(
+                f"lookups_p99_ms_{backend}",
+                f"{backend}: p99 of the slowest route",
+                "ms",
+                "≤ 20",
+                at_most(20),
+                digits=2,
+            )
+        )
+        for route in scenario_lookups.ROUTES:
+            for q in ("p50", "p99"):
+                out.append(
+                    Metric(
+                        f"lookups_{q}_ms_{backend}_{route}",
+                        f"{backend}: {route} {q}",
+                        "ms",
+                        digits=2,
+                    )
+                )
+        out.append(Metric(f"lookups_fill_s_{backend}", f"{backend}: filling the archive", "s"))
+    return out
+
+
+METRICS["lookups"] = lookup_metrics()
+
+
 @dataclass(frozen=True)
 class Sizes:
     ingest: scenario_ingest.Size
@@ -272,6 +304,7 @@ class Sizes:
     e2e: scenario_e2e.Size
     sending: scenario_sending.Size
     sharing: scenario_sharing.Size
+    lookups: scenario_lookups.Size
 
 
 FULL = Sizes(
@@ -284,6 +317,7 @@ FULL = Sizes(
     e2e=scenario_e2e.Size(messages=500),
     sending=scenario_sending.Size(unthrottled=20_000, rate_seconds=16, loop_calls=2000),
     sharing=scenario_sharing.Size(campaign=100_000, tx_seconds=30, pump_calls=2000),
+    lookups=scenario_lookups.Size(recipients=1_000_000, big=50_000, requests=300),
 )
 SMOKE = Sizes(
     ingest=scenario_ingest.Size(messages=5),
@@ -295,6 +329,7 @@ SMOKE = Sizes(
     e2e=scenario_e2e.Size(messages=20),
     sending=scenario_sending.Size(unthrottled=1000, rate_seconds=2, loop_calls=100),
     sharing=scenario_sharing.Size(campaign=3000, tx_seconds=3, pump_calls=200),
+    lookups=scenario_lookups.Size(recipients=20_000, big=2000, requests=20),
 )
 
 
@@ -322,6 +357,7 @@ async def run_scenario(name: str, sizes: Sizes, repeat: int) -> ScenarioResult:
             "e2e": scenario_e2e,
             "sending": scenario_sending,
             "sharing": scenario_sharing,
+            "lookups": scenario_lookups,
         }[name]
         size = getattr(sizes, name)
 
