@@ -164,9 +164,11 @@ def event_item(row: Row) -> dict[str, Any]:
 async def recipient_events(
     db: Reader, email: str, since_ms: int | None, after: Key | None, limit: int
 ) -> Page:
-    """The address's events across every message, newest first (ties: the stream's order)."""
+    """The address's events across every message, newest first (ties: the stream's order).
+    The archive keeps an address as it was sent to: `email` as given and in lower case both
+    match, each through the (email, ts_ms) index."""
     args = Args()
-    where = [f"email = {args.add(email)}"]
+    where = [f"email IN ({args.add(*spellings(email))})"]
     if since_ms is not None:
         where.append(f"ts_ms >= {args.add(since_ms)}")
     if after is not None:
@@ -180,8 +182,13 @@ async def recipient_events(
     return page(EVENTS, rows, limit, key, event_item)
 
 
+def spellings(email: str) -> tuple[str, str]:
+    return email, email.lower()
+
+
 async def address_known(db: Reader, email: str) -> bool:
-    return bool(await db.fetch("SELECT 1 AS one FROM events WHERE email = $1 LIMIT 1", email))
+    sql = "SELECT 1 AS one FROM events WHERE email IN ($1, $2) LIMIT 1"
+    return bool(await db.fetch(sql, *spellings(email)))
 
 
 # --- topics and their messages -----------------------------------------------------------------

@@ -26,7 +26,6 @@ from sesflow.common.addresses import is_valid_address
 from sesflow.common.errors import ArchiveUnavailable, InputError
 from sesflow.common.http import int_param, json_response
 from sesflow.common.settings import Settings
-from sesflow.common.suppression import normalise
 from sesflow.stats.archive import lookups
 from sesflow.stats.archive.cursor import decode_cursor
 from sesflow.stats.archive.db import Database, connect_archive
@@ -126,7 +125,7 @@ def state_param(request: web.Request) -> str | None:
 
 
 def email_param(request: web.Request) -> str:
-    email = normalise(request.match_info["email"])
+    email = request.match_info["email"].strip()
     if not is_valid_address(email):
         raise InputError("invalid_address", f"{email[:254]!r} is not a valid address")
     return email

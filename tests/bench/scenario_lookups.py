@@ -90,10 +90,12 @@ def rows(size: Size, now_ms: int) -> tuple[Archive, dict[str, Any]]:
 
     def recipient_rows() -> Iterator[tuple[Any, ...]]:
         rng = random.Random(1)
+        k = 0  # recipients so far: every address gets one in turn, about four in all
         for m, (msg_id, _, count, at) in enumerate(messages):
             states = rng.choices(names, weights, k=count)
             for i, state in enumerate(states):
-                email = f"user{(m * 7919 + i) % addresses}@example.com"
+                email = f"user{k % addresses}@example.com"
+                k += 1
                 sent = at + 1000 + i // 20 if state != "queued" else None
                 last = (sent or at) + 60_000 if state not in ("sent", "queued") else (sent or at)
                 ses = f"0100019a-{m:06d}-{i:06d}" if sent else ""

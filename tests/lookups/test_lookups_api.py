@@ -130,6 +130,9 @@ BOUNCE = event(
     bounce_subtype="General",
     detail="smtp; 550 5.1.1 user unknown",
 )
+GRACE = event(
+    0, f"{T0 + 3}-0", T0 + 3, "sent", topic="digest", msg_id="m3", idx=0, email="Grace@Example.com"
+)
 TOPICS = [("spring", T0, T0 + 60_000, 2), ("digest", T0 + 1000, T0 + 1000, 1)]
 
 
@@ -142,7 +145,7 @@ async def api(
     try:
         await add_rows(db, "messages", MESSAGES)
         await add_rows(db, "recipients", RECIPIENTS)
-        await add_rows(db, "events", [*ADA_EVENTS, BOUNCE])
+        await add_rows(db, "events", [*ADA_EVENTS, BOUNCE, GRACE])
         await add_rows(db, "topics", TOPICS)
     finally:
         await db.close()
@@ -243,7 +246,10 @@ async def test_an_address_timeline_newest_first_across_messages(api: TestClient[
     # `since` (epoch ms, epoch s or RFC 3339) keeps the newer ones; the address's case is no matter.
     recent = await get(api, "/v1/recipients/Ada@Example.COM/events", since=T0 + 9)
     assert [e["type"] for e in recent["items"]] == ["delivered", "sent", "clicked", "opened"]
-    assert recent["email"] == "ada@example.com"
+    assert recent["email"] == "Ada@Example.COM"
+    # An address archived with capitals (as it was sent to) is found as it was sent.
+    grace = await get(api, "/v1/recipients/Grace@Example.com/events")
+    assert [e["type"] for e in grace["items"]] == ["sent"]
     bounce = (await get(api, "/v1/recipients/r1@example.com/events"))["items"]
     assert bounce == [
         {
