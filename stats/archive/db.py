@@ -39,6 +39,7 @@ import contextlib
 import functools
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -103,6 +104,20 @@ def _rows(cursor: sqlite3.Cursor) -> list[Row]:
     return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
 
 
+def wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. The switch needs the database to itself, and SQLite answers "locked" at
+    once (no busy wait) while another connection is inside a transaction: try again."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class SqliteThread:
     """One SQLite connection and the one thread that ever touches it."""
 
@@ -119,7 +134,7 @@ class SqliteThread:
             )
             conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             if not self.readonly:
-                conn.execute("PRAGMA journal_mode = WAL")
+                wal(conn)
                 # FULL: a batch is acknowledged once committed, so a commit must survive a
                 # power loss too (one fsync per batch, not per event).
                 conn.execute("PRAGMA synchronous = FULL")

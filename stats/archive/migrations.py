@@ -17,6 +17,9 @@ Version 1, the tables (times are epoch milliseconds):
   bounce_type, bounce_subtype, url, PK(partition, entry_id))`: every event once, keyed by
   where it was in the stream (a redelivered event inserts nothing);
 - `topics(topic PK, first_at_ms, last_at_ms, messages)`.
+
+Version 2: `recipients.state_at_ms` (when the state was reached) and `last_event_rank`, the
+tie-breakers of the precedence in `vocabulary`.
 """
 
 from __future__ import annotations
@@ -95,6 +98,14 @@ MIGRATIONS: tuple[Migration, ...] = (
                 messages BIGINT NOT NULL DEFAULT 0
             )""",
             "CREATE INDEX topics_recent ON topics (last_at_ms, topic)",
+        ),
+    ),
+    Migration(
+        2,
+        "recipients: what ranks their state and their last event",
+        (
+            "ALTER TABLE recipients ADD COLUMN state_at_ms BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE recipients ADD COLUMN last_event_rank INTEGER NOT NULL DEFAULT -1",
         ),
     ),
 )
