@@ -30,30 +30,14 @@ from sesflow.stats.archive import lookups
 from sesflow.stats.archive.cursor import decode_cursor
 from sesflow.stats.archive.db import Database, connect_archive
 from sesflow.stats.archive.lookups import Reader
+from sesflow.stats.archive.vocabulary import STATE_RANK
 from sesflow.stats.params import time_param
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_ID_CHARS = 200
 # A recipient's states, as the archive records them.
-STATES = frozenset(
-    {
-        "accepted",
-        "queued",
-        "sent",
-        "failed",
-        "stopped",
-        "suppressed",
-        "unknown",
-        "delivered",
-        "bounced",
-        "complained",
-        "delayed",
-        "opened",
-        "clicked",
-        "unsubscribed",
-    }
-)
+STATES = frozenset(STATE_RANK)
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
