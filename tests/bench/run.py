@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sesflow.cli.embedded import redis_server_binary
 
 from bench import (
+    scenario_archive,
     scenario_e2e,
     scenario_ingest,
     scenario_memory,
@@ -226,6 +227,26 @@ METRICS: dict[str, list[Metric]] = {
         ),
         Metric("e2e_p99_ms", "POST → SES call, p99", "ms", digits=1),
     ],
+    "archive": [
+        Metric(
+            "archive_sqlite_eps",
+            "archive into SQLite (WAL, synchronous=FULL): events/s",
+            "/s",
+            "≥ 20,000",
+            at_least(20_000),
+        ),
+        Metric("archive_sqlite_cpu_us", "… writer CPU per event", "µs", digits=1),
+        Metric("archive_sqlite_eps_per_core", "… events per CPU-second", "/s"),
+        Metric(
+            "archive_postgres_eps",
+            "archive into Postgres (fsync on): events/s",
+            "/s",
+            "≥ 20,000",
+            at_least(20_000),
+        ),
+        Metric("archive_postgres_cpu_us", "… writer + Postgres CPU per event", "µs", digits=1),
+        Metric("archive_postgres_eps_per_core", "… events per CPU-second", "/s"),
+    ],
     "sharing": [
         *(
             metric
@@ -272,6 +293,7 @@ class Sizes:
     e2e: scenario_e2e.Size
     sending: scenario_sending.Size
     sharing: scenario_sharing.Size
+    archive: scenario_archive.Size
 
 
 FULL = Sizes(
@@ -284,6 +306,7 @@ FULL = Sizes(
     e2e=scenario_e2e.Size(messages=500),
     sending=scenario_sending.Size(unthrottled=20_000, rate_seconds=16, loop_calls=2000),
     sharing=scenario_sharing.Size(campaign=100_000, tx_seconds=30, pump_calls=2000),
+    archive=scenario_archive.Size(events=200_000),
 )
 SMOKE = Sizes(
     ingest=scenario_ingest.Size(messages=5),
@@ -295,6 +318,7 @@ SMOKE = Sizes(
     e2e=scenario_e2e.Size(messages=20),
     sending=scenario_sending.Size(unthrottled=1000, rate_seconds=2, loop_calls=100),
     sharing=scenario_sharing.Size(campaign=3000, tx_seconds=3, pump_calls=200),
+    archive=scenario_archive.Size(events=3000),
 )
 
 
@@ -322,6 +346,7 @@ async def run_scenario(name: str, sizes: Sizes, repeat: int) -> ScenarioResult:
             "e2e": scenario_e2e,
             "sending": scenario_sending,
             "sharing": scenario_sharing,
+            "archive": scenario_archive,
         }[name]
         size = getattr(sizes, name)
 
