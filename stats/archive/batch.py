@@ -1,7 +1,7 @@
 """A batch of `events` entries turned into the archive's rows, before anything is written.
 
 Per entry: one event row, keyed by (partition, entry id). Per recipient the batch touches: one
-merged recipient row (`RecipientRow.merge` applies the precedence of `vocabulary`, the same one
+merged recipient row (`RecipientRow.apply` folds in the precedence of `vocabulary`, the same one
 the upsert in `store` applies against the row already stored, so merging in the batch first
 and in SQL after gives the same state as applying the events one by one, in any order). Per
 message: its id, topic and first time; per topic: its first and last event time.
@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sesflow.common.keys import accepted_ms
-from sesflow.common.schema import Event, EventType
-from sesflow.stats.archive.vocabulary import SEND_RESULTS, event_rank, public_name, state_of
+from sesflow.common.schema import EVENT_FIELD, Event, EventType
+from sesflow.stats.archive.vocabulary import NO_STATE_RANK, Word, word_of
 from sesflow.stats.counters import MalformedEvent, entry_ms, parse_entry
 
 MAX_INDEX = 2**31 - 1  # recipients.idx / events.idx are 32-bit on Postgres
@@ -37,68 +37,38 @@ EventRow = tuple[int, str, int, str, str, str, int, int, str, str, str, str, str
 
 @dataclass(slots=True)
 class RecipientRow:
+    """One recipient as the batch leaves it: its events folded in with `apply`."""
+
     msg_id: str
     idx: int
-    email: str
-    state: str  # "" until an event sets one
-    state_rank: int
-    state_at_ms: int  # when the state was reached (the tie-breaker between equal ranks)
-    ses_id: str
-    last_event: str
-    last_event_rank: int
-    last_event_at_ms: int
-    sent_at_ms: int | None
-    updated_at_ms: int
+    email: str = ""
+    state: str = ""  # "" until an event sets one
+    state_rank: int = NO_STATE_RANK
+    state_at_ms: int = 0  # when the state was reached (the tie-breaker between equal ranks)
+    ses_id: str = ""
+    last_event: str = ""
+    last_event_rank: int = NO_STATE_RANK
+    last_event_at_ms: int = -1
+    sent_at_ms: int | None = None
+    updated_at_ms: int = 0
 
-    @classmethod
-    def of(cls, event: Event, msg_id: str, ts: int) -> RecipientRow:
-        name = public_name(event.type)
-        row = cls(
-            msg_id=msg_id,
-            idx=event.index,
-            email=clean(event.email),
-            state="",
-            state_rank=-1,
-            state_at_ms=0,
-            ses_id=clean(event.ses_id),
-            last_event=name,
-            last_event_rank=event_rank(event.type),
-            last_event_at_ms=ts,
-            sent_at_ms=ts if event.type in SEND_RESULTS else None,
-            updated_at_ms=ts,
-        )
-        found = state_of(event.type)
-        if found is not None:
-            row.state, row.state_rank = found
-            row.state_at_ms = ts
-        return row
-
-    def merge(self, other: RecipientRow) -> None:
-        """Fold `other` (the same recipient) in, with the precedence of `vocabulary` (what
-        `store.UPSERT_RECIPIENT` does against the stored row)."""
-        self.email = self.email or other.email
-        if (other.state_rank, other.state_at_ms) > (self.state_rank, self.state_at_ms):
-            self.state, self.state_rank, self.state_at_ms = (
-                other.state,
-                other.state_rank,
-                other.state_at_ms,
-            )
-        if (other.last_event_at_ms, other.last_event_rank) > (
-            self.last_event_at_ms,
-            self.last_event_rank,
-        ):
-            self.last_event = other.last_event
-            self.last_event_rank = other.last_event_rank
-            self.last_event_at_ms = other.last_event_at_ms
-        newer_send = other.sent_at_ms is not None and (
-            self.sent_at_ms is None or other.sent_at_ms > self.sent_at_ms
-        )
-        if newer_send:
-            self.sent_at_ms = other.sent_at_ms
-            self.ses_id = other.ses_id or self.ses_id
+    def apply(self, word: Word, ts: int, email: str, ses_id: str) -> None:
+        """Fold one event in, with the precedence of `vocabulary` (what
+        `store.UPSERT_RECIPIENTS` does against the stored row): the order events are applied
+        in, and applying one twice, change nothing."""
+        if not self.email:
+            self.email = email
+        if word.state and (word.rank, ts) > (self.state_rank, self.state_at_ms):
+            self.state, self.state_rank, self.state_at_ms = word.state, word.rank, ts
+        if (ts, word.rank) > (self.last_event_at_ms, self.last_event_rank):
+            self.last_event, self.last_event_rank, self.last_event_at_ms = word.name, word.rank, ts
+        if word.send_result and (self.sent_at_ms is None or ts > self.sent_at_ms):
+            self.sent_at_ms = ts
+            self.ses_id = ses_id or self.ses_id
         elif not self.ses_id:
-            self.ses_id = other.ses_id
-        self.updated_at_ms = max(self.updated_at_ms, other.updated_at_ms)
+            self.ses_id = ses_id
+        if ts > self.updated_at_ms:
+            self.updated_at_ms = ts
 
 
 @dataclass(slots=True)
@@ -147,35 +117,32 @@ class ArchiveBatch:
         if problem:
             self.dead.append((entry_id, fields, f"archive: {problem}"))
             return
-        self._add(entry_id, event)
+        self._add(entry_id, event, fields[EVENT_FIELD])
 
-    def _add(self, entry_id: str, event: Event) -> None:
+    def _add(self, entry_id: str, event: Event, raw: str) -> None:
         ts = event.ts if event.ts > 0 else entry_ms(entry_id)
-        topic, msg_id = clean(event.topic), clean(event.msg_id)
-        row: EventRow = (
-            self.partition,
-            entry_id,
-            ts,
-            public_name(event.type),
-            topic,
-            msg_id,
-            event.index,
-            event.n,
-            clean(event.email),
-            clean(event.ses_id),
-            clean(event.detail),
-            clean(event.bounce_type),
-            clean(event.bounce_subtype),
-            clean(event.url),
-        )
-        if msg_id and event.index >= 0 and not row[8]:
+        word = word_of(event.type)
+        row = event_row(self.partition, entry_id, ts, word.name, event, raw)
+        topic, msg_id, email = row[4], row[5], row[8]
+        if msg_id and event.index >= 0 and not email:
             self.need_email.append(len(self.events))
         self.events.append(row)
         if topic:
-            first, last = self.topics.get(topic, (ts, ts))
-            self.topics[topic] = (min(first, ts), max(last, ts))
-        if not msg_id:
-            return
+            span = self.topics.get(topic)
+            if span is None:
+                self.topics[topic] = (ts, ts)
+            elif ts < span[0] or ts > span[1]:
+                self.topics[topic] = (min(span[0], ts), max(span[1], ts))
+        if msg_id:
+            self._message(msg_id, topic, ts, event)
+            if event.index >= 0:
+                key = (msg_id, event.index)
+                recipient = self.recipients.get(key)
+                if recipient is None:
+                    recipient = self.recipients[key] = RecipientRow(msg_id, event.index)
+                recipient.apply(word, ts, email, row[9])
+
+    def _message(self, msg_id: str, topic: str, ts: int, event: Event) -> None:
         seen = self.messages.get(msg_id)
         if seen is None:
             self.messages[msg_id] = MessageSeen(topic, ts)
@@ -183,13 +150,6 @@ class ArchiveBatch:
             seen.topic = topic
         if event.type == EventType.ACCEPTED:
             self.accepted.append(Accepted(msg_id, topic, event.n))
-        if event.index >= 0:
-            update = RecipientRow.of(event, msg_id, ts)
-            known = self.recipients.get((msg_id, event.index))
-            if known is None:
-                self.recipients[(msg_id, event.index)] = update
-            else:
-                known.merge(update)
 
     def fill_emails(self, emails: dict[tuple[str, int], str]) -> None:
         """Give the event rows that lack an address the one their recipient has."""
@@ -215,6 +175,22 @@ class ArchiveBatch:
     def accepted_at(self, msg_id: str) -> int:
         """A message id is the entry id of its request: its first part is the accepted time."""
         return accepted_ms(msg_id) or self.messages[msg_id].first_at_ms
+
+
+def event_row(
+    partition: int, entry_id: str, ts: int, name: str, event: Event, raw: str
+) -> EventRow:
+    if raw.isascii() and "\\u" not in raw:  # the usual case: nothing to clean
+        return (
+            partition, entry_id, ts, name, event.topic, event.msg_id, event.index, event.n,
+            event.email, event.ses_id, event.detail, event.bounce_type, event.bounce_subtype,
+            event.url,
+        )  # fmt: skip
+    return (
+        partition, entry_id, ts, name, clean(event.topic), clean(event.msg_id), event.index,
+        event.n, clean(event.email), clean(event.ses_id), clean(event.detail),
+        clean(event.bounce_type), clean(event.bounce_subtype), clean(event.url),
+    )  # fmt: skip
 
 
 def out_of_range(event: Event) -> str:

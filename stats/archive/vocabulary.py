@@ -21,6 +21,9 @@ dispatcher suppressed or stopped) are stored, but set no recipient's state.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 from sesflow.common.schema import EventType
 
 QUEUED = "queued"
@@ -74,6 +77,23 @@ NO_STATE_RANK = -1
 
 # Events that carry the recipient's SES MessageId as the result of a send.
 SEND_RESULTS = frozenset({EventType.SENT})
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """What the archive makes of one stream event type."""
+
+    name: str  # archived as
+    state: str  # the recipient state it sets; "" for none
+    rank: int  # the state's rank (NO_STATE_RANK for none)
+    send_result: bool  # carries the SES MessageId of a send
+
+
+@functools.cache
+def word_of(event_type: str) -> Word:
+    found = state_of(event_type)
+    state, rank = found if found is not None else ("", NO_STATE_RANK)
+    return Word(public_name(event_type), state, rank, event_type in SEND_RESULTS)
 
 
 def public_name(event_type: str) -> str:

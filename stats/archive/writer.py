@@ -20,6 +20,7 @@ at id 0, so an upgrade archives what is still in the stream.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from typing import Any
@@ -96,30 +97,50 @@ class ArchiveWriter(StreamConsumer):
     # --- consuming ----------------------------------------------------------------------------
 
     async def consume(self, stream: str) -> None:
+        """Read and store batches until stopped, then store the batch in hand. While one batch
+        is written (the database works on its own thread or server), the next one is read and
+        prepared: at most one write in flight per partition, awaited before the next starts
+        and before our pending list is read again (it still holds the entries in flight)."""
         p = self.partitions[stream]
         batch = ArchiveBatch(p.index)
-        while True:
-            if self.stop.is_set():
-                await self.store(p, batch)
-                return
-            if self._backlog[p.index]:
-                if not batch:
-                    batch = await self.read_batch(p, "0", self.batch_size, None)
+        writing: asyncio.Task[bool] | None = None
+        try:
+            while True:
+                if self.stop.is_set():
+                    await self.finish(writing)
+                    await self.store(p, batch)
+                    return
+                if self._backlog[p.index]:
+                    await self.finish(writing)
+                    writing = None
                     if not batch:
-                        self._backlog[p.index] = False
-                        continue
-                await self.store(p, batch)
-                batch = ArchiveBatch(p.index)
-                continue
-            wait_s = self.flush_interval
-            if batch:
-                wait_s = batch.first_read + self.flush_interval - time.monotonic()
-            block = max(1, int(wait_s * 1000))
-            batch = await self.read_batch(p, ">", self.batch_size - len(batch), block, batch)
-            full = len(batch) >= self.batch_size
-            if full or (batch and time.monotonic() - batch.first_read >= self.flush_interval):
-                await self.store(p, batch)
-                batch = ArchiveBatch(p.index)
+                        batch = await self.read_batch(p, "0", self.batch_size, None)
+                        if not batch:
+                            self._backlog[p.index] = False
+                            continue
+                    await self.store(p, batch)
+                    batch = ArchiveBatch(p.index)
+                    continue
+                wait_s = self.flush_interval
+                if batch:
+                    wait_s = batch.first_read + self.flush_interval - time.monotonic()
+                block = max(1, int(wait_s * 1000))
+                batch = await self.read_batch(p, ">", self.batch_size - len(batch), block, batch)
+                full = len(batch) >= self.batch_size
+                if full or (batch and time.monotonic() - batch.first_read >= self.flush_interval):
+                    await self.finish(writing)
+                    writing = asyncio.create_task(self.store(p, batch))
+                    batch = ArchiveBatch(p.index)
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
+
+    @staticmethod
+    async def finish(writing: asyncio.Task[bool] | None) -> None:
+        """Wait for the write in flight (its failure is ours)."""
+        if writing is not None:
+            await writing
 
     async def read_batch(
         self,

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sesflow.cli.embedded import redis_server_binary
 
 from bench import (
+    scenario_archive,
     scenario_e2e,
     scenario_ingest,
     scenario_lookups,
@@ -227,6 +228,26 @@ METRICS: dict[str, list[Metric]] = {
         ),
         Metric("e2e_p99_ms", "POST → SES call, p99", "ms", digits=1),
     ],
+    "archive": [
+        Metric(
+            "archive_sqlite_eps",
+            "archive into SQLite (WAL, synchronous=FULL): events/s",
+            "/s",
+            "≥ 20,000",
+            at_least(20_000),
+        ),
+        Metric("archive_sqlite_cpu_us", "… writer CPU per event", "µs", digits=1),
+        Metric("archive_sqlite_eps_per_core", "… events per CPU-second", "/s"),
+        Metric(
+            "archive_postgres_eps",
+            "archive into Postgres (fsync on): events/s",
+            "/s",
+            "≥ 20,000",
+            at_least(20_000),
+        ),
+        Metric("archive_postgres_cpu_us", "… writer + Postgres CPU per event", "µs", digits=1),
+        Metric("archive_postgres_eps_per_core", "… events per CPU-second", "/s"),
+    ],
     "sharing": [
         *(
             metric
@@ -305,6 +326,7 @@ class Sizes:
     sending: scenario_sending.Size
     sharing: scenario_sharing.Size
     lookups: scenario_lookups.Size
+    archive: scenario_archive.Size
 
 
 FULL = Sizes(
@@ -318,6 +340,7 @@ FULL = Sizes(
     sending=scenario_sending.Size(unthrottled=20_000, rate_seconds=16, loop_calls=2000),
     sharing=scenario_sharing.Size(campaign=100_000, tx_seconds=30, pump_calls=2000),
     lookups=scenario_lookups.Size(recipients=1_000_000, big=50_000, requests=300),
+    archive=scenario_archive.Size(events=200_000),
 )
 SMOKE = Sizes(
     ingest=scenario_ingest.Size(messages=5),
@@ -330,6 +353,7 @@ SMOKE = Sizes(
     sending=scenario_sending.Size(unthrottled=1000, rate_seconds=2, loop_calls=100),
     sharing=scenario_sharing.Size(campaign=3000, tx_seconds=3, pump_calls=200),
     lookups=scenario_lookups.Size(recipients=20_000, big=2000, requests=20),
+    archive=scenario_archive.Size(events=3000),
 )
 
 
@@ -358,6 +382,7 @@ async def run_scenario(name: str, sizes: Sizes, repeat: int) -> ScenarioResult:
             "sending": scenario_sending,
             "sharing": scenario_sharing,
             "lookups": scenario_lookups,
+            "archive": scenario_archive,
         }[name]
         size = getattr(sizes, name)
 
