@@ -84,3 +84,8 @@ class SesEntryTransient(SesTransient):
 class SesAmbiguous(SesError):
     """The request may have reached SES and been sent: a 5xx answer, a timeout or a reset after
     the request was written, an unreadable success."""
+
+
+class ArchiveUnavailable(SesflowError):
+    """The archive database cannot be used right now (down, locked, refusing): the archive
+    writer waits and retries; a look-up answers 503."""

@@ -44,8 +44,9 @@ partitions, partition N's tag lies in the N-th equal slice of the 16384 cluster 
     {sesflow:N}:backlog:weights       hash: topic -> its weight in the fair share (when not 1)
     {sesflow:N}:paused                hash: paused topic (or "": all bulk) -> JSON reason and time
     {sesflow:N}:pump                  hash: the pump's own state (its transactional credit)
-    {sesflow:N}:events                every event (groups `stats`, `webhooks`)
-    {sesflow:N}:events:dead           events stats could not decode
+    {sesflow:N}:events                every event (groups `stats`, and `archive` and `webhooks`
+                                      when ARCHIVE and WEBHOOKS are on)
+    {sesflow:N}:events:dead           events stats could not decode (or the archive not store)
     {sesflow:N}:stats:topic:<t>       counters of one topic
     {sesflow:N}:stats:global          counters of everything
     {sesflow:N}:stats:hourly          hash: "<type>:<YYYYMMDDHH>" -> count
@@ -82,6 +83,7 @@ DISPATCH_GROUP = "dispatch"
 SENDERS_GROUP = "senders"
 STATS_GROUP = "stats"
 WEBHOOKS_GROUP = "webhooks"
+ARCHIVE_GROUP = "archive"  # the history archive's writer, in the stats process (ARCHIVE=on)
 
 
 def partition_of(msg_id: str, partitions: int) -> int:

@@ -29,8 +29,6 @@ def run_role(role: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) ->
         raise SystemExit(2) from exc
     configure(settings, role)
     init_sentry(settings, role)
-    if settings.database_url:
-        log.info("DATABASE_URL is ignored: sesflow keeps its state in Redis")
     asyncio.run(run(settings))
 
 

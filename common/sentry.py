@@ -26,7 +26,7 @@ MIN_SECRET_CHARS = 6
 def secret_values(settings: Settings) -> list[str]:
     """The strings that must never leave: secret settings and the passwords in URL settings."""
     values = [getattr(settings, name) for name in SECRET_FIELDS]
-    for url in (settings.redis_url, settings.database_url):
+    for url in (settings.redis_url, settings.archive_url):
         try:
             values.append(urlsplit(url).password or "")
         except ValueError:

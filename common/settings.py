@@ -209,7 +209,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sentry_dsn: str = ""
     sentry_environment: str = ""
     data_dir: str = ".sesflow"
-    database_url: str = ""
+
+    # History archive (stats writes every event into SQL; the look-ups read it)
+    archive: OnOff = "on"
+    # sqlite:///<path> (default: <SESFLOW_DATA_DIR>/archive.db) or postgresql://user:pw@host/db.
+    archive_url: str = ""
+    # Events written per transaction (and read per XREADGROUP).
+    archive_batch_size: int = 2000
 
     def __repr__(self) -> str:
         """Secrets as '***' and passwords out of URLs: a repr ends up in logs, tracebacks and
@@ -242,6 +248,8 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "aws_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
     "ses_configuration_set": ("SES_CONFIGURATION_SET", "SES_CONFIG_SET"),
     "data_dir": ("SESFLOW_DATA_DIR",),
+    # The older services' DATABASE_URL (e.g. `sqlite://sqlite3.db`) names the archive.
+    "archive_url": ("ARCHIVE_URL", "DATABASE_URL"),
 }
 
 TUPLE_FIELDS = {"sns_topic_arns", "sns_signature_versions"}
@@ -419,7 +427,28 @@ CHECKS: tuple[Rule, ...] = (
     refuse(lambda s: s.webhook_timeout <= 0, "WEBHOOK_TIMEOUT must be positive"),
     refuse(lambda s: s.webhook_concurrency < 1, "WEBHOOK_CONCURRENCY must be at least 1"),
     refuse(lambda s: s.webhook_retry_for < 0, "WEBHOOK_RETRY_FOR must be 0 or more (seconds)"),
+    refuse(lambda s: s.archive_batch_size < 1, "ARCHIVE_BATCH_SIZE must be at least 1"),
+    lambda s: archive_url_problem(s.archive_url) if s.archive == "on" else None,
 )
+
+
+ARCHIVE_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+def archive_url_problem(url: str) -> str | None:
+    """Why ARCHIVE_URL cannot be used, or None. Only the scheme is checked here: whether the
+    database answers is the archive's business when it starts."""
+    if not url:
+        return None
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ARCHIVE_SCHEMES:
+        return (
+            f"ARCHIVE_URL (or DATABASE_URL) {redact_url(url)[:100]!r} is not an archive "
+            "database: use sqlite:///path/to/archive.db or postgresql://user:password@host/db"
+        )
+    if scheme.lower() == "sqlite" and not rest.strip("/"):
+        return "ARCHIVE_URL: sqlite:// needs a file path (sqlite:///path/to/archive.db)"
+    return None
 
 
 def check_sns(settings: Settings) -> None:

@@ -11,6 +11,7 @@ from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import StatsAggregator, stats_client
 from sesflow.stats.api import create_app
 from sesflow.stats.webhooks.fanout import WebhookFanout
+from sesflow.stats.archive.run import run_archive
 
 log = get_logger(__name__)
 
@@ -26,14 +27,17 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         asyncio.create_task(WebhookFanout(client, settings).run(stop), name="webhooks")
         for _ in range(settings.webhooks == "on")
     ]
+    archiving = asyncio.create_task(run_archive(settings, stop), name="archive-writer")
     runner = None
     try:
         app = create_app(settings, aggregator_metrics=aggregator.metrics)
         runner = await start_site(app, settings.bind_host, settings.stats_port)
         log.info("stats listening", host=settings.bind_host, port=settings.stats_port)
         stopping = asyncio.create_task(stop.wait())
-        # The consumer only ends on `stop`; if it ends otherwise it failed: stop the process.
-        await asyncio.wait([stopping, consuming, *webhooks], return_when=asyncio.FIRST_COMPLETED)
+        # The consumers only end on `stop`; if one ends otherwise it failed: stop the process.
+        await asyncio.wait(
+            [stopping, consuming, archiving, *webhooks], return_when=asyncio.FIRST_COMPLETED
+        )
         stopping.cancel()
         log.info("stats stopping")
     finally:
@@ -41,7 +45,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         # serving; the pool goes last.
         stop.set()
         try:
-            await asyncio.gather(consuming, *webhooks)
+            await asyncio.gather(consuming, archiving, *webhooks)
         finally:
             if runner is not None:
                 await runner.cleanup()

@@ -34,6 +34,7 @@ from sesflow.common.metrics import RoleMetrics
 from sesflow.common.pauses import NOT_PAUSED, Pauses
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import AggregatorMetrics
+from sesflow.stats.archive.lookups_api import add_lookup_routes
 from sesflow.stats.charts import MAX_HOURS, MAX_MINUTES, charts
 from sesflow.stats.counters import METRICS
 from sesflow.stats.metrics import PipelineCollector, role_metrics
@@ -91,6 +92,7 @@ def create_app(
     app.router.add_get("/v1/stats/overview", stats_overview)
     app.router.add_get("/v1/stats/charts", stats_charts)
     add_webhook_routes(app, settings, lambda app: app[CLIENT], metrics)
+    add_lookup_routes(app, settings)
     return app
 
 

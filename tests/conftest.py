@@ -41,12 +41,14 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-def make_settings(redis_url: str) -> Callable[..., Settings]:
-    """Settings for a test: the test's Redis plus overrides given as ENV_NAME=value strings."""
+def make_settings(redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a test: the test's Redis, a data folder of its own (the SQLite archive's
+    home), plus overrides given as ENV_NAME=value strings."""
 
     def make(**env: Any) -> Settings:
         base = {
             "REDIS_URL": redis_url,
+            "SESFLOW_DATA_DIR": str(tmp_path / "data"),
             "TRACKING_SECRET": "test-tracking-secret",
             "LOG_FORMAT": "json",
         }

@@ -31,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sesflow.cli.embedded import redis_server_binary
 
 from bench import (
+    scenario_archive,
     scenario_e2e,
     scenario_ingest,
+    scenario_lookups,
     scenario_memory,
     scenario_rate,
     scenario_sender,
@@ -235,6 +237,26 @@ METRICS: dict[str, list[Metric]] = {
         ),
         Metric("e2e_p99_ms", "POST → SES call, p99", "ms", digits=1),
     ],
+    "archive": [
+        Metric(
+            "archive_sqlite_eps",
+            "archive into SQLite (WAL, synchronous=FULL): events/s",
+            "/s",
+            "≥ 20,000",
+            at_least(20_000),
+        ),
+        Metric("archive_sqlite_cpu_us", "… writer CPU per event", "µs", digits=1),
+        Metric("archive_sqlite_eps_per_core", "… events per CPU-second", "/s"),
+        Metric(
+            "archive_postgres_eps",
+            "archive into Postgres (fsync on): events/s",
+            "/s",
+            "≥ 20,000",
+            at_least(20_000),
+        ),
+        Metric("archive_postgres_cpu_us", "… writer + Postgres CPU per event", "µs", digits=1),
+        Metric("archive_postgres_eps_per_core", "… events per CPU-second", "/s"),
+    ],
     "sharing": [
         *(
             metric
@@ -270,6 +292,37 @@ METRICS: dict[str, list[Metric]] = {
 }
 
 
+def lookup_metrics() -> list[Metric]:
+    """Per backend: the worst route's p99 (the target), then each route's p50 and p99."""
+    out = []
+    for backend in scenario_lookups.BACKENDS:
+        out.append(
+            Metric(
+                f"lookups_p99_ms_{backend}",
+                f"{backend}: p99 of the slowest route",
+                "ms",
+                "≤ 20",
+                at_most(20),
+                digits=2,
+            )
+        )
+        for route in scenario_lookups.ROUTES:
+            for q in ("p50", "p99"):
+                out.append(
+                    Metric(
+                        f"lookups_{q}_ms_{backend}_{route}",
+                        f"{backend}: {route} {q}",
+                        "ms",
+                        digits=2,
+                    )
+                )
+        out.append(Metric(f"lookups_fill_s_{backend}", f"{backend}: filling the archive", "s"))
+    return out
+
+
+METRICS["lookups"] = lookup_metrics()
+
+
 @dataclass(frozen=True)
 class Sizes:
     ingest: scenario_ingest.Size
@@ -282,6 +335,8 @@ class Sizes:
     sending: scenario_sending.Size
     sharing: scenario_sharing.Size
     webhooks: scenario_webhooks.Size
+    lookups: scenario_lookups.Size
+    archive: scenario_archive.Size
 
 
 FULL = Sizes(
@@ -295,6 +350,8 @@ FULL = Sizes(
     sending=scenario_sending.Size(unthrottled=20_000, rate_seconds=16, loop_calls=2000),
     sharing=scenario_sharing.Size(campaign=100_000, tx_seconds=30, pump_calls=2000),
     webhooks=scenario_webhooks.Size(deliveries=20_000),
+    lookups=scenario_lookups.Size(recipients=1_000_000, big=50_000, requests=300),
+    archive=scenario_archive.Size(events=200_000),
 )
 SMOKE = Sizes(
     ingest=scenario_ingest.Size(messages=5),
@@ -307,6 +364,8 @@ SMOKE = Sizes(
     sending=scenario_sending.Size(unthrottled=1000, rate_seconds=2, loop_calls=100),
     sharing=scenario_sharing.Size(campaign=3000, tx_seconds=3, pump_calls=200),
     webhooks=scenario_webhooks.Size(deliveries=500),
+    lookups=scenario_lookups.Size(recipients=20_000, big=2000, requests=20),
+    archive=scenario_archive.Size(events=3000),
 )
 
 
@@ -335,6 +394,8 @@ async def run_scenario(name: str, sizes: Sizes, repeat: int) -> ScenarioResult:
             "sending": scenario_sending,
             "sharing": scenario_sharing,
             "webhooks": scenario_webhooks,
+            "lookups": scenario_lookups,
+            "archive": scenario_archive,
         }[name]
         size = getattr(sizes, name)
 

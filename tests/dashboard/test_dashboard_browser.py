@@ -339,8 +339,49 @@ async def run_campaign_and_check_page(
         "document.querySelector('[data-testid=opens-unique]').dataset.value === '7'", within=8
     )
 
-    # 6. The pause buttons call ingest and the page shows what they did.
+    # 6. The topic's name opens its history from the archive: the message and its recipients,
+    # with the states and last events the look-ups give.
+    await check_history(browser, http, stats, msg_id, artifacts_dir)
+
+    # 7. The pause buttons call ingest and the page shows what they did.
     await check_pause_buttons(browser, http, ingest, stats, artifacts_dir)
+
+
+async def check_history(
+    browser: Chromium, http: aiohttp.ClientSession, stats: str, msg_id: str, artifacts_dir: Path
+) -> None:
+    recipients_url = f"{stats}/v1/messages/{msg_id}/recipients"
+    # The archive writer has caught up with the feedback: 12 delivered (some opened or clicked
+    # since), a bounce, a complaint, and the address SES refused.
+    api = await until(
+        lambda: get_json(http, recipients_url),
+        lambda page: (
+            sum(r["state"] in ("bounced", "complained") for r in page["items"]) == 2
+            and sum(r["state"] == "clicked" for r in page["items"]) == 3
+        ),
+        what="the feedback archived",
+        within=20,
+    )
+    await browser.evaluate(
+        f"document.querySelector('[data-testid=topic-row][data-topic=\"{FINISHED}\"] a').click()"
+    )
+    await browser.wait_for(
+        "document.querySelector('[data-testid=history]').dataset.state === 'ready' && "
+        "document.querySelectorAll('[data-testid=recipient-row]').length === "
+        f"{len(FINISHED_EMAILS)}"
+    )
+    page = await browser.evaluate(
+        """[...document.querySelectorAll('[data-testid=recipient-row]')].map((tr) => [
+             tr.dataset.email, tr.dataset.state, tr.dataset.lastEvent])"""
+    )
+    assert page == [[r["email"], r["state"], r["last_event"] or ""] for r in api["items"]]
+    rows = await browser.evaluate(
+        "[...document.querySelectorAll('[data-testid=message-row]')]"
+        ".map((tr) => tr.dataset.message)"
+    )
+    assert rows == [msg_id]
+    await browser.screenshot(artifacts_dir / "dashboard-topic-history.png")
+    await browser.evaluate("document.querySelector('[data-testid=history-close]').click()")
 
 
 def row_state(topic: str) -> str:

@@ -4,8 +4,10 @@ in hand before it exits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,10 @@ async def test_process_serves_and_flushes_on_sigterm(
         code = await asyncio.wait_for(proc.wait(), timeout=20)
         assert code == 0, (tmp_path / "sesflow.stats.log").read_text()
         assert (await counters(redis, keys.partition(0).stats_topic("proc")))["sent"] == 4
+        # The archive writer (ARCHIVE=on by default, SQLite in the data folder) stored its
+        # batch in hand at the stop too.
+        with contextlib.closing(sqlite3.connect(tmp_path / ".sesflow" / "archive.db")) as db:
+            assert db.execute("SELECT count(*) FROM events WHERE topic = 'proc'").fetchone() == (4,)
     finally:
         if proc.returncode is None:
             proc.kill()

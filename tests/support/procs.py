@@ -92,6 +92,8 @@ class Cluster:
             "STATS_FLUSH_INTERVAL": "0.2",
             "SHUTDOWN_GRACE": "5",
             "PYTHONUNBUFFERED": "1",
+            # The SQLite archive of this deployment, not the repository's `.sesflow/`.
+            "SESFLOW_DATA_DIR": str(log_dir / "data"),
             **env,
         }
         self.log_dir = log_dir

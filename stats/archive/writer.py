@@ -1,0 +1,230 @@
+"""The archive writer: consumer group `archive` on every partition's `events` stream.
+
+A reader per partition gathers up to ARCHIVE_BATCH_SIZE entries (or what came within
+STATS_FLUSH_INTERVAL) into an `ArchiveBatch`, reads the subject and lane of the batch's newly
+accepted messages from their content hashes, writes the batch in ONE database transaction
+(`store.write_batch`) and only then XACKs it (with the archive's own dead letters, in one
+MULTI/EXEC). Invariants:
+
+- nothing is acknowledged before its transaction committed: a crash between the commit and the
+  XACK redelivers the batch, which the unique (partition, entry id) and the idempotent upserts
+  make harmless: every event is archived exactly once;
+- a database outage stalls the partition (the batch in hand is retried with a growing pause,
+  logged, nothing acknowledged) and never ends the loop; a stop during the stall leaves the
+  entries pending for the next start;
+- entries stats dead-letters are acknowledged without a second dead letter (see `batch`).
+
+Reclaim, trim and forgetting idle consumers are `StreamConsumer`'s upkeep; the group is created
+at id 0, so an upgrade archives what is still in the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+from sesflow.common.connection import UNAVAILABLE
+from sesflow.common.consumer import StreamConsumer, sleep_or_stop
+from sesflow.common.errors import ArchiveUnavailable
+from sesflow.common.keys import ARCHIVE_GROUP, Keys, PartitionKeys
+from sesflow.common.logs import get_logger
+from sesflow.common.settings import Settings
+from sesflow.stats.aggregate import DEAD_LETTER_MAXLEN
+from sesflow.stats.archive.batch import ArchiveBatch, clean
+from sesflow.stats.archive.db import Database
+from sesflow.stats.archive.store import MessageMeta, write_batch
+
+log = get_logger(__name__)
+
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+
+
+class ArchiveMetrics:
+    """What this process archived, exported on /metrics."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.events: Counter[str] = Counter()
+        self.dead_lettered = 0
+        self.skipped = 0
+        self.database_errors = 0
+        self.redis_reconnects = 0
+        self.last_write_s = 0.0
+
+
+class ArchiveWriter(StreamConsumer):
+    """Give it a `stats_client` (no automatic retries) and a connected `Database`."""
+
+    group = ARCHIVE_GROUP
+    role = "archive"
+
+    def __init__(
+        self, client: Any, settings: Settings, db: Database, *, consumer: str | None = None
+    ) -> None:
+        super().__init__(client, settings, consumer=consumer)
+        self.db = db
+        self.keys = Keys(settings.redis_prefix, settings.send_partitions)
+        self.partitions = {p.events: p for p in self.keys.partitions}
+        self.batch_size = max(1, settings.archive_batch_size)
+        self.flush_interval = max(0.01, settings.stats_flush_interval)
+        self.metrics = ArchiveMetrics()
+        self._backlog = {p.index: True for p in self.keys.partitions}
+
+    def streams(self) -> list[str]:
+        return list(self.partitions)
+
+    def interrupted(self, stream: str, exc: BaseException) -> None:
+        if isinstance(exc, UNAVAILABLE):
+            self.metrics.redis_reconnects += 1
+        self._backlog[self.partitions[stream].index] = True
+
+    async def reclaim(self, stream: str, *, min_idle_ms: int | None = None) -> int:
+        """Take over what a dead consumer left pending; read from our own pending list next."""
+        claimed = 0
+        for _ in range(100):
+            claimed += len(await self.claim(stream, self.batch_size, min_idle_ms))
+            if self.reclaim_cursor.get(stream, "0-0") == "0-0":
+                break
+        if claimed:
+            p = self.partitions[stream]
+            self._backlog[p.index] = True
+            log.info("archive claimed pending events", partition=p.index, count=claimed)
+        return claimed
+
+    # --- consuming ----------------------------------------------------------------------------
+
+    async def consume(self, stream: str) -> None:
+        """Read and store batches until stopped, then store the batch in hand. While one batch
+        is written (the database works on its own thread or server), the next one is read and
+        prepared: at most one write in flight per partition, awaited before the next starts
+        and before our pending list is read again (it still holds the entries in flight)."""
+        p = self.partitions[stream]
+        batch = ArchiveBatch(p.index)
+        writing: asyncio.Task[bool] | None = None
+        try:
+            while True:
+                if self.stop.is_set():
+                    await self.finish(writing)
+                    await self.store(p, batch)
+                    return
+                if self._backlog[p.index]:
+                    await self.finish(writing)
+                    writing = None
+                    if not batch:
+                        batch = await self.read_batch(p, "0", self.batch_size, None)
+                        if not batch:
+                            self._backlog[p.index] = False
+                            continue
+                    await self.store(p, batch)
+                    batch = ArchiveBatch(p.index)
+                    continue
+                wait_s = self.flush_interval
+                if batch:
+                    wait_s = batch.first_read + self.flush_interval - time.monotonic()
+                block = max(1, int(wait_s * 1000))
+                batch = await self.read_batch(p, ">", self.batch_size - len(batch), block, batch)
+                full = len(batch) >= self.batch_size
+                if full or (batch and time.monotonic() - batch.first_read >= self.flush_interval):
+                    await self.finish(writing)
+                    writing = asyncio.create_task(self.store(p, batch))
+                    batch = ArchiveBatch(p.index)
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
+
+    @staticmethod
+    async def finish(writing: asyncio.Task[bool] | None) -> None:
+        """Wait for the write in flight (its failure is ours)."""
+        if writing is not None:
+            await writing
+
+    async def read_batch(
+        self,
+        p: PartitionKeys,
+        start: str,
+        count: int,
+        block: int | None,
+        batch: ArchiveBatch | None = None,
+    ) -> ArchiveBatch:
+        batch = ArchiveBatch(p.index) if batch is None else batch
+        entries = await self.read(p.events, start, count, block)
+        if entries and not batch:
+            batch.first_read = time.monotonic()
+        for entry_id, fields in entries:
+            batch.add(entry_id, fields)
+        return batch
+
+    async def store(self, p: PartitionKeys, batch: ArchiveBatch) -> bool:
+        """Write `batch` (retrying while the database is down), then acknowledge it. False
+        when `stop` came during a stall: the entries stay pending."""
+        if not batch:
+            return True
+        try:
+            meta = await self.message_meta(p, batch)
+            if not await self.commit(p, batch, meta):
+                return False
+            await self.acknowledge(p, batch)
+        except BaseException:
+            self._backlog[p.index] = True
+            raise
+        self.metrics.batches += 1
+        self.metrics.skipped += len(batch.skipped)
+        self.metrics.dead_lettered += len(batch.dead)
+        for row in batch.events:
+            self.metrics.events[row[3]] += 1
+        return True
+
+    async def commit(self, p: PartitionKeys, batch: ArchiveBatch, meta: Any) -> bool:
+        pause = RETRY_FIRST_S
+        while True:
+            started = time.monotonic()
+            try:
+                async with self.db.transaction() as tx:
+                    await write_batch(tx, batch, meta)
+            except ArchiveUnavailable as exc:
+                self.metrics.database_errors += 1
+                log.warning(
+                    "archive database unavailable; retrying the batch",
+                    partition=p.index,
+                    entries=len(batch),
+                    error=str(exc)[:500],
+                    retry_in_s=pause,
+                )
+                if await sleep_or_stop(self.stop, pause):
+                    self._backlog[p.index] = True
+                    return False
+                pause = min(pause * 2, RETRY_MAX_S)
+                continue
+            self.metrics.last_write_s = time.monotonic() - started
+            return True
+
+    async def message_meta(self, p: PartitionKeys, batch: ArchiveBatch) -> dict[str, MessageMeta]:
+        """Subject and lane of the batch's accepted messages, from their content hashes (gone
+        once CONTENT_TTL passed: then they stay empty)."""
+        if not batch.accepted:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for accepted in batch.accepted:
+            pipe.hmget(p.message(accepted.msg_id), "subject", "lane")
+        meta = {}
+        for accepted, (subject, lane) in zip(batch.accepted, await pipe.execute(), strict=True):
+            meta[accepted.msg_id] = MessageMeta(
+                subject=clean(subject or ""), lane=clean(lane or "") or "bulk"
+            )
+        return meta
+
+    async def acknowledge(self, p: PartitionKeys, batch: ArchiveBatch) -> None:
+        tx = self.client.pipeline(transaction=True)
+        for entry_id, fields, reason in batch.dead:
+            dead = {**{k: str(v) for k, v in fields.items()}, "id": entry_id, "reason": reason}
+            tx.xadd(p.events_dead, dead, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+        tx.xack(p.events, self.group, *batch.ids)
+        await tx.execute()
+        for entry_id, _, reason in batch.dead:
+            log.warning("event dead-lettered", partition=p.index, id=entry_id, reason=reason)
+        for entry_id, reason in batch.skipped:
+            log.info("malformed event not archived", partition=p.index, id=entry_id, why=reason)
