@@ -10,8 +10,8 @@ from sesflow.common.runtime import run_role, start_site, stop_on_signals
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import StatsAggregator, stats_client
 from sesflow.stats.api import create_app
-from sesflow.stats.webhooks.fanout import WebhookFanout
 from sesflow.stats.archive.run import run_archive
+from sesflow.stats.webhooks.fanout import WebhookFanout
 
 log = get_logger(__name__)
 
