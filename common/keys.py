@@ -38,6 +38,9 @@ partitions, partition N's tag lies in the N-th equal slice of the 16384 cluster 
     {sesflow:N}:backlog:weights       hash: topic -> its weight in the fair share (when not 1)
     {sesflow:N}:paused                hash: paused topic (or "": all bulk) -> JSON reason and time
     {sesflow:N}:pump                  hash: the pump's own state (its transactional credit)
+    {sesflow:N}:parked:<scope>        list: jobs parked while their SES setup `scope` is paused,
+                                      a backlog line each (`sender.parking`)
+    {sesflow:N}:parked                set: the scopes with parked jobs in this partition
     {sesflow:N}:events                every event (group `stats`)
     {sesflow:N}:events:dead           events stats could not decode
     {sesflow:N}:stats:topic:<t>       counters of one topic
@@ -163,7 +166,27 @@ class PartitionKeys:
     def pump(self) -> str:
         return f"{self.tag}:pump"
 
+    def parked(self, scope: str) -> str:
+        return f"{self.tag}:parked:{scope}"
+
+    @property
+    def parked_scopes(self) -> str:
+        return f"{self.tag}:parked"
+
     # --- the KEYS of each script that takes a partition's keys, in the order of its header ---
+
+    def park_keys(self, scope: str) -> list[str]:
+        return [self.sends, self.parked(scope), self.parked_scopes]
+
+    def unpark_keys(self, scope: str) -> list[str]:
+        return [
+            self.parked(scope),
+            self.parked_scopes,
+            self.transactional,
+            self.backlog_topics,
+            self.paused,
+            self.backlog_weights,
+        ]
 
     def dispatch_keys(self, msg_id: str, topic: str) -> list[str]:
         return [
