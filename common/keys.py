@@ -47,6 +47,9 @@ partitions, partition N's tag lies in the N-th equal slice of the 16384 cluster 
     {sesflow:N}:events                every event (groups `stats`, and `archive` and `webhooks`
                                       when ARCHIVE and WEBHOOKS are on)
     {sesflow:N}:events:dead           events stats could not decode (or the archive not store)
+    {sesflow:N}:parked:<scope>        list: jobs parked while their SES setup `scope` is paused,
+                                      a backlog line each (`sender.parking`)
+    {sesflow:N}:parked                set: the scopes with parked jobs in this partition
     {sesflow:N}:stats:topic:<t>       counters of one topic
     {sesflow:N}:stats:global          counters of everything
     {sesflow:N}:stats:hourly          hash: "<type>:<YYYYMMDDHH>" -> count
@@ -181,7 +184,27 @@ class PartitionKeys:
     def pump(self) -> str:
         return f"{self.tag}:pump"
 
+    def parked(self, scope: str) -> str:
+        return f"{self.tag}:parked:{scope}"
+
+    @property
+    def parked_scopes(self) -> str:
+        return f"{self.tag}:parked"
+
     # --- the KEYS of each script that takes a partition's keys, in the order of its header ---
+
+    def park_keys(self, scope: str) -> list[str]:
+        return [self.sends, self.parked(scope), self.parked_scopes]
+
+    def unpark_keys(self, scope: str) -> list[str]:
+        return [
+            self.parked(scope),
+            self.parked_scopes,
+            self.transactional,
+            self.backlog_topics,
+            self.paused,
+            self.backlog_weights,
+        ]
 
     def dispatch_keys(self, msg_id: str, topic: str) -> list[str]:
         return [

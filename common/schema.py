@@ -79,6 +79,10 @@ class MessageRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     # left fairly between the topics sending at the same time, in proportion to `weight`.
     lane: str = BULK
     weight: float = 1.0
+    # The SES configuration set (None: SES_CONFIGURATION_SET) and SES tenant (`TenantName`) it
+    # is sent with; each must be allowed (`common.ses_setup`).
+    configuration_set: str | None = None
+    tenant: str | None = None
 
     @property
     def recipient_count(self) -> int:
@@ -142,6 +146,9 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
     attachments: str = ""
     lane: str = BULK
     weight: float = 1.0
+    # "" = SES_CONFIGURATION_SET of the sender, and no tenant.
+    configuration_set: str = ""
+    tenant: str = ""
 
     def to_hash(self) -> dict[str, str]:
         # `lane` and `weight` are read by dispatch.lua and promote.lua: stored only when they
@@ -154,6 +161,8 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
             "att": self.attachments,
             "lane": self.lane if self.lane != BULK else "",
             "weight": repr(self.weight) if self.weight != 1.0 else "",
+            "cset": self.configuration_set,
+            "tenant": self.tenant,
         }
         return {k: v for k, v in extra.items() if v} | {
             "topic": self.topic,
@@ -190,6 +199,8 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
             attachments=data.get("att", ""),
             lane=data.get("lane") or BULK,
             weight=float(data.get("weight") or 1.0),
+            configuration_set=data.get("cset", ""),
+            tenant=data.get("tenant", ""),
         )
 
 

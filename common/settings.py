@@ -18,6 +18,7 @@ import msgspec
 
 from sesflow.common.addresses import InvalidMailbox, normalise_mailbox
 from sesflow.common.errors import ConfigError
+from sesflow.common.ses_setup import ses_setup_problem
 from sesflow.common.weak_secrets import aws_placeholder, bad_sentry_dsn, weakness
 
 # Only SNS's own regional hosts, with a label shaped like a region (`us-east-1`, `us-gov-west-1`;
@@ -138,6 +139,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     aws_session_token: str = ""
     ses_endpoint_url: str = ""
     ses_configuration_set: str = ""
+    # Per-message SES setup (`common.ses_setup`): the configuration sets and SES tenants a message
+    # may name, and which From identities each tenant may send as.
+    ses_configuration_sets: tuple[str, ...] = ()
+    ses_tenants: tuple[str, ...] = ()
+    ses_tenant_identities: str = ""
     ses_timeout: float = 10.0
     # The send path's client: "native" (sender.ses_client) or "boto3" (sender.ses_boto3, ~4x the
     # CPU per call; for comparison and where botocore's HTTP stack is required).
@@ -252,7 +258,12 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "archive_url": ("ARCHIVE_URL", "DATABASE_URL"),
 }
 
-TUPLE_FIELDS = {"sns_topic_arns", "sns_signature_versions"}
+TUPLE_FIELDS = {
+    "sns_topic_arns",
+    "sns_signature_versions",
+    "ses_configuration_sets",
+    "ses_tenants",
+}
 
 # Field name -> the values a Literal field allows.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -386,6 +397,12 @@ def guard_rates(settings: Settings) -> str | None:
     )
 
 
+def ses_setup_rules(settings: Settings) -> str | None:
+    return ses_setup_problem(
+        settings.ses_configuration_sets, settings.ses_tenants, settings.ses_tenant_identities
+    )
+
+
 def sns_rules(settings: Settings) -> str | None:
     check_sns(settings)  # raises ConfigError itself
     return None
@@ -412,6 +429,7 @@ CHECKS: tuple[Rule, ...] = (
     lambda s: bad_sentry_dsn(s.sentry_dsn),
     refuse(lambda s: not s.setup_probe_interval > 0, "SETUP_PROBE_INTERVAL must be positive"),
     sns_rules,
+    ses_setup_rules,
     refuse(lambda s: s.stats_retention < 1, "STATS_RETENTION must be at least 1 (seconds)"),
     refuse(
         lambda s: s.soft_bounce_limit < 0,

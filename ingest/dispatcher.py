@@ -79,6 +79,8 @@ def content_of(msg_id: str, valid: ValidMessage) -> MessageContent:
         attachments=valid.attachments,
         lane=request.lane,
         weight=request.weight,
+        configuration_set=request.configuration_set or "",
+        tenant=request.tenant or "",
     )
 
 

@@ -55,6 +55,7 @@ from sesflow.common.addresses import (
 from sesflow.common.errors import InputError
 from sesflow.common.http import decode_json
 from sesflow.common.schema import LANES, Attachment, MessageRequest, Recipient
+from sesflow.common.ses_setup import SesSetupPolicy
 from sesflow.common.settings import Settings
 from sesflow.ingest.attachments import check_attachments, message_bytes
 from sesflow.ingest.custom_headers import check_headers
@@ -78,6 +79,9 @@ _SCHEDULE = re.compile(
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+NO_SES_SETUP = SesSetupPolicy()  # no configuration set or tenant may be named
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_recipients: int
@@ -88,6 +92,7 @@ class Limits:
     # Per POST: one request is one transaction and one idempotency record.
     max_messages: int = 1000
     max_request_recipients: int = 100_000
+    ses_setup: SesSetupPolicy = NO_SES_SETUP
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -99,6 +104,13 @@ class Limits:
             max_message_bytes=settings.max_message_bytes,
             max_messages=settings.max_messages_per_request,
             max_request_recipients=settings.max_recipients_per_request,
+            ses_setup=SesSetupPolicy.from_values(
+                settings.ses_configuration_set,
+                settings.ses_configuration_sets,
+                settings.ses_tenants,
+                settings.ses_tenant_identities,
+                settings.email_sender,
+            ),
         )
 
 
@@ -310,6 +322,8 @@ def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -
     due_ms = parse_schedule(message.scheduled_at)
     check_lane(message.lane, message.weight)
     from_email = check_from(message.from_email)
+    configuration_set = limits.ses_setup.check_configuration_set(message.configuration_set)
+    tenant = limits.ses_setup.check_tenant(message.tenant, from_email)
     reply_to = check_reply_to(message.reply_to)
     headers = check_headers(message.headers)
     attachments, attachments_json = check_attachments(message.attachments)
@@ -350,6 +364,8 @@ def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -
         topic_id=topic,
         scheduled_at=format_schedule(due_ms),
         from_email=from_email,
+        configuration_set=configuration_set,
+        tenant=tenant,
         text=text,
         data=message.data or None,
         reply_to=reply_to,
@@ -501,6 +517,13 @@ _EXTRAS = (
         lambda v, where: typed(v, list[Attachment], where, "attachments"),
     ),
     Extra("lane", ("lane",), lambda v: isinstance(v, str), '"bulk" or "transactional"'),
+    Extra(
+        "configuration_set",
+        ("configuration_set", "configurationSet"),
+        lambda v: isinstance(v, str),
+        "a string",
+    ),
+    Extra("tenant", ("tenant",), lambda v: isinstance(v, str), "a string"),
     Extra(
         "weight",
         ("weight",),

@@ -309,6 +309,7 @@ class Email:
     own_headers: tuple[tuple[str, str], ...]  # this recipient's: X-Request-ID, List-Unsubscribe
     tags: tuple[tuple[str, str], ...]
     configuration_set: str = ""
+    tenant: str = ""
 
     @property
     def msg_id(self) -> str:
@@ -349,6 +350,7 @@ class Email:
             headers=self.headers,
             tags=self.tags,
             configuration_set=self.configuration_set,
+            tenant=self.tenant,
             reply_to=self.reply_to,
             attachments=self.template.attachments,
         )
@@ -403,7 +405,10 @@ def compose(settings: Settings, secret: bytes, content: MessageContent, job: Job
         values=values,
         own_headers=headers,
         tags=tags,
-        configuration_set=settings.ses_configuration_set,
+        # the message's own (checked against the allow-list when it was accepted), else the
+        # sender's default
+        configuration_set=content.configuration_set or settings.ses_configuration_set,
+        tenant=content.tenant,
     )
 
 
@@ -421,6 +426,7 @@ def bulk_request(emails: list[Email]) -> BulkEmail:
         headers=template.headers,
         reply_to=first.reply_to,
         configuration_set=first.configuration_set,
+        tenant=first.tenant,
         entries=tuple(
             BulkEntry(to=e.to, data=e.template_data(), headers=e.own_headers, tags=e.tags)
             for e in emails

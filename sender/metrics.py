@@ -23,8 +23,8 @@ JOBS = Counter(
     "sesflow_sends",
     "Recipient jobs by outcome: final (sent failed unknown stopped suppressed), or a send to be "
     "retried (throttled retried) or released because its SES setup is broken (setup_paused), "
-    "or a job already final (duplicate) or dead-lettered, or a rate slot dropped because the "
-    "job got to it too late (late_slot)",
+    "or set aside until its paused setup resumes (parked), or a job already final (duplicate) "
+    "or dead-lettered, or a rate slot dropped because the job got to it too late (late_slot)",
     ["outcome"],
     registry=None,
 )
@@ -53,13 +53,38 @@ PAUSED_SECONDS = Gauge(
 SETUP_FAULTS = Counter(
     "sesflow_setup_faults",
     "SES answers that blame the setup, not the recipient (reason: configuration_set, "
-    "mail_from_domain, identity, endpoint); sending with that setup pauses",
+    "configuration_set_paused, tenant_paused, mail_from_domain, identity, endpoint); sending "
+    "with that setup pauses",
     ["reason"],
     registry=None,
 )
 SETUP_PAUSED = Gauge(
     "sesflow_setup_paused", "Setups paused by a setup fault, cluster-wide (0 = none)", registry=None
 )
+SETUP_PARKED = Gauge(
+    "sesflow_setup_parked",
+    "Jobs parked while their SES setup (scope) is paused, cluster-wide",
+    ["scope"],
+    registry=None,
+)
+# Bounded by SES_CONFIGURATION_SETS and SES_TENANTS: only allowed names reach a sender.
+SETUP_SENDS = Counter(
+    "sesflow_setup_sends",
+    "Recipient jobs recorded by this sender, by outcome (sent failed unknown), SES "
+    'configuration set and tenant ("" = none)',
+    ["outcome", "configuration_set", "tenant"],
+    registry=None,
+)
+SETUP_OUTCOMES = frozenset({"sent", "failed", "unknown"})
+
+
+def count_setup(email: Any, event: str) -> None:
+    """One recorded job of a composed email (`sender.compose.Email`; None: never composed), by
+    its configuration set and tenant."""
+    if email is not None and event in SETUP_OUTCOMES:
+        SETUP_SENDS.labels(event, email.configuration_set, email.tenant).inc()
+
+
 JOBS_HELD = Gauge(
     "sesflow_sender_jobs_held", "Jobs this process is handling right now", registry=None
 )
@@ -79,6 +104,8 @@ def role_metrics() -> RoleMetrics:
             PAUSED_SECONDS,
             SETUP_FAULTS,
             SETUP_PAUSED,
+            SETUP_PARKED,
+            SETUP_SENDS,
             JOBS_HELD,
         ),
     )

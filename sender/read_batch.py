@@ -106,7 +106,7 @@ class ReadBatch:
                 contents[job.msg_id] = await sender.before_claim(load)
         asks = [(part, job, self.topic_of(contents[job.msg_id])) for _, _, job in jobs]
         prechecks = await sender.before_claim(lambda: sender.store.precheck_many(asks))
-        scopes: dict[tuple[str, str], tuple[str, ...]] = {}
+        scopes: dict[tuple[str, str, str], tuple[str, ...]] = {}
         items: list[_Item] = []
         accepted: dict[str, int] = {}
         for (entry_id, fields, job), pre in zip(jobs, prechecks, strict=True):
@@ -130,7 +130,7 @@ class ReadBatch:
         return jobs
 
     def plain(
-        self, attempt: Attempt, pre: Precheck, scopes: dict[tuple[str, str], tuple[str, ...]]
+        self, attempt: Attempt, pre: Precheck, scopes: dict[tuple[str, str, str], tuple[str, ...]]
     ) -> bool:
         """Whether the job is the plain case this path takes (then composed, its setup's scopes
         known, cached in `scopes`); any other goes to the per-job path."""
@@ -147,7 +147,7 @@ class ReadBatch:
             email = sender.compose(sender.settings, sender.secret, attempt.content, attempt.job)
         except Exception:
             return False  # fails on the per-job path, with its log line
-        setup = (email.from_email, email.configuration_set)
+        setup = (email.from_email, email.configuration_set, email.tenant)
         if setup not in scopes:
             scopes[setup] = scopes_of(*setup)
         if sender.setup.blocking(scopes[setup]):
@@ -297,17 +297,20 @@ class GridPoints:
         started = time.monotonic()
         outcomes = await sender.outbox.deliver([item.attempt.email for item in items])
         records: list[RecordItem] = []
+        recorded: list[Attempt] = []  # the attempt of each record
         sent: list[_Item] = []
         for item, outcome in zip(items, outcomes, strict=True):
             attempt = item.attempt
             attempt.started = started
             if isinstance(outcome, str):
                 records.append(sender.record_of(attempt, DeliveryState.sent(outcome)))
+                recorded.append(attempt)
                 sent.append(item)
             elif isinstance(outcome, SesRejected):
                 sender.count_error(outcome, started)
                 rejected = DeliveryState.failed(f"rejected:{outcome.code}")
                 records.append(sender.record_of(attempt, rejected, detail=str(outcome)[:500]))
+                recorded.append(attempt)
             else:
                 item.batch.owned.discard(item.entry_id)
                 sender.track(sender.resume(attempt, outcome))
@@ -318,19 +321,23 @@ class GridPoints:
         if not records:
             return
         answers = await sender.until_done(lambda: sender.store.record_many(part, records))
-        self.count(records, answers)
+        self.count(records, answers, recorded)
         # a probe (or a send that beat the pause) went through: after the record, so the
         # ambiguous window holds nothing more
         for scopes in {item.attempt.scopes for item in sent}:
             if paused := sender.setup.blocking(scopes):
                 await sender.best_effort(sender.setup_resumed(paused))
 
-    def count(self, records: list[RecordItem], answers: list[Outcome]) -> None:
+    def count(
+        self, records: list[RecordItem], answers: list[Outcome], attempts: list[Attempt]
+    ) -> None:
         kinds: Counter[str] = Counter()
-        for record, answer in zip(records, answers, strict=True):
+        for record, answer, attempt in zip(records, answers, attempts, strict=True):
             if answer.ok and record.event is not None and not record.dead:
                 kinds[str(record.event.type)] += 1
             else:
                 self.sender.count_record(record, answer)
+            if answer.ok and record.event is not None:
+                metrics.count_setup(attempt.email, str(record.event.type))
         for kind, n in kinds.items():
             metrics.JOBS.labels(kind).inc(n)

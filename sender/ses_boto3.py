@@ -38,6 +38,7 @@ from sesflow.sender.ses_client import (
     BulkEmail,
     OutgoingEmail,
     bulk_outcomes,
+    scoped_pause,
     ses_error,
 )
 
@@ -76,6 +77,8 @@ def request_kwargs(email: OutgoingEmail) -> dict[str, Any]:
         kwargs["EmailTags"] = _pairs(email.tags)
     if email.configuration_set:
         kwargs["ConfigurationSetName"] = email.configuration_set
+    if email.tenant:
+        kwargs["TenantName"] = email.tenant
     return kwargs
 
 
@@ -109,7 +112,14 @@ def bulk_kwargs(bulk: BulkEmail) -> dict[str, Any]:
         kwargs["ReplyToAddresses"] = list(bulk.reply_to)
     if bulk.configuration_set:
         kwargs["ConfigurationSetName"] = bulk.configuration_set
+    if bulk.tenant:
+        kwargs["TenantName"] = bulk.tenant
     return kwargs
+
+
+def setup_of(kwargs: dict[str, Any]) -> tuple[str, str]:
+    """(configuration set, tenant) of a request."""
+    return kwargs.get("ConfigurationSetName", ""), kwargs.get("TenantName", "")
 
 
 NO_CREDENTIALS = (
@@ -166,7 +176,8 @@ class Boto3SesClient:
         try:
             reply = self._client.send_email(**kwargs)
         except (ClientError, BotoCoreError) as exc:
-            raise error_from_boto(exc, kwargs["Destination"]["ToAddresses"]) from exc
+            error = error_from_boto(exc, kwargs["Destination"]["ToAddresses"])
+            raise scoped_pause(error, *setup_of(kwargs)) from exc
         message_id = reply.get("MessageId")
         if not message_id:
             raise SesAmbiguous("MalformedResponse", "no MessageId in the answer", 200)
@@ -177,10 +188,13 @@ class Boto3SesClient:
         try:
             reply = self._client.send_bulk_email(**kwargs)
         except (ClientError, BotoCoreError) as exc:
-            raise error_from_boto(exc, recipients) from exc
+            raise scoped_pause(error_from_boto(exc, recipients), *setup_of(kwargs)) from exc
         results = reply.get("BulkEmailEntryResults") or []
         body = json.dumps({"BulkEmailEntryResults": results}, default=str).encode()
-        return bulk_outcomes(body, recipients)
+        return [
+            o if isinstance(o, str) else scoped_pause(o, *setup_of(kwargs))
+            for o in bulk_outcomes(body, recipients)
+        ]
 
     async def send_bulk_email(self, bulk: BulkEmail) -> list[str | SesError]:
         """One SendBulkEmail call; see `SesClient.send_bulk_email`."""

@@ -105,6 +105,7 @@ class OutgoingEmail(msgspec.Struct, frozen=True, kw_only=True):
     headers: tuple[tuple[str, str], ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
     configuration_set: str = ""
+    tenant: str = ""
     reply_to: tuple[str, ...] = ()
     attachments: tuple[Attachment, ...] = ()
 
@@ -129,6 +130,7 @@ class BulkEmail(msgspec.Struct, frozen=True, kw_only=True):
     headers: tuple[tuple[str, str], ...] = ()  # the same for every entry
     reply_to: tuple[str, ...] = ()
     configuration_set: str = ""
+    tenant: str = ""
     entries: tuple[BulkEntry, ...] = ()
 
 
@@ -172,6 +174,7 @@ class _SendEmailRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     ReplyToAddresses: list[str] = []
     EmailTags: list[_NameValue] = []
     ConfigurationSetName: str = ""
+    TenantName: str = ""
 
 
 class _SendEmailResponse(msgspec.Struct):
@@ -215,6 +218,7 @@ class _SendBulkEmailRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     BulkEmailEntries: list[_BulkEntry]
     ReplyToAddresses: list[str] = []
     ConfigurationSetName: str = ""
+    TenantName: str = ""
 
 
 class _EntryResult(msgspec.Struct):
@@ -266,6 +270,7 @@ def encode_request(email: OutgoingEmail) -> bytes:
             ReplyToAddresses=list(email.reply_to),
             EmailTags=_pairs(email.tags),
             ConfigurationSetName=email.configuration_set,
+            TenantName=email.tenant,
         )
     )
 
@@ -295,6 +300,7 @@ def encode_bulk_request(bulk: BulkEmail) -> bytes:
             ],
             ReplyToAddresses=list(bulk.reply_to),
             ConfigurationSetName=bulk.configuration_set,
+            TenantName=bulk.tenant,
         )
     )
 
@@ -308,7 +314,7 @@ ENTRY_ERRORS: dict[str, type[SesError]] = {
     "SENDING_QUOTA_EXCEEDED": SesQuotaExceeded,
     "ACCOUNT_SENDING_PAUSED": SesPaused,
     "ACCOUNT_SUSPENDED": SesPaused,
-    "CONFIGURATION_SET_SENDING_PAUSED": SesPaused,
+    "CONFIGURATION_SET_SENDING_PAUSED": SesPaused,  # scoped to the set: `scoped_pause`
     "TRANSIENT_FAILURE": SesEntryTransient,
     "MESSAGE_REJECTED": SesRejected,
     "TEMPLATE_NOT_FOUND": SesRejected,
@@ -353,6 +359,13 @@ def entry_outcome(result: _EntryResult, recipient: str = "") -> str | SesError:
     return ENTRY_ERRORS[status](code, result.Error, 200)
 
 
+def bulk_outcome(outcome: str | SesError, bulk: BulkEmail) -> str | SesError:
+    """An entry's outcome, a pause scoped to the call's configuration set or tenant."""
+    if isinstance(outcome, str):
+        return outcome
+    return scoped_pause(outcome, bulk.configuration_set, bulk.tenant)
+
+
 def bulk_outcomes(payload: bytes, recipients: list[str]) -> list[str | SesError]:
     """One outcome per entry of a 2xx SendBulkEmail answer. An answer we cannot read, or with the
     wrong number of results, leaves every entry ambiguous: SES said yes to the call."""
@@ -374,7 +387,7 @@ PAUSE_CODES = frozenset(
         "SendingPausedException",
         "AccountSuspendedException",
         "AccountSendingPausedException",
-        "ConfigurationSetSendingPausedException",
+        "ConfigurationSetSendingPausedException",  # scoped to the set: `scoped_pause`
         # The account or its credentials are refused as a whole: stop every sender until an
         # operator fixes it, rather than failing every queued recipient.
         "AccessDeniedException",
@@ -541,6 +554,42 @@ def ses_error(status: int, code: str, message: str, recipients: Collection[str] 
     return kind(code, message, status)
 
 
+# Pauses SES may scope to the request's configuration set or tenant rather than the account.
+# SESv2 documents only SendingPausedException ("the account's ability to send email is paused")
+# and the bulk status CONFIGURATION_SET_SENDING_PAUSED; v1 says
+# ConfigurationSetSendingPausedException. SESv2 has no error of its own for a paused tenant.
+SCOPED_PAUSE_CODES = frozenset(
+    {
+        "SendingPausedException",
+        "ConfigurationSetSendingPausedException",
+        "ACCOUNT_SENDING_PAUSED",
+        "CONFIGURATION_SET_SENDING_PAUSED",
+    }
+)
+CONFIGURATION_SET_PAUSE_CODES = frozenset(
+    {"ConfigurationSetSendingPausedException", "CONFIGURATION_SET_SENDING_PAUSED"}
+)
+
+
+def scoped_pause(error: SesError, configuration_set: str, tenant: str) -> SesError:
+    """A pause of the request's configuration set (its code, or a message naming a configuration
+    set) or, for a request with a tenant, any sending pause, as a setup fault of that set or
+    tenant (`sender.setup_faults`): only the messages using it wait, the others keep the rate.
+    Anything else as it is (an account pause stops every sender)."""
+    if not isinstance(error, SesPaused) or error.code not in SCOPED_PAUSE_CODES:
+        return error
+    named = error.code in CONFIGURATION_SET_PAUSE_CODES or "configuration set" in (
+        error.message.lower()
+    )
+    if configuration_set and named:
+        reason = "configuration_set_paused"
+    elif tenant:
+        reason = "tenant_paused"
+    else:
+        return error
+    return SesSetupFault(error.code, error.message, error.status, reason=reason)
+
+
 def error_from_response(
     status: int, headers: Any, body: bytes, recipients: Collection[str] = ()
 ) -> SesError:
@@ -663,8 +712,10 @@ class SesClient:
         status, payload, answer_headers = await self._post(self.bulk_url, self._bulk_url, body)
         recipients = [entry.to for entry in bulk.entries]
         if 200 <= status < 300:
-            return bulk_outcomes(payload, recipients)
-        raise error_from_response(status, answer_headers, payload, recipients)
+            outcomes = bulk_outcomes(payload, recipients)
+            return [bulk_outcome(o, bulk) for o in outcomes]
+        error = error_from_response(status, answer_headers, payload, recipients)
+        raise scoped_pause(error, bulk.configuration_set, bulk.tenant)
 
     async def send_email(self, email: OutgoingEmail) -> str:
         """Send one email; returns SES's MessageId or raises a `common.errors.Ses*` error."""
@@ -685,7 +736,8 @@ class SesClient:
             if not message_id:
                 raise SesAmbiguous("MalformedResponse", "no MessageId in the answer", status)
             return message_id
-        raise error_from_response(status, answer_headers, payload, (email.to,))
+        error = error_from_response(status, answer_headers, payload, (email.to,))
+        raise scoped_pause(error, email.configuration_set, email.tenant)
 
     async def close(self) -> None:
         """Close the pool; calling it twice is harmless."""

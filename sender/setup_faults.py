@@ -3,17 +3,21 @@ set that does not exist, an unverified sender identity or MAIL FROM domain, an e
 not SES). Failing each recipient would fail a whole campaign in minutes for one typo, so sending
 with that setup pauses instead, and nothing fails:
 
-- a *scope* names the setup: `configuration-set:<name>`, `from:<address>` (identity and MAIL
-  FROM faults), or `all` (a missing resource outside any configuration set, an endpoint that is
-  not SES, SES out of reach for MAX_ATTEMPTS tries of one job). A job uses `all`, its
-  configuration set and its From address;
+- a *scope* names the setup: `configuration-set:<name>` (a set that does not exist, or that SES
+  paused), `tenant:<name>` (a paused SES tenant), `from:<address>` (identity and MAIL FROM
+  faults), or `all` (a missing resource outside any configuration set, an endpoint that is not
+  SES, SES out of reach for MAX_ATTEMPTS tries of one job). A job uses `all`, its configuration
+  set, its tenant and its From address;
 - the pause lives in Redis (`Keys.setup_paused`: scope -> JSON of the first fault), shared by
   every replica and kept across restarts. Each replica reads it every `REFRESH_INTERVAL_S`, and
   at once when it meets a fault itself;
-- a job whose setup is paused waits in its sender before taking a rate token: its claim was
-  released, its entry is kept fresh by the keep-alive (no delivery is counted, so MAX_ATTEMPTS
-  never fails it), and it holds its concurrency slot, so a replica whose slots are all held by
-  one paused setup sends nothing else until it resumes;
+- a job whose setup is paused takes no rate token. One job per paused scope and replica waits
+  in its sender, to be the probe: its claim was released, its entry is kept fresh by the
+  keep-alive (no delivery is counted, so MAX_ATTEMPTS never fails it), and it holds one
+  concurrency slot. Every other job of that scope is *parked* (`sender.parking`): acknowledged
+  and moved, in one script, to a list of the scope, so it holds no slot and no place in the
+  pump's depth, and the messages of every other setup keep the full rate. When the scope
+  resumes (or its pause is dropped) the parked jobs go back to their backlogs;
 - every SETUP_PROBE_INTERVAL one job in the whole cluster is let through as the probe
   (`SET NX PX` on `Keys.setup_probe(scope)`): a real send. Sent -> the scope resumes for every
   replica; the same fault -> it waits again. Each fault renews `Keys.setup_seen(scope)`; a pause
@@ -49,20 +53,29 @@ def address_of(from_email: str) -> str:
     return from_email.rpartition("<")[2].rstrip(">").strip().lower()
 
 
-def scopes_of(from_email: str, configuration_set: str) -> tuple[str, ...]:
-    """Every setup a send with this From address and configuration set depends on."""
+def scopes_of(from_email: str, configuration_set: str, tenant: str = "") -> tuple[str, ...]:
+    """Every setup a send with this From address, configuration set and tenant depends on."""
     scopes = [ALL, f"from:{address_of(from_email)}"]
     if configuration_set:
         scopes.append(f"configuration-set:{configuration_set}")
+    if tenant:
+        scopes.append(f"tenant:{tenant}")
     return tuple(scopes)
 
 
-def scope_of(fault: SesSetupFault, from_email: str, configuration_set: str) -> str:
+CONFIGURATION_SET_REASONS = frozenset({"configuration_set", "configuration_set_paused"})
+
+
+def scope_of(
+    fault: SesSetupFault, from_email: str, configuration_set: str, tenant: str = ""
+) -> str:
     """The setup a fault blames, as narrowly as the answer allows."""
     if fault.reason in {"identity", "mail_from_domain"}:
         return f"from:{address_of(from_email)}"
-    if fault.reason == "configuration_set" and configuration_set:
+    if fault.reason in CONFIGURATION_SET_REASONS and configuration_set:
         return f"configuration-set:{configuration_set}"
+    if fault.reason == "tenant_paused" and tenant:
+        return f"tenant:{tenant}"
     return ALL
 
 

@@ -10,7 +10,8 @@
   same step as the delete, so no pending entry is ever dropped);
 - SES quota: MaxSendRate caps the shared rate; an exhausted daily quota pauses every replica;
 - paused setups (`sender.setup_faults`): read every second, so a pause or a resume seen by
-  one replica reaches all;
+  one replica reaches all; the parked jobs of a scope no longer paused go back to their
+  backlogs in the same step (`sender.parking`);
 - metrics gauges from the shared bucket.
 
 They need only a `Replica` (what `sender.worker.Sender` offers them), never the worker module.
@@ -31,6 +32,7 @@ from sesflow.common.logs import get_logger
 from sesflow.common.settings import Settings
 from sesflow.common.streams import trim_acknowledged
 from sesflow.sender import metrics
+from sesflow.sender.parking import Parking
 from sesflow.sender.rate_limit import RateLimiter
 from sesflow.sender.setup_faults import REFRESH_INTERVAL_S as SETUP_REFRESH_INTERVAL_S
 from sesflow.sender.setup_faults import SetupFaults
@@ -60,6 +62,8 @@ class Replica(Protocol):
     def limiter(self) -> RateLimiter: ...
     @property
     def setup(self) -> SetupFaults: ...
+    @property
+    def parking(self) -> Parking: ...
     @property
     def fetch_quota(self) -> Callable[[Settings], Awaitable[Quota | None]] | None: ...
     @property
@@ -100,11 +104,16 @@ async def run_upkeep(sender: Replica, stop: asyncio.Event) -> None:
         periodic("trim", TRIM_INTERVAL_S, lambda: trim_all(sender), stop, wait),
         periodic("consumers", CONSUMERS_INTERVAL_S, lambda: forget_consumers(sender), stop, wait),
         periodic("gauges", GAUGES_INTERVAL_S, lambda: update_gauges(sender), stop, wait),
-        periodic("setup", SETUP_REFRESH_INTERVAL_S, sender.setup.refresh, stop, wait),
+        periodic("setup", SETUP_REFRESH_INTERVAL_S, lambda: refresh_setup(sender), stop, wait),
     ]
     if sender.fetch_quota is not None:
         loops.append(periodic("quota", QUOTA_INTERVAL_S, lambda: refresh_quota(sender), stop, wait))
     await asyncio.gather(*loops)
+
+
+async def refresh_setup(sender: Replica) -> None:
+    await sender.setup.refresh()
+    await sender.parking.unpark_lifted(set(sender.setup.paused))
 
 
 async def refresh_claims(sender: Replica) -> None:

@@ -105,6 +105,7 @@ from sesflow.sender.attempt import Attempt, LeavePending, Step, Verdict, utf8_fi
 from sesflow.sender.compose import compose
 from sesflow.sender.content import ContentCache
 from sesflow.sender.outbox import Outbox
+from sesflow.sender.parking import Parking
 from sesflow.sender.pump import Pump
 from sesflow.sender.rate_limit import RateLimiter
 from sesflow.sender.read_batch import GridPoints, ReadBatch
@@ -239,6 +240,7 @@ class Sender(StreamConsumer):
         self.outbox = Outbox(ses, settings.send_mode)
         self.claims = ClaimValues(self.consumer)
         self.setup = SetupFaults(client, self.keys, settings.setup_probe_interval, self.consumer)
+        self.parking = Parking(client, self.keys, self.consumer)
         self.slots = Slots(settings.sender_concurrency)
         # Entries this process is handling, per partition: the upkeep keeps them from going idle
         # (XCLAIM JUSTID), so no other replica reclaims a job that is merely waiting.
@@ -473,7 +475,8 @@ class Sender(StreamConsumer):
         batch (`sender.read_batch`) already claimed and sent this job (`attempt.held` is its
         claim) and leaves the outcome it got, an error, to this loop, which goes on exactly as
         after its own SES call."""
-        attempt.scopes = scopes_of(attempt.email.from_email, attempt.email.configuration_set)
+        email = attempt.email
+        attempt.scopes = scopes_of(email.from_email, email.configuration_set, email.tenant)
         outcome: str | Exception | Step = Step.RETRY if handed is None else handed
         while True:
             if outcome is Step.RETRY:
@@ -490,7 +493,9 @@ class Sender(StreamConsumer):
     async def send_once(self, attempt: Attempt) -> str | Exception | Step:
         """One try: a rate slot, the claim, the SES call. Its answer (an SES id or the error),
         or RETRY when the slot was let go, or DONE when the claim decided the job."""
-        probing = await self.wait_for_setup(attempt.scopes)
+        probing = await self.wait_for_setup(attempt)
+        if probing is None:
+            return Step.DONE  # parked until its setup resumes
         grant = await self.before_claim(lambda: self.limiter.acquire(self.stop))
         if grant is None or self.stop.is_set():
             raise LeavePending()
@@ -630,6 +635,8 @@ class Sender(StreamConsumer):
         item = self.record_of(attempt, final, detail=detail, dead=dead)
         [outcome] = await self.until_done(lambda: self.store.record_many(attempt.part, [item]))
         self.count_record(item, outcome)
+        if outcome.ok:
+            metrics.count_setup(attempt.email, str(final.event))
         return outcome
 
     def record_of(
@@ -697,22 +704,44 @@ class Sender(StreamConsumer):
         if isinstance(exc, SesError) and exc.status >= 500:
             await self.best_effort(self.limiter.throttled())
 
-    async def wait_for_setup(self, scopes: tuple[str, ...]) -> bool:
-        """Wait while a setup this job uses is paused (no claim, no token held); the one job the
-        cluster lets probe it every SETUP_PROBE_INTERVAL goes through (`sender.setup_faults`).
-        True when this job is that probe."""
-        while blocked := self.setup.blocking(scopes):
-            probe = functools.partial(self.setup.take_probe, blocked[0])
-            if await self.before_claim(probe):
-                log.info("probing a paused SES setup", scope=blocked[0])
-                return True
-            await self.pause_job(SETUP_POLL_S)
-        return False
+    async def wait_for_setup(self, attempt: Attempt) -> bool | None:
+        """Wait while a setup this job uses is paused (no claim, no token held): one job per
+        paused scope waits in this replica, and the one the cluster lets probe it every
+        SETUP_PROBE_INTERVAL goes through (True: this job is that probe). Every other job of the
+        scope is parked (None: done here, `sender.parking`), so that it holds no slot."""
+        waits_for = ""
+        try:
+            while blocked := self.setup.blocking(attempt.scopes):
+                scope = blocked[0]
+                if scope != waits_for:
+                    self.parking.done_waiting(waits_for, attempt.entry_id)
+                    waits_for = ""
+                    if not self.parking.wait_here(scope, attempt.entry_id) and attempt.held.queued:
+                        await self.park(attempt, scope)
+                        return None
+                    waits_for = scope
+                probe = functools.partial(self.setup.take_probe, scope)
+                if await self.before_claim(probe):
+                    log.info("probing a paused SES setup", scope=scope)
+                    return True
+                await self.pause_job(SETUP_POLL_S)
+            return False
+        finally:
+            self.parking.done_waiting(waits_for, attempt.entry_id)
+
+    async def park(self, attempt: Attempt, scope: str) -> None:
+        """Set the job aside until `scope` resumes (its entry acknowledged, its state queued)."""
+        park = functools.partial(
+            self.parking.park, attempt.part, attempt.entry_id, attempt.job, scope
+        )
+        if not await self.before_claim(park):
+            raise LeavePending()  # another replica took the entry over
+        metrics.JOBS.labels("parked").inc()
 
     async def setup_fault(self, exc: SesSetupFault, email: Any) -> None:
         """Pause the setup `exc` blames, for every replica; alert when this starts the pause."""
         metrics.SETUP_FAULTS.labels(exc.reason).inc()
-        scope = scope_of(exc, email.from_email, email.configuration_set)
+        scope = scope_of(exc, email.from_email, email.configuration_set, email.tenant)
         started = await self.before_claim(lambda: self.setup.record(scope, exc))
         if started is None:
             log.info("SES setup still broken", scope=scope, code=exc.code)
@@ -734,6 +763,8 @@ class Sender(StreamConsumer):
     async def setup_resumed(self, scopes: list[str]) -> None:
         for scope in await self.setup.resume(scopes):
             log.warning("SES setup works again: sending resumed", scope=scope)
+        for scope in scopes:
+            await self.parking.unpark(scope)
 
     async def pause_job(self, seconds: float) -> None:
         """Back off before retrying a job that holds no claim; shutdown abandons it."""

@@ -53,6 +53,7 @@ SENDER = {
     "sesflow_ses_call_seconds_count": set(),
     "sesflow_ses_errors_total": {"error_class"},
     "sesflow_setup_paused": set(),
+    "sesflow_setup_sends_total": {"outcome", "configuration_set", "tenant"},
 }
 TRACKER = {
     "sesflow_events_total": {"type"},
@@ -223,5 +224,6 @@ async def test_sender_metrics(
     assert value(samples, "sesflow_sends_total", outcome="failed") >= 1
     assert value(samples, "sesflow_ses_errors_total", error_class="SesRejected") >= 1
     assert value(samples, "sesflow_ses_call_seconds_count") >= 2
+    assert value(samples, "sesflow_setup_sends_total", outcome="sent", configuration_set="") >= 1
     assert value(samples, "sesflow_rate_configured_per_second") == 500
     assert value(samples, "sesflow_rate_effective_per_second") > 0

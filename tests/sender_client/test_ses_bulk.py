@@ -49,6 +49,7 @@ BULK = BulkEmail(
     headers=(("X-Campaign", "spring"),),
     reply_to=("help@example.com",),
     configuration_set="events",
+    tenant="acme",
     entries=tuple(
         BulkEntry(
             to=f"r{n}@example.org",
@@ -78,6 +79,8 @@ def test_requests_match_the_sesv2_model() -> None:
         text="t",
         reply_to=("c@example.com",),
         attachments=(Attachment(FileName="a.txt", ContentType="text/plain", RawContent="aGk="),),
+        configuration_set="events",
+        tenant="acme",
     )
     valid("SendEmail", json.loads(encode_request(email)))
     kwargs = request_kwargs(email)

@@ -76,9 +76,10 @@ async def queue_jobs(
     msg_id: str | None = None,
     store_content: bool = True,
     from_email: str = "",
+    **content_fields: Any,
 ) -> tuple[str, list[str]]:
-    """Store a message's content (topic `t1`) and queue one job per address; returns (msg_id,
-    entry ids)."""
+    """Store a message's content (topic `t1`; `content_fields` of `MessageContent` on top) and
+    queue one job per address; returns (msg_id, entry ids)."""
     msg_id = msg_id or new_msg_id()
     part = keys.for_message(msg_id)
     if store_content:
@@ -90,6 +91,7 @@ async def queue_jobs(
             total=len(emails),
             accepted_ms=int(msg_id.split("-")[0]),
             from_email=from_email,
+            **content_fields,
         )
         await redis.hset(part.message(msg_id), mapping=content.to_hash())
     ids = []

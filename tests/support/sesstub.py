@@ -105,6 +105,11 @@ class StubConfig(msgspec.Struct, kw_only=True):
     # verified"; a ConfigurationSetName outside `configuration_sets` gets NotFoundException.
     verified_identities: list[str] = []
     configuration_sets: list[str] = []
+    # Paused configuration sets and tenants: a call naming one is refused, the others go on.
+    # SendEmail: ConfigurationSetSendingPausedException / SendingPausedException (400);
+    # SendBulkEmail: every entry CONFIGURATION_SET_SENDING_PAUSED / the call SendingPaused.
+    paused_configuration_sets: list[str] = []
+    paused_tenants: list[str] = []
     # Answer every accepted send with this status after recording it as sent (a proxy's 502
     # after forwarding, an SES 500 after queueing); 0 = answer 200.
     accepted_error_status: int = 0
@@ -128,6 +133,8 @@ class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     keep_mail: bool | None = None
     verified_identities: list[str] | None = None
     configuration_sets: list[str] | None = None
+    paused_configuration_sets: list[str] | None = None
+    paused_tenants: list[str] | None = None
     accepted_error_status: int | None = None
     reset: bool = False  # forget every count (not the configuration)
 
@@ -196,6 +203,7 @@ class _SendEmail(msgspec.Struct):
     ReplyToAddresses: list[str] = []
     EmailTags: list[_NameValue] = []
     ConfigurationSetName: str = ""
+    TenantName: str = ""
 
 
 class _ReplacementTemplate(msgspec.Struct):
@@ -224,6 +232,7 @@ class _SendBulkEmail(msgspec.Struct):
     ReplyToAddresses: list[str] = []
     DefaultEmailTags: list[_NameValue] = []
     ConfigurationSetName: str = ""
+    TenantName: str = ""
 
 
 class Mail(msgspec.Struct, kw_only=True):
@@ -308,6 +317,7 @@ class SesStub:
         self.bad_requests = 0
         self.bulk_calls = 0  # SendBulkEmail calls received
         self.setup_faults = 0  # calls refused by verified_identities / configuration_sets
+        self.setup_paused = 0  # calls refused by paused_configuration_sets / paused_tenants
         self.mail: collections.defaultdict[str, list[Mail]] = collections.defaultdict(list)
         self.recipients: collections.Counter[str] = collections.Counter()
         # epoch seconds each recipient was first accepted (when its call arrived)
@@ -367,6 +377,7 @@ class SesStub:
             "bad_requests": self.bad_requests,
             "bulk_calls": self.bulk_calls,
             "setup_faults": self.setup_faults,
+            "setup_paused": self.setup_paused,
             "max_per_second": max(self.per_second.values(), default=0),
             "per_second": {str(k): v for k, v in sorted(self.per_second.items())},
             "config": msgspec.to_builtins(self.config),
@@ -428,6 +439,23 @@ class SesStub:
                 "Email address is not verified. The following identities failed the check in "
                 f"region US-EAST-1: {address}",
             )
+
+    def _check_paused(self, configuration_set: str, tenant: str, bulk: bool) -> bool:
+        """A paused tenant refuses the call; a paused configuration set too (SendEmail), or
+        answers True: each entry of the SendBulkEmail call gets CONFIGURATION_SET_SENDING_PAUSED."""
+        if tenant and tenant in self.config.paused_tenants:
+            self.setup_paused += 1
+            raise SesError(400, "SendingPausedException", f"Sending is paused for tenant {tenant}.")
+        if configuration_set not in self.config.paused_configuration_sets:
+            return False
+        self.setup_paused += 1
+        if bulk:
+            return True
+        raise SesError(
+            400,
+            "ConfigurationSetSendingPausedException",
+            f"Sending is paused for configuration set {configuration_set}.",
+        )
 
     def _check_addresses(self, recipients: list[str]) -> None:
         pattern = self.config.bad_address_pattern
@@ -520,6 +548,7 @@ class SesStub:
                 raise SesError(400, "BadRequestException", "Too many recipients (max 50).")
             self._check_addresses(recipients)
             self._check_setup(call.FromEmailAddress, call.ConfigurationSetName)
+            self._check_paused(call.ConfigurationSetName, call.TenantName, bulk=False)
             if self._maybe_disconnect(request):
                 return web.Response(status=500)
             self._admit(len(recipients))
@@ -579,6 +608,7 @@ class SesStub:
             call = self._bulk_call(body)
             self._check_addresses([r for e in call.BulkEmailEntries for r in e.Destination.all()])
             self._check_setup(call.FromEmailAddress, call.ConfigurationSetName)
+            set_paused = self._check_paused(call.ConfigurationSetName, call.TenantName, bulk=True)
             template = call.DefaultContent.Template
             default_data = _template_data(template.TemplateData)
             entry_data = [
@@ -591,7 +621,8 @@ class SesStub:
             ]
             if self._maybe_disconnect(request):
                 return web.Response(status=500)
-            self._admit(sum(len(e.Destination.all()) for e in call.BulkEmailEntries))
+            if not set_paused:  # refused entries take no rate
+                self._admit(sum(len(e.Destination.all()) for e in call.BulkEmailEntries))
         except SesError as err:
             return self._error(err)
         # a stored template (TemplateName) is not kept here: its mail renders empty
@@ -599,7 +630,8 @@ class SesStub:
         results: list[dict[str, str]] = []
         for entry, own in zip(call.BulkEmailEntries, entry_data, strict=True):
             recipients = entry.Destination.all()
-            status = self._entry_status(recipients)
+            status = "CONFIGURATION_SET_SENDING_PAUSED" if set_paused else ""
+            status = status or self._entry_status(recipients)
             if status != "SUCCESS":
                 if status == "MESSAGE_REJECTED":
                     self.rejected += len(recipients)
