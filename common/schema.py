@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from sesflow.common.keys import request_id
+from sesflow.common.mailing_lists import default_list
 
 REQUEST_FIELD = "message"
 EVENT_FIELD = "e"
@@ -79,6 +80,9 @@ class MessageRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     # left fairly between the topics sending at the same time, in proportion to `weight`.
     lane: str = BULK
     weight: float = 1.0
+    # The mailing list (JSON `"list"`, a short token, `common.mailing_lists`) whose unsubscribes
+    # this message honours; None = the topic's list.
+    mailing_list: str | None = msgspec.field(default=None, name="list")
 
     @property
     def recipient_count(self) -> int:
@@ -142,6 +146,18 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
     attachments: str = ""
     lane: str = BULK
     weight: float = 1.0
+    # The message's list ("" in hashes written before lists: then the topic's, `list_name`).
+    mailing_list: str = ""
+
+    @property
+    def list_name(self) -> str:
+        return self.mailing_list or default_list(self.topic)
+
+    @property
+    def unsubscribe_scope(self) -> str:
+        """The list whose unsubscribes stop this mail: its own for bulk mail, none ("") for
+        transactional mail, which only the global suppression list stops."""
+        return self.list_name if self.lane == BULK else ""
 
     def to_hash(self) -> dict[str, str]:
         # `lane` and `weight` are read by dispatch.lua and promote.lua: stored only when they
@@ -154,6 +170,7 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
             "att": self.attachments,
             "lane": self.lane if self.lane != BULK else "",
             "weight": repr(self.weight) if self.weight != 1.0 else "",
+            "list": self.mailing_list,
         }
         return {k: v for k, v in extra.items() if v} | {
             "topic": self.topic,
@@ -190,6 +207,7 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
             attachments=data.get("att", ""),
             lane=data.get("lane") or BULK,
             weight=float(data.get("weight") or 1.0),
+            mailing_list=data.get("list", ""),
         )
 
 
