@@ -5,6 +5,9 @@ pause or reject. It does not check signatures.
     SendEmail       POST /v2/email/outbound-emails
     SendBulkEmail   POST /v2/email/outbound-bulk-emails
     GetAccount      GET  /v2/email/account
+    List/Put/Delete/GetSuppressedDestination  /v2/email/suppression/addresses[/{address}]
+                    the account-level suppression list (`support.sesstub_suppressions`;
+                    its own control: POST /stub/suppressions)
     control         POST /stub/control   JSON of any `StubConfig` field, plus "reset": true
     stats           GET  /stub/stats     (?recipients=1 adds the per-address counts and the
                                           time each address was first accepted)
@@ -47,6 +50,8 @@ import msgspec
 from aiohttp import web
 
 from sesflow.common.handlebars import render
+
+from support.sesstub_suppressions import AccountSuppressionList
 
 ACCOUNT_PATH = "/v2/email/account"
 SEND_PATH = "/v2/email/outbound-emails"
@@ -285,6 +290,8 @@ class SesStub:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._reject: re.Pattern[str] | None = None
+        # kept across `reset()`: it is the account's data, like the configuration
+        self.suppression_list = AccountSuppressionList()
         self.reset()
         self._apply_pattern()
 
@@ -706,6 +713,7 @@ class SesStub:
         app.router.add_get("/stub/stats", self.stats_handler)
         app.router.add_get("/stub/messages", self.messages_handler)
         app.router.add_get("/stub/mail", self.mail_handler)
+        self.suppression_list.add_routes(app)
         return app
 
     async def start(self) -> SesStub:
