@@ -15,6 +15,7 @@ from sesflow.common.aws import Quota
 from sesflow.common.connection import ensure_group
 from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.runtime import start_site
+from sesflow.common.ses_suppressions import SesMirrorError
 from sesflow.common.settings import Settings
 from sesflow.sender import upkeep
 from sesflow.sender.metrics import create_app
@@ -244,7 +245,7 @@ async def test_one_replica_per_interval_imports_the_ses_suppression_list(
     assert 0 < await redis.pttl(KEYS.ses_suppression_sync) <= 60_000
 
     async def failing(settings: Settings, suppressions: Any) -> tuple[int, int]:
-        raise upkeep.SesMirrorError("SES said no")
+        raise SesMirrorError("SES said no")
 
     monkeypatch.setattr(upkeep, "import_from_ses", failing)
     await redis.delete(KEYS.ses_suppression_sync)
