@@ -28,7 +28,9 @@ from sesflow.common.scripts import register
 
 class Suppression(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     email: str
-    reason: str  # bounce | complaint | unsubscribe | manual
+    # bounce | complaint | manual (or a reason given by hand); unsubscribe only in entries of
+    # older versions, moved to the every-list scope by `migrate_unsubscribes`
+    reason: str
     ts: int  # epoch ms
     detail: str = ""
     topic: str = ""
