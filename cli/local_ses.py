@@ -1,12 +1,15 @@
 """A local SES endpoint for `sesflow up` with no AWS account: moto's server on loopback, with
 the sender identity verified so that SendEmail succeeds, and SESv2 SendBulkEmail with inline
-templates, which moto lacks (`bulk_email_support`). Nothing leaves the machine."""
+templates, and the account-level suppression list (List/Put/DeleteSuppressedDestination), which
+moto lacks (`bulk_email_support`, `suppression_list_support`). Nothing leaves the machine."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
+from urllib.parse import unquote
 
 from sesflow.common.handlebars import render
 
@@ -85,6 +88,73 @@ def bulk_email_support() -> None:
     urls.url_paths.setdefault("{0}/v2/email/outbound-bulk-emails$", SESV2Response.dispatch)
 
 
+SUPPRESSION_PATH = "/v2/email/suppression/addresses"
+
+
+def _suppressed(response: Any) -> dict[str, tuple[str, float]]:
+    """The account's suppression list (address -> reason, update time), kept on moto's SESv2
+    backend of the region asked."""
+    backend = response.sesv2_backend
+    if not hasattr(backend, "sesflow_suppressed"):
+        backend.sesflow_suppressed = {}
+    found: dict[str, tuple[str, float]] = backend.sesflow_suppressed
+    return found
+
+
+def list_suppressed_destinations(response: Any) -> str:
+    """SESv2 ListSuppressedDestinations: pages in address order; NextToken is the offset."""
+    entries = _suppressed(response)
+    size = int((response.querystring.get("PageSize") or ["1000"])[0])
+    start = int((response.querystring.get("NextToken") or ["0"])[0])
+    names = sorted(entries)
+    page = names[start : start + max(1, min(size, 1000))]
+    answer: dict[str, Any] = {
+        "SuppressedDestinationSummaries": [
+            {"EmailAddress": n, "Reason": entries[n][0], "LastUpdateTime": entries[n][1]}
+            for n in page
+        ]
+    }
+    if start + len(page) < len(names):
+        answer["NextToken"] = str(start + len(page))
+    return json.dumps(answer)
+
+
+def put_suppressed_destination(response: Any) -> str:
+    params = json.loads(response.body)
+    _suppressed(response)[str(params["EmailAddress"]).lower()] = (
+        str(params["Reason"]),
+        time.time(),
+    )
+    return "{}"
+
+
+def delete_suppressed_destination(response: Any) -> str:
+    from moto.ses.exceptions import NotFoundException
+
+    email = unquote(response.path.rsplit("/", 1)[1]).lower()
+    if _suppressed(response).pop(email, None) is None:
+        raise NotFoundException(f"{email} is not on the suppression list")
+    return "{}"
+
+
+def suppression_list_support() -> None:
+    """Teach moto's SESv2 server the account-level suppression list (SESv2's REST shapes)."""
+    from moto.sesv2 import urls
+    from moto.sesv2.responses import SESV2Response
+
+    for name, handler in (
+        ("list_suppressed_destinations", list_suppressed_destinations),
+        ("put_suppressed_destination", put_suppressed_destination),
+        ("delete_suppressed_destination", delete_suppressed_destination),
+    ):
+        if not hasattr(SESV2Response, name):
+            setattr(SESV2Response, name, handler)
+    urls.url_paths.setdefault("{0}" + SUPPRESSION_PATH + "$", SESV2Response.dispatch)
+    urls.url_paths.setdefault(
+        "{0}" + SUPPRESSION_PATH + "/(?P<EmailAddress>[^/]+)$", SESV2Response.dispatch
+    )
+
+
 class LocalSes:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, region: str = "us-east-1") -> None:
         self.host = host
@@ -105,6 +175,7 @@ class LocalSes:
             ) from exc
         production_quota()
         bulk_email_support()
+        suppression_list_support()
         # The server logs every request; sesflow's own logs say what matters.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)

@@ -6,7 +6,17 @@ import argparse
 import importlib
 import sys
 
-from sesflow.cli import archive, cancel, check, dlq, lookups, pause, send, stats_report
+from sesflow.cli import (
+    archive,
+    cancel,
+    check,
+    dlq,
+    lookups,
+    pause,
+    send,
+    stats_report,
+    suppressions,
+)
 from sesflow.cli.up import cmd_up
 from sesflow.common.errors import ConfigError
 
@@ -57,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         alias = sub.add_parser(role, help=f"the same as `sesflow serve {role}`")
         alias.set_defaults(func=lambda _args, role=role: serve(role))
     stats_report.register(sub, serve_stats=serve_stats_deprecated)
-    for command in (send, cancel, pause, check, dlq, archive, lookups):
+    for command in (send, cancel, pause, check, dlq, suppressions, archive, lookups):
         command.register(sub)
     return parser
 

@@ -10,6 +10,8 @@ Layout (prefix `sesflow` by default):
     {sesflow:g}:templates             zset: template names (score 0, in name order)
     {sesflow:rate}                    the one shared rate limiter (hash)
     {sesflow:sup}:suppressed          suppression list (hash email -> JSON reason)
+    {sesflow:sup}:unsubscribed        list unsubscribes (hash email -> JSON {list: entry})
+    {sesflow:sup}:ses-sync            held by the one sender importing SES's suppression list
     sesflow:sesid:<SES MessageId>     SES MessageId -> request id, for feedback correlation
     sesflow:softbounce:<email>        zset: the address's recent soft bounces, SES MessageId ->
                                       bounce time (ms); at most SOFT_BOUNCE_LIMIT members, expires
@@ -364,6 +366,16 @@ class Keys:
     @property
     def suppressed(self) -> str:
         return f"{{{self.prefix}:sup}}:suppressed"
+
+    @property
+    def unsubscribed(self) -> str:
+        """Per-list unsubscribes, beside `suppressed` (one slot: checked in one round trip)."""
+        return f"{{{self.prefix}:sup}}:unsubscribed"
+
+    @property
+    def ses_suppression_sync(self) -> str:
+        """Held (PX, the sync interval) by the sender replica importing SES's list."""
+        return f"{{{self.prefix}:sup}}:ses-sync"
 
     def ses_message(self, ses_message_id: str) -> str:
         return f"{self.prefix}:sesid:{ses_message_id}"

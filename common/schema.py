@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from sesflow.common.keys import request_id
+from sesflow.common.mailing_lists import default_list
 
 REQUEST_FIELD = "message"
 EVENT_FIELD = "e"
@@ -83,6 +84,9 @@ class MessageRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     # is sent with; each must be allowed (`common.ses_setup`).
     configuration_set: str | None = None
     tenant: str | None = None
+    # The mailing list (JSON `"list"`, a short token, `common.mailing_lists`) whose unsubscribes
+    # this message honours; None = the topic's list.
+    mailing_list: str | None = msgspec.field(default=None, name="list")
 
     @property
     def recipient_count(self) -> int:
@@ -149,6 +153,18 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
     # "" = SES_CONFIGURATION_SET of the sender, and no tenant.
     configuration_set: str = ""
     tenant: str = ""
+    # The message's list ("" in hashes written before lists: then the topic's, `list_name`).
+    mailing_list: str = ""
+
+    @property
+    def list_name(self) -> str:
+        return self.mailing_list or default_list(self.topic)
+
+    @property
+    def unsubscribe_scope(self) -> str:
+        """The list whose unsubscribes stop this mail: its own for bulk mail, none ("") for
+        transactional mail, which only the global suppression list stops."""
+        return self.list_name if self.lane == BULK else ""
 
     def to_hash(self) -> dict[str, str]:
         # `lane` and `weight` are read by dispatch.lua and promote.lua: stored only when they
@@ -163,6 +179,7 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
             "weight": repr(self.weight) if self.weight != 1.0 else "",
             "cset": self.configuration_set,
             "tenant": self.tenant,
+            "list": self.mailing_list,
         }
         return {k: v for k, v in extra.items() if v} | {
             "topic": self.topic,
@@ -201,6 +218,7 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
             weight=float(data.get("weight") or 1.0),
             configuration_set=data.get("cset", ""),
             tenant=data.get("tenant", ""),
+            mailing_list=data.get("list", ""),
         )
 
 

@@ -179,6 +179,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tracking_secret: str = ""
     allow_unsigned_opens: bool = False
     unsubscribe_mailto: str = ""
+    # The domain of bulk mail's `List-Id: <list.domain>` (RFC 2919); "" = the From domain.
+    list_id_domain: str = ""
+    # Mirror SES's account-level suppression list: import it (`sesflow suppressions sync`, and
+    # every SES_SUPPRESSION_SYNC_INTERVAL seconds in the sender's upkeep) and copy the API's PUT
+    # and DELETE of /v1/suppressions/{email} to it.
+    ses_suppression_sync: bool = False
+    ses_suppression_sync_interval: float = 3600.0
     sns_topic_arns: tuple[str, ...] = ()
     sns_cert_url_pattern: str = DEFAULT_CERT_URL_PATTERN
     sns_signature_versions: tuple[str, ...] = SIGNATURE_VERSIONS

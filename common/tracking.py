@@ -6,7 +6,8 @@ MAC is HMAC-SHA256 under TRACKING_SECRET, truncated to 128 bits. A forged or alt
 
 Kinds: `o` the recipient's token (request id and topic: the open pixel's, and the recipient half
 of every click URL), `l` a link token (message id and target URL, signed once per message), `u`
-an unsubscribe token (request id, topic and address, only in that recipient's List-Unsubscribe).
+an unsubscribe token (request id, topic, address and mailing list, only in that recipient's
+List-Unsubscribe; a token of mail sent before lists names no list).
 A click URL carries `<recipient token>~<link token>` (`CLICK_SEPARATOR`; `~` never occurs in a
 token), so signing costs one HMAC per recipient however many links the mail has; the tracker
 redirects only when both check out and name the same message. `c` (request id, topic and URL in
@@ -41,6 +42,7 @@ class Token(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     t: str = ""  # topic
     e: str = ""  # recipient address (unsubscribe)
     u: str = ""  # target URL (click)
+    l: str = ""  # noqa: E741  mailing list an unsubscribe leaves ("" in mail sent before lists)
 
 
 _enc = msgspec.json.Encoder()

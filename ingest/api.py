@@ -3,10 +3,14 @@
     POST   /v1/messages                 validate the whole request, then one `requests` entry per
                                         message object, all or none (one MULTI); 202
     DELETE /v1/topics/{topic_id}        cancel a topic (see `delete_topic`)
-    GET    /v1/suppressions             the suppression list, paginated (?cursor=&limit=)
-    GET    /v1/suppressions/{email}     one entry, 404 when not suppressed
-    PUT    /v1/suppressions/{email}     suppress by hand (body: {"reason", "detail"}, optional)
-    DELETE /v1/suppressions/{email}     remove from the list, 404 when it was not there
+    GET    /v1/suppressions             the suppression list, paginated (?cursor=&limit=);
+                                        ?scope=lists: the list unsubscribes
+    GET    /v1/suppressions/{email}     one entry with its scopes, 404 when not suppressed
+    PUT    /v1/suppressions/{email}     suppress by hand (body: {"reason", "detail"}, optional;
+                                        ?list= or "list": leave one list instead)
+    DELETE /v1/suppressions/{email}     remove every scope, or one (?list=, ?scope=global),
+                                        404 when it was not there
+    (PUT and DELETE of the global entry are copied to SES's list first with SES_SUPPRESSION_SYNC)
     PUT|GET|DELETE /v1/templates/{name}, GET /v1/templates   stored templates
                                         (see `ingest.templates_api`)
     GET    /health                      readiness: 503 when Redis does not answer PING
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import msgspec
@@ -46,11 +50,13 @@ from sesflow.common.http import (
     read_body,
 )
 from sesflow.common.keys import Keys
+from sesflow.common.mailing_lists import ALL_LISTS, check_list
 from sesflow.common.pauses import Pauses
 from sesflow.common.producer import entry_fields
 from sesflow.common.schema import REQUEST_FIELD, MessageRequest, encode
+from sesflow.common.ses_suppressions import SesMirrorError, mirror_delete, mirror_put
 from sesflow.common.settings import Settings
-from sesflow.common.suppression import SuppressionList, entry, normalise
+from sesflow.common.suppression import ListScope, Suppression, SuppressionList, entry, normalise
 from sesflow.ingest import metrics
 from sesflow.ingest.compat import PUBLIC_PATHS, add_compat_routes
 from sesflow.ingest.dashboard_cors import dashboard_cors
@@ -220,34 +226,97 @@ def path_email(request: web.Request) -> str:
     return normalise(raw)
 
 
+def scopes_view(item: Suppression | None, lists: dict[str, ListScope]) -> dict[str, Any]:
+    """An address's scopes: `global` (its entry, or null) and `lists` (list -> its unsubscribe;
+    "*" = every list)."""
+    return {
+        "global": msgspec.to_builtins(item) if item is not None else None,
+        "lists": {name: msgspec.to_builtins(scope) for name, scope in sorted(lists.items())},
+    }
+
+
+def address_view(email: str, item: Suppression | None, lists: dict[str, ListScope]) -> Any:
+    """The entry as before (email, reason, ts, detail, topic), plus `global` and `scopes`. An
+    address that only left lists shows reason `unsubscribe` (what it showed before lists
+    existed), with its latest list unsubscribe's time and topic."""
+    if item is None:
+        latest = max(lists.values(), key=lambda scope: scope.ts)
+        names = ", ".join(sorted(lists))
+        item = Suppression(
+            email=email,
+            reason="unsubscribe",
+            ts=latest.ts,
+            detail=f"unsubscribed from lists: {names}",
+            topic=latest.topic,
+        )
+        shown: dict[str, Any] = msgspec.to_builtins(item)
+        shown["global"] = False
+    else:
+        shown = msgspec.to_builtins(item)
+        shown["global"] = True
+    shown["scopes"] = scopes_view(None if not shown["global"] else item, lists)
+    return shown
+
+
 async def list_suppressions(request: web.Request) -> web.Response:
     """`{"items": [...], "next_cursor": str | null, "total"}`; pass `next_cursor` back as
-    `cursor` until it is null. A page may hold a few more or fewer than `limit` (HSCAN)."""
+    `cursor` until it is null. A page may hold a few more or fewer than `limit` (HSCAN).
+    Default: the global list, each item with its `lists` (the lists the address also left).
+    `?scope=lists`: the addresses that left lists, `{"email", "lists"}` each."""
     cursor = int_param(request.query.get("cursor"), "cursor", 0, 0, 2**63)
     limit = int_param(request.query.get("limit"), "limit", 100, 1, MAX_PAGE)
+    scope = request.query.get("scope", "global")
     suppressions = request.app[SUPPRESSIONS]
-    next_cursor, items = await suppressions.page(cursor, limit)
+    if scope == "lists":
+        next_cursor, pairs = await suppressions.lists_page(cursor, limit)
+        items: list[Any] = [
+            {"email": email, "lists": scopes_view(None, lists)["lists"]} for email, lists in pairs
+        ]
+        total = await suppressions.lists_count()
+    elif scope == "global":
+        next_cursor, entries = await suppressions.page(cursor, limit)
+        lists_of = await suppressions.scopes_of_many([e.email for e in entries])
+        items = [
+            {**msgspec.to_builtins(e), "lists": scopes_view(None, lists)["lists"]}
+            for e, lists in zip(entries, lists_of, strict=True)
+        ]
+        total = await suppressions.count()
+    else:
+        raise InputError("invalid_scope", 'scope must be "global" or "lists"')
     return json_response(
         {
-            "items": msgspec.to_builtins(items),
+            "items": items,
             "next_cursor": str(next_cursor) if next_cursor else None,
-            "total": await suppressions.count(),
+            "total": total,
         }
     )
 
 
 async def get_suppression(request: web.Request) -> web.Response:
     email = path_email(request)
-    item = await request.app[SUPPRESSIONS].get(email)
-    if item is None:
+    suppressions = request.app[SUPPRESSIONS]
+    item = await suppressions.get(email)
+    lists = await suppressions.lists_of(email)
+    if item is None and not lists:
         raise InputError("not_found", f"{email} is not suppressed", status=404)
-    return json_response(msgspec.to_builtins(item))
+    return json_response(address_view(email, item, lists))
+
+
+def query_list(request: web.Request) -> str | None:
+    """`?list=NAME` (or `*`, every list): the one list scope a call is about."""
+    raw = request.query.get("list")
+    if raw is None:
+        return None
+    return ALL_LISTS if raw.strip() == ALL_LISTS else check_list(raw)
 
 
 async def put_suppression(request: web.Request) -> web.Response:
+    """Suppress by hand: globally (body `{"reason", "detail"}`, both optional), or from one list
+    (`?list=NAME` or body `"list"`: the address left that list, as by its one-click link)."""
     email = path_email(request)
     body = await read_body(request, MAX_SUPPRESSION_BODY)
     reason, detail = "manual", ""
+    list_name = query_list(request)
     if body.strip():
         data = decode_json(body, msgspec.json.decode)
         if not isinstance(data, dict):
@@ -258,16 +327,62 @@ async def put_suppression(request: web.Request) -> web.Response:
             raise InputError("invalid_type", f"reason must be 1..{MAX_REASON_CHARS} characters")
         if not isinstance(detail, str):
             raise InputError("invalid_type", "detail must be a string")
+        if data.get("list") is not None:
+            if not isinstance(data["list"], str):
+                raise InputError("invalid_type", "list must be a string")
+            list_name = ALL_LISTS if data["list"] == ALL_LISTS else check_list(data["list"])
+    suppressions = request.app[SUPPRESSIONS]
+    if list_name is not None:
+        await suppressions.unsubscribe(email, list_name, detail=detail[:1000])
+        lists = await suppressions.lists_of(email)
+        return json_response(address_view(email, await suppressions.get(email), lists))
     item = entry(email, reason, detail[:1000])
-    await request.app[SUPPRESSIONS].put(item)
+    settings = request.app[SETTINGS]
+    if settings.ses_suppression_sync:
+        await mirrored(mirror_put(settings, email, reason))
+    await suppressions.put(item)
     return json_response(msgspec.to_builtins(item))
 
 
+async def mirrored(call: Awaitable[Any]) -> Any:
+    """A change copied to SES's list first: when SES refuses it, 502 and nothing changed."""
+    try:
+        return await call
+    except SesMirrorError as exc:
+        raise InputError(
+            "ses_mirror_failed",
+            f"{exc}; nothing was changed (SES_SUPPRESSION_SYNC is on): try again",
+            status=502,
+        ) from exc
+
+
 async def delete_suppression(request: web.Request) -> web.Response:
+    """Remove every scope of the address, or one: `?list=NAME` (one list's unsubscribe, `*`
+    the every-list one) or `?scope=global` (the global entry only). 404 when it was not there.
+    With SES_SUPPRESSION_SYNC, removing the global entry removes it from SES's list first."""
     email = path_email(request)
-    if not await request.app[SUPPRESSIONS].remove(email):
+    suppressions = request.app[SUPPRESSIONS]
+    list_name = query_list(request)
+    scope = request.query.get("scope", "")
+    if scope not in ("", "global", "lists"):
+        raise InputError("invalid_scope", 'scope must be "global" or "lists"')
+    if list_name is not None:
+        if not await suppressions.resubscribe(email, list_name):
+            raise InputError("not_found", f"{email} has not left list {list_name}", status=404)
+        return json_response({"email": email, "removed": True, "scopes": [f"list:{list_name}"]})
+    removed: list[str] = []
+    settings = request.app[SETTINGS]
+    if scope in ("", "global"):
+        if settings.ses_suppression_sync and await suppressions.get(email) is not None:
+            await mirrored(mirror_delete(settings, email))
+        if await suppressions.remove(email):
+            removed.append("global")
+    if scope in ("", "lists"):
+        removed += [f"list:{name}" for name in sorted(await suppressions.lists_of(email))]
+        await suppressions.resubscribe(email)
+    if not removed:
         raise InputError("not_found", f"{email} is not suppressed", status=404)
-    return json_response({"email": email, "removed": True})
+    return json_response({"email": email, "removed": True, "scopes": removed})
 
 
 # --- the app ----------------------------------------------------------------------------------

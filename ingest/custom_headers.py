@@ -4,7 +4,9 @@ What SESv2 accepts (its MessageHeader shape): a name of printable ASCII but the 
 126 characters; a value of printable ASCII (space included: no CR, LF, tab or other control
 character, so no header can inject another), at most 995 characters and 996 with the name; at
 most 15 headers per message, of which sesflow's own per-recipient headers (X-Request-ID,
-List-Unsubscribe, List-Unsubscribe-Post) take 3. The headers sesflow writes itself (addresses,
+List-Unsubscribe, List-Unsubscribe-Post) take 3. Bulk mail's List-Id is added only when there is
+room for it (`sender.compose`): a message that uses all 12 keeps working, without one. A message
+may set its own `List-Id`; sesflow then adds none. The headers sesflow writes itself (addresses,
 subject, threading identity, MIME structure, unsubscribe, its correlation id) and the `X-SES-*`
 headers SES interprets are refused, case-insensitively: a message cannot override them.
 """

@@ -4,7 +4,8 @@ For each entry it applies the stored template the message names (its current ver
 entry XADDed by a producer, this is when it is accepted), validates the message with the API's
 own code (`ingest.validation`, lenient mode: invalid addresses are dropped and counted
 `rejected`; anything else invalid, such as a placeholder some recipient cannot fill, dead-letters
-the whole entry), drops suppressed recipients, and runs
+the whole entry), drops suppressed recipients (bulk mail: global suppressions and those who
+left the message's list; transactional mail: global suppressions only), and runs
 `dispatch.lua` per chunk of at most `CHUNK` recipients, which stores the content once and queues
 the jobs on `sends` (or on the schedule), idempotently. Only then is the entry acknowledged, so a
 crash at any point means redelivery, and redelivery changes nothing that was already done.
@@ -31,6 +32,7 @@ from sesflow.common.consumer import StreamConsumer
 from sesflow.common.errors import InputError, RedisUnavailable
 from sesflow.common.keys import DISPATCH_GROUP, Keys, accepted_ms
 from sesflow.common.logs import get_logger
+from sesflow.common.mailing_lists import default_list
 from sesflow.common.schema import (
     EVENT_FIELD,
     REQUEST_FIELD,
@@ -81,6 +83,7 @@ def content_of(msg_id: str, valid: ValidMessage) -> MessageContent:
         weight=request.weight,
         configuration_set=request.configuration_set or "",
         tenant=request.tenant or "",
+        mailing_list=request.mailing_list or default_list(request.topic_id),
     )
 
 
@@ -191,7 +194,8 @@ class Dispatcher(StreamConsumer):
         script_keys = p.dispatch_keys(msg_id, request.topic_id)
         emails, own_data = valid.emails, valid.own_data
         rejected_detail = f"invalid addresses: {valid.invalid_detail}" if valid.invalid else ""
-        content = [part for pair in content_of(msg_id, valid).to_hash().items() for part in pair]
+        stored = content_of(msg_id, valid)
+        content = [part for pair in stored.to_hash().items() for part in pair]
         head = [
             msg_id,
             0,
@@ -206,7 +210,7 @@ class Dispatcher(StreamConsumer):
         first = int(await self.client.hget(p.message(msg_id), "dispatched") or 0)
         while first < len(emails):
             chunk = emails[first : first + CHUNK]
-            suppressed = await self.suppressions.suppressed_among(chunk)
+            suppressed = await self.suppressions.suppressed_for(chunk, stored.unsubscribe_scope)
             recipients: list[str] = []
             for email, data in zip(chunk, own_data[first : first + CHUNK], strict=True):
                 recipients += ["", ""] if email in suppressed else [email, data]

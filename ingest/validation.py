@@ -7,7 +7,8 @@ Two entry points feed it:
     - Rust: `{"messages": [{"topic_id", "emails", "subject", "content"}], "scheduled_at": ...}`
     - Go:   `{"messages": [{"topicId", "emails", "subject", "content", "scheduledAt"}]}`
   `planId` / `plan_id` name the topic too; a per-message `scheduled_at` / `scheduledAt` wins over
-  the top-level one. Optional per message: `track_opens`, `track_clicks`, `unsubscribe`,
+  the top-level one. Optional per message: `list` (`common.mailing_lists`), `track_opens`,
+  `track_clicks`, `unsubscribe`,
   `from_email` (or their camelCase spellings).
 * the dispatcher decodes an entry of `requests` with `common.schema.decode_request`.
 
@@ -54,6 +55,7 @@ from sesflow.common.addresses import (
 )
 from sesflow.common.errors import InputError
 from sesflow.common.http import decode_json
+from sesflow.common.mailing_lists import list_of
 from sesflow.common.schema import LANES, Attachment, MessageRequest, Recipient
 from sesflow.common.ses_setup import SesSetupPolicy
 from sesflow.common.settings import Settings
@@ -321,6 +323,7 @@ def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -
         )
     due_ms = parse_schedule(message.scheduled_at)
     check_lane(message.lane, message.weight)
+    mailing_list = list_of(topic, message.mailing_list)
     from_email = check_from(message.from_email)
     configuration_set = limits.ses_setup.check_configuration_set(message.configuration_set)
     tenant = limits.ses_setup.check_tenant(message.tenant, from_email)
@@ -371,6 +374,7 @@ def validate_message(message: MessageRequest, limits: Limits, *, strict: bool) -
         reply_to=reply_to,
         headers=dict(headers),
         attachments=attachments,
+        mailing_list=mailing_list,
         **listed_as,
     )
     return ValidMessage(
@@ -457,7 +461,7 @@ def parse_extras(obj: dict[str, Any], where: str) -> dict[str, Any]:
         if value is None:
             continue
         if not extra.fits(value):
-            raise wrong_type(where, extra.field, extra.expected)
+            raise wrong_type(where, extra.names[0], extra.expected)
         extras[extra.field] = extra.convert(value, where)
     return extras
 
@@ -517,6 +521,7 @@ _EXTRAS = (
         lambda v, where: typed(v, list[Attachment], where, "attachments"),
     ),
     Extra("lane", ("lane",), lambda v: isinstance(v, str), '"bulk" or "transactional"'),
+    Extra("mailing_list", ("list",), lambda v: isinstance(v, str), "a list name"),
     Extra(
         "configuration_set",
         ("configuration_set", "configurationSet"),

@@ -1,5 +1,6 @@
 """Turn a message's stored content and one recipient's job into the email SES sends: merge
-values, the open pixel, tracked links, List-Unsubscribe headers (RFC 8058), the X-Request-ID
+values, the open pixel, tracked links, List-Unsubscribe headers (RFC 8058) whose token seals
+the message's mailing list, bulk mail's List-Id (RFC 2919), the X-Request-ID
 header and tags.
 
 Content is the same for every recipient of a message, so it is compiled once per message into a
@@ -26,9 +27,10 @@ from urllib.parse import quote
 
 import msgspec
 
-from sesflow.common.addresses import normalise_mailbox
+from sesflow.common.addresses import normalise_mailbox, parse_mailbox
+from sesflow.common.mailing_lists import list_id
 from sesflow.common.merge import MISSING, PLACEHOLDER, as_text, lookup, merged
-from sesflow.common.schema import RID_TAG, TOPIC_TAG, Job, MessageContent
+from sesflow.common.schema import BULK, RID_TAG, TOPIC_TAG, Job, MessageContent
 from sesflow.common.settings import Settings
 from sesflow.common.tracking import CLICK_SEPARATOR, Token, link_token, sign
 from sesflow.sender.personalise import CONSTANTS, Part, PartBuilder
@@ -357,9 +359,10 @@ class Email:
 
 
 def unsubscribe_headers(
-    settings: Settings, secret: bytes, rid: str, topic: str, email: str
+    settings: Settings, secret: bytes, rid: str, topic: str, email: str, list_name: str = ""
 ) -> tuple[tuple[str, str], ...]:
-    token = sign(secret, Token(k="u", r=rid, t=topic, e=email))
+    """List-Unsubscribe (RFC 8058 one-click): the token seals the list the click leaves."""
+    token = sign(secret, Token(k="u", r=rid, t=topic, e=email, l=list_name))
     value = f"<{settings.public_url}{UNSUBSCRIBE_PATH}?t={token}>"
     mailto = settings.unsubscribe_mailto.strip().removeprefix("mailto:")
     if mailto:
@@ -368,6 +371,23 @@ def unsubscribe_headers(
         ("List-Unsubscribe", value),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     )
+
+
+SES_MAX_HEADERS = 15  # SESv2's MessageHeaderList
+
+
+def wants_list_id(headers: tuple[tuple[str, str], ...], ours: int) -> bool:
+    """Whether bulk mail gets sesflow's List-Id: not when the message sets its own (a custom
+    header), nor when its custom headers and sesflow's `ours` already fill SES's 15."""
+    if any(name.lower() == "list-id" for name, _ in headers):
+        return False
+    return len(headers) + ours < SES_MAX_HEADERS
+
+
+@functools.lru_cache(maxsize=TEMPLATE_CACHE_SIZE)
+def list_id_of(list_name: str, domain: str, from_email: str) -> str:
+    """`List-Id: <list.domain>` (RFC 2919): LIST_ID_DOMAIN, else the From address's domain."""
+    return list_id(list_name, domain or parse_mailbox(from_email)[1].rpartition("@")[2])
 
 
 def sender_of(settings: Settings, content: MessageContent) -> str:
@@ -387,7 +407,12 @@ def compose(settings: Settings, secret: bytes, content: MessageContent, job: Job
     topic = content.topic
     headers: tuple[tuple[str, str], ...] = (("X-Request-ID", rid),)
     if content.unsubscribe:
-        headers += unsubscribe_headers(settings, secret, rid, topic, job.email)
+        headers += unsubscribe_headers(settings, secret, rid, topic, job.email, content.list_name)
+    from_email = sender_of(settings, content)
+    if content.lane == BULK and wants_list_id(content.headers, len(headers)):
+        headers += (
+            ("List-Id", list_id_of(content.list_name, settings.list_id_domain, from_email)),
+        )
     tags: tuple[tuple[str, str], ...] = ((RID_TAG, tag_value(rid)),)
     if topic_tag := tag_value(topic):
         tags += ((TOPIC_TAG, topic_tag),)
@@ -400,7 +425,7 @@ def compose(settings: Settings, secret: bytes, content: MessageContent, job: Job
         # Checked again here: content stored by an older version, or written to Redis by hand,
         # must not choose a From that shows one sender and is another (InvalidMailbox: the job
         # is not sent, and is dead-lettered after MAX_ATTEMPTS).
-        from_email=sender_of(settings, content),
+        from_email=from_email,
         to=job.email,
         values=values,
         own_headers=headers,

@@ -104,7 +104,10 @@ class ReadBatch:
             if job.msg_id not in contents:
                 load = functools.partial(sender.contents.get, part, job.msg_id)
                 contents[job.msg_id] = await sender.before_claim(load)
-        asks = [(part, job, self.topic_of(contents[job.msg_id])) for _, _, job in jobs]
+        asks = [
+            (part, job, self.topic_of(contents[job.msg_id]), self.scope_of(contents[job.msg_id]))
+            for _, _, job in jobs
+        ]
         prechecks = await sender.before_claim(lambda: sender.store.precheck_many(asks))
         scopes: dict[tuple[str, str, str], tuple[str, ...]] = {}
         items: list[_Item] = []
@@ -158,6 +161,10 @@ class ReadBatch:
     @staticmethod
     def topic_of(content: MessageContent | None) -> str | None:
         return content.topic if content else None
+
+    @staticmethod
+    def scope_of(content: MessageContent | None) -> str:
+        return content.unsubscribe_scope if content else ""
 
     async def book(self, items: list[_Item]) -> None:
         """Rate slots for every job; each grid point's jobs join those of the other batches due

@@ -28,11 +28,14 @@ from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from sesflow.common.schema import Event, EventType, Job, encode
 from sesflow.common.scripts import register
 from sesflow.common.streams import DEAD_LETTER_MAXLEN
-from sesflow.common.suppression import normalise
+from sesflow.common.suppression import leaves, normalise
 from sesflow.sender.batching import Batcher
 
 # One JSON argument per script call carries every job's values (see claim.lua, record.lua).
 _json = msgspec.json.Encoder()
+
+# A pre-check's question: the job, its topic, and the list whose unsubscribes stop it ("" none).
+PrecheckAsk = tuple[PartitionKeys, Job, str | None, str]
 
 INFLIGHT = "i:"  # the one prefix claim.lua reads itself: any other stored value is final
 
@@ -261,7 +264,7 @@ class DeliveryStore:
         self._links = register(client, "ses_links")
         # redis-py refuses EVALSHA in a RedisCluster pipeline (it cannot route it).
         self._cluster = isinstance(client, RedisCluster)
-        self._prechecks: Batcher[tuple[PartitionKeys, Job, str | None], Precheck] = Batcher(
+        self._prechecks: Batcher[PrecheckAsk, Precheck] = Batcher(
             self._precheck_many, skip_cancelled=True
         )
         self._claims: Batcher[ClaimItem, Outcome] = Batcher(self._claim_many, skip_cancelled=True)
@@ -269,51 +272,59 @@ class DeliveryStore:
             self._record_many, skip_cancelled=False
         )
 
-    async def precheck(self, part: PartitionKeys, job: Job, topic: str | None) -> Precheck:
-        """State, the topic's stop time and suppression, in one pipelined round trip with the
-        other jobs pre-checked at the same moment."""
-        return await self._prechecks.submit(None, (part, job, topic))
+    async def precheck(
+        self, part: PartitionKeys, job: Job, topic: str | None, scope: str = ""
+    ) -> Precheck:
+        """State, the topic's stop time and suppression (global, and the unsubscribes of list
+        `scope` when it is bulk mail's), in one pipelined round trip with the other jobs
+        pre-checked at the same moment."""
+        return await self._prechecks.submit(None, (part, job, topic, scope))
 
-    async def _precheck_many(
-        self, _: Hashable, items: list[tuple[PartitionKeys, Job, str | None]]
-    ) -> list[Precheck]:
+    async def _precheck_many(self, _: Hashable, items: list[PrecheckAsk]) -> list[Precheck]:
         # A batch is mostly jobs of one message: one HMGET per message's state hash, one GET
-        # per topic and one HMGET of the suppression hash for all addresses, instead of three
+        # per topic, one HMGET of the suppression hash for all addresses and, when some job is
+        # bulk mail, one HMGET of the list unsubscribes for those, instead of three or four
         # commands per job (redis-py spends ~20 us of CPU per command). No transaction: the
-        # suppression hash lives in another slot.
+        # suppression hashes live in another slot.
         states: dict[str, list[str]] = {}
         stops: dict[str, None] = {}
-        for part, job, topic in items:
+        for part, job, topic, _scope in items:
             states.setdefault(part.state(job.msg_id), []).append(str(job.index))
             stops[part.stop(topic or "")] = None
-        addresses = [normalise(job.email) for _, job, _ in items]
+        addresses = [normalise(job.email) for _, job, _, _ in items]
+        scoped = [n for n, (_, _, _, scope) in enumerate(items) if scope]
         pipe = self.client.pipeline(transaction=False)
         for key, fields in states.items():
             pipe.hmget(key, fields)
         for key in stops:
             pipe.get(key)
         pipe.hmget(self.keys.suppressed, addresses)
+        if scoped:
+            pipe.hmget(self.keys.unsubscribed, [addresses[n] for n in scoped])
         replies = await pipe.execute()
         state_of: dict[tuple[str, str], str | None] = {}
         for (key, fields), values in zip(states.items(), replies, strict=False):
             state_of.update(((key, f), v) for f, v in zip(fields, values, strict=True))
         stop_of = dict(zip(stops, replies[len(states) :], strict=False))
-        suppressed = replies[-1]
+        suppressed = replies[len(states) + len(stops)]
+        lists_of = dict(zip(scoped, replies[-1], strict=True)) if scoped else {}
         out = []
-        for (part, job, topic), listed in zip(items, suppressed, strict=True):
+        for n, ((part, job, topic, scope), listed) in enumerate(
+            zip(items, suppressed, strict=True)
+        ):
             state = state_of[(part.state(job.msg_id), str(job.index))]
             stop = stop_of[part.stop(topic or "")]
             stop_ms = int(stop) if stop is not None and str(stop).isdigit() else None
             out.append(
                 Precheck(
-                    state=DeliveryState.parse(state), stop_ms=stop_ms, suppressed=listed is not None
+                    state=DeliveryState.parse(state),
+                    stop_ms=stop_ms,
+                    suppressed=listed is not None or leaves(lists_of.get(n), scope),
                 )
             )
         return out
 
-    async def precheck_many(
-        self, items: list[tuple[PartitionKeys, Job, str | None]]
-    ) -> list[Precheck]:
+    async def precheck_many(self, items: list[PrecheckAsk]) -> list[Precheck]:
         """`precheck` for several jobs (a read batch): one answer each, one round trip."""
         return await self._prechecks.submit_many(None, items)
 

@@ -12,7 +12,10 @@
 - paused setups (`sender.setup_faults`): read every second, so a pause or a resume seen by
   one replica reaches all; the parked jobs of a scope no longer paused go back to their
   backlogs in the same step (`sender.parking`);
-- metrics gauges from the shared bucket.
+- metrics gauges from the shared bucket;
+- SES's account-level suppression list (SES_SUPPRESSION_SYNC=1): imported into sesflow's every
+  SES_SUPPRESSION_SYNC_INTERVAL seconds by whichever replica takes the turn first (a key held
+  for the interval, `keys.ses_suppression_sync`), so N replicas still read it once.
 
 They need only a `Replica` (what `sender.worker.Sender` offers them), never the worker module.
 """
@@ -29,8 +32,10 @@ from sesflow.common.consumer import forget_idle_consumers, sleep_or_stop
 from sesflow.common.errors import RedisUnavailable
 from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from sesflow.common.logs import get_logger
+from sesflow.common.ses_suppressions import SesMirrorError, import_from_ses
 from sesflow.common.settings import Settings
 from sesflow.common.streams import trim_acknowledged
+from sesflow.common.suppression import SuppressionList
 from sesflow.sender import metrics
 from sesflow.sender.parking import Parking
 from sesflow.sender.rate_limit import RateLimiter
@@ -42,6 +47,7 @@ log = get_logger(__name__)
 TRIM_INTERVAL_S = 10.0
 CONSUMERS_INTERVAL_S = 60.0
 QUOTA_INTERVAL_S = 60.0
+SES_SYNC_CHECK_S = 60.0  # how often a replica looks whether the SES import is due
 GAUGES_INTERVAL_S = 2.0
 # a consumer silent this long (and holding nothing) is taken for gone (`common.consumer`)
 FORGET_CONSUMER_AFTER_S = 3600.0
@@ -108,6 +114,9 @@ async def run_upkeep(sender: Replica, stop: asyncio.Event) -> None:
     ]
     if sender.fetch_quota is not None:
         loops.append(periodic("quota", QUOTA_INTERVAL_S, lambda: refresh_quota(sender), stop, wait))
+    if sender.settings.ses_suppression_sync:
+        every = min(SES_SYNC_CHECK_S, sender.settings.ses_suppression_sync_interval)
+        loops.append(periodic("ses-suppressions", every, lambda: sync_ses(sender), stop, wait))
     await asyncio.gather(*loops)
 
 
@@ -161,6 +170,24 @@ async def refresh_quota(sender: Replica) -> None:
             max_24h_send=quota.max_24h_send,
             sent_last_24h=quota.sent_last_24h,
         )
+
+
+async def sync_ses(sender: Replica) -> bool:
+    """Import SES's suppression list when this replica takes the interval's turn; True if so."""
+    interval_ms = int(sender.settings.ses_suppression_sync_interval * 1000)
+    key = sender.keys.ses_suppression_sync
+    if not await sender.client.set(key, sender.consumer, nx=True, px=max(1, interval_ms)):
+        return False
+    try:
+        read, added = await import_from_ses(
+            sender.settings, SuppressionList(sender.client, sender.keys)
+        )
+    except SesMirrorError as exc:
+        await sender.client.delete(key)  # the next look (any replica) tries again
+        log.warning("SES suppression list import failed", error=str(exc))
+        return False
+    log.info("SES suppression list imported", read=read, added=added)
+    return True
 
 
 async def update_gauges(sender: Replica) -> None:

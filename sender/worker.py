@@ -435,7 +435,8 @@ class Sender(StreamConsumer):
         """Content and pre-check: the content to send, or None when the job is finished here
         (no rate token spent)."""
         attempt.content = await self.contents.get(attempt.part, attempt.job.msg_id)
-        pre = await self.store.precheck(attempt.part, attempt.job, attempt.topic)
+        scope = attempt.content.unsubscribe_scope if attempt.content else ""
+        pre = await self.store.precheck(attempt.part, attempt.job, attempt.topic, scope)
         if pre.state.final:  # a redelivery: never sent again
             await self.store.ack(attempt.part, attempt.entry_id)
             metrics.JOBS.labels("duplicate").inc()

@@ -4,6 +4,8 @@ endpoints is the SNS signature and the signed tracking tokens."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -25,6 +27,23 @@ from sesflow.tracker.sns import CertCache, SnsVerifier
 from sesflow.tracker.soft_bounces import SoftBounces
 
 log = get_logger(__name__)
+
+
+async def migrate_unsubscribes(suppressions: SuppressionList) -> None:
+    """Global unsubscribes of an older version become every-list unsubscribes, once at start,
+    in the background (`SuppressionList.migrate_unsubscribes`: idempotent; also `sesflow
+    suppressions migrate`). A failure is logged; the next start or the command does it."""
+    try:
+        moved = await suppressions.migrate_unsubscribes()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning(
+            "unsubscribe migration failed; run `sesflow suppressions migrate`", error=str(exc)
+        )
+        return
+    if moved:
+        log.info("older global unsubscribes moved to the every-list scope", moved=moved)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -59,9 +78,13 @@ def create_app(settings: Settings) -> web.Application:
             )
         elif not settings.sns_topic_arns:
             log.warning(webhook.NO_TOPICS)
+        migrating = asyncio.create_task(migrate_unsubscribes(app[TRACKER].suppressions))
         try:
             yield
         finally:
+            migrating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await migrating
             await http.close()
             await client.aclose()
 

@@ -4,6 +4,8 @@ Every link carries a token signed with the tracking secret (`common.tracking`; a
 the recipient's token and the link's, or, in older mail, one token for both). A forged or
 altered token is never counted: the pixel is still served (a broken image helps nobody), a click
 gets 400 (never a redirect to a URL the token does not seal), an unsubscribe gets a 400 page.
+An unsubscribe leaves only the mailing list its token seals (`unsubscribe_scope`); hard bounces
+and complaints (`tracker.webhook`) still suppress an address everywhere.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from sesflow.common.errors import InputError, RedisUnavailable
 from sesflow.common.http import error_response, json_response, read_body
 from sesflow.common.keys import split_request_id
 from sesflow.common.logs import get_logger
+from sesflow.common.mailing_lists import ALL_LISTS, is_list_name
 from sesflow.common.schema import Event, EventType
-from sesflow.common.suppression import entry
 from sesflow.common.tracking import Token, verify, verify_click
 from sesflow.tracker import metrics, pages
 from sesflow.tracker.context import TRACKER, Tracker
@@ -162,6 +164,14 @@ async def click(request: web.Request) -> web.Response:
 # --- unsubscribe --------------------------------------------------------------------------------
 
 
+def unsubscribe_scope(token: Token) -> str:
+    """The list a one-click unsubscribe leaves: the one its token seals. A link in mail sent
+    before lists existed names none; it leaves every list, as its stored unsubscribes were
+    migrated to (`common.suppression.migrate_unsubscribes`): no more bulk mail of any list, as
+    the recipient expects, and their receipts and password resets still arrive."""
+    return token.l if token.l and is_list_name(token.l) else ALL_LISTS
+
+
 def wants_html(request: web.Request) -> bool:
     return "text/html" in request.headers.get("Accept", "")
 
@@ -182,11 +192,12 @@ async def unsubscribe(request: web.Request) -> web.StreamResponse:
 
     # The body is `List-Unsubscribe=One-Click` (RFC 8058); the signed token alone decides.
     await read_body(request, MAX_UNSUBSCRIBE_BODY)
+    scope = unsubscribe_scope(token)
     with redis_errors():
-        await tracker.suppressions.add(entry(token.e, "unsubscribe", topic=token.t))
-    left = Touch(EventType.UNSUBSCRIBED, topic=token.t, email=token.e)
+        await tracker.suppressions.unsubscribe(token.e, scope, topic=token.t)
+    left = Touch(EventType.UNSUBSCRIBED, topic=token.t, email=token.e, detail=f"list {scope}")
     await record(tracker, token.r, first_unsubscribe, left)
-    log.info("unsubscribed", rid=token.r, topic=token.t)
+    log.info("unsubscribed", rid=token.r, topic=token.t, list=scope)
     if wants_html(request):
         return pages.unsubscribed(token.e)
     return json_response({"status": "unsubscribed"})

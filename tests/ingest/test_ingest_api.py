@@ -305,6 +305,56 @@ async def test_suppression_api(http: Any) -> None:
     assert (await http.get("/v1/suppressions?cursor=abc")).status == 400
 
 
+async def test_suppression_scopes_in_the_api(http: Any) -> None:
+    """An address shows its global entry and its list unsubscribes; DELETE takes one scope or
+    every one; the answers keep their older fields."""
+    assert (await http.put("/v1/suppressions/s@x.io?list=Newsletter")).status == 200
+    resp = await http.put("/v1/suppressions/s@x.io", json={"list": "offers", "detail": "asked"})
+    shown = await resp.json()
+    assert (shown["email"], shown["reason"], shown["global"]) == ("s@x.io", "unsubscribe", False)
+    assert sorted(shown["scopes"]["lists"]) == ["newsletter", "offers"]
+    assert shown["scopes"]["global"] is None
+    await http.put("/v1/suppressions/s@x.io", json={"reason": "complaint"})
+    got = await (await http.get("/v1/suppressions/s@x.io")).json()
+    assert (got["reason"], got["global"], got["scopes"]["global"]["reason"]) == (
+        "complaint",
+        True,
+        "complaint",
+    )
+    page = await (await http.get("/v1/suppressions")).json()
+    assert [(i["email"], sorted(i["lists"])) for i in page["items"]] == [
+        ("s@x.io", ["newsletter", "offers"])
+    ]
+    lists_page = await (await http.get("/v1/suppressions?scope=lists")).json()
+    assert [i["email"] for i in lists_page["items"]] == ["s@x.io"] and lists_page["total"] == 1
+
+    resp = await http.delete("/v1/suppressions/s@x.io?list=offers")
+    assert (await resp.json())["scopes"] == ["list:offers"]
+    assert (await http.delete("/v1/suppressions/s@x.io?list=offers")).status == 404
+    resp = await http.delete("/v1/suppressions/s@x.io?scope=global")
+    assert (await resp.json())["scopes"] == ["global"]
+    got = await (await http.get("/v1/suppressions/s@x.io")).json()
+    assert (got["global"], list(got["scopes"]["lists"])) == (False, ["newsletter"])
+    resp = await http.delete("/v1/suppressions/s@x.io")
+    assert (await resp.json())["scopes"] == ["list:newsletter"]
+    assert (await http.get("/v1/suppressions/s@x.io")).status == 404
+
+    for bad in ("/v1/suppressions/s@x.io?list=a%20b", "/v1/suppressions?scope=other"):
+        resp = await (http.get(bad) if "scope=" in bad else http.delete(bad))
+        assert resp.status == 400
+    assert (await http.put("/v1/suppressions/s@x.io", json={"list": 5})).status == 400
+
+
+async def test_a_message_names_a_valid_list(http: Any) -> None:
+    body = {"topic_id": "t", "emails": ["a@x.io"], "subject": "s", "content": "c"}
+    ok = await http.post("/v1/messages", json={"messages": [{**body, "list": "News"}]})
+    assert ok.status == 202
+    for bad in ("*", "two words", 5):
+        resp = await http.post("/v1/messages", json={"messages": [{**body, "list": bad}]})
+        assert resp.status == 400
+        assert (await resp.json())["error"] in ("invalid_list", "invalid_type")
+
+
 async def test_redis_down_is_503_with_retry_after(api_client: Any, make_settings: Any) -> None:
     settings = make_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     async with api_client(settings) as http:

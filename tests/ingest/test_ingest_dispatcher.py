@@ -146,6 +146,47 @@ async def test_suppressed_and_invalid_recipients_are_counted(
     assert "not-an-address" in events["rejected"].detail
 
 
+async def test_list_unsubscribes_drop_bulk_recipients_of_that_list_only(
+    dispatcher: Dispatcher, redis: Any, keys: Keys, p: PartitionKeys
+) -> None:
+    """A producer's entry names its list (or gets its topic's); bulk mail skips the addresses
+    that left it, transactional mail skips only global suppressions."""
+    suppressions = SuppressionList(redis, keys)
+    await suppressions.unsubscribe("left@x.io", "newsletter")
+    await suppressions.add(entry("bounced@x.io", "bounce"))
+    emails = ["left@x.io", "bounced@x.io", "stays@x.io"]
+    ids = []
+    for request in (
+        message(emails, mailing_list="newsletter"),
+        message(emails, mailing_list="offers"),
+        message(emails, topic="newsletter"),  # the topic's list
+        message(emails, mailing_list="newsletter", lane="transactional"),
+    ):
+        ids.append(await enqueue(redis, keys, request))
+        await dispatcher.handle(*await read_one(dispatcher))
+    by_message: dict[str, list[str]] = {msg_id: [] for msg_id in ids}
+    for job in await read_jobs(redis, p):
+        by_message[job["m"]].append(job["e"])
+    assert [sorted(by_message[msg_id]) for msg_id in ids] == [
+        ["stays@x.io"],
+        ["left@x.io", "stays@x.io"],
+        ["stays@x.io"],
+        ["left@x.io", "stays@x.io"],
+    ]
+    stored = [await redis.hget(p.message(m), "list") for m in ids]
+    assert stored == ["newsletter", "offers", "newsletter", "newsletter"]
+
+
+async def test_an_entry_with_a_bad_list_is_dead_lettered(
+    dispatcher: Dispatcher, redis: Any, keys: Keys, p: PartitionKeys
+) -> None:
+    await enqueue(redis, keys, message(["a@x.io"], mailing_list="not a token"))
+    await dispatcher.handle(*await read_one(dispatcher))
+    assert await queued(redis, p) == 0
+    [(_, fields)] = await redis.xrange(keys.requests_dead)
+    assert fields["reason"] == "invalid_list"
+
+
 async def test_a_message_accepted_before_a_cancel_is_stopped(
     dispatcher: Dispatcher, redis: Any, keys: Keys, p: PartitionKeys
 ) -> None:

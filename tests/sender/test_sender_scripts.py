@@ -193,6 +193,27 @@ async def test_jobs_prechecked_together_each_get_their_own_answer(redis: Any) ->
     assert four == first
 
 
+async def test_the_precheck_applies_list_unsubscribes_to_bulk_mail_only(redis: Any) -> None:
+    """Bulk jobs ask with their list: an address that left it (or every list) is suppressed;
+    a transactional job (scope "") sees only the global list. One round trip for all."""
+    import asyncio
+
+    left = Job(msg_id=JOB.msg_id, index=5, email="Left@example.org")
+    everywhere = Job(msg_id=JOB.msg_id, index=6, email="all@example.org")
+    await redis.delete(KEYS.unsubscribed)
+    await redis.hset(KEYS.unsubscribed, "left@example.org", '{"newsletter":{"ts":1}}')
+    await redis.hset(KEYS.unsubscribed, "all@example.org", '{"*":{"ts":1}}')
+    store = DeliveryStore(redis, KEYS, 60)
+    answers = await asyncio.gather(
+        store.precheck(PART, left, "t1", "newsletter"),
+        store.precheck(PART, left, "t1", "offers"),
+        store.precheck(PART, left, "t1", ""),
+        store.precheck(PART, everywhere, "t1", "offers"),
+        store.precheck(PART, everywhere, "t1", ""),
+    )
+    assert [a.suppressed for a in answers] == [True, False, False, True, False]
+
+
 async def test_ses_links_sets_every_link_with_its_ttl(redis: Any) -> None:
     links = register(redis, "ses_links")
     keys = [KEYS.ses_message("a"), KEYS.ses_message("b")]

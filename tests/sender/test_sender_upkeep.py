@@ -15,6 +15,7 @@ from sesflow.common.aws import Quota
 from sesflow.common.connection import ensure_group
 from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.runtime import start_site
+from sesflow.common.ses_suppressions import SesMirrorError
 from sesflow.common.settings import Settings
 from sesflow.sender import upkeep
 from sesflow.sender.metrics import create_app
@@ -223,3 +224,30 @@ async def test_metrics_and_health_are_served(
     assert 'sesflow_sends_total{outcome="sent"}' in text
     assert f"sesflow_rate_effective_per_second {1000 * HEADROOM}" in text
     assert health["status"] == "ok" and health["consumer"] == sender.consumer
+
+
+async def test_one_replica_per_interval_imports_the_ses_suppression_list(
+    redis: Any, sender_settings: Any, make_sender: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imported: list[str] = []
+
+    async def fake_import(settings: Settings, suppressions: Any) -> tuple[int, int]:
+        imported.append(settings.redis_prefix)
+        return 0, 0
+
+    monkeypatch.setattr(upkeep, "import_from_ses", fake_import)
+    await redis.delete(KEYS.ses_suppression_sync)
+    settings = sender_settings(SES_SUPPRESSION_SYNC="1", SES_SUPPRESSION_SYNC_INTERVAL="60")
+    first, second = make_sender(settings), make_sender(settings)
+    assert await upkeep.sync_ses(first) and not await upkeep.sync_ses(second)
+    assert not await upkeep.sync_ses(first)  # the interval is not over for anyone
+    assert imported == ["sesflow"]
+    assert 0 < await redis.pttl(KEYS.ses_suppression_sync) <= 60_000
+
+    async def failing(settings: Settings, suppressions: Any) -> tuple[int, int]:
+        raise SesMirrorError("SES said no")
+
+    monkeypatch.setattr(upkeep, "import_from_ses", failing)
+    await redis.delete(KEYS.ses_suppression_sync)
+    assert not await upkeep.sync_ses(first)
+    assert not await redis.exists(KEYS.ses_suppression_sync)  # the next look tries again

@@ -184,8 +184,45 @@ def test_unsubscribe_headers_follow_rfc_8058(make_settings: Callable[..., Settin
     )
     assert match is not None
     assert token_of(match.group(1)) == Token(
-        k="u", r="1732461234567-0_7", t="news", e="Reader@Example.org"
+        k="u", r="1732461234567-0_7", t="news", e="Reader@Example.org", l="news"
     )
+
+
+def test_the_unsubscribe_token_seals_the_list_the_message_names(settings: Settings) -> None:
+    email = compose(settings, SECRET, content("x", unsubscribe=True, mailing_list="offers"), JOB)
+    link = dict(email.headers)["List-Unsubscribe"].strip("<>")
+    assert token_of(link).l == "offers"
+
+
+def test_bulk_mail_carries_a_list_id_of_the_from_domain(settings: Settings) -> None:
+    """RFC 2919: `<list.domain>`; the domain is the From address's unless LIST_ID_DOMAIN is set,
+    and it goes into each recipient's headers, so every send path (bulk entries, SendEmail,
+    raw mail with attachments) carries it."""
+    own = content("x", mailing_list="offers", from_email="Shop <deals@Mail.Shop.example>")
+    email = compose(settings, SECRET, own, JOB)
+    assert ("List-Id", "<offers.mail.shop.example>") in email.own_headers
+    assert ("List-Id", "<offers.mail.shop.example>") in email.rendered().headers
+    assert dict(compose(settings, SECRET, content("x"), JOB).headers)["List-Id"] == (
+        "<news.example.com>"
+    )
+
+
+def test_list_id_domain_setting_and_lanes(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(LIST_ID_DOMAIN="lists.example.net")
+    headers = dict(compose(settings, SECRET, content("x"), JOB).headers)
+    assert headers["List-Id"] == "<news.lists.example.net>"  # the topic's list by default
+    transactional = compose(settings, SECRET, content("x", lane="transactional"), JOB)
+    assert "List-Id" not in dict(transactional.headers)
+
+
+def test_list_id_yields_to_the_message_and_to_the_ses_header_limit(settings: Settings) -> None:
+    own = content("x", headers=(("List-Id", "<mine.example>"),))
+    assert [v for n, v in compose(settings, SECRET, own, JOB).headers if n == "List-Id"] == [
+        "<mine.example>"
+    ]
+    full = tuple((f"X-H{n}", "v") for n in range(12))  # 12 custom + 3 of sesflow's = 15
+    crowded = compose(settings, SECRET, content("x", unsubscribe=True, headers=full), JOB)
+    assert "List-Id" not in dict(crowded.headers) and len(crowded.headers) == 15
 
 
 def test_unsubscribe_without_mailto(settings: Settings) -> None:
@@ -199,7 +236,10 @@ def test_opt_outs_leave_only_the_request_id(settings: Settings) -> None:
     html = '<html><body><a href="https://a.example">A</a></body></html>'
     email = compose(settings, SECRET, content(html), JOB)
     assert email.html == html
-    assert email.headers == (("X-Request-ID", "1732461234567-0_7"),)
+    assert email.headers == (
+        ("X-Request-ID", "1732461234567-0_7"),
+        ("List-Id", "<news.example.com>"),
+    )
 
 
 def test_addressing_tags_and_configuration_set(make_settings: Callable[..., Settings]) -> None:

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
+from unittest import mock
 
 import pytest
 from moto.ses.models import ses_backends
 
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS, LocalSes
+from sesflow.common import ses_suppressions
 from sesflow.common.errors import SesRejected, SesSetupFault
+from sesflow.common.keys import Keys
+from sesflow.common.ses_suppressions import import_from_ses, mirror_delete, mirror_put
 from sesflow.common.settings import Settings
+from sesflow.common.suppression import SuppressionList
 from sesflow.sender.ses_client import BulkEmail, BulkEntry, SesClient
 
 ACCOUNT = "123456789012"
@@ -57,3 +63,21 @@ async def test_bulk_entries_are_rendered_and_sent(
     assert isinstance(outcomes[1], SesRejected) and outcomes[1].code == "INVALID_PARAMETER"
     [sent] = backend.sent_messages[before:]
     assert (sent.id, sent.subject, sent.body) == (outcomes[0], "Hi <ab>", "<p>Hello &lt;ab&gt;</p>")
+
+
+async def test_the_account_suppression_list_is_imported_paged_and_mirrored(
+    local_ses: LocalSes, make_settings: Callable[..., Settings], redis: Any
+) -> None:
+    """`sesflow up`'s SES keeps an account-level suppression list in SESv2's REST shapes, so the
+    import (every page) and the API's mirroring work without an AWS account."""
+    settings = make_settings(SES_ENDPOINT_URL=local_ses.url, AWS_REGION=REGION, **LOCAL_CREDENTIALS)
+    await redis.delete(Keys().suppressed)
+    suppressions = SuppressionList(redis, Keys())
+    for n in range(3):
+        await mirror_put(settings, f"Local{n}@example.org", "complaint" if n else "manual")
+    assert await mirror_delete(settings, "local2@example.org")
+    assert not await mirror_delete(settings, "local2@example.org")  # not there: nothing to do
+    with mock.patch.object(ses_suppressions, "PAGE_SIZE", 1):
+        assert await import_from_ses(settings, suppressions) == (2, 2)
+    found = {s.email: s.reason for s in (await suppressions.page(0, 100))[1]}
+    assert found == {"local0@example.org": "bounce", "local1@example.org": "complaint"}

@@ -6,6 +6,9 @@ pause or reject. It does not check signatures.
     SendBulkEmail   POST /v2/email/outbound-bulk-emails
     GetAccount      GET  /v2/email/account
     setup reads     GetEmailIdentity, GetConfigurationSet[EventDestinations]: `sesstub_setup`
+    List/Put/Delete/GetSuppressedDestination  /v2/email/suppression/addresses[/{address}]
+                    the account-level suppression list (`support.sesstub_suppressions`;
+                    its own control: POST /stub/suppressions)
     control         POST /stub/control   JSON of any `StubConfig` field, plus "reset": true
     stats           GET  /stub/stats     (?recipients=1 adds the per-address counts and the
                                           time each address was first accepted)
@@ -50,6 +53,7 @@ from aiohttp import web
 from sesflow.common.handlebars import render
 
 from support.sesstub_setup import SetupState
+from support.sesstub_suppressions import AccountSuppressionList
 
 ACCOUNT_PATH = "/v2/email/account"
 SEND_PATH = "/v2/email/outbound-emails"
@@ -298,6 +302,8 @@ class SesStub:
         self._runner: web.AppRunner | None = None
         self._reject: re.Pattern[str] | None = None
         self.setup = SetupState()  # identities, configuration sets, the account's standing
+        # kept across `reset()`: it is the account's data, like the configuration
+        self.suppression_list = AccountSuppressionList()
         self.reset()
         self._apply_pattern()
 
@@ -743,6 +749,7 @@ class SesStub:
         app.router.add_get("/stub/messages", self.messages_handler)
         app.router.add_get("/stub/mail", self.mail_handler)
         self.setup.add_routes(app)
+        self.suppression_list.add_routes(app)
         return app
 
     async def start(self) -> SesStub:

@@ -205,7 +205,7 @@ async def test_unsubscribe_get_shows_a_confirmation_that_posts(
 
 
 async def test_one_click_post_suppresses_at_once(tracker: TestClient[Any, Any], redis: Any) -> None:
-    text = token("u", 4, e="Reader@Example.com")
+    text = token("u", 4, e="Reader@Example.com", l="newsletter")
     for _ in range(2):
         resp = await tracker.post(
             "/v1/events/unsubscribe",
@@ -215,9 +215,12 @@ async def test_one_click_post_suppresses_at_once(tracker: TestClient[Any, Any], 
         )
         assert resp.status == 200
         assert (await resp.json())["status"] == "unsubscribed"
-    entry = await SuppressionList(redis, KEYS).get("reader@example.com")
-    assert entry is not None and (entry.reason, entry.topic) == ("unsubscribe", TOPIC)
+    suppressions = SuppressionList(redis, KEYS)
+    assert await suppressions.get("reader@example.com") is None  # only that list: not global
+    lists = await suppressions.lists_of("reader@example.com")
+    assert list(lists) == ["newsletter"] and lists["newsletter"].topic == TOPIC
     [event] = await stream_events(redis, P0.events)  # a second POST records nothing more
+    assert event.detail == "list newsletter"
     assert (event.type, event.index, event.email, event.unique) == (
         "unsubscribed",
         4,
@@ -297,3 +300,19 @@ async def test_go_service_pixels_with_a_trailing_slash_still_work(
         assert resp.status == 200 and await resp.read() == PIXEL
     (legacy,) = await stream_events(redis, P0.events)
     assert legacy.type == "opened" and "42" in legacy.detail
+
+
+async def test_an_unsubscribe_link_of_older_mail_leaves_every_list(
+    tracker: TestClient[Any, Any], redis: Any
+) -> None:
+    """A token signed before lists existed names no list: it leaves every list (bulk mail of
+    any list skips the address, transactional mail does not), never the global list."""
+    resp = await tracker.post(
+        "/v1/events/unsubscribe", params={"t": token("u", 2, e="old@example.com")}
+    )
+    assert resp.status == 200
+    suppressions = SuppressionList(redis, KEYS)
+    assert await suppressions.get("old@example.com") is None
+    assert list(await suppressions.lists_of("old@example.com")) == ["*"]
+    assert await suppressions.suppressed_for(["old@example.com"], "any-list") == {"old@example.com"}
+    assert await suppressions.suppressed_for(["old@example.com"], "") == set()
