@@ -809,6 +809,61 @@ def test_gateway_route_sends_every_compatibility_request_to_its_role() -> None:
         assert httproute_role(route, method, path) == role, f"{method} {path}"
 
 
+# Paths each role serves for itself, not through the public routes: probes and scraping.
+PER_ROLE_PATHS = {"/health", "/livez", "/metrics"}
+
+
+@functools.cache
+def served_routes() -> dict[tuple[str, str], frozenset[str]]:
+    """(method, path with sample values) -> the roles whose app answers it, read off the apps
+    themselves: a route added to a role is checked against the deploy routes without a list
+    to keep up to date. The pause routes' CORS preflights (OPTIONS, for the dashboard) are
+    answered where the routes are."""
+    from sesflow.ingest.api import create_app as ingest_app
+    from sesflow.ingest.dashboard_cors import PAUSE_PATH
+    from sesflow.stats.api import create_app as stats_app
+    from sesflow.tracker.app import create_app as tracker_app
+
+    served: dict[tuple[str, str], set[str]] = {}
+    for role, make in (("ingest", ingest_app), ("tracker", tracker_app), ("stats", stats_app)):
+        for route in make(DEFAULTS).router.routes():
+            info = route.resource.get_info() if route.resource else {}
+            template = info.get("path") or info.get("formatter") or ""
+            if route.method == "HEAD" or template in PER_ROLE_PATHS or not template:
+                continue
+            path = re.sub(r"\{[^}]+\}", "x1", template)
+            methods = [route.method] + (["OPTIONS"] if PAUSE_PATH.match(path) else [])
+            for method in methods:
+                served.setdefault((method, path), set()).add(role)
+    return {key: frozenset(roles) for key, roles in served.items()}
+
+
+def test_gateway_route_sends_every_route_to_a_role_that_serves_it() -> None:
+    (route,) = k8s_kind("HTTPRoute")
+    wrong = {
+        f"{method} {path} -> {got}, served by {sorted(roles)}"
+        for (method, path), roles in served_routes().items()
+        if (got := httproute_role(route, method, path)) not in roles
+    }
+    assert not wrong
+
+
+def test_ingress_routes_every_route_to_a_role_that_serves_it_on_one_of_its_hosts() -> None:
+    """An Ingress cannot route by method: a path two roles share goes to ingest on the main
+    host, and the stats host serves every stats path (deploy/README.md)."""
+    (ingress,) = k8s_kind("Ingress")
+    rules = ingress["spec"]["rules"]
+    main, stats_host = rules[0]["host"], rules[1]["host"]
+    wrong = {
+        f"{method} {path}: served by {sorted(roles)}"
+        for (method, path), roles in served_routes().items()
+        if ingress_role(rules, main, path) not in roles
+        and ingress_role(rules, stats_host, path) not in roles
+    }
+    assert not wrong
+    assert ingress_role(rules, main, "/v1/messages") == "ingest"
+
+
 # --- the image's health check ------------------------------------------------------------------
 
 
