@@ -86,9 +86,11 @@ async def queue_one(client: Any, endpoint: Endpoint, now_ms: int, n: int = 0) ->
 
 
 async def step(deliverer: Deliverer) -> int:
-    """One round, and every call it started settled."""
+    """One round, and every call it started ended and settled."""
     started = await deliverer.round()
     await asyncio.gather(*deliverer.inflight)
+    await deliverer.flush()
+    assert not deliverer.settling
     return started
 
 
