@@ -18,7 +18,8 @@
 - A failure is retried with `backoff` until WEBHOOK_RETRY_FOR after the delivery was enqueued,
   then dead-lettered (`sesflow dlq`). An endpoint failing with no success for
   WEBHOOK_DISABLE_AFTER is disabled, with a `webhook_disabled` event and a warning.
-- Connections go through the SSRF guard (`ssrf`) at every connect.
+- Calls go through one keep-alive pool per endpoint (`pools`), whose every new connection
+  passes the SSRF guard (`ssrf`).
 
 `clock` (epoch seconds) is injectable, so tests drive retries, dead letters and disabling.
 """
@@ -31,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from sesflow.common.connection import as_fields
@@ -43,9 +43,9 @@ from sesflow.common.settings import Settings
 from sesflow.stats.webhooks import metrics
 from sesflow.stats.webhooks.backoff import next_attempt_ms
 from sesflow.stats.webhooks.endpoints import Endpoint, EndpointCache, Registry
+from sesflow.stats.webhooks.pools import CallFailed, EndpointPools
 from sesflow.stats.webhooks.queue import Claimed, Queue, Settlement
 from sesflow.stats.webhooks.signing import headers
-from sesflow.stats.webhooks.ssrf import GuardedResolver, RefusedTarget, check_url
 
 log = get_logger(__name__)
 
@@ -54,7 +54,6 @@ IDLE_POLL_S = 0.25  # how often an idle deliverer looks for deliveries that came
 LEASE_MARGIN_S = 10.0  # a lease outlives the call's timeout by this much
 ERROR_PAUSE_S = 1.0
 CLEAR_FAILING_EVERY_S = 1.0
-READ_LIMIT = 1024  # bytes of an answer read (then the connection is reused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +82,7 @@ class Deliverer:
         self.cache = EndpointCache(self.registry)
         self.endpoints: dict[str, Endpoint] = {}
         self.settling: dict[int, list[Ending]] = {}  # partition -> calls ended, not settled
-        self.session: aiohttp.ClientSession | None = None
+        self.pools: EndpointPools | None = None
         self._wake = asyncio.Event()
         self._cleared: dict[str, float] = {}
 
@@ -94,15 +93,16 @@ class Deliverer:
         return int(self.clock() * 1000)
 
     def open(self) -> None:
-        """The HTTP session: every connection resolves through the SSRF guard."""
-        connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(self.settings.webhook_allow_private), limit=MAX_INFLIGHT
+        """The endpoints' connection pools (every connection through the SSRF guard)."""
+        self.pools = EndpointPools(
+            allow_private=self.settings.webhook_allow_private,
+            timeout=self.settings.webhook_timeout,
+            per_endpoint=self.per_endpoint,
         )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.settings.webhook_timeout),
-            headers={"user-agent": "sesflow-webhooks"},
-        )
+
+    async def close(self) -> None:
+        if self.pools is not None:
+            await self.pools.close()
 
     async def run(self, stop: asyncio.Event) -> None:
         self.open()
@@ -145,15 +145,17 @@ class Deliverer:
             await self.flush()
         except Exception as exc:  # left leased: due again when the lease ends
             log_failure("webhooks: settling at shutdown", exc)
-        if self.session is not None:
-            await self.session.close()
+        await self.close()
 
     async def round(self) -> int:
         """Claim what is due (within the free slots) on every partition; how many started."""
         free = MAX_INFLIGHT - len(self.inflight)
         if free <= 0:
             return 0
-        self.endpoints = await self.cache.all()
+        endpoints = await self.cache.all()
+        if endpoints is not self.endpoints and self.pools is not None:
+            await self.pools.keep_only(set(endpoints))
+        self.endpoints = endpoints
         budgets = {ep: self.per_endpoint - n for ep, n in self.busy.items()}
         started = 0
         for p in self.keys.partitions:
@@ -239,7 +241,7 @@ class Deliverer:
 
     async def call(self, endpoint: Endpoint, c: Claimed) -> str | None:
         """POST the delivery; None on a 2xx answer, else what went wrong."""
-        assert self.session is not None
+        assert self.pools is not None
         now_ms = self.now_ms()
         body = c.delivery.body.encode()
         sent = headers(
@@ -247,16 +249,9 @@ class Deliverer:
         )
         started = time.monotonic()
         try:
-            check_url(endpoint.url, self.settings.webhook_allow_private)
-            async with self.session.post(
-                endpoint.url, data=body, headers=sent, allow_redirects=False
-            ) as resp:
-                await resp.content.read(READ_LIMIT)
-                status = resp.status
-        except RefusedTarget as exc:
-            return f"refused: {exc}"
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return f"{type(exc).__name__}: {exc}"[:300]
+            status = await self.pools.post(endpoint.id, endpoint.url, sent, body)
+        except CallFailed as exc:
+            return str(exc)
         finally:
             metrics.LATENCY.observe(time.monotonic() - started)
         return None if 200 <= status < 300 else f"HTTP {status}"

@@ -65,8 +65,7 @@ async def rig(
     deliverer = Deliverer(client, settings, clock=clock)
     deliverer.open()
     yield deliverer, clock, endpoint, client
-    assert deliverer.session is not None
-    await deliverer.session.close()
+    await deliverer.close()
     await client.aclose()
 
 
