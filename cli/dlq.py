@@ -350,8 +350,7 @@ def render_outcomes(outcomes: list[Outcome], missing: list[str]) -> None:
             table.add_column(column, overflow="fold")
         for o in outcomes:
             result = "[green]replayed[/]" if o.replayed else "[yellow]skipped[/]"
-            detail = f"new entry {o.detail}" if o.replayed else o.detail
-            table.add_row(o.letter.id, o.letter.stream.label, result, detail)
+            table.add_row(o.letter.id, o.letter.stream.label, result, o.detail)
         out.print(table)
     for entry_id in missing:
         out.print(f"[yellow]not found[/] {entry_id}")

@@ -116,7 +116,7 @@ class DeadLetter:
 class Outcome:
     letter: DeadLetter
     replayed: bool
-    detail: str  # new entry id, or why it was skipped
+    detail: str  # what became of it (a new entry id...), or why it was skipped
 
 
 def dead_streams(keys: Keys, kinds: Iterable[str] = STREAMS) -> list[DeadStream]:
@@ -223,8 +223,8 @@ class Replayer:
             # Another replay took it between our read and now; ours is a duplicate then, but a
             # harmless one for requests (a new message id) and events (a malformed one aside,
             # counted once more). Say so rather than hide it.
-            return Outcome(letter, True, f"{new_id} (the dead letter was already gone)")
-        return Outcome(letter, True, str(new_id))
+            return Outcome(letter, True, f"new entry {new_id} (the dead letter was already gone)")
+        return Outcome(letter, True, f"new entry {new_id}")
 
     async def replay_webhook(self, letter: DeadLetter) -> Outcome:
         """Back on the delivery queue, due now; the endpoint must still exist."""
@@ -240,7 +240,7 @@ class Replayer:
             return Outcome(letter, False, "already replayed or purged")
         if done < 0:
             return Outcome(letter, False, "this delivery is queued already")
-        return Outcome(letter, True, f"delivery {f['id']} queued")
+        return Outcome(letter, True, f"delivery {f['id']} queued again, due now")
 
     def request_problem(self, letter: DeadLetter) -> str:
         raw = letter.fields.get(REQUEST_FIELD)
@@ -307,7 +307,8 @@ class Replayer:
             pipe.xdel(letter.stream.key, letter.id)
             replies = await pipe.execute()
         new_id = replies[2] if reset else replies[0]
-        return Outcome(letter, True, str(new_id) + ("" if reset else " (counts not corrected)"))
+        corrected = "" if reset else " (counts not corrected)"
+        return Outcome(letter, True, f"new entry {new_id}{corrected}")
 
 
 def requeued_event(job: Job, topic: str, state: str) -> Event:

@@ -1,5 +1,5 @@
 """An async SESv2 `SendEmail` / `SendBulkEmail` client for the send path: botocore's credential
-chain, a lean SigV4 signer (`sender.sigv4`), one lean keep-alive HTTP/1.1 pool (`sender.http1`),
+chain, a lean SigV4 signer (`sender.sigv4`), one lean keep-alive HTTP/1.1 pool (`common.http1`),
 msgspec JSON. boto3
 costs ~4x the client CPU per call, so it stays on the control plane (`common.aws`).
 
@@ -68,8 +68,8 @@ from sesflow.common.errors import (
     SesThrottled,
     SesTransient,
 )
+from sesflow.common.http1 import Http1Pool, MaybeSent, NotSent
 from sesflow.common.settings import Settings
-from sesflow.sender.http1 import Http1Pool, MaybeSent, NotSent
 from sesflow.sender.sigv4 import Signer, canonical_path
 
 SEND_PATH = "/v2/email/outbound-emails"

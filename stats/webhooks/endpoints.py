@@ -5,11 +5,19 @@ previous one: both sign meanwhile. Secrets are shown once, when created or rotat
 in a listing. A disabled endpoint gets no new deliveries; its pending ones are dead-lettered
 (replayable once it is enabled again). Updates of one endpoint are WATCH transactions, so a
 concurrent rotate and disable do not undo each other.
+
+`EndpointCache` keeps the deliverer from reading the registry at every claim: it reads it again
+after CACHE_TTL_S, or at once after a change made through any `Registry` of this process (the
+API's, the deliverer's own). A change made through another stats replica reaches it within
+CACHE_TTL_S; what would drop or dead-letter a delivery (a deleted or disabled endpoint) is read
+again from Redis first, never decided on the cache alone.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import msgspec
@@ -21,6 +29,15 @@ from sesflow.stats.webhooks.signing import new_secret
 from sesflow.stats.webhooks.vocabulary import ALL, iso_time
 
 WATCH_ATTEMPTS = 10
+CACHE_TTL_S = 1.0
+
+# Bumped by every change made through a Registry of this process: caches see it at once.
+_generation = 0
+
+
+def _changed() -> None:
+    global _generation  # one process-wide counter, by design
+    _generation += 1
 
 
 class Secret(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,10 +99,14 @@ class Registry:
         self.client = client
         self.key = keys.webhook_endpoints
         self.failing_key = keys.webhook_failing
+        self._decoded: dict[str, Endpoint | None] = {}  # the last read, by stored JSON
 
     async def all(self) -> dict[str, Endpoint]:
+        """Every endpoint (one HGETALL; only JSON that changed since the last read is decoded)."""
         raw = cast(dict[str, str], await self.client.hgetall(self.key))
-        found = {eid: decode(value) for eid, value in raw.items()}
+        known = self._decoded
+        self._decoded = {v: known[v] if v in known else decode(v) for v in raw.values()}
+        found = {eid: self._decoded[value] for eid, value in raw.items()}
         return {eid: ep for eid, ep in found.items() if ep is not None}
 
     async def get(self, endpoint_id: str) -> Endpoint | None:
@@ -105,6 +126,7 @@ class Registry:
             secrets=(Secret(value=new_secret()),),
         )
         await self.client.hset(self.key, endpoint.id, _encoder.encode(endpoint))
+        _changed()
         return endpoint
 
     async def delete(self, endpoint_id: str) -> bool:
@@ -112,6 +134,7 @@ class Registry:
         pipe.hdel(self.key, endpoint_id)
         pipe.hdel(self.failing_key, endpoint_id)
         deleted, _ = await pipe.execute()
+        _changed()
         return bool(deleted)
 
     async def rotate(self, endpoint_id: str, now_ms: int, grace_s: float) -> Endpoint | None:
@@ -165,6 +188,7 @@ class Registry:
                     pipe.multi()  # type: ignore[no-untyped-call]  # unannotated in redis-py
                     pipe.hset(self.key, endpoint_id, _encoder.encode(changed))
                     await pipe.execute()
+                    _changed()
                     return cast(Endpoint, changed)
                 except WatchError:
                     continue
@@ -182,3 +206,33 @@ class Registry:
 
     async def succeeded(self, endpoint_id: str) -> None:
         await self.client.hdel(self.failing_key, endpoint_id)
+
+
+class EndpointCache:
+    """The registry's endpoints, read again after `ttl_s` or a change made in this process."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        ttl_s: float = CACHE_TTL_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.ttl_s = ttl_s
+        self.monotonic = monotonic
+        self.endpoints: dict[str, Endpoint] = {}
+        self._read_at: float | None = None
+        self._generation = -1
+
+    async def all(self) -> dict[str, Endpoint]:
+        now = self.monotonic()
+        fresh = self._read_at is not None and now - self._read_at < self.ttl_s
+        if not fresh or self._generation != _generation:
+            generation = _generation  # a change during the read makes the next call read again
+            self.endpoints = await self.registry.all()
+            self._read_at, self._generation = now, generation
+        return self.endpoints
+
+    def forget(self) -> None:
+        """Read the registry again at the next call."""
+        self._read_at = None

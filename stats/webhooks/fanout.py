@@ -31,6 +31,7 @@ from sesflow.stats.webhooks.vocabulary import payload, public_name
 log = get_logger(__name__)
 
 BATCH_SIZE = 500
+RECLAIM_PAGES = 100  # XAUTOCLAIM pages a reclaim round walks at most
 
 
 def deliveries_for(
@@ -140,8 +141,14 @@ class WebhookFanout(StreamConsumer):
             self.deliverer.wake()
 
     async def reclaim(self, stream: str, *, min_idle_ms: int | None = None) -> int:
-        """Entries a dead consumer left pending become ours; read from our pending list."""
-        claimed = len(await self.claim(stream, BATCH_SIZE, min_idle_ms))
+        """Entries a dead consumer left pending become ours, page after page until the cursor
+        wraps (at most RECLAIM_PAGES a round): a big pending list comes back in one round, not
+        one page every 10 s. They are then read from our pending list."""
+        claimed = 0
+        for _ in range(RECLAIM_PAGES):
+            claimed += len(await self.claim(stream, BATCH_SIZE, min_idle_ms))
+            if self.reclaim_cursor.get(stream, "0-0") == "0-0":
+                break
         if claimed:
             self._backlog[self.partitions[stream].index] = True
             log.info("webhooks: claimed pending events", stream=stream, count=claimed)

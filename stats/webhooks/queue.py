@@ -3,8 +3,9 @@
 - `due` (zset id -> when due, ms), `deliveries` (hash id -> `Delivery` JSON), `backlog`
   (hash endpoint -> deliveries waiting), `dead` (stream of dead letters);
 - `enqueue` adds a batch's deliveries to a MULTI the fan-out also XACKs in;
-- `claim` (webhook_claim.lua) leases due deliveries; `settle` (webhook_settle.lua) ends a
-  lease: delivered, retry later, or dead, and only while the lease is still ours;
+- `claim` (webhook_claim.lua) leases due deliveries; `settle` (webhook_settle.lua) ends
+  leases, many in one call: delivered, retry later, or dead, each only while its lease is still
+  ours (so a settlement sent twice, or after the lease ran out, changes nothing);
 - `requeue` (webhook_requeue.lua) puts a dead letter back (`sesflow dlq replay`).
 
 A delivery id is `<entry ms, 15 digits>-<seq, 6 digits>.<endpoint id>`: the zset orders equal
@@ -79,6 +80,37 @@ class Claimed:
     delivery: Delivery
 
 
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How a claimed delivery ends: `done` (delivered or dropped), `retry` or `dead`."""
+
+    claimed: Claimed
+    outcome: str
+    extra: tuple[Any, ...] = ()
+
+    @classmethod
+    def done(cls, c: Claimed) -> Settlement:
+        return cls(c, "done")
+
+    @classmethod
+    def retry(cls, c: Claimed, due_ms: int, delivery: Delivery) -> Settlement:
+        return cls(c, "retry", (due_ms, encode(delivery)))
+
+    @classmethod
+    def dead(cls, c: Claimed, delivery: Delivery, reason: str, now_ms: int) -> Settlement:
+        fields = {
+            **{k: str(v) for k, v in msgspec.structs.asdict(delivery).items()},
+            "id": c.id,
+            "reason": reason[:500],
+            "failed_at_ms": str(now_ms),
+        }
+        return cls(c, "dead", tuple(x for pair in fields.items() for x in pair))
+
+    def args(self) -> list[Any]:
+        c = self.claimed
+        return [c.id, c.lease, c.delivery.endpoint, self.outcome, len(self.extra), *self.extra]
+
+
 class Queue:
     """The scripts, registered once per client."""
 
@@ -107,26 +139,29 @@ class Queue:
             claimed.append(Claimed(p, did, lease, decode(raw)))
         return claimed
 
+    async def settle(self, p: PartitionKeys, settlements: list[Settlement]) -> list[bool]:
+        """End these leases of partition `p` in one call; per settlement, whether it was still
+        ours."""
+        if not settlements:
+            return []
+        args: list[Any] = [DEAD_LETTER_MAXLEN]
+        for s in settlements:
+            args += s.args()
+        reply = await self._settle(keys=p.webhook_queue_keys(), args=args)
+        return [bool(int(x)) for x in reply]
+
     async def done(self, c: Claimed) -> bool:
-        return await self._run(c, "done")
+        return await self._one(Settlement.done(c))
 
     async def retry(self, c: Claimed, due_ms: int, delivery: Delivery) -> bool:
-        return await self._run(c, "retry", due_ms, encode(delivery))
+        return await self._one(Settlement.retry(c, due_ms, delivery))
 
     async def dead(self, c: Claimed, delivery: Delivery, reason: str, now_ms: int) -> bool:
-        fields = {
-            **{k: str(v) for k, v in msgspec.structs.asdict(delivery).items()},
-            "id": c.id,
-            "reason": reason[:500],
-            "failed_at_ms": str(now_ms),
-        }
-        flat = [x for pair in fields.items() for x in pair]
-        return await self._run(c, "dead", DEAD_LETTER_MAXLEN, *flat)
+        return await self._one(Settlement.dead(c, delivery, reason, now_ms))
 
-    async def _run(self, c: Claimed, outcome: str, *extra: Any) -> bool:
-        keys = c.partition.webhook_queue_keys()
-        args = [c.id, c.lease, c.delivery.endpoint, outcome, *extra]
-        return bool(await self._settle(keys=keys, args=args))
+    async def _one(self, s: Settlement) -> bool:
+        (settled,) = await self.settle(s.claimed.partition, [s])
+        return settled
 
     async def requeue(
         self, p: PartitionKeys, dead_id: str, fields: dict[str, str], now_ms: int

@@ -3,9 +3,10 @@ unspecified addresses (IPv4 and IPv6, IPv4-mapped/6to4/Teredo/NAT64 included) un
 WEBHOOK_ALLOW_PRIVATE=1.
 
 Checked twice: when an endpoint is registered (the host must resolve, and only to public
-addresses), and at every connection, through `GuardedResolver` (aiohttp's connector resolves
-through it, so a name that resolves to a public address at registration and to 127.0.0.1 later,
-DNS rebinding, is still refused) and `check_literal` (aiohttp does not resolve an IP literal).
+addresses), and at every connection, through `GuardedResolver` (the deliverer's pools resolve
+through it, `pools`, so a name that resolves to a public address at registration and to
+127.0.0.1 later, DNS rebinding, is still refused) and `check_literal` (an IP literal is not
+resolved).
 Redirects are never followed.
 """
 

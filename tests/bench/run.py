@@ -165,6 +165,7 @@ METRICS: dict[str, list[Metric]] = {
             "/s",
         ),
         Metric("webhook_seconds", "time for every delivery", "s", digits=2),
+        Metric("webhook_cpu_us", "stats process CPU per delivery", "µs"),
     ],
     "stats": [
         Metric("stats_p50_ms_1M", "after 1M events: p50 (median over endpoints)", "ms", digits=2),

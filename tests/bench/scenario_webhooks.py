@@ -3,7 +3,9 @@
 The bench XADDs `events` entries (one `delivered` event each) and the stats process fans them
 out and delivers them to one endpoint, a receiver in the bench's own process that answers 200 at
 once and verifies one delivery in 100 with `standardwebhooks` (verifying every one would measure
-the receiver). The figure is deliveries/s from the first XADD until the receiver has them all.
+the receiver). The figures: deliveries/s from the first XADD until the receiver has them all, and
+the stats process's CPU (user + system, from /proc) per delivery over that time, which the
+machine's noise moves much less than the rate.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from sesflow.cli.embedded import free_port
 from sesflow.common.keys import Keys
 from sesflow.common.schema import Event, event_fields
 
-from bench.benchkit import cluster, http_session, redis_client, redis_server, start_role
+from bench.benchkit import (
+    cluster,
+    cpu_seconds,
+    http_session,
+    redis_client,
+    redis_server,
+    start_role,
+)
 from support.until import until
 
 
@@ -67,13 +76,16 @@ async def run_once(size: Size) -> dict[str, Any]:
             redis_server() as server,
             cluster(server.url, WEBHOOK_ALLOW_PRIVATE="1", WEBHOOK_CONCURRENCY="64") as c,
         ):
-            await start_role(c, "stats")
+            stats = await start_role(c, "stats")
+            assert stats.proc is not None
+            pid = stats.proc.pid
             async with redis_client(server.url) as client, http_session(4) as session:
                 body = {"url": f"http://127.0.0.1:{port}/hook", "events": ["*"]}
                 async with session.post(f"{c.url('stats')}/v1/webhooks", json=body) as res:
                     assert res.status == 201, await res.text()
                     receiver.secret = (await res.json())["secret"]
                 start = time.perf_counter()
+                cpu_start = cpu_seconds(pid)
                 await add_events(client, size.deliveries)
 
                 async def received() -> int:
@@ -87,10 +99,12 @@ async def run_once(size: Size) -> dict[str, Any]:
                     every=0.01,
                 )
                 elapsed = time.perf_counter() - start
+                cpu = cpu_seconds(pid) - cpu_start
     finally:
         await runner.cleanup()
     return {
         "webhook_deliveries_per_s": size.deliveries / elapsed,
         "webhook_seconds": elapsed,
+        "webhook_cpu_us": cpu / size.deliveries * 1e6,
         "webhook_verified": receiver.verified,
     }

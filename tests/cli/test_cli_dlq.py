@@ -85,7 +85,7 @@ def test_replaying_a_failed_job_makes_it_pending_again(sesflow: Sesflow, r: Any)
     dead_id = failed_job(r)
     res = sesflow("dlq", "replay", dead_id)
     assert res.code == 0, res.out + res.err
-    assert "1 replayed, 0 skipped" in res.out
+    assert "1 replayed, 0 skipped" in res.out and "new entry" in res.out
 
     assert r.hget(P.state(MSG), "0") is None  # the sender may claim it again
     assert r.xlen(P.sends_dead) == 0
@@ -201,3 +201,26 @@ def test_purge_is_a_dry_run_without_yes(sesflow: Sesflow, r: Any) -> None:
     res = sesflow("dlq", "purge", "--stream", "events", "--yes")
     assert "purged 1" in res.out and r.xlen(P.events_dead) == 0 and r.xlen(KEYS.requests_dead) == 1
     assert sesflow("dlq", "purge", "--before", "soon").code == 2
+
+
+def test_replaying_a_webhook_delivery_says_it_is_queued_again(sesflow: Sesflow, r: Any) -> None:
+    """A webhook dead letter goes back on the delivery queue: no new stream entry to name."""
+    r.hset(KEYS.webhook_endpoints, "ep_1", '{"id": "ep_1"}')
+    letter = {
+        "endpoint": "ep_1",
+        "webhook_id": "msg_0_1718000000000-0",
+        "type": "sent",
+        "body": "{}",
+        "first_ms": "1718000000000",
+        "attempts": "9",
+        "last_error": "HTTP 503",
+        "id": "001718000000000-000000.ep_1",
+        "reason": "failed for WEBHOOK_RETRY_FOR",
+        "failed_at_ms": "1718086400000",
+    }
+    r.xadd(P.webhooks_dead, letter)
+    res = sesflow("dlq", "replay", "--all", "--stream", "webhooks")
+    assert res.code == 0, res.out + res.err
+    assert "1 replayed, 0 skipped" in res.out
+    assert "queued again" in res.out and "new entry" not in res.out
+    assert r.zcard(P.webhook_due) == 1 and r.xlen(P.webhooks_dead) == 0

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from sesflow.cli.embedded import free_port
-from sesflow.sender.http1 import Http1Pool, MaybeSent, NotSent, _Malformed, parse_answer
+from sesflow.common.http1 import Http1Pool, MaybeSent, NotSent, _Malformed, parse_answer
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 CHUNKED = (

@@ -13,12 +13,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from sesflow.common.connection import ensure_group
 from sesflow.common.keys import WEBHOOKS_GROUP, Keys
 from sesflow.common.schema import Event, EventType, event_fields
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import stats_client
 from sesflow.stats.api import create_app
-from sesflow.stats.webhooks.fanout import WebhookFanout
+from sesflow.stats.webhooks.fanout import BATCH_SIZE, WebhookFanout
 from sesflow.stats.webhooks.signing import headers, new_secret
 
 from support.apptest import AppTestServer
@@ -208,3 +209,24 @@ def test_forged_signature_fails_verification() -> None:
         Webhook(secret).verify(body.replace(b"sent", b"bounced"), good)
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(body, {**good, "webhook-id": "msg_0_2-0"})
+
+
+async def test_a_big_pending_list_left_by_a_dead_consumer_is_reclaimed_in_one_round(
+    redis: Any, wh_settings: Settings
+) -> None:
+    """Two and a half pages (BATCH_SIZE) pending with a consumer that died: one reclaim round
+    takes them all, not one page per round."""
+    await ensure_group(redis, P.events, WEBHOOKS_GROUP)
+    count = BATCH_SIZE * 2 + BATCH_SIZE // 2
+    pipe = redis.pipeline(transaction=False)
+    for i in range(count):
+        pipe.xadd(P.events, event_fields(event(EventType.SENT, i)))
+    await pipe.execute()
+    await redis.xreadgroup(WEBHOOKS_GROUP, "dead", {P.events: ">"}, count=count)
+    consumer = WebhookFanout(stats_client(wh_settings), wh_settings, consumer="alive")
+    try:
+        assert await consumer.reclaim(P.events, min_idle_ms=0) == count
+    finally:
+        await consumer.client.aclose()
+    owners = await redis.xpending_range(P.events, WEBHOOKS_GROUP, "-", "+", count + 1)
+    assert len(owners) == count and {o["consumer"] for o in owners} == {"alive"}

@@ -49,6 +49,18 @@ def test_backoff_is_exponential_jittered_and_capped() -> None:
     assert next_attempt_ms(3, 0, DAY * 1000, DAY) is None  # past the window: dead
 
 
+def test_the_last_retry_comes_when_the_window_ends_not_before() -> None:
+    """A retry an hour out with a minute of the window left is made as the window ends; one at
+    the end of the window is the last."""
+    rand = random.Random(3)
+    minute_left = DAY * 1000 - 60_000
+    assert next_attempt_ms(20, 0, minute_left, DAY, rand) == DAY * 1000
+    assert next_attempt_ms(20, 0, DAY * 1000, DAY, rand) is None
+    for now_ms in range(0, DAY * 1000, 997_000):
+        due = next_attempt_ms(20, 0, now_ms, DAY, rand)
+        assert due is not None and now_ms < due <= DAY * 1000
+
+
 @pytest.fixture
 async def rig(
     make_settings: Callable[..., Settings], receiver: Receiver
@@ -65,8 +77,7 @@ async def rig(
     deliverer = Deliverer(client, settings, clock=clock)
     deliverer.open()
     yield deliverer, clock, endpoint, client
-    assert deliverer.session is not None
-    await deliverer.session.close()
+    await deliverer.close()
     await client.aclose()
 
 
@@ -86,9 +97,11 @@ async def queue_one(client: Any, endpoint: Endpoint, now_ms: int, n: int = 0) ->
 
 
 async def step(deliverer: Deliverer) -> int:
-    """One round, and every call it started settled."""
+    """One round, and every call it started ended and settled."""
     started = await deliverer.round()
     await asyncio.gather(*deliverer.inflight)
+    await deliverer.flush()
+    assert not deliverer.settling
     return started
 
 

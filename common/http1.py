@@ -1,5 +1,6 @@
-"""A lean HTTP/1.1 keep-alive client for the send path's one kind of request: a POST of a JSON
-body to one SES endpoint, its whole answer read into memory.
+"""A lean HTTP/1.1 keep-alive client for one kind of request: a POST of a JSON body to one
+origin, its answer read into memory. The sender calls SES with it, the stats role's webhooks
+their endpoints (one pool per endpoint).
 
 aiohttp spends ~190 µs of CPU on such a request (request and response objects, multidicts,
 cookie jar, tracing hooks, a timer per phase); this spends ~50 µs, which at one SES call per
@@ -19,6 +20,10 @@ idempotency token), the client says which, precisely, since it does every write 
 A pooled connection the server closes while we write to it is the one case no client can tell
 from a server that took the request and died: it stays `MaybeSent`. Idle connections are
 dropped after `keepalive` seconds (SES keeps them longer) to make it rare.
+
+For a server it does not trust (webhooks), a pool can take `addresses`, which resolves (and
+vets) the host at every new connection, and `max_answer`: an answer longer than that is cut
+there (the connection is closed), so a server cannot make it hold an endless body.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +157,8 @@ def _dechunk(buffer: bytes | bytearray, at: int) -> tuple[bytes, int] | None:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_answer: int | None = None) -> None:
+        self.max_answer = max_answer
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.waiter: asyncio.Future[Answer] | None = None
@@ -194,6 +201,24 @@ class _Connection(asyncio.Protocol):
             answer, length = parsed
             del self.buffer[:length]
             waiter.set_result(answer)
+        elif self.max_answer is not None and len(self.buffer) > self.max_answer:
+            self._cut(waiter)
+
+    def _cut(self, waiter: asyncio.Future[Answer]) -> None:
+        """An answer longer than `max_answer`: its status and what came of its body, and the
+        connection closed (the rest is never read)."""
+        try:
+            head = _parse_head(self.buffer)
+        except _Malformed as exc:
+            head = None
+            waiter.set_exception(MaybeSent("MalformedAnswer", str(exc)))
+        if head is not None:
+            status, headers, _, start = head
+            body = bytes(self.buffer[start : self.max_answer])
+            waiter.set_result(Answer(status, headers, body, keep_alive=False))
+        elif not waiter.done():
+            waiter.set_exception(MaybeSent("MalformedAnswer", "answer head too long"))
+        self.close()
 
     @property
     def usable(self) -> bool:
@@ -208,7 +233,7 @@ class _Connection(asyncio.Protocol):
 class Http1Pool:
     """Up to `limit` keep-alive connections to the origin of `url`."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (keyword-only options)
         self,
         url: URL,
         *,
@@ -217,6 +242,8 @@ class Http1Pool:
         read_timeout: float,
         keepalive: float = 20.0,
         ssl_context: ssl.SSLContext | None = None,
+        addresses: Callable[[str, int], Awaitable[list[str]]] | None = None,
+        max_answer: int | None = None,
     ) -> None:
         self.host = url.raw_host or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
@@ -227,6 +254,8 @@ class Http1Pool:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.keepalive = keepalive
+        self.addresses = addresses
+        self.max_answer = max(MAX_HEAD, max_answer) if max_answer is not None else None
         self._idle: deque[_Connection] = deque()
         self._open = 0  # connections open or being opened
         self._waiting: deque[asyncio.Future[None]] = deque()  # callers waiting for a connection
@@ -299,18 +328,33 @@ class Http1Pool:
         left = max(0.001, deadline - loop.time())
         try:
             async with asyncio.timeout(left):
-                _, conn = await loop.create_connection(
-                    _Connection,
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    server_hostname=self.host if self.ssl else None,
-                )
+                targets = [self.host]
+                if self.addresses is not None:
+                    targets = await self.addresses(self.host, self.port)
+                conn = await self._connect_first(targets)
         except TimeoutError as exc:
             raise NotSent("ConnectError", f"no connection within {left:.1f}s") from exc
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake (SSLError)
             raise NotSent("ConnectError", f"{type(exc).__name__}: {exc}") from exc
         return conn
+
+    async def _connect_first(self, targets: list[str]) -> _Connection:
+        """A connection to the first of `targets` that takes one (TLS names `self.host`)."""
+        loop = asyncio.get_running_loop()
+        error: OSError = OSError(f"{self.host} has no address to connect to")
+        for target in targets:
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self.max_answer),
+                    target,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None,
+                )
+                return conn
+            except OSError as exc:
+                error = exc
+        raise error
 
     def _release(self, conn: _Connection) -> None:
         if conn.usable and not self._closed:
