@@ -118,7 +118,9 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
         raise InputError("malformed", f"Message is not an SES event: {exc}") from exc
 
     feedback = ses_events.normalise(note)
-    where = await tracker.correlator.correlate(feedback.ses_id, feedback.rid, feedback.topic_tag)
+    where = await tracker.correlator.correlate(
+        feedback.ses_id, feedback.rid, feedback.topic_tag, feedback.sent_ms
+    )
     drafts = tracker.correlator.apply(feedback, where)
     keys = tracker.keys
     part = keys.for_message(where.msg_id) if where.msg_id else keys.partition(0)

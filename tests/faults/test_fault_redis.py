@@ -199,7 +199,7 @@ async def test_tracker_during_redis_outage(
                     ignore=UNREACHABLE,
                 )
                 state = (await states(client, msg_id))[0]
-                assert state.startswith("s:"), state
+                assert state.startswith("s"), state
                 body = signer.notification(delivery_notification(state[2:], emails[0]))
 
                 async def deliver() -> tuple[int, Any]:
