@@ -15,7 +15,7 @@ without its events (a lost event) or the events without the mark (a double count
 
 Suppression writes come first, outside the script: they are idempotent (HSETNX keeps the first
 reason), so a retry after a failure between them and the script repeats them harmlessly, while the
-reverse order could record a hard bounce whose address is never suppressed. A cheap EXISTS on the
+reverse order could record a hard bounce whose address is never suppressed. A cheap look-up of the
 mark skips them for the common duplicate. One notification's events all belong to one mail, hence
 to one partition (or partition 0 when sesflow cannot place the mail).
 """
@@ -130,7 +130,7 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
     # duplicate, and one Redis round trip fewer is ~20% of the tracker's CPU per notification.
     if any(d.suppress and d.event.email for d in drafts):
         with redis_errors():
-            if await tracker.client.exists(part.sns_seen(msg.message_id)):
+            if await tracker.recorder.seen(part, msg.message_id, dedupe_ttl(tracker)):
                 metrics.SNS_MESSAGES.labels("Notification", "duplicate").inc()
                 return json_response({"status": "duplicate"})
             await suppress(tracker, drafts)
@@ -140,8 +140,7 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
         where.msg_id,
         items,
         dedupe_id=msg.message_id,
-        # Outlive the age at which a replay is refused anyway, whatever SNS_MAX_AGE says.
-        dedupe_ttl=max(DEDUPE_TTL, int(tracker.settings.sns_max_age) + 3600),
+        dedupe_ttl=dedupe_ttl(tracker),
     )
     if added == DUPLICATE:
         metrics.SNS_MESSAGES.labels("Notification", "duplicate").inc()
@@ -159,6 +158,11 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
         events=added,
     )
     return json_response({"status": "processed", "events": added})
+
+
+def dedupe_ttl(tracker: Tracker) -> int:
+    """Outlive the age at which a replay is refused anyway, whatever SNS_MAX_AGE says."""
+    return max(DEDUPE_TTL, int(tracker.settings.sns_max_age) + 3600)
 
 
 def touch(draft: ses_events.Draft, index: int) -> FirstTouch | None:

@@ -67,7 +67,7 @@ async def test_valid_open_is_counted_and_unique_once(
         ("opened", 0, False, TOPIC, MSG),
         ("opened", 1, True, TOPIC, MSG),
     ]
-    assert await redis.ttl(P0.opens(MSG)) > 0
+    assert await redis.ttl(P0.touches(MSG)) > 0
 
 
 @pytest.mark.parametrize(
