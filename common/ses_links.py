@@ -12,7 +12,7 @@ from typing import Any
 from sesflow.common.day_buckets import day_of, expires_at, mark_of
 from sesflow.common.keys import Keys
 
-LINK_BUCKETS = 8192  # hashes per day: listpack-small up to ~1M sends a day
+LINK_BUCKETS = 1024  # hashes per day: listpack-small (128 fields) up to ~128k links a day
 
 Calls = tuple[list[str], list[Any]]
 

@@ -34,7 +34,7 @@ DUPLICATE = -1
 MIN_FIRST_TOUCH_TTL = 90 * 24 * 3600
 
 
-SNS_BUCKETS = 1024  # dedupe hashes per partition and day: listpack-small to ~128k a day
+SNS_BUCKETS = 512  # dedupe hashes per partition and day: listpack-small to ~64k a day
 TOUCH_BITS = 4  # bits per recipient in a touch string
 
 
