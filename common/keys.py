@@ -10,7 +10,7 @@ Layout (prefix `sesflow` by default):
     {sesflow:g}:templates             zset: template names (score 0, in name order)
     {sesflow:rate}                    the one shared rate limiter (hash)
     {sesflow:sup}:suppressed          suppression list (hash email -> JSON reason)
-    sesflow:sesid:<SES MessageId>     SES MessageId -> request id (written before 0.x; still read)
+    sesflow:sesid:<SES MessageId>     SES MessageId -> request id (earlier versions; still read)
     sesflow:sesids:<day>:<n>          hash: 8-byte digest of an SES MessageId -> request id, for
                                       feedback that carries no tag (identity notifications);
                                       day = UTC day of the send, n = digest bucket (listpack-small
