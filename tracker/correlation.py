@@ -3,7 +3,7 @@
 The request id (`<msg_id>_<index>`), first hit wins: the one the mail carries (the `sesflow-rid`
 tag or the `X-Request-ID` header, read by `ses_events.normalise`), else the link the sender wrote
 for the SES MessageId (`common.ses_links`: the hashes of the send day, read around the mail's
-`mail.timestamp`, or of every day of the retention when it has none), else the per-mail
+`mail.timestamp`, then of every day of the retention), else the per-mail
 `sesid:<SES MessageId>` key older versions wrote. The topic is read from the message's content
 hash (exact), else taken from the `sesflow-topic` tag (sanitised by the sender), else left empty.
 
@@ -65,18 +65,27 @@ class Correlator:
         return Correlation(msg_id=msg_id, index=index, topic=topic)
 
     async def linked(self, ses_id: str, sent_ms: int) -> str:
-        """The request id the sender linked to `ses_id` ("" when none is known)."""
-        if sent_ms:  # the send day, and its neighbours for clocks that disagree near midnight
+        """The request id the sender linked to `ses_id` ("" when none is known): first in the
+        hashes of the send day and its neighbours (clocks that disagree near midnight), then,
+        when that misses or the mail has no timestamp, in every day of the retention."""
+        every = days_to_read(time.time(), self._retention)
+        if sent_ms:
             day = day_of(sent_ms / 1000)
-            days = [day, day - 1, day + 1]
-        else:
-            days = days_to_read(time.time(), self._retention)
+            found = await self._read_links(ses_id, [day, day - 1, day + 1], legacy=True)
+            if found:
+                return found
+            every = [d for d in every if abs(d - day) > 1]
+            return await self._read_links(ses_id, every, legacy=False) if every else ""
+        return await self._read_links(ses_id, every, legacy=True)
+
+    async def _read_links(self, ses_id: str, days: list[int], legacy: bool) -> str:
         field, hashes = link_lookups(self._keys, ses_id, days)
         with redis_errors():
             pipe = self._client.pipeline(transaction=False)
             for key in hashes:
                 pipe.hget(key, field)
-            pipe.get(self._keys.ses_message(ses_id))  # written by older versions
+            if legacy:
+                pipe.get(self._keys.ses_message(ses_id))  # written by older versions
             found = await pipe.execute()
         return next((str(v) for v in found if v), "")
 

@@ -139,7 +139,7 @@ async def check_exactly_once(
     problems: list[str] = []
     for index, email in enumerate(emails):
         state, seen = found[index], counts[email]
-        if state.startswith("s:"):
+        if state == "s":
             ok = seen == 1 or (
                 resend and seen == 2 and ambiguous is not None and index in ambiguous
             )
@@ -151,7 +151,7 @@ async def check_exactly_once(
             problems.append(f"{index} {email}: state {state!r}, SES saw it {seen}x")
     assert not problems, f"{len(problems)} recipients break the promise: {problems[:10]}"
     return Verdict(
-        sent=sum(1 for v in found.values() if v.startswith("s:")),
+        sent=sum(1 for v in found.values() if v == "s"),
         unknown=sum(1 for v in found.values() if v == "u"),
         states=found,
         stub_counts=counts,

@@ -35,6 +35,8 @@ async def test_a_link_is_found_by_the_mails_send_time_or_by_the_retention(redis:
     assert (await c.correlate("ses-old")).index == 5
     # SES's clock a little past midnight of the sender's: the neighbouring day is read too
     assert (await c.correlate("ses-late", sent_ms=int((now + DAY_S) * 1000))).index == 6
+    # a mail.timestamp far from the sender's clock: every day of the retention is read after
+    assert (await c.correlate("ses-old", sent_ms=int((now - 10 * DAY_S) * 1000))).index == 5
     assert (await c.correlate("ses-unknown", sent_ms=int(now * 1000))).msg_id == ""
 
 
