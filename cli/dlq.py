@@ -40,8 +40,9 @@ from sesflow.cli.output import (
 )
 from sesflow.common.connection import Redis, connect
 from sesflow.common.errors import InputError
-from sesflow.common.keys import Keys
+from sesflow.common.keys import Keys, is_decimal
 from sesflow.common.settings import Settings
+from sesflow.sender.state import recipient_state
 
 DESCRIPTION = """\
 Inspect and replay the dead-letter streams, where sesflow puts what it could not handle, with
@@ -302,7 +303,8 @@ async def job_state(client: Redis, settings: Settings, letter: DeadLetter) -> st
     if letter.stream.partition is None or letter.stream.kind != "sends" or "m" not in f:
         return None
     p = Keys(settings.redis_prefix, settings.send_partitions).partition(letter.stream.partition)
-    return str(await client.hget(p.state(f["m"]), f.get("i", "")) or "")
+    index = f.get("i", "")
+    return await recipient_state(client, p, f["m"], int(index)) if is_decimal(index) else ""
 
 
 # --- replay ---------------------------------------------------------------------------------------

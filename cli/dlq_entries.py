@@ -36,6 +36,7 @@ from sesflow.common.schema import REQUEST_FIELD, Event, EventType, Job, decode_r
 from sesflow.common.settings import Settings
 from sesflow.ingest.templates import stand_in
 from sesflow.ingest.validation import Limits, validate_message
+from sesflow.sender.state import NOT_FINAL, DeliveryState, Kind
 from sesflow.stats.counters import MalformedEvent, parse_entry
 from sesflow.stats.webhooks.queue import Queue
 
@@ -275,9 +276,13 @@ class Replayer:
         assert letter.stream.partition is not None
         p = self.keys.partition(letter.stream.partition)
         state_key, content_key = p.state(job.msg_id), p.message(job.msg_id)
+        finals_key = p.finals(job.msg_id)
         async with self.client.pipeline(transaction=True) as pipe:
-            await pipe.watch(state_key, content_key, letter.stream.key)
-            state = await pipe.hget(state_key, str(job.index))
+            await pipe.watch(state_key, finals_key, content_key, letter.stream.key)
+            # a final byte, else the state hash (a claim, or an older version's final state)
+            byte = str(await pipe.getrange(finals_key, job.index, job.index) or "")
+            in_finals = bool(byte) and byte != NOT_FINAL
+            state = byte if in_finals else await pipe.hget(state_key, str(job.index))
             topic = await pipe.hget(content_key, "topic")
             still_dead = await pipe.xrange(letter.stream.key, letter.id, letter.id)
             if not still_dead:
@@ -286,7 +291,7 @@ class Replayer:
                 return Outcome(
                     letter, False, "the message content has expired (CONTENT_TTL): cannot send"
                 )
-            reset = bool(state) and str(state).startswith("f:")
+            reset = bool(state) and DeliveryState.parse(str(state)).kind is Kind.FAILED
             if state and not reset:
                 name = STATE_NAMES.get(str(state)[:1], str(state))
                 return Outcome(letter, False, f"the recipient is already {name}: not sent again")
@@ -299,7 +304,10 @@ class Replayer:
                 )
             pipe.multi()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             if reset:
-                pipe.hdel(state_key, str(job.index))
+                if in_finals:
+                    pipe.setrange(finals_key, job.index, NOT_FINAL)
+                else:
+                    pipe.hdel(state_key, str(job.index))
                 pipe.xadd(
                     p.events, as_fields(event_fields(requeued_event(job, str(topic), str(state))))
                 )

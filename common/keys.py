@@ -12,10 +12,16 @@ Layout (prefix `sesflow` by default):
     {sesflow:sup}:suppressed          suppression list (hash email -> JSON reason)
     {sesflow:sup}:unsubscribed        list unsubscribes (hash email -> JSON {list: entry})
     {sesflow:sup}:ses-sync            held by the one sender importing SES's suppression list
-    sesflow:sesid:<SES MessageId>     SES MessageId -> request id, for feedback correlation
     sesflow:softbounce:<email>        zset: the address's recent soft bounces, SES MessageId ->
                                       bounce time (ms); at most SOFT_BOUNCE_LIMIT members, expires
                                       SOFT_BOUNCE_WINDOW after the last one
+    sesflow:sesid:<SES MessageId>     SES MessageId -> request id (earlier versions; still read)
+    sesflow:sesids:<day>:<n>          hash: 8-byte digest of an SES MessageId -> request id, for
+                                      feedback that carries no tag (identity notifications);
+                                      day = UTC day of the send, n = digest bucket (listpack-small
+                                      hashes); expires CONTENT_TTL after its day
+    sesflow:feedback:tagged           set while SES feedback carrying our tag arrives
+    sesflow:feedback:untagged         set while SES feedback without it arrives (see `ses_links`)
     sesflow:secret                    generated tracking secret when TRACKING_SECRET is unset
     sesflow:setup:paused              hash: paused SES setup (scope) -> JSON of its first fault
     sesflow:setup:probe:<scope>       held by the one sender probing a paused setup (PX interval)
@@ -36,9 +42,17 @@ partitions, partition N's tag lies in the N-th equal slice of the 16384 cluster 
     {sesflow:N}:schedule:data         hash: scheduled chunk -> recipients
     {sesflow:N}:schedule:topic:<t>    set: scheduled chunks of one topic (for cancel)
     {sesflow:N}:msg:<msg_id>          hash: the message content, stored once
-    {sesflow:N}:state:<msg_id>        hash: recipient index -> delivery state
-    {sesflow:N}:opens:<msg_id>        hash: recipient index -> first open (unique opens)
-    {sesflow:N}:sns:<MessageId>       SNS deliveries recorded into this partition (dedupe)
+    {sesflow:N}:state:<msg_id>        hash: recipient index -> in-flight claim (only while in
+                                      flight; older versions kept final states here too: read)
+    {sesflow:N}:final:<msg_id>        string: one byte per recipient index, its final state
+                                      (0 = not final; see `sender.state.DeliveryState`)
+    {sesflow:N}:opens:<msg_id>        hash: recipient index -> first open (older versions; read)
+    {sesflow:N}:touch:<msg_id>        string: 4 bits per recipient index, its first open /
+                                      click / unsubscribe (unique opens and clicks)
+    {sesflow:N}:sns:<MessageId>       SNS deliveries recorded into this partition (dedupe; older
+                                      versions; read)
+    {sesflow:N}:snsd:<day>:<n>        hash: 8-byte digest of an SNS MessageId -> "" (dedupe), by
+                                      UTC day and digest bucket
     {sesflow:N}:stop:<topic>          time (ms) the topic was cancelled
     {sesflow:N}:transactional         list: transactional jobs waiting for the pump, a line each
     {sesflow:N}:backlog:<topic>       list: the topic's bulk jobs waiting for the pump, a line each
@@ -151,8 +165,17 @@ class PartitionKeys:
     def state(self, msg_id: str) -> str:
         return f"{self.tag}:state:{msg_id}"
 
+    def finals(self, msg_id: str) -> str:
+        """One byte per recipient index: its final state (`sender.state`)."""
+        return f"{self.tag}:final:{msg_id}"
+
     def opens(self, msg_id: str) -> str:
+        """First touches as older versions wrote them (a hash); read, no longer written."""
         return f"{self.tag}:opens:{msg_id}"
+
+    def touches(self, msg_id: str) -> str:
+        """First touches, 4 bits per recipient index (`tracker.recorder`)."""
+        return f"{self.tag}:touch:{msg_id}"
 
     def stop(self, topic: str) -> str:
         return f"{self.tag}:stop:{topic}"
@@ -268,6 +291,11 @@ class PartitionKeys:
         mark and the events are written by one script (atomic, and cluster-safe)."""
         return f"{self.tag}:sns:{message_id}"
 
+    def sns_bucket(self, day: int, bucket: int) -> str:
+        """Dedupe marks of the SNS deliveries of one UTC day (epoch day) whose digest falls in
+        `bucket`: a small hash (listpack) instead of a key per delivery."""
+        return f"{self.tag}:snsd:{day}:{bucket}"
+
     @property
     def events(self) -> str:
         return f"{self.tag}:events"
@@ -378,12 +406,25 @@ class Keys:
         return f"{{{self.prefix}:sup}}:ses-sync"
 
     def ses_message(self, ses_message_id: str) -> str:
+        """The per-mail link key older versions wrote; read during an upgrade."""
         return f"{self.prefix}:sesid:{ses_message_id}"
 
     def soft_bounces(self, email: str) -> str:
         """One address's recent soft bounces (`tracker.soft_bounces`): a key of its own, so the
         addresses spread over a cluster's slots, and each expires on its own."""
         return f"{self.prefix}:softbounce:{email}"
+    def ses_links(self, day: int, bucket: int) -> str:
+        """SES MessageId digest -> request id, of the mails sent on one UTC (epoch) day whose
+        digest falls in `bucket`."""
+        return f"{self.prefix}:sesids:{day}:{bucket}"
+
+    @property
+    def feedback_tagged(self) -> str:
+        return f"{self.prefix}:feedback:tagged"
+
+    @property
+    def feedback_untagged(self) -> str:
+        return f"{self.prefix}:feedback:untagged"
 
     @property
     def secret(self) -> str:

@@ -286,6 +286,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     bounce_subtype: str = ""
     url: str = ""
     unique: bool = False  # first open / click of this recipient
+    # `failed`: why (rejected:<code>, transient:<code>, max_attempts, no_content); the delivery
+    # state keeps only that it failed
+    reason: str = ""
 
 
 _encoder = msgspec.json.Encoder()

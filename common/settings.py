@@ -74,6 +74,7 @@ def redacted_value(field: str, value: Any) -> Any:
 SesClientName = Literal["native", "boto3"]
 SendMode = Literal["bulk", "single"]
 OnAmbiguous = Literal["skip", "resend"]
+SesIdLinks = Literal["auto", "always", "never"]
 LogLevel = Literal["debug", "info", "warning", "warn", "error", "critical"]
 LogFormat = Literal["auto", "json", "console"]
 OnOff = Literal["on", "off"]
@@ -158,6 +159,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sender_concurrency: int = 64
     max_attempts: int = 5
     on_ambiguous: OnAmbiguous = "skip"
+    # SES MessageId -> request id links, for feedback that carries no `sesflow-rid` tag
+    # (identity notifications): "auto" writes them unless the tracker sees only tagged feedback.
+    ses_id_links: SesIdLinks = "auto"
     reclaim_idle: float = 60.0
     shutdown_grace: float = 10.0
     # Seconds between probes of a setup paused by a setup fault (one real send cluster-wide).

@@ -1,9 +1,16 @@
-"""Per-recipient delivery state (`p.state(msg_id)`, field = index) and the scripts that move it.
+"""Per-recipient delivery state and the scripts that move it.
 
-    absent (queued) --claim--> i:<ms>:<consumer> --record--> s:<ses id> | f:<reason> | u
+    absent (queued) --claim--> i:<ms>:<consumer> --record--> s | f | u
           |                          |
           |                          +--release--> absent (SES did not take it: retry later)
-          +--record--> x | p | f:<reason> | u   (decided without calling SES)
+          +--record--> x | p | f | u   (decided without calling SES)
+
+A final state is one byte at the recipient's index in the message's final string
+(`p.finals(msg_id)`, SETRANGE/GETRANGE; 0 = not final); an in-flight claim is a field of the
+message's state hash (`p.state(msg_id)`, field = index) only while it is in flight, so a
+finished message costs Redis about a byte per recipient. The SES MessageId and the failure
+reason travel with the event (and the archive), not in the state. A state hash field that is
+not a claim is a final state written by an older version: read as final, never rewritten.
 
 Every final write goes with its event on `p.events` and the XACK of the `sends` entry in one
 script (`record.lua`), so a redelivered entry either finds the final state (and is only acked)
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -27,9 +34,11 @@ from redis.exceptions import NoScriptError
 from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from sesflow.common.schema import Event, EventType, Job, encode
 from sesflow.common.scripts import register
+from sesflow.common.ses_links import link_calls
 from sesflow.common.streams import DEAD_LETTER_MAXLEN
 from sesflow.common.suppression import leaves, normalise
 from sesflow.sender.batching import Batcher
+from sesflow.sender.ses_links import LinkPolicy
 
 # One JSON argument per script call carries every job's values (see claim.lua, record.lua).
 _json = msgspec.json.Encoder()
@@ -50,10 +59,19 @@ class Kind(StrEnum):
     UNKNOWN = "unknown"
 
 
-# The stored codes of the states without a value, and of the prefixes of those with one.
-_LETTER = {Kind.STOPPED: "x", Kind.SUPPRESSED: "p", Kind.UNKNOWN: "u"}
+# The byte each final state is stored as in a final string (record.lua writes it as given).
+_LETTER = {
+    Kind.SENT: "s",
+    Kind.FAILED: "f",
+    Kind.STOPPED: "x",
+    Kind.SUPPRESSED: "p",
+    Kind.UNKNOWN: "u",
+}
+# The prefixes of the hash values with a value: a claim, and the final states older versions
+# wrote with their SES id or failure reason.
 _PREFIX = {Kind.SENT: "s:", Kind.FAILED: "f:", Kind.INFLIGHT: INFLIGHT}
 _BY_LETTER = {code: kind for kind, code in _LETTER.items()}
+NOT_FINAL = "\0"  # a final string's byte for a recipient with no final state (SETRANGE pads)
 _BY_PREFIX = {code: kind for kind, code in _PREFIX.items()}
 # The event each final state is recorded with.
 _EVENT = {
@@ -67,19 +85,21 @@ _EVENT = {
 
 @dataclass(frozen=True, slots=True)
 class DeliveryState:
-    """One recipient's delivery state, as `p.state(msg_id)` stores it (Lua scripts read and write
-    the same text, so `encode` is byte for byte what they expect):
+    """One recipient's delivery state. Stored (Lua scripts read and write the same bytes):
 
-        queued     absent
-        inflight   i:<ms>:<consumer>   claimed at <ms> by <consumer>; the ambiguous window
-        sent       s:<ses id>
-        failed     f:<reason>
+        queued     absent from both, or byte 0 in the final string
+        inflight   i:<ms>:<consumer>   state hash field: claimed at <ms> by <consumer>; the
+                                       ambiguous window (kept only while in flight)
+        sent       s                   final string byte (`code`); older versions: s:<ses id>
+        failed     f                   final string byte; older versions: f:<reason>
         stopped    x
         suppressed p
         unknown    u                   its sender died (or SES did not answer) mid-call
 
-    `value` is the SES id, the failure reason or, for inflight, the consumer. A stored value of
-    no known form is final (as claim.lua and record.lua treat it) and kept as it is (`text`)."""
+    `value` is the SES id, the failure reason (known to the process that decided it, and on the
+    event; a state read back from a final string has none) or, for inflight, the consumer.
+    A stored value of no known form is final (as claim.lua and record.lua treat it) and kept as
+    it is (`text`)."""
 
     kind: Kind
     value: str = ""
@@ -102,6 +122,11 @@ class DeliveryState:
 
     # --- the stored text ------------------------------------------------------------------
 
+    @property
+    def code(self) -> str:
+        """The byte a final state is stored as in the message's final string."""
+        return _LETTER.get(self.kind, _LETTER[Kind.UNKNOWN])
+
     def encode(self) -> str:
         if self.text is not None:
             return self.text
@@ -109,13 +134,14 @@ class DeliveryState:
             return ""
         if self.kind is Kind.INFLIGHT:
             return f"{INFLIGHT}{self.ms}:{self.value}"
-        if self.kind in _PREFIX:
+        if self.kind in _PREFIX and self.value:
             return _PREFIX[self.kind] + self.value
         return _LETTER[self.kind]
 
     @staticmethod
     def parse(stored: str | None) -> DeliveryState:
-        """The state of a stored value (None or "" = queued); `parse(s).encode() == s`."""
+        """The state of a stored value: a final string's byte or a state hash field (None, ""
+        = queued; a final string's byte 0 is filtered out before); `parse(s).encode() == s`."""
         if not stored:
             return QUEUED
         letter = _BY_LETTER.get(stored)
@@ -125,7 +151,7 @@ class DeliveryState:
         if kind is Kind.INFLIGHT:
             return _parse_claim(stored)
         if kind is not None:
-            return DeliveryState(kind, stored[2:])
+            return DeliveryState(kind, stored[2:], text=None if stored[2:] else stored)
         return _odd(stored)
 
     # --- what it means --------------------------------------------------------------------
@@ -156,7 +182,13 @@ QUEUED = DeliveryState(Kind.QUEUED)
 STOPPED = DeliveryState(Kind.STOPPED)
 SUPPRESSED = DeliveryState(Kind.SUPPRESSED)
 UNKNOWN = DeliveryState(Kind.UNKNOWN)
-_SIMPLE = {Kind.STOPPED: STOPPED, Kind.SUPPRESSED: SUPPRESSED, Kind.UNKNOWN: UNKNOWN}
+_SIMPLE = {
+    Kind.SENT: DeliveryState(Kind.SENT),
+    Kind.FAILED: DeliveryState(Kind.FAILED),
+    Kind.STOPPED: STOPPED,
+    Kind.SUPPRESSED: SUPPRESSED,
+    Kind.UNKNOWN: UNKNOWN,
+}
 
 
 def _parse_claim(stored: str) -> DeliveryState:
@@ -241,6 +273,78 @@ class RecordItem:
     ses_link: tuple[str, str] | None = None  # (SES id, request id)
 
 
+SPAN_GAP = 1024  # indexes further apart than this are read with separate GETRANGEs
+
+
+def _spans(indexes: list[int]) -> list[tuple[int, int]]:
+    """Inclusive (low, high) ranges covering `indexes`, split where they are far apart."""
+    out: list[tuple[int, int]] = []
+    for i in sorted(set(indexes)):
+        if out and i - out[-1][1] <= SPAN_GAP:
+            out[-1] = (out[-1][0], i)
+        else:
+            out.append((i, i))
+    return out
+
+
+def _text(value: Any) -> str:
+    """A reply as text whether the client decodes replies or not (bytes 0..127 only here)."""
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value or "")
+
+
+def _read_states(
+    pipe: Any, messages: dict[str, list[int]], parts: dict[str, PartitionKeys]
+) -> list[tuple[str, int, int]]:
+    """Queue on `pipe` the reads of these recipients' states: one HMGET of each message's
+    claims, then one GETRANGE per span of its final bytes; returns the spans, in order."""
+    spans: list[tuple[str, int, int]] = []
+    for msg_id, indexes in messages.items():
+        pipe.hmget(parts[msg_id].state(msg_id), [str(i) for i in indexes])
+    for msg_id, indexes in messages.items():
+        for low, high in _spans(indexes):
+            spans.append((msg_id, low, high))
+            pipe.getrange(parts[msg_id].finals(msg_id), low, high)
+    return spans
+
+
+def _states_read(
+    replies: Iterator[Any], messages: dict[str, list[int]], spans: list[tuple[str, int, int]]
+) -> dict[tuple[str, int], DeliveryState]:
+    """The replies `_read_states` queued, taken from `replies`: each recipient's state, the
+    final byte first (a claim hash field of an older version may still hold a final value)."""
+    held: dict[tuple[str, int], str | None] = {}
+    for msg_id, indexes in messages.items():
+        held.update(((msg_id, i), v) for i, v in zip(indexes, next(replies), strict=True))
+    done: dict[tuple[str, int], str] = {}
+    for msg_id, low, _ in spans:
+        chunk = _text(next(replies))
+        done.update(((msg_id, low + n), byte) for n, byte in enumerate(chunk))
+    states: dict[tuple[str, int], DeliveryState] = {}
+    for recipient, claim in held.items():
+        byte = done.get(recipient)
+        final = DeliveryState.parse(None if byte == NOT_FINAL else byte)
+        states[recipient] = final if final.final else DeliveryState.parse(claim)
+    return states
+
+
+async def recipient_states(client: Any, part: PartitionKeys, msg_id: str) -> dict[int, str]:
+    """Every stored state of a message, index -> stored text (a final byte, a claim, or an
+    older version's value): what an operator, the CLI or a test reads."""
+    claims = await client.hgetall(part.state(msg_id))
+    finals = _text(await client.get(part.finals(msg_id)))
+    out = {int(k): _text(v) for k, v in claims.items()}
+    out.update((i, byte) for i, byte in enumerate(finals) if byte != NOT_FINAL)
+    return out
+
+
+async def recipient_state(client: Any, part: PartitionKeys, msg_id: str, index: int) -> str:
+    """One recipient's stored state ("" = none): its final byte, else its state hash field."""
+    byte = _text(await client.getrange(part.finals(msg_id), index, index))
+    if byte and byte != NOT_FINAL:
+        return byte
+    return _text(await client.hget(part.state(msg_id), str(index)))
+
+
 def _pairs(reply: Any) -> list[Outcome]:
     return [_outcome(reply[n : n + 2]) for n in range(0, len(reply), 2)]
 
@@ -252,11 +356,17 @@ class DeliveryStore:
     trip (`sender.batching`); each job still gets its own answer, decided as if alone."""
 
     def __init__(
-        self, client: Any, keys: Keys, state_ttl: int, dead_maxlen: int = DEAD_LETTER_MAXLEN
+        self,
+        client: Any,
+        keys: Keys,
+        state_ttl: int,
+        dead_maxlen: int = DEAD_LETTER_MAXLEN,
+        links: LinkPolicy | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
         self.state_ttl = state_ttl
+        self.links = links or LinkPolicy(client, keys, "always")
         self.dead_maxlen = dead_maxlen
         self._claim = register(client, "claim")
         self._release = register(client, "release")
@@ -281,43 +391,41 @@ class DeliveryStore:
         return await self._prechecks.submit(None, (part, job, topic, scope))
 
     async def _precheck_many(self, _: Hashable, items: list[PrecheckAsk]) -> list[Precheck]:
-        # A batch is mostly jobs of one message: one HMGET per message's state hash, one GET
-        # per topic, one HMGET of the suppression hash for all addresses and, when some job is
-        # bulk mail, one HMGET of the list unsubscribes for those, instead of three or four
-        # commands per job (redis-py spends ~20 us of CPU per command). No transaction: the
-        # suppression hashes live in another slot.
-        states: dict[str, list[str]] = {}
+        # A batch is mostly jobs of one message: per message one HMGET of its claims and one
+        # GETRANGE over its final bytes, one GET per topic, one HMGET of the suppression hash
+        # for all addresses and, when some job is bulk mail, one HMGET of the list unsubscribes
+        # for those, instead of three or four commands per job (redis-py spends ~20 us of CPU
+        # per command). No transaction: the suppression hashes live in another slot.
+        messages: dict[str, list[int]] = {}
+        parts: dict[str, PartitionKeys] = {}
         stops: dict[str, None] = {}
         for part, job, topic, _scope in items:
-            states.setdefault(part.state(job.msg_id), []).append(str(job.index))
+            messages.setdefault(job.msg_id, []).append(job.index)
+            parts[job.msg_id] = part
             stops[part.stop(topic or "")] = None
         addresses = [normalise(job.email) for _, job, _, _ in items]
         scoped = [n for n, (_, _, _, scope) in enumerate(items) if scope]
         pipe = self.client.pipeline(transaction=False)
-        for key, fields in states.items():
-            pipe.hmget(key, fields)
+        spans = _read_states(pipe, messages, parts)
         for key in stops:
             pipe.get(key)
         pipe.hmget(self.keys.suppressed, addresses)
         if scoped:
             pipe.hmget(self.keys.unsubscribed, [addresses[n] for n in scoped])
-        replies = await pipe.execute()
-        state_of: dict[tuple[str, str], str | None] = {}
-        for (key, fields), values in zip(states.items(), replies, strict=False):
-            state_of.update(((key, f), v) for f, v in zip(fields, values, strict=True))
-        stop_of = dict(zip(stops, replies[len(states) :], strict=False))
-        suppressed = replies[len(states) + len(stops)]
-        lists_of = dict(zip(scoped, replies[-1], strict=True)) if scoped else {}
+        replies = iter(await pipe.execute())
+        state_of = _states_read(replies, messages, spans)
+        stop_of = {stop_key: next(replies) for stop_key in stops}
+        suppressed = next(replies)
+        lists_of = dict(zip(scoped, next(replies), strict=True)) if scoped else {}
         out = []
         for n, ((part, job, topic, scope), listed) in enumerate(
             zip(items, suppressed, strict=True)
         ):
-            state = state_of[(part.state(job.msg_id), str(job.index))]
             stop = stop_of[part.stop(topic or "")]
             stop_ms = int(stop) if stop is not None and str(stop).isdigit() else None
             out.append(
                 Precheck(
-                    state=DeliveryState.parse(state),
+                    state=state_of[(job.msg_id, job.index)],
                     stop_ms=stop_ms,
                     suppressed=listed is not None or leaves(lists_of.get(n), scope),
                 )
@@ -353,9 +461,10 @@ class DeliveryStore:
         jobs = []
         for c in items:
             state = keys.setdefault(c.part.state(c.job.msg_id), len(keys) + 1)
+            final = keys.setdefault(c.part.finals(c.job.msg_id), len(keys) + 1)
             stop = keys.setdefault(c.part.stop(c.topic), len(keys) + 1)
             value, takeover = c.value.encode(), c.takeover.encode()
-            jobs.append((state, stop, str(c.job.index), value, c.accepted, takeover))
+            jobs.append((state, final, stop, str(c.job.index), value, c.accepted, takeover))
         return _pairs(await self._claim(keys=list(keys), args=[_json.encode(jobs)]))
 
     async def release(self, part: PartitionKeys, job: Job, claim: DeliveryState) -> bool:
@@ -377,17 +486,19 @@ class DeliveryStore:
         dead_values: list[str] = []
         links = []
         for r in items:
-            index = (
-                state_keys.setdefault(part.state(r.job.msg_id), len(state_keys) + 4) if r.job else 1
-            )
+            state = final = 1
+            if r.job:
+                state = state_keys.setdefault(part.state(r.job.msg_id), len(state_keys) + 4)
+                final = state_keys.setdefault(part.finals(r.job.msg_id), len(state_keys) + 4)
             dead = [str(x) for pair in (r.dead or {}).items() for x in pair]
             dead_values += dead
             jobs.append(
                 (
-                    index,
+                    state,
+                    final,
                     str(r.job.index) if r.job else "",
                     r.expected.encode(),
-                    r.final.encode(),
+                    r.final.code,
                     encode(r.event).decode() if r.event else "",
                     r.entry_id,
                     len(dead),
@@ -398,21 +509,20 @@ class DeliveryStore:
         keys = [part.events, part.sends, part.sends_dead, *state_keys]
         args: list[Any] = [SENDERS_GROUP, self.state_ttl, self.dead_maxlen, _json.encode(jobs)]
         args += dead_values
-        if not links:
+        if not links or not await self.links.wanted():
             return _pairs(await self._record(keys=keys, args=args))
-        ttl = self.state_ttl
+        calls = link_calls(self.keys, links, time.time(), self.state_ttl, per_key=self._cluster)
         if self._cluster:
-            # The link keys live on other slots, so other nodes: separate calls, at once.
+            # The link hashes live on other slots, so other nodes: separate calls, at once.
             replies: list[Any] = await asyncio.gather(
                 self._record(keys=keys, args=args),
-                *(self.client.set(self.keys.ses_message(s), rid, ex=ttl) for s, rid in links),
+                *(self._links(keys=k, args=a) for k, a in calls),
             )
             return _pairs(replies[0])
         # EVALSHA queued by hand: a script registered on a pipeline makes redis-py send SCRIPT
         # EXISTS before every execute, one more round trip. A script Redis does not know (first
         # use, restart) runs again on its own, loading it; the other one's answer stands.
-        link_keys = [self.keys.ses_message(ses_id) for ses_id, _ in links]
-        link_args = [ttl, *(rid for _, rid in links)]
+        [(link_keys, link_args)] = calls
         pipe = self.client.pipeline(transaction=False)
         pipe.evalsha(self._record.sha, len(keys), *keys, *args)
         pipe.evalsha(self._links.sha, len(link_keys), *link_keys, *link_args)

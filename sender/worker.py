@@ -109,6 +109,7 @@ from sesflow.sender.parking import Parking
 from sesflow.sender.pump import Pump
 from sesflow.sender.rate_limit import RateLimiter
 from sesflow.sender.read_batch import GridPoints, ReadBatch
+from sesflow.sender.ses_links import LinkPolicy
 from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sesflow.sender.state import (
     QUEUED,
@@ -234,7 +235,8 @@ class Sender(StreamConsumer):
         self.fetch_quota = fetch_quota
         self.keys = Keys(settings.redis_prefix, settings.send_partitions)
         self.part_of = {part.sends: part for part in self.keys.partitions}
-        self.store = DeliveryStore(client, self.keys, settings.content_ttl)
+        links = LinkPolicy(client, self.keys, settings.ses_id_links)
+        self.store = DeliveryStore(client, self.keys, settings.content_ttl, links=links)
         self.limiter = RateLimiter(client, settings, self.keys)
         self.contents = ContentCache(client)
         self.outbox = Outbox(ses, settings.send_mode)
@@ -656,6 +658,7 @@ class Sender(StreamConsumer):
             email=job.email,
             ses_id=ses_id,
             detail=detail,
+            reason=final.value if final.kind is Kind.FAILED else "",
         )
         letter = dead_entry(attempt.entry_id, job.fields(), dead) if dead is not None else None
         link = (ses_id, job.request_id) if ses_id else None

@@ -63,7 +63,7 @@ def create_app(settings: Settings) -> web.Application:
             client=client,
             http=http,
             verifier=SnsVerifier(settings, CertCache(http)),
-            correlator=Correlator(client, keys),
+            correlator=Correlator(client, keys, settings.content_ttl),
             recorder=EventRecorder(client, settings.content_ttl),
             suppressions=SuppressionList(client, keys),
             secret=secret,

@@ -110,6 +110,10 @@ async def was_sent(tracker: Tracker, msg_id: str, index: int) -> bool:
     sesflow really handled may create one."""
     part = tracker.keys.for_message(msg_id)
     with redis_errors():
+        # a final byte (0 = none), else a claim or an older version's state in the hash
+        byte = await tracker.client.getrange(part.finals(msg_id), index, index)
+        if byte and byte not in ("\0", b"\0"):
+            return True
         return bool(await tracker.client.hexists(part.state(msg_id), str(index)))
 
 

@@ -166,6 +166,7 @@ class Feedback:
     rid: str  # from tags or headers; "" when the notification does not carry it
     topic_tag: str
     drafts: list[Draft]
+    sent_ms: int = 0  # `mail.timestamp`: when SES took the mail (0 when absent or unreadable)
 
 
 def _clip(text: str | None) -> str:
@@ -360,4 +361,10 @@ def normalise(note: SesNotification) -> Feedback:
     base = Event(type=EventType.FEEDBACK_UNKNOWN, ses_id=mail.message_id)
     drafts = PARSERS.get(note.kind, _unknown)(note, base)
     topic_tags = mail.tags.get(TOPIC_TAG) or [""]
-    return Feedback(ses_id=mail.message_id, rid=_rid(mail), topic_tag=topic_tags[0], drafts=drafts)
+    return Feedback(
+        ses_id=mail.message_id,
+        rid=_rid(mail),
+        topic_tag=topic_tags[0],
+        drafts=drafts,
+        sent_ms=_ms(mail.timestamp) if mail.timestamp else 0,
+    )

@@ -17,7 +17,7 @@ Suppression writes come first, outside the script: they are idempotent (HSETNX k
 reason), so a retry after a failure between them and the script repeats them harmlessly, while the
 reverse order could record a hard bounce whose address is never suppressed. The soft-bounce count
 (`tracker.soft_bounces`) comes before them for the same reason, and is idempotent too (a member
-per bounced mail, not an increment). A cheap EXISTS on the mark skips them for the common
+per bounced mail, not an increment). A cheap look-up of the mark skips them for the common
 duplicate. One notification's events all belong to one mail, hence to one partition (or
 partition 0 when sesflow cannot place the mail).
 """
@@ -120,7 +120,9 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
         raise InputError("malformed", f"Message is not an SES event: {exc}") from exc
 
     feedback = ses_events.normalise(note)
-    where = await tracker.correlator.correlate(feedback.ses_id, feedback.rid, feedback.topic_tag)
+    where = await tracker.correlator.correlate(
+        feedback.ses_id, feedback.rid, feedback.topic_tag, feedback.sent_ms
+    )
     drafts = tracker.correlator.apply(feedback, where)
     keys = tracker.keys
     part = keys.for_message(where.msg_id) if where.msg_id else keys.partition(0)
@@ -132,7 +134,7 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
     soft = tracker.soft_bounces
     if any((d.suppress and d.event.email) or soft.counts(d) for d in drafts):
         with redis_errors():
-            if await tracker.client.exists(part.sns_seen(msg.message_id)):
+            if await tracker.recorder.seen(part, msg.message_id, dedupe_ttl(tracker)):
                 metrics.SNS_MESSAGES.labels("Notification", "duplicate").inc()
                 return json_response({"status": "duplicate"})
         drafts = await soft.apply(drafts, feedback.ses_id or msg.message_id)
@@ -144,8 +146,7 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
         where.msg_id,
         items,
         dedupe_id=msg.message_id,
-        # Outlive the age at which a replay is refused anyway, whatever SNS_MAX_AGE says.
-        dedupe_ttl=max(DEDUPE_TTL, int(tracker.settings.sns_max_age) + 3600),
+        dedupe_ttl=dedupe_ttl(tracker),
     )
     if added == DUPLICATE:
         metrics.SNS_MESSAGES.labels("Notification", "duplicate").inc()
@@ -163,6 +164,11 @@ async def notification(tracker: Tracker, msg: sns.Notification) -> web.Response:
         events=added,
     )
     return json_response({"status": "processed", "events": added})
+
+
+def dedupe_ttl(tracker: Tracker) -> int:
+    """Outlive the age at which a replay is refused anyway, whatever SNS_MAX_AGE says."""
+    return max(DEDUPE_TTL, int(tracker.settings.sns_max_age) + 3600)
 
 
 def touch(draft: ses_events.Draft, index: int) -> FirstTouch | None:

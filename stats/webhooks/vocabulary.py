@@ -77,6 +77,7 @@ def event_data(event: Event) -> dict[str, Any]:
         "email": event.email,
         "ses_message_id": event.ses_id,
         "detail": event.detail,
+        "reason": event.reason,
         "bounce_type": event.bounce_type,
         "bounce_subtype": event.bounce_subtype,
         "url": event.url,

@@ -201,6 +201,14 @@ METRICS: dict[str, list[Metric]] = {
         ),
         Metric("bytes_per_recipient_trimmed", "… without the untrimmed requests stream", "B"),
         Metric("sends_bytes_per_recipient", "… of which the queued jobs (backlogs, sends)", "B"),
+        Metric(
+            "retained_bytes_per_recipient",
+            "Redis bytes per recipient kept after a finished campaign (identity notifications)",
+            "B",
+            "≤ 64",
+            at_most(64),
+        ),
+        Metric("retained_tagged", "… with configuration-set events (no SES-id links)", "B"),
     ],
     "sending": [
         Metric("loop_cpu_us", "plain boto3 send_email loop: CPU per email", "µs"),
@@ -360,7 +368,7 @@ SMOKE = Sizes(
     rate=scenario_rate.Size(seconds=3),
     tracker=scenario_tracker.Size(notifications=100),
     stats=scenario_stats.Size(entries=2000, topics=10, requests=20),
-    memory=scenario_memory.Size(messages=10, per_message=1000),
+    memory=scenario_memory.Size(messages=10, per_message=1000, retained=5000),
     e2e=scenario_e2e.Size(messages=20),
     sending=scenario_sending.Size(unthrottled=1000, rate_seconds=2, loop_calls=100),
     sharing=scenario_sharing.Size(campaign=3000, tx_seconds=3, pump_calls=200),

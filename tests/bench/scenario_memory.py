@@ -2,7 +2,12 @@
 (10,000 each, ~4 KB of HTML stored once per message): INFO used_memory after everything is
 queued (in the topic's backlog, no sender pumping), minus before, divided by the recipients.
 The `requests` stream still holds the raw messages then (the dispatcher trims it every 30 s);
-that share is reported separately."""
+that share is reported separately.
+
+Then the memory a finished campaign keeps (`bench.retained_memory`): 100k recipients sent,
+delivery feedback for half of them and a first open for a fifth, every event consumed and the
+streams trimmed; once with SES feedback as identity notifications (SES-id links written), once
+as configuration-set events carrying the tag (no links)."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from bench.benchkit import (
     redis_server,
     start_role,
 )
+from bench.retained_memory import measure
 from support.until import until
 
 
@@ -26,6 +32,7 @@ from support.until import until
 class Size:
     messages: int
     per_message: int
+    retained: int = 100_000  # recipients of the finished campaign
 
 
 async def used_memory(client: object) -> int:
@@ -60,7 +67,14 @@ async def run_once(size: Size) -> dict[str, float]:
             sends = 0
             for key in (part.sends, *(part.backlog(t) for t in await topics(client))):
                 sends += int(await client.memory_usage(key, samples=0) or 0)
+    retained = {}
+    for name, tagged in (("retained_bytes_per_recipient", False), ("retained_tagged", True)):
+        with redis_server() as server:
+            async with redis_client(server.url) as client:
+                per_message = min(10_000, size.retained)
+                retained[name] = await measure(client, size.retained, per_message, tagged=tagged)
     return {
+        **retained,
         "bytes_per_recipient": (after - before) / total,
         "bytes_per_recipient_trimmed": (after - before - requests) / total,
         "sends_bytes_per_recipient": sends / total,

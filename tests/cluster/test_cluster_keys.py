@@ -52,7 +52,8 @@ def test_keys_used_together_share_a_slot() -> None:
     for p in keys.partitions:
         together = [
             p.sends, p.sends_dead, p.schedule, p.schedule_data, p.schedule_topic("t"),
-            p.message("1-0"), p.state("1-0"), p.opens("1-0"), p.sns_seen("x"), p.stop("t"),
+            p.message("1-0"), p.state("1-0"), p.finals("1-0"), p.opens("1-0"), p.touches("1-0"),
+            p.sns_seen("x"), p.sns_bucket(20000, 7), p.stop("t"),
             p.events, p.events_dead, p.stats_topic("t"), p.stats_global, p.stats_hourly,
             p.stats_minutely, p.stats_series("t"), p.stats_topics, p.stats_seconds(29_000_000),
             p.stats_seconds(29_000_000, "t"),

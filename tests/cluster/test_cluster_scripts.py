@@ -4,14 +4,17 @@ mix slots must be split by the client."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
+from sesflow.common.day_buckets import day_of
 from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.schema import Event, Job, decode_event
 from sesflow.common.scripts import register
+from sesflow.common.ses_links import link_lookups
 from sesflow.common.settings import Settings
 from sesflow.sender.rate_limit import RateLimiter
 from sesflow.sender.state import DeliveryState, DeliveryStore, RecordItem
@@ -54,8 +57,10 @@ async def test_claim_and_record_with_the_ses_link_on_every_partition(
         )
         done = await store.record(item)
         assert done.ok, done
-        assert await cluster_client.hget(part.state(msg_id), "2") == f"s:{ses_id}"
-        assert await cluster_client.get(KEYS.ses_message(ses_id)) == f"{msg_id}_2"
+        assert await cluster_client.getrange(part.finals(msg_id), 2, 2) == "s"
+        assert await cluster_client.exists(part.state(msg_id)) == 0
+        field, [today] = link_lookups(KEYS, ses_id, [day_of(time.time())])
+        assert await cluster_client.hget(today, field) == f"{msg_id}_2"
         assert (await cluster_client.xpending(part.sends, SENDERS_GROUP))["pending"] == 0
         entries: Any = await cluster_client.xrange(part.events)
         assert [decode_event(f["e"]).ses_id for _, f in entries] == [ses_id]

@@ -218,7 +218,7 @@ async def test_sender_kill_and_redis_restart_with_lanes_and_a_paused_topic(
             await check_stats_agree(http, cluster, "campaign", verdict)
             await check_stats_agree(http, cluster, "held", resumed)
             tx_verdict = Verdict(
-                sent=sum(1 for s in tx_states.values() if s.startswith("s:")),
+                sent=sum(1 for s in tx_states.values() if s.startswith("s")),
                 unknown=sum(1 for s in tx_states.values() if s == "u"),
                 states=tx_states,
                 stub_counts=Counter(),

@@ -21,6 +21,7 @@ from sesflow.ingest.api import create_app as ingest_app
 from sesflow.sender import upkeep
 from sesflow.sender.metrics import create_app as sender_metrics_app
 from sesflow.sender.ses_client import SesClient
+from sesflow.sender.state import recipient_states
 from sesflow.sender.worker import Sender
 from sesflow.stats.aggregate import StatsAggregator, stats_client
 from sesflow.stats.api import create_app as stats_app
@@ -208,8 +209,10 @@ async def test_sender_metrics(
         task = asyncio.create_task(sender.run(stop))
         try:
             await until(
-                lambda: redis.hvals(part.state(msg_id)),
-                lambda states: len(states) == 2 and not any(v.startswith("i:") for v in states),
+                lambda: recipient_states(redis, part, msg_id),
+                lambda states: (
+                    len(states) == 2 and not any(v.startswith("i:") for v in states.values())
+                ),
                 what="the sender to finish both jobs",
             )
             await upkeep.update_gauges(sender)

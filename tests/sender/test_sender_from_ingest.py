@@ -98,7 +98,7 @@ async def test_an_edited_template_leaves_accepted_mail_unchanged(
 
         async def both_sent() -> bool:
             found = await states(redis, KEYS.for_message(msg_id), msg_id)
-            return len(found) == 2 and all(v.startswith("s:") for v in found.values())
+            return len(found) == 2 and all(v.startswith("s") for v in found.values())
 
         await until(both_sent, within=20)
     finally:

@@ -60,7 +60,7 @@ async def test_a_redis_outage_mid_campaign_loses_and_duplicates_nothing(tmp_path
                 found = await states(admin, PART, msg_id)
             except Exception:
                 return False
-            return len(found) == len(emails) and all(v.startswith("s:") for v in found.values())
+            return len(found) == len(emails) and all(v.startswith("s") for v in found.values())
 
         await until(done, within=20)
         await run.stop()

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from sesflow.common.day_buckets import day_of
 from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.schema import Event, Job, decode_event, encode
 from sesflow.common.scripts import register
+from sesflow.common.ses_links import link_lookups
 from sesflow.sender.rate_limit import GATHER_S, HEADROOM, LATE_S, MAX_RESERVE_MS, RateLimiter
 from sesflow.sender.state import DeliveryState, DeliveryStore, RecordItem
 
@@ -34,8 +36,13 @@ async def entry(redis: Any) -> str:
 
 async def claim(redis: Any, value: str, accepted: int = 1700000000000, takeover: str = "") -> Any:
     script = register(redis, "claim")
-    job = [1, 2, str(JOB.index), value, accepted, takeover]
-    return await script(keys=[PART.state(JOB.msg_id), PART.stop("t1")], args=[json.dumps([job])])
+    job = [1, 2, 3, str(JOB.index), value, accepted, takeover]
+    keys = [PART.state(JOB.msg_id), PART.finals(JOB.msg_id), PART.stop("t1")]
+    return await script(keys=keys, args=[json.dumps([job])])
+
+
+async def final_byte(redis: Any, msg_id: str, index: int) -> str:
+    return str(await redis.getrange(PART.finals(msg_id), index, index))
 
 
 async def test_claim_queued_retry_busy_final_and_takeover(redis: Any) -> None:
@@ -43,8 +50,25 @@ async def test_claim_queued_retry_busy_final_and_takeover(redis: Any) -> None:
     assert await claim(redis, "i:1:c1") == ["ok", "i:1:c1"]  # a retry after a lost reply
     assert await claim(redis, "i:2:c2") == ["busy", "i:1:c1"]
     assert await claim(redis, "i:3:c2", takeover="i:1:c1") == ["ok", "i:3:c2"]
-    await redis.hset(PART.state(JOB.msg_id), JOB.index, "s:abc")
-    assert await claim(redis, "i:4:c2", takeover="i:3:c2") == ["final", "s:abc"]
+    await redis.hdel(PART.state(JOB.msg_id), JOB.index)
+    await redis.setrange(PART.finals(JOB.msg_id), JOB.index, "s")
+    assert await claim(redis, "i:4:c2", takeover="i:3:c2") == ["final", "s"]
+    assert await redis.exists(PART.state(JOB.msg_id)) == 0
+
+
+async def test_claim_reads_zero_bytes_and_the_end_of_the_final_string_as_not_final(
+    redis: Any,
+) -> None:
+    await redis.setrange(PART.finals(JOB.msg_id), JOB.index + 2, "x")  # pads JOB's byte with 0
+    assert await claim(redis, "i:1:c1") == ["ok", "i:1:c1"]
+
+
+async def test_claim_sees_the_final_states_an_older_version_wrote(redis: Any) -> None:
+    """Before the final strings, final states were hash fields (`s:<ses id>`, `f:<reason>`, `x`):
+    they stay final, and the text is answered as it is."""
+    for legacy in ("s:abc", "f:rejected:x", "x", "p", "u", "odd"):
+        await redis.hset(PART.state(JOB.msg_id), JOB.index, legacy)
+        assert await claim(redis, "i:1:c1") == ["final", legacy]
 
 
 async def test_claim_refuses_a_stopped_topic(redis: Any) -> None:
@@ -63,43 +87,71 @@ async def test_release_only_our_claim(redis: Any) -> None:
     assert await redis.hget(PART.state(JOB.msg_id), JOB.index) is None
 
 
+async def test_release_gives_back_an_older_senders_claim_too(redis: Any) -> None:
+    """Claims have the same form as before: one an older sender wrote is released alike."""
+    assert await register(redis, "release")(keys=[PART.state("m")], args=[1, "i:1:c1"]) == 0
+    await redis.hset(PART.state("m"), "1", "i:1:c1")
+    assert await register(redis, "release")(keys=[PART.state("m")], args=[1, "i:1:c1"]) == 1
+    assert await redis.exists(PART.state("m")) == 0
+
+
+def record_item(entry: str, **kw: Any) -> RecordItem:
+    return RecordItem(PART, entry, JOB, **kw)
+
+
 async def test_record_is_atomic_and_idempotent(redis: Any, entry: str) -> None:
     store = DeliveryStore(redis, KEYS, 60)
     await claim(redis, "i:1:c1")
     event = Event(type="sent", msg_id=JOB.msg_id, index=JOB.index, ses_id="abc")
-    done = await store.record(
-        RecordItem(
-            PART,
-            entry,
-            JOB,
-            expected=S("i:1:c1"),
-            final=S("s:abc"),
-            event=event,
-            ses_link=("abc", "r"),
-        )
-    )
-    assert done.ok
-    assert await redis.hget(PART.state(JOB.msg_id), JOB.index) == "s:abc"
-    assert await redis.get(KEYS.ses_message("abc")) == "r"
-    assert 0 < await redis.ttl(PART.state(JOB.msg_id)) <= 60
+    item = record_item(entry, expected=S("i:1:c1"), final=DeliveryState.sent("abc"), event=event)
+    done = await store.record(item)
+    assert (done.status, done.value) == ("ok", "s")
+    assert await final_byte(redis, JOB.msg_id, JOB.index) == "s"
+    # the claim is gone with its hash: only the final byte remains (and the index's padding)
+    assert await redis.exists(PART.state(JOB.msg_id)) == 0
+    assert await redis.get(PART.finals(JOB.msg_id)) == "\0\0\0s"
+    assert 0 < await redis.ttl(PART.finals(JOB.msg_id)) <= 60
     assert (await redis.xpending(PART.sends, SENDERS_GROUP))["pending"] == 0
     # a redelivery records nothing new: one event, state kept
-    again = await store.record(
-        RecordItem(PART, entry, JOB, expected=S(""), final=S("u"), event=event)
-    )
-    assert (again.status, again.value) == ("final", "s:abc")
+    again = await store.record(record_item(entry, expected=S(""), final=S("u"), event=event))
+    assert (again.status, again.value) == ("final", "s")
     assert [decode_event(f["e"]).ses_id for _, f in await redis.xrange(PART.events)] == ["abc"]
+
+
+async def test_record_keeps_other_claims_and_bounds_their_life(redis: Any, entry: str) -> None:
+    await redis.hset(PART.state(JOB.msg_id), mapping={"3": "i:1:c1", "7": "i:2:c2"})
+    store = DeliveryStore(redis, KEYS, 60)
+    done = await store.record(record_item(entry, expected=S("i:1:c1"), final=S("x")))
+    assert done.ok
+    assert await redis.hgetall(PART.state(JOB.msg_id)) == {"7": "i:2:c2"}
+    assert 0 < await redis.ttl(PART.state(JOB.msg_id)) <= 60
+
+
+async def test_record_over_an_older_senders_claim_and_state(redis: Any, entry: str) -> None:
+    """A job an older sender claimed (then died) is recorded over as before; a final state an
+    older version wrote is a redelivery's `final`."""
+    store = DeliveryStore(redis, KEYS, 60)
+    await redis.hset(PART.state(JOB.msg_id), JOB.index, "i:1000:old-sender")
+    done = await store.record(record_item(entry, expected=S("i:1000:old-sender"), final=S("u")))
+    assert done.ok and await final_byte(redis, JOB.msg_id, JOB.index) == "u"
+    other = Job(msg_id="1700000000002-0", index=0, email="o@example.org")
+    await redis.hset(PART.state(other.msg_id), "0", "s:old-ses-id")
+    entry2 = str(await redis.xadd(PART.sends, other.fields()))
+    await redis.xreadgroup(SENDERS_GROUP, "c1", {PART.sends: ">"})
+    again = await store.record(RecordItem(PART, entry2, other, final=S("u")))
+    assert (again.status, again.value) == ("final", "s:old-ses-id")
+    assert await redis.exists(PART.finals(other.msg_id)) == 0
+    assert (await redis.xpending(PART.sends, SENDERS_GROUP))["pending"] == 0
 
 
 async def test_record_leaves_someone_elses_claim(redis: Any, entry: str) -> None:
     store = DeliveryStore(redis, KEYS, 60)
     await claim(redis, "i:1:c1")
-    busy = await store.record(
-        RecordItem(PART, entry, JOB, expected=S(""), final=S("x"), event=None)
-    )
+    busy = await store.record(record_item(entry, expected=S(""), final=S("x"), event=None))
     assert (busy.status, busy.value) == ("busy", "i:1:c1")
     assert (await redis.xpending(PART.sends, SENDERS_GROUP))["pending"] == 1
     assert await redis.xlen(PART.events) == 0
+    assert await redis.exists(PART.finals(JOB.msg_id)) == 0
 
 
 async def test_record_with_dead_letter_and_malformed(redis: Any, entry: str) -> None:
@@ -110,23 +162,30 @@ async def test_record_with_dead_letter_and_malformed(redis: Any, entry: str) -> 
     assert dead[0][1]["reason"] == "malformed job entry"
     assert dead[0][1]["source_id"] == entry
     assert (await redis.xpending(PART.sends, SENDERS_GROUP))["pending"] == 0
-    assert await redis.exists(PART.state("")) == 0
+    assert await redis.exists(PART.state(""), PART.finals("")) == 0
 
 
 async def test_claim_several_jobs_in_one_call(redis: Any) -> None:
     """One call, each job decided on its own: queued -> ok, final stays, stopped topic refused."""
     other = Job(msg_id="1700000000001-0", index=0, email="b@example.org")
-    await redis.hset(PART.state(other.msg_id), "0", "s:x")
+    await redis.setrange(PART.finals(other.msg_id), 0, "f")
     await redis.set(PART.stop("t2"), 1700000000000)
     script = register(redis, "claim")
-    keys = [PART.state(JOB.msg_id), PART.stop("t1"), PART.state(other.msg_id), PART.stop("t2")]
+    keys = [
+        PART.state(JOB.msg_id),
+        PART.finals(JOB.msg_id),
+        PART.stop("t1"),
+        PART.state(other.msg_id),
+        PART.finals(other.msg_id),
+        PART.stop("t2"),
+    ]
     jobs = [
-        [1, 2, str(JOB.index), "i:1:c1", 1700000000000, ""],
-        [3, 2, "0", "i:1:c1", 1700000000000, ""],
-        [1, 4, "9", "i:2:c1", 1700000000000, ""],
+        [1, 2, 3, str(JOB.index), "i:1:c1", 1700000000000, ""],
+        [4, 5, 3, "0", "i:1:c1", 1700000000000, ""],
+        [1, 2, 6, "9", "i:2:c1", 1700000000000, ""],
     ]
     reply = await script(keys=keys, args=[json.dumps(jobs)])
-    assert reply == ["ok", "i:1:c1", "final", "s:x", "stopped", "1700000000000"]
+    assert reply == ["ok", "i:1:c1", "final", "f", "stopped", "1700000000000"]
     assert await redis.hget(PART.state(JOB.msg_id), "9") is None
 
 
@@ -140,7 +199,7 @@ async def test_results_of_the_same_moment_share_one_record_call(redis: Any) -> N
     entries = [str(await redis.xadd(PART.sends, job.fields())) for job in jobs]
     entries.append(str(await redis.xadd(PART.sends, {"junk": "1"})))
     await redis.xreadgroup(SENDERS_GROUP, "c1", {PART.sends: ">"})
-    await redis.hset(PART.state(jobs[1].msg_id), "1", "f:earlier")
+    await redis.setrange(PART.finals(jobs[1].msg_id), 1, "f")
     store = DeliveryStore(redis, KEYS, 60)
     calls = 0
     original = store._record_many
@@ -162,12 +221,19 @@ async def test_results_of_the_same_moment_share_one_record_call(redis: Any) -> N
         store.dead_letter(PART, entries[2], {"junk": "1"}, "malformed"),
     )
     assert calls == 1
-    assert sent.ok and (final.status, final.value) == ("final", "f:earlier") and dead is None
-    assert await redis.hmget(PART.state(jobs[0].msg_id), ["0", "1"]) == ["s:ses0", "f:earlier"]
-    assert await redis.get(KEYS.ses_message("ses0")) == "r0"
+    assert sent.ok and (final.status, final.value) == ("final", "f") and dead is None
+    assert await redis.get(PART.finals(jobs[0].msg_id)) == "sf"
+    assert await linked(redis, "ses0") == "r0"
     assert await redis.xlen(PART.events) == 1
     assert [f["reason"] for _, f in await redis.xrange(PART.sends_dead)] == ["malformed"]
     assert (await redis.xpending(PART.sends, SENDERS_GROUP))["pending"] == 0
+
+
+async def linked(redis: Any, ses_id: str) -> str | None:
+    """The request id linked to `ses_id` today, as the tracker finds it."""
+    field, [key] = link_lookups(KEYS, ses_id, [day_of(time.time())])
+    value: str | None = await redis.hget(key, field)
+    return value
 
 
 async def test_jobs_prechecked_together_each_get_their_own_answer(redis: Any) -> None:
@@ -176,21 +242,29 @@ async def test_jobs_prechecked_together_each_get_their_own_answer(redis: Any) ->
 
     other = Job(msg_id="1700000000001-0", index=0, email="B@example.org ")
     second = Job(msg_id=JOB.msg_id, index=4, email="c@example.org")
-    await redis.hset(PART.state(JOB.msg_id), mapping={"4": "s:x"})
+    far = Job(msg_id=JOB.msg_id, index=5000, email="d@example.org")
+    legacy = Job(msg_id=JOB.msg_id, index=6, email="e@example.org")
+    await redis.setrange(PART.finals(JOB.msg_id), 4, "s")
+    await redis.setrange(PART.finals(JOB.msg_id), 5000, "p")
+    await redis.hset(PART.state(JOB.msg_id), "6", "f:older")
     await redis.hset(PART.state(other.msg_id), mapping={"0": "i:5:c9"})
     await redis.set(PART.stop("t2"), 1700000000000)
     await redis.hset(KEYS.suppressed, "b@example.org", '{"reason":"bounce"}')
     store = DeliveryStore(redis, KEYS, 60)
-    first, two, three, four = await asyncio.gather(
+    first, two, three, four, five, six = await asyncio.gather(
         store.precheck(PART, JOB, "t1"),
         store.precheck(PART, second, "t1"),
         store.precheck(PART, other, "t2"),
         store.precheck(PART, JOB, None),
+        store.precheck(PART, far, "t1"),
+        store.precheck(PART, legacy, "t1"),
     )
     assert (first.state, first.stop_ms, first.suppressed) == (S(""), None, False)
-    assert (two.state, two.stop_ms, two.suppressed) == (S("s:x"), None, False)
+    assert (two.state, two.stop_ms, two.suppressed) == (S("s"), None, False)
     assert (three.state, three.stop_ms, three.suppressed) == (S("i:5:c9"), 1700000000000, True)
     assert four == first
+    assert five.state == S("p") and five.state.final
+    assert six.state == S("f:older") and six.state.final
 
 
 async def test_the_precheck_applies_list_unsubscribes_to_bulk_mail_only(redis: Any) -> None:
@@ -214,12 +288,34 @@ async def test_the_precheck_applies_list_unsubscribes_to_bulk_mail_only(redis: A
     assert [a.suppressed for a in answers] == [True, False, False, True, False]
 
 
-async def test_ses_links_sets_every_link_with_its_ttl(redis: Any) -> None:
+async def test_ses_links_sets_every_link_with_its_expiry(redis: Any) -> None:
     links = register(redis, "ses_links")
-    keys = [KEYS.ses_message("a"), KEYS.ses_message("b")]
-    assert await links(keys=keys, args=[60, "m_0", "m_1"]) == 2
-    assert await redis.mget(keys) == ["m_0", "m_1"]
+    at = int(time.time()) + 60
+    keys = [KEYS.ses_links(1, 1), KEYS.ses_links(1, 2)]
+    args = [2, at, at, 1, b"\x00\x01digest", "m_0", 2, b"digest\xff\xfe", "m_1", 1, "f2", "m_2"]
+    assert await links(keys=keys, args=args) == 3
+    assert await redis.hgetall(keys[0]) == {"\x00\x01digest": "m_0", "f2": "m_2"}
+    assert await redis.hget(keys[1], b"digest\xff\xfe") == "m_1"
     assert 0 < await redis.ttl(keys[1]) <= 60
+    assert await redis.object("encoding", keys[0]) in ("listpack", "ziplist")  # 7.x, 6.x
+
+
+async def test_links_are_written_only_as_the_policy_says(redis: Any, entry: str) -> None:
+    """auto: links until the tracker has seen tagged feedback and no untagged feedback."""
+    from sesflow.sender.ses_links import LinkPolicy
+
+    assert await LinkPolicy(redis, KEYS, "auto").wanted()  # nothing seen yet
+    await redis.set(KEYS.feedback_tagged, "1")
+    assert not await LinkPolicy(redis, KEYS, "auto").wanted()
+    assert await LinkPolicy(redis, KEYS, "always").wanted()
+    store = DeliveryStore(redis, KEYS, 60, links=LinkPolicy(redis, KEYS, "auto"))
+    event = Event(type="sent", msg_id=JOB.msg_id, index=JOB.index, ses_id="abc")
+    item = record_item(entry, final=S("s:abc"), event=event, ses_link=("abc", "r"))
+    assert (await store.record(item)).ok
+    assert await linked(redis, "abc") is None
+    await redis.set(KEYS.feedback_untagged, "1")
+    assert await LinkPolicy(redis, KEYS, "auto").wanted()
+    assert not await LinkPolicy(redis, KEYS, "never").wanted()
 
 
 async def test_a_sent_result_is_recorded_once_when_redis_forgot_the_scripts(
@@ -234,25 +330,19 @@ async def test_a_sent_result_is_recorded_once_when_redis_forgot_the_scripts(
     await claim(redis, "i:1:c1")
     event = Event(type="sent", msg_id=JOB.msg_id, index=JOB.index, ses_id="abc")
     done = await store.record(
-        RecordItem(
-            PART,
-            entry,
-            JOB,
-            expected=S("i:1:c1"),
-            final=S("s:abc"),
-            event=event,
-            ses_link=("abc", "r"),
+        record_item(
+            entry, expected=S("i:1:c1"), final=S("s:abc"), event=event, ses_link=("abc", "r")
         )
     )
-    assert (done.status, done.value) == ("ok", "s:abc")
-    assert await redis.get(KEYS.ses_message("abc")) == "r"
+    assert (done.status, done.value) == ("ok", "s")
+    assert await linked(redis, "abc") == "r"
     assert await redis.xlen(PART.events) == 1
     await redis.script_flush()
-    await redis.hdel(PART.state(JOB.msg_id), str(JOB.index))
+    await redis.setrange(PART.finals(JOB.msg_id), JOB.index, "\0")
     again = await store.record(
         RecordItem(PART, entry, JOB, final=S("s:def"), event=event, ses_link=("d", "r"))
     )
-    assert again.ok and await redis.get(KEYS.ses_message("d")) == "r"
+    assert again.ok and await linked(redis, "d") == "r"
 
 
 # --- the rate limiter (simulated time through the documented `now` test argument) ---------------

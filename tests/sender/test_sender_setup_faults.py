@@ -21,7 +21,16 @@ from sesflow.sender.ses_client import SesClient
 from sesflow.sender.setup_faults import SetupFaults, scope_of, scopes_of
 from sesflow.sender.worker import Sender
 
-from support.senderkit import SECRET, FakeSes, Running, events, new_msg_id, queue_jobs, states
+from support.senderkit import (
+    SECRET,
+    FakeSes,
+    Running,
+    events,
+    new_msg_id,
+    queue_jobs,
+    reasons,
+    states,
+)
 from support.sesstub import SesStub
 from support.until import until
 
@@ -155,7 +164,8 @@ async def test_an_unverified_sender_pauses_its_messages_a_rejected_message_still
             await until(lambda: has_pause(redis, "from:promo@unverified.net"))
             await until(lambda: final_count(redis, good_id, 3))
             assert await counts(redis, good_id) == {"s": 2, "f": 1}
-            assert (await states(redis, PART, good_id))[1] == "f:rejected:MessageRejected"
+            assert (await states(redis, PART, good_id))[1] == "f"
+            assert (await reasons(redis, PART, good_id))[1] == "rejected:MessageRejected"
             await asyncio.sleep(0.8)
             assert await counts(redis, waiting_id) == {}
             assert stub.sent == 2

@@ -73,3 +73,12 @@ def test_claim_values_strictly_increase() -> None:
     first, second = claims.next(), claims.next()
     assert second.ms > first.ms and first.value == second.value == "c"
     assert DeliveryState.parse(first.encode()) == first
+
+
+def test_final_states_are_one_byte_and_read_back_without_their_value() -> None:
+    finals = [DeliveryState.sent("id"), DeliveryState.failed("r"), STOPPED, SUPPRESSED, UNKNOWN]
+    assert [s.code for s in finals] == ["s", "f", "x", "p", "u"]
+    for state in finals:
+        back = DeliveryState.parse(state.code)
+        assert back.kind is state.kind and back.final and back.value == ""
+    assert DeliveryState.parse("z:legacy").code == "u"  # an odd value is recorded as unknown

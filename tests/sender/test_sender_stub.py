@@ -28,7 +28,7 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDTESTING", "AWS_SECRET_ACCESS_KEY": "tes
 
 async def all_sent(redis: Any, msg_id: str, count: int) -> bool:
     found = await states(redis, PART, msg_id)
-    return len(found) == count and all(v.startswith("s:") for v in found.values())
+    return len(found) == count and all(v.startswith("s") for v in found.values())
 
 
 async def campaign(

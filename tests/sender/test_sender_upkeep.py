@@ -22,7 +22,7 @@ from sesflow.sender.metrics import create_app
 from sesflow.sender.rate_limit import HEADROOM
 from sesflow.sender.worker import Sender
 
-from support.senderkit import FakeSes, Running, pending_count, queue_jobs, states
+from support.senderkit import FakeSes, Running, pending_count, queue_jobs, reasons, states
 from support.until import until
 
 KEYS = Keys("sesflow")
@@ -70,7 +70,9 @@ async def test_after_max_attempts_deliveries_a_job_is_dead_lettered_as_failed(
     run = running(make_sender(sender_settings(RECLAIM_IDLE="0.3", MAX_ATTEMPTS="3")))
     await until(lambda: final_count(redis, msg_id, 1))
     await run.stop()
-    assert (await states(redis, PART, msg_id))[0] == "f:max_attempts"
+    assert (await states(redis, PART, msg_id))[0] == "f" and (await reasons(redis, PART, msg_id))[
+        0
+    ] == "max_attempts"
     assert not fake_ses.calls
     (dead,) = await redis.xrange(PART.sends_dead)
     assert dead[1]["reason"] == "max_attempts" and dead[1]["e"] == EMAILS[0]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from sesflow.common.consumer import consumer_client
+from sesflow.common.day_buckets import day_of
 from sesflow.common.errors import (
     SesAmbiguous,
     SesEntryTransient,
@@ -18,6 +20,7 @@ from sesflow.common.errors import (
     SesTransient,
 )
 from sesflow.common.keys import SENDERS_GROUP, Keys
+from sesflow.common.ses_links import link_lookups
 from sesflow.common.suppression import SuppressionList, entry
 from sesflow.sender.worker import Sender
 
@@ -28,6 +31,7 @@ from support.senderkit import (
     new_msg_id,
     pending_count,
     queue_jobs,
+    reasons,
     states,
 )
 from support.until import until
@@ -52,14 +56,15 @@ async def test_sends_every_recipient_once_and_records_it(
     await until(lambda: all_final(redis, msg_id, 5))
     await run.stop()
     found = await states(redis, PART, msg_id)
-    assert all(v.startswith("s:ses-") for v in found.values())
+    assert all(v == "s" for v in found.values())
     assert fake_ses.sent == {e: 1 for e in EMAILS}
     sent = [e for e in await events(redis, PART) if e.type == "sent"]
     assert sorted(e.index for e in sent) == list(range(5))
     assert all(e.topic == "t1" and e.ses_id and e.msg_id == msg_id for e in sent)
     # the SES id leads back to the request id, for feedback without tags
     first = sent[0]
-    assert await redis.get(KEYS.ses_message(first.ses_id)) == f"{msg_id}_{first.index}"
+    field, [today] = link_lookups(KEYS, first.ses_id, [day_of(time.time())])
+    assert await redis.hget(today, field) == f"{msg_id}_{first.index}"
     # the email carries the request id header and tags
     email = fake_ses.emails[0]
     assert ("X-Request-ID", f"{msg_id}_{EMAILS.index(email.to)}") in email.headers
@@ -109,7 +114,7 @@ async def test_inflight_from_a_dead_sender_is_resent_with_resend(
     run = running(make_sender(sender_settings(ON_AMBIGUOUS="resend")))
     await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
-    assert (await states(redis, PART, msg_id))[0].startswith("s:")
+    assert (await states(redis, PART, msg_id))[0].startswith("s")
     assert fake_ses.sent[EMAILS[0]] == 1
 
 
@@ -160,7 +165,7 @@ async def test_suppressed_addresses_including_one_suppressed_after_queueing(
     await run.stop()
     found = await states(redis, PART, msg_id)
     assert (found[0], found[1]) == ("p", "p")
-    assert found[2].startswith("s:")
+    assert found[2].startswith("s")
     assert list(fake_ses.calls) == [EMAILS[2]]
     kinds = sorted(e.type for e in await events(redis, PART))
     assert kinds == ["sent", "suppressed", "suppressed"]
@@ -176,7 +181,7 @@ async def test_throttling_retries_slows_the_bucket_and_fails_nothing(
     run = running(sender)
     await until(lambda: all_final(redis, msg_id, 3))
     await run.stop()
-    assert all(v.startswith("s:") for v in (await states(redis, PART, msg_id)).values())
+    assert all(v.startswith("s") for v in (await states(redis, PART, msg_id)).values())
     assert fake_ses.calls[EMAILS[0]] == 3 and fake_ses.sent[EMAILS[0]] == 1
     assert {e.type for e in await events(redis, PART)} == {"sent"}
     assert (await sender.limiter.status()).factor < 1.0
@@ -194,7 +199,7 @@ async def test_paused_account_pauses_every_sender_and_fails_nothing(
     await until(lambda: paused(sender))
     await until(lambda: all_final(redis, msg_id, 2))
     await run.stop()
-    assert all(v.startswith("s:") for v in (await states(redis, PART, msg_id)).values())
+    assert all(v.startswith("s") for v in (await states(redis, PART, msg_id)).values())
     assert {e.type for e in await events(redis, PART)} == {"sent"}
 
 
@@ -214,7 +219,9 @@ async def test_rejected_fails_once_without_retry(
     run = running(make_sender(sender_settings()))
     await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
-    assert (await states(redis, PART, msg_id))[0] == "f:rejected:MessageRejected"
+    assert (await states(redis, PART, msg_id))[0] == "f" and (await reasons(redis, PART, msg_id))[
+        0
+    ] == "rejected:MessageRejected"
     assert fake_ses.calls[EMAILS[0]] == 1
     (failed,) = await events(redis, PART)
     assert failed.type == "failed" and "not verified" in failed.detail
@@ -234,7 +241,7 @@ async def test_transient_errors_retry_then_pause_sending_and_never_fail_the_reci
     await until(lambda: all_final(redis, msg_id, 2), within=15)
     await run.stop()
     found = await states(redis, PART, msg_id)
-    assert found[0].startswith("s:") and found[1].startswith("s:")
+    assert found[0].startswith("s") and found[1].startswith("s")
     assert fake_ses.calls[EMAILS[1]] == 4 and fake_ses.sent[EMAILS[1]] == 1
     assert await redis.xlen(PART.sends_dead) == 0
     assert await redis.hgetall(KEYS.setup_paused) == {}
@@ -267,8 +274,10 @@ async def test_a_transient_bulk_entry_fails_after_max_attempts_without_pausing_a
     await until(lambda: all_final(redis, msg_id, 4), within=15)
     await run.stop()
     found = await states(redis, PART, msg_id)
-    assert found[1] == "f:transient:TRANSIENT_FAILURE"
-    assert all(found[n].startswith("s:") for n in (0, 2, 3))
+    assert (
+        found[1] == "f" and (await reasons(redis, PART, msg_id))[1] == "transient:TRANSIENT_FAILURE"
+    )
+    assert all(found[n].startswith("s") for n in (0, 2, 3))
     assert fake_ses.bulk_sizes and fake_ses.bulk_sizes[0] == 4
     assert fake_ses.calls[EMAILS[1]] == 3 and fake_ses.sent[EMAILS[1]] == 0
     assert {e: fake_ses.sent[e] for e in (EMAILS[0], EMAILS[2], EMAILS[3])} == dict.fromkeys(
@@ -291,7 +300,7 @@ async def test_a_job_that_paused_sending_does_not_pause_it_again_on_each_retry(
     run = running(sender)
     await until(lambda: all_final(redis, msg_id, 1), within=15)
     await run.stop()
-    assert (await states(redis, PART, msg_id))[0].startswith("s:")
+    assert (await states(redis, PART, msg_id))[0].startswith("s")
     assert fake_ses.calls[EMAILS[0]] == 4
     assert [f.reason for f in faults] == ["unreachable"]
 
@@ -320,7 +329,7 @@ async def test_ambiguous_is_retried_with_resend(
     run = running(make_sender(sender_settings(ON_AMBIGUOUS="resend")))
     await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
-    assert (await states(redis, PART, msg_id))[0].startswith("s:")
+    assert (await states(redis, PART, msg_id))[0].startswith("s")
     assert fake_ses.calls[EMAILS[0]] == 2
 
 
@@ -398,7 +407,9 @@ async def test_missing_content_fails_permanently(
     run = running(make_sender(sender_settings()))
     await until(lambda: all_final(redis, msg_id, 1))
     await run.stop()
-    assert (await states(redis, PART, msg_id))[0] == "f:no_content"
+    assert (await states(redis, PART, msg_id))[0] == "f" and (await reasons(redis, PART, msg_id))[
+        0
+    ] == "no_content"
     assert not fake_ses.calls
 
 
@@ -416,7 +427,7 @@ async def test_several_partitions_are_all_read(
     await run.stop()
     for msg_id, _ in messages:
         part = keys.for_message(msg_id)
-        assert (await redis.hget(part.state(msg_id), "0") or "").startswith("s:")
+        assert (await states(redis, part, msg_id))[0] == "s"
 
 
 async def fake_ses_count(fake_ses: FakeSes, count: int) -> bool:
@@ -436,7 +447,7 @@ async def test_graceful_stop_finishes_in_flight_calls_and_leaves_nothing_infligh
     found = await states(redis, PART, msg_id)
     assert not any(v.startswith("i:") for v in found.values())
     assert sum(ses.sent.values()) == len(found) >= 4  # every call that started was recorded
-    assert all(v.startswith("s:") for v in found.values())
+    assert all(v.startswith("s") for v in found.values())
     # what was read but not sent is still pending, unclaimed, and handed over: idle enough for
     # another replica's next XAUTOCLAIM
     rows = await redis.xpending_range(PART.sends, SENDERS_GROUP, "-", "+", 100)
@@ -452,7 +463,6 @@ async def test_a_reader_takes_half_its_share_as_soon_as_it_is_free() -> None:
     """A busy reader (fewer than `least` slots free) waits for more, up to `linger`, and goes as
     soon as it has `least`: it reads ~half its share at a time, not a few jobs per 10 ms."""
     import asyncio
-    import time
 
     from sesflow.sender.worker import Slots
 

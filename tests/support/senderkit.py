@@ -10,6 +10,7 @@ from typing import Any
 
 from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from sesflow.common.schema import Event, Job, MessageContent, decode_event
+from sesflow.sender.state import recipient_states
 from sesflow.sender.worker import Sender
 
 SECRET = b"test-tracking-secret"
@@ -102,8 +103,8 @@ async def queue_jobs(
 
 
 async def states(redis: Any, part: PartitionKeys, msg_id: str) -> dict[int, str]:
-    raw = await redis.hgetall(part.state(msg_id))
-    return {int(k): v for k, v in raw.items()}
+    """index -> stored state: a final byte (`s`, `f`, ...), a claim, or an older version's text."""
+    return await recipient_states(redis, part, msg_id)
 
 
 async def events(redis: Any, part: PartitionKeys) -> list[Event]:
@@ -127,3 +128,8 @@ class Running:
     async def stop(self) -> None:
         self.stop_event.set()
         await asyncio.wait_for(self.task, 20)
+
+
+async def reasons(redis: Any, part: PartitionKeys, msg_id: str) -> dict[int, str]:
+    """index -> why it failed, from the `failed` events (the state keeps only `f`)."""
+    return {e.index: e.reason for e in await events(redis, part) if e.type == "failed"}

@@ -67,7 +67,7 @@ async def test_valid_open_is_counted_and_unique_once(
         ("opened", 0, False, TOPIC, MSG),
         ("opened", 1, True, TOPIC, MSG),
     ]
-    assert await redis.ttl(P0.opens(MSG)) > 0
+    assert await redis.ttl(P0.touches(MSG)) > 0
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ async def test_bare_request_ids_count_only_when_allowed(
     redis: Any,
 ) -> None:
     await redis.hset(P0.message(MSG), mapping={"topic": TOPIC, "subject": "s", "html": "h"})
-    await redis.hset(P0.state(MSG), "3", "s:ses-id-3")  # recipient 3 was sent
+    await redis.hset(P0.state(MSG), "3", "s:ses-id-3")  # sent, as an older version wrote it
     async with start_tracker(make_settings(ALLOW_UNSIGNED_OPENS="1")) as client:
         await get_open(client, {"requestId": f"{MSG}_3"})
         await get_open(client, {"request_id": f"{MSG}_3"})
@@ -117,16 +117,16 @@ async def test_unsigned_open_of_a_recipient_never_sent_writes_nothing(
     """A bare id is anyone's to make up: only a recipient with a delivery state may count, or
     each made-up id would leave a first-open hash behind for 90 days."""
     await redis.hset(P0.message(MSG), mapping={"topic": TOPIC, "subject": "s", "html": "h"})
-    await redis.hset(P0.state(MSG), "3", "s:ses-id-3")
+    await redis.setrange(P0.finals(MSG), 3, "s")  # recipient 3 was sent; 0 to 2 read 0
     other = "1732461299999-0"
     refused = "sesflow_tracker_invalid_tokens_total"
     async with start_tracker(make_settings(ALLOW_UNSIGNED_OPENS="1")) as client:
         before = await metric(client, refused, kind="open")
-        for rid in (f"{MSG}_4", f"{MSG}_99999999", f"{other}_0", f"{other}_1"):
+        for rid in (f"{MSG}_1", f"{MSG}_4", f"{MSG}_99999999", f"{other}_0", f"{other}_1"):
             await get_open(client, {"requestId": rid})
         after = await metric(client, refused, kind="open")
-    assert set(await redis.keys("*")) == {P0.message(MSG), P0.state(MSG)}  # no event, no hash
-    assert after - before == 4
+    assert set(await redis.keys("*")) == {P0.message(MSG), P0.finals(MSG)}  # no event, no mark
+    assert after - before == 5
 
 
 async def test_click_redirects_to_its_sealed_url_and_is_unique_once(
