@@ -238,7 +238,7 @@ async def run_campaign_and_check_page(
     ingest, tracker, stats = (cluster.url(role) for role in ("ingest", "tracker", "stats"))
 
     # 1. A topic that finishes: 19 sent, 1 refused by SES.
-    await enqueue(http, ingest, FINISHED, FINISHED_EMAILS)
+    msg_id = await enqueue(http, ingest, FINISHED, FINISHED_EMAILS)
     done = await until(
         lambda: topic_so_far(http, f"{stats}/v1/topics/{FINISHED}"),
         lambda t: t["sent"] + t["failed"] == len(FINISHED_EMAILS),
