@@ -14,6 +14,7 @@ from sesflow.common.keys import Keys
 from sesflow.common.settings import Settings
 from sesflow.sender import metrics
 from sesflow.sender.ses_client import SesClient
+from sesflow.sender.state import DeliveryState, Kind
 from sesflow.sender.worker import Sender
 
 from support.senderkit import SECRET, queue_jobs, states
@@ -66,7 +67,9 @@ def accepted(stub: SesStub, addresses: list[str]) -> int:
 
 async def all_sent(redis: Any, msg_id: str, count: int) -> bool:
     found = await states(redis, PART, msg_id)
-    return len(found) == count and all(v.startswith("s:") for v in found.values())
+    return len(found) == count and all(
+        DeliveryState.parse(v).kind is Kind.SENT for v in found.values()
+    )
 
 
 def setup_sends(configuration_set: str, tenant: str = "") -> float:
