@@ -142,6 +142,8 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
     attachments: str = ""
     lane: str = BULK
     weight: float = 1.0
+    # The time the message was scheduled for (epoch ms; 0: send now), for the history archive.
+    scheduled_ms: int = 0
 
     def to_hash(self) -> dict[str, str]:
         # `lane` and `weight` are read by dispatch.lua and promote.lua: stored only when they
@@ -154,6 +156,7 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
             "att": self.attachments,
             "lane": self.lane if self.lane != BULK else "",
             "weight": repr(self.weight) if self.weight != 1.0 else "",
+            "scheduled_ms": str(self.scheduled_ms) if self.scheduled_ms else "",
         }
         return {k: v for k, v in extra.items() if v} | {
             "topic": self.topic,
@@ -190,6 +193,7 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
             attachments=data.get("att", ""),
             lane=data.get("lane") or BULK,
             weight=float(data.get("weight") or 1.0),
+            scheduled_ms=int(data.get("scheduled_ms") or 0),
         )
 
 

@@ -79,6 +79,7 @@ def content_of(msg_id: str, valid: ValidMessage) -> MessageContent:
         attachments=valid.attachments,
         lane=request.lane,
         weight=request.weight,
+        scheduled_ms=valid.due_ms or 0,
     )
 
 

@@ -48,15 +48,16 @@ async def test_a_campaign_is_archived(
     redis: Any, archive_settings: Settings, archive_db: Database
 ) -> None:
     keys = Keys()
-    await redis.hset(keys.partition(0).message(MSG), mapping={"subject": "Hello", "html": "x"})
+    content = {"subject": "Hello", "html": "x", "lane": "transactional", "scheduled_ms": T0 + 5}
+    await redis.hset(keys.partition(0).message(MSG), mapping=content)
     await add_events(redis, keys, *campaign())
     async with running(writer(archive_settings, archive_db)):
         await archived(redis, keys)
     assert await event_count(archive_db) == 9
     message = await archive_db.fetchone("SELECT * FROM messages WHERE msg_id = $1", MSG)
     assert message == {
-        "msg_id": MSG, "topic": "news", "subject": "Hello", "lane": "bulk", "total": 3,
-        "accepted_at_ms": T0, "scheduled_at_ms": None,
+        "msg_id": MSG, "topic": "news", "subject": "Hello", "lane": "transactional", "total": 3,
+        "accepted_at_ms": T0, "scheduled_at_ms": T0 + 5,
     }  # fmt: skip
     r0 = await recipient(archive_db, MSG, 0)
     assert (r0["state"], r0["ses_id"], r0["email"]) == ("clicked", "ses-0", "r0@example.com")

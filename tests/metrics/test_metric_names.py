@@ -259,4 +259,3 @@ async def test_archive_metrics_on_stats(
     assert value(samples, "sesflow_archive_lag", partition="0") == 0
     assert value(samples, "sesflow_archive_pending", partition="0") == 0
     assert value(samples, "sesflow_archive_batches_total") >= 1
-
