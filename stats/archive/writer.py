@@ -133,7 +133,7 @@ class ArchiveWriter(StreamConsumer):
                     writing = asyncio.create_task(self.store(p, batch))
                     batch = ArchiveBatch(p.index)
         finally:
-            if writing is not None and not writing.done():
+            if writing is not None:  # a failure of ours: the write in flight goes too
                 writing.cancel()
                 await asyncio.gather(writing, return_exceptions=True)
 
