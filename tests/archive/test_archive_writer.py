@@ -237,3 +237,39 @@ async def test_every_partition_is_archived(
         assert sorted((r["partition"], r["n"]) for r in rows) == [(n, 9) for n in range(partitions)]
     finally:
         await db.close()
+
+
+async def test_postgres_connections_killed_under_the_writer(
+    redis: Any, make_settings: Any, postgres_server: Any
+) -> None:
+    """Postgres drops every connection of the archive (a failover, a restart): the writer's
+    next batch fails, is retried on new connections, and nothing is lost or doubled."""
+    import asyncpg
+
+    from sesflow.stats.archive.db import connect_archive
+
+    from support.archivekit import FAST
+
+    url = await postgres_server.new_database()
+    settings = make_settings(ARCHIVE_URL=url, **FAST)
+    keys = Keys()
+    db = await connect_archive(settings)
+    try:
+        async with running(writer(settings, db)):
+            await add_events(redis, keys, *campaign())
+            await archived(redis, keys)
+            admin = await asyncpg.connect(postgres_server.url())
+            try:
+                killed = await admin.fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    url.rsplit("/", 1)[1],
+                )
+            finally:
+                await admin.close()
+            assert killed, "no archive connection to kill"
+            await add_events(redis, keys, *campaign())
+            await archived(redis, keys)
+        assert await event_count(db) == 18
+    finally:
+        await db.close()
