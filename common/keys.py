@@ -413,6 +413,7 @@ class Keys:
         """One address's recent soft bounces (`tracker.soft_bounces`): a key of its own, so the
         addresses spread over a cluster's slots, and each expires on its own."""
         return f"{self.prefix}:softbounce:{email}"
+
     def ses_links(self, day: int, bucket: int) -> str:
         """SES MessageId digest -> request id, of the mails sent on one UTC (epoch) day whose
         digest falls in `bucket`."""

@@ -12,11 +12,9 @@ from aiohttp import web
 
 from sesflow.common.errors import ConfigError
 from sesflow.common.http import JsonAppRunner
-from sesflow.common.logs import configure, get_logger
+from sesflow.common.logs import configure
 from sesflow.common.sentry import init_sentry
 from sesflow.common.settings import Settings, check_role, load_settings
-
-log = get_logger(__name__)
 
 
 def run_role(role: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:

@@ -166,6 +166,9 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
         transactional mail, which only the global suppression list stops."""
         return self.list_name if self.lane == BULK else ""
 
+    # The time the message was scheduled for (epoch ms; 0: send now), for the history archive.
+    scheduled_ms: int = 0
+
     def to_hash(self) -> dict[str, str]:
         # `lane` and `weight` are read by dispatch.lua and promote.lua: stored only when they
         # differ from bulk and 1.
@@ -180,6 +183,7 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
             "cset": self.configuration_set,
             "tenant": self.tenant,
             "list": self.mailing_list,
+            "scheduled_ms": str(self.scheduled_ms) if self.scheduled_ms else "",
         }
         return {k: v for k, v in extra.items() if v} | {
             "topic": self.topic,
@@ -219,6 +223,7 @@ class MessageContent(msgspec.Struct, frozen=True, kw_only=True):
             configuration_set=data.get("cset", ""),
             tenant=data.get("tenant", ""),
             mailing_list=data.get("list", ""),
+            scheduled_ms=int(data.get("scheduled_ms") or 0),
         )
 
 

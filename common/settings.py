@@ -232,7 +232,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # sqlite:///<path> (default: <SESFLOW_DATA_DIR>/archive.db) or postgresql://user:pw@host/db.
     archive_url: str = ""
     # Events written per transaction (and read per XREADGROUP).
-    archive_batch_size: int = 2000
+    archive_batch_size: int = 5000
 
     def __repr__(self) -> str:
         """Secrets as '***' and passwords out of URLs: a repr ends up in logs, tracebacks and

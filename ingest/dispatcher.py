@@ -84,6 +84,7 @@ def content_of(msg_id: str, valid: ValidMessage) -> MessageContent:
         configuration_set=request.configuration_set or "",
         tenant=request.tenant or "",
         mailing_list=request.mailing_list or default_list(request.topic_id),
+        scheduled_ms=valid.due_ms or 0,
     )
 
 

@@ -11,6 +11,7 @@ from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import StatsAggregator, stats_client
 from sesflow.stats.api import create_app
 from sesflow.stats.archive.run import run_archive
+from sesflow.stats.archive.writer import ArchiveMetrics
 from sesflow.stats.webhooks.fanout import WebhookFanout
 
 log = get_logger(__name__)
@@ -27,10 +28,15 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         asyncio.create_task(WebhookFanout(client, settings).run(stop), name="webhooks")
         for _ in range(settings.webhooks == "on")
     ]
-    archiving = asyncio.create_task(run_archive(settings, stop), name="archive-writer")
+    archive_metrics = ArchiveMetrics()
+    archiving = asyncio.create_task(
+        run_archive(settings, stop, archive_metrics), name="archive-writer"
+    )
     runner = None
     try:
-        app = create_app(settings, aggregator_metrics=aggregator.metrics)
+        app = create_app(
+            settings, aggregator_metrics=aggregator.metrics, archive_metrics=archive_metrics
+        )
         runner = await start_site(app, settings.bind_host, settings.stats_port)
         log.info("stats listening", host=settings.bind_host, port=settings.stats_port)
         stopping = asyncio.create_task(stop.wait())

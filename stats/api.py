@@ -35,6 +35,8 @@ from sesflow.common.pauses import NOT_PAUSED, Pauses
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import AggregatorMetrics
 from sesflow.stats.archive.lookups_api import add_lookup_routes
+from sesflow.stats.archive.metrics import add_archive_metrics
+from sesflow.stats.archive.writer import ArchiveMetrics
 from sesflow.stats.charts import MAX_HOURS, MAX_MINUTES, charts
 from sesflow.stats.counters import METRICS
 from sesflow.stats.metrics import PipelineCollector, role_metrics
@@ -62,6 +64,7 @@ def create_app(
     client: Redis | None = None,
     quota_fetcher: QuotaFetcher = fetch_quota,
     aggregator_metrics: AggregatorMetrics | None = None,
+    archive_metrics: ArchiveMetrics | None = None,
 ) -> web.Application:
     """`client`: an existing Redis client (the app then does not close it)."""
     metrics = role_metrics()
@@ -81,6 +84,7 @@ def create_app(
     )
     app.cleanup_ctx.append(_redis_ctx(client, aggregator_metrics))
     app.cleanup_ctx.append(_quota_ctx)
+    add_archive_metrics(app, metrics, app[KEYS], archive_metrics, lambda app: app[CLIENT])
     app.router.add_get("/", dashboard)
     add_health_routes(app, lambda app: app[CLIENT])
     app.router.add_get("/metrics", metrics.handler)

@@ -177,18 +177,27 @@ class ArchiveBatch:
         return accepted_ms(msg_id) or self.messages[msg_id].first_at_ms
 
 
+def detail_of(event: Event) -> str:
+    """The detail column: a `failed` event's reason (`rejected:<code>`, `max_attempts`…)
+    before what SES said, so the timeline tells why."""
+    if event.reason and event.detail and event.reason not in event.detail:
+        return f"{event.reason}: {event.detail}"
+    return event.detail or event.reason
+
+
 def event_row(
     partition: int, entry_id: str, ts: int, name: str, event: Event, raw: str
 ) -> EventRow:
+    detail = detail_of(event)
     if raw.isascii() and "\\u" not in raw:  # the usual case: nothing to clean
         return (
             partition, entry_id, ts, name, event.topic, event.msg_id, event.index, event.n,
-            event.email, event.ses_id, event.detail, event.bounce_type, event.bounce_subtype,
+            event.email, event.ses_id, detail, event.bounce_type, event.bounce_subtype,
             event.url,
         )  # fmt: skip
     return (
         partition, entry_id, ts, name, clean(event.topic), clean(event.msg_id), event.index,
-        event.n, clean(event.email), clean(event.ses_id), clean(event.detail),
+        event.n, clean(event.email), clean(event.ses_id), clean(detail),
         clean(event.bounce_type), clean(event.bounce_subtype), clean(event.url),
     )  # fmt: skip
 

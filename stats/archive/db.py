@@ -165,6 +165,14 @@ def _execute(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Ro
     return _rows(conn.execute(sqlite_sql(sql), args))
 
 
+def _begin(conn: sqlite3.Connection) -> None:
+    # A transaction whose caller was cancelled before its ROLLBACK could be queued would make
+    # every later BEGIN fail: nothing of it was committed, so end it.
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    conn.execute("BEGIN IMMEDIATE")
+
+
 def _executemany(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) -> None:
     conn.executemany(sqlite_sql(sql), rows)
 
@@ -212,7 +220,7 @@ class SqliteDatabase(Database):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:
         async with self.write_lock:
-            await self.writer.run(_execute, "BEGIN IMMEDIATE", ())
+            await self.writer.run(_begin)
             try:
                 yield SqliteSession(self.writer)
             except BaseException:

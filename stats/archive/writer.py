@@ -28,8 +28,9 @@ from typing import Any
 from sesflow.common.connection import UNAVAILABLE
 from sesflow.common.consumer import StreamConsumer, sleep_or_stop
 from sesflow.common.errors import ArchiveUnavailable
-from sesflow.common.keys import ARCHIVE_GROUP, Keys, PartitionKeys
+from sesflow.common.keys import ARCHIVE_GROUP, Keys, PartitionKeys, is_decimal
 from sesflow.common.logs import get_logger
+from sesflow.common.schema import BULK
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import DEAD_LETTER_MAXLEN
 from sesflow.stats.archive.batch import ArchiveBatch, clean
@@ -132,7 +133,7 @@ class ArchiveWriter(StreamConsumer):
                     writing = asyncio.create_task(self.store(p, batch))
                     batch = ArchiveBatch(p.index)
         finally:
-            if writing is not None and not writing.done():
+            if writing is not None:  # a failure of ours: the write in flight goes too
                 writing.cancel()
                 await asyncio.gather(writing, return_exceptions=True)
 
@@ -203,17 +204,20 @@ class ArchiveWriter(StreamConsumer):
             return True
 
     async def message_meta(self, p: PartitionKeys, batch: ArchiveBatch) -> dict[str, MessageMeta]:
-        """Subject and lane of the batch's accepted messages, from their content hashes (gone
-        once CONTENT_TTL passed: then they stay empty)."""
+        """Subject, lane and scheduled time of the batch's accepted messages, from their content
+        hashes (gone once CONTENT_TTL passed: then they stay empty)."""
         if not batch.accepted:
             return {}
         pipe = self.client.pipeline(transaction=False)
         for accepted in batch.accepted:
-            pipe.hmget(p.message(accepted.msg_id), "subject", "lane")
+            pipe.hmget(p.message(accepted.msg_id), "subject", "lane", "scheduled_ms")
         meta = {}
-        for accepted, (subject, lane) in zip(batch.accepted, await pipe.execute(), strict=True):
+        replies = await pipe.execute()
+        for accepted, (subject, lane, scheduled) in zip(batch.accepted, replies, strict=True):
             meta[accepted.msg_id] = MessageMeta(
-                subject=clean(subject or ""), lane=clean(lane or "") or "bulk"
+                subject=clean(subject or ""),
+                lane=clean(lane or "") or BULK,
+                scheduled_at_ms=int(scheduled) if is_decimal(scheduled or "") else None,
             )
         return meta
 

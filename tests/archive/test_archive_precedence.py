@@ -100,3 +100,15 @@ async def test_a_resend_takes_the_newer_ses_message_id(archive_db: Database) -> 
     await apply(archive_db, [(f"{T0}-1", event(EventType.SENT, 10, ses_id="ses-old"))])
     row = await stored(archive_db)
     assert (row["ses_id"], row["sent_at_ms"]) == ("ses-new", T0 + 50)
+
+
+def test_a_failed_event_keeps_why_in_the_detail_column() -> None:
+    from sesflow.common.schema import Event
+    from sesflow.stats.archive.batch import detail_of
+
+    rejected = Event(type="failed", reason="rejected:MessageRejected", detail="Email rejected")
+    assert detail_of(rejected) == "rejected:MessageRejected: Email rejected"
+    assert detail_of(Event(type="failed", reason="max_attempts")) == "max_attempts"
+    assert detail_of(Event(type="bounced", detail="smtp; 550")) == "smtp; 550"
+    same = Event(type="failed", reason="no_content", detail="no_content: content expired")
+    assert detail_of(same) == "no_content: content expired"

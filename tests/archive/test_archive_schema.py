@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from sesflow.common.errors import ArchiveUnavailable, ConfigError
 from sesflow.common.settings import Settings, settings_from_mapping
-from sesflow.stats.archive.db import connect, connect_archive, sqlite_sql
+from sesflow.stats.archive.db import (
+    SqliteDatabase,
+    _execute,
+    connect,
+    connect_archive,
+    sqlite_sql,
+)
 from sesflow.stats.archive.migrations import LATEST, MIGRATIONS, apply_migrations, schema_version
 from sesflow.stats.archive.url import Target, target
 
@@ -110,3 +117,18 @@ def test_an_unknown_archive_url_is_refused_at_start(url: str) -> None:
 def test_an_unused_archive_url_is_not_checked() -> None:
     settings = settings_from_mapping({"ARCHIVE": "off", "DATABASE_URL": "mysql://h/db"})
     assert settings.archive == "off"
+
+
+async def test_a_transaction_a_cancelled_caller_left_open_is_ended(tmp_path: Path) -> None:
+    """The thread ran BEGIN for a caller cancelled meanwhile: the next transaction still works
+    (and what the abandoned one did is gone)."""
+    db = SqliteDatabase(str(tmp_path / "archive.db"))
+    try:
+        await db.writer.run(_execute, "BEGIN IMMEDIATE", ())
+        await db.writer.run(_execute, "CREATE TABLE abandoned (x INTEGER)", ())
+        async with db.transaction() as tx:
+            await tx.execute("CREATE TABLE abandoned (x INTEGER)")
+            await tx.execute("INSERT INTO abandoned (x) VALUES ($1)", 1)
+        assert await db.fetch("SELECT x FROM abandoned") == [{"x": 1}]
+    finally:
+        await db.close()

@@ -48,15 +48,16 @@ async def test_a_campaign_is_archived(
     redis: Any, archive_settings: Settings, archive_db: Database
 ) -> None:
     keys = Keys()
-    await redis.hset(keys.partition(0).message(MSG), mapping={"subject": "Hello", "html": "x"})
+    content = {"subject": "Hello", "html": "x", "lane": "transactional", "scheduled_ms": T0 + 5}
+    await redis.hset(keys.partition(0).message(MSG), mapping=content)
     await add_events(redis, keys, *campaign())
     async with running(writer(archive_settings, archive_db)):
         await archived(redis, keys)
     assert await event_count(archive_db) == 9
     message = await archive_db.fetchone("SELECT * FROM messages WHERE msg_id = $1", MSG)
     assert message == {
-        "msg_id": MSG, "topic": "news", "subject": "Hello", "lane": "bulk", "total": 3,
-        "accepted_at_ms": T0, "scheduled_at_ms": None,
+        "msg_id": MSG, "topic": "news", "subject": "Hello", "lane": "transactional", "total": 3,
+        "accepted_at_ms": T0, "scheduled_at_ms": T0 + 5,
     }  # fmt: skip
     r0 = await recipient(archive_db, MSG, 0)
     assert (r0["state"], r0["ses_id"], r0["email"]) == ("clicked", "ses-0", "r0@example.com")
@@ -234,5 +235,41 @@ async def test_every_partition_is_archived(
         assert await event_count(db) == 9 * partitions
         rows = await db.fetch("SELECT partition, count(*) AS n FROM events GROUP BY partition")
         assert sorted((r["partition"], r["n"]) for r in rows) == [(n, 9) for n in range(partitions)]
+    finally:
+        await db.close()
+
+
+async def test_postgres_connections_killed_under_the_writer(
+    redis: Any, make_settings: Any, postgres_server: Any
+) -> None:
+    """Postgres drops every connection of the archive (a failover, a restart): the writer's
+    next batch fails, is retried on new connections, and nothing is lost or doubled."""
+    import asyncpg
+
+    from sesflow.stats.archive.db import connect_archive
+
+    from support.archivekit import FAST
+
+    url = await postgres_server.new_database()
+    settings = make_settings(ARCHIVE_URL=url, **FAST)
+    keys = Keys()
+    db = await connect_archive(settings)
+    try:
+        async with running(writer(settings, db)):
+            await add_events(redis, keys, *campaign())
+            await archived(redis, keys)
+            admin = await asyncpg.connect(postgres_server.url())
+            try:
+                killed = await admin.fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    url.rsplit("/", 1)[1],
+                )
+            finally:
+                await admin.close()
+            assert killed, "no archive connection to kill"
+            await add_events(redis, keys, *campaign())
+            await archived(redis, keys)
+        assert await event_count(db) == 18
     finally:
         await db.close()

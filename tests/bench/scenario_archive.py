@@ -32,7 +32,7 @@ from support.postgres import PostgresServer
 from support.until import until
 
 PER_MESSAGE = 1000
-BATCH_SIZE = "2000"
+BATCH_SIZE = "5000"
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,12 @@ async def test_scheduled_send_is_promoted_on_time(
 ) -> None:
     due = time.time() + 1.5
     at = datetime.fromtimestamp(due, tz=UTC).isoformat(timespec="milliseconds")
-    status, _ = await post(ingest, message("later", ["a@x.io", "b@x.io"], at))
+    status, answer = await post(ingest, message("later", ["a@x.io", "b@x.io"], at))
     assert status == 202
     await until(lambda: redis.zcard(p.schedule))  # dispatched onto the schedule
+    # The content hash keeps the time asked for (the archive's `scheduled_at_ms`).
+    msg_id = answer["messages"][0]["id"]
+    assert await redis.hget(p.message(msg_id), "scheduled_ms") == str(int(due * 1000))
     while time.time() < due - 0.25:
         assert await queued(redis, p) == 0, "promoted before its time"
         await asyncio.sleep(0.05)

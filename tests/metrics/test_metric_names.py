@@ -60,6 +60,15 @@ TRACKER = {
     "sesflow_events_total": {"type"},
     "sesflow_tracker_soft_bounces_total": {"outcome"},
 }
+ARCHIVE = {
+    "sesflow_archive_lag": set(),
+    "sesflow_archive_pending": set(),
+    "sesflow_archive_events_total": {"type"},
+    "sesflow_archive_batches_total": set(),
+    "sesflow_archive_database_errors_total": set(),
+    "sesflow_archive_dead_lettered_total": set(),
+    "sesflow_archive_write_seconds": set(),
+}
 EVERY_ROLE = {"sesflow_redis_reconnects_total": {"role"}}
 HTTP = {"sesflow_http_requests_total": {"role", "route", "status"}}
 
@@ -230,3 +239,38 @@ async def test_sender_metrics(
     assert value(samples, "sesflow_setup_sends_total", outcome="sent", configuration_set="") >= 1
     assert value(samples, "sesflow_rate_configured_per_second") == 500
     assert value(samples, "sesflow_rate_effective_per_second") > 0
+
+
+async def test_archive_metrics_on_stats(
+    redis: Any, make_settings: Callable[..., Settings], serve: Any
+) -> None:
+    from sesflow.stats.archive.db import connect_archive
+    from sesflow.stats.archive.writer import ArchiveWriter
+
+    settings = make_settings(STATS_FLUSH_INTERVAL="0.02", SHUTDOWN_GRACE="2")
+    now = int(time.time() * 1000)
+    for kind in (EventType.ACCEPTED, EventType.SENT, EventType.SENT):
+        event = Event(type=kind, ts=now, topic="m1", msg_id=f"{now}-0", n=1)
+        await redis.xadd(Keys().partition(0).events, event_fields(event))
+    db = await connect_archive(settings)
+    writer = ArchiveWriter(stats_client(settings), settings, db)
+    stop = asyncio.Event()
+    writing = asyncio.create_task(writer.run(stop))
+    try:
+
+        async def archived() -> int:
+            return writer.metrics.events["sent"]
+
+        await until(archived, lambda n: n == 2, what="the archive to store both sent events")
+        client = await serve(stats_app(settings, archive_metrics=writer.metrics))
+        samples = await scrape(client)
+    finally:
+        stop.set()
+        await writing
+        await writer.client.aclose()
+        await db.close()
+    assert_served(samples, ARCHIVE, "stats")
+    assert value(samples, "sesflow_archive_events_total", type="sent") == 2
+    assert value(samples, "sesflow_archive_lag", partition="0") == 0
+    assert value(samples, "sesflow_archive_pending", partition="0") == 0
+    assert value(samples, "sesflow_archive_batches_total") >= 1

@@ -10,6 +10,7 @@ user (or `nobody`), in a directory that user owns.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import glob
 import os
@@ -184,4 +185,7 @@ def archive_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         yield f"sqlite:///{tmp_path}/archive.db"
         return
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    yield asyncio.run(server.new_database())
+    # On a thread of its own: this fixture may be set up while an event loop runs.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        url = pool.submit(asyncio.run, server.new_database()).result()
+    yield url
