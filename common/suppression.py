@@ -108,6 +108,7 @@ class SuppressionList:
         self.client = client
         self.key = keys.suppressed
         self.lists_key = keys.unsubscribed
+        self.keys = keys
         self._scope_add = register(client, "scope_add")
         self._scope_remove = register(client, "scope_remove")
         self._scope_migrate = register(client, "scope_migrate")
@@ -121,7 +122,13 @@ class SuppressionList:
         await self.client.hset(self.key, item.email, encode(item))
 
     async def remove(self, email: str) -> bool:
-        return bool(await self.client.hdel(self.key, normalise(email)))
+        """Lift the global entry, and forget the address's recent soft bounces with it: an
+        operator who lifts a `soft_bounce` suppression means to try the address again, not to
+        have its next soft bounce suppress it at once. (The history goes first: it is in another
+        slot, and a failure between the two leaves the address suppressed, never half-lifted.)"""
+        address = normalise(email)
+        await self.client.delete(self.keys.soft_bounces(address))
+        return bool(await self.client.hdel(self.key, address))
 
     async def get(self, email: str) -> Suppression | None:
         email = normalise(email)

@@ -133,6 +133,11 @@ async def test_three_soft_bounces_suppress_two_do_not(
     assert "MailboxFull" not in entry.detail and "General" in entry.detail
     events = await stream_events(redis, EVENTS)
     assert [e.bounce_type for e in events] == ["Transient"] * 3  # recorded once each
+    # Lifting the suppression forgets the bounces: the next one starts a new count.
+    assert await suppressions.remove("Soft@x.io")
+    assert not await redis.exists(Keys().soft_bounces("soft@x.io"))
+    await post_all(tracker, [signer.notification(bounce("m3", "soft@x.io"))])
+    assert await suppressions.get("soft@x.io") is None
 
 
 async def test_the_same_bounce_on_two_topics_counts_once(
