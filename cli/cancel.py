@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 from urllib.parse import quote
 
-from sesflow.cli.ingest_call import Refused, add_ingest_url, call_ingest, ingest_base
+from sesflow.cli.api_call import INGEST, Refused, call_ingest
 from sesflow.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -51,14 +51,14 @@ def register(sub: Any) -> None:
         formatter_class=Formatter,
     )
     p.add_argument("topic", metavar="TOPIC", help="the topic to cancel")
-    add_ingest_url(p)
+    INGEST.add_url_option(p)
     p.add_argument("--json", action="store_true", help="print the API's JSON answer")
     p.set_defaults(func=cmd_cancel)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     settings = operator_settings()
-    base = ingest_base(settings, args.ingest_url)
+    base = INGEST.base(settings, args.ingest_url)
     path = f"/v1/topics/{quote(args.topic, safe='')}"
 
     async def main() -> int:

@@ -11,6 +11,7 @@ import aiohttp
 from rich import box
 from rich.table import Table
 
+from sesflow.cli.api_call import STATS, Refused, call_api, session
 from sesflow.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -22,7 +23,6 @@ from sesflow.cli.output import (
     run,
     when,
 )
-from sesflow.cli.stats_call import Refused, add_stats_url, call_stats, session, stats_base
 from sesflow.common.settings import Settings
 
 PAGE = 500  # the API's largest page
@@ -96,7 +96,7 @@ def add_paging(parser: argparse.ArgumentParser, what: str) -> None:
     )
     parser.add_argument("--all", action="store_true", help=f"every one of the {what}")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    add_stats_url(parser)
+    STATS.add_url_option(parser)
 
 
 async def collect(
@@ -113,7 +113,7 @@ async def collect(
     while True:
         want = PAGE if limit is None else min(PAGE, limit - len(items))
         query = {**params, "limit": str(want), **({"cursor": cursor} if cursor else {})}
-        answer = await call_stats(http, settings, base, path, query)
+        answer = await call_api(http, settings, STATS, base, "GET", path, params=query)
         items.extend(answer["items"])
         cursor = answer["next_cursor"] or ""
         if not cursor or (limit is not None and len(items) >= limit):
@@ -132,13 +132,13 @@ def since_param(text: str) -> str:
 
 def cmd_messages(args: argparse.Namespace) -> int:
     settings = operator_settings()
-    base = stats_base(settings, args.stats_url)
+    base = STATS.base(settings, args.stats_url)
     path = f"/v1/messages/{quote(args.msg_id, safe='')}"
 
     async def main() -> int:
         async with session() as http:
             try:
-                message = await call_stats(http, settings, base, path, {})
+                message = await call_api(http, settings, STATS, base, "GET", path)
                 params = {"state": args.state} if args.state else {}
                 limit = None if args.all else max(1, args.limit)
                 items, more = await collect(
@@ -188,7 +188,7 @@ def render_message(
 
 def cmd_recipient(args: argparse.Namespace) -> int:
     settings = operator_settings()
-    base = stats_base(settings, args.stats_url)
+    base = STATS.base(settings, args.stats_url)
     path = f"/v1/recipients/{quote(args.email, safe='@')}/events"
 
     async def main() -> int:

@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 from urllib.parse import quote
 
-from sesflow.cli.ingest_call import Refused, add_ingest_url, call_ingest, ingest_base
+from sesflow.cli.api_call import INGEST, Refused, call_ingest
 from sesflow.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -61,14 +61,14 @@ def register(sub: Any) -> None:
         which = p.add_mutually_exclusive_group(required=True)
         which.add_argument("topic", nargs="?", metavar="TOPIC", help=f"the topic to {verb}")
         which.add_argument("--all", action="store_true", help=f"{verb} all bulk mail")
-        add_ingest_url(p)
+        INGEST.add_url_option(p)
         p.add_argument("--json", action="store_true", help="print the API's JSON answer")
         p.set_defaults(func=cmd_pause, verb=verb)
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
     settings = operator_settings()
-    base = ingest_base(settings, args.ingest_url)
+    base = INGEST.base(settings, args.ingest_url)
     if args.all:
         path, what = f"/v1/{args.verb}", "all bulk mail"
     else:

@@ -22,7 +22,7 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sesflow.cli.ingest_call import add_ingest_url
+from sesflow.cli.api_call import INGEST
 from sesflow.cli.output import (
     EXIT_OK,
     EXIT_USAGE,
@@ -199,7 +199,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="XADD to the Redis `requests` stream instead of calling the ingest API",
     )
-    add_ingest_url(p)
+    INGEST.add_url_option(p)
     p.add_argument(
         "--stats-url",
         metavar="URL",
