@@ -138,6 +138,40 @@ async def test_an_unread_body_that_cannot_be_decoded_closes_the_connection_clean
         assert (await http.get("/health")).status == 200
 
 
+async def test_a_refused_request_whose_body_never_decodes_does_not_hold_its_connection(
+    http: Any,
+) -> None:
+    """Refused before its body is read (a header that is not UTF-8), a large body whose
+    Content-Encoding never decodes to an end: the answer comes at once and the connection
+    closes within the linger, not after aiohttp's 10 s."""
+    import asyncio
+    import time
+
+    from sesflow.common.http import LINGER_S
+
+    depth = 20_000
+    body = ('{"a":' * depth + "1" + "}" * depth).encode()
+    head = [
+        b"POST /v1/messages HTTP/1.1",
+        b"Host: test",
+        b"Authorization: Bearer \xff",
+        b"Content-Encoding: deflate",
+        b"Content-Length: %d" % len(body),
+    ]
+    reader, writer = await asyncio.open_connection("127.0.0.1", http.server.port)
+    try:
+        started = time.monotonic()
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 3 * LINGER_S)
+        took = time.monotonic() - started
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b'"invalid_header"' in answer
+    assert took < LINGER_S + 1.0, took
+
+
 async def test_raw_bytes_in_a_url_are_a_json_400(http: Any) -> None:
     from yarl import URL
 
