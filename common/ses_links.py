@@ -22,7 +22,7 @@ def link_calls(
 ) -> list[Calls]:
     """(KEYS, ARGV) of the `ses_links.lua` calls storing `links` (SES id, request id) sent at
     `now` (epoch seconds): one call, or one per hash when `per_key` (Redis Cluster: the hashes
-    are on other slots)."""
+    are on other slots). A call holds at most 255 hashes (one bulk call's links: 50)."""
     day = day_of(now)
     at = expires_at(day, retention)
     grouped: dict[str, list[tuple[bytes, str]]] = {}
@@ -34,11 +34,12 @@ def link_calls(
     out = []
     for batch in batches:
         names = [key for key, _ in batch]
-        args: list[Any] = [len(names), *([at] * len(names))]
-        for k, (_, fields) in enumerate(batch, start=1):
-            for field, rid in fields:
-                args += [k, field, rid]
-        out.append((names, args))
+        blob = b"".join(
+            bytes((k,)) + field + rid.encode() + b"\0"
+            for k, (_, fields) in enumerate(batch, 1)
+            for field, rid in fields
+        )
+        out.append((names, [at, blob]))
     return out
 
 

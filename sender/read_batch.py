@@ -339,12 +339,16 @@ class GridPoints:
         self, records: list[RecordItem], answers: list[Outcome], attempts: list[Attempt]
     ) -> None:
         kinds: Counter[str] = Counter()
+        setups: Counter[tuple[str, str, str]] = Counter()  # one call's mail: one or two setups
         for record, answer, attempt in zip(records, answers, attempts, strict=True):
             if answer.ok and record.event is not None and not record.dead:
                 kinds[str(record.event.type)] += 1
             else:
                 self.sender.count_record(record, answer)
-            if answer.ok and record.event is not None:
-                metrics.count_setup(attempt.email, str(record.event.type))
+            if answer.ok and record.event is not None and attempt.email is not None:
+                email = attempt.email
+                setups[(str(record.event.type), email.configuration_set, email.tenant)] += 1
         for kind, n in kinds.items():
             metrics.JOBS.labels(kind).inc(n)
+        for (event, configuration_set, tenant), n in setups.items():
+            metrics.count_setup_many(event, configuration_set, tenant, n)

@@ -4,20 +4,23 @@
 -- of the SES id's digest (`common.day_buckets`); the hash expires a retention after its day.
 -- On Redis Cluster the hashes live on different slots: one call per hash.
 --
--- KEYS[k]         link hash k ({prefix}:sesids:<day>:<bucket>)
--- ARGV[1]         n = number of keys
--- ARGV[1+k]       expiry of hash k, epoch seconds (EXPIREAT; the same for every write of its day)
--- ARGV[2+n ..]    triples, one per link: index k of its hash in KEYS, field (the 8-byte digest
---                 of the SES id), request id (<msg_id>_<index>)
+-- KEYS[k]   link hash k ({prefix}:sesids:<day>:<bucket>), all of one day
+-- ARGV[1]   expiry of every hash, epoch seconds (EXPIREAT: the same for every write of a day)
+-- ARGV[2]   the links, one after the other, each: one byte k (the index of its hash in KEYS,
+--           at most 255), the 8-byte digest of the SES id (the field), and the request id
+--           (<msg_id>_<index>, which holds no zero byte) ended by a zero byte. One argument for
+--           all, not three each: the sender packs every argument on its own.
 --
 -- Returns the number of links written.
-local n = tonumber(ARGV[1])
-local written = 0
-for i = 2 + n, #ARGV, 3 do
-    redis.call("HSET", KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+local blob = ARGV[2]
+local at, written = 1, 0
+while at <= #blob do
+    local k, field, rid
+    k, field, rid, at = struct.unpack("Bc8s", blob, at)
+    redis.call("HSET", KEYS[k], field, rid)
     written = written + 1
 end
-for k = 1, n do
-    redis.call("EXPIREAT", KEYS[k], ARGV[1 + k])
+for k = 1, #KEYS do
+    redis.call("EXPIREAT", KEYS[k], ARGV[1])
 end
 return written

@@ -292,9 +292,10 @@ async def test_ses_links_sets_every_link_with_its_expiry(redis: Any) -> None:
     links = register(redis, "ses_links")
     at = int(time.time()) + 60
     keys = [KEYS.ses_links(1, 1), KEYS.ses_links(1, 2)]
-    args = [2, at, at, 1, b"\x00\x01digest", "m_0", 2, b"digest\xff\xfe", "m_1", 1, "f2", "m_2"]
+    blob = b"\x01\x00\x01digest" + b"m_0\0" + b"\x02digest\xff\xfe" + b"m_1\0"
+    args = [at, blob + b"\x01" + b"f2......" + b"m_2\0"]
     assert await links(keys=keys, args=args) == 3
-    assert await redis.hgetall(keys[0]) == {"\x00\x01digest": "m_0", "f2": "m_2"}
+    assert await redis.hgetall(keys[0]) == {"\x00\x01digest": "m_0", "f2......": "m_2"}
     assert await redis.hget(keys[1], b"digest\xff\xfe") == "m_1"
     assert 0 < await redis.ttl(keys[1]) <= 60
     assert await redis.object("encoding", keys[0]) in ("listpack", "ziplist")  # 7.x, 6.x
