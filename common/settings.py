@@ -156,7 +156,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     send_mode: SendMode = "bulk"
     email_rate: float = 14.0
     email_burst: float = 1.0
-    sender_concurrency: int = 64
+    # Two full SendBulkEmail calls (50 recipients each) in flight per replica: with 64, every
+    # read of one message's jobs split into a call of 50 and one of 14.
+    sender_concurrency: int = 100
     max_attempts: int = 5
     on_ambiguous: OnAmbiguous = "skip"
     # SES MessageId -> request id links, for feedback that carries no `sesflow-rid` tag

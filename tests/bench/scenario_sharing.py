@@ -1,6 +1,6 @@
 """9. Sharing one account: EMAIL_RATE=200 against a stub enforcing 200/s, a bulk campaign of
 `campaign` recipients (topic `campaign`, messages of 1,000 over HTTP) keeping the rate busy, with
-1 and then 4 sender replicas (defaults otherwise: SENDER_CONCURRENCY=64, SEND_MODE=bulk).
+1 and then 4 sender replicas (defaults otherwise: SENDER_CONCURRENCY=100, SEND_MODE=bulk).
 
 - Fairness: once the campaign sends, a 100-recipient topic is posted; its fair share is half the
   rate, so 1 s; the ratio is (its last recipient at the stub - its POST) / 1 s.

@@ -33,7 +33,7 @@ from support.until import until
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 SENDER = "noreply@sesflow.test"
-CONCURRENCY = 64  # SENDER_CONCURRENCY's default: what one sender may hold beyond `sends`
+CONCURRENCY = 100  # SENDER_CONCURRENCY's default: what one sender may hold beyond `sends`
 
 
 @pytest.fixture
