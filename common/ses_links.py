@@ -22,7 +22,7 @@ def link_calls(
 ) -> list[Calls]:
     """(KEYS, ARGV) of the `ses_links.lua` calls storing `links` (SES id, request id) sent at
     `now` (epoch seconds): one call, or one per hash when `per_key` (Redis Cluster: the hashes
-    are on other slots). A call holds at most 255 hashes (one bulk call's links: 50)."""
+    are on other slots)."""
     day = day_of(now)
     at = expires_at(day, retention)
     grouped: dict[str, list[tuple[bytes, str]]] = {}
@@ -35,7 +35,7 @@ def link_calls(
     for batch in batches:
         names = [key for key, _ in batch]
         blob = b"".join(
-            bytes((k,)) + field + rid.encode() + b"\0"
+            k.to_bytes(2, "big") + field + rid.encode() + b"\0"
             for k, (_, fields) in enumerate(batch, 1)
             for field, rid in fields
         )

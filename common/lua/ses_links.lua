@@ -6,8 +6,8 @@
 --
 -- KEYS[k]   link hash k ({prefix}:sesids:<day>:<bucket>), all of one day
 -- ARGV[1]   expiry of every hash, epoch seconds (EXPIREAT: the same for every write of a day)
--- ARGV[2]   the links, one after the other, each: one byte k (the index of its hash in KEYS,
---           at most 255), the 8-byte digest of the SES id (the field), and the request id
+-- ARGV[2]   the links, one after the other, each: k (the index of its hash in KEYS) in two
+--           bytes, big-endian (a day has LINK_BUCKETS = 1024 hashes), the 8-byte digest of the SES id (the field), and the request id
 --           (<msg_id>_<index>, which holds no zero byte) ended by a zero byte. One argument for
 --           all, not three each: the sender packs every argument on its own.
 --
@@ -16,7 +16,7 @@ local blob = ARGV[2]
 local at, written = 1, 0
 while at <= #blob do
     local k, field, rid
-    k, field, rid, at = struct.unpack("Bc8s", blob, at)
+    k, field, rid, at = struct.unpack(">Hc8s", blob, at)
     redis.call("HSET", KEYS[k], field, rid)
     written = written + 1
 end

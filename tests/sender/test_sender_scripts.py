@@ -292,8 +292,8 @@ async def test_ses_links_sets_every_link_with_its_expiry(redis: Any) -> None:
     links = register(redis, "ses_links")
     at = int(time.time()) + 60
     keys = [KEYS.ses_links(1, 1), KEYS.ses_links(1, 2)]
-    blob = b"\x01\x00\x01digest" + b"m_0\0" + b"\x02digest\xff\xfe" + b"m_1\0"
-    args = [at, blob + b"\x01" + b"f2......" + b"m_2\0"]
+    blob = b"\0\x01\x00\x01digest" + b"m_0\0" + b"\0\x02digest\xff\xfe" + b"m_1\0"
+    args = [at, blob + b"\0\x01" + b"f2......" + b"m_2\0"]
     assert await links(keys=keys, args=args) == 3
     assert await redis.hgetall(keys[0]) == {"\x00\x01digest": "m_0", "f2......": "m_2"}
     assert await redis.hget(keys[1], b"digest\xff\xfe") == "m_1"

@@ -54,3 +54,16 @@ async def test_feedback_kinds_are_marked_for_the_sender(redis: Any) -> None:
     )
     await c.correlate("ses-2")
     assert 0 < await redis.ttl(KEYS.feedback_untagged) <= RETENTION
+
+
+async def test_links_of_a_large_batch_spread_over_every_hash_of_the_day(redis: Any) -> None:
+    """A record batch may hold more links than one call's 50 (the per-job path, a redelivered
+    pending list): they land in up to every bucket of the day, and each is found again."""
+    now = time.time()
+    links = [(f"ses-{n}", f"{MSG}_{n}") for n in range(3000)]
+    [(keys, args)] = link_calls(KEYS, links, now, RETENTION, per_key=False)
+    assert len(keys) > 255  # more hashes than one byte could name
+    assert await register(redis, "ses_links")(keys=keys, args=args) == len(links)
+    c = Correlator(redis, KEYS, RETENTION)
+    for n in (0, 1234, 2999):
+        assert (await c.correlate(f"ses-{n}", sent_ms=int(now * 1000))).index == n
