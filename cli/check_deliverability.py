@@ -415,7 +415,11 @@ def judge_destinations(
 def server_url_finding(settings: Settings) -> Finding:
     url = settings.public_url
     if is_local_run(settings):
-        return Finding("SERVER_URL", "ok", f"{url} ({LOCAL_RUN})")
+        return Finding(
+            "SERVER_URL",
+            "ok",
+            f"{url}: fine for a local run (one-click unsubscribe needs https once mail goes out)",
+        )
     parts = urlsplit(url)
     problems = []
     if not settings.server_url:
