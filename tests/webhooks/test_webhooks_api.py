@@ -141,3 +141,28 @@ async def test_crud_and_bad_input(make_settings: Callable[..., Settings]) -> Non
             assert (await res.json())["error"] == "not_found"
     finally:
         await client.close()
+
+
+async def test_the_webhook_routes_need_the_stats_credentials(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Registering a target or reading its secret is an operator's act: never open."""
+    client = await api(make_settings(API_KEY="webhooks-test-key-0123456789"))
+    try:
+        for method, path in (
+            ("POST", "/v1/webhooks"),
+            ("GET", "/v1/webhooks"),
+            ("GET", "/v1/webhooks/w1"),
+            ("DELETE", "/v1/webhooks/w1"),
+            ("POST", "/v1/webhooks/w1/rotate"),
+            ("POST", "/v1/webhooks/w1/enable"),
+        ):
+            res = await client.request(method, path, json={"url": "https://example.com/h"})
+            assert res.status == 401, (method, path)
+            assert (await res.json())["error"]
+        res = await client.get(
+            "/v1/webhooks", headers={"x-api-key": "webhooks-test-key-0123456789"}
+        )
+        assert res.status == 200
+    finally:
+        await client.close()
