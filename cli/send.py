@@ -70,6 +70,10 @@ Sharing the rate: --lane transactional takes the next rate token before any bulk
 receipts and resets, not campaigns); bulk topics sending at the same time share what is left,
 in proportion to --weight (default 1).
 
+Deliverability: --list names the mailing list whose unsubscribes this campaign honours (default:
+the topic's); --configuration-set and --tenant pick the SES configuration set and tenant, within
+SES_CONFIGURATION_SETS and SES_TENANTS.
+
 The recipients are enqueued through the ingest API (POST /v1/messages), one message per
 --batch recipients, with API_KEY (x-api-key) or a JWT_SECRET token when those are set. Every
 batch carries an Idempotency-Key derived from the file, the topic and the batch number: running
@@ -139,6 +143,18 @@ def register(sub: Any) -> None:
         help="this topic's share of the bulk rate against other topics sending meanwhile "
         "(default 1)",
     )
+    p.add_argument(
+        "--list",
+        dest="mailing_list",
+        metavar="NAME",
+        help="the mailing list whose one-click unsubscribes stop this mail (default: the topic's)",
+    )
+    p.add_argument(
+        "--configuration-set",
+        metavar="NAME",
+        help="the SES configuration set (default SES_CONFIGURATION_SET; must be allowed)",
+    )
+    p.add_argument("--tenant", metavar="NAME", help="the SES tenant (must be in SES_TENANTS)")
     p.add_argument(
         "--reply-to",
         dest="reply_to",
@@ -319,9 +335,16 @@ def plan(
             **listed,
             # Only when given: the body then reads as the older clients wrote it.
             **({"weight": args.weight} if getattr(args, "weight", None) is not None else {}),
+            **chosen_setup(args),
         )
         batches.append(Batch(n, message, f"sesflow-send-{run_id}-{n}"))
     return batches
+
+
+def chosen_setup(args: argparse.Namespace) -> dict[str, Any]:
+    """The message's list, SES configuration set and tenant, as far as the command names them."""
+    fields = ("mailing_list", "configuration_set", "tenant")
+    return {name: value for name in fields if (value := getattr(args, name, None))}
 
 
 def report_recipients(out: Console, recipients: Recipients) -> None:

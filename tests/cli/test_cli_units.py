@@ -240,3 +240,24 @@ def test_lane_and_weight_reach_the_message() -> None:
     assert "lane" not in body and "weight" not in body  # bulk and 1: as older clients wrote it
     with pytest.raises(SystemExit):
         build_parser().parse_args(["send", "l.csv", "--topic", "t", "--lane", "express"])
+
+
+def test_list_configuration_set_and_tenant_reach_the_message() -> None:
+    from sesflow.cli.main import build_parser
+    from sesflow.cli.send import Content, message_body
+
+    send = ["send", "l.csv", "--topic", "t", "--subject", "S"]
+    chosen = ["--list", "newsletter", "--configuration-set", "marketing", "--tenant", "acme"]
+    data = b"a@example.com\n"
+    args = build_parser().parse_args([*send, *chosen])
+    [batch] = plan(args, data, parse("l.csv", data), Content(html="<p>x</p>"))
+    [body] = message_body(batch.message)["messages"]
+    assert (body["list"], body["configuration_set"], body["tenant"]) == (
+        "newsletter",
+        "marketing",
+        "acme",
+    )
+    args = build_parser().parse_args(send)
+    [batch] = plan(args, data, parse("l.csv", data), Content(html="<p>x</p>"))
+    [body] = message_body(batch.message)["messages"]
+    assert not {"list", "configuration_set", "tenant"} & set(body)
