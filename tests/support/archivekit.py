@@ -14,6 +14,7 @@ from sesflow.stats.aggregate import stats_client
 from sesflow.stats.archive.db import Database, Row
 from sesflow.stats.archive.writer import ArchiveWriter
 
+from support.statskit import undrained
 from support.until import until
 
 FAST = {"STATS_FLUSH_INTERVAL": "0.05", "RECLAIM_IDLE": "0.3", "SHUTDOWN_GRACE": "3"}
@@ -21,16 +22,7 @@ FAST = {"STATS_FLUSH_INTERVAL": "0.05", "RECLAIM_IDLE": "0.3", "SHUTDOWN_GRACE":
 
 async def unarchived(redis: Any, keys: Keys, group: str = ARCHIVE_GROUP) -> list[str]:
     """The events streams `group` has not read and acknowledged to their last entry."""
-    behind = []
-    for p in keys.partitions:
-        last = await redis.xrevrange(p.events, count=1)
-        if not last:
-            continue
-        groups = await redis.xinfo_groups(p.events)
-        found = next((g for g in groups if g["name"] == group), None)
-        if found is None or found["pending"] or found["last-delivered-id"] != last[0][0]:
-            behind.append(p.events)
-    return behind
+    return await undrained(redis, keys, group)
 
 
 async def archived(redis: Any, keys: Keys, within: float = 10.0) -> None:

@@ -22,16 +22,17 @@ async def add_events(redis: Any, keys: Keys, *events: Event, partition: int = 0)
     return [await redis.xadd(p.events, event_fields(e)) for e in events]
 
 
-async def undrained(redis: Any, keys: Keys) -> list[str]:
-    """The events streams `stats` has not read and acknowledged to their last entry."""
+async def undrained(redis: Any, keys: Keys, group: str = STATS_GROUP) -> list[str]:
+    """The events streams `group` (stats by default) has not read and acknowledged to their
+    last entry."""
     behind = []
     for p in keys.partitions:
         last = await redis.xrevrange(p.events, count=1)
         if not last:
             continue
         groups = await redis.xinfo_groups(p.events)
-        group = next((g for g in groups if g["name"] == STATS_GROUP), None)
-        if group is None or group["pending"] or group["last-delivered-id"] != last[0][0]:
+        found = next((g for g in groups if g["name"] == group), None)
+        if found is None or found["pending"] or found["last-delivered-id"] != last[0][0]:
             behind.append(p.events)
     return behind
 
