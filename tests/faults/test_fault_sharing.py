@@ -60,6 +60,9 @@ class Transactional:
         self.http = http
         self.cluster = cluster
         self.messages: dict[str, list[str]] = {}  # msg_id -> its recipients
+        # Numbered by POST, not by message recorded: a stop() that cancels a POST after ingest
+        # accepted it leaves it unrecorded, and the next one must not mail the same addresses.
+        self.posted = 0
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -76,7 +79,8 @@ class Transactional:
 
     async def run(self) -> None:
         while True:
-            emails = emails_for(f"tx{len(self.messages)}", 3)
+            emails = emails_for(f"tx{self.posted}", 3)
+            self.posted += 1
             body = {"topic_id": "receipts", "emails": emails, "subject": "Your receipt",
                     "content": "<p>Thanks</p>", "lane": "transactional"}  # fmt: skip
             url = f"{self.cluster.url('ingest')}/v1/messages"
