@@ -4,10 +4,15 @@ ARGV. They are read once and registered once per client; every key goes through 
 from __future__ import annotations
 
 import functools
+import hashlib
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from sesflow.common.connection import Redis
+from sesflow.common.lean_redis import lane_of
 
 
 @functools.cache
@@ -17,6 +22,30 @@ def source(name: str) -> str:
     )
 
 
-def register(client: Redis, name: str) -> Any:
-    """`client.register_script` for `common/lua/<name>.lua` (EVALSHA, reloaded on NOSCRIPT)."""
-    return client.register_script(source(name))
+class Script:
+    """EVALSHA of one script, loaded again when Redis does not know it (first use, restart):
+    on the client's lean lane when it has one (common/lean_redis.py), else through redis-py."""
+
+    def __init__(self, client: Redis, text: str) -> None:
+        self.client = client
+        self.text = text
+        self.sha = hashlib.sha1(text.encode("utf-8")).hexdigest()  # Redis's own script id
+
+    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        lane = lane_of(self.client)
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            if lane is not None:
+                return await lane.execute(*command)
+            return await self.client.execute_command(*command)
+        except NoScriptError:
+            if lane is not None:
+                await lane.execute("SCRIPT", "LOAD", self.text)
+                return await lane.execute(*command)
+            await self.client.script_load(self.text)
+            return await self.client.execute_command(*command)
+
+
+def register(client: Redis, name: str) -> Script:
+    """The script `common/lua/<name>.lua` for `client`."""
+    return Script(client, source(name))
