@@ -10,6 +10,7 @@ from sesflow.common.aws import fetch_quota
 from sesflow.common.connection import UNAVAILABLE, Redis, wait_for_redis
 from sesflow.common.consumer import consumer_client
 from sesflow.common.errors import RedisUnavailable
+from sesflow.common.lean_redis import attach, detach
 from sesflow.common.logs import get_logger
 from sesflow.common.runtime import run_role, start_site, stop_on_signals
 from sesflow.common.settings import Settings
@@ -59,6 +60,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop_on_signals(stop)
     # surrogateescape: an entry on `sends` that is not UTF-8 is dead-lettered as it was
     client = consumer_client(settings)
+    # the hot path's script calls and pipelines go on a lean connection (common/lean_redis.py)
+    attach(client, settings, errors="surrogateescape")
     ses = make_ses_client(settings)
     runner = None
     try:
@@ -72,6 +75,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if runner is not None:
             await runner.cleanup()
         await ses.close()
+        await detach(client)
         await client.aclose()
 
 

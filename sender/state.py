@@ -32,6 +32,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
+from sesflow.common.lean_redis import pipeline_for
 from sesflow.common.schema import Event, EventType, Job, encode
 from sesflow.common.scripts import register
 from sesflow.common.ses_links import link_calls
@@ -405,7 +406,7 @@ class DeliveryStore:
             stops[part.stop(topic or "")] = None
         addresses = [normalise(job.email) for _, job, _, _ in items]
         scoped = [n for n, (_, _, _, scope) in enumerate(items) if scope]
-        pipe = self.client.pipeline(transaction=False)
+        pipe = pipeline_for(self.client)
         spans = _read_states(pipe, messages, parts)
         for key in stops:
             pipe.get(key)
@@ -523,7 +524,7 @@ class DeliveryStore:
         # EXISTS before every execute, one more round trip. A script Redis does not know (first
         # use, restart) runs again on its own, loading it; the other one's answer stands.
         [(link_keys, link_args)] = calls
-        pipe = self.client.pipeline(transaction=False)
+        pipe = pipeline_for(self.client)
         pipe.evalsha(self._record.sha, len(keys), *keys, *args)
         pipe.evalsha(self._links.sha, len(link_keys), *link_keys, *link_args)
         reply, linked = await pipe.execute(raise_on_error=False)

@@ -104,7 +104,7 @@ async def test_a_crash_between_chunks_resumes_where_it_stopped(
             raise ConnectionError("simulated crash")
         return await real(**kw)
 
-    dispatcher.script = crash_on_third_call
+    monkeypatch.setattr(dispatcher, "script", crash_on_third_call)
     with pytest.raises(ConnectionError):
         await dispatcher.handle(entry_id, fields)
     assert len(await read_jobs(redis, p)) == 6
@@ -307,7 +307,11 @@ async def test_producer_entry_is_the_documented_format(redis: Any, keys: Keys) -
 
 
 async def test_a_refused_write_is_retried_not_dead_lettered(
-    dispatcher: Dispatcher, redis: Any, keys: Keys, p: PartitionKeys
+    dispatcher: Dispatcher,
+    redis: Any,
+    keys: Keys,
+    p: PartitionKeys,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """OOM under noeviction (or a failover's READONLY) says "not now": the entry stays pending
     for a later try instead of being dead-lettered and counted rejected."""
@@ -321,7 +325,7 @@ async def test_a_refused_write_is_retried_not_dead_lettered(
     async def refused(**kw: Any) -> Any:
         raise ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
 
-    dispatcher.script = refused
+    monkeypatch.setattr(dispatcher, "script", refused)
     with pytest.raises(RedisUnavailable):
         await dispatcher.handle(entry_id, fields)
     assert await pending(redis, keys) == 1
