@@ -58,7 +58,7 @@ from sesflow.common.connection import (
     wait_for_redis,
 )
 from sesflow.common.errors import RedisUnavailable
-from sesflow.common.lean_redis import entries_of, lane_of
+from sesflow.common.lean_redis import LeanRedis, entries_of, lane_of
 from sesflow.common.logs import get_logger
 from sesflow.common.settings import Settings
 from sesflow.common.streams import trim_acknowledged
@@ -373,22 +373,30 @@ class StreamConsumer:
         blocking read short."""
         if self.stop.is_set():
             return []
-        if start == ">" and (lane := lane_of(self.client)) is not None:
-            # First a read that answers at once, on the process's lean lane: a busy reader
-            # mostly finds entries there; only when there are none, the blocking read below.
-            found = await lane.execute(
-                "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count,
-                "STREAMS", stream, ">",
-            )  # fmt: skip
-            if found:
-                return entries_of(found[0][1])
         block = None if block_ms is None else max(1, min(block_ms, READ_BLOCK_MS))
+        guard = (block or 0) / 1000 + READ_GUARD_S
+        lane = lane_of(self.client) if start == ">" else None
+        if lane is not None:
+            return await self.read_on_lanes(lane, stream, count, block, guard)
         call = self.client.xreadgroup(
             self.group, self.consumer, {stream: start}, count=count, block=block
         )
-        guard = (block or 0) / 1000 + READ_GUARD_S
         reply = await until_stopped(self.stop, call, guard)
         return list(reply[0][1]) if reply else []
+
+    async def read_on_lanes(
+        self, lane: LeanRedis, stream: str, count: int, block: int | None, guard: float
+    ) -> list[Entry]:
+        """New entries through the process's lean lanes (common/lean_redis.py): first a read
+        that answers at once (a busy reader mostly finds entries), then, only when there are
+        none, the blocking read on the stream's own lane, where it holds up nothing else."""
+        read = ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count)
+        found = await lane.execute(*read, "STREAMS", stream, ">")
+        if not found and block is not None:
+            blocking = (*read, "BLOCK", block, "STREAMS", stream, ">")
+            call = lane.reader(stream).execute_blocking(*blocking)
+            found = await until_stopped(self.stop, call, guard)
+        return entries_of(found[0][1]) if found else []
 
     def spawn(self, stream: str, entry_id: str, fields: dict[str, str] | None) -> None:
         task = asyncio.create_task(self.guarded(stream, entry_id, fields))

@@ -203,6 +203,7 @@ class LeanRedis:
         self._conn: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
         self._connected_before = False
+        self._readers: dict[str, LeanRedis] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, errors: str = "strict") -> LeanRedis | None:
@@ -240,12 +241,36 @@ class LeanRedis:
 
         return await self._retrying(once)
 
+    async def execute_blocking(self, *command: Any) -> Any:
+        """`execute` for a command that blocks, on a lane of its own (`reader`): cancelled
+        (a stop, a guard timeout), it closes the connection, as redis-py does, so that the next
+        command does not wait behind it."""
+        try:
+            return await self.execute(*command)
+        except asyncio.CancelledError:
+            if self._conn is not None:
+                self._conn.close(RedisConnectionError("a blocking command was cancelled"))
+            raise
+
+    def reader(self, stream: str) -> LeanRedis:
+        """A lane of its own for the blocking reads of `stream`: nothing waits behind them."""
+        if stream not in self._readers:
+            self._readers[stream] = LeanRedis(
+                self.address,
+                timeout=self.timeout,
+                connect_timeout=self.connect_timeout,
+                errors=self.errors,
+            )
+        return self._readers[stream]
+
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """One reply per command, in one round trip; error replies are returned in place."""
         data = pack(commands, self.errors)
         return await self._retrying(lambda: self._round_trip(data, len(commands)))
 
     async def aclose(self) -> None:
+        for reader in self._readers.values():
+            await reader.aclose()
         if self._conn is not None:
             self._conn.close(RedisConnectionError("Connection to Redis closed"))
             self._conn = None

@@ -433,17 +433,20 @@ class DeliveryStore:
             )
         return out
 
+    # The `*_many` calls are for callers that group their jobs themselves (a read batch, a grid
+    # point): one round trip at once, without the batcher's task and hand-over.
+
     async def precheck_many(self, items: list[PrecheckAsk]) -> list[Precheck]:
         """`precheck` for several jobs (a read batch): one answer each, one round trip."""
-        return await self._prechecks.submit_many(None, items)
+        return await self._precheck_many(None, items) if items else []
 
     async def claim_many(self, part: PartitionKeys, items: list[ClaimItem]) -> list[Outcome]:
         """`claim` for several jobs of `part`: one answer each, in one script call."""
-        return await self._claims.submit_many(part.index, items)
+        return await self._claim_many(part.index, items) if items else []
 
     async def record_many(self, part: PartitionKeys, items: list[RecordItem]) -> list[Outcome]:
         """`record` for several jobs of `part`: one answer each, in one script call."""
-        return await self._records.submit_many(part.index, items)
+        return await self._record_many(part.index, items) if items else []
 
     async def claim(
         self,
