@@ -433,8 +433,10 @@ class DeliveryStore:
             )
         return out
 
-    # The `*_many` calls are for callers that group their jobs themselves (a read batch, a grid
-    # point): one round trip at once, without the batcher's task and hand-over.
+    # A read batch's pre-check and a grid point's claim are grouped by their callers: one round
+    # trip at once, without the batcher's task and hand-over. Records go through the batcher:
+    # the SES calls of one grid point (one per job in SEND_MODE=single) end at about the same
+    # time, and their records share a round trip.
 
     async def precheck_many(self, items: list[PrecheckAsk]) -> list[Precheck]:
         """`precheck` for several jobs (a read batch): one answer each, one round trip."""
@@ -446,7 +448,7 @@ class DeliveryStore:
 
     async def record_many(self, part: PartitionKeys, items: list[RecordItem]) -> list[Outcome]:
         """`record` for several jobs of `part`: one answer each, in one script call."""
-        return await self._record_many(part.index, items) if items else []
+        return await self._records.submit_many(part.index, items)
 
     async def claim(
         self,

@@ -636,7 +636,7 @@ class Sender(StreamConsumer):
     ) -> Outcome:
         """Record a final state with its event and XACK, retrying through Redis outages."""
         item = self.record_of(attempt, final, detail=detail, dead=dead)
-        outcome = await self.until_done(lambda: self.store.record(item))
+        [outcome] = await self.until_done(lambda: self.store.record_many(attempt.part, [item]))
         self.count_record(item, outcome)
         if outcome.ok:
             metrics.count_setup(attempt.email, str(final.event))
