@@ -96,8 +96,11 @@ def consumer_client(settings: Settings, **overrides: Any) -> Any:
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     """Sleep `seconds`, or less when `stop` is set meanwhile; True when stopped."""
     if not stop.is_set():
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the wait in a task of its
+        # own, which a loop that sleeps many times a second (the pump) pays for each time
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await stop.wait()
     return stop.is_set()
 
 

@@ -13,12 +13,12 @@ that a pause or a new topic takes effect within that much mail.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 
 from sesflow.common import scripts
 from sesflow.common.connection import UNAVAILABLE, Redis
+from sesflow.common.consumer import sleep_or_stop
 from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.logs import get_logger
 from sesflow.common.settings import Settings
@@ -114,5 +114,4 @@ class Pump:
             except Exception:  # a bug must not stop the pump for good: log, go on
                 log.exception("pump failed")
                 interval = OUTAGE_INTERVAL_S
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            await sleep_or_stop(stop, interval)

@@ -30,7 +30,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import time
@@ -39,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sesflow.common.consumer import sleep_or_stop
 from sesflow.common.keys import Keys
 from sesflow.common.scripts import register
 from sesflow.common.settings import Settings
@@ -257,8 +257,7 @@ class RateLimiter:
                 if stop is None:
                     await asyncio.sleep(delay)
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                await sleep_or_stop(stop, delay)
         except Exception as exc:
             # the waiting jobs see the failure (Redis unavailable) and handle it themselves
             self._fail_waiters(exc)
