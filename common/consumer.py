@@ -8,8 +8,8 @@
   its own (stats: batches applied with their XACK in one transaction);
 - `upkeep()`: periodic jobs; by default reclaim (one XAUTOCLAIM page into free slots), trim
   (never below an entry some group still needs) and forgetting idle consumers;
-- `background(stop)`: long-running tasks of its own beside the readers (the sender's upkeep),
-  cancelled only after the drain and `after_drain`, so they serve the work in hand to the end;
+- `background(stop)`: long-running tasks of its own beside the readers (the sender's upkeep);
+  each ends on `stop`, or on `drained` when it serves the work in hand to the end;
 - `prepare()` before the first read, `on_redis_back()` after an outage, `after_drain()` once
   the work in hand is finished or cancelled (the sender hands its leftovers over).
 
@@ -20,7 +20,11 @@ One lifecycle, `await consumer.run(stop)`, with this shutdown contract:
   it may have delivered stays pending and is reclaimed), and upkeep ends;
 - the readers' last work (stats: the batch in hand) and the in-flight tasks then get
   SHUTDOWN_GRACE in all; whatever still runs is cancelled, and its entries stay pending;
-  `after_drain()` runs, then the `background` tasks are cancelled;
+  `after_drain()` runs, then `drained` is set and the `background` tasks are cancelled. The
+  cancellation only cuts a wait short: a loop never counts on it to end, because on Python 3.11
+  `asyncio.wait_for` (around every command redis-py writes) loses a cancellation that arrives
+  as its awaitable finishes (CPython gh-86296), and a loop that ends only when cancelled would
+  then run for ever;
 - `run` never closes the client: whoever made it closes it, in `finally`; setting `stop` twice is
   harmless.
 
@@ -237,6 +241,7 @@ class StreamConsumer:
         self.settings = settings
         self.consumer = consumer or consumer_name()
         self.stop = asyncio.Event()  # replaced by `run`'s
+        self.drained = asyncio.Event()  # the work in hand is finished or cancelled
         self.inflight: set[asyncio.Task[None]] = set()
         self.reclaim_cursor: dict[str, str] = {}
         self.reclaim_idle_ms = int(settings.reclaim_idle * 1000)
@@ -262,8 +267,8 @@ class StreamConsumer:
         ]
 
     def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
-        """Tasks of this consumer's own, started beside the readers; they end on `stop` or are
-        cancelled after the drain (whatever must serve the work in hand runs until then)."""
+        """Tasks of this consumer's own, started beside the readers; each ends on `stop`, or on
+        `drained` when it must serve the work in hand until then (never only when cancelled)."""
         return []
 
     async def prepare(self) -> None:
@@ -312,6 +317,7 @@ class StreamConsumer:
                 await self.after_drain()
             except Exception as exc:
                 log_failure(f"{self.role}: after the drain", exc)
+            self.drained.set()
             for task in background:
                 task.cancel()
             await asyncio.gather(*upkeep, *background, return_exceptions=True)

@@ -100,13 +100,14 @@ async def periodic(
         await sleep_or_stop(stop, interval)
 
 
-async def run_upkeep(sender: Replica, stop: asyncio.Event) -> None:
-    """All upkeep loops. Keep-alive also runs through the shutdown drain: it is cancelled last."""
+async def run_upkeep(sender: Replica, stop: asyncio.Event, drained: asyncio.Event) -> None:
+    """All upkeep loops. Keep-alive also runs through the shutdown drain: it ends on `drained`.
+    Not on cancellation alone: on Python 3.11 a cancellation that lands in a redis-py command can
+    be lost (`common.consumer`), and the keep-alive would then run for ever, the process with it."""
     idle = sender.settings.reclaim_idle
     wait = sender.wait_for_redis  # an outage any loop sees holds back this process's reclaim
-    draining = asyncio.Event()  # never set: keep-alive runs until cancelled
     loops = [
-        periodic("keepalive", idle / 3, lambda: refresh_claims(sender), draining, wait),
+        periodic("keepalive", idle / 3, lambda: refresh_claims(sender), drained, wait),
         periodic("trim", TRIM_INTERVAL_S, lambda: trim_all(sender), stop, wait),
         periodic("consumers", CONSUMERS_INTERVAL_S, lambda: forget_consumers(sender), stop, wait),
         periodic("gauges", GAUGES_INTERVAL_S, lambda: update_gauges(sender), stop, wait),

@@ -59,7 +59,7 @@ slows the shared rate as a throttle does.
 
 Concurrency: SENDER_CONCURRENCY slots shared by one reader per partition; a reader asks for at
 most its fair share of the free slots (COUNT), so no partition starves the others. The lifecycle
-(readers, drain within SHUTDOWN_GRACE, hand-over, upkeep cancelled last) is the one every
+(readers, drain within SHUTDOWN_GRACE, hand-over, upkeep ended last) is the one every
 consumer shares (`common.consumer.StreamConsumer`).
 """
 
@@ -274,7 +274,10 @@ class Sender(StreamConsumer):
         return []  # the sender's own loops (`background`): its keep-alive outlives the drain
 
     def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
-        return [run_upkeep(self, stop), Pump(self.settings, self.client, self.keys).run(stop)]
+        return [
+            run_upkeep(self, stop, self.drained),
+            Pump(self.settings, self.client, self.keys).run(stop),
+        ]
 
     async def prepare(self) -> None:
         """A restart does not forget a paused setup."""

@@ -95,6 +95,37 @@ async def test_keepalive_resets_idle_without_counting_a_delivery(
     assert row["times_delivered"] == 1
 
 
+async def test_a_keepalive_that_loses_its_cancellation_still_ends_at_stop(
+    redis: Any,
+    sender_settings: Any,
+    make_sender: Any,
+    running: Start,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On Python 3.11 a cancellation can be lost inside a redis-py command (`asyncio.wait_for`
+    around its write returns the write's result instead): the keep-alive, cancelled last at
+    stop, must end anyway, or the process would ignore SIGTERM."""
+    sender = make_sender(sender_settings(RECLAIM_IDLE="0.3"))
+    sender.held[0].add("1-0")  # something to keep alive: the keep-alive calls XCLAIM
+    in_call, lost = asyncio.Event(), asyncio.Event()
+
+    async def xclaim_losing_a_cancellation(*args: Any, **kwargs: Any) -> list[str]:
+        if lost.is_set():
+            return []
+        in_call.set()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError:
+            lost.set()  # the cancellation goes no further: the call returns
+        return []
+
+    monkeypatch.setattr(sender.client, "xclaim", xclaim_losing_a_cancellation)
+    run = running(sender)
+    await asyncio.wait_for(in_call.wait(), 5)
+    await run.stop()
+    assert lost.is_set()
+
+
 async def test_a_job_waiting_on_a_long_pause_is_not_stolen(
     redis: Any, sender_settings: Any, make_sender: Any, running: Start
 ) -> None:
