@@ -61,8 +61,11 @@ class QuotaCache:
                 await asyncio.sleep(RETRY_INTERVAL_S)
                 continue
             await asyncio.sleep(FRESH_INTERVAL_S)  # the least time between two questions to SES
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose the cancellation
+            # that ends this loop when its inner task finishes in the same step
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted.wait(), REFRESH_INTERVAL_S - FRESH_INTERVAL_S)
+                async with asyncio.timeout(REFRESH_INTERVAL_S - FRESH_INTERVAL_S):
+                    await self._wanted.wait()
 
     def want_fresh(self) -> None:
         """Ask the reader for a new answer when the one in hand is older than FRESH_INTERVAL_S."""
