@@ -16,6 +16,7 @@ from redis.exceptions import RedisError, ResponseError
 from rich.markup import escape
 
 from sesflow.cli.check_deliverability import DnsOptions, deliverability_findings
+from sesflow.cli.check_sets import configuration_set_findings
 from sesflow.cli.dmarc import DEFAULT_TIMEOUT, DnsServer
 from sesflow.cli.findings import Finding
 from sesflow.cli.output import (
@@ -45,8 +46,8 @@ Check that sesflow can run here, and say what to fix when it cannot:
              instance-metadata and container providers are not asked unless --allow-imds, so
              the check never probes the network on a machine outside AWS
   identity   EMAIL_SENDER (or its domain) is verified in SES, in AWS_REGION
-  configuration set  SES_CONFIGURATION_SET, when set, exists in SES (a misspelt one pauses
-             every sender on its first send)
+  configuration set  SES_CONFIGURATION_SET, when set, and each set of SES_CONFIGURATION_SETS
+             exists in SES (a misspelt one pauses the mail sent through it on its first send)
   quota      SES answers GetAccount / GetSendQuota; EMAIL_RATE within MaxSendRate; room left in
              the 24-hour quota; sandbox accounts
 
@@ -58,8 +59,9 @@ EMAIL_SENDER:
              this machine's DNS or --dns-server
   account    GetAccount: production access (out of the sandbox), SendingEnabled,
              EnforcementStatus HEALTHY
-  feedback   SES_CONFIGURATION_SET publishes BOUNCE and COMPLAINT (and DELIVERY, REJECT,
-             DELIVERY_DELAY) to an SNS topic listed in SNS_TOPIC_ARNS
+  feedback   SES_CONFIGURATION_SET and each set of SES_CONFIGURATION_SETS publishes BOUNCE and
+             COMPLAINT (and DELIVERY, REJECT, DELIVERY_DELAY) to an SNS topic listed in
+             SNS_TOPIC_ARNS
   SERVER_URL https and not localhost: one-click unsubscribe (RFC 8058) needs https
 Against the local SES endpoint of `sesflow up` (a local run) nothing is delivered: the domain,
 account and feedback checks are skipped and SERVER_URL may be http://localhost.
@@ -318,7 +320,7 @@ def check_ses(settings: Settings, allow_imds: bool, dns: DnsOptions) -> list[Fin
         ]
     findings = [Finding("credentials", "ok", f"from {source}, SES at {where}")]
     findings.append(identity_finding(settings))
-    findings.append(configuration_set_finding(settings))
+    findings += configuration_set_findings(settings)
     findings += quota_findings(settings, asyncio.run(fetch_quota(settings)))
     findings += deliverability_findings(settings, dns)
     return findings
@@ -428,30 +430,6 @@ def identity_finding(settings: Settings) -> Finding:
         f"verify one: `aws sesv2 create-email-identity --email-identity {domain}` (then its DNS "
         "records), or the SES console; check AWS_REGION too",
     )
-
-
-def configuration_set_finding(settings: Settings) -> Finding:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    name = settings.ses_configuration_set
-    check = "configuration set"
-    if not name:
-        return Finding(check, "ok", "none (SES_CONFIGURATION_SET is not set)")
-    try:
-        boto_client(settings, "sesv2", attempts=2).get_configuration_set(ConfigurationSetName=name)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "NotFoundException":
-            return Finding(
-                check,
-                "fail",
-                f"SES_CONFIGURATION_SET {name!r} does not exist in SES ({settings.aws_region})",
-                f"fix SES_CONFIGURATION_SET (alias SES_CONFIG_SET), or create it: `aws sesv2 "
-                f"create-configuration-set --configuration-set-name {name}`",
-            )
-        return Finding(check, "warn", f"cannot ask SES about {name!r}: {exc}")
-    except BotoCoreError as exc:
-        return Finding(check, "warn", f"cannot ask SES about {name!r}: {exc}")
-    return Finding(check, "ok", f"{name} exists")
 
 
 def quota_findings(settings: Settings, quota: Quota | None) -> list[Finding]:

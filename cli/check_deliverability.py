@@ -6,8 +6,9 @@ SES needs (production access, sending enabled, feedback published to sesflow):
   MAIL FROM   a custom MAIL FROM domain in SUCCESS, so SPF aligns with the From domain
   DMARC       a DMARC record on `_dmarc.<domain>` (or a parent's), read from DNS (`cli.dmarc`)
   account     GetAccount: ProductionAccessEnabled, SendingEnabled, EnforcementStatus HEALTHY
-  feedback    the configuration set publishes bounces and complaints to an SNS topic listed in
-              SNS_TOPIC_ARNS (GetConfigurationSetEventDestinations)
+  feedback    each configuration set a message may use (`cli.check_sets`) publishes bounces and
+              complaints to an SNS topic listed in SNS_TOPIC_ARNS (one
+              GetConfigurationSetEventDestinations per set, one finding per set)
   SERVER_URL  https and not this machine: RFC 8058 one-click unsubscribe links need https
 
 A local run is one against the local SES endpoint of `sesflow up` (SES_ENDPOINT_URL with the
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from sesflow.cli.check_sets import CheckedSet, checked_sets
 from sesflow.cli.dmarc import DmarcAnswer, DnsServer, lookup
 from sesflow.cli.findings import Finding
 from sesflow.cli.local_ses import LOCAL_CREDENTIALS
@@ -78,7 +80,7 @@ def deliverability_findings(settings: Settings, dns: DnsOptions) -> list[Finding
                 for name in ("DKIM", "MAIL FROM", "DMARC")
             ]
         findings += account_findings(ses)
-        findings.append(feedback_finding(settings, ses))
+        findings += feedback_findings(settings, ses)
     findings.append(server_url_finding(settings))
     return findings
 
@@ -329,10 +331,14 @@ def topic_listed(settings: Settings, topic: str) -> bool:
     return settings.sns_topic_arns == (ANY_TOPIC,) or topic in settings.sns_topic_arns
 
 
-def feedback_finding(settings: Settings, ses: Any) -> Finding:
+def feedback_findings(settings: Settings, ses: Any) -> list[Finding]:
+    return [feedback_finding(settings, ses, checked) for checked in checked_sets(settings)]
+
+
+def feedback_finding(settings: Settings, ses: Any, checked: CheckedSet) -> Finding:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    name = settings.ses_configuration_set
+    name = checked.name
     example_topic = (settings.sns_topic_arns or ("arn:aws:sns:REGION:ACCOUNT:ses-feedback",))[0]
     if not name:
         return Finding(
@@ -353,12 +359,13 @@ def feedback_finding(settings: Settings, ses: Any) -> Finding:
         return Finding("feedback", "warn", f"cannot read the event destinations of {name}: {exc}")
     except BotoCoreError as exc:
         return Finding("feedback", "warn", f"cannot read the event destinations of {name}: {exc}")
-    return judge_destinations(settings, name, reply.get("EventDestinations") or [])
+    return judge_destinations(settings, checked, reply.get("EventDestinations") or [])
 
 
 def judge_destinations(
-    settings: Settings, name: str, destinations: list[dict[str, Any]]
+    settings: Settings, checked: CheckedSet, destinations: list[dict[str, Any]]
 ) -> Finding:
+    name, shown = checked.name, checked.shown
     sns = [
         (str(d["SnsDestination"].get("TopicArn", "")), d)
         for d in destinations
@@ -370,12 +377,13 @@ def judge_destinations(
         return Finding(
             "feedback",
             "fail",
-            "SNS_TOPIC_ARNS is not set: the tracker refuses SES feedback (403)",
+            "SNS_TOPIC_ARNS is not set: the tracker refuses SES feedback (403)"
+            + (f" from configuration set {shown}" if checked.several else ""),
             f"set SNS_TOPIC_ARNS={topics}",
         )
     if not listed:
         elsewhere = ", ".join(t for t, _ in sns)
-        detail = f"configuration set {name} publishes no enabled event destination to a topic "
+        detail = f"configuration set {shown} publishes no enabled event destination to a topic "
         detail += "in SNS_TOPIC_ARNS" + (f" (it publishes to {elsewhere})" if elsewhere else "")
         hint = (
             f"add {elsewhere} to SNS_TOPIC_ARNS"
@@ -390,14 +398,14 @@ def judge_destinations(
         return Finding(
             "feedback",
             "fail",
-            f"configuration set {name} does not publish {', '.join(missing)} to {topics}: "
+            f"configuration set {shown} does not publish {', '.join(missing)} to {topics}: "
             "bounced and complaining addresses would never be suppressed",
             f"add {', '.join(missing)} to the destination's event types: `aws sesv2 "
             f"update-configuration-set-event-destination --configuration-set-name {name} ...` "
             "(SES console: Configuration sets > Event destinations)",
         )
     absent = [e for e in USEFUL_EVENTS if e not in published]
-    detail = f"configuration set {name} publishes bounces and complaints to {topics}"
+    detail = f"configuration set {shown} publishes bounces and complaints to {topics}"
     if absent:
         return Finding(
             "feedback",

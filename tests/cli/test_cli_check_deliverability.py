@@ -251,3 +251,134 @@ def test_no_configuration_set_warns(
     assert got["feedback"]["status"] == "warn"
     assert "create-configuration-set-event-destination" in got["feedback"]["hint"]
     assert TOPIC in got["feedback"]["hint"]
+
+
+def check_list(sesflow: Sesflow, dns: DnsResponder) -> tuple[int, list[dict[str, Any]]]:
+    """The findings in order (several share a check name: one per configuration set)."""
+    res = sesflow("check", "--skip-redis", "--json", "--dns-server", dns.address)
+    return res.code, json.loads(res.out)
+
+
+def of(findings: list[dict[str, Any]], check: str) -> list[dict[str, Any]]:
+    return [f for f in findings if f["check"] == check]
+
+
+@pytest.fixture
+def ses_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(operation, ConfigurationSetName) of every SES call the command makes, in order."""
+    from botocore.client import BaseClient
+
+    calls: list[tuple[str, str]] = []
+    make_call = BaseClient._make_api_call
+
+    def counted(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        calls.append((operation, str(params.get("ConfigurationSetName", ""))))
+        return make_call(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", counted)
+    return calls
+
+
+def test_every_configuration_set_a_message_may_name_is_checked(
+    sesflow: Sesflow,
+    env: StubProcess,
+    dns: DnsResponder,
+    monkeypatch: pytest.MonkeyPatch,
+    ses_calls: list[tuple[str, str]],
+) -> None:
+    monkeypatch.setenv("SES_CONFIGURATION_SETS", "a,b")
+    sets = {
+        **HEALTHY.configuration_sets,
+        "a": [EventDestination(topic_arn=TOPIC)],
+        "b": [EventDestination(name="metrics")],  # CloudWatch only: no feedback reaches sesflow
+    }
+    set_up(env, msgspec.structs.replace(HEALTHY, configuration_sets=sets))
+    res = sesflow("check", "--skip-redis", "--dns-server", dns.address)
+    assert res.code == 1, res.out
+    lines = res.out.splitlines()
+    failed = [n for n, line in enumerate(lines) if line.startswith("fail")]
+    assert len(failed) == 1 and "1 check(s) failed" in res.out
+    assert lines[failed[0]].split()[1] == "feedback"
+    assert "configuration set b (SES_CONFIGURATION_SETS) publishes no enabled" in lines[failed[0]]
+    fix = lines[failed[0] + 1]
+    assert "fix: `aws sesv2 create-configuration-set-event-destination" in fix
+    assert "--configuration-set-name b " in fix and TOPIC in fix
+
+    ses_calls.clear()
+    code, got = check_list(sesflow, dns)
+    assert code == 1
+    exists = of(got, "configuration set")
+    assert [(f["status"], f["detail"]) for f in exists] == [
+        ("ok", f"{CONFIG_SET} (the default, SES_CONFIGURATION_SET) exists"),
+        ("ok", "a (SES_CONFIGURATION_SETS) exists"),
+        ("ok", "b (SES_CONFIGURATION_SETS) exists"),
+    ]
+    feedback = of(got, "feedback")
+    assert [f["status"] for f in feedback] == ["ok", "ok", "fail"]
+    assert feedback[0]["detail"].startswith(f"configuration set {CONFIG_SET} (the default")
+    assert feedback[1]["detail"].startswith("configuration set a (SES_CONFIGURATION_SETS)")
+    assert "--configuration-set-name b " in feedback[2]["hint"]
+    # one GetConfigurationSet and one GetConfigurationSetEventDestinations per set, no more
+    for operation in ("GetConfigurationSet", "GetConfigurationSetEventDestinations"):
+        assert [s for op, s in ses_calls if op == operation] == [CONFIG_SET, "a", "b"]
+
+    # b does not exist at all: named with the command that creates it
+    del sets["b"]
+    set_up(env, msgspec.structs.replace(HEALTHY, configuration_sets=sets))
+    res = sesflow("check", "--skip-redis", "--dns-server", dns.address)
+    assert res.code == 1
+    lines = res.out.splitlines()
+    n = next(i for i, line in enumerate(lines) if line.startswith("fail"))
+    assert "'b' in SES_CONFIGURATION_SETS does not exist in SES (us-east-1)" in lines[n]
+    assert "`aws sesv2 create-configuration-set --configuration-set-name b`" in lines[n + 1]
+    code, got = check_list(sesflow, dns)
+    assert code == 1
+    assert [f["status"] for f in of(got, "configuration set")] == ["ok", "ok", "fail"]
+    assert [f["status"] for f in of(got, "feedback")] == ["ok", "ok", "skip"]
+    assert of(got, "feedback")[2]["detail"] == "needs the configuration set 'b'"
+
+
+def test_healthy_configuration_sets_pass(
+    sesflow: Sesflow, env: StubProcess, dns: DnsResponder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the default listed again, and twice: each set is checked once, the default first
+    monkeypatch.setenv("SES_CONFIGURATION_SETS", f"b,{CONFIG_SET},a,b")
+    sets = {name: [EventDestination(topic_arn=TOPIC)] for name in (CONFIG_SET, "a", "b")}
+    set_up(env, msgspec.structs.replace(HEALTHY, configuration_sets=sets))
+    res = sesflow("check", "--skip-redis", "--dns-server", dns.address)
+    assert res.code == 0, res.out
+    assert "ready to send" in res.out
+    code, got = check_list(sesflow, dns)
+    assert code == 0
+    exists, feedback = of(got, "configuration set"), of(got, "feedback")
+    assert [f["detail"].split()[0] for f in exists] == [CONFIG_SET, "b", "a"]
+    assert [f["detail"].split()[2] for f in feedback] == [CONFIG_SET, "b", "a"]
+    assert {f["status"] for f in exists + feedback} == {"ok"}
+
+    # no default set: messages naming no set still warn, each listed set is checked
+    monkeypatch.delenv("SES_CONFIGURATION_SET")
+    monkeypatch.setenv("SES_CONFIGURATION_SETS", "a")
+    code, got = check_list(sesflow, dns)
+    assert code == 0
+    assert [(f["status"], f["detail"]) for f in of(got, "configuration set")] == [
+        ("ok", "none (SES_CONFIGURATION_SET is not set)"),
+        ("ok", "a (SES_CONFIGURATION_SETS) exists"),
+    ]
+    assert [f["status"] for f in of(got, "feedback")] == ["warn", "ok"]
+
+
+def test_only_the_default_set_reads_as_before(
+    sesflow: Sesflow, env: StubProcess, dns: DnsResponder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, got = check_list(sesflow, dns)
+    assert code == 0
+    assert [f["detail"] for f in of(got, "configuration set")] == [f"{CONFIG_SET} exists"]
+    assert [f["detail"] for f in of(got, "feedback")] == [
+        f"configuration set {CONFIG_SET} publishes bounces and complaints to {TOPIC}"
+    ]
+    monkeypatch.delenv("SES_CONFIGURATION_SET")
+    code, got = check_list(sesflow, dns)
+    assert [f["detail"] for f in of(got, "configuration set")] == [
+        "none (SES_CONFIGURATION_SET is not set)"
+    ]
+    assert [f["status"] for f in of(got, "feedback")] == ["warn"]
