@@ -37,7 +37,7 @@ from redis._parsers import BaseParser
 from redis.backoff import ExponentialBackoff
 from redis.connection import UnixDomainSocketConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse
+from redis.exceptions import DataError, InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sesflow.common.metrics import RECONNECTS
@@ -52,14 +52,19 @@ Command = Sequence[Any]
 
 def pack(commands: Sequence[Command], errors: str) -> bytes:
     """The commands as one RESP write. hiredis refuses lone surrogates (text decoded with
-    surrogateescape): those commands are encoded with `errors`, byte for byte as they came."""
+    surrogateescape): those commands are encoded with `errors`, byte for byte as they came.
+    An argument redis-py would refuse (None, a bool, a list) is its DataError here too."""
     out = []
     for command in commands:
         try:
-            out.append(hiredis.pack_command(cast(Any, tuple(command))))
-        except UnicodeEncodeError:
-            encoded = (a.encode("utf-8", errors) if isinstance(a, str) else a for a in command)
-            out.append(hiredis.pack_command(cast(Any, tuple(encoded))))
+            try:
+                out.append(hiredis.pack_command(cast(Any, tuple(command))))
+            except UnicodeEncodeError:
+                encoded = (a.encode("utf-8", errors) if isinstance(a, str) else a for a in command)
+                out.append(hiredis.pack_command(cast(Any, tuple(encoded))))
+        except TypeError as exc:
+            name = command[0] if command else ""
+            raise DataError(f"Invalid input for {name!r}: {exc}") from exc
     return b"".join(out)
 
 
