@@ -69,13 +69,22 @@ def pack(commands: Sequence[Command], errors: str) -> bytes:
 
 
 class _Request:
-    __slots__ = ("deadline", "future", "replies", "size")
+    __slots__ = ("deadline", "error", "future", "replies", "size")
 
     def __init__(self, future: asyncio.Future[list[Any]], size: int, deadline: float) -> None:
         self.future = future
         self.size = size
         self.replies: list[Any] = []
         self.deadline = deadline
+        self.error: Exception | None = None  # a reply it could not decode
+
+    def done(self) -> None:
+        if self.future.done():  # its caller went away: replies dropped
+            return
+        if self.error is not None:
+            self.future.set_exception(self.error)
+        else:
+            self.future.set_result(self.replies)
 
 
 class _Connection(asyncio.Protocol):
@@ -102,18 +111,30 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
-        try:
-            while (reply := self.reader.gets()) is not False:
-                if not self.pending:
-                    raise InvalidResponse("a reply nobody asked for")
-                request = self.pending[0]
-                request.replies.append(reply)
-                if len(request.replies) == request.size:
-                    self.pending.popleft()
-                    if not request.future.done():  # its caller went away: reply dropped
-                        request.future.set_result(request.replies)
-        except InvalidResponse as exc:
-            self.close(RedisConnectionError(f"Protocol error from Redis: {exc}"))
+        while True:
+            error = None
+            try:
+                reply = self.reader.gets()
+            except InvalidResponse as exc:
+                self.close(RedisConnectionError(f"Protocol error from Redis: {exc}"))
+                return
+            except UnicodeDecodeError as exc:
+                # A reply it could not decode (errors="strict"): hiredis has consumed it, so the
+                # connection is still in step. Its request fails with it once, as with redis-py;
+                # not a connection error, which would send the request again.
+                reply, error = None, exc
+            if reply is False:
+                return
+            if not self.pending:
+                self.close(RedisConnectionError("Protocol error from Redis: an unasked reply"))
+                return
+            request = self.pending[0]
+            request.replies.append(reply)
+            if error is not None and request.error is None:
+                request.error = error
+            if len(request.replies) == request.size:
+                self.pending.popleft()
+                request.done()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RedisConnectionError(f"Connection to Redis lost: {exc or 'closed by server'}"))
