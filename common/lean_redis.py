@@ -290,9 +290,21 @@ class LeanRedis:
         return self._readers[stream]
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
-        """One reply per command, in one round trip; error replies are returned in place."""
+        """One reply per command, in one round trip; error replies are returned in place,
+        except those redis-py takes for a connection error (LOADING): as redis-py does, the
+        whole pipeline is sent again, within the retries."""
+        if not commands:
+            return []  # nothing to wait for: a request of no reply would never be answered
         data = pack(commands, self.errors)
-        return await self._retrying(lambda: self._round_trip(data, len(commands)))
+
+        async def once() -> list[Any]:
+            replies = await self._round_trip(data, len(commands))
+            for reply in replies:
+                if isinstance(reply, RedisConnectionError):
+                    raise reply
+            return replies
+
+        return await self._retrying(once)
 
     async def aclose(self) -> None:
         for reader in self._readers.values():
