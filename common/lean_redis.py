@@ -420,7 +420,10 @@ class Commands:
         self.commands.append(("EVALSHA", sha, numkeys, *keys_and_args))
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        replies = await self.lane.pipeline(self.commands)
+        # As a redis-py pipeline, it starts empty again: a second execute sends only what was
+        # queued since, never the same commands twice.
+        commands, self.commands = self.commands, []
+        replies = await self.lane.pipeline(commands)
         if raise_on_error:
             for reply in replies:
                 if isinstance(reply, Exception):
