@@ -337,17 +337,26 @@ class LeanRedis:
             if self._conn is not None and self._conn.failure is None:
                 return self._conn  # another caller connected meanwhile
             conn = await self._open()
-            if self.handshake:
-                replies = await conn.send(pack(self.handshake, self.errors), len(self.handshake))
-                for reply in replies:
-                    if isinstance(reply, Exception):
-                        conn.close(RedisConnectionError(str(reply)))
-                        raise RedisConnectionError(f"Redis refused the connection: {reply}")
+            try:
+                await self._log_in(conn)
+            except BaseException:  # a refusal, a timeout, or its caller cancelled meanwhile
+                conn.close(RedisConnectionError("Connection to Redis closed"))
+                raise
             if self._connected_before:
                 RECONNECTS.count += 1  # sesflow_redis_reconnects_total, as for redis-py's
             self._connected_before = True
             self._conn = conn
             return conn
+
+    async def _log_in(self, conn: _Connection) -> None:
+        if not self.handshake:
+            return
+        replies = await conn.send(pack(self.handshake, self.errors), len(self.handshake))
+        for reply in replies:
+            if isinstance(reply, RedisConnectionError):  # AuthenticationError, LOADING
+                raise reply
+            if isinstance(reply, Exception):
+                raise RedisConnectionError(f"Redis refused the connection: {reply}")
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
