@@ -230,6 +230,7 @@ class LeanRedis:
         self._connecting: asyncio.Lock | None = None
         self._connected_before = False
         self._readers: dict[str, LeanRedis] = {}
+        self._closed = False
 
     @classmethod
     def from_settings(cls, settings: Settings, errors: str = "strict") -> LeanRedis | None:
@@ -287,6 +288,7 @@ class LeanRedis:
                 connect_timeout=self.connect_timeout,
                 errors=self.errors,
             )
+            self._readers[stream]._closed = self._closed  # one of a closed lane is closed
         return self._readers[stream]
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
@@ -307,6 +309,9 @@ class LeanRedis:
         return await self._retrying(once)
 
     async def aclose(self) -> None:
+        """Closes the lane, and its readers, for good: requests in flight and later ones fail
+        with ConnectionError, without retries, and no connection opens again."""
+        self._closed = True
         for reader in self._readers.values():
             await reader.aclose()
         if self._conn is not None:
@@ -320,7 +325,7 @@ class LeanRedis:
                 return await once()
             except (RedisConnectionError, RedisTimeoutError):  # LOADING is a ConnectionError
                 failures += 1
-                if failures > RETRIES:
+                if failures > RETRIES or self._closed:
                     raise
                 await asyncio.sleep(self.backoff.compute(failures))
 
@@ -336,9 +341,13 @@ class LeanRedis:
         async with self._connecting:
             if self._conn is not None and self._conn.failure is None:
                 return self._conn  # another caller connected meanwhile
+            if self._closed:
+                raise RedisConnectionError("Connection to Redis closed")
             conn = await self._open()
             try:
                 await self._log_in(conn)
+                if self._closed:  # closed while it was connecting
+                    raise RedisConnectionError("Connection to Redis closed")
             except BaseException:  # a refusal, a timeout, or its caller cancelled meanwhile
                 conn.close(RedisConnectionError("Connection to Redis closed"))
                 raise
@@ -395,6 +404,7 @@ def lane_of(client: Any) -> LeanRedis | None:
 
 
 async def detach(client: Any) -> None:
+    """`client` without its lane, which is closed for good (`LeanRedis.aclose`)."""
     lane = _LANES.pop(client, None)
     if lane is not None:
         await lane.aclose()
