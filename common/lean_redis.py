@@ -34,7 +34,7 @@ from typing import Any, TypeVar, cast
 
 import hiredis
 from redis._parsers import BaseParser
-from redis.backoff import ExponentialBackoff
+from redis.backoff import AbstractBackoff, ExponentialBackoff
 from redis.connection import UnixDomainSocketConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, InvalidResponse
@@ -225,7 +225,7 @@ class LeanRedis:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.errors = errors
-        self.backoff = ExponentialBackoff(cap=1.0, base=0.05)
+        self.backoff: AbstractBackoff = ExponentialBackoff(cap=1.0, base=0.05)
         self._conn: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
         self._connected_before = False
@@ -374,14 +374,18 @@ class LeanRedis:
         def factory() -> _Connection:
             return _Connection(self.errors, self.timeout)
 
+        where = path or f"{host}:{port}"
+        # asyncio.timeout, not wait_for: on 3.11 wait_for runs the opening in a task of its
+        # own, and a caller cancelled just as it connected would leave that socket open.
         try:
-            if path:
-                opening = loop.create_unix_connection(factory, path)
-            else:
-                opening = loop.create_connection(factory, host, port)
-            _, conn = await asyncio.wait_for(opening, self.connect_timeout)
-        except (OSError, TimeoutError) as exc:
-            where = path or f"{host}:{port}"
+            async with asyncio.timeout(self.connect_timeout):
+                if path:
+                    _, conn = await loop.create_unix_connection(factory, path)
+                else:
+                    _, conn = await loop.create_connection(factory, host, port)
+        except TimeoutError as exc:  # as redis-py says it
+            raise RedisTimeoutError(f"Timeout connecting to Redis at {where}") from exc
+        except OSError as exc:
             raise RedisConnectionError(f"Error connecting to Redis at {where}: {exc}") from exc
         return conn
 
