@@ -231,6 +231,8 @@ class LeanRedis:
         self._connected_before = False
         self._readers: dict[str, LeanRedis] = {}
         self._closed = False
+        self._tried = 0  # connection attempts ended
+        self._refused: Exception | None = None  # how the last one failed
 
     @classmethod
     def from_settings(cls, settings: Settings, errors: str = "strict") -> LeanRedis | None:
@@ -338,19 +340,35 @@ class LeanRedis:
     async def _connect(self) -> _Connection:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
+        tried = self._tried
         async with self._connecting:
             if self._conn is not None and self._conn.failure is None:
                 return self._conn  # another caller connected meanwhile
             if self._closed:
                 raise RedisConnectionError("Connection to Redis closed")
-            conn = await self._open()
+            if self._tried != tried and self._refused is not None:
+                # An attempt that ended while this caller waited failed: that is its answer
+                # too. Else, with a server that drops SYNs, the n-th of n callers would wait n
+                # connect timeouts for its own attempt.
+                raise type(self._refused)(*self._refused.args)
             try:
-                await self._log_in(conn)
-                if self._closed:  # closed while it was connecting
-                    raise RedisConnectionError("Connection to Redis closed")
-            except BaseException:  # a refusal, a timeout, or its caller cancelled meanwhile
-                conn.close(RedisConnectionError("Connection to Redis closed"))
+                conn = await self._open()
+                try:
+                    await self._log_in(conn)
+                    if self._closed:  # closed while it was connecting
+                        raise RedisConnectionError("Connection to Redis closed")
+                except BaseException:  # a refusal, a timeout, or its caller cancelled
+                    conn.close(RedisConnectionError("Connection to Redis closed"))
+                    raise
+            except Exception as exc:
+                self._refused = exc
                 raise
+            except BaseException:
+                self._refused = None  # cancelled: the next caller tries for itself
+                raise
+            finally:
+                self._tried += 1
+            self._refused = None
             if self._connected_before:
                 RECONNECTS.count += 1  # sesflow_redis_reconnects_total, as for redis-py's
             self._connected_before = True

@@ -362,6 +362,15 @@ async def test_a_server_that_does_not_accept_is_a_timeout_within_the_connect_tim
     try:
         with pytest.raises(RedisTimeoutError, match="Timeout connecting to Redis"):
             await asyncio.wait_for(lane.execute("PING"), 10)
+        assert lane._tried == 4  # the request, then its three retries
+        # Callers waiting for a connection share the attempt under way, and its failure: one
+        # caller at a time, the last of 10 would wait for 40 attempts of 0.3 s.
+        failures = await asyncio.wait_for(
+            asyncio.gather(*(lane.execute("PING") for _ in range(10)), return_exceptions=True),
+            10,
+        )
+        assert all(isinstance(f, RedisTimeoutError) for f in failures)
+        assert lane._tried - 4 <= 5  # four tries, shared by the ten callers (some slack)
     finally:
         await lane.aclose()
         for sock in (*queued, listening):
