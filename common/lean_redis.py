@@ -14,8 +14,10 @@ What it is: one connection per process, with any number of requests in flight on
 turned into redis-py's exception classes, and the main client's retry policy (3 retries,
 exponential backoff) on connection errors, timeouts and LOADING. A request with no reply within
 the socket timeout closes the connection and fails every request on it with TimeoutError; a
-lost connection fails them with ConnectionError. Callers see what redis-py would raise, so
-their outage handling is the same.
+lost connection fails them with ConnectionError; callers waiting for a connection share one
+attempt and its failure. A reply it cannot decode fails only its request (UnicodeDecodeError,
+not retried). Callers see what redis-py would raise, so their outage handling is the same. A
+closed lane (`detach`) stays closed: no retry, no new connection.
 
 What it is not: a client. It carries only commands that answer at once (never a blocking
 XREADGROUP, which would hold up every request behind it) and no MULTI/EXEC. It serves plain
