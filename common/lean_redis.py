@@ -19,10 +19,11 @@ attempt and its failure. A reply it cannot decode fails only its request (Unicod
 not retried). Callers see what redis-py would raise, so their outage handling is the same. A
 closed lane (`detach`) stays closed: no retry, no new connection.
 
-What it is not: a client. It carries only commands that answer at once (never a blocking
-XREADGROUP, which would hold up every request behind it) and no MULTI/EXEC. It serves plain
-`redis://` and `unix://` URLs on one server; with TLS or Redis Cluster, `attach` adds no lane
-and the process uses redis-py for everything.
+What it is not: a client. A lane carries commands that answer at once and no MULTI/EXEC; a
+blocking command (XREADGROUP with BLOCK), which would hold up every request behind it, goes only
+on a lane of its own (`reader`, `execute_blocking`). It serves plain `redis://` and `unix://`
+URLs on one server; with TLS or Redis Cluster, `attach` adds no lane and the process uses
+redis-py for everything.
 """
 
 from __future__ import annotations

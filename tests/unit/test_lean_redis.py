@@ -757,3 +757,70 @@ async def test_pipelines_of_several_megabytes_complete(
     assert paused  # the socket's buffer filled up: writing waited for it
     assert raw.dbsize() == 6000
     assert raw.strlen("b2:1999") == 2048
+
+
+# --- blocking reads on lanes of their own ---------------------------------------------------
+
+
+async def test_a_blocking_read_on_a_reader_holds_up_nothing_else(
+    lane: LeanRedis, redis: aioredis.Redis
+) -> None:
+    await redis.xgroup_create("s", "g", id="0", mkstream=True)
+    reader = lane.reader("s")
+    assert lane.reader("s") is reader and reader is not lane and lane.reader("t") is not reader
+    read = ("XREADGROUP", "GROUP", "g", "c", "COUNT", 10, "BLOCK", 5000, "STREAMS", "s", ">")
+    blocking = asyncio.create_task(reader.execute_blocking(*read))
+    await until(lambda: blocked_clients(redis), lambda n: n == 1, what="the read to block")
+    assert await lane.execute("PING") == "PONG"  # the main lane answers meanwhile
+    assert not blocking.done()
+    entry_id = await redis.xadd("s", {"f": "v"})
+    found = await blocking
+    assert entries_of(found[0][1]) == [(entry_id, {"f": "v"})]
+
+
+async def test_a_cancelled_blocking_read_closes_its_connection(
+    lane: LeanRedis, redis: aioredis.Redis
+) -> None:
+    await redis.xgroup_create("s", "g", id="0", mkstream=True)
+    reader = lane.reader("s")
+    reader_id = await reader.execute("CLIENT", "ID")
+    read = ("XREADGROUP", "GROUP", "g", "c", "BLOCK", 5000, "STREAMS", "s", ">")
+    blocking = asyncio.create_task(reader.execute_blocking(*read))
+    await until(lambda: blocked_clients(redis), lambda n: n == 1, what="the read to block")
+    blocking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await blocking
+
+    async def client_ids() -> set[int]:
+        return {int(c["id"]) for c in await redis.client_list()}
+
+    # Closed, as redis-py closes a connection whose command was cancelled: the server stops
+    # blocking for it, and no entry is handed to a reader nobody waits for.
+    await until(client_ids, lambda ids: reader_id not in ids, what="the reader's connection closed")
+    assert await blocked_clients(redis) == 0
+    await redis.xadd("s", {"f": "v"})
+    assert await redis.xpending("s", "g") == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
+    found = await reader.execute("XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">")
+    assert len(found[0][1]) == 1  # the reader works again, on a new connection
+
+
+async def test_closing_a_lane_closes_its_readers_for_good(
+    lane: LeanRedis, redis: aioredis.Redis
+) -> None:
+    reader = lane.reader("s")
+    reader_id = await reader.execute("CLIENT", "ID")
+    await lane.aclose()
+    with pytest.raises(RedisConnectionError):
+        await reader.execute("PING")
+    with pytest.raises(RedisConnectionError):
+        await lane.reader("other").execute("PING")
+
+    async def client_ids() -> set[int]:
+        return {int(c["id"]) for c in await redis.client_list()}
+
+    await until(client_ids, lambda ids: reader_id not in ids, what="the reader's connection closed")
