@@ -60,8 +60,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop_on_signals(stop)
     # surrogateescape: an entry on `sends` that is not UTF-8 is dead-lettered as it was
     client = consumer_client(settings)
-    # the hot path's script calls and pipelines go on a lean connection (common/lean_redis.py)
-    attach(client, settings, errors="surrogateescape")
+    # the hot path's script calls, pipelines and reads go on lean connections
+    # (common/lean_redis.py); with TLS or Redis Cluster they stay on redis-py
+    lane = attach(client, settings, errors="surrogateescape")
+    log.info("redis hot path", connection="lean" if lane is not None else "redis-py")
     ses = make_ses_client(settings)
     runner = None
     try:

@@ -92,6 +92,9 @@ async def test_redis_restart_mid_campaign(
             await check_nothing_pending(client, cluster)
             await check_stats_agree(http, cluster, topic, verdict)
             assert all(p.running for p in cluster.procs)
+            # the senders' hot path ran on the lean lane (common/lean_redis.py), restart and all
+            senders = [p for p in cluster.procs if p.role == "sender"]
+            assert senders and all('"connection": "lean"' in p.logs() for p in senders)
         finally:
             await client.aclose()
 

@@ -115,6 +115,9 @@ async def crash_campaign(
             await check_stats_agree(http, cluster, topic, verdict)
             # the survivor took over the dead replica's pending jobs
             assert "reclaimed job" in survivor.logs()
+            # all three ran their hot path on the lean lane (common/lean_redis.py)
+            for sender in (killed, stopped, survivor):
+                assert '"connection": "lean"' in sender.logs()
             assert survivor.running and all(p.running for p in cluster.procs[:2])
             bulk_calls = (await stub.stats())["bulk_calls"]
             assert bulk_calls > 0 if send_mode == "bulk" else bulk_calls == 0
