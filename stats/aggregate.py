@@ -37,8 +37,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from sesflow.common.connection import UNAVAILABLE
-from sesflow.common.consumer import FORGET_EVERY_S, StreamConsumer, Upkeep, consumer_client
-from sesflow.common.keys import STATS_GROUP, Keys, PartitionKeys
+from sesflow.common.consumer import FORGET_EVERY_S, Upkeep, consumer_client
+from sesflow.common.keys import STATS_GROUP, PartitionKeys
 from sesflow.common.logs import get_logger
 from sesflow.common.scripts import register
 from sesflow.common.settings import Settings
@@ -50,6 +50,7 @@ from sesflow.stats.counters import (
     hour_of,
     split_bucket_field,
 )
+from sesflow.stats.events_consumer import EventsConsumer
 from sesflow.stats.reputation import ReputationGuard
 
 log = get_logger(__name__)
@@ -95,17 +96,15 @@ class AggregatorMetrics:
         self.trimmed = 0
 
 
-class StatsAggregator(StreamConsumer):
-    """A `StreamConsumer` of every partition's `events`, with a reader of its own per partition
-    (batches, not one task per entry). Give it a `stats_client`."""
+class StatsAggregator(EventsConsumer):
+    """An `EventsConsumer` (a reader of its own per partition of `events`) applying batches,
+    not one task per entry. Give it a `stats_client`."""
 
     group = STATS_GROUP
     role = "stats"
 
     def __init__(self, client: Any, settings: Settings, *, consumer: str | None = None) -> None:
         super().__init__(client, settings, consumer=consumer)
-        self.keys = Keys(settings.redis_prefix, settings.send_partitions)
-        self.partitions = {p.events: p for p in self.keys.partitions}
         self._forget = register(self.client, "forget_topics")
         self.guard = ReputationGuard(settings, self.client, self.keys)
         self.batch_size = max(1, settings.stats_batch_size)
@@ -115,11 +114,6 @@ class StatsAggregator(StreamConsumer):
         self.reclaim_every = min(max(self.claim_idle / 2, 0.05), 30.0)
         self.trim_every = TRIM_INTERVAL_S
         self.metrics = AggregatorMetrics()
-        # Set when this consumer's own pending list must be read again (start, error, claim).
-        self._backlog = {p.index: True for p in self.keys.partitions}
-
-    def streams(self) -> list[str]:
-        return list(self.partitions)
 
     def upkeep(self) -> list[Upkeep]:
         """Reclaim, trim and forget consumers; prune buckets and forget idle topics. The first
@@ -133,10 +127,9 @@ class StatsAggregator(StreamConsumer):
         ]
 
     def interrupted(self, stream: str, exc: BaseException) -> None:
-        """The batch in hand is gone: read our pending list again before anything new."""
         if isinstance(exc, UNAVAILABLE):
             self.metrics.redis_reconnects += 1
-        self._backlog[self.partitions[stream].index] = True
+        super().interrupted(stream, exc)
 
     # --- consuming ----------------------------------------------------------------------------
 
@@ -230,18 +223,8 @@ class StatsAggregator(StreamConsumer):
     # --- upkeep -------------------------------------------------------------------------------
 
     async def reclaim(self, stream: str, *, min_idle_ms: int | None = None) -> int:
-        """Take over entries a dead consumer left pending, page by page until the cursor wraps
-        (at most 100 pages a round); they are then read from our own pending list."""
-        claimed = 0
-        for _ in range(100):
-            claimed += len(await self.claim(stream, self.batch_size, min_idle_ms))
-            if self.reclaim_cursor.get(stream, "0-0") == "0-0":
-                break
-        if claimed:
-            p = self.partitions[stream]
-            self.metrics.claimed += claimed
-            self._backlog[p.index] = True
-            log.info("claimed pending events", partition=p.index, count=claimed)
+        claimed = await self.claim_pages(stream, self.batch_size, min_idle_ms)
+        self.metrics.claimed += claimed
         return claimed
 
     async def trim(self, stream: str) -> int:

@@ -26,9 +26,9 @@ from collections import Counter
 from typing import Any
 
 from sesflow.common.connection import UNAVAILABLE
-from sesflow.common.consumer import StreamConsumer, sleep_or_stop
+from sesflow.common.consumer import sleep_or_stop
 from sesflow.common.errors import ArchiveUnavailable
-from sesflow.common.keys import ARCHIVE_GROUP, Keys, PartitionKeys, is_decimal
+from sesflow.common.keys import ARCHIVE_GROUP, PartitionKeys, is_decimal
 from sesflow.common.logs import get_logger
 from sesflow.common.schema import BULK
 from sesflow.common.settings import Settings
@@ -36,6 +36,7 @@ from sesflow.stats.aggregate import DEAD_LETTER_MAXLEN
 from sesflow.stats.archive.batch import ArchiveBatch, clean
 from sesflow.stats.archive.db import Database
 from sesflow.stats.archive.store import MessageMeta, write_batch
+from sesflow.stats.events_consumer import EventsConsumer
 
 log = get_logger(__name__)
 
@@ -56,7 +57,7 @@ class ArchiveMetrics:
         self.last_write_s = 0.0
 
 
-class ArchiveWriter(StreamConsumer):
+class ArchiveWriter(EventsConsumer):
     """Give it a `stats_client` (no automatic retries) and a connected `Database`."""
 
     group = ARCHIVE_GROUP
@@ -67,33 +68,17 @@ class ArchiveWriter(StreamConsumer):
     ) -> None:
         super().__init__(client, settings, consumer=consumer)
         self.db = db
-        self.keys = Keys(settings.redis_prefix, settings.send_partitions)
-        self.partitions = {p.events: p for p in self.keys.partitions}
         self.batch_size = max(1, settings.archive_batch_size)
         self.flush_interval = max(0.01, settings.stats_flush_interval)
         self.metrics = ArchiveMetrics()
-        self._backlog = {p.index: True for p in self.keys.partitions}
-
-    def streams(self) -> list[str]:
-        return list(self.partitions)
 
     def interrupted(self, stream: str, exc: BaseException) -> None:
         if isinstance(exc, UNAVAILABLE):
             self.metrics.redis_reconnects += 1
-        self._backlog[self.partitions[stream].index] = True
+        super().interrupted(stream, exc)
 
     async def reclaim(self, stream: str, *, min_idle_ms: int | None = None) -> int:
-        """Take over what a dead consumer left pending; read from our own pending list next."""
-        claimed = 0
-        for _ in range(100):
-            claimed += len(await self.claim(stream, self.batch_size, min_idle_ms))
-            if self.reclaim_cursor.get(stream, "0-0") == "0-0":
-                break
-        if claimed:
-            p = self.partitions[stream]
-            self._backlog[p.index] = True
-            log.info("archive claimed pending events", partition=p.index, count=claimed)
-        return claimed
+        return await self.claim_pages(stream, self.batch_size, min_idle_ms)
 
     # --- consuming ----------------------------------------------------------------------------
 

@@ -18,20 +18,17 @@ import asyncio
 import time
 from typing import Any
 
-from sesflow.common.consumer import READ_BLOCK_MS, Entry, StreamConsumer, Upkeep
-from sesflow.common.keys import WEBHOOKS_GROUP, Keys, PartitionKeys
-from sesflow.common.logs import get_logger
+from sesflow.common.consumer import READ_BLOCK_MS, Entry, Upkeep
+from sesflow.common.keys import WEBHOOKS_GROUP, PartitionKeys
 from sesflow.common.settings import Settings
 from sesflow.stats.counters import MalformedEvent, parse_entry
+from sesflow.stats.events_consumer import EventsConsumer
 from sesflow.stats.webhooks.deliver import Deliverer
 from sesflow.stats.webhooks.endpoints import Endpoint, Registry
 from sesflow.stats.webhooks.queue import Delivery, delivery_id, enqueue, webhook_id
 from sesflow.stats.webhooks.vocabulary import payload, public_name
 
-log = get_logger(__name__)
-
 BATCH_SIZE = 500
-RECLAIM_PAGES = 100  # XAUTOCLAIM pages a reclaim round walks at most
 
 
 def deliveries_for(
@@ -62,7 +59,7 @@ def deliveries_for(
     return items
 
 
-class WebhookFanout(StreamConsumer):
+class WebhookFanout(EventsConsumer):
     """Give it a client without automatic retries (`stats.aggregate.stats_client`)."""
 
     group = WEBHOOKS_GROUP
@@ -77,16 +74,10 @@ class WebhookFanout(StreamConsumer):
         deliverer: Deliverer | None = None,
     ) -> None:
         super().__init__(client, settings, consumer=consumer)
-        self.keys = Keys(settings.redis_prefix, settings.send_partitions)
-        self.partitions = {p.events: p for p in self.keys.partitions}
         self.registry = Registry(client, self.keys)
         self.deliverer = deliverer or Deliverer(client, settings)
         self.enqueued = 0
-        self._backlog = {p.index: True for p in self.keys.partitions}
         self._delivering: asyncio.Task[None] | None = None
-
-    def streams(self) -> list[str]:
-        return list(self.partitions)
 
     def upkeep(self) -> list[Upkeep]:
         return [
@@ -106,9 +97,6 @@ class WebhookFanout(StreamConsumer):
         task = self._delivering
         if task is not None and not task.done():
             await asyncio.wait({task}, timeout=self.settings.shutdown_grace + 1)
-
-    def interrupted(self, stream: str, exc: BaseException) -> None:
-        self._backlog[self.partitions[stream].index] = True
 
     async def consume(self, stream: str) -> None:
         p = self.partitions[stream]
@@ -141,15 +129,4 @@ class WebhookFanout(StreamConsumer):
             self.deliverer.wake()
 
     async def reclaim(self, stream: str, *, min_idle_ms: int | None = None) -> int:
-        """Entries a dead consumer left pending become ours, page after page until the cursor
-        wraps (at most RECLAIM_PAGES a round): a big pending list comes back in one round, not
-        one page every 10 s. They are then read from our pending list."""
-        claimed = 0
-        for _ in range(RECLAIM_PAGES):
-            claimed += len(await self.claim(stream, BATCH_SIZE, min_idle_ms))
-            if self.reclaim_cursor.get(stream, "0-0") == "0-0":
-                break
-        if claimed:
-            self._backlog[self.partitions[stream].index] = True
-            log.info("webhooks: claimed pending events", stream=stream, count=claimed)
-        return claimed
+        return await self.claim_pages(stream, BATCH_SIZE, min_idle_ms)
