@@ -29,14 +29,12 @@ applied within SHUTDOWN_GRACE.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from sesflow.common.connection import UNAVAILABLE
 from sesflow.common.consumer import FORGET_EVERY_S, Upkeep, consumer_client
 from sesflow.common.keys import STATS_GROUP, PartitionKeys
 from sesflow.common.logs import get_logger
@@ -50,7 +48,7 @@ from sesflow.stats.counters import (
     hour_of,
     split_bucket_field,
 )
-from sesflow.stats.events_consumer import EventsConsumer
+from sesflow.stats.events_consumer import EventsConsumer, EventsMetrics
 from sesflow.stats.reputation import ReputationGuard
 
 log = get_logger(__name__)
@@ -83,15 +81,12 @@ def counter_increments(p: PartitionKeys, batch: PartitionBatch) -> Iterator[tupl
         yield from ((p.stats_series(topic), name, n) for name, n in counts.items())
 
 
-class AggregatorMetrics:
-    """What this process did, exported on /metrics."""
+class AggregatorMetrics(EventsMetrics):
+    """What this process counted, exported on /metrics."""
 
     def __init__(self) -> None:
-        self.batches = 0
-        self.events: Counter[str] = Counter()
-        self.dead_lettered = 0
+        super().__init__()
         self.dropped_batches = 0
-        self.redis_reconnects = 0
         self.claimed = 0
         self.trimmed = 0
 
@@ -99,6 +94,8 @@ class AggregatorMetrics:
 class StatsAggregator(EventsConsumer):
     """An `EventsConsumer` (a reader of its own per partition of `events`) applying batches,
     not one task per entry. Give it a `stats_client`."""
+
+    metrics: AggregatorMetrics
 
     group = STATS_GROUP
     role = "stats"
@@ -125,11 +122,6 @@ class StatsAggregator(EventsConsumer):
             self.per_stream("consumers", FORGET_EVERY_S, self.forget_idle_consumers, soon),
             self.per_stream("prune", PRUNE_INTERVAL_S, self.prune_partition, first_after=soon),
         ]
-
-    def interrupted(self, stream: str, exc: BaseException) -> None:
-        if isinstance(exc, UNAVAILABLE):
-            self.metrics.redis_reconnects += 1
-        super().interrupted(stream, exc)
 
     # --- consuming ----------------------------------------------------------------------------
 

@@ -5,8 +5,10 @@ that dropped the batch in hand, or entries claimed from a dead consumer)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+from sesflow.common.connection import UNAVAILABLE
 from sesflow.common.consumer import StreamConsumer
 from sesflow.common.keys import Keys, PartitionKeys
 from sesflow.common.logs import get_logger
@@ -17,18 +19,31 @@ log = get_logger(__name__)
 RECLAIM_PAGES = 100  # pages claimed in one round at most: a big pending list comes back at once
 
 
+class EventsMetrics:
+    """What one such consumer did, for /metrics; each adds its own counters."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.events: Counter[str] = Counter()
+        self.dead_lettered = 0
+        self.redis_reconnects = 0
+
+
 class EventsConsumer(StreamConsumer):
     def __init__(self, client: Any, settings: Settings, *, consumer: str | None = None) -> None:
         super().__init__(client, settings, consumer=consumer)
         self.keys = Keys(settings.redis_prefix, settings.send_partitions)
         self.partitions = {p.events: p for p in self.keys.partitions}
         self._backlog = {p.index: True for p in self.keys.partitions}
+        self.metrics = EventsMetrics()
 
     def streams(self) -> list[str]:
         return list(self.partitions)
 
     def interrupted(self, stream: str, exc: BaseException) -> None:
         """The batch in hand is gone: read our pending list again before anything new."""
+        if isinstance(exc, UNAVAILABLE):
+            self.metrics.redis_reconnects += 1
         self._backlog[self.partitions[stream].index] = True
 
     async def claim_pages(self, stream: str, page: int, min_idle_ms: int | None) -> int:

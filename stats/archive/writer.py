@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from typing import Any
 
-from sesflow.common.connection import UNAVAILABLE
 from sesflow.common.consumer import sleep_or_stop
 from sesflow.common.errors import ArchiveUnavailable
 from sesflow.common.keys import ARCHIVE_GROUP, PartitionKeys, is_decimal
@@ -36,7 +34,7 @@ from sesflow.stats.aggregate import DEAD_LETTER_MAXLEN
 from sesflow.stats.archive.batch import ArchiveBatch, clean
 from sesflow.stats.archive.db import Database
 from sesflow.stats.archive.store import MessageMeta, write_batch
-from sesflow.stats.events_consumer import EventsConsumer
+from sesflow.stats.events_consumer import EventsConsumer, EventsMetrics
 
 log = get_logger(__name__)
 
@@ -44,21 +42,20 @@ RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 
 
-class ArchiveMetrics:
+class ArchiveMetrics(EventsMetrics):
     """What this process archived, exported on /metrics."""
 
     def __init__(self) -> None:
-        self.batches = 0
-        self.events: Counter[str] = Counter()
-        self.dead_lettered = 0
+        super().__init__()
         self.skipped = 0
         self.database_errors = 0
-        self.redis_reconnects = 0
         self.last_write_s = 0.0
 
 
 class ArchiveWriter(EventsConsumer):
     """Give it a `stats_client` (no automatic retries) and a connected `Database`."""
+
+    metrics: ArchiveMetrics
 
     group = ARCHIVE_GROUP
     role = "archive"
@@ -71,11 +68,6 @@ class ArchiveWriter(EventsConsumer):
         self.batch_size = max(1, settings.archive_batch_size)
         self.flush_interval = max(0.01, settings.stats_flush_interval)
         self.metrics = ArchiveMetrics()
-
-    def interrupted(self, stream: str, exc: BaseException) -> None:
-        if isinstance(exc, UNAVAILABLE):
-            self.metrics.redis_reconnects += 1
-        super().interrupted(stream, exc)
 
     async def reclaim(self, stream: str, *, min_idle_ms: int | None = None) -> int:
         return await self.claim_pages(stream, self.batch_size, min_idle_ms)
