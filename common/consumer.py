@@ -97,15 +97,21 @@ def consumer_client(settings: Settings, **overrides: Any) -> Any:
     return connect(settings, **{"encoding_errors": "surrogateescape", **overrides})
 
 
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep `seconds`, or less when `stop` is set meanwhile; True when stopped."""
-    if not stop.is_set():
-        # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the wait in a task of its
-        # own, which a loop that sleeps many times a second (the pump) pays for each time
+async def wait_at_most(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until `event` is set, at most `seconds`; whether it is set. With asyncio.timeout,
+    not wait_for: on Python 3.11 wait_for wraps the wait in a task of its own, which a loop
+    waiting many times a second (the pump, a reader's slots) pays for each time, and it can lose
+    a cancellation that lands as that task finishes."""
+    if not event.is_set():
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await stop.wait()
-    return stop.is_set()
+                await event.wait()
+    return event.is_set()
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep `seconds`, or less when `stop` is set meanwhile; True when stopped."""
+    return await wait_at_most(stop, seconds)
 
 
 async def until_stopped(

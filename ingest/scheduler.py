@@ -6,10 +6,10 @@ ingest processes may run it side by side: the script is atomic, a chunk moves on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from sesflow.common import scripts
 from sesflow.common.connection import UNAVAILABLE, Redis, wait_for_redis
+from sesflow.common.consumer import sleep_or_stop
 from sesflow.common.errors import RedisUnavailable
 from sesflow.common.keys import Keys, PartitionKeys
 from sesflow.common.logs import get_logger
@@ -56,5 +56,4 @@ class Scheduler:
                 await wait_for_redis(self.client, stop, log)
             except Exception:
                 log.exception("scheduler tick failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=TICK)
+            await sleep_or_stop(stop, TICK)

@@ -83,6 +83,7 @@ from sesflow.common.consumer import (
     Upkeep,
     delivery_counts,
     sleep_or_stop,
+    wait_at_most,
 )
 from sesflow.common.errors import (
     RedisUnavailable,
@@ -197,12 +198,10 @@ class Slots:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._available.wait(), left)
+                    await wait_at_most(self._available, left)
                     taken += self.try_take(most - taken)
                 return taken
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._available.wait(), READ_BLOCK_MS / 1000)
+            await wait_at_most(self._available, READ_BLOCK_MS / 1000)
         return 0
 
     def give(self, count: int = 1) -> None:

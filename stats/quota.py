@@ -9,12 +9,12 @@ after a failed read, not before RETRY_INTERVAL_S."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sesflow.common.aws import Quota, fetch_quota
+from sesflow.common.consumer import wait_at_most
 from sesflow.common.logs import get_logger
 from sesflow.common.settings import Settings
 
@@ -61,11 +61,7 @@ class QuotaCache:
                 await asyncio.sleep(RETRY_INTERVAL_S)
                 continue
             await asyncio.sleep(FRESH_INTERVAL_S)  # the least time between two questions to SES
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose the cancellation
-            # that ends this loop when its inner task finishes in the same step
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(REFRESH_INTERVAL_S - FRESH_INTERVAL_S):
-                    await self._wanted.wait()
+            await wait_at_most(self._wanted, REFRESH_INTERVAL_S - FRESH_INTERVAL_S)
 
     def want_fresh(self) -> None:
         """Ask the reader for a new answer when the one in hand is older than FRESH_INTERVAL_S."""
