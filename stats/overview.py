@@ -58,30 +58,39 @@ async def topic_rows(
     now: float,
     settle: int = DEFAULT_SETTLE_S,
 ) -> list[dict[str, Any]]:
-    """Every topic's counters and its `sent` per second over the rate window: its share of the
-    live send rate, from which its ETA follows."""
+    """Every topic's counters, its `sent` per second over the rate window (its share of the
+    live send rate, from which its ETA follows) and its bulk jobs waiting for the pump."""
     seconds = rate_seconds(now, settle)
     minutes = sorted({second // 60 for second in seconds})
     names = [topic for topic, _ in topics]
     counts = {topic: Counter[str]() for topic in names}
     sent_recently = dict.fromkeys(names, 0)
+    waiting = dict.fromkeys(names, 0)
     if names:
         read = scripts.register(client, "stats_read")
+        n = len(names)
         # One script call per partition, not several commands per topic (see stats_read.lua).
         for p in keys.partitions:
             recent = [p.stats_seconds(minute, t) for t in names for minute in minutes]
             replies = await read(
-                keys=[*(p.stats_topic(t) for t in names), *recent],
-                args=[len(names), *(str(second) for second in seconds)],
+                keys=[*(p.stats_topic(t) for t in names), *(p.backlog(t) for t in names), *recent],
+                args=[n, n, *(str(second) for second in seconds)],
             )
-            for topic, flat in zip(names, replies[: len(names)], strict=True):
+            for topic, flat in zip(names, replies[:n], strict=True):
                 counts[topic].update({flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)})
-            for k, values in enumerate(replies[len(names) :]):
+            for topic, length in zip(names, replies[n : 2 * n], strict=True):
+                waiting[topic] += int(length)
+            for k, values in enumerate(replies[2 * n :]):
                 sent_recently[names[k // len(minutes)]] += sum(int(v) for v in values if v)
-    return [
-        topic_row(topic, counts[topic], sent_recently[topic] / len(seconds), last_ms)
-        for topic, last_ms in topics
-    ]
+    rows = []
+    for topic, last_ms in topics:
+        row = topic_row(topic, counts[topic], sent_recently[topic] / len(seconds), last_ms)
+        # Only bulk mail waits in a topic's own backlog; transactional mail of every topic
+        # shares one list, so a topic with nothing waiting has no lane to show.
+        row["backlog"] = waiting[topic]
+        row["lane"] = "bulk" if row["backlog"] else None
+        rows.append(row)
+    return rows
 
 
 async def overview(
@@ -90,18 +99,7 @@ async def overview(
     settle = settle_s(settings.stats_flush_interval)
 
     async def recent_rows() -> list[dict[str, Any]]:
-        topics = await recent_topics(client, keys, limit)
-        rows: list[dict[str, Any]]
-        rows, waiting = await asyncio.gather(
-            topic_rows(client, keys, topics, now, settle),
-            bulk_backlogs(client, keys, [topic for topic, _ in topics]),
-        )
-        for row in rows:
-            # Only bulk mail waits in a topic's own backlog; transactional mail of every topic
-            # shares one list, so a topic with nothing waiting has no lane to show.
-            row["backlog"] = waiting[row["topic_id"]]
-            row["lane"] = "bulk" if row["backlog"] else None
-        return rows
+        return await topic_rows(client, keys, await recent_topics(client, keys, limit), now, settle)
 
     # Independent reads, concurrently on the pool: the page waits for the slowest, not the sum.
     global_counts, topics, rate, queue, setup_faults, pauses = await asyncio.gather(
@@ -145,21 +143,6 @@ async def overview(
         ][:MAX_TOPICS],
         "topics": topics,
     }
-
-
-async def bulk_backlogs(client: Redis, keys: Keys, topics: list[str]) -> dict[str, int]:
-    """Each topic's bulk jobs waiting for the pump (paused or not), over the partitions."""
-    waiting = dict.fromkeys(topics, 0)
-    if not topics:
-        return waiting
-    pipe = client.pipeline(transaction=False)
-    for p in keys.partitions:
-        for topic in topics:
-            pipe.llen(p.backlog(topic))
-    lengths = await pipe.execute()
-    for k, n in enumerate(lengths):
-        waiting[topics[k % len(topics)]] += int(n)
-    return waiting
 
 
 def paused_view(pause: Pause | None) -> dict[str, Any]:

@@ -79,10 +79,11 @@ async def read_counts(
 
 def summary(counts: Counter[str]) -> dict[str, int]:
     """total (= accepted), created (still to send) and every counter, zeros included."""
-    total = counts["accepted"]
-    finished = sum(counts[name] for name in FINAL_FIELDS)
+    count = counts.get  # not Counter's [] : a missing name would go through __missing__
+    total = count("accepted", 0)
+    finished = sum(count(name, 0) for name in FINAL_FIELDS)
     out = {"total": total, "created": max(0, total - finished)}
-    out.update({name: counts[name] for name in COUNT_FIELDS})
+    out.update({name: count(name, 0) for name in COUNT_FIELDS})
     return out
 
 
