@@ -48,6 +48,7 @@ def test_one_topic_as_a_table_and_as_json(sesflow: Sesflow, redis_url: str) -> N
     row = json.loads(res.out)
     assert row["total"] == 10 and row["created"] == 2 and row["sent"] == 6
     assert row["done"] is False
+    assert row["backlog"] == 2 and row["lane"] == "bulk"  # june's jobs waiting for the pump
 
 
 def test_all_topics_recent_first_with_totals(sesflow: Sesflow, redis_url: str) -> None:
@@ -59,6 +60,7 @@ def test_all_topics_recent_first_with_totals(sesflow: Sesflow, redis_url: str) -
     assert "waiting by lane: transactional 1  ·  bulk 2  ·  paused 0" in res.out
     data = json.loads(sesflow("stats", "--table", "--json").out)
     assert [t["topic_id"] for t in data["topics"]] == ["june", "may"]
+    assert [(t["backlog"], t["lane"]) for t in data["topics"]] == [(2, "bulk"), (0, None)]
     assert data["totals"]["sent"] == 9
     assert data["dead_letters"] == {"requests": 0, "sends": 1, "events": 0}
     assert data["queue"]["queued"] == 3
