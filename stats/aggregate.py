@@ -2,24 +2,26 @@
 
 Exactly-once counting. Entries are read into a batch (up to STATS_BATCH_SIZE, or what arrived
 within STATS_FLUSH_INTERVAL), summed in Python, then the counter updates AND the XACK of those
-entries go to Redis in one MULTI/EXEC per partition (every key of a partition shares its hash
-tag). Either both happen or neither does:
+entries go to Redis in one script call per partition (`apply_counts.lua`; every key of a
+partition shares its hash tag). One command, not one per counter: a batch spread over many
+topics and time buckets adds to thousands of fields, and redis-py packs and parses each command
+in Python. Either both happen or neither does:
 
-- a crash before EXEC leaves the entries pending: they are read again (from this consumer's own
-  pending list, or claimed with XAUTOCLAIM from a dead consumer) and counted then;
-- after any error around EXEC (its reply may have been lost) the batch in memory is dropped and
-  the pending list is read again: entries that EXEC acknowledged are no longer there, so they
-  are never counted twice. The client that runs EXEC never retries on its own for that reason;
+- a crash before the call leaves the entries pending: they are read again (from this consumer's
+  own pending list, or claimed with XAUTOCLAIM from a dead consumer) and counted then;
+- after any error around the call (its reply may have been lost) the batch in memory is dropped
+  and the pending list is read again: entries the script acknowledged are no longer there, so
+  they are never counted twice. The client never retries a call on its own for that reason;
 - a batch held longer than half the claim idle time is dropped instead of applied, because
   another consumer may have claimed its entries in the meantime.
 
 The per-second `sent` hashes behind the live send rate are written in the same transaction; each
 expires on its own (see `counters.py`), so nothing has to prune them. The reputation guard
-(`stats.reputation`) reads what it judges at the end of that same transaction, and pauses a topic
-after the batch is applied.
+(`stats.reputation`) reads what it judges at the end of that same call, and pauses a topic after
+the batch is applied.
 
 Malformed entries go to `events:dead` with the reason and are acknowledged in the same
-transaction. The reading, the shutdown and the upkeep are `common.consumer.StreamConsumer`'s, the
+call. The reading, the shutdown and the upkeep are `common.consumer.StreamConsumer`'s, the
 upkeep: reclaim, trim `events` below the oldest entry still pending, forget consumers long gone,
 prune old time buckets, forget topics idle for longer than STATS_RETENTION (their counters,
 series and index entry). A Redis outage only pauses the loops. At shutdown the batch in hand is
@@ -63,7 +65,7 @@ FORGET_BATCH = 500  # idle topics forgotten per script call
 
 
 def stats_client(settings: Settings) -> Any:
-    """No automatic retry: a retried EXEC whose first reply was lost would count twice. And
+    """No automatic retry: a retried batch whose first reply was lost would count twice. And
     surrogateescape (`consumer_client`): an entry holding bytes that are not UTF-8 must not make
     the whole XREADGROUP reply undecodable (the partition stopped being counted); it is
     dead-lettered instead, written back byte for byte."""
@@ -79,6 +81,69 @@ def counter_increments(p: PartitionKeys, batch: PartitionBatch) -> Iterator[tupl
         yield from ((p.stats_topic(topic), name, n) for name, n in counts.items())
     for topic, counts in batch.series.items():
         yield from ((p.stats_series(topic), name, n) for name, n in counts.items())
+
+
+class CountsCall:
+    """The arguments of one `apply_counts.lua` call (a batch of one partition): each hash key
+    once in KEYS, then the sections the script reads in order. The reputation guard queues its
+    reads here as it would on a pipeline (`hmget`)."""
+
+    def __init__(self, p: PartitionKeys) -> None:
+        self.keys = [p.events, p.events_dead, p.stats_topics]
+        self._index: dict[str, int] = {}
+        self.increments: list[Any] = []
+        self.expiries: list[Any] = []
+        self.expire_ats: list[Any] = []
+        self.seen: tuple[Any, ...] = ()
+        self.dead: tuple[Any, ...] = ()
+        self.dead_count = 0
+        self.reads: list[Any] = []
+        self.read_count = 0
+        self.acks: list[str] = []
+
+    def key(self, name: str) -> int:
+        """The 1-based index of `name` in KEYS."""
+        index = self._index.get(name)
+        if index is None:
+            self.keys.append(name)
+            index = self._index[name] = len(self.keys)
+        return index
+
+    def hincrby(self, key: str, field: str, n: int) -> None:
+        self.increments += (self.key(key), field, n)
+
+    def expire(self, key: str, seconds: int) -> None:
+        self.expiries += (self.key(key), seconds)
+
+    def expireat(self, key: str, when: int) -> None:
+        self.expire_ats += (self.key(key), when)
+
+    def hmget(self, key: str, fields: list[str]) -> None:
+        self.reads += (self.key(key), len(fields), *fields)
+        self.read_count += 1
+
+    def args(self, group: str) -> list[Any]:
+        counts = (
+            len(self.increments) // 3,
+            len(self.expiries) // 2,
+            len(self.expire_ats) // 2,
+            len(self.seen) // 2,
+            self.dead_count,
+            self.read_count,
+            len(self.acks),
+        )
+        return [
+            group,
+            DEAD_LETTER_MAXLEN,
+            *counts,
+            *self.increments,
+            *self.expiries,
+            *self.expire_ats,
+            *self.seen,
+            *self.dead,
+            *self.reads,
+            *self.acks,
+        ]
 
 
 class AggregatorMetrics(EventsMetrics):
@@ -103,6 +168,7 @@ class StatsAggregator(EventsConsumer):
     def __init__(self, client: Any, settings: Settings, *, consumer: str | None = None) -> None:
         super().__init__(client, settings, consumer=consumer)
         self._forget = register(self.client, "forget_topics")
+        self._apply = register(self.client, "apply_counts")
         self.guard = ReputationGuard(settings, self.client, self.keys)
         self.batch_size = max(1, settings.stats_batch_size)
         self.flush_interval = max(0.01, settings.stats_flush_interval)
@@ -170,7 +236,7 @@ class StatsAggregator(EventsConsumer):
         return batch
 
     async def apply(self, p: PartitionKeys, batch: PartitionBatch) -> bool:
-        """Counters + dead letters + XACK in one MULTI/EXEC. False when the batch was dropped."""
+        """Counters + dead letters + XACK in one script call. False when the batch was dropped."""
         if not batch:
             return True
         if time.monotonic() - batch.first_read > self.claim_idle / 2:
@@ -180,9 +246,9 @@ class StatsAggregator(EventsConsumer):
             log.warning("stale stats batch dropped", partition=p.index, entries=len(batch))
             return False
         try:
-            tx = self._transaction(p, batch)
-            guard_reads = self.guard.read_in(tx, p, batch)
-            replies = await tx.execute()
+            call = self._counts_call(p, batch)
+            guard_reads = self.guard.read_in(call, p, batch)
+            replies = await self._apply(keys=call.keys, args=call.args(STATS_GROUP))
         except BaseException:
             self._backlog[p.index] = True
             raise
@@ -194,23 +260,25 @@ class StatsAggregator(EventsConsumer):
         await self.guard.check(p, guard_reads, replies)
         return True
 
-    def _transaction(self, p: PartitionKeys, batch: PartitionBatch) -> Any:
-        tx = self.client.pipeline(transaction=True)
+    @staticmethod
+    def _counts_call(p: PartitionKeys, batch: PartitionBatch) -> CountsCall:
+        call = CountsCall(p)
         for key, name, n in counter_increments(p, batch):
-            tx.hincrby(key, name, n)
+            call.hincrby(key, name, n)
         for topic in batch.series:
-            tx.expire(p.stats_series(topic), SERIES_TTL_S)
+            call.expire(p.stats_series(topic), SERIES_TTL_S)
         for key, seconds, expire_at in batch.second_writes(p, time.time()):
             for second, n in seconds.items():
-                tx.hincrby(key, second, n)
-            tx.expireat(key, expire_at)
-        if batch.last_seen:
-            tx.zadd(p.stats_topics, batch.last_seen, gt=True)
+                call.hincrby(key, second, n)
+            call.expireat(key, expire_at)
+        for topic, ms in batch.last_seen.items():
+            call.seen += (ms, topic)
         for entry_id, fields, reason in batch.dead:
             dead = {**{k: str(v) for k, v in fields.items()}, "id": entry_id, "reason": reason}
-            tx.xadd(p.events_dead, dead, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-        tx.xack(p.events, STATS_GROUP, *batch.ids)
-        return tx
+            call.dead += (len(dead), *(x for pair in dead.items() for x in pair))
+            call.dead_count += 1
+        call.acks = batch.ids
+        return call
 
     # --- upkeep -------------------------------------------------------------------------------
 

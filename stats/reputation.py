@@ -2,7 +2,7 @@
 when its feedback reaches the limits of `stats.guard`.
 
 No extra round trip per event. The reads the guard needs ride at the end of each batch's
-MULTI/EXEC (`read_in`), after the batch's own increments, so they see the counters with the
+script call (`read_in`), after the batch's own increments, so they see the counters with the
 batch applied: the pauses in force, the sent / hard bounces / complaints of the topics the batch
 moved on one of those fields, and (when the batch moved one of them at all) the account's hourly
 buckets of the window. A topic's counters are spread over the partitions of its messages, so
@@ -50,7 +50,7 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Reads:
-    """What `read_in` queued: its replies are the last `count` of the EXEC reply."""
+    """What `read_in` queued: its replies are the last `count` of the batch's reply."""
 
     topics: tuple[str, ...] = ()
     hours: tuple[str, ...] = ()  # the account's window; empty: no account check
@@ -107,7 +107,7 @@ class ReputationGuard:
         return Reads(topics, hours, 1 + len(topics) + (1 if hours else 0))
 
     async def check(self, p: PartitionKeys, reads: Reads, replies: list[Any]) -> None:
-        """Judge what `read_in` read (the end of the EXEC reply) and pause what trips."""
+        """Judge what `read_in` read (the end of the batch's reply) and pause what trips."""
         if not reads.count:
             return
         try:

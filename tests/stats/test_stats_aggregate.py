@@ -114,30 +114,24 @@ async def test_restart_with_same_name_reads_its_own_pending_first(
 
 
 async def test_applied_batch_is_never_applied_again(redis: Any, fast: Settings) -> None:
-    """EXEC ran but its reply was lost (the connection dropped): the consumer drops the batch
-    in memory and re-reads its pending list, which no longer holds those entries."""
+    """The batch's script ran but its reply was lost (the connection dropped): the consumer
+    drops the batch in memory and re-reads its pending list, which no longer holds those
+    entries."""
     keys = Keys()
     p = keys.partition(0)
     await add_events(redis, keys, *[Event(type="sent", topic="t") for _ in range(4)])
     consumer = aggregator(fast)
-    real_pipeline = consumer.client.pipeline
+    real_apply = consumer._apply
     lost = {"replies": 0}
 
-    def pipeline(transaction: bool = True) -> Any:
-        pipe = real_pipeline(transaction=transaction)
-        real_execute = pipe.execute
+    async def apply(**kwargs: Any) -> Any:
+        result = await real_apply(**kwargs)
+        if lost["replies"] == 0:
+            lost["replies"] += 1
+            raise RedisConnectionError("connection lost after the script ran")
+        return result
 
-        async def execute(*args: Any, **kwargs: Any) -> Any:
-            result = await real_execute(*args, **kwargs)
-            if transaction and lost["replies"] == 0:
-                lost["replies"] += 1
-                raise RedisConnectionError("connection lost after EXEC")
-            return result
-
-        pipe.execute = execute
-        return pipe
-
-    consumer.client.pipeline = pipeline
+    consumer._apply = apply  # type: ignore[assignment]
     async with running(consumer):
         await drained(redis, keys)
         await add_events(redis, keys, Event(type="sent", topic="t"))
