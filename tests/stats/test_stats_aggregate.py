@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sesflow.common.keys import STATS_GROUP, Keys
-from sesflow.common.schema import Event, EventType
+from sesflow.common.schema import Event, EventType, event_fields
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import StatsAggregator
 from sesflow.stats.counters import RECENT_S, hour_of
@@ -286,3 +286,32 @@ async def test_survives_a_redis_outage(
         await drained(redis, keys)
     assert (await counters(redis, keys.partition(0).stats_topic("t")))["sent"] == 2
     assert consumer.metrics.redis_reconnects >= 1
+
+
+async def test_a_batch_of_thousands_over_many_topics_and_buckets_counts_once(
+    redis: Any, make_settings: Callable[..., Settings]
+) -> None:
+    """One batch of 2,500 entries (its XACK goes in slices inside the script) spread over 50
+    topics and 40 hours: every counter and bucket is added exactly once, nothing stays pending."""
+    settings = make_settings(**{**FAST, "STATS_BATCH_SIZE": "2500", "STATS_FLUSH_INTERVAL": "5"})
+    keys = Keys()
+    p = keys.partition(0)
+    events = [
+        Event(type="delivered", topic=f"t{i % 50}", ts=NOW_MS - (i % 40) * 3_600_000)
+        for i in range(2500)
+    ]
+    pipe = redis.pipeline(transaction=False)
+    for event in events:
+        pipe.xadd(p.events, event_fields(event))
+    await pipe.execute()
+    async with running(aggregator(settings)) as consumer:
+        await drained(redis, keys, within=20)
+    assert consumer.metrics.batches == 1
+    assert (await counters(redis, p.stats_global))["delivered"] == 2500
+    for n in range(50):
+        assert (await counters(redis, p.stats_topic(f"t{n}")))["delivered"] == 50
+    hourly = await counters(redis, p.stats_hourly)
+    assert sum(v for k, v in hourly.items() if k.startswith("delivered:")) == 2500
+    assert len([k for k in hourly if k.startswith("delivered:")]) == 40
+    assert await redis.zcard(p.stats_topics) == 50
+    assert (await redis.xpending(p.events, STATS_GROUP))["pending"] == 0
