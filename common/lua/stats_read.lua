@@ -1,6 +1,7 @@
--- stats_read.lua: read many counter hashes of one partition in one call. The dashboard reads
--- several hashes per topic for dozens of topics; as separate commands, parsing their replies one
--- by one cost more than Redis's work.
+-- stats_read.lua: read many hashes (and lists' lengths) of one partition in one call. The
+-- dashboard reads several hashes per topic for dozens of topics, the archive the subject, lane
+-- and schedule of every message a batch accepted; as separate commands, packing and parsing them
+-- one by one cost more than Redis's work.
 --
 -- KEYS[1..n]        hashes read whole (HGETALL)                ({p}:stats:topic:<t> ...)
 -- KEYS[n+1..n+m]    lists read for their length (LLEN)         ({p}:backlog:<t> ...)

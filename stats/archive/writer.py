@@ -29,6 +29,7 @@ from sesflow.common.errors import ArchiveUnavailable
 from sesflow.common.keys import ARCHIVE_GROUP, PartitionKeys, is_decimal
 from sesflow.common.logs import get_logger
 from sesflow.common.schema import BULK
+from sesflow.common.scripts import register
 from sesflow.common.settings import Settings
 from sesflow.stats.aggregate import DEAD_LETTER_MAXLEN
 from sesflow.stats.archive.batch import ArchiveBatch, clean
@@ -65,6 +66,7 @@ class ArchiveWriter(EventsConsumer):
     ) -> None:
         super().__init__(client, settings, consumer=consumer)
         self.db = db
+        self._read = register(self.client, "stats_read")
         self.batch_size = max(1, settings.archive_batch_size)
         self.flush_interval = max(0.01, settings.stats_flush_interval)
         self.metrics = ArchiveMetrics()
@@ -185,11 +187,14 @@ class ArchiveWriter(EventsConsumer):
         hashes (gone once CONTENT_TTL passed: then they stay empty)."""
         if not batch.accepted:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for accepted in batch.accepted:
-            pipe.hmget(p.message(accepted.msg_id), "subject", "lane", "scheduled_ms")
+        # One script call for the lot (stats_read.lua), not one HMGET each: redis-py packs and
+        # parses every command of a pipeline in Python, and a batch of thousands of accepted
+        # messages held the event loop (and the API sharing it) for over 100 ms.
         meta = {}
-        replies = await pipe.execute()
+        replies = await self._read(
+            keys=[p.message(accepted.msg_id) for accepted in batch.accepted],
+            args=[0, 0, "subject", "lane", "scheduled_ms"],
+        )
         for accepted, (subject, lane, scheduled) in zip(batch.accepted, replies, strict=True):
             meta[accepted.msg_id] = MessageMeta(
                 subject=clean(subject or ""),
