@@ -194,6 +194,9 @@ METRICS: dict[str, list[Metric]] = {
             lambda v: v <= 1.5,
             digits=2,
         ),
+        Metric("stats_catchup_cpu_s", "catching up on 1M events: stats process CPU", "s", digits=2),
+        Metric("stats_catchup_p50_ms", "… a topic's counters meanwhile: p50", "ms", digits=1),
+        Metric("stats_catchup_p99_ms", "… p99", "ms", digits=1),
     ],
     "memory": [
         Metric(
