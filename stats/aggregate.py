@@ -15,7 +15,7 @@ in Python. Either both happen or neither does:
 - a batch held longer than half the claim idle time is dropped instead of applied, because
   another consumer may have claimed its entries in the meantime.
 
-The per-second `sent` hashes behind the live send rate are written in the same transaction; each
+The per-second `sent` hashes behind the live send rate are written in the same call; each
 expires on its own (see `counters.py`), so nothing has to prune them. The reputation guard
 (`stats.reputation`) reads what it judges at the end of that same call, and pauses a topic after
 the batch is applied.
