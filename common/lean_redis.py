@@ -206,8 +206,10 @@ class Address:
 
     def handshake(self) -> list[Command]:
         commands: list[Command] = []
-        if self.password:
-            login = (self.username, self.password) if self.username else (self.password,)
+        if self.username or self.password:
+            # as redis-py logs in: a username without a password is `AUTH user ""` (an ACL user
+            # with nopass), not the default user
+            login = (self.username, self.password or "") if self.username else (self.password,)
             commands.append(("AUTH", *login))
         if self.db:
             commands.append(("SELECT", self.db))

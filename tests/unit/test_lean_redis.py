@@ -504,6 +504,32 @@ async def test_a_lane_logs_in_and_selects_the_url_s_database(
         await lane.aclose()
 
 
+@pytest.fixture
+def acl_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server whose only user is `alice`, an ACL user without a password."""
+    users = ("--user", "alice", "on", "nopass", "~*", "&*", "+@all", "--user", "default", "off")
+    server = RedisProcess(tmp_path / "redis", aof=False, extra=users)
+    yield server.start()
+    server.stop()
+
+
+async def test_a_url_with_a_username_and_no_password_logs_in_as_redis_py_does(
+    acl_server: RedisProcess, make_settings: MakeSettings
+) -> None:
+    url = f"redis://alice@127.0.0.1:{acl_server.port}/2"
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    lane = LeanRedis.from_settings(make_settings(REDIS_URL=url))
+    assert lane is not None
+    try:
+        assert await client.acl_whoami() == "alice"  # redis-py sends AUTH alice ""
+        assert await asyncio.wait_for(lane.execute("ACL", "WHOAMI"), 10) == "alice"
+        assert await lane.execute("SET", "k", "v") == "OK"
+        assert await client.get("k") == "v"  # the same database, 2
+    finally:
+        await client.aclose()
+        await lane.aclose()
+
+
 async def test_a_wrong_password_is_a_connection_error(
     password_server: RedisProcess, make_settings: MakeSettings
 ) -> None:
