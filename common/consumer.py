@@ -336,9 +336,12 @@ class StreamConsumer:
         if self.inflight:
             log.info("finishing in-flight jobs", role=self.role, jobs=len(self.inflight))
         for tasks in (set(readers), self.inflight):
-            running = {task for task in tasks if not task.done()}
-            if running:
-                await asyncio.wait(running, timeout=max(0.0, deadline - time.monotonic()))
+            # again until none is left: a task may hand its work on to a new one meanwhile
+            while running := {task for task in tasks if not task.done()}:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await asyncio.wait(running, timeout=left)
         late = [task for task in (*readers, *self.inflight) if not task.done()]
         if late:
             log.warning(f"{self.role}: shutdown grace expired; cancelling", tasks=len(late))

@@ -321,6 +321,44 @@ async def test_drain_finishes_in_flight_work_within_the_grace(
     assert (await redis.xpending("s", GROUP))["pending"] == 0
 
 
+class HandingOn(Recorder):
+    """A consumer whose entries finish in a task of their own, started as the first part of
+    the work ends (as the sender's per-job loop takes over a read batch's job)."""
+
+    async def process(self, stream: str, entry_id: str, fields: dict[str, str]) -> None:
+        self.started.append(entry_id)
+        assert self.release is not None
+        await self.release.wait()
+        task = asyncio.create_task(self.finish(stream, entry_id))
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
+    async def finish(self, stream: str, entry_id: str) -> None:
+        await asyncio.sleep(0.3)
+        await self.client.xack(stream, self.group, entry_id)
+        self.done.append(entry_id)
+
+
+async def test_work_handed_on_during_the_drain_gets_the_rest_of_the_grace(
+    redis: Any, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(SHUTDOWN_GRACE="30")
+    client = consumer_client(settings)
+    release = asyncio.Event()
+    consumer = HandingOn(client, settings, ["s"], release=release)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    ids = [await redis.xadd("s", {"n": str(n)}) for n in range(3)]
+    await until(lambda: _true(len(consumer.started) == 3))
+    stop.set()
+    await asyncio.sleep(0.2)
+    release.set()
+    await finished(task, 10)
+    await client.aclose()
+    assert sorted(consumer.done) == ids
+    assert (await redis.xpending("s", GROUP))["pending"] == 0
+
+
 async def test_work_past_the_grace_is_cancelled_and_left_pending(
     redis: Any, make_settings: Callable[..., Settings]
 ) -> None:
