@@ -155,6 +155,10 @@ class _Connection(asyncio.Protocol):
             await asyncio.shield(self._writable)
         if self.failure is not None or self.transport is None:
             raise self.failure or RedisConnectionError("Connection to Redis closed")
+        if self.transport.is_closing():
+            # asyncio saw it break (a reset, a close); connection_lost comes a loop turn later.
+            # Written now, the request would go nowhere (asyncio warns of each such write).
+            raise RedisConnectionError("Connection to Redis lost")
         request = _Request(self.loop.create_future(), size, self.loop.time() + self.timeout)
         self.pending.append(request)
         self.transport.write(data)

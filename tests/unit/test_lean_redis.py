@@ -289,6 +289,19 @@ async def test_a_killed_connection_is_reopened_and_the_request_retried(
     assert await lane.execute("INCR", "n") == 1
 
 
+async def test_nothing_is_written_on_a_connection_being_lost(lane: LeanRedis) -> None:
+    """A connection that asyncio saw break (a reset, a close) is told so a loop turn later:
+    the requests of that turn are not written on it, but sent again on a new one, each once."""
+    assert await lane.execute("PING") == "PONG"
+    conn = lane._conn
+    assert conn is not None and conn.transport is not None
+    calls = [asyncio.create_task(lane.execute("INCR", "n")) for _ in range(10)]
+    conn.transport.close()  # as a reset does: the calls run before connection_lost
+    counts = await asyncio.wait_for(asyncio.gather(*calls), 10)
+    assert sorted(counts) == list(range(1, 11))
+    assert lane._conn is not conn
+
+
 async def test_a_server_down_longer_than_the_retries_is_a_connection_error(
     own_server: RedisProcess,
 ) -> None:
