@@ -18,8 +18,9 @@ One lifecycle, `await consumer.run(stop)`, with this shutdown contract:
 - `stop` is only ever set (by a signal handler, or the caller); all the work happens in `run`;
 - at `stop` reading ends at once: a blocking XREADGROUP is abandoned rather than awaited (what
   it may have delivered stays pending and is reclaimed), and upkeep ends;
-- the readers' last work (stats: the batch in hand) and the in-flight tasks then get
-  SHUTDOWN_GRACE in all; whatever still runs is cancelled, and its entries stay pending;
+- the readers' last work (stats: the batch in hand) and the in-flight tasks (with those they
+  start meanwhile) then get SHUTDOWN_GRACE in all; whatever still runs is cancelled, and its
+  entries stay pending;
   `after_drain()` runs, then `drained` is set and the `background` tasks are cancelled. The
   cancellation only cuts a wait short: a loop never counts on it to end, because on Python 3.11
   `asyncio.wait_for` (around every command redis-py writes) loses a cancellation that arrives
