@@ -218,9 +218,11 @@ class GridPoints:
                 await asyncio.sleep(delay)
             if sender.stop.is_set():
                 return
-            claimed = await self.claim_all(self.still_due(due))
+            claimed, failure = await self.claim_all(self.still_due(due))
             if claimed:
                 await self.call_all(claimed)
+            if failure is not None:
+                raise failure
         except LeavePending:
             pass
         except Exception as exc:
@@ -248,12 +250,29 @@ class GridPoints:
                 ready.setdefault(item.batch.part, []).append((item, grant))
         return ready
 
-    async def claim_all(self, ready: dict[PartitionKeys, list[tuple[_Item, Grant]]]) -> list[_Item]:
+    async def claim_all(
+        self, ready: dict[PartitionKeys, list[tuple[_Item, Grant]]]
+    ) -> tuple[list[_Item], Exception | None]:
+        """The jobs claimed, and the error of a partition whose claim failed. Every partition's
+        claim has ended when this returns: the jobs another partition claimed meanwhile are
+        sent, not left with a stored claim (which a reclaim would find ambiguous); the failed
+        partition's jobs stay pending."""
         if len(ready) == 1:
             [(part, claiming)] = ready.items()
-            return await self.claim(part, claiming)
-        parts = await asyncio.gather(*(self.claim(p, c) for p, c in ready.items()))
-        return [item for part_claimed in parts for item in part_claimed]
+            return await self.claim(part, claiming), None
+        parts = await asyncio.gather(
+            *(self.claim(p, c) for p, c in ready.items()), return_exceptions=True
+        )
+        claimed: list[_Item] = []
+        failure: Exception | None = None
+        for part_claimed in parts:
+            if isinstance(part_claimed, list):
+                claimed += part_claimed
+            elif isinstance(part_claimed, Exception):
+                failure = failure or part_claimed
+            else:
+                raise part_claimed  # cancelled: so is the group
+        return claimed, failure
 
     async def call_all(self, claimed: list[_Item]) -> None:
         """One SES call per message (per job in SEND_MODE=single), at once."""
