@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from sesflow.cli.embedded import free_port
-from sesflow.common.keys import Keys
+from sesflow.common.keys import ARCHIVE_GROUP, STATS_GROUP, Keys
 from sesflow.common.schema import Event
 
 from support.statskit import add_events, counters
@@ -69,12 +70,13 @@ async def test_process_serves_and_flushes_on_sigterm(
         await wait_healthy(url, proc)
         keys = Keys()
         await add_events(redis, keys, *[Event(type="sent", topic="proc") for _ in range(4)])
-        await until(  # read into the batch, not yet applied
-            lambda: redis.xpending(keys.partition(0).events, "stats"),
-            lambda pending: pending["pending"] == 4,
-            what="stats to read the four events",
-            ignore=(ResponseError,),  # NOGROUP until stats creates its group
-        )
+        for group in (STATS_GROUP, ARCHIVE_GROUP):  # each read them into its batch in hand
+            await until(
+                partial(redis.xpending, keys.partition(0).events, group),
+                lambda pending: pending["pending"] == 4,
+                what=f"{group} to read the four events",
+                ignore=(ResponseError,),  # NOGROUP until the process creates the group
+            )
         assert await redis.hgetall(keys.partition(0).stats_topic("proc")) == {}
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), timeout=20)
