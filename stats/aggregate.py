@@ -30,6 +30,7 @@ applied within SHUTDOWN_GRACE.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -56,6 +57,9 @@ from sesflow.stats.reputation import ReputationGuard
 log = get_logger(__name__)
 
 DEAD_LETTER_MAXLEN = 100_000
+# A dead letter keeps this many of its entry's fields at most: the script unpacks XADD's arguments
+# on Lua's stack (8,000 at most), and a poison entry must not stop its partition's counting.
+DEAD_LETTER_FIELDS = 1000
 PRUNE_INTERVAL_S = 600.0
 # `events` is trimmed to the oldest entry any of its groups (stats, archive, webhooks) still
 # needs this often: what every group has acknowledged leaves Redis within seconds (an XINFO
@@ -274,7 +278,10 @@ class StatsAggregator(EventsConsumer):
         for topic, ms in batch.last_seen.items():
             call.seen += (ms, topic)
         for entry_id, fields, reason in batch.dead:
-            dead = {**{k: str(v) for k, v in fields.items()}, "id": entry_id, "reason": reason}
+            kept = {str(k): str(v) for k, v in itertools.islice(fields.items(), DEAD_LETTER_FIELDS)}
+            if len(fields) > DEAD_LETTER_FIELDS:
+                kept["dropped_fields"] = str(len(fields) - DEAD_LETTER_FIELDS)
+            dead = {**kept, "id": entry_id, "reason": reason}
             call.dead += (len(dead), *(x for pair in dead.items() for x in pair))
             call.dead_count += 1
         call.acks = batch.ids

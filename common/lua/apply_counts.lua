@@ -16,7 +16,8 @@
 --   expiries    pairs     key, seconds           EXPIRE
 --   expire-ats  pairs     key, epoch seconds     EXPIREAT
 --   last seen   pairs     ms, topic              ZADD GT into KEYS[3]
---   dead        entries   n, then n field/value pairs, XADD to KEYS[2]
+--   dead        entries   n, then n field/value pairs, XADD to KEYS[2] (n < 4,000: the
+--                         caller caps a dead letter's fields)
 --   reads       entries   key, n, then n fields  HMGET (their replies are returned)
 --   acks        ids                              XACK on KEYS[1]
 --
@@ -56,22 +57,33 @@ for _ = 1, dead do
     end
     redis.call("XADD", KEYS[2], "MAXLEN", "~", argv[2], "*", unpack(fields))
 end
+-- Long argument lists go in slices: unpack() of more than ~8,000 values overflows Lua's C stack
+-- (a batch of 10,000 entries to acknowledge, a guard read of thousands of topics).
+local SLICE = 1000
 local out = {}
 for i = 1, reads do
     local key, fields = KEYS[tonumber(take())], {}
     for _ = 1, tonumber(take()) do
         fields[#fields + 1] = take()
     end
-    out[i] = redis.call("HMGET", key, unpack(fields))
+    local values = {}
+    for first = 1, #fields, SLICE do
+        local last = math.min(first + SLICE - 1, #fields)
+        local part = redis.call("HMGET", key, unpack(fields, first, last))
+        for j = 1, #part do
+            values[#values + 1] = part[j]
+        end
+    end
+    out[i] = values
 end
 if acks > 0 then
     local ids = {}
     for _ = 1, acks do
         ids[#ids + 1] = take()
     end
-    -- in slices: unpack() of a whole 10,000-entry batch would overflow Lua's C stack
-    for i = 1, #ids, 1000 do
-        redis.call("XACK", KEYS[1], argv[1], unpack(ids, i, math.min(i + 999, #ids)))
+    for first = 1, #ids, SLICE do
+        local last = math.min(first + SLICE - 1, #ids)
+        redis.call("XACK", KEYS[1], argv[1], unpack(ids, first, last))
     end
 end
 return out

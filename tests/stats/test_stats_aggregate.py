@@ -11,8 +11,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sesflow.common.keys import STATS_GROUP, Keys
 from sesflow.common.schema import Event, EventType, event_fields
+from sesflow.common.scripts import register
 from sesflow.common.settings import Settings
-from sesflow.stats.aggregate import StatsAggregator
+from sesflow.stats.aggregate import DEAD_LETTER_FIELDS, CountsCall, StatsAggregator
 from sesflow.stats.counters import RECENT_S, hour_of
 
 from support.statskit import FAST, add_events, aggregator, counters, drained, running
@@ -199,6 +200,39 @@ async def test_an_entry_that_is_not_utf8_is_dead_lettered_as_it_was(
     assert dead[b"e"] == poison[b"e"]
     assert dead[b"reason"].startswith(b"event is not UTF-8")
     assert (await counters(redis, p.stats_topic("t")))["sent"] == 1
+
+
+async def test_an_entry_of_thousands_of_fields_is_dead_lettered_and_counting_goes_on(
+    redis: Any, fast: Settings
+) -> None:
+    """A poison entry with 5,000 fields: its dead letter keeps the first DEAD_LETTER_FIELDS and
+    says how many it dropped (a script unpacks XADD's arguments on Lua's stack, which holds
+    8,000); the batch around it is counted."""
+    keys = Keys()
+    p = keys.partition(0)
+    await redis.xadd(p.events, {f"f{n}": "x" for n in range(5000)})
+    await add_events(redis, keys, Event(type="sent", topic="t"))
+    async with running(aggregator(fast)) as consumer:
+        await drained(redis, keys)
+    ((_, dead),) = await redis.xrange(p.events_dead)
+    assert dead["reason"] == "no 'e' field"
+    assert dead["f0"] == "x" and f"f{DEAD_LETTER_FIELDS - 1}" in dead
+    assert f"f{DEAD_LETTER_FIELDS}" not in dead
+    assert dead["dropped_fields"] == str(5000 - DEAD_LETTER_FIELDS)
+    assert (await counters(redis, p.stats_topic("t")))["sent"] == 1
+    assert consumer.metrics.dead_lettered == 1
+
+
+async def test_the_batch_script_reads_beyond_what_lua_can_unpack_at_once(redis: Any) -> None:
+    """The guard may read thousands of fields in one batch (the pause of every topic it moved):
+    the script reads them in slices, in order."""
+    p = Keys().partition(0)
+    await redis.hset(p.stats_topic("t"), mapping={"f0": 1, "f8999": 7})
+    call = CountsCall(p)
+    call.hmget(p.stats_topic("t"), [f"f{n}" for n in range(9000)])
+    [values] = await register(redis, "apply_counts")(keys=call.keys, args=call.args(STATS_GROUP))
+    assert len(values) == 9000
+    assert values[0] == "1" and values[8999] == "7" and values[1:8999] == [None] * 8998
 
 
 async def test_partitions_are_counted_separately_and_summed(
