@@ -300,23 +300,33 @@ async def _blocked_in_xreadgroup(redis: Any) -> bool:
     return any(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in clients)
 
 
-async def test_drain_finishes_in_flight_work_within_the_grace(
-    redis: Any, make_settings: Callable[..., Settings]
-) -> None:
-    settings = make_settings(SHUTDOWN_GRACE="30")
+async def stopped_with_work_in_hand(
+    redis: Any, settings: Settings, kind: type[Recorder]
+) -> tuple[Recorder, list[str], bool]:
+    """A `kind` consumer on three entries, stopped once each has started, its work released
+    0.2 s into the drain: the consumer, the entry ids, and whether it still ran then."""
     client = consumer_client(settings)
     release = asyncio.Event()
-    consumer = Recorder(client, settings, ["s"], release=release)
+    consumer = kind(client, settings, ["s"], release=release)
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     ids = [await redis.xadd("s", {"n": str(n)}) for n in range(3)]
     await until(lambda: _true(len(consumer.started) == 3))
     stop.set()
     await asyncio.sleep(0.2)
-    assert not task.done()  # waiting for the work in hand
+    running = not task.done()
     release.set()
     await finished(task, 10)
     await client.aclose()
+    return consumer, ids, running
+
+
+async def test_drain_finishes_in_flight_work_within_the_grace(
+    redis: Any, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(SHUTDOWN_GRACE="30")
+    consumer, ids, running = await stopped_with_work_in_hand(redis, settings, Recorder)
+    assert running  # waiting for the work in hand
     assert sorted(consumer.done) == ids
     assert (await redis.xpending("s", GROUP))["pending"] == 0
 
@@ -343,18 +353,7 @@ async def test_work_handed_on_during_the_drain_gets_the_rest_of_the_grace(
     redis: Any, make_settings: Callable[..., Settings]
 ) -> None:
     settings = make_settings(SHUTDOWN_GRACE="30")
-    client = consumer_client(settings)
-    release = asyncio.Event()
-    consumer = HandingOn(client, settings, ["s"], release=release)
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    ids = [await redis.xadd("s", {"n": str(n)}) for n in range(3)]
-    await until(lambda: _true(len(consumer.started) == 3))
-    stop.set()
-    await asyncio.sleep(0.2)
-    release.set()
-    await finished(task, 10)
-    await client.aclose()
+    consumer, ids, _ = await stopped_with_work_in_hand(redis, settings, HandingOn)
     assert sorted(consumer.done) == ids
     assert (await redis.xpending("s", GROUP))["pending"] == 0
 
