@@ -98,8 +98,8 @@ class CountsCall:
         self.increments: list[Any] = []
         self.expiries: list[Any] = []
         self.expire_ats: list[Any] = []
-        self.seen: tuple[Any, ...] = ()
-        self.dead: tuple[Any, ...] = ()
+        self.seen: list[Any] = []
+        self.dead: list[Any] = []
         self.dead_count = 0
         self.reads: list[Any] = []
         self.read_count = 0
@@ -121,6 +121,18 @@ class CountsCall:
 
     def expireat(self, key: str, when: int) -> None:
         self.expire_ats += (self.key(key), when)
+
+    def last_seen(self, topic: str, ms: int) -> None:
+        self.seen += (ms, topic)
+
+    def dead_letter(self, entry_id: str, fields: dict[str, Any], reason: str) -> None:
+        """The entry's fields as they came (the first DEAD_LETTER_FIELDS), its id and why."""
+        kept = {str(k): str(v) for k, v in itertools.islice(fields.items(), DEAD_LETTER_FIELDS)}
+        if len(fields) > DEAD_LETTER_FIELDS:
+            kept["dropped_fields"] = str(len(fields) - DEAD_LETTER_FIELDS)
+        dead = {**kept, "id": entry_id, "reason": reason}
+        self.dead += (len(dead), *(x for pair in dead.items() for x in pair))
+        self.dead_count += 1
 
     def hmget(self, key: str, fields: list[str]) -> None:
         self.reads += (self.key(key), len(fields), *fields)
@@ -276,14 +288,9 @@ class StatsAggregator(EventsConsumer):
                 call.hincrby(key, second, n)
             call.expireat(key, expire_at)
         for topic, ms in batch.last_seen.items():
-            call.seen += (ms, topic)
+            call.last_seen(topic, ms)
         for entry_id, fields, reason in batch.dead:
-            kept = {str(k): str(v) for k, v in itertools.islice(fields.items(), DEAD_LETTER_FIELDS)}
-            if len(fields) > DEAD_LETTER_FIELDS:
-                kept["dropped_fields"] = str(len(fields) - DEAD_LETTER_FIELDS)
-            dead = {**kept, "id": entry_id, "reason": reason}
-            call.dead += (len(dead), *(x for pair in dead.items() for x in pair))
-            call.dead_count += 1
+            call.dead_letter(entry_id, fields, reason)
         call.acks = batch.ids
         return call
 

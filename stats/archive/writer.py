@@ -193,7 +193,7 @@ class ArchiveWriter(EventsConsumer):
         meta = {}
         replies = await self._read(
             keys=[p.message(accepted.msg_id) for accepted in batch.accepted],
-            args=[0, 0, "subject", "lane", "scheduled_ms"],
+            args=[0, 0, "subject", "lane", "scheduled_ms"],  # none read whole, no list: HMGET
         )
         for accepted, (subject, lane, scheduled) in zip(batch.accepted, replies, strict=True):
             meta[accepted.msg_id] = MessageMeta(

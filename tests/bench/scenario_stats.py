@@ -116,15 +116,18 @@ async def consumed(client: Any, last_id: str) -> bool:
     )
 
 
+async def timed_get(session: Any, base: str, path: str) -> float:
+    """Milliseconds for one GET answered 200, body read."""
+    start = time.perf_counter()
+    async with session.get(base + path) as resp:
+        await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"GET {path} answered {resp.status}")
+    return (time.perf_counter() - start) * 1000
+
+
 async def latencies(session: Any, base: str, path: str, count: int) -> list[float]:
-    out = []
-    for _ in range(count + 5):
-        start = time.perf_counter()
-        async with session.get(base + path) as resp:
-            await resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"GET {path} answered {resp.status}")
-        out.append((time.perf_counter() - start) * 1000)
+    out = [await timed_get(session, base, path) for _ in range(count + 5)]
     return out[5:]  # the first few warm connections and caches
 
 
@@ -143,16 +146,11 @@ async def measure(session: Any, base: str, size: Size) -> tuple[float, float, di
 async def catching_up(client: Any, session: Any, base: str, last_id: str) -> list[float]:
     """Latencies of one topic's counters, asked back to back until the burst up to `last_id`
     is settled by every group (at least once)."""
-    latencies = []
+    meanwhile = []
     while True:
-        start = time.perf_counter()
-        async with session.get(f"{base}/v1/topics/topic-0") as resp:
-            await resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"GET /v1/topics/topic-0 answered {resp.status}")
-        latencies.append((time.perf_counter() - start) * 1000)
+        meanwhile.append(await timed_get(session, base, "/v1/topics/topic-0"))
         if await consumed(client, last_id):
-            return latencies
+            return meanwhile
 
 
 async def run_once(size: Size) -> dict[str, Any]:
