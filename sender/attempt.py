@@ -15,7 +15,7 @@ from enum import Enum, auto
 from typing import Any
 
 from sesflow.common.keys import PartitionKeys
-from sesflow.common.schema import Job, MessageContent
+from sesflow.common.schema import TRANSACTIONAL, Job, MessageContent
 from sesflow.sender.state import QUEUED, DeliveryState
 
 
@@ -61,6 +61,11 @@ class Attempt:
     @property
     def topic(self) -> str:
         return self.content.topic if self.content else ""
+
+    @property
+    def urgent(self) -> bool:
+        """Transactional mail takes the first rate slots of its process."""
+        return self.content is not None and self.content.lane == TRANSACTIONAL
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.logs import get_logger
 from sesflow.common.settings import Settings
 from sesflow.sender.metrics import SES_SECONDS
+from sesflow.sender.rate_limit import HEADROOM, grid_step
 
 log = get_logger(__name__)
 
@@ -45,11 +46,12 @@ DEFAULT_LATENCY_S = 0.1  # until this replica has timed its own calls
 
 def target_depth(settings: Settings, latency_s: float = DEFAULT_LATENCY_S) -> int:
     """Jobs handed to a partition's senders at a time: AHEAD_S of its rate waiting for a slot,
-    plus a job's way around (CYCLE_S) and its SES call (`latency_s`)."""
+    one step of the send grid (a job waits for its point), a job's way around (CYCLE_S) and
+    its SES call (`latency_s`)."""
     per_partition = settings.email_rate / max(1, settings.send_partitions)
-    return max(
-        MIN_DEPTH, min(MAX_DEPTH, math.ceil(per_partition * (AHEAD_S + CYCLE_S + latency_s)))
-    )
+    step = grid_step(1 / (settings.email_rate * HEADROOM))
+    held_s = AHEAD_S + step + CYCLE_S + latency_s
+    return max(MIN_DEPTH, min(MAX_DEPTH, math.ceil(per_partition * held_s)))
 
 
 class SesLatency:

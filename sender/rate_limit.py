@@ -5,21 +5,32 @@
 - A grant may be a short *reservation*: the script books the next slots at most `MAX_RESERVE_MS`
   ahead and the caller sleeps until its slot. Booking further ahead would let many replicas with
   many waiting jobs fill the schedule for seconds, so beyond that the script only says when to
-  ask again. One poller per process books a slot for every job waiting in it in one call, and
-  the slots of one `GATHER_S` step of the process's grid go together (one claim, one SES call
+  ask again. One poller per process books a slot for every job waiting in it in one call.
+- **One grid for every replica.** Reserved slots go out on a grid of step P laid on Redis's
+  clock, the same for every replica: the slots of one step go together (one claim, one SES call
   for the jobs of a message, one record), never before their slot.
 - **Late slots are dropped, never bunched.** A job that wakes up (or gets to its SES call) more
   than `LATE_S` after its grid point (the process was not scheduled, Redis was slow) does not
-  send on that slot: it asks for a new one. Sends are then never later than slot + `GATHER_S` +
-  `LATE_S`, so any 1-second window holds at most rate x HEADROOM x 1.05 + burst, under
-  EMAIL_RATE + 5% (+ burst). A dropped slot is wasted (the schedule is shared in Redis; others
-  have booked after it), which costs a little of the mean rate but never bursts. This holds for
-  *reservations* (slots in the future: the schedule is full, the cluster sends at the rate). A
-  slot free at once (burst credit, or the cluster sends below the rate) tolerates
-  `IMMEDIATE_LATE_S`: otherwise an unthrottled sender that is merely busy (its claims queue for
-  a few ms) would drop slots and pay a release and a new claim for nothing. The price: jobs
-  stalled on such slots may go together, at most the slots that were free at once (burst, or
-  what the cluster left unused).
+  send on that slot: it asks for a new one. So every send is made within `LATE_S` after a grid
+  point, with the slots of the step before it. A 1-second window then holds the sends of the
+  grid points in a span of 1 + LATE_S seconds: at most (1 + LATE_S) / P of them, each with P
+  seconds of the rate. P is (1 + LATE_S) / k for a whole k, so that is (1 + LATE_S) x rate x
+  HEADROOM + burst, under EMAIL_RATE + 3% (+ burst), for any number of replicas and any step.
+  A dropped slot is wasted (the schedule is shared in Redis; others have booked after it),
+  which costs a little of the mean rate but never bursts. This holds for *reservations* (slots
+  in the future: the schedule is full, the cluster sends at the rate). A slot free at once
+  (burst credit, or the cluster sends below the rate) tolerates `IMMEDIATE_LATE_S`: otherwise an
+  unthrottled sender that is merely busy (its claims queue for a few ms) would drop slots and
+  pay a release and a new claim for nothing. The price: jobs stalled on such slots may go
+  together, at most the slots that were free at once (burst, or what the cluster left unused).
+- **Transactional mail first.** Booked slots are given out when their grid point comes, to the
+  urgent wants first (transactional jobs), then to the others in order: a transactional job
+  waits for the next grid point, not behind the bulk mail its process booked before it. A
+  process with no slot of its own that soon (other replicas booked the schedule ahead)
+  *borrows* one: allowed at once, it pushes the shared schedule one slot later, so the mean
+  rate is kept and a window holds at most the borrows made in it more. Borrows have a budget of
+  their own, `BORROW_SHARE` of the rate per second: a window then holds at most rate x
+  (HEADROOM x (1 + LATE_S) + BORROW_SHARE) + 1 + burst, under EMAIL_RATE + 5% (+ burst).
 - AIMD: a throttle report (HTTP 429 / Throttling) multiplies the rate by `DECREASE`, at most once
   per `COOLDOWN_MS` for the whole cluster (one SES answer wave is one congestion signal, not 64),
   never below `FLOOR` of EMAIL_RATE; it then recovers by `RECOVERY` of the rate per second.
@@ -38,7 +49,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sesflow.common.consumer import sleep_or_stop
 from sesflow.common.keys import Keys
 from sesflow.common.scripts import register
 from sesflow.common.settings import Settings
@@ -48,23 +58,23 @@ from sesflow.sender import metrics
 # past its grid point drops its slot (a tighter LATE_S drops more slots under load; 5 ms lost
 # 10% of the mean rate on a loaded 2-core host, 20 ms about 3%).
 HEADROOM = 0.995
-LATE_S = 0.02
+LATE_S = 0.03
 IMMEDIATE_LATE_S = 1.0
 DECREASE = 0.7
 COOLDOWN_MS = 1000
 FLOOR = 0.05
 RECOVERY = 0.2
 MAX_RESERVE_MS = 500
-# Reserved slots are sent on a grid of this step: the jobs whose slots fall in one step wake
-# together and go out in one claim, one SES call and one record, instead of one wake-up and one
-# call each. A send is then at most GATHER_S + LATE_S after its slot, so a 1-s window holds at
-# most 0.995 x 1.05 x rate + burst < 1.045 x rate + burst: 30 ms is as long as the +5% bound
-# allows with a margin (15 recipients per call at 500/s; 20 ms gave 10). A window straddles
-# (1 + step + lateness) s of slots however the step is placed, so a step long enough for a full
-# 50-entry call at 500/s (100 ms) would let a window hold ~10% over the rate. The step is never
-# longer than GATHER_SLOTS slots (a full bulk call): at high rates slots are dense and go at once.
-GATHER_S = 0.03
+# Reserved slots are sent on a grid of this step at most: the jobs whose slots fall in one step
+# wake together and go out in one claim, one SES call and one record, instead of one wake-up and
+# one call each. The step is never longer than GATHER_SLOTS slots (a full bulk call: at high
+# rates slots are dense and go at once), and is (1 + LATE_S) / k for a whole k (`grid_step`): at
+# 500/s, 93.6 ms (47 recipients per call).
+GATHER_MAX_S = 0.1
 GATHER_SLOTS = 50
+# Urgent slots borrowed ahead of a full schedule: this share of the rate per second, one at a
+# time (module doc: the window bound).
+BORROW_SHARE = 0.015
 # Slots closer than this (rates above 10,000/s, "unthrottled") are held to IMMEDIATE_LATE_S:
 # being a few ms late there is a fraction of a slot's worth of nothing, and dropping the slot
 # would cost a release and a new claim per job of a busy replica.
@@ -87,12 +97,13 @@ class Grant:
 
 class Want:
     """Slots one caller waits for: one job (`acquire`) or a whole read batch (`SlotBatch`).
-    The poller hands each grid point's grants to `hand` at that point."""
+    Each grid point's grants go to `hand` at that point; an urgent want is served first."""
 
-    __slots__ = ("left",)
+    __slots__ = ("left", "urgent")
 
-    def __init__(self, left: int) -> None:
+    def __init__(self, left: int, *, urgent: bool = False) -> None:
         self.left = left
+        self.urgent = urgent
 
     def done(self) -> bool:
         raise NotImplementedError
@@ -108,8 +119,8 @@ class Want:
 class _OneSlot(Want):
     __slots__ = ("future",)
 
-    def __init__(self, future: asyncio.Future[Grant | None]) -> None:
-        super().__init__(1)
+    def __init__(self, future: asyncio.Future[Grant | None], urgent: bool) -> None:
+        super().__init__(1, urgent=urgent)
         self.future = future
 
     def done(self) -> bool:
@@ -135,8 +146,10 @@ class SlotBatch(Want):
 
     __slots__ = ("_finished", "_hand", "_unhanded", "closed")
 
-    def __init__(self, count: int, hand: Callable[[list[Grant]], None]) -> None:
-        super().__init__(count)
+    def __init__(
+        self, count: int, hand: Callable[[list[Grant]], None], *, urgent: bool = False
+    ) -> None:
+        super().__init__(count, urgent=urgent)
         self._hand = hand
         self._unhanded = count
         self._finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -175,6 +188,14 @@ def _hand_out(grants: list[tuple[Want, list[Grant]]]) -> None:
             want.hand(given)
 
 
+def grid_step(interval_s: float) -> float:
+    """The grid's step for slots `interval_s` apart: the longest (1 + LATE_S) / k, k whole, that
+    is neither over GATHER_MAX_S nor over GATHER_SLOTS slots (module doc: the window bound)."""
+    longest = min(GATHER_MAX_S, GATHER_SLOTS * interval_s)
+    span = 1.0 + LATE_S
+    return span / math.ceil(span / longest - 1e-9)
+
+
 @dataclass(frozen=True, slots=True)
 class BucketStatus:
     tokens: float  # tokens available now (0 while paused)
@@ -190,9 +211,13 @@ class RateLimiter:
         self.burst = max(1.0, settings.email_burst)
         self._script = register(client, "rate_limiter")
         self._waiters: deque[Want] = deque()
-        # Each process has its own phase on the gather grid: replicas on one host would
-        # otherwise all wake at the same instants and stall each other (then drop their slots).
-        self._phase = random.uniform(0.0, GATHER_S)
+        self._urgent: deque[Want] = deque()
+        self._booked = 0  # slots booked in Redis and not handed out yet (their timers wait)
+        self._points: dict[float, int] = {}  # ... by the time of their grid point
+        self._step = GATHER_MAX_S  # the grid's step at the rate last granted
+        self._borrow_after = 0.0  # the borrowing budget is spent until then
+        self._nudge: asyncio.Future[None] | None = None  # wakes the poller from a rest
+        self._stop: asyncio.Event | None = None
         self._poller: asyncio.Task[None] | None = None
 
     async def _call(self, mode: str, *extra: Any, now_ms: float | None = None) -> Any:
@@ -201,9 +226,14 @@ class RateLimiter:
         reply: Any = await self._script(keys=[self.key], args=args)
         return reply
 
-    async def grant(self, tokens: int, *, now_ms: float | None = None) -> list[Any]:
+    async def grant(
+        self, tokens: int, *, urgent: bool = False, now_ms: float | None = None
+    ) -> list[Any]:
         """One attempt at up to `tokens` slots: the script's reply (see rate_limiter.lua)."""
-        reply: list[Any] = await self._call("acquire", tokens, MAX_RESERVE_MS, now_ms=now_ms)
+        borrow = ("urgent", repr(BORROW_SHARE * self.rate), 1) if urgent else ()
+        reply: list[Any] = await self._call(
+            "acquire", tokens, MAX_RESERVE_MS, *borrow, now_ms=now_ms
+        )
         return reply
 
     async def try_acquire(
@@ -216,7 +246,9 @@ class RateLimiter:
             return False, int(reply[1]) / 1000.0
         return True, math.ceil(max(0.0, float(reply[1]))) / 1000.0
 
-    async def acquire(self, stop: asyncio.Event | None = None) -> Grant | None:
+    async def acquire(
+        self, stop: asyncio.Event | None = None, *, urgent: bool = False
+    ) -> Grant | None:
         """Wait for a slot and until its time; None when `stop` was set before a grant.
 
         The jobs of this process queue for slots and one poller asks Redis for as many slots as
@@ -224,7 +256,7 @@ class RateLimiter:
         slot this job wakes up too late for is dropped and another one booked (module doc)."""
         while True:
             waiter: asyncio.Future[Grant | None] = asyncio.get_running_loop().create_future()
-            self.want(_OneSlot(waiter), stop)
+            self.want(_OneSlot(waiter, urgent), stop)
             grant = await waiter
             if grant is None:
                 return None
@@ -237,27 +269,59 @@ class RateLimiter:
 
     def want(self, want: Want, stop: asyncio.Event | None = None) -> None:
         """Queue `want` for slots; the poller books them for every waiting caller at once."""
-        self._waiters.append(want)
-        if self._poller is None:
-            self._poller = asyncio.create_task(self._poll(stop), name="rate-poller")
+        (self._urgent if want.urgent else self._waiters).append(want)
+        self._stop = stop
+        if want.urgent and self._nudge is not None and not self._nudge.done():
+            self._nudge.set_result(None)  # the poller rests: it may borrow a slot now
+        self._poll_if_needed()
 
-    async def _poll(self, stop: asyncio.Event | None) -> None:
+    def _poll_if_needed(self) -> None:
+        if self._poller is None and self._needed() > 0:
+            self._poller = asyncio.create_task(self._poll(), name="rate-poller")
+
+    def _needed(self) -> int:
+        """Slots wanted beyond those already booked."""
+        return sum(w.left for w in self._live()) - self._booked
+
+    def _urgent_short(self) -> int:
+        """Urgent slots wanted beyond those this process has booked within a grid step."""
+        now = time.monotonic()
+        if now < self._borrow_after or not self._urgent:
+            return 0
+        wanted = sum(w.left for w in self._urgent if not w.done())
+        soon = now + self._step
+        return wanted - sum(n for at, n in self._points.items() if at <= soon)
+
+    def _live(self) -> list[Want]:
+        """The waiting callers in the order they are served (dropping those that gave up)."""
+        for queue in (self._urgent, self._waiters):
+            while queue and queue[0].done():
+                queue.popleft()  # its job was cancelled
+        return [w for queue in (self._urgent, self._waiters) for w in queue if not w.done()]
+
+    async def _poll(self) -> None:
         try:
-            while self._has_waiters():
+            while (needed := self._needed()) > 0:
+                stop = self._stop
                 if stop is not None and stop.is_set():
                     self._end_waiters()
                     return
                 asked = time.monotonic()
-                reply = await self.grant(sum(w.left for w in self._waiters))
+                if (short := self._urgent_short()) > 0:
+                    reply = await self.grant(short, urgent=True)
+                    if int(reply[0]) > 0:  # borrowed: allowed at once
+                        first, interval, now = (float(x) for x in reply[1:4])
+                        self._book(int(reply[0]), first, interval, now, asked)
+                        continue
+                    self._borrow_after = asked + int(reply[1]) / 1000
+                    asked = time.monotonic()
+                reply = await self.grant(needed)
                 count = int(reply[0])
                 if count > 0:
-                    self._book(count, float(reply[1]) / 1000, float(reply[2]) / 1000, asked)
+                    self._book(count, float(reply[1]), float(reply[2]), float(reply[3]), asked)
                     continue
                 delay = min(int(reply[1]) / 1000, MAX_POLL_S) * random.uniform(0.8, 1.2)
-                if stop is None:
-                    await asyncio.sleep(delay)
-                    continue
-                await sleep_or_stop(stop, delay)
+                await self._rest(stop, delay)
         except Exception as exc:
             # the waiting jobs see the failure (Redis unavailable) and handle it themselves
             self._fail_waiters(exc)
@@ -267,67 +331,91 @@ class RateLimiter:
         finally:
             self._poller = None
 
-    def _has_waiters(self) -> bool:
-        while self._waiters and self._waiters[0].done():
-            self._waiters.popleft()  # its job was cancelled
-        return bool(self._waiters)
+    async def _rest(self, stop: asyncio.Event | None, delay: float) -> None:
+        """Wait `delay` before asking again; less when stop is set or an urgent want comes."""
+        nudge = self._nudge = asyncio.get_running_loop().create_future()
+        stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        try:
+            await asyncio.wait([f for f in (nudge, stopping) if f is not None], timeout=delay)
+        finally:
+            if stopping is not None:
+                stopping.cancel()
+            self._nudge = None
 
     def _end_waiters(self) -> None:
         """Stop: every waiting caller gets no slot (None)."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.end(None)
+        for waiter in self._live():
+            waiter.end(None)
+        self._urgent.clear()
+        self._waiters.clear()
 
-    def _book(self, count: int, first: float, interval: float, asked: float) -> None:
-        """Hand `count` slots, the first `first` seconds after `asked` and then one every
-        `interval`, to the waiting callers in order.
+    def _book(
+        self, count: int, first_ms: float, interval_ms: float, now_ms: float, asked: float
+    ) -> None:
+        """Schedule `count` slots, the first `first_ms` after Redis's `now_ms` (our `asked`)
+        and then one every `interval_ms`, each to be handed out at its grid point.
 
-        The jobs of one grid point are woken by one timer, at their slot: one wake-up per job
+        The jobs of one grid point are woken by one timer, at the point: one wake-up per job
         (or per read batch), not a grant now and a sleep until the slot. Slots free at once are
         handed out by a timer too (at `asked`, already past): at a dense rate the slots just
         after them are on grid points only nanoseconds later, and every timer that is due wakes
         in the same loop turn, so a read batch's jobs stay one group (one bulk call), not the
-        first alone."""
-        step = min(GATHER_S, GATHER_SLOTS * interval)
-        reserved = LATE_S if interval >= DENSE_INTERVAL_S else IMMEDIATE_LATE_S
-        due: dict[float, dict[Want, list[Grant]]] = {}
-        grants_at: dict[float, Grant] = {}
-        slot = 0
-        while slot < count and self._waiters:
-            waiter = self._waiters[0]
-            if waiter.done():
-                self._waiters.popleft()
-                continue
-            # timed from when we asked: never later than Redis's own `now`
-            ahead = first + slot * interval
-            if ahead > 0:
-                at, tolerance = self._gathered(asked + ahead, step), reserved
+        first alone. Who gets a point's slots is decided when it comes (`_hand_point`)."""
+        self._step = grid_step(interval_ms / 1000)
+        step_ms = self._step * 1000
+        reserved = LATE_S if interval_ms >= DENSE_INTERVAL_S * 1000 else IMMEDIATE_LATE_S
+        points: dict[float, int] = {}
+        for slot in range(count):
+            ahead = first_ms + slot * interval_ms
+            if ahead > 0:  # the grid is laid on Redis's clock: every replica shares it
+                point = math.ceil((now_ms + ahead) / step_ms) * step_ms
+                at = asked + (point - now_ms) / 1000  # timed from when we asked: never late
             else:
-                at, tolerance = asked, IMMEDIATE_LATE_S
-            if at not in due:
-                due[at] = {}
-                grants_at[at] = Grant(at, tolerance)  # one per grid point, shared
-            due[at].setdefault(waiter, []).append(grants_at[at])
-            waiter.left -= 1
-            if waiter.left <= 0:
-                self._waiters.popleft()
-            slot += 1
+                at = asked
+            points[at] = points.get(at, 0) + 1
+        self._booked += count
         loop = asyncio.get_running_loop()
-        for at, grants in due.items():
-            loop.call_at(at, _hand_out, list(grants.items()))
+        for at, n in points.items():
+            self._points[at] = self._points.get(at, 0) + n
+            grant = Grant(at, reserved if at > asked else IMMEDIATE_LATE_S)
+            loop.call_at(at, self._hand_point, grant, n)
 
-    def _gathered(self, slot: float, step: float) -> float:
-        """The first point of this process's grid of `step` at or after `slot`."""
-        phase = self._phase % step
-        return math.ceil((slot - phase) / step) * step + phase
+    def _hand_point(self, grant: Grant, count: int) -> None:
+        """A grid point came: its `count` slots go to the urgent wants first, then in order."""
+        self._booked -= count
+        if (left := self._points.pop(grant.at, 0) - count) > 0:
+            self._points[grant.at] = left  # another booking's timer for the same point
+        given: list[tuple[Want, list[Grant]]] = []
+        for waiter in self._live():
+            if count <= 0:
+                break
+            take = min(count, waiter.left)
+            waiter.left -= take
+            count -= take
+            given.append((waiter, [grant] * take))
+        for queue in (self._urgent, self._waiters):
+            while queue and queue[0].left <= 0:
+                queue.popleft()
+        _hand_out(given)
+        self._poll_if_needed()  # a caller that gave up left its booked slots to the others
 
     def _fail_waiters(self, exc: Exception | None) -> None:
-        """The waiting callers see the failure (or, None: a cancellation) themselves."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.end(asyncio.CancelledError() if exc is None else exc)
+        """The waiting callers beyond what is booked see the failure (or, None: a
+        cancellation) themselves; those the booked slots cover still get them."""
+        covered = self._booked
+        for queue in (self._urgent, self._waiters):
+            kept: deque[Want] = deque()
+            for waiter in queue:
+                if waiter.done():
+                    continue
+                if waiter.left <= covered:
+                    covered -= waiter.left
+                    kept.append(waiter)
+                else:
+                    covered = 0
+                    waiter.end(asyncio.CancelledError() if exc is None else exc)
+            queue.clear()
+            queue.extend(kept)
 
     async def throttled(self, *, now_ms: float | None = None) -> float:
         """Report SES throttling; returns the AIMD factor now in force."""

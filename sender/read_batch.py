@@ -167,8 +167,21 @@ class ReadBatch:
         return content.unsubscribe_scope if content else ""
 
     async def book(self, items: list[_Item]) -> None:
-        """Rate slots for every job; each grid point's jobs join those of the other batches due
-        at that point (`GridPoints`), and this task ends once every job has its slot."""
+        """Rate slots for every job, transactional ones first; each grid point's jobs join
+        those of the other batches due at that point (`GridPoints`), and this task ends once
+        every job has its slot."""
+        urgent = [item for item in items if item.attempt.urgent]
+        if not urgent:
+            await self.book_lane(items, urgent=False)
+        elif len(urgent) == len(items):
+            await self.book_lane(items, urgent=True)
+        else:
+            bulk = [item for item in items if not item.attempt.urgent]
+            await asyncio.gather(
+                self.book_lane(urgent, urgent=True), self.book_lane(bulk, urgent=False)
+            )
+
+    async def book_lane(self, items: list[_Item], *, urgent: bool) -> None:
         sender = self.sender
         waiting = items
 
@@ -178,7 +191,7 @@ class ReadBatch:
             self.grouped.update(item.entry_id for item in group)
             sender.grid_points().add(group, grants)
 
-        slots = SlotBatch(len(items), hand)
+        slots = SlotBatch(len(items), hand, urgent=urgent)
         sender.limiter.want(slots, sender.stop)
         try:
             await slots.finished()  # False: stop, nothing claimed, the rest stays pending

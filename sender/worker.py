@@ -501,7 +501,8 @@ class Sender(StreamConsumer):
         probing = await self.wait_for_setup(attempt)
         if probing is None:
             return Step.DONE  # parked until its setup resumes
-        grant = await self.before_claim(lambda: self.limiter.acquire(self.stop))
+        urgent = attempt.urgent
+        grant = await self.before_claim(lambda: self.limiter.acquire(self.stop, urgent=urgent))
         if grant is None or self.stop.is_set():
             raise LeavePending()
         if not probing and self.setup.blocking(attempt.scopes):

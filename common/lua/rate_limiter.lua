@@ -9,6 +9,7 @@
 --            dec    time of the last decrease (ms): one decrease per cooldown, cluster-wide
 --            pause  sending is paused until this time (ms)
 --            qrate, qexp  SES MaxSendRate ceiling and when that reading expires (ms)
+--            btat   GCRA time of the borrowing schedule (ms): see acquire's ARGV[9]
 --
 -- ARGV[1]  mode: acquire | throttle | pause | quota | status
 -- ARGV[2]  now in ms for tests ("" = Redis TIME; production always passes "")
@@ -17,10 +18,17 @@
 -- ARGV[5]  floor of the AIMD factor (e.g. 0.05 = never below 5% of the rate)
 -- ARGV[6]  AIMD recovery per second (additive, e.g. 0.2 = +20% of the rate per second)
 -- acquire:  ARGV[7] tokens wanted (up to; one per waiting job), ARGV[8] max reservation ahead (ms)
---           -> {count, first_ms, interval_ms} with count >= 1: `count` consecutive
+--           -> {count, first_ms, interval_ms, now_ms} with count >= 1: `count` consecutive
 --              slots granted; slot j (0-based) is allowed first_ms + j * interval_ms from now
---              (<= 0: at once; first_ms is negative when burst credit was left)
+--              (<= 0: at once; first_ms is negative when burst credit was left); now_ms is
+--              Redis's clock, on which every replica lays the same send grid
 --           -> {0, wait_ms}: nothing granted; ask again after wait_ms (paused, or schedule full)
+--           ARGV[9] (optional) "urgent", with ARGV[10] borrows per second and ARGV[11] at
+--           once: when the schedule is full, urgent slots are *borrowed*: allowed at once,
+--           each pushing the schedule one slot later (the mean rate is kept; a 1-s window
+--           holds at most the borrows made in it more), from a budget of their own; when the
+--           budget is spent -> {0, wait_ms} (then book as usual). A schedule that is not full
+--           books as usual.
 --           Numbers are returned as strings (Lua numbers would be truncated to integers).
 -- throttle: ARGV[7] multiplicative decrease (e.g. 0.7), ARGV[8] cooldown (ms) -> factor (string)
 -- pause:    ARGV[7] duration (ms); extends, never shortens -> paused-until ms (string)
@@ -39,7 +47,7 @@ local burst = tonumber(ARGV[4])
 local floor = tonumber(ARGV[5])
 local recovery = tonumber(ARGV[6])
 
-local h = redis.call("HMGET", key, "tat", "f", "fts", "dec", "pause", "qrate", "qexp")
+local h = redis.call("HMGET", key, "tat", "f", "fts", "dec", "pause", "qrate", "qexp", "btat")
 local tat = tonumber(h[1]) or now
 local f = tonumber(h[2]) or 1
 local fts = tonumber(h[3]) or now
@@ -64,6 +72,20 @@ if mode == "acquire" then
     local n = tonumber(ARGV[7])
     local max_reserve = tonumber(ARGV[8])
     tat = math.max(tat, now)
+    if ARGV[9] == "urgent" and tat > now + interval then
+        local binterval = 1000 / tonumber(ARGV[10])
+        local bburst = tonumber(ARGV[11])
+        local btat = math.max(tonumber(h[8]) or 0, now - bburst * binterval)
+        -- 0.01 ms of slack: at epoch milliseconds a double is only ~0.0002 ms precise
+        local count = math.min(n, math.floor((now - btat + 0.01) / binterval))
+        if count < 1 then
+            return {0, tostring(math.max(1, math.ceil(btat + binterval - now)))}
+        end
+        redis.call("HSET", key, "tat", tostring(tat + count * interval),
+            "btat", tostring(btat + count * binterval))
+        return {tostring(count), tostring(-count * interval), tostring(interval),
+            string.format("%.3f", now)}
+    end
     -- slot j (1-based) is allowed at tat + (j - burst) * interval: grant every wanted slot that
     -- is allowed within max_reserve (the epsilon keeps a slot exactly at the edge)
     local fits = math.floor((now + max_reserve - tat) / interval + burst + 1e-9)
@@ -75,7 +97,7 @@ if mode == "acquire" then
     redis.call("HSET", key, "tat", tostring(tat + count * interval))
     -- negative when the first slots are burst credit, already allowed before now
     local first = tat + (1 - burst) * interval - now
-    return {tostring(count), tostring(first), tostring(interval)}
+    return {tostring(count), tostring(first), tostring(interval), string.format("%.3f", now)}
 elseif mode == "throttle" then
     local decrease = tonumber(ARGV[7])
     local cooldown = tonumber(ARGV[8])

@@ -16,7 +16,15 @@ from sesflow.common.keys import SENDERS_GROUP, Keys
 from sesflow.common.schema import Event, Job, decode_event, encode
 from sesflow.common.scripts import register
 from sesflow.common.ses_links import link_lookups
-from sesflow.sender.rate_limit import GATHER_S, HEADROOM, LATE_S, MAX_RESERVE_MS, RateLimiter
+from sesflow.sender.rate_limit import (
+    GATHER_MAX_S,
+    GATHER_SLOTS,
+    HEADROOM,
+    LATE_S,
+    MAX_RESERVE_MS,
+    RateLimiter,
+    grid_step,
+)
 from sesflow.sender.state import DeliveryState, DeliveryStore, RecordItem
 
 S = DeliveryState.parse  # a state by its stored text
@@ -472,7 +480,8 @@ async def test_one_call_grants_consecutive_slots(redis: Any, make_settings: Any)
     the interval."""
     rl = limiter(redis, make_settings, EMAIL_RATE="10", EMAIL_BURST="2")
     now = 1e12
-    count, first, interval = (float(x) for x in await rl.grant(20, now_ms=now))
+    count, first, interval, at = (float(x) for x in await rl.grant(20, now_ms=now))
+    assert at == now  # Redis's clock, on which the send grid is laid
     interval_ms = 100 / HEADROOM
     assert interval == pytest.approx(interval_ms)
     # two of burst credit (the first one interval in the past), then one per interval up to
@@ -484,7 +493,7 @@ async def test_one_call_grants_consecutive_slots(redis: Any, make_settings: Any)
     # fewer wanted than fit: only those are booked
     later = now + 10_000
     for expected_first in (-interval_ms, 0.0):
-        count, first, _ = (float(x) for x in await rl.grant(1, now_ms=later))
+        count, first, _, _ = (float(x) for x in await rl.grant(1, now_ms=later))
         assert count == 1
         assert first == pytest.approx(expected_first, abs=0.1)
 
@@ -500,11 +509,12 @@ async def test_a_late_slot_is_dropped_not_bunched(redis: Any, make_settings: Any
     assert Grant(time.monotonic() - 0.05, 0.01).late()
     grants = [g for g in await asyncio.gather(*(rl.acquire() for _ in range(20))) if g]
     assert len(grants) == 20
-    # reserved slots go on the GATHER_S grid, together: never more than one step's worth
+    # reserved slots go on the grid, together: never more than one step's worth
+    step = grid_step(1 / (200 * HEADROOM))
     steps = Counter(g.at for g in grants if g.tolerance == LATE_S)
-    assert steps and max(steps.values()) <= math.ceil(200 * GATHER_S) + 1
-    phase = rl._phase % GATHER_S
-    assert all(abs((at - phase) / GATHER_S - round((at - phase) / GATHER_S)) < 1e-6 for at in steps)
+    assert steps and max(steps.values()) <= math.ceil(200 * step) + 1
+    first = min(steps)
+    assert all(abs((at - first) / step - round((at - first) / step)) < 1e-3 for at in steps)
     # a reservation (a future slot: the schedule is full) is held to LATE_S
     assert min(g.tolerance for g in grants) == LATE_S
 
@@ -556,21 +566,71 @@ async def test_the_jobs_of_a_grid_point_wake_once_at_their_slot(
     assert all(g.at <= woke + 0.001 for g in grants)  # and nobody was handed a slot early
 
 
-async def test_a_grid_step_at_500_per_second_fills_a_bulk_call_within_the_bound(
+@pytest.mark.parametrize("rate", [1, 20, 200, 500, 531, 533, 600, 1000, 4000, 20000, 1e6])
+def test_the_grid_step_keeps_every_window_within_the_bound(rate: float) -> None:
+    """Sends go within LATE_S after a grid point, each point with one step of slots, so a 1-s
+    window holds the points of a (1 + LATE_S)-s span: a whole number of steps of the rate, at
+    most (1 + LATE_S) x rate x HEADROOM <= rate + 5%, and no step over a full bulk call."""
+    interval = 1 / (rate * HEADROOM)
+    step = grid_step(interval)
+    points = (1 + LATE_S) / step
+    assert abs(points - round(points)) < 1e-6
+    assert step <= GATHER_MAX_S + 1e-12 and step <= GATHER_SLOTS * interval + 1e-12
+    assert step >= min(GATHER_MAX_S, GATHER_SLOTS * interval) * (1 - 1 / points) - 1e-12
+    assert HEADROOM * (1 + LATE_S) <= 1.05
+
+
+async def test_a_grid_step_at_500_per_second_fills_a_bulk_call(
     redis: Any, make_settings: Any
 ) -> None:
-    """At EMAIL_RATE=500 one step of the gather grid holds ~15 recipients (one SES call, one
-    claim and one record for them), while a send stays at most GATHER_S + LATE_S after its slot,
-    so a 1-second window holds at most rate x HEADROOM x (1 + GATHER_S + LATE_S) <= rate + 5%."""
+    """At EMAIL_RATE=500 one step of the grid holds ~47 recipients: one SES call, one claim
+    and one record for them."""
     import asyncio
 
-    assert HEADROOM * (1 + GATHER_S + LATE_S) <= 1.05
     rl = limiter(redis, make_settings, EMAIL_RATE="500", EMAIL_BURST="1")
-    grants = [g for g in await asyncio.gather(*(rl.acquire() for _ in range(80))) if g]
-    assert len(grants) == 80
+    grants = [g for g in await asyncio.gather(*(rl.acquire() for _ in range(150))) if g]
+    assert len(grants) == 150
     steps = Counter(g.at for g in grants if g.tolerance == LATE_S)
-    assert max(steps.values()) >= 14
-    assert max(steps.values()) <= math.ceil(500 * GATHER_S) + 1
+    step = grid_step(1 / (500 * HEADROOM))
+    assert max(steps.values()) >= 45
+    assert max(steps.values()) <= math.ceil(500 * step) + 1
+
+
+async def test_every_replica_sends_on_the_same_grid(redis: Any, make_settings: Any) -> None:
+    """The grid is laid on Redis's clock: two replicas' grid points coincide, so a window
+    cannot hold one more step of the rate for each replica's own phase."""
+    import asyncio
+
+    one = limiter(redis, make_settings, EMAIL_RATE="200", EMAIL_BURST="1")
+    two = limiter(redis, make_settings, EMAIL_RATE="200", EMAIL_BURST="1")
+    grants = await asyncio.gather(*(rl.acquire() for rl in (one, two) for _ in range(30)))
+    points = sorted({g.at for g in grants if g is not None and g.tolerance == LATE_S})
+    step = grid_step(1 / (200 * HEADROOM))
+    assert len(points) >= 3
+    # timed from when each asked: within a round trip, not a fraction of a step apart
+    assert all(abs((b - a) / step - round((b - a) / step)) < 0.02 for a in points for b in points)
+
+
+async def test_transactional_wants_take_the_next_slots(redis: Any, make_settings: Any) -> None:
+    """Slots already booked for bulk mail go to an urgent want that comes later, at the next
+    grid point; the bulk jobs take the slots booked after, and every job gets one."""
+    import asyncio
+
+    from sesflow.sender.rate_limit import SlotBatch
+
+    rl = limiter(redis, make_settings, EMAIL_RATE="100", EMAIL_BURST="1")
+    bulk_points: list[float] = []
+    bulk = SlotBatch(60, lambda grants: bulk_points.extend(g.at for g in grants))
+    rl.want(bulk)
+    await asyncio.sleep(0.05)  # the bulk batch's slots are booked: half a second of them
+    assert rl._booked >= 40
+    asked = time.monotonic()
+    urgent = await asyncio.wait_for(rl.acquire(urgent=True), 5)
+    assert urgent is not None
+    assert urgent.at - asked <= grid_step(1 / (100 * HEADROOM)) + 0.01  # the next point
+    assert await asyncio.wait_for(bulk.finished(), 10) is True
+    assert len(bulk_points) == 60
+    assert sum(1 for at in bulk_points if at > urgent.at) >= 40  # booked before, sent after
 
 
 async def test_a_read_batch_gets_its_slots_once_per_grid_point(
@@ -609,3 +669,26 @@ async def test_a_closed_slot_batch_is_handed_nothing_more(redis: Any, make_setti
     assert await rl.acquire() is not None  # the poller ran and served the next caller
     await asyncio.sleep(0.3)
     assert handed == []
+
+
+async def test_an_urgent_slot_is_borrowed_from_a_full_schedule(
+    redis: Any, make_settings: Any
+) -> None:
+    """Another replica booked the schedule ahead: an urgent want borrows a slot allowed at
+    once, which pushes the schedule one slot later; the borrowing budget then runs dry."""
+    from sesflow.sender.rate_limit import BORROW_SHARE
+
+    rl = limiter(redis, make_settings, EMAIL_RATE="100", EMAIL_BURST="1")
+    now = 1e12
+    booked = await rl.grant(60, now_ms=now)  # half a second of the rate, booked by "another"
+    tat = now + (float(booked[1]) + int(booked[0]) * float(booked[2]))
+    count, first, interval, _ = (float(x) for x in await rl.grant(1, urgent=True, now_ms=now))
+    assert count == 1 and first + interval <= 0  # allowed at once
+    assert float(await redis.hget(KEYS.rate, "tat")) == pytest.approx(tat + interval)
+    refused = await rl.grant(1, urgent=True, now_ms=now + 1)
+    assert int(refused[0]) == 0
+    assert int(refused[1]) == pytest.approx(1000 / (BORROW_SHARE * 100 * HEADROOM), abs=2)
+    # a schedule with room books as usual, urgent or not
+    later = now + 60_000
+    count, first, _, _ = (float(x) for x in await rl.grant(1, urgent=True, now_ms=later))
+    assert count == 1 and first <= 0
