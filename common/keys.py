@@ -59,7 +59,8 @@ partitions, partition N's tag lies in the N-th equal slice of the 16384 cluster 
     {sesflow:N}:backlog:topics        zset: topics with a bulk backlog, not paused -> virtual time
     {sesflow:N}:backlog:weights       hash: topic -> its weight in the fair share (when not 1)
     {sesflow:N}:paused                hash: paused topic (or "": all bulk) -> JSON reason and time
-    {sesflow:N}:pump                  hash: the pump's own state (its transactional credit)
+    {sesflow:N}:pump                  hash: the pump's own state (its transactional credit, and
+                                      the allowance of transactional jobs that skip it)
     {sesflow:N}:events                every event (groups `stats`, and `archive` and `webhooks`
                                       when ARCHIVE and WEBHOOKS are on)
     {sesflow:N}:events:dead           events stats could not decode (or the archive not store)
@@ -245,6 +246,7 @@ class PartitionKeys:
             self.paused,
             self.backlog_weights,
             self.transactional,
+            self.pump,
         ]
 
     def promote_keys(self) -> list[str]:

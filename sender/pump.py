@@ -37,6 +37,9 @@ MIN_DEPTH = 16
 MAX_DEPTH = 2000
 QUANTUM = 10  # bulk jobs taken from one topic per turn: topics interleave finely
 LIVE_MS = 5000  # a consumer silent this long is no live sender: its jobs wait for reclaim
+# Transactional jobs may skip the pump (dispatch.lua) at the transactional share of the rate,
+# this many seconds of it at once: they then wait for a grid point, not for room behind bulk.
+DIRECT_BURST_S = 0.25
 BUSY_INTERVAL_S = 0.02  # while a backlog moves
 IDLE_INTERVAL_S = 0.05  # nothing to move: how soon new mail starts
 OUTAGE_INTERVAL_S = 1.0
@@ -94,6 +97,9 @@ class Pump:
         self.share = settings.transactional_max_share
         self.latency = SesLatency()
         self.script = scripts.register(client, "pump")
+        per_partition = settings.email_rate / max(1, settings.send_partitions)
+        self.direct_rate = self.share * per_partition * HEADROOM
+        self.direct_burst = max(1, math.ceil(self.direct_rate * DIRECT_BURST_S))
 
     async def once(self) -> int:
         """Top up every partition once; returns the jobs moved."""
@@ -102,7 +108,10 @@ class Pump:
         for p in self.keys.partitions:
             reply = await self.script(
                 keys=p.pump_keys(),
-                args=[SENDERS_GROUP, target, QUANTUM, f"{p.prefix}backlog:", self.share, LIVE_MS],
+                args=[
+                    *(SENDERS_GROUP, target, QUANTUM, f"{p.prefix}backlog:", self.share, LIVE_MS),
+                    *(repr(self.direct_rate), self.direct_burst),
+                ],
             )
             moved += int(reply[0])
         return moved

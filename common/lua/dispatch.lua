@@ -21,6 +21,7 @@
 -- KEYS[10] paused topics, hash                ({p}:paused)
 -- KEYS[11] topic weights, hash                ({p}:backlog:weights)
 -- KEYS[12] transactional backlog, list        ({p}:transactional)
+-- KEYS[13] the pump's own state, hash         ({p}:pump): the direct transactional allowance
 -- ARGV[1]  msg_id (its first part is the accepted time, ms)
 -- ARGV[2]  first: index of the chunk's first recipient
 -- ARGV[3]  due time, epoch ms (0 = now; a past time also means now)
@@ -38,6 +39,11 @@
 -- Due now, a message's recipients go to a backlog, one line each
 -- ("<msg_id>\t<index>\t<address>[\t<data>]"): the partition's transactional backlog when the
 -- content's `lane` says so, else its topic's bulk backlog; pump.lua moves them to `sends`.
+-- Transactional jobs skip the wait for the pump while the pump allows it: when nothing waits in
+-- the transactional backlog before them, up to the allowance a live pump publishes in KEYS[13]
+-- (`tx_rate` jobs per second, `tx_burst` at once, until `tx_until`; one GCRA schedule in
+-- `tx_tat`) go straight to `sends` as the pump would add them; the rest go to the backlog. The
+-- allowance is the transactional share of the rate, so a flood still waits for the pump.
 -- A job carries its recipient's data as field `d` (only when there is some). A scheduled chunk
 -- stores one line per recipient: the address, then a tab and the data when there is some
 -- (neither an address nor compact JSON holds a tab or a line break; see promote.lua).
@@ -92,6 +98,23 @@ end
 redis.call("HSET", KEYS[1], "dispatched", first + count)
 redis.call("PEXPIRE", KEYS[1], string.format("%d", ttl))
 
+-- How many of `n` transactional jobs may go straight to `sends` now (the pump's allowance).
+local function direct_room(n)
+    local pump = redis.call("HMGET", KEYS[13], "tx_rate", "tx_burst", "tx_until", "tx_tat")
+    local rate, burst = tonumber(pump[1]), tonumber(pump[2])
+    if not rate or rate <= 0 or not burst or (tonumber(pump[3]) or 0) < now then
+        return 0 -- no live pump: the backlog, as before
+    end
+    local interval = 1000 / rate
+    local tat = math.max(tonumber(pump[4]) or 0, now - burst * interval)
+    -- 0.01 ms of slack: at epoch milliseconds a double is only ~0.0002 ms precise
+    local room = math.min(n, math.floor((now - tat + 0.01) / interval))
+    if room > 0 then
+        redis.call("HSET", KEYS[13], "tx_tat", string.format("%.3f", tat + room * interval))
+    end
+    return math.max(0, room)
+end
+
 -- The address and the data of the chunk's k-th recipient (k from 0).
 local function recipient(k)
     return ARGV[FIXED + 2 * k + 1], ARGV[FIXED + 2 * k + 2]
@@ -130,7 +153,24 @@ if delay == 0 then
         end
     end
     if redis.call("HGET", KEYS[1], "lane") == "transactional" then
-        redis.call("RPUSH", KEYS[12], unpack(lines))
+        local direct = 0
+        if redis.call("LLEN", KEYS[12]) == 0 then
+            direct = direct_room(#lines)
+        end
+        for k = 1, direct do
+            local index, address, data = string.match(lines[k], "^[^\t]*\t([^\t]*)\t([^\t]*)\t?(.*)$")
+            local job = {"m", msg_id, "i", index, "e", address}
+            if data ~= "" then
+                job[#job + 1] = "d"
+                job[#job + 1] = data
+            end
+            job[#job + 1] = "l"
+            job[#job + 1] = "t"
+            redis.call("XADD", KEYS[2], "*", unpack(job))
+        end
+        if direct < #lines then
+            redis.call("RPUSH", KEYS[12], unpack(lines, direct + 1))
+        end
         return {first + count, "queued"}
     end
     redis.call("RPUSH", KEYS[8], unpack(lines))

@@ -34,6 +34,11 @@
 -- ARGV[4]  bulk backlog key prefix              ("{p}:backlog:"; + topic = the topic's list)
 -- ARGV[5]  transactional share of the room at most while bulk waits, 0 < share <= 1
 -- ARGV[6]  a consumer idle for this long (ms) is not a live sender
+-- ARGV[7]  optional: transactional jobs per second that may skip the pump (dispatch.lua)
+-- ARGV[8]  optional: ... and how many of them at once
+--
+-- Each call publishes that allowance in KEYS[6] (`tx_rate`, `tx_burst`), valid for ARGV[6] ms
+-- (`tx_until`): while no pump calls, every transactional job waits in the backlog for one.
 --
 -- A backlog line is "<msg_id>\t<index>\t<address>" or "<msg_id>\t<index>\t<address>\t<data>"
 -- (data = compact JSON: never a tab): the job dispatch.lua would have XADDed.
@@ -42,6 +47,13 @@
 local target = tonumber(ARGV[2])
 local quantum = tonumber(ARGV[3])
 local share = tonumber(ARGV[5])
+
+if ARGV[8] then
+    local clock = redis.call("TIME")
+    local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    redis.call("HSET", KEYS[6], "tx_rate", ARGV[7], "tx_burst", ARGV[8],
+        "tx_until", string.format("%d", now + tonumber(ARGV[6])))
+end
 
 local last = nil
 local ok, groups = pcall(redis.call, "XINFO", "GROUPS", KEYS[1])

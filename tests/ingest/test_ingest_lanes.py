@@ -12,8 +12,9 @@ import msgspec
 import pytest
 from test_ingest_lua import TOPIC, dispatch, promote
 
+from sesflow.common import scripts
 from sesflow.common.errors import InputError
-from sesflow.common.keys import PartitionKeys
+from sesflow.common.keys import SENDERS_GROUP, PartitionKeys
 from sesflow.common.schema import MessageContent, MessageRequest, decode_request, encode
 from sesflow.ingest.validation import Limits, validate_body, validate_message
 
@@ -116,3 +117,56 @@ async def test_promoted_chunks_follow_their_lane(redis: Any, p: PartitionKeys) -
     assert await promote(redis, p) == [2, 2]
     assert await redis.lrange(p.transactional, 0, -1) == [f"{tx}\t0\ta@x.io"]
     assert await redis.lrange(p.backlog(TOPIC), 0, -1) == [f"{bulk}\t0\ta@x.io"]
+
+
+async def allow_direct(redis: Any, p: PartitionKeys, rate: float, burst: int) -> None:
+    """What a live sender's pump publishes on each call: transactional jobs may skip it."""
+    script = scripts.register(redis, "pump")
+    args = [SENDERS_GROUP, 100, 10, f"{p.prefix}backlog:", 0.8, 5000, repr(rate), burst]
+    await script(keys=p.pump_keys(), args=args)
+
+
+async def test_transactional_mail_skips_a_live_pump_up_to_its_allowance(
+    redis: Any, p: PartitionKeys
+) -> None:
+    """Up to the pump's allowance, transactional jobs go straight to `sends`, as the pump would
+    add them; the rest wait in the backlog, and so does what comes after them."""
+    await allow_direct(redis, p, rate=1.0, burst=2)
+    first, second = f"{now_ms()}-1", f"{now_ms()}-2"
+    addresses = ["a@x.io", "b@x.io", "c@x.io"]
+    c = content(first, lane="transactional")
+    await dispatch(redis, p, first, 0, addresses=addresses, data=['{"n":1}', "", ""], content=c)
+    jobs = [fields for _, fields in await redis.xrange(p.sends)]
+    assert jobs == [
+        {"m": first, "i": "0", "e": "a@x.io", "d": '{"n":1}', "l": "t"},
+        {"m": first, "i": "1", "e": "b@x.io", "l": "t"},
+    ]
+    assert await redis.lrange(p.transactional, 0, -1) == [f"{first}\t2\tc@x.io"]
+    # one more token a second later, but a job already waits in the backlog: this one too
+    await redis.hset(p.pump, "tx_tat", "0")
+    c = content(second, lane="transactional")
+    await dispatch(redis, p, second, 0, addresses=["d@x.io"], content=c)
+    assert await redis.xlen(p.sends) == 2 and await redis.llen(p.transactional) == 2
+
+
+async def test_transactional_mail_waits_for_the_pump_when_its_allowance_is_spent(
+    redis: Any, p: PartitionKeys
+) -> None:
+    await allow_direct(redis, p, rate=1.0, burst=1)
+    msg_ids = [f"{now_ms()}-{n}" for n in range(3)]
+    for msg_id in msg_ids:
+        c = content(msg_id, lane="transactional")
+        await dispatch(redis, p, msg_id, 0, addresses=["a@x.io"], content=c)
+        await redis.delete(p.transactional)  # the pump took it: the backlog is empty again
+    assert [f["m"] for _, f in await redis.xrange(p.sends)] == msg_ids[:1]
+
+
+async def test_without_a_live_pump_transactional_mail_waits_in_its_backlog(
+    redis: Any, p: PartitionKeys
+) -> None:
+    await allow_direct(redis, p, rate=100.0, burst=10)
+    await redis.hset(p.pump, "tx_until", str(now_ms() - 1))  # the pump fell silent
+    msg_id = f"{now_ms()}-0"
+    c = content(msg_id, lane="transactional")
+    await dispatch(redis, p, msg_id, 0, addresses=["a@x.io"], content=c)
+    assert not await redis.xlen(p.sends) and await redis.llen(p.transactional) == 1
