@@ -30,9 +30,9 @@ log = get_logger(__name__)
 # Measured with tests/bench/run.py --only rate and --only sharing: 30 ms waiting plus 50 ms on
 # the way keep 4 replicas at 200/s within 1% of the rate, with transactional mail at p50 83 ms.
 AHEAD_S = 0.03
-# A job's way around besides the SES call: the pump's own interval, a reader's linger for a
-# fuller read, a grid step, the record and its acknowledgement.
-CYCLE_S = 0.05
+# A job's way around besides its grid step and the SES call: the pump's own interval, a
+# reader's linger for a fuller read, the record and its acknowledgement.
+CYCLE_S = 0.15
 MIN_DEPTH = 16
 MAX_DEPTH = 2000
 QUANTUM = 10  # bulk jobs taken from one topic per turn: topics interleave finely
@@ -40,8 +40,13 @@ LIVE_MS = 5000  # a consumer silent this long is no live sender: its jobs wait f
 # Transactional jobs may skip the pump (dispatch.lua) at the transactional share of the rate,
 # this many seconds of it at once: they then wait for a grid point, not for room behind bulk.
 DIRECT_BURST_S = 0.25
-BUSY_INTERVAL_S = 0.02  # while a backlog moves
-IDLE_INTERVAL_S = 0.05  # nothing to move: how soon new mail starts
+# While the senders hold all they should, room comes as their grid points' records free it: a
+# call every 100 ms (about the grid's step) tops them up, rather than five calls a point that
+# mostly find no room. While mail moves and room is left (the senders keep up with what arrives), a new
+# message should start soon: 20 ms. Nothing to move: 50 ms.
+BUSY_INTERVAL_S = 0.1
+BRISK_INTERVAL_S = 0.02
+IDLE_INTERVAL_S = 0.05
 OUTAGE_INTERVAL_S = 1.0
 LATENCY_INTERVAL_S = 1.0  # how often the SES call time is read again
 DEFAULT_LATENCY_S = 0.1  # until this replica has timed its own calls
@@ -103,8 +108,13 @@ class Pump:
 
     async def once(self) -> int:
         """Top up every partition once; returns the jobs moved."""
+        return (await self.top_up())[0]
+
+    async def top_up(self) -> tuple[int, bool]:
+        """Top up every partition once: the jobs moved, and whether room was left after them in
+        every partition (the backlogs ran out first: the senders keep up)."""
         target = target_depth(self.settings, self.latency.read())
-        moved = 0
+        moved, kept_up = 0, True
         for p in self.keys.partitions:
             reply = await self.script(
                 keys=p.pump_keys(),
@@ -114,12 +124,17 @@ class Pump:
                 ],
             )
             moved += int(reply[0])
-        return moved
+            kept_up = kept_up and int(reply[2]) > 0
+        return moved, kept_up
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                interval = BUSY_INTERVAL_S if await self.once() else IDLE_INTERVAL_S
+                moved, kept_up = await self.top_up()
+                if not moved:
+                    interval = IDLE_INTERVAL_S
+                else:
+                    interval = BRISK_INTERVAL_S if kept_up else BUSY_INTERVAL_S
             except UNAVAILABLE:
                 interval = OUTAGE_INTERVAL_S  # the sender's own loops report the outage
             except Exception:  # a bug must not stop the pump for good: log, go on

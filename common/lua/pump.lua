@@ -43,7 +43,7 @@
 -- A backlog line is "<msg_id>\t<index>\t<address>" or "<msg_id>\t<index>\t<address>\t<data>"
 -- (data = compact JSON: never a tab): the job dispatch.lua would have XADDed.
 --
--- Returns {jobs moved, jobs handed out before (undelivered + held)}.
+-- Returns {jobs moved, jobs handed out before (undelivered + held), room left after (0: full)}.
 local target = tonumber(ARGV[2])
 local quantum = tonumber(ARGV[3])
 local share = tonumber(ARGV[5])
@@ -98,7 +98,7 @@ end
 local out = undelivered + held
 local room = target - out
 if room <= 0 then
-    return {0, out}
+    return {0, out, 0}
 end
 
 local function add(line, lane)
@@ -145,7 +145,7 @@ if bulk_waiting and share < 1 then
     redis.call("HSET", KEYS[6], "tx_credit", string.format("%.6f", credit))
 end
 if bulk_paused then
-    return {moved, out}
+    return {moved, out, room}
 end
 
 local turns = 0
@@ -179,4 +179,4 @@ while room > 0 and turns < 64 do
         end
     end
 end
-return {moved, out}
+return {moved, out, room}

@@ -296,7 +296,12 @@ METRICS: dict[str, list[Metric]] = {
             )
         ),
         Metric("r1_pump_calls_per_recipient", "pump calls per recipient (1 sender)", "", digits=2),
-        Metric("pump_call_client_us", "one pump call moving 4 jobs: client CPU", "µs", digits=1),
+        Metric(
+            "pump_call_client_us",
+            "one busy pump call (20 jobs at 200/s): client CPU",
+            "µs",
+            digits=1,
+        ),
         Metric("pump_call_redis_us", "… Redis CPU (EVALSHA time)", "µs", digits=1),
         Metric("pump_client_us_per_recipient", "pump: sender CPU per recipient", "µs", digits=1),
         Metric("pump_redis_us_per_recipient", "pump: Redis CPU per recipient", "µs", digits=1),

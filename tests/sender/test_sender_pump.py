@@ -38,7 +38,7 @@ async def backlog(redis: Any, topic: str, count: int, msg_id: str = "1-0", first
 
 async def pump(redis: Any, p: PartitionKeys = P, target: int = TARGET, share: float = 0.8) -> int:
     script = scripts.register(redis, "pump")
-    moved, _ = await script(
+    moved, _, _ = await script(
         keys=p.pump_keys(),
         args=[SENDERS_GROUP, target, 10, f"{p.prefix}backlog:", share, LIVE_MS],
     )
@@ -90,10 +90,22 @@ async def test_jobs_the_live_senders_hold_count_and_a_dead_senders_do_not(
     # The holder goes silent (a dead sender): its 15 wait for reclaim, not the pump.
     await asyncio.sleep(0.25)
     script = scripts.register(redis, "pump")
-    moved, out = await script(
+    moved, out, room = await script(
         keys=P.pump_keys(), args=[SENDERS_GROUP, TARGET, 10, f"{P.prefix}backlog:", 0.8, 200]
     )
-    assert (moved, out) == (15, 5)
+    assert (moved, out, room) == (15, 5, 0)
+
+
+async def test_the_pump_says_whether_the_senders_keep_up(redis: Any, group: None) -> None:
+    """Room left after a call: the backlogs ran out first (new mail should move soon); none
+    left: the senders hold all they should (room comes as they record)."""
+    script = scripts.register(redis, "pump")
+    args = [SENDERS_GROUP, TARGET, 10, f"{P.prefix}backlog:", 0.8, LIVE_MS]
+    await backlog(redis, "small", 5)
+    assert await script(keys=P.pump_keys(), args=args) == [5, 0, TARGET - 5]
+    await backlog(redis, "big", 100)
+    assert await script(keys=P.pump_keys(), args=args) == [TARGET - 5, 5, 0]
+    assert await script(keys=P.pump_keys(), args=args) == [0, TARGET, 0]
 
 
 async def test_jobs_come_out_exactly_as_dispatch_would_queue_them(redis: Any, group: None) -> None:
@@ -205,3 +217,22 @@ async def test_transactional_mail_takes_everything_when_no_bulk_waits(
     await deliver(redis)
     assert await pump(redis, share=0.8) == TARGET
     assert all(j.get("l") == "t" for j in await deliver(redis))
+
+
+async def test_a_pump_that_keeps_up_calls_again_soon_and_a_full_one_waits(
+    redis: Any, group: None
+) -> None:
+    """`Pump.top_up` tells the loop which interval to take: brisk while mail moves and room is
+    left, busy while the senders hold all they should."""
+    from sesflow.common.settings import settings_from_mapping
+    from sesflow.sender.pump import Pump, target_depth
+
+    settings = settings_from_mapping(
+        {"EMAIL_RATE": "100", "TRACKING_SECRET": "pump-test-secret-0123456789abcdef"}
+    )
+    pump_ = Pump(settings, redis, KEYS)
+    await backlog(redis, "small", 3)
+    assert await pump_.top_up() == (3, True)
+    await backlog(redis, "big", 1000)
+    assert await pump_.top_up() == (target_depth(settings) - 3, False)
+    assert await pump_.top_up() == (0, False)
