@@ -42,8 +42,8 @@ LIVE_MS = 5000  # a consumer silent this long is no live sender: its jobs wait f
 DIRECT_BURST_S = 0.25
 # While the senders hold all they should, room comes as their grid points' records free it: a
 # call every 100 ms (about the grid's step) tops them up, rather than five calls a point that
-# mostly find no room. While mail moves and room is left (the senders keep up with what arrives), a new
-# message should start soon: 20 ms. Nothing to move: 50 ms.
+# mostly find no room. While mail moves and room is left (the senders keep up with what
+# arrives), a new message should start soon: 20 ms. Nothing to move: 50 ms.
 BUSY_INTERVAL_S = 0.1
 BRISK_INTERVAL_S = 0.02
 IDLE_INTERVAL_S = 0.05

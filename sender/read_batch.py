@@ -177,9 +177,11 @@ class ReadBatch:
             await self.book_lane(items, urgent=True)
         else:
             bulk = [item for item in items if not item.attempt.urgent]
-            await asyncio.gather(
-                self.book_lane(urgent, urgent=True), self.book_lane(bulk, urgent=False)
-            )
+            lanes = (self.book_lane(urgent, urgent=True), self.book_lane(bulk, urgent=False))
+            # both end before the batch does: it then lets go of what neither grouped
+            for failed in await asyncio.gather(*lanes, return_exceptions=True):
+                if failed is not None:
+                    raise failed
 
     async def book_lane(self, items: list[_Item], *, urgent: bool) -> None:
         sender = self.sender
