@@ -234,5 +234,6 @@ async def test_a_pump_that_keeps_up_calls_again_soon_and_a_full_one_waits(
     await backlog(redis, "small", 3)
     assert await pump_.top_up() == (3, True)
     await backlog(redis, "big", 1000)
-    assert await pump_.top_up() == (target_depth(settings) - 3, False)
+    moved, kept_up = await pump_.top_up()
+    assert moved >= target_depth(settings, 0.0) - 3 and not kept_up  # the depth: full
     assert await pump_.top_up() == (0, False)
