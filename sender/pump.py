@@ -42,8 +42,8 @@ LIVE_MS = 5000  # a consumer silent this long is no live sender: its jobs wait f
 DIRECT_BURST_S = 0.25
 # While the senders hold all they should, room comes as their grid points' records free it: a
 # call every 100 ms (about the grid's step) tops them up, rather than five calls a point that
-# mostly find no room. While mail moves and room is left (the senders keep up with what
-# arrives), a new message should start soon: 20 ms. Nothing to move: 50 ms.
+# mostly find no room. While mail moves and room is left in a partition (its senders keep up
+# with what arrives), a new message should start soon: 20 ms. Nothing to move: 50 ms.
 BUSY_INTERVAL_S = 0.1
 BRISK_INTERVAL_S = 0.02
 IDLE_INTERVAL_S = 0.05
@@ -110,11 +110,12 @@ class Pump:
         """Top up every partition once; returns the jobs moved."""
         return (await self.top_up())[0]
 
-    async def top_up(self) -> tuple[int, bool]:
-        """Top up every partition once: the jobs moved, and whether room was left after them in
-        every partition (the backlogs ran out first: the senders keep up)."""
+    async def top_up(self) -> tuple[int, float]:
+        """Top up every partition once: the jobs moved, and how long to wait before the next
+        call (BRISK_INTERVAL_S when some partition moved mail and still had room, BUSY when
+        mail moved or some partition is full, IDLE otherwise)."""
         target = target_depth(self.settings, self.latency.read())
-        moved, kept_up = 0, True
+        moved, brisk, full = 0, False, False
         for p in self.keys.partitions:
             reply = await self.script(
                 keys=p.pump_keys(),
@@ -124,17 +125,17 @@ class Pump:
                 ],
             )
             moved += int(reply[0])
-            kept_up = kept_up and int(reply[2]) > 0
-        return moved, kept_up
+            room = int(reply[2])
+            brisk = brisk or (int(reply[0]) > 0 and room > 0)
+            full = full or room <= 0
+        if brisk:
+            return moved, BRISK_INTERVAL_S
+        return moved, BUSY_INTERVAL_S if moved or full else IDLE_INTERVAL_S
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                moved, kept_up = await self.top_up()
-                if not moved:
-                    interval = IDLE_INTERVAL_S
-                else:
-                    interval = BRISK_INTERVAL_S if kept_up else BUSY_INTERVAL_S
+                _, interval = await self.top_up()
             except UNAVAILABLE:
                 interval = OUTAGE_INTERVAL_S  # the sender's own loops report the outage
             except Exception:  # a bug must not stop the pump for good: log, go on

@@ -15,7 +15,7 @@
   point, with the slots of the step before it. A 1-second window then holds the sends of the
   grid points in a span of 1 + LATE_S seconds: at most (1 + LATE_S) / P of them, each with P
   seconds of the rate. P is (1 + LATE_S) / k for a whole k, so that is (1 + LATE_S) x rate x
-  HEADROOM + burst, under EMAIL_RATE + 2% (+ burst), for any number of replicas and any step.
+  HEADROOM + burst, under EMAIL_RATE + 1.5% (+ burst), for any number of replicas and any step.
   A dropped slot is wasted (the schedule is shared in Redis; others have booked after it),
   which costs a little of the mean rate but never bursts. This holds for *reservations* (slots
   in the future: the schedule is full, the cluster sends at the rate). A slot free at once
@@ -30,7 +30,7 @@
   *borrows* one: allowed at once, it pushes the shared schedule one slot later, so the mean
   rate is kept and a window holds at most the borrows made in it more. Borrows have a budget of
   their own, `BORROW_SHARE` of the rate per second: a window then holds at most rate x
-  (HEADROOM x (1 + LATE_S) + BORROW_SHARE) + 1 + burst, under EMAIL_RATE + 5% (+ burst).
+  (HEADROOM x (1 + LATE_S) + BORROW_SHARE) + 1 + burst, under EMAIL_RATE + 3% (+ burst).
 - AIMD: a throttle report (HTTP 429 / Throttling) multiplies the rate by `DECREASE`, at most once
   per `COOLDOWN_MS` for the whole cluster (one SES answer wave is one congestion signal, not 64),
   never below `FLOOR` of EMAIL_RATE; it then recovers by `RECOVERY` of the rate per second.
@@ -217,7 +217,7 @@ class RateLimiter:
         self._urgent: deque[Want] = deque()
         self._booked = 0  # slots booked in Redis and not handed out yet (their timers wait)
         self._points: dict[float, int] = {}  # ... by the time of their grid point
-        self._step = GATHER_MAX_S  # the grid's step at the rate last granted
+        self._step = grid_step(1 / self.rate)  # from the configured rate (`_book`)
         self._borrow_after = 0.0  # the borrowing budget is spent until then
         self._nudge: asyncio.Future[None] | None = None  # wakes the poller from a rest
         self._stop: asyncio.Event | None = None
@@ -233,7 +233,7 @@ class RateLimiter:
         self, tokens: int, *, urgent: bool = False, now_ms: float | None = None
     ) -> list[Any]:
         """One attempt at up to `tokens` slots: the script's reply (see rate_limiter.lua)."""
-        borrow = ("urgent", repr(BORROW_SHARE * self.rate), 1) if urgent else ()
+        borrow = ("urgent", BORROW_SHARE, 1) if urgent else ()
         reply: list[Any] = await self._call(
             "acquire", tokens, MAX_RESERVE_MS, *borrow, now_ms=now_ms
         )
@@ -309,19 +309,20 @@ class RateLimiter:
                 if stop is not None and stop.is_set():
                     self._end_waiters()
                     return
-                asked = time.monotonic()
                 if (short := self._urgent_short()) > 0:
                     reply = await self.grant(short, urgent=True)
+                    answered = time.monotonic()
                     if int(reply[0]) > 0:  # borrowed: allowed at once
                         first, interval, now = (float(x) for x in reply[1:4])
-                        self._book(int(reply[0]), first, interval, now, asked)
+                        self._book(int(reply[0]), first, interval, now, answered, borrowed=True)
                         continue
-                    self._borrow_after = asked + int(reply[1]) / 1000
-                    asked = time.monotonic()
+                    self._borrow_after = answered + int(reply[1]) / 1000
                 reply = await self.grant(needed)
                 count = int(reply[0])
                 if count > 0:
-                    self._book(count, float(reply[1]), float(reply[2]), float(reply[3]), asked)
+                    # timed from the answer: a grid point is never before Redis's own
+                    first, interval, now = (float(x) for x in reply[1:4])
+                    self._book(count, first, interval, now, time.monotonic())
                     continue
                 delay = min(int(reply[1]) / 1000, MAX_POLL_S) * random.uniform(0.8, 1.2)
                 await self._rest(stop, delay)
@@ -353,18 +354,25 @@ class RateLimiter:
         self._waiters.clear()
 
     def _book(
-        self, count: int, first_ms: float, interval_ms: float, now_ms: float, asked: float
+        self,
+        count: int,
+        first_ms: float,
+        interval_ms: float,
+        now_ms: float,
+        answered: float,
+        borrowed: bool = False,
     ) -> None:
-        """Schedule `count` slots, the first `first_ms` after Redis's `now_ms` (our `asked`)
+        """Schedule `count` slots, the first `first_ms` after Redis's `now_ms` (our `answered`)
         and then one every `interval_ms`, each to be handed out at its grid point.
 
         The jobs of one grid point are woken by one timer, at the point: one wake-up per job
         (or per read batch), not a grant now and a sleep until the slot. Slots free at once are
-        handed out by a timer too (at `asked`, already past): at a dense rate the slots just
+        handed out by a timer too (at `answered`, already past): at a dense rate the slots just
         after them are on grid points only nanoseconds later, and every timer that is due wakes
         in the same loop turn, so a read batch's jobs stay one group (one bulk call), not the
-        first alone. Who gets a point's slots is decided when it comes (`_hand_point`)."""
-        self._step = grid_step(interval_ms / 1000)
+        first alone. Who gets a point's slots is decided when it comes (`_hand_point`). The
+        grid's step comes from the configured rate, not the rate in force: slots booked
+        before and after an AIMD change share one grid."""
         step_ms = self._step * 1000
         reserved = LATE_S if interval_ms >= DENSE_INTERVAL_S * 1000 else IMMEDIATE_LATE_S
         points: dict[float, int] = {}
@@ -372,16 +380,17 @@ class RateLimiter:
             ahead = first_ms + slot * interval_ms
             if ahead > 0:  # the grid is laid on Redis's clock: every replica shares it
                 point = math.ceil((now_ms + ahead) / step_ms) * step_ms
-                at = asked + (point - now_ms) / 1000  # timed from when we asked: never late
+                at = answered + (point - now_ms) / 1000
             else:
-                at = asked
+                at = answered
             points[at] = points.get(at, 0) + 1
         self._booked += count
         loop = asyncio.get_running_loop()
         for at, n in points.items():
             self._points[at] = self._points.get(at, 0) + n
-            grant = Grant(at, reserved if at > asked else IMMEDIATE_LATE_S)
-            loop.call_at(at, self._hand_point, grant, n)
+            # a borrowed slot is held to LATE_S: it is on top of the schedule
+            tolerance = reserved if at > answered or borrowed else IMMEDIATE_LATE_S
+            loop.call_at(at, self._hand_point, Grant(at, tolerance), n)
 
     def _hand_point(self, grant: Grant, count: int) -> None:
         """A grid point came: its `count` slots go to the urgent wants first, then in order."""

@@ -42,8 +42,10 @@
 -- Transactional jobs skip the wait for the pump while the pump allows it: when nothing waits in
 -- the transactional backlog before them, up to the allowance a live pump publishes in KEYS[13]
 -- (`tx_rate` jobs per second, `tx_burst` at once, until `tx_until`; one GCRA schedule in
--- `tx_tat`) go straight to `sends` as the pump would add them; the rest go to the backlog. The
--- allowance is the transactional share of the rate, so a flood still waits for the pump.
+-- `tx_tat`) go straight to `sends` as the pump would add them; the rest go to the backlog.
+-- While bulk mail waits they also spend the pump's transactional credit (`tx_credit`, at most
+-- one job between two pump calls), so together with what the pump moves they keep to the
+-- transactional share (`tx_share`) of the room, as a flood through the backlog does.
 -- A job carries its recipient's data as field `d` (only when there is some). A scheduled chunk
 -- stores one line per recipient: the address, then a tab and the data when there is some
 -- (neither an address nor compact JSON holds a tab or a line break; see promote.lua).
@@ -98,21 +100,31 @@ end
 redis.call("HSET", KEYS[1], "dispatched", first + count)
 redis.call("PEXPIRE", KEYS[1], string.format("%d", ttl))
 
--- How many of `n` transactional jobs may go straight to `sends` now (the pump's allowance).
+-- How many of `n` transactional jobs may go straight to `sends` now (the pump's allowance;
+-- while bulk mail waits, also the pump's transactional credit, which they spend).
 local function direct_room(n)
-    local pump = redis.call("HMGET", KEYS[13], "tx_rate", "tx_burst", "tx_until", "tx_tat")
+    local pump = redis.call("HMGET", KEYS[13], "tx_rate", "tx_burst", "tx_until", "tx_tat",
+        "tx_share", "tx_credit")
     local rate, burst = tonumber(pump[1]), tonumber(pump[2])
     if not rate or rate <= 0 or not burst or (tonumber(pump[3]) or 0) < now then
-        return 0 -- no live pump: the backlog, as before
+        return 0 -- no live pump, or the senders take nothing: the backlog, as before
     end
     local interval = 1000 / rate
     local tat = math.max(tonumber(pump[4]) or 0, now - burst * interval)
-    -- 0.01 ms of slack: at epoch milliseconds a double is only ~0.0002 ms precise
+    -- 0.01 ms of slack for the rounding of times near epoch milliseconds
     local room = math.min(n, math.floor((now - tat + 0.01) / interval))
-    if room > 0 then
-        redis.call("HSET", KEYS[13], "tx_tat", string.format("%.3f", tat + room * interval))
+    local bulk_waits = redis.call("ZCARD", KEYS[9]) > 0 and redis.call("HEXISTS", KEYS[10], "") == 0
+    local credit = tonumber(pump[6]) or 0
+    if bulk_waits and (tonumber(pump[5]) or 1) < 1 then
+        room = math.min(room, math.floor(credit))
+        credit = credit - math.max(0, room)
     end
-    return math.max(0, room)
+    if room <= 0 then
+        return 0
+    end
+    redis.call("HSET", KEYS[13], "tx_tat", string.format("%.3f", tat + room * interval),
+        "tx_credit", string.format("%.6f", credit))
+    return room
 end
 
 -- The address and the data of the chunk's k-th recipient (k from 0).

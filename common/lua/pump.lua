@@ -37,8 +37,11 @@
 -- ARGV[7]  optional: transactional jobs per second that may skip the pump (dispatch.lua)
 -- ARGV[8]  optional: ... and how many of them at once
 --
--- Each call publishes that allowance in KEYS[6] (`tx_rate`, `tx_burst`), valid for ARGV[6] ms
--- (`tx_until`): while no pump calls, every transactional job waits in the backlog for one.
+-- A call that finds room (the senders take mail) publishes that allowance in KEYS[6]
+-- (`tx_rate`, `tx_burst`, and `tx_share` = ARGV[5]), valid for 1 s (`tx_until`): while no pump
+-- calls, or the senders take nothing (a pause, an outage), every transactional job waits in the
+-- backlog. While bulk mail waits, a job that skips the pump also spends the credit below
+-- (dispatch.lua), so transactional mail keeps to its share either way.
 --
 -- A backlog line is "<msg_id>\t<index>\t<address>" or "<msg_id>\t<index>\t<address>\t<data>"
 -- (data = compact JSON: never a tab): the job dispatch.lua would have XADDed.
@@ -48,12 +51,6 @@ local target = tonumber(ARGV[2])
 local quantum = tonumber(ARGV[3])
 local share = tonumber(ARGV[5])
 
-if ARGV[8] then
-    local clock = redis.call("TIME")
-    local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-    redis.call("HSET", KEYS[6], "tx_rate", ARGV[7], "tx_burst", ARGV[8],
-        "tx_until", string.format("%d", now + tonumber(ARGV[6])))
-end
 
 local last = nil
 local ok, groups = pcall(redis.call, "XINFO", "GROUPS", KEYS[1])
@@ -99,6 +96,12 @@ local out = undelivered + held
 local room = target - out
 if room <= 0 then
     return {0, out, 0}
+end
+if ARGV[8] then
+    local clock = redis.call("TIME")
+    local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    redis.call("HSET", KEYS[6], "tx_rate", ARGV[7], "tx_burst", ARGV[8], "tx_share", ARGV[5],
+        "tx_until", string.format("%d", now + 1000))
 end
 
 local function add(line, lane)

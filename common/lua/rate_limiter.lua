@@ -23,8 +23,9 @@
 --              (<= 0: at once; first_ms is negative when burst credit was left); now_ms is
 --              Redis's clock, on which every replica lays the same send grid
 --           -> {0, wait_ms}: nothing granted; ask again after wait_ms (paused, or schedule full)
---           ARGV[9] (optional) "urgent", with ARGV[10] borrows per second and ARGV[11] at
---           once: when the schedule is full, urgent slots are *borrowed*: allowed at once,
+--           ARGV[9] (optional) "urgent", with ARGV[10] borrows per second as a share of the
+--           rate in force and ARGV[11] at once: when no slot is free now (burst credit
+--           counted), urgent slots are *borrowed*: allowed at once,
 --           each pushing the schedule one slot later (the mean rate is kept; a 1-s window
 --           holds at most the borrows made in it more), from a budget of their own; when the
 --           budget is spent -> {0, wait_ms} (then book as usual). A schedule that is not full
@@ -72,17 +73,18 @@ if mode == "acquire" then
     local n = tonumber(ARGV[7])
     local max_reserve = tonumber(ARGV[8])
     tat = math.max(tat, now)
-    if ARGV[9] == "urgent" and tat > now + interval then
-        local binterval = 1000 / tonumber(ARGV[10])
+    if ARGV[9] == "urgent" and tat + (1 - burst) * interval > now then
+        -- the budget is a share of the rate in force (AIMD, the SES ceiling), not EMAIL_RATE
+        local binterval = interval / tonumber(ARGV[10])
         local bburst = tonumber(ARGV[11])
         local btat = math.max(tonumber(h[8]) or 0, now - bburst * binterval)
-        -- 0.01 ms of slack: at epoch milliseconds a double is only ~0.0002 ms precise
+        -- 0.01 ms of slack for the rounding of times near epoch milliseconds
         local count = math.min(n, math.floor((now - btat + 0.01) / binterval))
         if count < 1 then
             return {0, tostring(math.max(1, math.ceil(btat + binterval - now)))}
         end
         redis.call("HSET", key, "tat", tostring(tat + count * interval),
-            "btat", tostring(btat + count * binterval))
+            "btat", string.format("%.3f", btat + count * binterval))
         return {tostring(count), tostring(-count * interval), tostring(interval),
             string.format("%.3f", now)}
     end

@@ -170,3 +170,37 @@ async def test_without_a_live_pump_transactional_mail_waits_in_its_backlog(
     c = content(msg_id, lane="transactional")
     await dispatch(redis, p, msg_id, 0, addresses=["a@x.io"], content=c)
     assert not await redis.xlen(p.sends) and await redis.llen(p.transactional) == 1
+
+
+async def test_while_bulk_waits_skipping_the_pump_spends_the_transactional_credit(
+    redis: Any, p: PartitionKeys
+) -> None:
+    """A transactional flood must not take more than its share from bulk mail by skipping the
+    pump: while bulk waits, a job that skips it spends the pump's credit (one job between two
+    pump calls), and the others wait for the pump's share."""
+    await allow_direct(redis, p, rate=1000.0, burst=100)
+    bulk = f"{now_ms()}-9"
+    await dispatch(redis, p, bulk, 0, addresses=["bulk@x.io"], content=content(bulk))
+    assert await redis.zcard(p.backlog_topics) == 1  # bulk mail waits
+    await redis.hset(p.pump, "tx_credit", "1.000000")  # what a pump call leaves at most
+    msg_ids = [f"{now_ms()}-{n}" for n in range(3)]
+    for msg_id in msg_ids:
+        c = content(msg_id, lane="transactional")
+        await dispatch(redis, p, msg_id, 0, addresses=["a@x.io"], content=c)
+        await redis.delete(p.transactional)  # as if the pump took it
+    assert [f["m"] for _, f in await redis.xrange(p.sends)] == msg_ids[:1]
+    assert float(await redis.hget(p.pump, "tx_credit")) == 0
+
+
+async def test_a_pump_that_finds_no_room_does_not_renew_the_allowance(
+    redis: Any, p: PartitionKeys
+) -> None:
+    """Senders that take nothing (paused, throttled, stuck) leave no room: the allowance is
+    not renewed, and transactional jobs wait in their backlog, not on `sends`."""
+    script = scripts.register(redis, "pump")
+    await redis.xgroup_create(p.sends, SENDERS_GROUP, id="0", mkstream=True)
+    for n in range(3):
+        await redis.xadd(p.sends, {"m": f"1-{n}", "i": "0", "e": "x@x.io"})
+    args = [SENDERS_GROUP, 3, 10, f"{p.prefix}backlog:", 0.8, 5000, "100.0", 10]
+    assert await script(keys=p.pump_keys(), args=args) == [0, 3, 0]  # full: no room
+    assert not await redis.hexists(p.pump, "tx_until")

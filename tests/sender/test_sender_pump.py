@@ -222,18 +222,26 @@ async def test_transactional_mail_takes_everything_when_no_bulk_waits(
 async def test_a_pump_that_keeps_up_calls_again_soon_and_a_full_one_waits(
     redis: Any, group: None
 ) -> None:
-    """`Pump.top_up` tells the loop which interval to take: brisk while mail moves and room is
-    left, busy while the senders hold all they should."""
+    """`Pump.top_up` tells the loop how long to wait: brisk while mail moves and room is left,
+    busy while the senders hold all they should (with or without mail moved), idle when there
+    is nothing to move."""
     from sesflow.common.settings import settings_from_mapping
-    from sesflow.sender.pump import Pump, target_depth
+    from sesflow.sender.pump import (
+        BRISK_INTERVAL_S,
+        BUSY_INTERVAL_S,
+        IDLE_INTERVAL_S,
+        Pump,
+        target_depth,
+    )
 
     settings = settings_from_mapping(
         {"EMAIL_RATE": "100", "TRACKING_SECRET": "pump-test-secret-0123456789abcdef"}
     )
     pump_ = Pump(settings, redis, KEYS)
+    assert await pump_.top_up() == (0, IDLE_INTERVAL_S)
     await backlog(redis, "small", 3)
-    assert await pump_.top_up() == (3, True)
+    assert await pump_.top_up() == (3, BRISK_INTERVAL_S)
     await backlog(redis, "big", 1000)
-    moved, kept_up = await pump_.top_up()
-    assert moved >= target_depth(settings, 0.0) - 3 and not kept_up  # the depth: full
-    assert await pump_.top_up() == (0, False)
+    moved, interval = await pump_.top_up()
+    assert moved >= target_depth(settings, 0.0) - 3 and interval == BUSY_INTERVAL_S  # now full
+    assert await pump_.top_up() == (0, BUSY_INTERVAL_S)
