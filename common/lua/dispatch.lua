@@ -113,7 +113,8 @@ local function direct_room(n)
     local tat = math.max(tonumber(pump[4]) or 0, now - burst * interval)
     -- 0.01 ms of slack for the rounding of times near epoch milliseconds
     local room = math.min(n, math.floor((now - tat + 0.01) / interval))
-    local bulk_waits = redis.call("ZCARD", KEYS[9]) > 0 and redis.call("HEXISTS", KEYS[10], "") == 0
+    local bulk_waits = redis.call("ZCARD", KEYS[9]) > 0
+        and redis.call("HEXISTS", KEYS[10], "") == 0
     local credit = tonumber(pump[6]) or 0
     if bulk_waits and (tonumber(pump[5]) or 1) < 1 then
         room = math.min(room, math.floor(credit))
@@ -170,7 +171,8 @@ if delay == 0 then
             direct = direct_room(#lines)
         end
         for k = 1, direct do
-            local index, address, data = string.match(lines[k], "^[^\t]*\t([^\t]*)\t([^\t]*)\t?(.*)$")
+            local index, address, data =
+                string.match(lines[k], "^[^\t]*\t([^\t]*)\t([^\t]*)\t?(.*)$")
             local job = {"m", msg_id, "i", index, "e", address}
             if data ~= "" then
                 job[#job + 1] = "d"

@@ -51,7 +51,6 @@ local target = tonumber(ARGV[2])
 local quantum = tonumber(ARGV[3])
 local share = tonumber(ARGV[5])
 
-
 local last = nil
 local ok, groups = pcall(redis.call, "XINFO", "GROUPS", KEYS[1])
 if ok then
