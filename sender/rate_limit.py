@@ -72,7 +72,7 @@ MAX_RESERVE_MS = 500
 # 500/s, 78.5 ms (39 recipients per call). A step and its lateness stay within 100 ms: one
 # point's call is then never more than a tenth of a second of the rate, even right after a late
 # point, which the strictest SES throttling we model (a token bucket of 0.1 s, the test stub's)
-# accepts. At 94 ms + 30 ms it answered 429 in 4 of 7 runs of the rate bench.
+# accepts. At 94 ms + 30 ms it answered 429 in 4 of 8 runs of the rate bench.
 GATHER_MAX_S = 0.08
 GATHER_SLOTS = 50
 # Urgent slots borrowed ahead of a full schedule: this share of the rate per second, one at a
