@@ -215,8 +215,9 @@ class RateLimiter:
         self._script = register(client, "rate_limiter")
         self._waiters: deque[Want] = deque()
         self._urgent: deque[Want] = deque()
-        self._booked = 0  # slots booked in Redis and not handed out yet (their timers wait)
-        self._points: dict[float, int] = {}  # ... by the time of their grid point
+        # slots booked in Redis and not handed out yet, by the time of their grid point (whose
+        # timer waits)
+        self._points: dict[float, int] = {}
         self._step = grid_step(1 / self.rate)  # from the configured rate (`_book`)
         self._borrow_after = 0.0  # the borrowing budget is spent until then
         self._nudge: asyncio.Future[None] | None = None  # wakes the poller from a rest
@@ -284,7 +285,12 @@ class RateLimiter:
 
     def _needed(self) -> int:
         """Slots wanted beyond those already booked."""
-        return sum(w.left for w in self._live()) - self._booked
+        return sum(w.left for w in self._live()) - self.booked
+
+    @property
+    def booked(self) -> int:
+        """Slots booked in Redis and not handed out yet."""
+        return sum(self._points.values())
 
     def _urgent_short(self) -> int:
         """Urgent slots wanted beyond those this process has booked within a grid step."""
@@ -312,7 +318,7 @@ class RateLimiter:
                 if (short := self._urgent_short()) > 0:
                     reply = await self.grant(short, urgent=True)
                     answered = time.monotonic()
-                    if int(reply[0]) > 0:  # borrowed: allowed at once
+                    if int(reply[0]) > 0:  # borrowed (allowed at once), or free anyway
                         first, interval, now = (float(x) for x in reply[1:4])
                         self._book(int(reply[0]), first, interval, now, answered, borrowed=True)
                         continue
@@ -384,7 +390,6 @@ class RateLimiter:
             else:
                 at = answered
             points[at] = points.get(at, 0) + 1
-        self._booked += count
         loop = asyncio.get_running_loop()
         for at, n in points.items():
             self._points[at] = self._points.get(at, 0) + n
@@ -394,7 +399,6 @@ class RateLimiter:
 
     def _hand_point(self, grant: Grant, count: int) -> None:
         """A grid point came: its `count` slots go to the urgent wants first, then in order."""
-        self._booked -= count
         if (left := self._points.pop(grant.at, 0) - count) > 0:
             self._points[grant.at] = left  # another booking's timer for the same point
         given: list[tuple[Want, list[Grant]]] = []
@@ -414,7 +418,7 @@ class RateLimiter:
     def _fail_waiters(self, exc: Exception | None) -> None:
         """The waiting callers beyond what is booked see the failure (or, None: a
         cancellation) themselves; those the booked slots cover still get them."""
-        covered = self._booked
+        covered = self.booked
         for queue in (self._urgent, self._waiters):
             kept: deque[Want] = deque()
             for waiter in queue:

@@ -170,18 +170,17 @@ class ReadBatch:
         """Rate slots for every job, transactional ones first; each grid point's jobs join
         those of the other batches due at that point (`GridPoints`), and this task ends once
         every job has its slot."""
-        urgent = [item for item in items if item.attempt.urgent]
-        if not urgent:
-            await self.book_lane(items, urgent=False)
-        elif len(urgent) == len(items):
-            await self.book_lane(items, urgent=True)
-        else:
-            bulk = [item for item in items if not item.attempt.urgent]
-            lanes = (self.book_lane(urgent, urgent=True), self.book_lane(bulk, urgent=False))
-            # both end before the batch does: it then lets go of what neither grouped
-            for failed in await asyncio.gather(*lanes, return_exceptions=True):
-                if failed is not None:
-                    raise failed
+        lanes: dict[bool, list[_Item]] = {True: [], False: []}
+        for item in items:
+            lanes[item.attempt.urgent].append(item)
+        booking = [self.book_lane(group, urgent=u) for u, group in lanes.items() if group]
+        if len(booking) == 1:
+            await booking[0]
+            return
+        # both lanes end before the batch does: it then lets go of what neither grouped
+        for failed in await asyncio.gather(*booking, return_exceptions=True):
+            if failed is not None:
+                raise failed
 
     async def book_lane(self, items: list[_Item], *, urgent: bool) -> None:
         sender = self.sender

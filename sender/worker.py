@@ -501,7 +501,7 @@ class Sender(StreamConsumer):
         probing = await self.wait_for_setup(attempt)
         if probing is None:
             return Step.DONE  # parked until its setup resumes
-        urgent = attempt.urgent
+        urgent = attempt.urgent  # transactional mail first
         grant = await self.before_claim(lambda: self.limiter.acquire(self.stop, urgent=urgent))
         if grant is None or self.stop.is_set():
             raise LeavePending()
