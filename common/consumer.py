@@ -386,17 +386,20 @@ class StreamConsumer:
             for entry_id, fields in await self.read(stream, ">", count, READ_BLOCK_MS):
                 self.spawn(stream, entry_id, fields)
 
-    async def read(self, stream: str, start: str, count: int, block_ms: int | None) -> list[Entry]:
+    async def read(
+        self, stream: str, start: str, count: int, block_ms: int | None, *, at_once: bool = True
+    ) -> list[Entry]:
         """XREADGROUP from `start` (">": new entries, "0": our own pending list), blocking up to
         `block_ms` (None: not at all; at most READ_BLOCK_MS); [] at `stop`, which cuts a
-        blocking read short."""
+        blocking read short. Not `at_once`: the caller has just found nothing new, so a
+        blocking read of new entries goes without the lanes' first read that answers at once."""
         if self.stop.is_set():
             return []
         block = None if block_ms is None else max(1, min(block_ms, READ_BLOCK_MS))
         guard = (block or 0) / 1000 + READ_GUARD_S
         lane = lane_of(self.client) if start == ">" else None
         if lane is not None:
-            return await self.read_on_lanes(lane, stream, count, block, guard)
+            return await self.read_on_lanes(lane, stream, count, block, guard, at_once=at_once)
         call = self.client.xreadgroup(
             self.group, self.consumer, {stream: start}, count=count, block=block
         )
@@ -404,13 +407,20 @@ class StreamConsumer:
         return list(reply[0][1]) if reply else []
 
     async def read_on_lanes(
-        self, lane: LeanRedis, stream: str, count: int, block: int | None, guard: float
+        self,
+        lane: LeanRedis,
+        stream: str,
+        count: int,
+        block: int | None,
+        guard: float,
+        *,
+        at_once: bool = True,
     ) -> list[Entry]:
         """New entries through the process's lean lanes (common/lean_redis.py): first a read
         that answers at once (a busy reader mostly finds entries), then, only when there are
         none, the blocking read on the stream's own lane, where it holds up nothing else."""
         read = ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count)
-        found = await lane.execute(*read, "STREAMS", stream, ">")
+        found = await lane.execute(*read, "STREAMS", stream, ">") if at_once else None
         if not found and block is not None:
             blocking = (*read, "BLOCK", block, "STREAMS", stream, ">")
             call = lane.reader(stream).execute_blocking(*blocking)

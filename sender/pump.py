@@ -2,7 +2,9 @@
 backlogs (`pump.lua`, which holds the fair share and the transactional cap).
 
 Every sender replica runs one; each call is one atomic script that adds only what is missing,
-so any number of pumps keep the same depth. The depth counts what is on `sends` and not yet
+so any number of pumps keep the same depth. A reader's read is such a call too (`Pump.read`):
+the script reads for it after the top-up, which saves the read its own round trip and, while
+mail flows, the pump loop every call of its own. The depth counts what is on `sends` and not yet
 read plus what the live senders hold, so the replicas together never hold more than the target:
 the rate's worth of AHEAD_S, plus the jobs on their way around (CYCLE_S) and in SES calls (the
 rate times the mean SES call time this replica measures). Deep enough that a sender never waits
@@ -15,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from typing import Any
 
 from sesflow.common import scripts
 from sesflow.common.connection import UNAVAILABLE, Redis
-from sesflow.common.consumer import sleep_or_stop
-from sesflow.common.keys import SENDERS_GROUP, Keys
+from sesflow.common.consumer import Entry, wait_at_most
+from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from sesflow.common.logs import get_logger
 from sesflow.common.settings import Settings
 from sesflow.sender.metrics import SES_SECONDS
@@ -94,7 +97,37 @@ def _sum_and_count() -> tuple[float, float]:
     return total, count
 
 
+def flat_entries(flat: list[Any], start: int) -> list[Entry]:
+    """The entries of pump.lua's flat reply from `start` on: ID, length, names and values."""
+    entries: list[Entry] = []
+    at, end = start, len(flat)
+    while at < end:
+        entry_id, length = flat[at], int(flat[at + 1])
+        at += 2
+        entries.append(
+            (
+                entry_id,
+                dict(zip(flat[at : at + length : 2], flat[at + 1 : at + length : 2], strict=True)),
+            )
+        )
+        at += length
+    return entries
+
+
+def interval_of(moved: int, room: int) -> float:
+    """How long before a partition's next top-up, from what its last one did: brisk while mail
+    moves and room is left, busy while mail moves or its senders hold all they should, idle
+    when there is nothing to move."""
+    if moved > 0 and room > 0:
+        return BRISK_INTERVAL_S
+    return BUSY_INTERVAL_S if moved or room <= 0 else IDLE_INTERVAL_S
+
+
 class Pump:
+    """Tops the partitions up: from its own loop, and for a sender's reader as part of its read
+    (`read`), which pushes the loop's next call for that partition back. While the readers
+    read, as they do while mail flows, the loop has nothing to do and never wakes."""
+
     def __init__(self, settings: Settings, client: Redis, keys: Keys) -> None:
         self.settings = settings
         self.client = client
@@ -105,40 +138,75 @@ class Pump:
         per_partition = settings.email_rate / max(1, settings.send_partitions)
         self.direct_rate = self.share * per_partition * HEADROOM
         self.direct_burst = max(1, math.ceil(self.direct_rate * DIRECT_BURST_S))
+        # when the loop tops each partition up next (monotonic); a read moves it on
+        self.due = {p.index: 0.0 for p in keys.partitions}
+        self.moved_on = asyncio.Event()  # a read moved some partition's time on (or `stop`)
 
     async def once(self) -> int:
         """Top up every partition once; returns the jobs moved."""
         return (await self.top_up())[0]
 
-    async def top_up(self) -> tuple[int, float]:
-        """Top up every partition once: the jobs moved, and how long to wait before the next
-        call (BRISK_INTERVAL_S when some partition moved mail and still had room, BUSY when
-        mail moved or some partition is full, IDLE otherwise)."""
+    async def top_up(self, parts: list[PartitionKeys] | None = None) -> tuple[int, float]:
+        """Top up every partition (or `parts`) once: the jobs moved, and how long to wait before
+        the next call (BRISK_INTERVAL_S when some partition moved mail and still had room, BUSY
+        when mail moved or some partition is full, IDLE otherwise)."""
         target = target_depth(self.settings, self.latency.read())
-        moved, brisk, full = 0, False, False
-        for p in self.keys.partitions:
-            reply = await self.script(
-                keys=p.pump_keys(),
-                args=[
-                    *(SENDERS_GROUP, target, QUANTUM, f"{p.prefix}backlog:", self.share, LIVE_MS),
-                    *(repr(self.direct_rate), self.direct_burst),
-                ],
-            )
+        moved, intervals = 0, set()
+        for p in self.keys.partitions if parts is None else parts:
+            reply = await self._call(p, target)
             moved += int(reply[0])
-            room = int(reply[2])
-            brisk = brisk or (int(reply[0]) > 0 and room > 0)
-            full = full or room <= 0
-        if brisk:
+            intervals.add(interval_of(int(reply[0]), int(reply[2])))
+        if BRISK_INTERVAL_S in intervals:
             return moved, BRISK_INTERVAL_S
-        return moved, BUSY_INTERVAL_S if moved or full else IDLE_INTERVAL_S
+        return moved, BUSY_INTERVAL_S if BUSY_INTERVAL_S in intervals else IDLE_INTERVAL_S
+
+    async def read(self, part: PartitionKeys, consumer: str, count: int) -> list[Entry]:
+        """Top `part` up and read up to `count` of its new entries for `consumer`, in one script
+        call: the read costs no round trip of its own, and the loop waits a full interval
+        again before it tops `part` up itself."""
+        target = target_depth(self.settings, self.latency.read())
+        reply = await self._call(part, target, consumer, count)
+        self.moved_on.set()
+        return flat_entries(reply, 3)
+
+    async def _call(self, part: PartitionKeys, target: int, *read: str | int) -> list[Any]:
+        reply: list[Any] = await self.script(
+            keys=part.pump_keys(),
+            args=[
+                *(SENDERS_GROUP, target, QUANTUM, f"{part.prefix}backlog:", self.share, LIVE_MS),
+                *(repr(self.direct_rate), self.direct_burst, *read),
+            ],
+        )
+        self.due[part.index] = time.monotonic() + interval_of(int(reply[0]), int(reply[2]))
+        return reply
 
     async def run(self, stop: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(stop.wait())
+        stopping.add_done_callback(lambda _: self.moved_on.set())
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                due = [p for p in self.keys.partitions if self.due[p.index] <= now]
+                try:
+                    if due:
+                        await self.top_up(due)
+                except UNAVAILABLE:
+                    self.put_off(OUTAGE_INTERVAL_S)  # the sender's loops report the outage
+                except Exception:  # a bug must not stop the pump for good: log, go on
+                    log.exception("pump failed")
+                    self.put_off(OUTAGE_INTERVAL_S)
+                await self.until_due(stop)
+        finally:
+            stopping.cancel()
+
+    def put_off(self, seconds: float) -> None:
+        at = time.monotonic() + seconds
+        self.due = dict.fromkeys(self.due, at)
+
+    async def until_due(self, stop: asyncio.Event) -> None:
+        """Until some partition is due, its time moved on by every read meanwhile (or `stop`)."""
         while not stop.is_set():
-            try:
-                _, interval = await self.top_up()
-            except UNAVAILABLE:
-                interval = OUTAGE_INTERVAL_S  # the sender's own loops report the outage
-            except Exception:  # a bug must not stop the pump for good: log, go on
-                log.exception("pump failed")
-                interval = OUTAGE_INTERVAL_S
-            await sleep_or_stop(stop, interval)
+            self.moved_on.clear()
+            wait = min(self.due.values()) - time.monotonic()
+            if wait <= 0 or not await wait_at_most(self.moved_on, wait):
+                return

@@ -79,6 +79,7 @@ from sesflow.common.aws import Quota
 from sesflow.common.connection import UNAVAILABLE
 from sesflow.common.consumer import (
     READ_BLOCK_MS,
+    Entry,
     StreamConsumer,
     Upkeep,
     delivery_counts,
@@ -243,6 +244,7 @@ class Sender(StreamConsumer):
         self.setup = SetupFaults(client, self.keys, settings.setup_probe_interval, self.consumer)
         self.parking = Parking(client, self.keys, self.consumer)
         self.slots = Slots(settings.sender_concurrency)
+        self.pump = Pump(settings, client, self.keys)
         # Entries this process is handling, per partition: the upkeep keeps them from going idle
         # (XCLAIM JUSTID), so no other replica reclaims a job that is merely waiting.
         self.held: dict[int, set[str]] = {p.index: set() for p in self.keys.partitions}
@@ -275,7 +277,7 @@ class Sender(StreamConsumer):
     def background(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
         return [
             run_upkeep(self, stop, self.drained),
-            Pump(self.settings, self.client, self.keys).run(stop),
+            self.pump.run(stop),
         ]
 
     async def prepare(self) -> None:
@@ -320,7 +322,7 @@ class Sender(StreamConsumer):
     async def consume(self, stream: str) -> None:
         """Take free slots, fill them: first with entries of dead consumers when a reclaim pass
         is due (the reader does it, so reclaim and reading never compete for slots), then with
-        new entries (XREADGROUP COUNT = slots held, BLOCK). An error gives the slots back."""
+        new entries (`read_new`, as many as slots held). An error gives the slots back."""
         part = self.part_of[stream]
         while True:
             count = await self.slots.take(
@@ -330,13 +332,24 @@ class Sender(StreamConsumer):
                 return
             try:
                 used = await self.reclaim_due(part, count)
-                entries = [] if used else await self.read(stream, ">", count, READ_BLOCK_MS)
+                entries = [] if used else await self.read_new(part, count)
             except BaseException:
                 self.slots.give(count)
                 raise
             self.slots.give(count - used - len(entries))
             if entries:
                 self.spawn_batch(part, entries)
+
+    async def read_new(self, part: PartitionKeys, count: int) -> list[Entry]:
+        """Up to `count` new entries: the pump tops the partition up and reads them in one
+        script call; only when that finds none, a blocking read waits for the next top-up (or
+        for what a producer XADDs to `sends` itself)."""
+        if self.stop.is_set():
+            return []
+        found = await self.pump.read(part, self.consumer, count)
+        if found:
+            return found
+        return await self.read(part.sends, ">", count, READ_BLOCK_MS, at_once=False)
 
     async def reclaim_due(self, part: PartitionKeys, count: int) -> int:
         """When a pass is due (and not held back after an outage), take over up to `count`

@@ -36,6 +36,8 @@
 -- ARGV[6]  a consumer idle for this long (ms) is not a live sender
 -- ARGV[7]  optional: transactional jobs per second that may skip the pump (dispatch.lua)
 -- ARGV[8]  optional: ... and how many of them at once
+-- ARGV[9]  optional: a sender's consumer name: after the top-up, read for it (XREADGROUP >) ...
+-- ARGV[10] ... up to this many entries
 --
 -- A call that finds room (the senders take mail) publishes that allowance in KEYS[6]
 -- (`tx_rate`, `tx_burst`, and `tx_share` = ARGV[5]), valid for 1 s (`tx_until`): while no pump
@@ -46,139 +48,167 @@
 -- A backlog line is "<msg_id>\t<index>\t<address>" or "<msg_id>\t<index>\t<address>\t<data>"
 -- (data = compact JSON: never a tab): the job dispatch.lua would have XADDed.
 --
--- Returns {jobs moved, jobs handed out before (undelivered + held), room left after (0: full)}.
+-- A sender's reader tops up and reads in one call: its read then costs no round trip of its own,
+-- and while the readers read, the pump's own loop has nothing left to do.
+--
+-- Returns {jobs moved, jobs handed out before (undelivered + held), room left after (0: full)},
+-- then, with ARGV[9], each entry read: its ID, its number of field names and values, and those.
 local target = tonumber(ARGV[2])
 local quantum = tonumber(ARGV[3])
 local share = tonumber(ARGV[5])
 
-local last = nil
-local ok, groups = pcall(redis.call, "XINFO", "GROUPS", KEYS[1])
-if ok then
-    for _, group in ipairs(groups) do
-        local name, delivered = nil, nil
-        for i = 1, #group, 2 do
-            if group[i] == "name" then
-                name = group[i + 1]
-            elseif group[i] == "last-delivered-id" then
-                delivered = group[i + 1]
+local function top_up()
+    local last = nil
+    local ok, groups = pcall(redis.call, "XINFO", "GROUPS", KEYS[1])
+    if ok then
+        for _, group in ipairs(groups) do
+            local name, delivered = nil, nil
+            for i = 1, #group, 2 do
+                if group[i] == "name" then
+                    name = group[i + 1]
+                elseif group[i] == "last-delivered-id" then
+                    delivered = group[i + 1]
+                end
+            end
+            if name == ARGV[1] then
+                last = delivered
             end
         end
-        if name == ARGV[1] then
-            last = delivered
-        end
     end
-end
-local undelivered
-if last then
-    undelivered = #redis.call("XRANGE", KEYS[1], "(" .. last, "+", "COUNT", target + 1)
-else
-    undelivered = #redis.call("XRANGE", KEYS[1], "-", "+", "COUNT", target + 1)
-end
-local held = 0
-if last then
-    local live = tonumber(ARGV[6])
-    for _, consumer in ipairs(redis.call("XINFO", "CONSUMERS", KEYS[1], ARGV[1])) do
-        local pending, idle = 0, 0
-        for i = 1, #consumer, 2 do
-            if consumer[i] == "pending" then
-                pending = consumer[i + 1]
-            elseif consumer[i] == "idle" then
-                idle = consumer[i + 1]
+    local undelivered
+    if last then
+        undelivered = #redis.call("XRANGE", KEYS[1], "(" .. last, "+", "COUNT", target + 1)
+    else
+        undelivered = #redis.call("XRANGE", KEYS[1], "-", "+", "COUNT", target + 1)
+    end
+    local held = 0
+    if last then
+        local live = tonumber(ARGV[6])
+        for _, consumer in ipairs(redis.call("XINFO", "CONSUMERS", KEYS[1], ARGV[1])) do
+            local pending, idle = 0, 0
+            for i = 1, #consumer, 2 do
+                if consumer[i] == "pending" then
+                    pending = consumer[i + 1]
+                elseif consumer[i] == "idle" then
+                    idle = consumer[i + 1]
+                end
+            end
+            if idle < live then
+                held = held + pending
             end
         end
-        if idle < live then
-            held = held + pending
+    end
+    local out = undelivered + held
+    local room = target - out
+    if room <= 0 then
+        return {0, out, 0}
+    end
+    if ARGV[8] then
+        local clock = redis.call("TIME")
+        local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+        redis.call("HSET", KEYS[6], "tx_rate", ARGV[7], "tx_burst", ARGV[8], "tx_share", ARGV[5],
+            "tx_until", string.format("%d", now + 1000))
+    end
+
+    local function add(line, lane)
+        local msg_id, index, address, data =
+            string.match(line, "^([^\t]*)\t([^\t]*)\t([^\t]*)\t?(.*)$")
+        if not msg_id then
+            return
+        end
+        local job = {"m", msg_id, "i", index, "e", address}
+        if data ~= "" then
+            job[#job + 1] = "d"
+            job[#job + 1] = data
+        end
+        if lane then
+            job[#job + 1] = "l"
+            job[#job + 1] = lane
+        end
+        redis.call("XADD", KEYS[1], "*", unpack(job))
+    end
+
+    local bulk_paused = redis.call("HEXISTS", KEYS[3], "") == 1
+    local bulk_waiting = not bulk_paused and redis.call("ZCARD", KEYS[2]) > 0
+    local tx_room = room
+    local credit = 0
+    if bulk_waiting and share < 1 then
+        credit = share * room + (tonumber(redis.call("HGET", KEYS[6], "tx_credit")) or 0)
+        tx_room = math.min(room, math.floor(credit))
+    end
+
+    local moved = 0
+    if tx_room > 0 then
+        local lines = redis.call("LPOP", KEYS[5], tx_room)
+        if lines then
+            for _, line in ipairs(lines) do
+                add(line, "t")
+            end
+            moved = #lines
+            room = room - #lines
         end
     end
-end
-local out = undelivered + held
-local room = target - out
-if room <= 0 then
-    return {0, out, 0}
-end
-if ARGV[8] then
-    local clock = redis.call("TIME")
-    local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-    redis.call("HSET", KEYS[6], "tx_rate", ARGV[7], "tx_burst", ARGV[8], "tx_share", ARGV[5],
-        "tx_until", string.format("%d", now + 1000))
-end
-
-local function add(line, lane)
-    local msg_id, index, address, data =
-        string.match(line, "^([^\t]*)\t([^\t]*)\t([^\t]*)\t?(.*)$")
-    if not msg_id then
-        return
+    if bulk_waiting and share < 1 then
+        -- What was allowed and not taken carries over, up to one job: no burst later.
+        credit = math.max(0, math.min(1, credit - moved))
+        redis.call("HSET", KEYS[6], "tx_credit", string.format("%.6f", credit))
     end
-    local job = {"m", msg_id, "i", index, "e", address}
-    if data ~= "" then
-        job[#job + 1] = "d"
-        job[#job + 1] = data
+    if bulk_paused then
+        return {moved, out, room}
     end
-    if lane then
-        job[#job + 1] = "l"
-        job[#job + 1] = lane
-    end
-    redis.call("XADD", KEYS[1], "*", unpack(job))
-end
 
-local bulk_paused = redis.call("HEXISTS", KEYS[3], "") == 1
-local bulk_waiting = not bulk_paused and redis.call("ZCARD", KEYS[2]) > 0
-local tx_room = room
-local credit = 0
-if bulk_waiting and share < 1 then
-    credit = share * room + (tonumber(redis.call("HGET", KEYS[6], "tx_credit")) or 0)
-    tx_room = math.min(room, math.floor(credit))
-end
-
-local moved = 0
-if tx_room > 0 then
-    local lines = redis.call("LPOP", KEYS[5], tx_room)
-    if lines then
-        for _, line in ipairs(lines) do
-            add(line, "t")
+    local turns = 0
+    while room > 0 and turns < 64 do
+        turns = turns + 1
+        local head = redis.call("ZRANGE", KEYS[2], 0, 0, "WITHSCORES")
+        if #head == 0 then
+            break
         end
-        moved = #lines
-        room = room - #lines
+        local topic, vtime = head[1], tonumber(head[2])
+        local backlog = ARGV[4] .. topic
+        local lines = false
+        if redis.call("HEXISTS", KEYS[3], topic) == 0 then
+            lines = redis.call("LPOP", backlog, math.min(room, quantum))
+        end
+        if not lines then
+            redis.call("ZREM", KEYS[2], topic)
+        else
+            for _, line in ipairs(lines) do
+                add(line, nil)
+            end
+            moved = moved + #lines
+            room = room - #lines
+            if redis.call("LLEN", backlog) == 0 then
+                redis.call("ZREM", KEYS[2], topic)
+                redis.call("HDEL", KEYS[4], topic)
+            else
+                local weight = tonumber(redis.call("HGET", KEYS[4], topic) or "1") or 1
+                local next_vtime = string.format("%.17g", vtime + #lines / weight)
+                redis.call("ZADD", KEYS[2], "XX", next_vtime, topic)
+            end
+        end
     end
-end
-if bulk_waiting and share < 1 then
-    -- What was allowed and not taken carries over, up to one job: no burst later.
-    credit = math.max(0, math.min(1, credit - moved))
-    redis.call("HSET", KEYS[6], "tx_credit", string.format("%.6f", credit))
-end
-if bulk_paused then
     return {moved, out, room}
 end
 
-local turns = 0
-while room > 0 and turns < 64 do
-    turns = turns + 1
-    local head = redis.call("ZRANGE", KEYS[2], 0, 0, "WITHSCORES")
-    if #head == 0 then
-        break
+local reply = top_up()
+if ARGV[9] then
+    -- pcall: without its group (the stream was deleted) the reader's blocking read that
+    -- follows an empty answer fails, as it always did, and the reader creates the group again
+    local read = redis.pcall("XREADGROUP", "GROUP", ARGV[1], ARGV[9], "COUNT", tonumber(ARGV[10]),
+        "STREAMS", KEYS[1], ">")
+    if type(read) ~= "table" or read.err then
+        read = false
     end
-    local topic, vtime = head[1], tonumber(head[2])
-    local backlog = ARGV[4] .. topic
-    local lines = false
-    if redis.call("HEXISTS", KEYS[3], topic) == 0 then
-        lines = redis.call("LPOP", backlog, math.min(room, quantum))
-    end
-    if not lines then
-        redis.call("ZREM", KEYS[2], topic)
-    else
-        for _, line in ipairs(lines) do
-            add(line, nil)
-        end
-        moved = moved + #lines
-        room = room - #lines
-        if redis.call("LLEN", backlog) == 0 then
-            redis.call("ZREM", KEYS[2], topic)
-            redis.call("HDEL", KEYS[4], topic)
-        else
-            local weight = tonumber(redis.call("HGET", KEYS[4], topic) or "1") or 1
-            local next_vtime = string.format("%.17g", vtime + #lines / weight)
-            redis.call("ZADD", KEYS[2], "XX", next_vtime, topic)
+    -- flat: a nested reply leaves Redis in as many writes as it has levels, and the reader
+    -- would wake for each
+    for _, entry in ipairs(read and read[1][2] or {}) do
+        local fields = entry[2] or {}
+        reply[#reply + 1] = entry[1]
+        reply[#reply + 1] = #fields
+        for _, value in ipairs(fields) do
+            reply[#reply + 1] = value
         end
     end
 end
-return {moved, out, room}
+return reply

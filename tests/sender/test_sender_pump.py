@@ -245,3 +245,87 @@ async def test_a_pump_that_keeps_up_calls_again_soon_and_a_full_one_waits(
     moved, interval = await pump_.top_up()
     assert moved >= target_depth(settings, 0.0) - 3 and interval == BUSY_INTERVAL_S  # now full
     assert await pump_.top_up() == (0, BUSY_INTERVAL_S)
+
+
+def test_flat_entries_read_back_pump_luas_reply() -> None:
+    from sesflow.sender.pump import flat_entries
+
+    reply = [5, 0, 15, "1-0", 4, "m", "a", "i", "0", "2-0", 0, "3-0", 2, "e", ""]
+    assert flat_entries(reply, 3) == [
+        ("1-0", {"m": "a", "i": "0"}),
+        ("2-0", {}),
+        ("3-0", {"e": ""}),
+    ]
+    assert flat_entries(reply[:3], 3) == []
+
+
+async def test_a_reader_tops_up_and_reads_in_one_call(redis: Any, group: None) -> None:
+    """With a consumer name the call reads for it after the top-up, at most the count asked
+    for; what the reader holds still counts toward the depth."""
+    from sesflow.sender.pump import flat_entries
+
+    await backlog(redis, "big", 100)
+    script = scripts.register(redis, "pump")
+    args = [SENDERS_GROUP, TARGET, 10, f"{P.prefix}backlog:", 0.8, LIVE_MS, "1", 1]
+    reply = await script(keys=P.pump_keys(), args=[*args, "reader", 7])
+    assert reply[:3] == [TARGET, 0, 0]
+    entries = flat_entries(reply, 3)
+    assert [(fields or {})["e"] for _, fields in entries] == [f"big{n}@x.io" for n in range(7)]
+    pending = await redis.xpending(P.sends, SENDERS_GROUP)
+    assert pending["pending"] == 7 and pending["consumers"] == [{"name": "reader", "pending": 7}]
+
+    reply = await script(keys=P.pump_keys(), args=[*args, "reader", 100])
+    assert reply[:3] == [0, TARGET, 0]  # 13 undelivered + 7 held: nothing missing
+    assert [(fields or {})["e"] for _, fields in flat_entries(reply, 3)] == [
+        f"big{n}@x.io" for n in range(7, TARGET)
+    ]
+
+
+async def test_while_a_reader_tops_up_the_pump_loop_makes_no_call_of_its_own(
+    redis: Any, group: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read pushes the loop's next call back a whole interval; once the reads stop, the
+    loop tops up again within its interval."""
+    from sesflow.common.settings import settings_from_mapping
+    from sesflow.sender.pump import IDLE_INTERVAL_S, Pump
+
+    settings = settings_from_mapping(
+        {"EMAIL_RATE": "100", "TRACKING_SECRET": "pump-test-secret-0123456789abcdef"}
+    )
+    pump_ = Pump(settings, redis, KEYS)
+    calls: list[str] = []
+    real = pump_._call
+
+    async def spy(part: PartitionKeys, target: int, *read: str | int) -> Any:
+        calls.append("read" if read else "loop")
+        return await real(part, target, *read)
+
+    monkeypatch.setattr(pump_, "_call", spy)
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(pump_.run(stop))
+    try:
+        await asyncio.sleep(0.01)
+        assert calls == ["loop"]  # its first call, at once
+        for _ in range(20):  # reads closer together than the loop's interval
+            await pump_.read(P, "reader", 10)
+            await asyncio.sleep(IDLE_INTERVAL_S / 3)
+        assert calls.count("loop") == 1 and calls.count("read") == 20
+        await asyncio.sleep(IDLE_INTERVAL_S * 3)
+        assert calls.count("loop") >= 2  # no reads: the loop tops up again
+        pump_.put_off(60.0)
+        await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+    await asyncio.wait_for(loop_task, 0.5)  # stop ends a long wait at once
+
+
+async def test_a_read_without_its_group_finds_nothing_and_the_pump_still_answers(
+    redis: Any,
+) -> None:
+    """The stream was deleted with its group: the reader's own blocking read reports NOGROUP
+    (and the reader creates the group again); the top-up's answer is not lost to the read."""
+    script = scripts.register(redis, "pump")
+    args = [SENDERS_GROUP, TARGET, 10, f"{P.prefix}backlog:", 0.8, LIVE_MS, "1", 1, "reader", 5]
+    await backlog(redis, "big", 3)
+    reply = await script(keys=P.pump_keys(), args=args)
+    assert reply == [3, 0, TARGET - 3]
