@@ -14,13 +14,13 @@ share a field with odds of ~2^-64 per pair, against 60 bytes saved per mark.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+
+import msgspec
 
 DAY_S = 86400
 
 
-@dataclass(frozen=True, slots=True)
-class Mark:
+class Mark(msgspec.Struct, frozen=True, gc=False):
     field: bytes  # 8 bytes
     bucket: int
 

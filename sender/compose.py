@@ -298,8 +298,7 @@ def tracking_values(
 _data_encoder = msgspec.json.Encoder()
 
 
-@dataclass(frozen=True, slots=True)
-class Email:
+class Email(msgspec.Struct, frozen=True):
     """One recipient's email: the message's template and this recipient's values. It goes out
     either as one entry of a SendBulkEmail call (`template_data`) or, rendered here exactly as
     SES would render it, as a SendEmail (`rendered`)."""

@@ -49,6 +49,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from sesflow.common.keys import Keys
 from sesflow.common.scripts import register
 from sesflow.common.settings import Settings
@@ -87,8 +89,7 @@ DENSE_INTERVAL_S = 0.0001
 MAX_POLL_S = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
+class Grant(msgspec.Struct, frozen=True, gc=False):
     """One booked slot: send at `at` (time.monotonic()), and not later than `at + tolerance`."""
 
     at: float

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -84,8 +83,11 @@ _EVENT = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class DeliveryState:
+# The values the sender makes per recipient are frozen msgspec Structs, not frozen dataclasses:
+# a frozen dataclass's __init__ sets each field through object.__setattr__ (about 2 us for six
+# fields, against 0.15 us), and a recipient makes several. gc=False where no field can hold a
+# reference cycle.
+class DeliveryState(msgspec.Struct, frozen=True, gc=False):
     """One recipient's delivery state. Stored (Lua scripts read and write the same bytes):
 
         queued     absent from both, or byte 0 in the final string
@@ -204,8 +206,7 @@ def _odd(stored: str) -> DeliveryState:
     return DeliveryState(Kind.UNKNOWN, text=stored)
 
 
-@dataclass(frozen=True, slots=True)
-class Precheck:
+class Precheck(msgspec.Struct, frozen=True, gc=False):
     """What one pipelined round trip says about a job before spending a rate token."""
 
     state: DeliveryState
@@ -216,8 +217,7 @@ class Precheck:
         return self.stop_ms is not None and self.stop_ms >= accepted_ms
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True, gc=False):
     """A script's answer: status ok | final | busy | stopped, and the state (or stop time)."""
 
     status: str
@@ -252,8 +252,7 @@ class ClaimValues:
         return DeliveryState.inflight(ms, self.consumer)
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimItem:
+class ClaimItem(msgspec.Struct, frozen=True):
     part: PartitionKeys
     job: Job
     topic: str
@@ -262,8 +261,7 @@ class ClaimItem:
     takeover: DeliveryState  # the dead sender's claim it may replace, or QUEUED
 
 
-@dataclass(frozen=True, slots=True)
-class RecordItem:
+class RecordItem(msgspec.Struct, frozen=True):
     part: PartitionKeys
     entry_id: str
     job: Job | None  # None: an entry that is not a job (only its dead letter and XACK)
