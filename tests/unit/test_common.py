@@ -100,6 +100,15 @@ def test_tracking_token_round_trip_and_forgery() -> None:
     assert verify(secret, "") is None
 
 
+def test_a_token_reads_exactly_as_mail_sent_before_has_it() -> None:
+    """The bytes of a token never change: mail already out carries them for months."""
+    token = Token(k="u", r="1796687183367-0_12", t="spring", e="ada@example.com", l="news")
+    assert sign(b"k" * 32, token) == (
+        "eyJrIjoidSIsInIiOiIxNzk2Njg3MTgzMzY3LTBfMTIiLCJ0Ijoic3ByaW5nIiwiZSI6ImFkYUBleGFtcGxlLmNvbSIs"
+        "ImwiOiJuZXdzIn0.oRw8BbA5FYiJLN8jd3NBRA"
+    )
+
+
 async def test_real_redis_is_ours(redis: Any) -> None:
     info = await redis.info("server")
     assert info["tcp_port"] != 6379
