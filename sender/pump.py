@@ -138,8 +138,10 @@ class Pump:
         per_partition = settings.email_rate / max(1, settings.send_partitions)
         self.direct_rate = self.share * per_partition * HEADROOM
         self.direct_burst = max(1, math.ceil(self.direct_rate * DIRECT_BURST_S))
-        # when the loop tops each partition up next (monotonic); a read moves it on
+        # when the loop tops each partition up next (monotonic), an interval after its last
+        # top-up (by the loop or a read)
         self.due = {p.index: 0.0 for p in keys.partitions}
+        self.interval = {p.index: 0.0 for p in keys.partitions}
         self.moved_on = asyncio.Event()  # a read moved some partition's time on (or `stop`)
 
     async def once(self) -> int:
@@ -160,6 +162,13 @@ class Pump:
             return moved, BRISK_INTERVAL_S
         return moved, BUSY_INTERVAL_S if BUSY_INTERVAL_S in intervals else IDLE_INTERVAL_S
 
+    def read_tops_up(self, part: PartitionKeys) -> bool:
+        """Whether a read now should top `part` up too: half its interval has passed since its
+        last top-up. A reader that reads more often (unthrottled, a read every few ms) then
+        tops up about as often as the loop would, not at every read: each call counts the
+        undelivered entries, up to the whole depth."""
+        return time.monotonic() >= self.due[part.index] - self.interval[part.index] / 2
+
     async def read(self, part: PartitionKeys, consumer: str, count: int) -> list[Entry]:
         """Top `part` up and read up to `count` of its new entries for `consumer`, in one script
         call: the read costs no round trip of its own, and the loop waits a full interval
@@ -177,7 +186,9 @@ class Pump:
                 *(repr(self.direct_rate), self.direct_burst, *read),
             ],
         )
-        self.due[part.index] = time.monotonic() + interval_of(int(reply[0]), int(reply[2]))
+        interval = interval_of(int(reply[0]), int(reply[2]))
+        self.interval[part.index] = interval
+        self.due[part.index] = time.monotonic() + interval
         return reply
 
     async def run(self, stop: asyncio.Event) -> None:

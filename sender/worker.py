@@ -341,11 +341,13 @@ class Sender(StreamConsumer):
                 self.spawn_batch(part, entries)
 
     async def read_new(self, part: PartitionKeys, count: int) -> list[Entry]:
-        """Up to `count` new entries: the pump tops the partition up and reads them in one
-        script call; only when that finds none, a blocking read waits for the next top-up (or
-        for what a producer XADDs to `sends` itself)."""
+        """Up to `count` new entries. When the partition is due for a top-up, the pump tops it
+        up and reads them in one script call, and only when that finds none, a blocking read
+        waits for the next top-up (or for what a producer XADDs to `sends` itself)."""
         if self.stop.is_set():
             return []
+        if not self.pump.read_tops_up(part):
+            return await self.read(part.sends, ">", count, READ_BLOCK_MS)
         found = await self.pump.read(part, self.consumer, count)
         if found:
             return found

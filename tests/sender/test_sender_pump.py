@@ -329,3 +329,23 @@ async def test_a_read_without_its_group_finds_nothing_and_the_pump_still_answers
     await backlog(redis, "big", 3)
     reply = await script(keys=P.pump_keys(), args=args)
     assert reply == [3, 0, TARGET - 3]
+
+
+async def test_a_fast_reader_tops_up_about_as_often_as_the_loop_would(
+    redis: Any, group: None
+) -> None:
+    """A read tops the partition up only once half its interval has passed since the last
+    top-up: unthrottled, a reader reads every few ms, and each top-up counts the undelivered
+    entries up to the whole depth."""
+    from sesflow.common.settings import settings_from_mapping
+    from sesflow.sender.pump import IDLE_INTERVAL_S, Pump
+
+    settings = settings_from_mapping(
+        {"EMAIL_RATE": "100", "TRACKING_SECRET": "pump-test-secret-0123456789abcdef"}
+    )
+    pump_ = Pump(settings, redis, KEYS)
+    assert pump_.read_tops_up(P)  # never topped up
+    await pump_.read(P, "reader", 5)  # nothing to move: the idle interval
+    assert not pump_.read_tops_up(P)
+    await asyncio.sleep(IDLE_INTERVAL_S / 2 + 0.01)
+    assert pump_.read_tops_up(P)
