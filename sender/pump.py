@@ -126,7 +126,7 @@ def interval_of(moved: int, room: int) -> float:
 class Pump:
     """Tops the partitions up: from its own loop, and for a sender's reader as part of its read
     (`read`), which pushes the loop's next call for that partition back. While the readers
-    read, as they do while mail flows, the loop has nothing to do and never wakes."""
+    read, as they do while mail flows, the loop makes no call and no timer of its own fires."""
 
     def __init__(self, settings: Settings, client: Redis, keys: Keys) -> None:
         self.settings = settings
@@ -142,7 +142,7 @@ class Pump:
         # top-up (by the loop or a read)
         self.due = {p.index: 0.0 for p in keys.partitions}
         self.interval = {p.index: 0.0 for p in keys.partitions}
-        self.moved_on = asyncio.Event()  # a read moved some partition's time on (or `stop`)
+        self.moved_on = asyncio.Event()  # some partition's time moved (or `stop`)
 
     async def once(self) -> int:
         """Top up every partition once; returns the jobs moved."""
@@ -171,12 +171,10 @@ class Pump:
 
     async def read(self, part: PartitionKeys, consumer: str, count: int) -> list[Entry]:
         """Top `part` up and read up to `count` of its new entries for `consumer`, in one script
-        call: the read costs no round trip of its own, and the loop waits a full interval
-        again before it tops `part` up itself."""
+        call: the read costs no round trip of its own, and when it moved mail the loop waits a
+        whole interval again before it tops `part` up itself."""
         target = target_depth(self.settings, self.latency.read())
-        reply = await self._call(part, target, consumer, count)
-        self.moved_on.set()
-        return flat_entries(reply, 3)
+        return flat_entries(await self._call(part, target, consumer, count), 3)
 
     async def _call(self, part: PartitionKeys, target: int, *read: str | int) -> list[Any]:
         reply: list[Any] = await self.script(
@@ -186,9 +184,12 @@ class Pump:
                 *(repr(self.direct_rate), self.direct_burst, *read),
             ],
         )
-        interval = interval_of(int(reply[0]), int(reply[2]))
-        self.interval[part.index] = interval
-        self.due[part.index] = time.monotonic() + interval
+        moved, room = int(reply[0]), int(reply[2])
+        # A read that moved nothing leaves the loop's schedule as it was: while mail trickles in
+        # (a reader reads after each job), its empty top-ups would otherwise keep putting the
+        # loop's next call an idle interval away, and a new job would wait for it.
+        if moved or not read:
+            self.put_off(interval_of(moved, room), part)
         return reply
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -210,9 +211,13 @@ class Pump:
         finally:
             stopping.cancel()
 
-    def put_off(self, seconds: float) -> None:
-        at = time.monotonic() + seconds
-        self.due = dict.fromkeys(self.due, at)
+    def put_off(self, seconds: float, part: PartitionKeys | None = None) -> None:
+        """The loop's next top-up of `part` (of every partition) `seconds` from now; its wait
+        starts over (the task resumes in the same turn of the event loop: no timer fires)."""
+        for index in self.due if part is None else [part.index]:
+            self.interval[index] = seconds
+            self.due[index] = time.monotonic() + seconds
+        self.moved_on.set()
 
     async def until_due(self, stop: asyncio.Event) -> None:
         """Until some partition is due, its time moved on by every read meanwhile (or `stop`)."""

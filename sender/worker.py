@@ -19,7 +19,8 @@ One job = one recipient. Its life, in order:
 
 Two paths run these steps, with the same rules:
 
-- **A read batch** (`sender.read_batch`), the hot path: the new entries of one XREADGROUP go
+- **A read batch** (`sender.read_batch`), the hot path: the new entries of one read (an
+  XREADGROUP, or the pump's top-up that reads for the reader: `Sender.read_new`) go
   through steps 1-3 together (one task, one pre-check round trip, one booking of rate slots);
   at each grid point of the rate schedule the jobs of every batch due then go on together: one
   claim call per partition, one SES call per message (per job in SEND_MODE=single), one record
@@ -74,6 +75,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
 
+from redis.exceptions import ResponseError
+
 from sesflow.common import sentry
 from sesflow.common.aws import Quota
 from sesflow.common.connection import UNAVAILABLE
@@ -108,7 +111,7 @@ from sesflow.sender.compose import compose
 from sesflow.sender.content import ContentCache
 from sesflow.sender.outbox import Outbox
 from sesflow.sender.parking import Parking
-from sesflow.sender.pump import Pump
+from sesflow.sender.pump import OUTAGE_INTERVAL_S, Pump
 from sesflow.sender.rate_limit import RateLimiter
 from sesflow.sender.read_batch import GridPoints, ReadBatch
 from sesflow.sender.ses_links import LinkPolicy
@@ -348,7 +351,14 @@ class Sender(StreamConsumer):
             return []
         if not self.pump.read_tops_up(part):
             return await self.read(part.sends, ">", count, READ_BLOCK_MS)
-        found = await self.pump.read(part, self.consumer, count)
+        try:
+            found = await self.pump.read(part, self.consumer, count)
+        except ResponseError as exc:
+            # the top-up failed (a key of the wrong type, a bug): reading must go on, and the
+            # pump loop, which logs its own failures, tries again
+            log.warning("pump failed before a read", partition=part.index, error=str(exc))
+            self.pump.put_off(OUTAGE_INTERVAL_S, part)
+            return await self.read(part.sends, ">", count, READ_BLOCK_MS)
         if found:
             return found
         return await self.read(part.sends, ">", count, READ_BLOCK_MS, at_once=False)

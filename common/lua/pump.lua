@@ -36,7 +36,8 @@
 -- ARGV[6]  a consumer idle for this long (ms) is not a live sender
 -- ARGV[7]  optional: transactional jobs per second that may skip the pump (dispatch.lua)
 -- ARGV[8]  optional: ... and how many of them at once
--- ARGV[9]  optional: a sender's consumer name: after the top-up, read for it (XREADGROUP >) ...
+-- ARGV[9]  optional (with ARGV[7] and ARGV[8]): a sender's consumer name: after the top-up,
+--          read for it (XREADGROUP >) ...
 -- ARGV[10] ... up to this many entries
 --
 -- A call that finds room (the senders take mail) publishes that allowance in KEYS[6]

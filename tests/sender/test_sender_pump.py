@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ from sesflow.common import scripts
 from sesflow.common.connection import ensure_group
 from sesflow.common.keys import SENDERS_GROUP, Keys, PartitionKeys
 from sesflow.common.pauses import ALL_BULK, Pauses
+
+from support.until import until
 
 KEYS = Keys()
 P = KEYS.partition(0)
@@ -281,18 +284,26 @@ async def test_a_reader_tops_up_and_reads_in_one_call(redis: Any, group: None) -
     ]
 
 
+def _pump(redis: Any, rate: str = "100") -> Any:
+    from sesflow.common.settings import settings_from_mapping
+    from sesflow.sender.pump import Pump
+
+    settings = settings_from_mapping(
+        {"EMAIL_RATE": rate, "TRACKING_SECRET": "pump-test-secret-0123456789abcdef"}
+    )
+    return Pump(settings, redis, KEYS)
+
+
 async def test_while_a_reader_tops_up_the_pump_loop_makes_no_call_of_its_own(
     redis: Any, group: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each read pushes the loop's next call back a whole interval; once the reads stop, the
-    loop tops up again within its interval."""
-    from sesflow.common.settings import settings_from_mapping
-    from sesflow.sender.pump import IDLE_INTERVAL_S, Pump
+    """Each read that moves mail pushes the loop's next call back a whole interval; once the
+    reads stop, the loop tops up again within its interval."""
+    from sesflow.sender import pump as pump_module
 
-    settings = settings_from_mapping(
-        {"EMAIL_RATE": "100", "TRACKING_SECRET": "pump-test-secret-0123456789abcdef"}
-    )
-    pump_ = Pump(settings, redis, KEYS)
+    for name in ("BUSY_INTERVAL_S", "BRISK_INTERVAL_S", "IDLE_INTERVAL_S"):
+        monkeypatch.setattr(pump_module, name, 0.4)  # reads 0.05 s apart stay well within it
+    pump_ = _pump(redis)
     calls: list[str] = []
     real = pump_._call
 
@@ -301,34 +312,51 @@ async def test_while_a_reader_tops_up_the_pump_loop_makes_no_call_of_its_own(
         return await real(part, target, *read)
 
     monkeypatch.setattr(pump_, "_call", spy)
+    await backlog(redis, "big", 1000)
     stop = asyncio.Event()
     loop_task = asyncio.create_task(pump_.run(stop))
     try:
-        await asyncio.sleep(0.01)
-        assert calls == ["loop"]  # its first call, at once
-        for _ in range(20):  # reads closer together than the loop's interval
-            await pump_.read(P, "reader", 10)
-            await asyncio.sleep(IDLE_INTERVAL_S / 3)
-        assert calls.count("loop") == 1 and calls.count("read") == 20
-        await asyncio.sleep(IDLE_INTERVAL_S * 3)
-        assert calls.count("loop") >= 2  # no reads: the loop tops up again
+        await until(lambda: asyncio.sleep(0, list(calls)), lambda c: c == ["loop"], within=5)
+        for _ in range(10):
+            for entry_id, _fields in await pump_.read(P, "reader", 5):
+                await redis.xack(P.sends, SENDERS_GROUP, entry_id)  # sent: room again
+            await asyncio.sleep(0.05)
+        assert calls.count("loop") == 1 and calls.count("read") == 10
+        await until(lambda: asyncio.sleep(0, calls.count("loop")), lambda n: n >= 2, within=5)
         pump_.put_off(60.0)
         await asyncio.sleep(0.01)
     finally:
         stop.set()
-    await asyncio.wait_for(loop_task, 0.5)  # stop ends a long wait at once
+    await asyncio.wait_for(loop_task, 1.0)  # stop ends a long wait at once
 
 
-async def test_a_read_without_its_group_finds_nothing_and_the_pump_still_answers(
+async def test_a_read_that_moves_nothing_leaves_the_loops_schedule(redis: Any, group: None) -> None:
+    """While mail trickles in, a reader reads after each job; its empty top-ups must not keep
+    the loop's next call an idle interval away (a new job would wait for it)."""
+    pump_ = _pump(redis)
+    pump_.put_off(10.0, P)
+    due = pump_.due[P.index]
+    await pump_.read(P, "reader", 5)  # nothing to move
+    assert pump_.due[P.index] == due
+    await backlog(redis, "small", 3)
+    assert len(await pump_.read(P, "reader", 5)) == 3
+    assert pump_.due[P.index] < due  # it moved mail: the loop's call is an interval away
+
+
+async def test_a_reader_whose_top_up_fails_still_reads(
     redis: Any,
+    group: None,
+    make_sender: Callable[..., Any],
+    sender_settings: Callable[..., Any],
 ) -> None:
-    """The stream was deleted with its group: the reader's own blocking read reports NOGROUP
-    (and the reader creates the group again); the top-up's answer is not lost to the read."""
-    script = scripts.register(redis, "pump")
-    args = [SENDERS_GROUP, TARGET, 10, f"{P.prefix}backlog:", 0.8, LIVE_MS, "1", 1, "reader", 5]
-    await backlog(redis, "big", 3)
-    reply = await script(keys=P.pump_keys(), args=args)
-    assert reply == [3, 0, TARGET - 3]
+    """A top-up that fails in Redis (here a key of the wrong type) must not stop the reads:
+    the reader reads `sends` without it and tries the top-up again later."""
+    sender = make_sender(sender_settings())
+    await redis.set(P.backlog_topics, "not a sorted set")
+    entry_id = await redis.xadd(P.sends, {"m": "1-0", "i": "0", "e": "a@x.io"})
+    assert sender.pump.read_tops_up(P)
+    assert [e for e, _ in await sender.read_new(P, 10)] == [entry_id]
+    assert not sender.pump.read_tops_up(P)  # put off
 
 
 async def test_a_fast_reader_tops_up_about_as_often_as_the_loop_would(
@@ -337,15 +365,12 @@ async def test_a_fast_reader_tops_up_about_as_often_as_the_loop_would(
     """A read tops the partition up only once half its interval has passed since the last
     top-up: unthrottled, a reader reads every few ms, and each top-up counts the undelivered
     entries up to the whole depth."""
-    from sesflow.common.settings import settings_from_mapping
-    from sesflow.sender.pump import IDLE_INTERVAL_S, Pump
+    from sesflow.sender.pump import BRISK_INTERVAL_S
 
-    settings = settings_from_mapping(
-        {"EMAIL_RATE": "100", "TRACKING_SECRET": "pump-test-secret-0123456789abcdef"}
-    )
-    pump_ = Pump(settings, redis, KEYS)
+    pump_ = _pump(redis)
     assert pump_.read_tops_up(P)  # never topped up
-    await pump_.read(P, "reader", 5)  # nothing to move: the idle interval
+    await backlog(redis, "small", 3)
+    await pump_.read(P, "reader", 5)  # moved all 3, room left: the brisk interval
     assert not pump_.read_tops_up(P)
-    await asyncio.sleep(IDLE_INTERVAL_S / 2 + 0.01)
+    await asyncio.sleep(BRISK_INTERVAL_S / 2 + 0.005)
     assert pump_.read_tops_up(P)
