@@ -134,6 +134,12 @@ def partition_tag(prefix: str, index: int, partitions: int) -> str:
     return f"{{{candidate}}}"
 
 
+# Topic ids whose bulk backlog would be the key of the pump's own set of topics or of their
+# weights (`backlog:topics`, `backlog:weights`): a message of such a topic would turn that key
+# into a list and stop the partition's pump.
+RESERVED_TOPICS = frozenset({"topics", "weights"})
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionKeys:
     """The keys of one send partition; all of them share one hash tag."""
@@ -192,6 +198,7 @@ class PartitionKeys:
         return f"{self.tag}:transactional"
 
     def backlog(self, topic: str) -> str:
+        """A topic's bulk backlog; never one of RESERVED_TOPICS (ingest refuses them)."""
         return f"{self.tag}:backlog:{topic}"
 
     @property

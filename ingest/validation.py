@@ -55,6 +55,7 @@ from sesflow.common.addresses import (
 )
 from sesflow.common.errors import InputError
 from sesflow.common.http import decode_json
+from sesflow.common.keys import RESERVED_TOPICS
 from sesflow.common.mailing_lists import list_of
 from sesflow.common.schema import LANES, Attachment, MessageRequest, Recipient
 from sesflow.common.ses_setup import SesSetupPolicy
@@ -180,6 +181,8 @@ def check_topic(topic: str) -> str:
         raise InputError("invalid_topic", f"topic_id is longer than {MAX_TOPIC_CHARS} characters")
     if _CONTROL.search(topic):
         raise InputError("invalid_topic", "topic_id contains control characters")
+    if topic in RESERVED_TOPICS:
+        raise InputError("invalid_topic", f"topic_id {topic!r} is reserved (a key of the backlogs)")
     return topic
 
 

@@ -217,6 +217,8 @@ def test_a_message_without_any_valid_address_is_rejected(strict: bool) -> None:
         ({"topic_id": " "}, "invalid_topic"),
         ({"topic_id": "t" * 201}, "invalid_topic"),
         ({"topic_id": "a\x00b"}, "invalid_topic"),
+        ({"topic_id": "topics"}, "invalid_topic"),  # the key of the pump's set of topics
+        ({"topic_id": " weights "}, "invalid_topic"),  # ... and of their weights
         ({"scheduled_at": "tomorrow"}, "invalid_schedule"),
         ({"scheduled_at": "2024-13-01 09:00:00"}, "invalid_schedule"),
         ({"from_email": "not an address"}, "invalid_from"),
