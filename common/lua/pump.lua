@@ -58,21 +58,23 @@ local target = tonumber(ARGV[2])
 local quantum = tonumber(ARGV[3])
 local share = tonumber(ARGV[5])
 
+-- The value of `name` in an XINFO reply's flat list of names and values.
+local function field(info, name)
+    for i = 1, #info, 2 do
+        if info[i] == name then
+            return info[i + 1]
+        end
+    end
+    return nil
+end
+
 local function top_up()
     local last = nil
     local ok, groups = pcall(redis.call, "XINFO", "GROUPS", KEYS[1])
     if ok then
         for _, group in ipairs(groups) do
-            local name, delivered = nil, nil
-            for i = 1, #group, 2 do
-                if group[i] == "name" then
-                    name = group[i + 1]
-                elseif group[i] == "last-delivered-id" then
-                    delivered = group[i + 1]
-                end
-            end
-            if name == ARGV[1] then
-                last = delivered
+            if field(group, "name") == ARGV[1] then
+                last = field(group, "last-delivered-id")
             end
         end
     end
@@ -86,16 +88,8 @@ local function top_up()
     if last then
         local live = tonumber(ARGV[6])
         for _, consumer in ipairs(redis.call("XINFO", "CONSUMERS", KEYS[1], ARGV[1])) do
-            local pending, idle = 0, 0
-            for i = 1, #consumer, 2 do
-                if consumer[i] == "pending" then
-                    pending = consumer[i + 1]
-                elseif consumer[i] == "idle" then
-                    idle = consumer[i + 1]
-                end
-            end
-            if idle < live then
-                held = held + pending
+            if (field(consumer, "idle") or 0) < live then
+                held = held + (field(consumer, "pending") or 0)
             end
         end
     end
