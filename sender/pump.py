@@ -144,23 +144,13 @@ class Pump:
         self.interval = {p.index: 0.0 for p in keys.partitions}
         self.moved_on = asyncio.Event()  # some partition's time moved (or `stop`)
 
-    async def once(self) -> int:
-        """Top up every partition once; returns the jobs moved."""
-        return (await self.top_up())[0]
-
-    async def top_up(self, parts: list[PartitionKeys] | None = None) -> tuple[int, float]:
-        """Top up every partition (or `parts`) once: the jobs moved, and how long to wait before
-        the next call (BRISK_INTERVAL_S when some partition moved mail and still had room, BUSY
-        when mail moved or some partition is full, IDLE otherwise)."""
-        target = target_depth(self.settings, self.latency.read())
-        moved, intervals = 0, set()
+    async def top_up(self, parts: list[PartitionKeys] | None = None) -> int:
+        """Top up every partition (or `parts`) once; the jobs moved. Each partition's next
+        call by the loop is then an interval away (`interval_of`)."""
+        moved = 0
         for p in self.keys.partitions if parts is None else parts:
-            reply = await self._call(p, target)
-            moved += int(reply[0])
-            intervals.add(interval_of(int(reply[0]), int(reply[2])))
-        if BRISK_INTERVAL_S in intervals:
-            return moved, BRISK_INTERVAL_S
-        return moved, BUSY_INTERVAL_S if BUSY_INTERVAL_S in intervals else IDLE_INTERVAL_S
+            moved += int((await self._call(p))[0])
+        return moved
 
     def read_tops_up(self, part: PartitionKeys) -> bool:
         """Whether a read now should top `part` up too: half its interval has passed since its
@@ -173,10 +163,10 @@ class Pump:
         """Top `part` up and read up to `count` of its new entries for `consumer`, in one script
         call: the read costs no round trip of its own, and when it moved mail the loop waits a
         whole interval again before it tops `part` up itself."""
-        target = target_depth(self.settings, self.latency.read())
-        return flat_entries(await self._call(part, target, consumer, count), 3)
+        return flat_entries(await self._call(part, consumer, count), 3)
 
-    async def _call(self, part: PartitionKeys, target: int, *read: str | int) -> list[Any]:
+    async def _call(self, part: PartitionKeys, *read: str | int) -> list[Any]:
+        target = target_depth(self.settings, self.latency.read())
         reply: list[Any] = await self.script(
             keys=part.pump_keys(),
             args=[

@@ -349,19 +349,18 @@ class Sender(StreamConsumer):
         waits for the next top-up (or for what a producer XADDs to `sends` itself)."""
         if self.stop.is_set():
             return []
-        if not self.pump.read_tops_up(part):
-            return await self.read(part.sends, ">", count, READ_BLOCK_MS)
-        try:
-            found = await self.pump.read(part, self.consumer, count)
-        except ResponseError as exc:
-            # the top-up failed (a key of the wrong type, a bug): reading must go on, and the
-            # pump loop, which logs its own failures, tries again
-            log.warning("pump failed before a read", partition=part.index, error=str(exc))
-            self.pump.put_off(OUTAGE_INTERVAL_S, part)
-            return await self.read(part.sends, ">", count, READ_BLOCK_MS)
+        found: list[Entry] | None = None  # None: no read yet
+        if self.pump.read_tops_up(part):
+            try:
+                found = await self.pump.read(part, self.consumer, count)
+            except ResponseError as exc:
+                # the top-up failed (a key of the wrong type, a bug): reading must go on, and
+                # the pump loop, which logs its own failures, tries again
+                log.warning("pump failed before a read", partition=part.index, error=str(exc))
+                self.pump.put_off(OUTAGE_INTERVAL_S, part)
         if found:
             return found
-        return await self.read(part.sends, ">", count, READ_BLOCK_MS, at_once=False)
+        return await self.read(part.sends, ">", count, READ_BLOCK_MS, at_once=found is None)
 
     async def reclaim_due(self, part: PartitionKeys, count: int) -> int:
         """When a pass is due (and not held back after an outage), take over up to `count`

@@ -173,7 +173,7 @@ async def pump_call_cost(calls: int) -> tuple[float, float]:
                 await client.rpush(part.backlog("t"), *lines[start : start + 10_000])
             await client.zadd(part.backlog_topics, {"t": 0})
             pump = Pump(settings, client, keys)
-            await pump.once()  # `sends` at its depth
+            await pump.top_up()  # `sends` at its depth
             client_cpu = 0.0
             redis_before = await evalsha_usec(client)
             for _ in range(calls):
@@ -183,7 +183,7 @@ async def pump_call_cost(calls: int) -> tuple[float, float]:
                 # the sender is done with them: acknowledged, as after their record
                 await client.xack(part.sends, SENDERS_GROUP, *(i for i, _ in reply[0][1]))
                 started = time.process_time()
-                if await pump.once() != per_call:
+                if await pump.top_up() != per_call:
                     raise RuntimeError("the pump did not move what the reader took")
                 client_cpu += time.process_time() - started
             redis_usec = await evalsha_usec(client) - redis_before

@@ -79,7 +79,7 @@ async def test_templates_and_personalised_jobs_on_a_cluster(cluster_client: Redi
     await Scheduler(cluster_client, KEYS).tick()
     # Promoted into the topic's bulk backlog; the pump (a script building the backlog's key as
     # it runs, on the partition's slot) moves it to `sends`.
-    assert await Pump(Settings(), cluster_client, KEYS).once() == 2
+    assert await Pump(Settings(), cluster_client, KEYS).top_up() == 2
     entries: Any = await cluster_client.xrange(p.sends)
     jobs = [Job.from_fields(f) for _, f in entries]
     assert [(j.email, j.data) for j in jobs] == [("a@x.io", '{"name":"Ada"}'), ("b@x.io", "")]

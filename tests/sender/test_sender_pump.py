@@ -222,32 +222,35 @@ async def test_transactional_mail_takes_everything_when_no_bulk_waits(
     assert all(j.get("l") == "t" for j in await deliver(redis))
 
 
+def _pump(redis: Any, rate: str = "100") -> Any:
+    from sesflow.common.settings import settings_from_mapping
+    from sesflow.sender.pump import Pump
+
+    settings = settings_from_mapping(
+        {"EMAIL_RATE": rate, "TRACKING_SECRET": "pump-test-secret-0123456789abcdef"}
+    )
+    return Pump(settings, redis, KEYS)
+
+
 async def test_a_pump_that_keeps_up_calls_again_soon_and_a_full_one_waits(
     redis: Any, group: None
 ) -> None:
-    """`Pump.top_up` tells the loop how long to wait: brisk while mail moves and room is left,
-    busy while the senders hold all they should (with or without mail moved), idle when there
-    is nothing to move."""
-    from sesflow.common.settings import settings_from_mapping
-    from sesflow.sender.pump import (
-        BRISK_INTERVAL_S,
-        BUSY_INTERVAL_S,
-        IDLE_INTERVAL_S,
-        Pump,
-        target_depth,
-    )
+    """After a top-up the loop waits brisk while mail moves and room is left, busy while the
+    senders hold all they should (with or without mail moved), idle when there is nothing to
+    move."""
+    from sesflow.sender.pump import BRISK_INTERVAL_S, BUSY_INTERVAL_S, IDLE_INTERVAL_S, target_depth
 
-    settings = settings_from_mapping(
-        {"EMAIL_RATE": "100", "TRACKING_SECRET": "pump-test-secret-0123456789abcdef"}
-    )
-    pump_ = Pump(settings, redis, KEYS)
-    assert await pump_.top_up() == (0, IDLE_INTERVAL_S)
+    pump_ = _pump(redis)
+    assert await pump_.top_up() == 0
+    assert pump_.interval[P.index] == IDLE_INTERVAL_S
     await backlog(redis, "small", 3)
-    assert await pump_.top_up() == (3, BRISK_INTERVAL_S)
+    assert await pump_.top_up() == 3
+    assert pump_.interval[P.index] == BRISK_INTERVAL_S
     await backlog(redis, "big", 1000)
-    moved, interval = await pump_.top_up()
-    assert moved >= target_depth(settings, 0.0) - 3 and interval == BUSY_INTERVAL_S  # now full
-    assert await pump_.top_up() == (0, BUSY_INTERVAL_S)
+    assert await pump_.top_up() >= target_depth(pump_.settings, 0.0) - 3  # now full
+    assert pump_.interval[P.index] == BUSY_INTERVAL_S
+    assert await pump_.top_up() == 0
+    assert pump_.interval[P.index] == BUSY_INTERVAL_S
 
 
 def test_flat_entries_read_back_pump_luas_reply() -> None:
@@ -284,16 +287,6 @@ async def test_a_reader_tops_up_and_reads_in_one_call(redis: Any, group: None) -
     ]
 
 
-def _pump(redis: Any, rate: str = "100") -> Any:
-    from sesflow.common.settings import settings_from_mapping
-    from sesflow.sender.pump import Pump
-
-    settings = settings_from_mapping(
-        {"EMAIL_RATE": rate, "TRACKING_SECRET": "pump-test-secret-0123456789abcdef"}
-    )
-    return Pump(settings, redis, KEYS)
-
-
 async def test_while_a_reader_tops_up_the_pump_loop_makes_no_call_of_its_own(
     redis: Any, group: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -307,9 +300,9 @@ async def test_while_a_reader_tops_up_the_pump_loop_makes_no_call_of_its_own(
     calls: list[str] = []
     real = pump_._call
 
-    async def spy(part: PartitionKeys, target: int, *read: str | int) -> Any:
+    async def spy(part: PartitionKeys, *read: str | int) -> Any:
         calls.append("read" if read else "loop")
-        return await real(part, target, *read)
+        return await real(part, *read)
 
     monkeypatch.setattr(pump_, "_call", spy)
     await backlog(redis, "big", 1000)

@@ -121,7 +121,7 @@ async def test_hard_bounces_reaching_the_rate_pause_the_topic_once(
     }
     # Its recipients keep their place; the pump moves none of them.
     assert await redis.llen(p.backlog("news")) == 50
-    assert await Pump(fast, redis, keys).once() == 0
+    assert await Pump(fast, redis, keys).top_up() == 0
     assert await redis.xlen(p.sends) == 0
 
     [event] = await guard_events(redis, keys)
@@ -272,7 +272,7 @@ async def test_the_account_trip_pauses_all_bulk_and_transactional_mail_goes_on(
     assert event.topic == "" and event.detail.startswith("bounce_rate: 100 hard bounces")
     assert trips("bounce_rate") == before + 1
 
-    assert await Pump(fast, redis, keys).once() == 5
+    assert await Pump(fast, redis, keys).top_up() == 5
     jobs = [fields for _, fields in await redis.xrange(p.sends)]
     assert [job["e"] for job in jobs] == [f"tx{n}@x.io" for n in range(5)]
     assert await redis.llen(p.backlog("bulk")) == 30
